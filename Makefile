@@ -1,0 +1,44 @@
+# rackfire: `make demo` brings up the hello stack on this machine; `make test` runs the suite.
+# Both install what they need first (Debian 12, as root).
+
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+RF     := $(VENV)/bin/rackfire
+DATA   ?= /var/lib/rackfire
+DEB_PKGS := runc haproxy debootstrap iproute2 e2fsprogs util-linux python3-venv python3
+
+.PHONY: deps venv demo test lint typecheck unit integration clean-demo
+
+deps:
+	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: deps venv
+	$(RF) up -f examples/hello/stack.yaml --data-dir $(DATA)
+	@echo
+	@echo "Open http://127.0.0.1:8080/  (each request is answered by one of the web instances)"
+	@echo "  curl -s http://127.0.0.1:8080/"
+	@curl -s --max-time 5 http://127.0.0.1:8080/ || true
+	@echo "  $(RF) ps hello | $(RF) destroy hello -y | $(RF) server stop"
+
+lint: venv
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
+
+test: deps venv lint
+	$(VENV)/bin/pytest -q tests
+
+clean-demo: venv
+	-$(RF) destroy hello -y
+	-$(RF) server stop

@@ -1,0 +1,3 @@
+from rackfire.cli.main import main
+
+main()

@@ -1,0 +1,198 @@
+"""LocalAgent: the agent for the machine the server runs on, called in-process.
+
+Layout under the data dir: `images/` (the layer store), `instances/<id>/` (one dir per
+instance, any runtime), `stacks/<stack>/` (the hosts file bound into every instance, and the
+stack's HAProxy config and pidfile).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+from pathlib import Path
+
+from rackfire.agent.probe import probe
+from rackfire.agent.proxy import Proxy
+from rackfire.errors import NotFound, PrereqError
+from rackfire.images.build import ensure_image
+from rackfire.images.safe_tar import import_tarball
+from rackfire.images.store import ImageInfo, ImageStore
+from rackfire.model.agent import HostInfo, ImageSummary, PublishedPort
+from rackfire.model.instance import InstanceFacts, InstanceKey, InstanceRequest, NetworkConfig
+from rackfire.model.stack import HealthSpec, ImageSpec, RuntimeKind
+from rackfire.net import links
+from rackfire.runtime.base import Runtime
+from rackfire.runtime.container import ContainerRuntime, ensure_dirs
+from rackfire.runtime.layout import instance_dir, read_meta, update_meta
+from rackfire.runtime.process import ProcessRuntime
+
+
+def container_runtime_usable() -> bool:
+    return os.geteuid() == 0 and shutil.which("runc") is not None
+
+
+class LocalAgent:
+    def __init__(self, data_dir: Path, host: str | None = None,
+                 runtimes: tuple[RuntimeKind, ...] | None = None) -> None:
+        self.host = host or socket.gethostname()
+        self.data_dir = data_dir
+        self.store = ImageStore(data_dir / "images")
+        base = data_dir / "instances"
+        if runtimes is None:
+            runtimes = ((RuntimeKind.CONTAINER, RuntimeKind.PROCESS)
+                        if container_runtime_usable() else (RuntimeKind.PROCESS,))
+        self._runtimes: dict[RuntimeKind, Runtime] = {}
+        if RuntimeKind.CONTAINER in runtimes:
+            ensure_dirs()
+            self._runtimes[RuntimeKind.CONTAINER] = ContainerRuntime(base, self.host)
+        self._runtimes[RuntimeKind.PROCESS] = ProcessRuntime(base, self.host)
+        self._order = runtimes
+        self._image_lock = threading.Lock()
+
+    def info(self) -> HostInfo:
+        return HostInfo(self.host, self._order, RuntimeKind.CONTAINER in self._runtimes)
+
+    # instances --------------------------------------------------------------------------
+
+    def observe(self, stack: str | None = None) -> list[InstanceFacts]:
+        facts: list[InstanceFacts] = []
+        for rt in self._runtimes.values():
+            facts += rt.observe()
+        return [f for f in facts if stack is None or f.key.stack == stack]
+
+    def create(self, req: InstanceRequest) -> None:
+        if self._done(req):
+            return
+        self._runtime(req.runtime).create(req, self._image(req), self._hosts(req.key.stack))
+        self._mark(req)
+
+    def reconfigure(self, req: InstanceRequest) -> None:
+        if self._done(req):
+            return
+        self._runtime(req.runtime).reconfigure(req, self._image(req), self._hosts(req.key.stack))
+        self._mark(req)
+
+    def restart(self, req: InstanceRequest) -> None:
+        if self._done(req):
+            return
+        self._runtime(req.runtime).restart(req, self._image(req), self._hosts(req.key.stack))
+        self._mark(req)
+
+    def destroy(self, key: InstanceKey) -> None:
+        meta = read_meta(instance_dir(self.data_dir / "instances", key)) or {}
+        kind = RuntimeKind(meta.get("runtime", self._order[0].value))
+        self._runtime(kind).destroy(key)
+
+    def log_path(self, key: InstanceKey) -> str:
+        return str(instance_dir(self.data_dir / "instances", key).log)
+
+    def probe(self, key: InstanceKey, ip: str, health: HealthSpec) -> tuple[bool, str]:
+        meta = read_meta(instance_dir(self.data_dir / "instances", key)) or {}
+        kind = RuntimeKind(meta.get("runtime", self._order[0].value))
+        return probe(self._runtime(kind).netns(key), health)
+
+    # the stack's network, names and ports -----------------------------------------------
+
+    def ensure_network(self, net: NetworkConfig) -> None:
+        self._stack_dir(net.stack).mkdir(parents=True, exist_ok=True)
+        hosts = self._hosts(net.stack)
+        if not hosts.exists():
+            hosts.write_text(_hosts_text([]))
+        if RuntimeKind.CONTAINER in self._runtimes:
+            links.ensure_bridge(net.stack, net.gateway, net.prefix)
+
+    def set_hosts(self, stack: str, entries: list[tuple[str, list[str]]]) -> None:
+        path = self._hosts(stack)
+        text = _hosts_text(entries)
+        if path.exists() and path.read_text() == text:
+            return
+        # In place, not rename: running instances see the file through a bind mount of
+        # this very inode.
+        with open(path, "r+" if path.exists() else "w") as f:
+            f.write(text)
+            f.truncate()
+
+    def publish(self, stack: str, ports: list[PublishedPort]) -> None:
+        Proxy(self._stack_dir(stack), stack).apply(ports)
+
+    def teardown_stack(self, stack: str) -> None:
+        leftovers = self.observe(stack)
+        if leftovers:
+            raise PrereqError(f"stack {stack} still has {len(leftovers)} instance(s)")
+        Proxy(self._stack_dir(stack), stack).stop()
+        if RuntimeKind.CONTAINER in self._runtimes:
+            links.delete_bridge(stack)
+        shutil.rmtree(self._stack_dir(stack), ignore_errors=True)
+
+    # images -----------------------------------------------------------------------------
+
+    def ensure_image(self, spec: ImageSpec) -> ImageSummary:
+        with self._image_lock:
+            return _summary(ensure_image(self.store, spec))
+
+    def image(self, name: str) -> ImageSummary | None:
+        info = self.store.get(name)
+        return _summary(info) if info else None
+
+    def images(self) -> list[ImageSummary]:
+        return [_summary(i) for i in self.store.list()]
+
+    def remove_image(self, name: str) -> bool:
+        info = self.store.get(name)
+        if info is None:
+            return False
+        users = [str(f.key) for f in self.observe() if self._uses(f.key, info.digest)]
+        if users:
+            raise PrereqError(f"image {name} is used by {', '.join(users)}",
+                              hint="destroy or change those stacks first")
+        return self.store.remove(name)
+
+    def import_image(self, name: str, tarball: str) -> ImageSummary:
+        with self._image_lock:
+            return _summary(import_tarball(self.store, name, Path(tarball)))
+
+    # helpers ----------------------------------------------------------------------------
+
+    def _runtime(self, kind: RuntimeKind) -> Runtime:
+        try:
+            return self._runtimes[kind]
+        except KeyError:
+            raise PrereqError(f"runtime {kind} is not available on host {self.host}",
+                              hint="the container runtime needs root and runc") from None
+
+    def _image(self, req: InstanceRequest) -> ImageInfo:
+        info = self.store.by_digest(req.image_digest)
+        if info is None:
+            raise NotFound(f"image {req.image_digest[:12]} is not on host {self.host}")
+        return info
+
+    def _uses(self, key: InstanceKey, image_digest: str) -> bool:
+        meta = read_meta(instance_dir(self.data_dir / "instances", key)) or {}
+        return bool(meta.get("image") == image_digest)
+
+    def _stack_dir(self, stack: str) -> Path:
+        return self.data_dir / "stacks" / stack
+
+    def _hosts(self, stack: str) -> Path:
+        return self._stack_dir(stack) / "hosts"
+
+    def _done(self, req: InstanceRequest) -> bool:
+        """Dedupe by action id: a repeated call for an action already carried out is a no-op."""
+        meta = read_meta(instance_dir(self.data_dir / "instances", req.key)) or {}
+        return bool(req.action_id) and meta.get("action_id") == req.action_id \
+            and meta.get("phase") == "created"
+
+    def _mark(self, req: InstanceRequest) -> None:
+        update_meta(instance_dir(self.data_dir / "instances", req.key), action_id=req.action_id)
+
+
+def _hosts_text(entries: list[tuple[str, list[str]]]) -> str:
+    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    lines += [f"{ip}\t{' '.join(names)}" for ip, names in entries]
+    return "\n".join(lines) + "\n"
+
+
+def _summary(i: ImageInfo) -> ImageSummary:
+    return ImageSummary(i.name, i.digest, i.source, i.created, i.size_bytes)

@@ -1,0 +1,113 @@
+"""Published ports: one HAProxy per stack, TCP mode, round robin over healthy instances.
+
+HAProxy runs detached, so published ports keep working while the server is stopped, and a
+restarted agent re-adopts it by its pidfile. A change rewrites the config and reloads with
+`-sf` (the old process finishes its connections, the new one takes the port).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from rackfire.errors import ExecError
+from rackfire.model.agent import PublishedPort
+
+
+def render_config(stack: str, ports: list[PublishedPort], pidfile: Path) -> str:
+    lines = [
+        f"# rackfire: published ports of stack {stack}. Generated; do not edit.",
+        "global",
+        "    daemon",
+        f"    pidfile {pidfile}",
+        "    maxconn 4096",
+        "defaults",
+        "    mode tcp",
+        "    timeout connect 2s",
+        "    timeout client 5m",
+        "    timeout server 5m",
+        "    retries 2",
+        "    option redispatch",
+    ]
+    for p in ports:
+        m = p.port
+        lines += [
+            f"frontend rf_{m.host_port}",
+            f"    bind {m.host_ip}:{m.host_port}",
+            f"    default_backend rf_{m.host_port}",
+            f"backend rf_{m.host_port}",
+            "    balance roundrobin",
+        ]
+        lines += [f"    server s{i} {b}" for i, b in enumerate(p.backends)]
+    return "\n".join(lines) + "\n"
+
+
+class Proxy:
+    def __init__(self, stack_dir: Path, stack: str) -> None:
+        self.stack = stack
+        self.cfg = stack_dir / "haproxy.cfg"
+        self.pidfile = stack_dir / "haproxy.pid"
+        self.log = stack_dir / "haproxy.log"
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pidfile.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        return pid if b"haproxy" in cmdline and str(self.cfg).encode() in cmdline else None
+
+    def apply(self, ports: list[PublishedPort]) -> None:
+        if not ports:
+            self.stop()
+            return
+        text = render_config(self.stack, ports, self.pidfile)
+        old = self.pid()
+        if old is not None and self.cfg.exists() and self.cfg.read_text() == text:
+            return
+        self.cfg.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.cfg.with_suffix(".new")
+        tmp.write_text(text)
+        check = subprocess.run(["haproxy", "-c", "-q", "-f", str(tmp)],
+                               capture_output=True, text=True, check=False)
+        if check.returncode != 0:
+            raise ExecError(f"haproxy rejected the config: {check.stderr.strip()}")
+        os.replace(tmp, self.cfg)
+        args = ["haproxy", "-f", str(self.cfg), "-p", str(self.pidfile)]
+        if old is not None:
+            args += ["-sf", str(old)]
+        # stdio to a file, never a pipe: the daemon may keep it open after the parent exits.
+        with open(self.log, "wb") as log:
+            proc = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                  check=False)
+        if proc.returncode != 0:
+            raise ExecError(
+                f"cannot publish ports of {self.stack}: {self.log.read_text().strip()}",
+                hint="is another program using the port?")
+
+    def stop(self) -> None:
+        pid = self.pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                if _zombie(pid):
+                    break
+                time.sleep(0.02)
+        for f in (self.cfg, self.pidfile, self.log):
+            f.unlink(missing_ok=True)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    except OSError:
+        return True

@@ -1,0 +1,166 @@
+"""REST routes. Request bodies are validated here (pydantic, the edge); everything below
+speaks model types. Errors are one JSON shape: {"error": {code, message, hint, ...}}."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from rackfire import __version__
+from rackfire.control.controller import Controller
+from rackfire.errors import NotFound, PrereqError, RackfireError
+from rackfire.model.stack import ImageSource, ImageSpec
+from rackfire.spec import load_stack_text, stack_json_schema
+
+MAX_UPLOAD = 8 << 30
+
+
+class StackSource(BaseModel):
+    yaml: str = Field(description="the stack file's text")
+    filename: str = Field("stack.yaml", description="named in error messages")
+    base_dir: str | None = Field(None, description="resolves relative paths in the file")
+    expected_generation: int | None = Field(
+        None, description="apply only if the stack is still at this generation (from plan)")
+
+
+class ImageBuild(BaseModel):
+    name: str
+    source: ImageSource = ImageSource.HOST
+    suite: str = "bookworm"
+    packages: list[str] = []
+    mirror: str | None = None
+    path: str | None = None  # a tarball on the server's host
+
+
+def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Path) -> FastAPI:
+    app = FastAPI(title="rackfire", version=__version__,
+                  description="Stacks of appliance roles, planned then applied.")
+
+    @app.exception_handler(RackfireError)
+    async def rackfire_error(_: Request, exc: RackfireError) -> JSONResponse:
+        return JSONResponse(status_code=exc.http_status, content={"error": exc.to_dict()})
+
+    def parse(src: StackSource) -> Any:
+        return load_stack_text(src.yaml, src.filename,
+                               Path(src.base_dir) if src.base_dir else None)
+
+    @app.get("/v1/health")
+    def health() -> dict[str, Any]:
+        info = controller.agent.info()
+        return {"ok": True, "version": __version__, "host": info.name,
+                "runtimes": list(info.runtimes)}
+
+    @app.get("/v1/schema")
+    def schema() -> dict[str, Any]:
+        return stack_json_schema()
+
+    @app.post("/v1/plan")
+    def plan(src: StackSource) -> dict[str, Any]:
+        return controller.plan(parse(src)).to_json()
+
+    @app.post("/v1/apply")
+    def apply(src: StackSource) -> dict[str, Any]:
+        generation, plan = controller.apply(parse(src), src.expected_generation)
+        return plan.to_json() | {"generation": generation}
+
+    @app.get("/v1/stacks")
+    def stacks() -> list[dict[str, Any]]:
+        return [stack_json(controller, r.name) for r in controller.store.stacks()]
+
+    @app.get("/v1/stacks/{name}")
+    def stack(name: str) -> dict[str, Any]:
+        return stack_json(controller, name)
+
+    @app.delete("/v1/stacks/{name}")
+    def destroy(name: str) -> dict[str, Any]:
+        return {"stack": name, "generation": controller.destroy(name)}
+
+    @app.get("/v1/instances")
+    def instances(stack: str | None = None) -> list[dict[str, Any]]:
+        now = time.time()
+        return [
+            {
+                "stack": f.key.stack, "name": f.key.name, "role": f.key.role,
+                "index": f.key.index, "id": f.key.id, "state": f.state.value,
+                "ip": f.ip, "host": f.host, "runtime": f.runtime.value,
+                "isolated": f.runtime.value == "container",
+                "started_at": f.started_at,
+                "uptime": now - f.started_at if f.started_at and f.state == "running" else None,
+                "health": h.value, "health_message": msg, "pid": f.pid,
+                "oom_killed": f.oom_killed, "exit_code": f.exit_code,
+                "log": controller.agent.log_path(f.key),
+            }
+            for f, h, msg in controller.instances(stack)
+        ]
+
+    @app.get("/v1/images")
+    def images() -> list[dict[str, Any]]:
+        return [vars_of(i) for i in controller.agent.images()]
+
+    @app.post("/v1/images")
+    def build_image(req: ImageBuild) -> dict[str, Any]:
+        spec = ImageSpec(req.name, req.source, req.suite, tuple(req.packages), req.mirror,
+                         req.path)
+        return vars_of(controller.agent.ensure_image(spec))
+
+    @app.put("/v1/images/{name}/tarball")
+    async def import_image(name: str, request: Request) -> dict[str, Any]:
+        """The request body is a rootfs tarball (.tar, .tar.gz, .tar.xz), streamed to disk
+        under a cap, then extracted safely."""
+        spool = uploads / f"{name}.{uuid.uuid4().hex[:8]}.upload"
+        uploads.mkdir(parents=True, exist_ok=True)
+        size = 0
+        try:
+            with open(spool, "wb") as f:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > MAX_UPLOAD:
+                        raise PrereqError(f"tarball larger than {MAX_UPLOAD >> 30} GiB")
+                    f.write(chunk)
+            info = await run_in_threadpool(controller.agent.import_image, name, str(spool))
+        finally:
+            spool.unlink(missing_ok=True)
+        return vars_of(info)
+
+    @app.delete("/v1/images/{name}")
+    def remove_image(name: str) -> dict[str, Any]:
+        return {"name": name, "removed": controller.agent.remove_image(name)}
+
+    @app.post("/v1/server/stop")
+    def stop() -> dict[str, Any]:
+        threading.Timer(0.2, shutdown).start()  # after this response has gone out
+        return {"stopping": True}
+
+    return app
+
+
+def stack_json(controller: Controller, name: str) -> dict[str, Any]:
+    rec = controller.store.get_stack(name)
+    if rec is None:
+        raise NotFound(f"no stack named {name}", hint="see `rackfire ps` or apply a stack file")
+    actions = controller.store.actions(name, rec.generation)
+    return {
+        "name": rec.name, "generation": rec.generation,
+        "observed_generation": rec.observed_generation, "status": rec.status,
+        "message": rec.message, "deleting": rec.deleting, "subnet": rec.subnet,
+        "converged": rec.status == "converged" and rec.observed_generation == rec.generation,
+        "actions": [
+            {"id": a.id, "kind": a.kind, "instance": a.instance, "reason": a.reason,
+             "state": a.state, "error": a.error}
+            for a in actions
+        ],
+        "unready": [] if rec.deleting else controller.unready(name),
+    }
+
+
+def vars_of(obj: Any) -> dict[str, Any]:
+    return {k: getattr(obj, k) for k in obj.__slots__}

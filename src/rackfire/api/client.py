@@ -1,0 +1,110 @@
+"""The typed client of the REST API, used by the CLI (and by tests, as a user would)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from rackfire.errors import AgentOffline, RackfireError
+
+DEFAULT_URL = "http://127.0.0.1:7480"
+
+
+class ApiError(RackfireError):
+    """An error the server answered with; carries its JSON body."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        err = body.get("error") or {"message": str(body.get("detail", body))}
+        super().__init__(str(err.get("message", "")), hint=str(err.get("hint", "")))
+        self.status = status
+        self.body = err
+        self.code = str(err.get("code", "error"))
+
+
+class ServerUnreachable(AgentOffline):
+    code = "server_unreachable"
+
+
+class Client:
+    def __init__(self, url: str | None = None, timeout: float = 120.0) -> None:
+        self.url = (url or os.environ.get("RACKFIRE_URL") or DEFAULT_URL).rstrip("/")
+        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            r = self._http.request(method, path, **kw)
+        except httpx.TransportError as e:
+            raise ServerUnreachable(
+                f"no rackfire server answers at {self.url} ({e.__class__.__name__})",
+                hint="start one with `rackfire server` (or use `rackfire up`), "
+                "or set RACKFIRE_URL") from None
+        if r.status_code >= 400:
+            try:
+                body = r.json()
+            except ValueError:
+                body = {"error": {"message": r.text}}
+            raise ApiError(r.status_code, body)
+        return r.json()
+
+    def alive(self) -> bool:
+        try:
+            self._call("GET", "/v1/health")
+        except RackfireError:
+            return False
+        return True
+
+    def health(self) -> dict[str, Any]:
+        return dict(self._call("GET", "/v1/health"))
+
+    def plan(self, text: str, filename: str, base_dir: str | None) -> dict[str, Any]:
+        return dict(self._call("POST", "/v1/plan", json={
+            "yaml": text, "filename": filename, "base_dir": base_dir}))
+
+    def apply(self, text: str, filename: str, base_dir: str | None,
+              expected_generation: int | None) -> dict[str, Any]:
+        return dict(self._call("POST", "/v1/apply", json={
+            "yaml": text, "filename": filename, "base_dir": base_dir,
+            "expected_generation": expected_generation}))
+
+    def stack(self, name: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/v1/stacks/{name}"))
+
+    def stacks(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/v1/stacks"))
+
+    def destroy(self, name: str) -> dict[str, Any]:
+        return dict(self._call("DELETE", f"/v1/stacks/{name}"))
+
+    def instances(self, stack: str | None = None) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/v1/instances", params={"stack": stack} if stack else {}))
+
+    def images(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/v1/images"))
+
+    def build_image(self, **spec: Any) -> dict[str, Any]:
+        return dict(self._call("POST", "/v1/images", json=spec, timeout=3600))
+
+    def import_image(self, name: str, tarball: Path) -> dict[str, Any]:
+        def chunks() -> Iterator[bytes]:
+            with open(tarball, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    yield chunk
+
+        return dict(self._call("PUT", f"/v1/images/{name}/tarball", content=chunks(),
+                               timeout=3600))
+
+    def remove_image(self, name: str) -> dict[str, Any]:
+        return dict(self._call("DELETE", f"/v1/images/{name}"))
+
+    def schema(self) -> dict[str, Any]:
+        return dict(self._call("GET", "/v1/schema"))
+
+    def stop_server(self) -> None:
+        self._call("POST", "/v1/server/stop")

@@ -1,0 +1,1 @@
+"""The CLI: a thin client of the REST API. Every read command has --json."""

@@ -1,0 +1,300 @@
+"""`rackfire` commands. Each one is a few calls to the API client and a way to show them.
+
+Exit codes: 0 success; 1 error; `plan` exits 2 when there are changes (Terraform's
+detailed exit codes).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from rackfire.api.client import Client
+from rackfire.cli import output
+from rackfire.cli.output import err, out, print_json
+from rackfire.errors import PrereqError, RackfireError
+from rackfire.model.stack import ImageSource, RuntimeKind
+from rackfire.spec import load_stack_file, stack_json_schema
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="rackfire: a fleet of virtual servers from one stack file.",
+                  pretty_exceptions_enable=False)
+image_app = typer.Typer(no_args_is_help=True, help="Build, import, list and remove images.")
+server_app = typer.Typer(invoke_without_command=True,
+                         help="Run the server (API, store, reconcile loop, local agent).")
+app.add_typer(image_app, name="image")
+app.add_typer(server_app, name="server")
+
+DEFAULT_DATA_DIR = Path(os.environ.get("RACKFIRE_DATA_DIR", "/var/lib/rackfire"))
+
+File = Annotated[Path, typer.Option("-f", "--file", help="the stack file")]
+Json = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+Yes = Annotated[bool, typer.Option("-y", "--yes", help="do not ask for confirmation")]
+Url = Annotated[str | None, typer.Option("--url", envvar="RACKFIRE_URL",
+                                         help="the server [default: http://127.0.0.1:7480]")]
+DataDir = Annotated[Path, typer.Option("--data-dir", help="where state lives")]
+
+
+def _read(file: Path) -> tuple[str, str, str]:
+    """Validate locally first (the file's own line numbers, no server needed)."""
+    load_stack_file(file)
+    return file.read_text(), str(file), str(file.resolve().parent)
+
+
+# stacks -------------------------------------------------------------------------------------
+
+@app.command()
+def plan(file: File, json: Json = False, url: Url = None) -> None:
+    """Show what apply would change. Exit 0: no changes, 2: changes, 1: error."""
+    text, name, base = _read(file)
+    result = Client(url).plan(text, name, base)
+    print_json(result) if json else output.print_plan(result)
+    raise typer.Exit(2 if result["actions"] else 0)
+
+
+@app.command()
+def apply(file: File, yes: Yes = False, url: Url = None,
+          timeout: Annotated[float, typer.Option(help="seconds to wait for convergence")] = 600,
+          ) -> None:
+    """Show the plan, apply it, and wait until the stack converges."""
+    _apply(Client(url), file, yes, timeout)
+
+
+@app.command()
+def up(file: File, url: Url = None, data_dir: DataDir = DEFAULT_DATA_DIR,
+       timeout: Annotated[float, typer.Option(help="seconds to wait for convergence")] = 600,
+       ) -> None:
+    """Start a server if none answers, then apply the stack file without asking."""
+    client = Client(url)
+    if not client.alive():
+        _start_server(client, data_dir)
+    _apply(client, file, True, timeout)
+
+
+def _apply(client: Client, file: Path, yes: bool, timeout: float) -> None:
+    text, name, base = _read(file)
+    planned = client.plan(text, name, base)
+    output.print_plan(planned)
+    if not yes and planned["actions"]:
+        if not sys.stdin.isatty():
+            raise PrereqError("refusing to apply without confirmation", hint="pass -y")
+        typer.confirm("Apply these changes?", abort=True)
+    result = client.apply(text, name, base, planned["generation"])
+    _wait(client, result["stack"], result["generation"], len(result["actions"]), timeout)
+    output.print_instances(client.instances(result["stack"]), show_stack=False)
+
+
+def _wait(client: Client, stack: str, generation: int, total: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
+               "{task.total}"), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=False) as bar:
+        task = bar.add_task("applying", total=max(total, 1))
+        while True:
+            s = client.stack(stack)
+            done = [a for a in s["actions"] if a["state"] in ("done", "failed")]
+            running = [a for a in s["actions"] if a["state"] == "running"]
+            desc = (f"{running[-1]['kind']} {running[-1]['instance']}" if running
+                    else s["message"] or s["status"])
+            bar.update(task, completed=min(len(done), total) if total else 0,
+                       description=desc[:60])
+            if s["converged"] and s["generation"] == generation:
+                bar.update(task, completed=max(total, 1), description="converged")
+                return
+            if s["status"] == "failed":
+                failed = [a for a in s["actions"] if a["state"] == "failed"]
+                detail = "; ".join(f"{a['instance']}: {a['error']}" for a in failed[-3:])
+                raise RackfireError(
+                    f"stack {stack} failed: {s['message']}" + (f" ({detail})" if detail else ""),
+                    hint=f"`rackfire ps {stack}` shows each instance and its log; the server "
+                    "keeps retrying")
+            if time.monotonic() > deadline:
+                raise RackfireError(f"stack {stack} did not converge in {timeout:.0f}s: "
+                                    + ", ".join(s["unready"][:5]),
+                                    hint=f"`rackfire ps {stack}`; the server keeps trying")
+            time.sleep(0.3)
+
+
+@app.command()
+def destroy(stack: str, yes: Yes = False, url: Url = None) -> None:
+    """Remove every instance, the network and the published ports of a stack."""
+    client = Client(url)
+    rows = client.instances(stack)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise PrereqError("refusing to destroy without confirmation", hint="pass -y")
+        typer.confirm(f"Destroy stack {stack} and its {len(rows)} instance(s)?", abort=True)
+    result = client.destroy(stack)
+    if result["generation"] == 0:
+        out.print(f"stack {stack} does not exist; nothing to do")
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), console=err) as bar:
+        task = bar.add_task(f"destroying {stack}", total=max(len(rows), 1))
+        while True:
+            try:
+                s = client.stack(stack)
+            except RackfireError as e:
+                if getattr(e, "status", 0) == 404:
+                    break
+                raise
+            if s["status"] == "failed":
+                raise RackfireError(f"destroy of {stack} failed: {s['message']}",
+                                    hint="the server keeps retrying")
+            left = len(client.instances(stack))
+            bar.update(task, completed=len(rows) - left)
+            time.sleep(0.2)
+        bar.update(task, completed=max(len(rows), 1))
+    out.print(f"stack {stack} destroyed")
+
+
+@app.command()
+def ps(stack: Annotated[str | None, typer.Argument()] = None, json: Json = False,
+       url: Url = None) -> None:
+    """One row per instance: name, role, index, state, IP, host, uptime, health."""
+    rows = Client(url).instances(stack)
+    print_json(rows) if json else output.print_instances(rows, show_stack=stack is None)
+
+
+@app.command()
+def schema() -> None:
+    """Print the stack file's JSON Schema (for editors)."""
+    print_json(stack_json_schema())
+
+
+# server -------------------------------------------------------------------------------------
+
+@server_app.callback()
+def server(
+    ctx: typer.Context,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    listen: Annotated[str, typer.Option(help="address to serve the API on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="API port")] = 7480,
+    subnet_pool: Annotated[str, typer.Option(help="stack networks come from here")] =
+    "10.88.0.0/16",
+    runtime: Annotated[RuntimeKind | None, typer.Option(help="force one runtime")] = None,
+) -> None:
+    """Run the server in the foreground."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rackfire.server import serve  # the CLI's other commands need none of this
+
+    serve(data_dir, listen, port, subnet_pool, runtime)
+
+
+@server_app.command("stop")
+def server_stop(url: Url = None) -> None:
+    """Stop the server. Instances keep running; a new server re-adopts them."""
+    client = Client(url)
+    client.stop_server()
+    deadline = time.monotonic() + 20
+    while client.alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    out.print("server stopped; instances keep running")
+
+
+def _start_server(client: Client, data_dir: Path) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = client.url.rsplit(":", 1)[-1].split("/")[0]
+    log = open(data_dir / "server.log", "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rackfire", "server", "--data-dir", str(data_dir),
+         "--port", port],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    log.close()
+    err.print(f"started rackfire server (pid {proc.pid}, log {data_dir / 'server.log'})")
+    deadline = time.monotonic() + 30
+    while not client.alive():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RackfireError("the server did not start",
+                                hint=f"see {data_dir / 'server.log'}")
+        time.sleep(0.1)
+
+
+# images -------------------------------------------------------------------------------------
+
+@image_app.command("build")
+def image_build(
+    name: str,
+    source: Annotated[ImageSource, typer.Option("--from", help="host or debootstrap")] =
+    ImageSource.HOST,
+    suite: Annotated[str, typer.Option(help="Debian suite")] = "bookworm",
+    package: Annotated[list[str] | None, typer.Option("--package", "-p",
+                                                      help="extra Debian package")] = None,
+    mirror: Annotated[str | None, typer.Option(help="Debian mirror URL")] = None,
+    url: Url = None,
+) -> None:
+    """Build an image from the host's OS directories or with debootstrap."""
+    err.print(f"building image {name} from {source} ...")
+    info = Client(url).build_image(name=name, source=source.value, suite=suite,
+                                   packages=package or [], mirror=mirror)
+    out.print(f"image {info['name']} {info['digest'][:12]} ({info['size_bytes'] >> 20} MiB)")
+
+
+@image_app.command("import")
+def image_import(name: str, tarball: Path, url: Url = None) -> None:
+    """Import a root filesystem tarball (.tar, .tar.gz, .tar.xz), extracted safely."""
+    if not tarball.is_file():
+        raise PrereqError(f"{tarball}: no such file")
+    info = Client(url).import_image(name, tarball)
+    out.print(f"image {info['name']} {info['digest'][:12]} ({info['size_bytes'] >> 20} MiB)")
+
+
+@image_app.command("ls")
+def image_ls(json: Json = False, url: Url = None) -> None:
+    """List images."""
+    rows = Client(url).images()
+    if json:
+        print_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for c in ("NAME", "DIGEST", "SOURCE", "SIZE", "CREATED"):
+        table.add_column(c, justify="right" if c == "SIZE" else "left")
+    for r in rows:
+        table.add_row(r["name"], r["digest"][:12], r["source"], f"{r['size_bytes'] >> 20} MiB",
+                      time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"])))
+    out.print(table)
+
+
+@image_app.command("rm")
+def image_rm(name: str, url: Url = None) -> None:
+    """Remove an image no instance uses."""
+    removed = Client(url).remove_image(name)["removed"]
+    out.print(f"image {name} removed" if removed else f"no image named {name}; nothing to do")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except RackfireError as e:
+        output.print_error(e)
+        sys.exit(e.exit_code)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        err.print("aborted; nothing was changed")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except Exception as e:
+        import click
+
+        if isinstance(e, click.ClickException):  # usage errors
+            e.show()
+            sys.exit(e.exit_code)
+        if os.environ.get("RACKFIRE_DEBUG"):
+            raise
+        err.print(f"[red]internal error:[/] {e.__class__.__name__}: {e}", markup=True)
+        err.print("this is a bug in rackfire; rerun with RACKFIRE_DEBUG=1 for the traceback")
+        sys.exit(1)
+
+

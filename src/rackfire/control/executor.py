@@ -1,0 +1,108 @@
+"""The executor: runs a Plan's actions, recording each one's intent before its side effect.
+
+Destroys, creates, restarts and reconfigures run first; replaces roll one at a time, each
+waiting for its new instance to pass its health check before the next, and the rollout stops
+at the first that does not (a bad release takes down one instance, not the role).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from itertools import groupby
+
+from rackfire.control.health import HealthMonitor
+from rackfire.errors import RackfireError
+from rackfire.model.agent import Agent
+from rackfire.model.instance import InstanceKey
+from rackfire.plan import Action, ActionKind, Plan
+from rackfire.store import ActionRecord, Store
+
+log = logging.getLogger("rackfire.executor")
+PARALLEL = 4
+
+
+@dataclass(slots=True)
+class Outcome:
+    failed: str = ""  # why the plan stopped, for the operator
+    deferred: float | None = None  # a backed-off restart is due then
+    released: list[InstanceKey] = field(default_factory=list)  # destroyed for good
+
+
+class Executor:
+    def __init__(self, store: Store, agent: Agent, health: HealthMonitor) -> None:
+        self.store = store
+        self.agent = agent
+        self.health = health
+
+    def run(self, plan: Plan, clock: Callable[[], float],
+            on_step: Callable[[], None] | None = None) -> Outcome:
+        out = Outcome()
+        due = []
+        for action in plan.actions:
+            if action.not_before is not None and action.not_before > clock():
+                out.deferred = min(out.deferred or action.not_before, action.not_before)
+            else:
+                due.append(action)
+        # Independent instances of one kind run side by side; replaces roll one by one.
+        for kind, batch in groupby(due, key=lambda a: a.kind):
+            actions = list(batch)
+            if kind is ActionKind.REPLACE:
+                for action in actions:
+                    if error := self._run_one(plan, action):
+                        out.failed = f"replace {action.key.name} failed: {error}"
+                        return out
+                    if on_step is not None:
+                        on_step()  # publish the new instance's peers meanwhile
+                    if error := self.health.wait_ready(action.key):
+                        out.failed = f"replace {action.key.name}: {error}; rollout stopped"
+                        return out
+                continue
+            with ThreadPoolExecutor(PARALLEL, thread_name_prefix="action") as pool:
+                errors = list(pool.map(lambda a: self._run_one(plan, a), actions))
+            out.released += [a.key for a, e in zip(actions, errors, strict=True)
+                             if kind is ActionKind.DESTROY and not e]
+            failed = [(a, e) for a, e in zip(actions, errors, strict=True) if e]
+            if failed:
+                a, e = failed[0]
+                more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+                out.failed = f"{a.kind} {a.key.name} failed: {e}{more}"
+                return out
+        return out
+
+    def _run_one(self, plan: Plan, action: Action) -> str:
+        action_id = uuid.uuid4().hex[:12]
+        self.store.record_action(ActionRecord(
+            id=action_id, stack=plan.stack, generation=plan.generation, kind=action.kind.value,
+            instance=str(action.key), reason=action.reason, state="running",
+            created=time.time(), finished=None, error=""))
+        log.info("%s %s (%s) [%s]", action.kind, action.key, action.reason, action_id)
+        req = replace(action.request, action_id=action_id) if action.request else None
+        try:
+            if action.kind is ActionKind.DESTROY:
+                self.agent.destroy(action.key)
+            elif req is None:
+                raise RackfireError(f"{action.kind} without a request")
+            elif action.kind is ActionKind.CREATE:
+                self.store.note_restart(action.key, fresh=True)
+                self.agent.create(req)
+            elif action.kind is ActionKind.REPLACE:
+                self.store.note_restart(action.key, fresh=True)
+                self.agent.destroy(action.key)
+                self.agent.create(req)
+            elif action.kind is ActionKind.RECONFIGURE:
+                self.store.note_restart(action.key, fresh=True)
+                self.agent.reconfigure(req)
+            elif action.kind is ActionKind.RESTART:
+                self.store.note_restart(action.key, fresh=False)
+                self.agent.restart(req)
+        except RackfireError as e:
+            self.store.finish_action(action_id, "failed", e.message)
+            log.warning("%s %s failed: %s", action.kind, action.key, e.message)
+            return e.message
+        self.store.finish_action(action_id, "done")
+        return ""

@@ -1,0 +1,96 @@
+"""The health monitor: probes each running instance of a role with a check, on the role's
+interval, and records healthy / starting / unhealthy. A change of health enqueues the stack,
+so published ports follow health within one interval."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from rackfire.model.agent import Agent
+from rackfire.model.instance import Health, InstanceFacts, InstanceKey, InstanceState
+from rackfire.model.stack import HealthSpec
+from rackfire.store import Store
+
+log = logging.getLogger("rackfire.health")
+TICK = 0.5
+
+
+class HealthMonitor:
+    def __init__(self, store: Store, agent: Agent, on_change: Callable[[str], None]) -> None:
+        self.store = store
+        self.agent = agent
+        self.on_change = on_change
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.tick(time.time())
+            except Exception:
+                log.exception("health tick failed")
+            stop.wait(TICK)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def tick(self, now: float) -> None:
+        due: list[tuple[InstanceFacts, HealthSpec]] = []
+        for rec in self.store.stacks():
+            if rec.deleting:
+                continue
+            checks = {r.name: r.health for r in rec.spec.roles if r.health}
+            statuses = self.store.statuses(rec.name)
+            for f in self.agent.observe(rec.name):
+                spec = checks.get(f.key.role)
+                if spec is None or f.state is not InstanceState.RUNNING:
+                    continue
+                st = statuses.get(f.key)
+                if st is None or st.checked is None or st.checked + spec.interval <= now:
+                    due.append((f, spec))
+        for f, spec in due:
+            self._pool.submit(self._check, f, spec)
+
+    def _check(self, f: InstanceFacts, spec: HealthSpec) -> Health:
+        ok, message = self.agent.probe(f.key, f.ip or "", spec)
+        st = self.store.statuses(f.key.stack).get(f.key)
+        before = st.health if st else Health.UNKNOWN
+        fails = 0 if ok else (st.fails if st else 0) + 1
+        if ok:
+            health = Health.HEALTHY
+        elif before is Health.HEALTHY and fails < spec.retries:
+            health = Health.HEALTHY  # a blip: not yet
+        elif fails >= spec.retries and (
+            before is Health.HEALTHY or time.time() - (f.started_at or 0) > spec.grace
+        ):
+            health = Health.UNHEALTHY
+        else:
+            health = Health.STARTING
+        self.store.set_health(f.key, health, fails, "" if ok else message)
+        if health is not before:
+            log.info("%s is %s %s", f.key, health, message if not ok else "")
+            self.on_change(f.key.stack)
+        return health
+
+    def wait_ready(self, key: InstanceKey) -> str:
+        """Block until the new instance passes its check; '' or why not."""
+        rec = self.store.get_stack(key.stack)
+        role = rec.spec.role(key.role) if rec else None
+        spec = role.health if role else None
+        deadline = time.monotonic() + (
+            spec.grace + spec.interval * spec.retries + 5 if spec else 10)
+        while time.monotonic() < deadline:
+            f = next((f for f in self.agent.observe(key.stack) if f.key == key), None)
+            if f is None or f.state is not InstanceState.RUNNING:
+                state = f.state if f else "missing"
+                if f is not None and f.state is InstanceState.STOPPED:
+                    return f"it stopped ({'OOM-killed' if f.oom_killed else 'exited'})"
+                if state == "missing":
+                    return "it disappeared"
+            elif spec is None or self._check(f, spec) is Health.HEALTHY:
+                return ""
+            time.sleep(min(spec.interval, 0.5) if spec else 0.2)
+        st = self.store.statuses(key.stack).get(key)
+        return f"not healthy after {spec.grace if spec else 10:.0f}s" + (
+            f" ({st.message})" if st and st.message else "")

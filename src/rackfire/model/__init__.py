@@ -1,0 +1,1 @@
+"""Domain types: frozen dataclasses, no I/O. Everything else speaks these."""

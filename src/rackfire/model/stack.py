@@ -1,0 +1,130 @@
+"""Desired state: a stack and its roles, as validated from a stack file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+NAME_PATTERN = r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$|^[a-z]$"
+"""Stack, role and image names: they end up in file, netns, cgroup and container names."""
+
+
+class ImageSource(StrEnum):
+    HOST = "host"
+    DEBOOTSTRAP = "debootstrap"
+    TARBALL = "tarball"
+
+
+class RuntimeKind(StrEnum):
+    CONTAINER = "container"
+    PROCESS = "process"
+
+
+@dataclass(frozen=True, slots=True)
+class ImageSpec:
+    name: str
+    source: ImageSource
+    suite: str = "bookworm"
+    packages: tuple[str, ...] = ()
+    mirror: str | None = None
+    path: str | None = None  # a rootfs tarball, for source=tarball
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    cpu: float | None = None  # cores; a CFS quota
+    memory: int | None = None  # bytes; hard limit, no swap
+    disk: int = 256 * 1024 * 1024  # bytes; the instance's writable disk
+    pids: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PortMap:
+    host_port: int
+    container_port: int
+    host_ip: str = "0.0.0.0"
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSpec:
+    http: str | None = None  # URL as seen from inside the instance
+    tcp: int | None = None  # port inside the instance
+    interval: float = 5.0
+    timeout: float = 2.0
+    retries: int = 3  # consecutive failures before unhealthy
+    grace: float = 30.0  # how long a starting instance may fail without being unhealthy
+
+
+@dataclass(frozen=True, slots=True)
+class RoleSpec:
+    name: str
+    image: str
+    count: int = 1
+    command: tuple[str, ...] = ()
+    resources: Resources = field(default_factory=Resources)
+    ports: tuple[PortMap, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()  # sorted by name
+    files: tuple[tuple[str, str], ...] = ()  # absolute path -> Jinja2 template, sorted by path
+    health: HealthSpec | None = None
+    uses: tuple[str, ...] = ()
+    runtime: RuntimeKind | None = None  # None: the host's best runtime
+
+
+@dataclass(frozen=True, slots=True)
+class StackSpec:
+    name: str
+    images: tuple[ImageSpec, ...] = ()
+    roles: tuple[RoleSpec, ...] = ()
+
+    def role(self, name: str) -> RoleSpec:
+        for r in self.roles:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+    def image(self, name: str) -> ImageSpec:
+        for i in self.images:
+            if i.name == name:
+                return i
+        raise KeyError(name)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> StackSpec:
+        return StackSpec(
+            name=data["name"],
+            images=tuple(
+                ImageSpec(**{**i, "source": ImageSource(i["source"]),
+                             "packages": tuple(i.get("packages", ()))})
+                for i in data.get("images", ())
+            ),
+            roles=tuple(_role_from_json(r) for r in data.get("roles", ())),
+        )
+
+
+def _role_from_json(r: dict[str, Any]) -> RoleSpec:
+    health = r.get("health")
+    return RoleSpec(
+        name=r["name"],
+        image=r["image"],
+        count=r["count"],
+        command=tuple(r["command"]),
+        resources=Resources(**r["resources"]),
+        ports=tuple(PortMap(**p) for p in r.get("ports", ())),
+        env=tuple((k, v) for k, v in r.get("env", ())),
+        files=tuple((k, v) for k, v in r.get("files", ())),
+        health=HealthSpec(**health) if health else None,
+        uses=tuple(r.get("uses", ())),
+        runtime=RuntimeKind(r["runtime"]) if r.get("runtime") else None,
+    )
+
+
+def digest(obj: object) -> str:
+    """A short stable hash of JSON-able data."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

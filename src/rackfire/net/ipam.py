@@ -1,0 +1,76 @@
+"""IPv4 address management for stack networks: pure functions over what is already used.
+
+Persistence is the caller's job (the store records each stack's subnet and each instance's
+address); these functions only answer "what is the lowest free one". Invariants: results are
+deterministic for the same inputs, never overlap anything in `used`, and an instance address
+is never the network, gateway (first host) or broadcast address. Every refusal is a
+PrereqError: nothing has been allocated.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Collection
+from ipaddress import IPv4Address, IPv4Network
+
+from rackfire.errors import PrereqError
+
+DEFAULT_POOL = "10.88.0.0/16"
+
+
+def _network(text: str) -> IPv4Network:
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError as e:
+        raise PrereqError(f"not an IP network: {text!r}") from e
+    if not isinstance(net, IPv4Network):
+        raise PrereqError(f"only IPv4 networks are supported: {text!r}")
+    return net
+
+
+def _subnet(text: str) -> IPv4Network:
+    """A stack subnet: IPv4, and big enough for a gateway plus at least one instance."""
+    net = _network(text)
+    if net.prefixlen > 30:
+        raise PrereqError(f"subnet {text} is too small: a /30 or larger is needed")
+    return net
+
+
+def allocate_subnet(pool: str, used: Collection[str], prefix: int = 24) -> str:
+    """The first /`prefix` in `pool` that overlaps none of the `used` networks."""
+    base = _network(pool)
+    if not base.prefixlen <= prefix <= 30:
+        raise PrereqError(f"cannot cut /{prefix} subnets out of {pool}")
+    taken = [_network(u) for u in used]
+    for candidate in base.subnets(new_prefix=prefix):
+        if not any(candidate.overlaps(t) for t in taken):
+            return str(candidate)
+    raise PrereqError(f"address pool {pool} has no free /{prefix} left",
+                      hint="use a larger pool or delete unused stacks")
+
+
+def gateway_of(subnet: str) -> str:
+    """The host's (bridge's) address in a stack subnet: its first host address."""
+    return str(_subnet(subnet).network_address + 1)
+
+
+def allocate_ip(subnet: str, used: Collection[str]) -> str:
+    """The lowest host address of `subnet` that is not the gateway and not in `used`.
+
+    `used` holds addresses, with or without a /prefix; ones outside the subnet are ignored.
+    """
+    net = _subnet(subnet)
+    taken = {int(a) for a in map(_address, used) if a.version == 4}
+    first = int(net.network_address) + 2  # +1 is the gateway
+    last = int(net.broadcast_address) - 1
+    for candidate in range(first, last + 1):
+        if candidate not in taken:
+            return str(IPv4Address(candidate))
+    raise PrereqError(f"subnet {subnet} full", hint="use a larger subnet for this stack")
+
+
+def _address(text: str) -> IPv4Address | ipaddress.IPv6Address:
+    try:
+        return ipaddress.ip_interface(text).ip
+    except ValueError as e:
+        raise PrereqError(f"not an IP address: {text!r}") from e

@@ -1,0 +1,14 @@
+"""The pure planner: desired + observed in, a Plan of actions out. No I/O here, ever."""
+
+from rackfire.plan.actions import Action, ActionKind, Plan
+from rackfire.plan.planner import RestartRecord, plan_stack
+from rackfire.plan.render import render_stack
+
+__all__ = [
+    "Action",
+    "ActionKind",
+    "Plan",
+    "RestartRecord",
+    "plan_stack",
+    "render_stack",
+]

@@ -1,0 +1,44 @@
+"""The runtime seam: one Protocol, capabilities as data, one contract suite for all."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from rackfire.images.store import ImageInfo
+from rackfire.model.instance import InstanceFacts, InstanceKey, InstanceRequest
+from rackfire.model.stack import RuntimeKind
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    isolated: bool  # own namespaces, cgroup limits
+    disk_limit: bool  # a real cap on what it can write
+    own_ip: bool  # its own network namespace and address on the stack network
+
+
+class Runtime(Protocol):
+    kind: RuntimeKind
+    caps: Capabilities
+
+    def create(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path) -> None:
+        """Make every part of the instance and start it. Repairs a half-made earlier try."""
+
+    def reconfigure(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path) -> None:
+        """Stop it, swap its config layer for `req.files`, start it; same disk and IP."""
+
+    def restart(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path) -> None:
+        """Start a stopped instance again on its own disk."""
+
+    def destroy(self, key: InstanceKey) -> None:
+        """Remove every part; missing parts are fine (not-found on delete is success)."""
+
+    def observe(self) -> list[InstanceFacts]:
+        """Every instance of this runtime on this host, as found on disk and in the kernel."""
+
+    def netns(self, key: InstanceKey) -> str | None:
+        """The network namespace to health-check in; None for the host's."""
+
+    def log_path(self, key: InstanceKey) -> Path:
+        """Where the instance's stdout and stderr go."""

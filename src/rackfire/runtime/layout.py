@@ -1,0 +1,113 @@
+"""Where an instance's parts live on a host, and its metadata file.
+
+`<root>/<instance id>/` holds meta.json (written *before* anything else is made, so an
+interrupted create is found again as PARTIAL), console.log, the config layer, the disk image
+and the OCI bundle. The directory name is the instance id, so a listing is an inventory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rackfire.model.instance import InstanceKey, InstanceRequest
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceDir:
+    root: Path
+
+    @property
+    def meta(self) -> Path:
+        return self.root / "meta.json"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "console.log"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config"
+
+    @property
+    def disk_image(self) -> Path:
+        return self.root / "disk.img"
+
+    @property
+    def disk(self) -> Path:
+        return self.root / "disk"
+
+    @property
+    def bundle(self) -> Path:
+        return self.root / "bundle"
+
+    @property
+    def rootfs(self) -> Path:
+        return self.root / "bundle" / "rootfs"
+
+    @property
+    def workdir(self) -> Path:
+        return self.root / "work"
+
+
+def instance_dir(base: Path, key: InstanceKey) -> InstanceDir:
+    return InstanceDir(base / key.id)
+
+
+def write_meta(d: InstanceDir, req: InstanceRequest, phase: str, **extra: Any) -> None:
+    data = {
+        "key": asdict(req.key), "runtime": req.runtime.value, "ip": req.ip,
+        "spec_hash": req.spec_hash, "config_hash": req.config_hash,
+        "spec_fields": [list(p) for p in req.spec_fields], "image": req.image_digest,
+        "phase": phase, "updated": time.time(), **extra,
+    }
+    d.root.mkdir(parents=True, exist_ok=True)
+    tmp = d.meta.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, d.meta)  # atomic: a crash leaves the old or the new, never half
+
+
+def update_meta(d: InstanceDir, **changes: Any) -> None:
+    data = read_meta(d) or {}
+    data.update(changes, updated=time.time())
+    tmp = d.meta.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, d.meta)
+
+
+def read_meta(d: InstanceDir) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads(d.meta.read_text())
+        return data
+    except (OSError, ValueError):
+        return None
+
+
+def write_config_layer(target: Path, files: tuple[tuple[str, str], ...], hostname: str) -> None:
+    """Render the instance's read-only config layer: its files and /etc/hostname."""
+    if target.exists():
+        shutil.rmtree(target)
+    (target / "etc").mkdir(parents=True)
+    (target / "etc" / "hostname").write_text(hostname + "\n")
+    for path, content in files:
+        dest = target / path.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(content)
+
+
+def list_instance_dirs(base: Path) -> list[tuple[InstanceKey, InstanceDir]]:
+    out: list[tuple[InstanceKey, InstanceDir]] = []
+    if not base.is_dir():
+        return out
+    for entry in sorted(base.iterdir()):
+        try:
+            key = InstanceKey.parse_id(entry.name)
+        except ValueError:
+            continue
+        out.append((key, InstanceDir(entry)))
+    return out

@@ -1,0 +1,104 @@
+"""The OCI runtime config for one instance. Pure: request in, config.json dict out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rackfire.model.instance import InstanceRequest
+
+CPU_PERIOD = 100_000
+
+# Docker's default set, less the ones a web appliance never needs (MKNOD, NET_RAW,
+# AUDIT_WRITE, SETFCAP): enough to start daemons that drop privileges.
+CAPABILITIES = [
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
+    "CAP_NET_BIND_SERVICE", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_SYS_CHROOT",
+]
+
+_BASE_MOUNTS: list[dict[str, Any]] = [
+    {"destination": "/proc", "type": "proc", "source": "proc"},
+    {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+     "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+    {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+     "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+    {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+     "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+    {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+     "options": ["nosuid", "noexec", "nodev"]},
+    {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+     "options": ["nosuid", "noexec", "nodev", "ro"]},
+    {"destination": "/run", "type": "tmpfs", "source": "tmpfs",
+     "options": ["nosuid", "nodev", "mode=755", "size=16384k"]},
+]
+
+
+def oci_config(
+    req: InstanceRequest,
+    host_binds: tuple[str, ...],
+    hosts_file: Path,
+    netns_path: str,
+) -> dict[str, Any]:
+    r = req.resources
+    resources: dict[str, Any] = {"devices": [{"allow": False, "access": "rwm"}]}
+    if r.memory is not None:
+        # swap == memory: no swap, so the limit is a hard limit.
+        resources["memory"] = {"limit": r.memory, "swap": r.memory}
+    if r.cpu is not None:
+        resources["cpu"] = {"quota": int(r.cpu * CPU_PERIOD), "period": CPU_PERIOD}
+    if r.pids is not None:
+        resources["pids"] = {"limit": r.pids}
+    env = [
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        f"HOSTNAME={req.key.name}",
+        "HOME=/root",
+        f"RACKFIRE_STACK={req.key.stack}",
+        f"RACKFIRE_ROLE={req.key.role}",
+        f"RACKFIRE_INDEX={req.key.index}",
+        f"RACKFIRE_IP={req.ip}",
+        *(f"{k}={v}" for k, v in req.env),
+    ]
+    mounts = list(_BASE_MOUNTS)
+    mounts += [
+        {"destination": b, "type": "bind", "source": b,
+         "options": ["rbind", "ro", "nosuid", "nodev"]}
+        for b in host_binds
+    ]
+    # A bind of the stack's hosts file: rewritten in place, so names stay current without a
+    # restart (a file in the overlay's lower layer may not change under a mounted overlay).
+    mounts.append({"destination": "/etc/hosts", "type": "bind", "source": str(hosts_file),
+                   "options": ["bind", "ro", "nosuid", "nodev", "noexec"]})
+    caps = list(CAPABILITIES)
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": False,
+            "user": {"uid": 0, "gid": 0},
+            "args": list(req.command),
+            "env": env,
+            "cwd": "/",
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            # Within the machine's hard limit (nofile 20000): more makes runc fail.
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 4096}],
+            "noNewPrivileges": True,
+        },
+        "root": {"path": "rootfs", "readonly": False},
+        "hostname": req.key.name,
+        "mounts": mounts,
+        "linux": {
+            "cgroupsPath": f"/rackfire/{req.key.id}",
+            "resources": resources,
+            "namespaces": [
+                {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
+                {"type": "network", "path": netns_path},
+            ],
+            "maskedPaths": [
+                "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys",
+                "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
+                "/proc/sched_debug", "/sys/firmware", "/proc/scsi",
+            ],
+            "readonlyPaths": [
+                "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
+            ],
+        },
+    }

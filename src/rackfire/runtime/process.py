@@ -1,0 +1,158 @@
+"""The process runtime: plain processes for a machine without root or runc.
+
+Not isolated: no namespaces, no limits, the host's network (IP 127.0.0.1). Each instance has
+its own working dir (its rendered files land under it, at their paths relative to `/`), its
+environment, and its log. `rackfire ps` marks these instances `not isolated`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from rackfire.errors import ExecError
+from rackfire.images.store import ImageInfo
+from rackfire.model.instance import InstanceFacts, InstanceKey, InstanceRequest, InstanceState
+from rackfire.model.stack import RuntimeKind
+from rackfire.runtime.base import Capabilities
+from rackfire.runtime.layout import (
+    InstanceDir,
+    instance_dir,
+    list_instance_dirs,
+    read_meta,
+    update_meta,
+    write_config_layer,
+    write_meta,
+)
+
+STOP_TIMEOUT = 10.0
+
+
+class ProcessRuntime:
+    kind = RuntimeKind.PROCESS
+    caps = Capabilities(isolated=False, disk_limit=False, own_ip=False)
+
+    def __init__(self, base: Path, host: str) -> None:
+        self.base = base
+        self.host = host
+        base.mkdir(parents=True, exist_ok=True)
+
+    def create(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path) -> None:
+        d = instance_dir(self.base, req.key)
+        if d.root.exists():
+            self.destroy(req.key)
+        write_meta(d, req, phase="creating")
+        write_config_layer(d.workdir, req.files, req.key.name)
+        self._start(d, req)
+        update_meta(d, phase="created")
+
+    def reconfigure(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path) -> None:
+        d = instance_dir(self.base, req.key)
+        self._stop(d)
+        write_config_layer(d.workdir, req.files, req.key.name)
+        update_meta(d, config_hash=req.config_hash)
+        self._start(d, req)
+
+    def restart(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path) -> None:
+        d = instance_dir(self.base, req.key)
+        self._stop(d)
+        self._start(d, req)
+
+    def destroy(self, key: InstanceKey) -> None:
+        d = instance_dir(self.base, key)
+        self._stop(d, timeout=2.0)
+        shutil.rmtree(d.root, ignore_errors=True)
+
+    def observe(self) -> list[InstanceFacts]:
+        facts = []
+        for key, d in list_instance_dirs(self.base):
+            meta = read_meta(d)
+            if meta is None or meta.get("runtime") != self.kind.value:
+                continue
+            pid, exit_code = _poll(meta.get("pid"), meta.get("pid_start"))
+            if meta.get("phase") != "created":
+                state = InstanceState.PARTIAL
+            else:
+                state = InstanceState.RUNNING if pid else InstanceState.STOPPED
+            if exit_code is not None and meta.get("exit_code") is None:
+                update_meta(d, exit_code=exit_code)
+            facts.append(InstanceFacts(
+                key=key, state=state, runtime=self.kind, host=self.host, ip="127.0.0.1",
+                spec_hash=meta.get("spec_hash", ""),
+                spec_fields=tuple((a, b) for a, b in meta.get("spec_fields", ())),
+                config_hash=meta.get("config_hash", ""), started_at=meta.get("started_at"),
+                pid=pid, exit_code=exit_code if exit_code is not None else meta.get("exit_code"),
+            ))
+        return facts
+
+    def netns(self, key: InstanceKey) -> str | None:
+        return None
+
+    def log_path(self, key: InstanceKey) -> Path:
+        return instance_dir(self.base, key).log
+
+    def _start(self, d: InstanceDir, req: InstanceRequest) -> None:
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(d.workdir),
+            "RACKFIRE_STACK": req.key.stack, "RACKFIRE_ROLE": req.key.role,
+            "RACKFIRE_INDEX": str(req.key.index), "RACKFIRE_IP": "127.0.0.1",
+            "RACKFIRE_ROOT": str(d.workdir), **dict(req.env),
+        }
+        with open(d.log, "ab") as log:
+            log.write(f"--- rackfire: starting {req.key} at {time.ctime()}\n".encode())
+            log.flush()
+            try:
+                proc = subprocess.Popen(
+                    list(req.command), cwd=d.workdir, env=env, stdin=subprocess.DEVNULL,
+                    stdout=log, stderr=log, start_new_session=True)
+            except OSError as e:
+                raise ExecError(f"cannot start {req.key}: {e}") from None
+        update_meta(d, pid=proc.pid, pid_start=_start_time(proc.pid), started_at=time.time(),
+                    exit_code=None)
+
+    def _stop(self, d: InstanceDir, timeout: float = STOP_TIMEOUT) -> None:
+        meta = read_meta(d) or {}
+        pid, _ = _poll(meta.get("pid"), meta.get("pid_start"))
+        if not pid:
+            return
+        _signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _poll(pid, meta.get("pid_start"))[0] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        _signal_group(pid, signal.SIGKILL)
+        _poll(pid, meta.get("pid_start"))
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)  # its own session: the whole group, children included
+
+
+def _start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat tells a PID apart from a later process reusing it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rpartition(")")[2].split()[19])
+
+
+def _poll(pid: int | None, started: int | None) -> tuple[int | None, int | None]:
+    """(pid if it still runs, exit code if we just reaped it)."""
+    if not pid:
+        return None, None
+    try:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return None, os.waitstatus_to_exitcode(status)
+    except ChildProcessError:
+        pass  # not our child (we restarted): look at /proc instead
+    if started is None or _start_time(pid) != started:
+        return None, None
+    state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    return (None, None) if state in ("Z", "X") else (pid, None)

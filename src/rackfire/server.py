@@ -1,0 +1,56 @@
+"""`rackfire server`: the composition root. Wires the store, the local agent, the controller
+and the API together, and runs them until asked to stop. Instances keep running after it."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+from pathlib import Path
+
+import uvicorn
+
+from rackfire.agent.local import LocalAgent
+from rackfire.api.app import create_app
+from rackfire.control.controller import Controller
+from rackfire.errors import PrereqError
+from rackfire.model.stack import RuntimeKind
+from rackfire.plan.ipam import DEFAULT_POOL
+from rackfire.store import Store
+
+DEFAULT_DATA_DIR = Path("/var/lib/rackfire")
+
+
+def serve(data_dir: Path, host: str = "127.0.0.1", port: int = 7480,
+          subnet_pool: str = DEFAULT_POOL, runtime: RuntimeKind | None = None) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(data_dir / "server.lock", "w")  # noqa: SIM115 - held for the process' life
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise PrereqError(f"another rackfire server is running on {data_dir}",
+                          hint="stop it with `rackfire server stop`") from None
+    lock.write(str(os.getpid()))
+    lock.flush()
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    store = Store(data_dir / "rackfire.db")
+    agent = LocalAgent(data_dir, runtimes=(runtime,) if runtime else None)
+    controller = Controller(store, agent, subnet_pool=subnet_pool)
+    config = uvicorn.Config(None, host=host, port=port, log_level="warning",  # type: ignore[arg-type]
+                            lifespan="off")
+    server = uvicorn.Server(config)
+
+    def shutdown() -> None:
+        server.should_exit = True
+
+    config.app = create_app(controller, shutdown, data_dir / "uploads")
+    controller.start()
+    signal.signal(signal.SIGTERM, lambda *_: shutdown())
+    try:
+        server.run()
+    finally:
+        controller.stop()
+        store.close()
+        lock.close()

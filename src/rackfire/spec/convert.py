@@ -1,0 +1,70 @@
+"""Validated stack file models -> the frozen dataclasses of rackfire.model.stack.
+
+Pure apart from making tarball paths absolute. Keys left out of the file are left out here
+too, so defaults live in one place: the dataclasses. Roles and images keep file order; env
+and files are sorted by key so that equal stacks compare (and digest) equal.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from rackfire.model.stack import HealthSpec, ImageSpec, Resources, RoleSpec, StackSpec
+from rackfire.spec.schema import (
+    HealthModel,
+    ImageModel,
+    ResourcesModel,
+    RoleModel,
+    StackModel,
+    normalize_file_path,
+)
+
+
+def to_stack_spec(model: StackModel, base_dir: Path) -> StackSpec:
+    return StackSpec(
+        name=model.stack,
+        images=tuple(_image(name, image, base_dir) for name, image in model.images.items()),
+        roles=tuple(_role(name, role) for name, role in model.roles.items()),
+    )
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def _image(name: str, m: ImageModel, base_dir: Path) -> ImageSpec:
+    path = os.path.abspath(os.path.join(base_dir, m.path)) if m.path else None
+    packages = tuple(m.packages) if m.packages is not None else None
+    return ImageSpec(name=name, source=m.source,
+                     **_given(suite=m.suite, packages=packages, mirror=m.mirror, path=path))
+
+
+def _role(name: str, m: RoleModel) -> RoleSpec:
+    return RoleSpec(
+        name=name,
+        image=m.image,
+        count=m.count,
+        command=tuple(m.command),
+        resources=_resources(m.resources),
+        ports=tuple(m.ports),
+        env=tuple(sorted(m.env.items())),
+        files=tuple(sorted((normalize_file_path(path), text) for path, text in m.files.items())),
+        health=_health(m.health),
+        uses=tuple(m.uses),
+        runtime=m.runtime,
+    )
+
+
+def _resources(m: ResourcesModel | None) -> Resources:
+    if m is None:
+        return Resources()
+    return Resources(**_given(cpu=m.cpu, memory=m.memory, disk=m.disk, pids=m.pids))
+
+
+def _health(m: HealthModel | None) -> HealthSpec | None:
+    if m is None:
+        return None
+    return HealthSpec(**_given(http=m.http, tcp=m.tcp, interval=m.interval, timeout=m.timeout,
+                               retries=m.retries, grace=m.grace))

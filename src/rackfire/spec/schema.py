@@ -1,0 +1,329 @@
+"""The stack file's shape as pydantic models: the only place pydantic is used for stack files.
+
+Models are strict (a string is not a list, 3.0 and true are not counts) and forbid unknown
+keys. Every rule that concerns a single key or value lives here, so its error carries that
+value's path; rules between entries (references, uniqueness) are in `crosscheck`.
+
+Custom scalars (sizes, durations, ports, env values) use a PlainValidator that does its own
+type check: a pydantic union would report one error per member instead of one clear message.
+Validated models hold converted values (bytes, seconds, PortMap) ready for `convert`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import posixpath
+import re
+import types
+from collections.abc import Callable
+from typing import Annotated, Any, Self, Union, get_args, get_origin
+from urllib.parse import urlsplit
+
+import jinja2
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    WithJsonSchema,
+    model_validator,
+)
+
+from rackfire.model.stack import NAME_PATTERN, ImageSource, PortMap, RuntimeKind
+from rackfire.model.units import format_size, parse_duration, parse_size
+
+MiB = 1024 * 1024
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_DEBIAN_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
+_SUITE = re.compile(r"[a-z][a-z0-9.-]*")
+_KERNEL_TREES = ("/proc", "/sys", "/dev")
+_MANAGED_FILES = ("/etc/hosts", "/etc/hostname")
+# Templates are only parsed here, never rendered, so autoescaping is irrelevant.
+_JINJA = jinja2.Environment()  # noqa: S701
+
+
+def describe(value: object) -> str:
+    """A short rendering of a YAML value for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(value if len(value) <= 40 else value[:37] + "...")
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"a {type(value).__name__}"
+
+
+# -- single values ---------------------------------------------------------------------------
+
+
+def _check_name(value: str) -> str:
+    if not re.fullmatch(NAME_PATTERN, value):
+        raise ValueError(
+            f"{value!r} is not a valid name: use 1 to 32 lowercase letters, digits and '-', "
+            "starting with a letter and not ending with '-'"
+        )
+    return value
+
+
+def _check_env_name(value: str) -> str:
+    if not _ENV_NAME.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a valid environment variable name: use letters, digits and '_', "
+            "not starting with a digit"
+        )
+    return value
+
+
+def _env_value(value: object) -> str:
+    if isinstance(value, bool):  # as written in YAML, not Python's True/False
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return str(value)
+    raise ValueError(f"expected a string, number or boolean, got {describe(value)}")
+
+
+def normalize_file_path(value: str) -> str:
+    """The canonical form of a `files` key; ValueError says why a path is not allowed."""
+    if not value.startswith("/"):
+        raise ValueError(f"{value!r} is not an absolute path (e.g. /etc/app.conf)")
+    if ".." in value.split("/"):
+        raise ValueError(f"{value!r} contains '..'; write the path without it")
+    if value.endswith("/") or "\0" in value:
+        raise ValueError(f"{value!r} does not name a file")
+    path = "/" + posixpath.normpath(value).lstrip("/")
+    for tree in _KERNEL_TREES:
+        if path == tree or path.startswith(tree + "/"):
+            raise ValueError(f"{path} is under {tree}, which the kernel provides at run time")
+    if path in _MANAGED_FILES:
+        raise ValueError(f"{path} is written by rackfire, so that stack names resolve")
+    return path
+
+
+def _check_file_path(value: str) -> str:
+    normalize_file_path(value)
+    return value  # normalized in `convert`, once collisions have been checked
+
+
+def _check_template(value: str) -> str:
+    try:
+        _JINJA.parse(value)
+    except jinja2.TemplateSyntaxError as e:
+        where = f" (template line {e.lineno})" if e.lineno and e.lineno > 1 else ""
+        raise ValueError(f"invalid Jinja2 template{where}: {e.message}") from None
+    return value
+
+
+def _size_at_least(minimum: int) -> Callable[[object], int]:
+    def validate(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise ValueError(f"expected a size such as 256M or 1G, got {describe(value)}")
+        try:
+            size = parse_size(value)
+        except OverflowError:
+            size = 2**63
+        if size < minimum:
+            raise ValueError(f"must be at least {format_size(minimum)}, got {describe(value)}")
+        if size >= 2**63:
+            raise ValueError(f"{describe(value)} is too large")
+        return size
+
+    return validate
+
+
+def _duration(*, positive: bool) -> Callable[[object], float]:
+    def validate(value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ValueError(f"expected a duration such as 2s, 500ms or 1m, got {describe(value)}")
+        seconds = parse_duration(value)
+        if not math.isfinite(seconds) or seconds < 0:  # float() accepts "-1", "inf", "nan"
+            raise ValueError(f"{describe(value)} is not a duration")
+        if positive and seconds == 0:
+            raise ValueError(f"must be longer than 0, got {describe(value)}")
+        return seconds
+
+    return validate
+
+
+def _port_number(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535:
+        raise ValueError(f"{text!r} is not a port number (1 to 65535)")
+    return int(text)
+
+
+def _port_map(value: object) -> PortMap:
+    """`8000`, `"8080:8000"` or `"127.0.0.1:8080:8000"` (host ip, host port, instance port)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        port = _port_number(str(value))
+        return PortMap(port, port)
+    if not isinstance(value, str):
+        raise ValueError(f"expected a port such as 8000 or \"8080:8000\", got {describe(value)}")
+    # rsplit keeps an IPv6 host address ("::1:8080:80") in one piece.
+    parts = value.rsplit(":", 2)
+    if len(parts) == 3:
+        host_ip = parts[0].removeprefix("[").removesuffix("]")
+        try:
+            ipaddress.ip_address(host_ip)
+        except ValueError:
+            raise ValueError(f"{parts[0]!r} in {value!r} is not an IP address") from None
+        return PortMap(_port_number(parts[1]), _port_number(parts[2]), host_ip)
+    host, container = parts if len(parts) == 2 else (parts[0], parts[0])
+    return PortMap(_port_number(host), _port_number(container))
+
+
+def _check_http_url(value: str) -> str:
+    url = urlsplit(value)
+    if url.scheme != "http" or not url.hostname:
+        raise ValueError(f"{value!r} is not an http:// URL (e.g. http://127.0.0.1:8000/health)")
+    return value
+
+
+def _check_mirror(value: str) -> str:
+    url = urlsplit(value)
+    if url.scheme not in ("http", "https", "file") or (url.scheme != "file" and not url.hostname):
+        raise ValueError(f"{value!r} is not an http://, https:// or file:// URL")
+    return value
+
+
+def _pattern(regex: re.Pattern[str], what: str) -> Callable[[str], str]:
+    def validate(value: str) -> str:
+        if not regex.fullmatch(value):
+            raise ValueError(f"{value!r} is not {what}")
+        return value
+
+    return validate
+
+
+_SIZE_JSON = WithJsonSchema({
+    "type": ["string", "integer"], "pattern": r"^\s*\d+(\.\d+)?\s*([KkMmGgTtPp][Ii]?)?[Bb]?\s*$",
+    "description": "bytes, or a size such as 256M, 1G, 1.5GiB"})
+_DURATION_JSON = WithJsonSchema({
+    "type": ["string", "number"],
+    "description": "seconds, or a duration such as 2s, 500ms, 1m30s"})
+
+Name = Annotated[str, AfterValidator(_check_name),
+                 WithJsonSchema({"type": "string", "pattern": NAME_PATTERN})]
+EnvName = Annotated[str, AfterValidator(_check_env_name),
+                    WithJsonSchema({"type": "string", "pattern": f"^{_ENV_NAME.pattern}$"})]
+EnvValue = Annotated[str, PlainValidator(_env_value),
+                     WithJsonSchema({"type": ["string", "number", "boolean"]})]
+FilePath = Annotated[str, AfterValidator(_check_file_path),
+                     WithJsonSchema({"type": "string", "pattern": "^/"})]
+Template = Annotated[str, AfterValidator(_check_template)]
+Memory = Annotated[int, PlainValidator(_size_at_least(4 * MiB)), _SIZE_JSON]
+Disk = Annotated[int, PlainValidator(_size_at_least(16 * MiB)), _SIZE_JSON]
+Interval = Annotated[float, PlainValidator(_duration(positive=True)), _DURATION_JSON]
+Duration = Annotated[float, PlainValidator(_duration(positive=False)), _DURATION_JSON]
+Port = Annotated[int, Field(ge=1, le=65535)]
+PortEntry = Annotated[PortMap, PlainValidator(_port_map), WithJsonSchema({
+    "anyOf": [{"type": "integer", "minimum": 1, "maximum": 65535},
+              {"type": "string", "description": "[HOST_IP:]HOST_PORT:PORT"}]})]
+HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
+MirrorUrl = Annotated[str, AfterValidator(_check_mirror)]
+PackageName = Annotated[str, AfterValidator(_pattern(_DEBIAN_PACKAGE, "a Debian package name"))]
+Suite = Annotated[str, AfterValidator(_pattern(_SUITE, "a Debian suite name (e.g. bookworm)"))]
+
+
+# -- models ----------------------------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ImageModel(_Strict):
+    source: ImageSource = Field(alias="from", strict=False)  # strict enums want enum objects
+    suite: Suite | None = None
+    packages: list[PackageName] | None = None
+    mirror: MirrorUrl | None = None
+    path: Annotated[str, Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _fits_source(self) -> Self:
+        only_for = {"suite": ImageSource.DEBOOTSTRAP, "packages": ImageSource.DEBOOTSTRAP,
+                    "mirror": ImageSource.DEBOOTSTRAP, "path": ImageSource.TARBALL}
+        misplaced = [f"'{key}' only applies to from: {only_for[key]}"
+                     for key in sorted(self.model_fields_set)
+                     if only_for.get(key, self.source) != self.source]
+        if self.source == ImageSource.TARBALL and self.path is None:
+            misplaced.append("from: tarball needs a path to a rootfs tarball")
+        if misplaced:
+            raise ValueError("; ".join(misplaced))
+        return self
+
+
+class ResourcesModel(_Strict):
+    cpu: float | None = Field(None, gt=0, le=256, description="cores")
+    memory: Memory | None = None
+    disk: Disk | None = None
+    pids: int | None = Field(None, ge=1)
+
+
+class HealthModel(_Strict):
+    http: HttpUrl | None = None
+    tcp: Port | None = None
+    interval: Interval | None = None
+    timeout: Interval | None = None
+    retries: int | None = Field(None, ge=1)
+    grace: Duration | None = None
+
+    @model_validator(mode="after")
+    def _one_probe(self) -> Self:
+        if (self.http is None) == (self.tcp is None):
+            raise ValueError("set exactly one of http or tcp")
+        return self
+
+
+class RoleModel(_Strict):
+    image: Name
+    count: int = Field(1, ge=0, le=1000)
+    command: list[str] = Field(min_length=1)
+    resources: ResourcesModel | None = None
+    ports: list[PortEntry] = []
+    env: dict[EnvName, EnvValue] = {}
+    files: dict[FilePath, Template] = {}
+    health: HealthModel | None = None
+    uses: list[Name] = []
+    runtime: RuntimeKind | None = Field(None, strict=False)
+
+
+class StackModel(_Strict):
+    """A stack file."""
+
+    stack: Name
+    images: dict[Name, ImageModel] = {}
+    roles: dict[Name, RoleModel] = {}
+
+
+def allowed_keys(loc: tuple[str | int, ...]) -> list[str]:
+    """The keys the mapping at `loc` accepts (empty if `loc` is not a model)."""
+    tp: Any = StackModel
+    for part in loc:
+        tp = _unwrap_optional(tp)
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            fields = {f.alias or name: f for name, f in tp.model_fields.items()}
+            if part not in fields:
+                return []
+            tp = fields[str(part)].annotation
+        elif get_origin(tp) in (dict, list):
+            tp = get_args(tp)[-1]
+        else:
+            return []
+    tp = _unwrap_optional(tp)
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return sorted(f.alias or name for name, f in tp.model_fields.items())
+    return []
+
+
+def _unwrap_optional(tp: Any) -> Any:
+    if get_origin(tp) in (Union, types.UnionType):
+        members = [a for a in get_args(tp) if a is not type(None)]
+        return members[0] if len(members) == 1 else tp
+    return tp

@@ -1,0 +1,281 @@
+"""The store: desired stacks (with generations), IP allocations, the action journal, and
+the controller's view of each instance's health.
+
+One connection guarded by a lock: SQLite serialises writers anyway, and the controller's
+write rate is tiny. WAL lets readers (the API) run while the reconcile loop writes.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rackfire.errors import Conflict
+from rackfire.model.instance import Health, InstanceKey
+from rackfire.model.stack import StackSpec
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS stacks (
+    name TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    observed_generation INTEGER NOT NULL DEFAULT 0,
+    deleting INTEGER NOT NULL DEFAULT 0,
+    subnet TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    message TEXT NOT NULL DEFAULT '',
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ips (
+    stack TEXT NOT NULL, role TEXT NOT NULL, idx INTEGER NOT NULL, ip TEXT NOT NULL,
+    PRIMARY KEY (stack, role, idx), UNIQUE (stack, ip)
+);
+CREATE TABLE IF NOT EXISTS actions (
+    id TEXT PRIMARY KEY,
+    stack TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created REAL NOT NULL,
+    finished REAL,
+    error TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS actions_by_stack ON actions (stack, generation);
+CREATE TABLE IF NOT EXISTS instance_status (
+    stack TEXT NOT NULL, role TEXT NOT NULL, idx INTEGER NOT NULL,
+    health TEXT NOT NULL DEFAULT 'unknown',
+    fails INTEGER NOT NULL DEFAULT 0,
+    checked REAL,
+    restarts INTEGER NOT NULL DEFAULT 0,
+    last_restart REAL,
+    message TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (stack, role, idx)
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StackRecord:
+    name: str
+    spec: StackSpec
+    generation: int
+    observed_generation: int
+    deleting: bool
+    subnet: str
+    status: str
+    message: str
+    updated: float
+
+
+@dataclass(frozen=True, slots=True)
+class ActionRecord:
+    id: str
+    stack: str
+    generation: int
+    kind: str
+    instance: str
+    reason: str
+    state: str  # pending | running | done | failed
+    created: float
+    finished: float | None
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceStatus:
+    key: InstanceKey
+    health: Health
+    fails: int
+    checked: float | None
+    restarts: int
+    last_restart: float | None
+    message: str
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.RLock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _all(self, sql: str, *args: Any) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # stacks -----------------------------------------------------------------------------
+
+    def put_stack(self, spec: StackSpec, subnet: str, expected_generation: int | None) -> int:
+        """Store a new desired spec; returns its generation. Check-and-set when asked."""
+        with self.tx() as db:
+            row = db.execute("SELECT generation FROM stacks WHERE name=?", (spec.name,)).fetchone()
+            current = row["generation"] if row else 0
+            if expected_generation is not None and expected_generation != current:
+                raise Conflict(
+                    f"stack {spec.name} changed since the plan was made "
+                    f"(generation {current}, plan was for {expected_generation})",
+                    hint="run plan again and review it",
+                )
+            gen = current + 1
+            db.execute(
+                "INSERT INTO stacks (name, spec, generation, subnet, status, updated) "
+                "VALUES (?, ?, ?, ?, 'pending', ?) ON CONFLICT(name) DO UPDATE SET "
+                "spec=excluded.spec, generation=excluded.generation, deleting=0, "
+                "status='pending', message='', updated=excluded.updated",
+                (spec.name, json.dumps(spec.to_json()), gen, subnet, time.time()),
+            )
+            return gen
+
+    def mark_deleting(self, name: str) -> int:
+        with self.tx() as db:
+            db.execute(
+                "UPDATE stacks SET deleting=1, generation=generation+1, status='deleting', "
+                "updated=? WHERE name=?", (time.time(), name))
+            row = db.execute("SELECT generation FROM stacks WHERE name=?", (name,)).fetchone()
+            return int(row["generation"]) if row else 0
+
+    def forget_stack(self, name: str) -> None:
+        with self.tx() as db:
+            for table in ("stacks", "ips", "instance_status"):
+                col = "name" if table == "stacks" else "stack"
+                db.execute(f"DELETE FROM {table} WHERE {col}=?", (name,))  # noqa: S608
+
+    def get_stack(self, name: str) -> StackRecord | None:
+        rows = self._all("SELECT * FROM stacks WHERE name=?", name)
+        return _stack(rows[0]) if rows else None
+
+    def stacks(self) -> list[StackRecord]:
+        return [_stack(r) for r in self._all("SELECT * FROM stacks ORDER BY name")]
+
+    def set_stack_status(self, name: str, status: str, message: str,
+                         observed_generation: int | None = None) -> None:
+        with self.tx() as db:
+            if observed_generation is None:
+                db.execute("UPDATE stacks SET status=?, message=? WHERE name=?",
+                           (status, message, name))
+            else:
+                db.execute("UPDATE stacks SET status=?, message=?, observed_generation=? "
+                           "WHERE name=?", (status, message, observed_generation, name))
+
+    # IPs --------------------------------------------------------------------------------
+
+    def ips(self, stack: str) -> dict[InstanceKey, str]:
+        return {InstanceKey(stack, r["role"], r["idx"]): r["ip"]
+                for r in self._all("SELECT * FROM ips WHERE stack=?", stack)}
+
+    def save_ips(self, allocations: dict[InstanceKey, str]) -> None:
+        with self.tx() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO ips (stack, role, idx, ip) VALUES (?, ?, ?, ?)",
+                [(k.stack, k.role, k.index, ip) for k, ip in allocations.items()])
+
+    def release_ip(self, key: InstanceKey) -> None:
+        with self.tx() as db:
+            db.execute("DELETE FROM ips WHERE stack=? AND role=? AND idx=?",
+                       (key.stack, key.role, key.index))
+            db.execute("DELETE FROM instance_status WHERE stack=? AND role=? AND idx=?",
+                       (key.stack, key.role, key.index))
+
+    def used_subnets(self) -> set[str]:
+        return {r["subnet"] for r in self._all("SELECT subnet FROM stacks")}
+
+    # actions ----------------------------------------------------------------------------
+
+    def record_action(self, rec: ActionRecord) -> None:
+        with self.tx() as db:
+            db.execute(
+                "INSERT INTO actions (id, stack, generation, kind, instance, reason, state, "
+                "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (rec.id, rec.stack, rec.generation, rec.kind, rec.instance, rec.reason,
+                 rec.state, rec.created))
+
+    def finish_action(self, action_id: str, state: str, error: str = "") -> None:
+        with self.tx() as db:
+            db.execute("UPDATE actions SET state=?, finished=?, error=? WHERE id=?",
+                       (state, time.time(), error, action_id))
+
+    def abandon_unfinished(self) -> int:
+        """After a crash: actions recorded but never finished. The next reconcile re-plans
+        from what it observes, so these are marked, not replayed."""
+        with self.tx() as db:
+            cur = db.execute("UPDATE actions SET state='interrupted', finished=? "
+                             "WHERE state IN ('pending', 'running')", (time.time(),))
+            return cur.rowcount
+
+    def actions(self, stack: str, generation: int | None = None) -> list[ActionRecord]:
+        if generation is None:
+            rows = self._all("SELECT * FROM actions WHERE stack=? ORDER BY created", stack)
+        else:
+            rows = self._all("SELECT * FROM actions WHERE stack=? AND generation=? "
+                             "ORDER BY created", stack, generation)
+        return [ActionRecord(**dict(r)) for r in rows]
+
+    # instance status --------------------------------------------------------------------
+
+    def statuses(self, stack: str) -> dict[InstanceKey, InstanceStatus]:
+        return {
+            InstanceKey(stack, r["role"], r["idx"]): InstanceStatus(
+                InstanceKey(stack, r["role"], r["idx"]), Health(r["health"]), r["fails"],
+                r["checked"], r["restarts"], r["last_restart"], r["message"])
+            for r in self._all("SELECT * FROM instance_status WHERE stack=?", stack)
+        }
+
+    def set_health(self, key: InstanceKey, health: Health, fails: int, message: str) -> None:
+        with self.tx() as db:
+            db.execute(
+                "INSERT INTO instance_status (stack, role, idx, health, fails, checked, message) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(stack, role, idx) DO UPDATE SET "
+                "health=excluded.health, fails=excluded.fails, checked=excluded.checked, "
+                "message=excluded.message",
+                (key.stack, key.role, key.index, health.value, fails, time.time(), message))
+            if health is Health.HEALTHY:
+                db.execute("UPDATE instance_status SET restarts=0 WHERE stack=? AND role=? "
+                           "AND idx=?", (key.stack, key.role, key.index))
+
+    def note_restart(self, key: InstanceKey, fresh: bool) -> None:
+        """A restart bumps the backoff counter; a create/replace resets health and it."""
+        with self.tx() as db:
+            db.execute(
+                "INSERT INTO instance_status (stack, role, idx) VALUES (?, ?, ?) "
+                "ON CONFLICT(stack, role, idx) DO NOTHING", (key.stack, key.role, key.index))
+            db.execute(
+                "UPDATE instance_status SET health='starting', fails=0, message='', "
+                "restarts=CASE WHEN ? THEN 0 ELSE restarts+1 END, last_restart=? "
+                "WHERE stack=? AND role=? AND idx=?",
+                (fresh, time.time(), key.stack, key.role, key.index))
+
+
+def _stack(r: sqlite3.Row) -> StackRecord:
+    return StackRecord(
+        name=r["name"], spec=StackSpec.from_json(json.loads(r["spec"])),
+        generation=r["generation"], observed_generation=r["observed_generation"],
+        deleting=bool(r["deleting"]), subnet=r["subnet"], status=r["status"],
+        message=r["message"], updated=r["updated"])

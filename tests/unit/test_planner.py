@@ -1,0 +1,86 @@
+"""Golden cases for the pure planner: a stack file that is running (`before`, with some
+instances in given states), the file wanted now (`after`), and the exact plan expected.
+
+Each case is one YAML file under golden/planner/. To see a failing case's actual plan, the
+assertion prints it in the same shape as `expected`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from rackfire.model.instance import InstanceFacts, InstanceKey, InstanceState, NetworkConfig
+from rackfire.model.stack import RuntimeKind
+from rackfire.plan import RestartRecord, plan_stack, render_stack
+from rackfire.spec import load_stack_text
+
+GOLDEN = Path(__file__).parent / "golden" / "planner"
+NET = NetworkConfig("s", "10.1.0.0/24", "10.1.0.1", 24)
+NOW = 1000.0
+
+
+def _ips(spec: Any) -> dict[InstanceKey, str]:
+    # Stable per key, as the store keeps them: role order, then index.
+    ips = {}
+    n = 2
+    for role_i, role in enumerate(spec.roles):
+        for i in range(50):
+            ips[InstanceKey(spec.name, role.name, i)] = f"10.1.{role_i}.{n + i}"
+    return ips
+
+
+def _render(text: str, digests: dict[str, str]) -> list[Any]:
+    spec = load_stack_text(text, "case.yaml")
+    return render_stack(spec, _ips(spec), digests, NET, RuntimeKind.CONTAINER), spec
+
+
+def _facts(case: dict[str, Any]) -> list[InstanceFacts]:
+    if not case.get("before"):
+        return []
+    reqs, _ = _render(case["before"], case.get("before_images", {"base": "a" * 64}))
+    states = case.get("states", {})
+    facts = []
+    for r in reqs:
+        short = f"{r.key.role}/{r.key.index}"
+        state = states.get(short, "running")
+        if state == "missing":
+            continue
+        facts.append(InstanceFacts(
+            key=r.key, state=InstanceState(state.split(":")[0]), runtime=r.runtime, host="h",
+            ip=r.ip, spec_hash=r.spec_hash, spec_fields=r.spec_fields,
+            config_hash=r.config_hash, oom_killed=state.endswith(":oom")))
+    return facts
+
+
+def _cases() -> list[Path]:
+    return sorted(GOLDEN.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", _cases(), ids=lambda p: p.stem)
+def test_golden(path: Path) -> None:
+    case = yaml.safe_load(path.read_text())
+    after = case.get("after")
+    if after:
+        desired, spec = _render(after, case.get("after_images", {"base": "a" * 64}))
+        counts = {r.name: r.count for r in spec.roles}
+    else:
+        desired, counts = [], None
+    restarts = {
+        InstanceKey("s", *k.split("/")[:1], int(k.split("/")[1])): RestartRecord(**v)
+        for k, v in case.get("restarts", {}).items()
+    }
+    plan = plan_stack("s", 1, counts, desired, _facts(case), restarts, NOW)
+    actual = [
+        [a.kind.value, f"{a.key.role}/{a.key.index}", a.reason]
+        + ([a.not_before] if a.not_before is not None else [])
+        for a in plan.actions
+    ]
+    assert actual == case["expected"], yaml.safe_dump({"expected": actual})
+
+
+def test_there_are_golden_cases() -> None:
+    assert len(_cases()) >= 8
