@@ -27,10 +27,10 @@ venv: $(VENV)/.installed
 demo: deps venv
 	$(RF) up -f examples/hello/stack.yaml --data-dir $(DATA)
 	@echo
-	@echo "Open http://127.0.0.1:8080/  (each request is answered by one of the web instances)"
-	@echo "  curl -s http://127.0.0.1:8080/"
+	@echo "One request to it now:"
 	@curl -s --max-time 5 http://127.0.0.1:8080/ || true
-	@echo "  $(RF) ps hello | $(RF) destroy hello -y | $(RF) server stop"
+	@echo
+	@echo "Next: $(RF) ps hello    $(RF) destroy hello -y    $(RF) server stop"
 
 lint: venv
 	$(VENV)/bin/ruff check src tests bench

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import stat
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -93,7 +94,6 @@ def test_ensure_image(tmp_path: Path) -> None:
     with pytest.raises(PrereqError, match="needs a path"):
         ensure_image(store, spec)
     tar = tmp_path / "root.tar"
-    import tarfile
     with tarfile.open(tar, "w") as tf:
         ti = tarfile.TarInfo("etc")
         ti.type = tarfile.DIRTYPE

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import lzma
 import os
 import stat
 import tarfile
@@ -54,7 +55,6 @@ def make_tar(path: Path, members: list[Member], trailing: bytes = b"") -> Path:
     if path.name.endswith((".gz", ".tgz")):
         path.write_bytes(gzip.compress(raw))
     elif path.name.endswith(".xz"):
-        import lzma
         path.write_bytes(lzma.compress(raw))
     else:
         path.write_bytes(raw)
@@ -98,7 +98,6 @@ def test_good_tarball_imports(store: ImageStore, tmp_path: Path, suffix: str) ->
     if suffix in (".tar.gz", ".tgz"):
         raw = gzip.decompress(raw)
     elif suffix == ".tar.xz":
-        import lzma
         raw = lzma.decompress(raw)
     assert info.digest == hashlib.sha256(raw).hexdigest()
     assert info.source == "tarball" and info.host_binds == () and info.name == "base"

@@ -48,6 +48,14 @@ def _read(file: Path) -> tuple[str, str, str]:
     return file.read_text(), str(file), str(file.resolve().parent)
 
 
+def _print_urls(file: Path) -> None:
+    for role in load_stack_file(file).roles:
+        for p in role.ports:
+            host = "127.0.0.1" if p.host_ip in ("0.0.0.0", "::") else p.host_ip
+            out.print(f"open http://{host}:{p.host_port}/  -> {role.name} port "
+                      f"{p.container_port} (round robin over healthy instances)")
+
+
 # stacks -------------------------------------------------------------------------------------
 
 @app.command()
@@ -89,6 +97,7 @@ def _apply(client: Client, file: Path, yes: bool, timeout: float) -> None:
     result = client.apply(text, name, base, planned["generation"])
     _wait(client, result["stack"], result["generation"], len(result["actions"]), timeout)
     output.print_instances(client.instances(result["stack"]), show_stack=False)
+    _print_urls(file)
 
 
 def _wait(client: Client, stack: str, generation: int, total: int, timeout: float) -> None:
@@ -273,7 +282,9 @@ def image_rm(name: str, url: Url = None) -> None:
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        # Without standalone mode, click returns an Exit's code instead of exiting.
+        rc = app(standalone_mode=False)
+        sys.exit(rc if isinstance(rc, int) else 0)
     except RackfireError as e:
         output.print_error(e)
         sys.exit(e.exit_code)

@@ -181,14 +181,15 @@ class Controller:
         outcome = self.executor.run(plan, self.clock, on_step=lambda: self._publish(rec, desired))
         for key in outcome.released:
             self.store.release_ip(key)
-        self._publish(rec, desired)
+        observed = self.agent.observe(name)
+        self._publish(rec, desired, observed)
         if outcome.failed:
             self.store.set_stack_status(name, "failed", outcome.failed)
             self.queue.add(name, delay=5.0)
         elif outcome.deferred is not None:
             self.queue.add(name, delay=max(0.1, outcome.deferred - self.clock()))
         else:
-            self._settle(rec)
+            self._settle(rec, observed)
 
     def _reconcile_deleted(self, rec: StackRecord) -> None:
         observed = self.agent.observe(rec.name)
@@ -201,20 +202,20 @@ class Controller:
         self.agent.teardown_stack(rec.name)
         self.store.forget_stack(rec.name)
 
-    def _settle(self, rec: StackRecord) -> None:
+    def _settle(self, rec: StackRecord, observed: list[InstanceFacts]) -> None:
         """Converged when every desired instance runs and passes its check."""
-        waiting = self.unready(rec.name)
+        waiting = self.unready(rec.name, observed)
         if waiting:
             self.store.set_stack_status(rec.name, "progressing", "waiting for " + waiting[0])
             self.queue.add(rec.name, delay=1.0)
         else:
             self.store.set_stack_status(rec.name, "converged", "", rec.generation)
 
-    def unready(self, name: str) -> list[str]:
+    def unready(self, name: str, facts: list[InstanceFacts] | None = None) -> list[str]:
         rec = self.store.get_stack(name)
         if rec is None:
             return []
-        observed = {f.key: f for f in self.agent.observe(name)}
+        observed = {f.key: f for f in (self.agent.observe(name) if facts is None else facts)}
         statuses = self.store.statuses(name)
         out = []
         for role in rec.spec.roles:
@@ -265,8 +266,9 @@ class Controller:
         return plan_stack(name, generation, counts, desired.requests,
                           self.agent.observe(name), restarts, self.clock())
 
-    def _publish(self, rec: StackRecord, desired: Desired) -> None:
-        observed = {f.key: f for f in self.agent.observe(rec.name)}
+    def _publish(self, rec: StackRecord, desired: Desired,
+                 facts: list[InstanceFacts] | None = None) -> None:
+        observed = {f.key: f for f in (self.agent.observe(rec.name) if facts is None else facts)}
         statuses = self.store.statuses(rec.name)
         ports = []
         for role in rec.spec.roles:

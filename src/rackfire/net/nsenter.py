@@ -71,38 +71,38 @@ def is_netns(path: str) -> bool:
 
 
 @contextmanager
-def _returning() -> Iterator[None]:
-    """Remember the thread's namespace and always go back to it."""
+def _moved(move: Callable[[], int], what: str) -> Iterator[None]:
+    """Run `move` (a setns or unshare syscall), then always bring the thread back.
+
+    If `move` fails the thread never left, so there is nothing to undo.
+    """
     own = os.open(_OWN_NETNS, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        yield
-    finally:
+        _check(move(), what)
         try:
-            _check(_libc.setns(own, CLONE_NEWNET), "setns back to own netns")
-        except OSError as e:
-            tid = threading.get_native_id()
-            raise NetnsStuck(f"thread {tid} is stuck in another network namespace: {e}") from e
+            yield
         finally:
-            os.close(own)
-
-
-def _enter(netns: str) -> None:
-    path = netns_path(netns)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError as e:
-        raise NotFound(f"network namespace {path} does not exist") from e
-    try:
-        _check(_libc.setns(fd, CLONE_NEWNET), f"setns {path}")
+            if _libc.setns(own, CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                tid = threading.get_native_id()
+                raise NetnsStuck(f"thread {tid} is stuck in another network namespace: "
+                                 f"setns back: {os.strerror(err)}")
     finally:
-        os.close(fd)
+        os.close(own)
 
 
 def run_in_netns(netns: str, fn: Callable[[], T]) -> T:
     """Call `fn` with the calling thread inside `netns` (a name or a path)."""
-    with _returning():
-        _enter(netns)
-        return fn()
+    path = netns_path(netns)
+    try:
+        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError as e:
+        raise NotFound(f"network namespace {path} does not exist") from e
+    try:
+        with _moved(lambda: int(_libc.setns(target, CLONE_NEWNET)), f"setns {path}"):
+            return fn()
+    finally:
+        os.close(target)
 
 
 def socket_in_netns(netns: str, family: int = socket.AF_INET,
@@ -130,10 +130,9 @@ def create_netns(name: str) -> str:
     path = netns_path(name)
     os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0))
     try:
-        with _returning():
-            # unshare moves only this thread into a fresh namespace; the bind mount keeps
-            # that namespace alive after the thread has gone back.
-            _check(_libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
+        # unshare moves only this thread into a fresh namespace; the bind mount keeps that
+        # namespace alive after the thread has gone back.
+        with _moved(lambda: int(_libc.unshare(CLONE_NEWNET)), "unshare(CLONE_NEWNET)"):
             _check(_libc.mount(_OWN_NETNS.encode(), path.encode(), b"none", _MS_BIND, None),
                    f"mount {path}")
     except BaseException:

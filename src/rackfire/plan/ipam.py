@@ -1,33 +1,80 @@
-"""Address allocation for stack networks. Pure: what is used goes in, a choice comes out;
-the store makes choices stick (an instance keeps its IP across restarts and re-applies)."""
+"""IPv4 address management for stack networks: pure functions over what is already used.
+
+Persistence is the caller's job (the store records each stack's subnet and each instance's
+address); these functions only answer "what is the lowest free one". Invariants: results are
+deterministic for the same inputs, never overlap anything in `used`, and an instance address
+is never the network, gateway (first host) or broadcast address. Every refusal is a
+PrereqError: nothing has been allocated.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Collection
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from rackfire.errors import PrereqError
 
 DEFAULT_POOL = "10.88.0.0/16"
 
 
+def _any_network(text: str) -> IPv4Network | IPv6Network:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError as e:
+        raise PrereqError(f"not an IP network: {text!r}") from e
+
+
+def _network(text: str) -> IPv4Network:
+    net = _any_network(text)
+    if not isinstance(net, IPv4Network):
+        raise PrereqError(f"only IPv4 networks are supported: {text!r}")
+    return net
+
+
+def _subnet(text: str) -> IPv4Network:
+    """A stack subnet: IPv4, and big enough for a gateway plus at least one instance."""
+    net = _network(text)
+    if net.prefixlen > 30:
+        raise PrereqError(f"subnet {text} is too small: a /30 or larger is needed")
+    return net
+
+
 def allocate_subnet(pool: str, used: Collection[str], prefix: int = 24) -> str:
-    taken = {ipaddress.ip_network(u) for u in used}
-    for net in ipaddress.ip_network(pool).subnets(new_prefix=prefix):
-        if not any(net.overlaps(t) for t in taken):
-            return str(net)
-    raise PrereqError(f"no free /{prefix} left in the stack network pool {pool}",
-                      hint="destroy a stack, or start the server with a larger --subnet-pool")
+    """The first /`prefix` in `pool` that overlaps none of the `used` networks (or addresses)."""
+    base = _network(pool)
+    if not base.prefixlen <= prefix <= 30:
+        raise PrereqError(f"cannot cut /{prefix} subnets out of {pool}")
+    taken = [_any_network(u) for u in used]  # IPv6 entries never overlap: harmless
+    for candidate in base.subnets(new_prefix=prefix):
+        if not any(candidate.overlaps(t) for t in taken):
+            return str(candidate)
+    raise PrereqError(f"address pool {pool} has no free /{prefix} left",
+                      hint="use a larger pool or delete unused stacks")
 
 
 def gateway_of(subnet: str) -> str:
-    return str(next(ipaddress.ip_network(subnet).hosts()))
+    """The host's (bridge's) address in a stack subnet: its first host address."""
+    return str(_subnet(subnet).network_address + 1)
 
 
 def allocate_ip(subnet: str, used: Collection[str]) -> str:
-    net = ipaddress.ip_network(subnet)
-    taken = {*used, gateway_of(subnet)}
-    for host in net.hosts():
-        if str(host) not in taken:
-            return str(host)
-    raise PrereqError(f"subnet {subnet} is full", hint="lower a role's count")
+    """The lowest host address of `subnet` that is not the gateway and not in `used`.
+
+    `used` holds addresses, with or without a /prefix; ones outside the subnet are ignored.
+    """
+    net = _subnet(subnet)
+    taken = {int(a) for a in map(_address, used) if a.version == 4}
+    first = int(net.network_address) + 2  # +1 is the gateway
+    last = int(net.broadcast_address) - 1
+    for candidate in range(first, last + 1):
+        if candidate not in taken:
+            return str(IPv4Address(candidate))
+    raise PrereqError(f"subnet {subnet} full", hint="use a larger subnet for this stack")
+
+
+def _address(text: str) -> IPv4Address | IPv6Address:
+    try:
+        return ipaddress.ip_interface(text).ip
+    except ValueError as e:
+        raise PrereqError(f"not an IP address: {text!r}") from e

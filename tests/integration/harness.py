@@ -1,0 +1,151 @@
+"""A real rackfire server in a subprocess, driven through the real CLI, as a user would.
+
+Each test gets its own data dir, API port and stack network pool; stack names are unique
+per test so that leftovers, if any, name the test that made them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+RUNC_ROOT = "/run/rackfire/runc"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class Server:
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    pool: str = "10.89.0.0/16"
+    runtime: str | None = None
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        if self.proc is not None:
+            self.proc.wait(30)  # a server told to stop over the API must be gone first
+        args = [sys.executable, "-m", "rackfire", "server", "--data-dir", str(self.data_dir),
+                "--port", str(self.port), "--subnet-pool", self.pool]
+        if self.runtime:
+            args += ["--runtime", self.runtime]
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.data_dir / "server.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        log.close()
+        wait_for(lambda: self._alive(), 30, "server to answer")
+
+    def _alive(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"server exited: {(self.data_dir / 'server.log').read_text()}")
+        try:
+            return httpx.get(self.url + "/v1/health", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 180,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "RACKFIRE_URL": self.url, "COLUMNS": "200"}
+        proc = subprocess.run([sys.executable, "-m", "rackfire", *args], env=env,
+                              capture_output=True, text=True, timeout=timeout, input=input,
+                              check=False)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"rackfire {' '.join(args)} exited {proc.returncode}:\n"
+                                 f"{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def ps(self, stack: str) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = json.loads(self.cli("ps", stack, "--json").stdout)
+        return rows
+
+    def api(self, path: str) -> Any:
+        return httpx.get(self.url + path, timeout=10).json()
+
+
+def wait_for(fn: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def write_stack(tmp: Path, text: str, name: str = "stack.yaml") -> Path:
+    path = tmp / name
+    path.write_text(text)
+    return path
+
+
+def runc_ids() -> set[str]:
+    proc = subprocess.run(["runc", "--root", RUNC_ROOT, "list", "--format", "json"],
+                          capture_output=True, text=True, check=False)
+    return {c["id"] for c in (json.loads(proc.stdout or "null") or [])}
+
+
+def runc_exec(instance_id: str, *cmd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["runc", "--root", RUNC_ROOT, "exec", instance_id, *cmd],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def host_traces(stack: str) -> list[str]:
+    """Everything on this host that carries the stack's name: must be empty after destroy."""
+    from rackfire.net import links, names
+
+    found = []
+    found += [f"netns {n}" for n in links.owned_netns() if n.startswith(f"rf-{stack}.")]
+    found += [f"link {n}" for n in links.owned_links() if n == names.bridge_name(stack)]
+    found += [f"container {c}" for c in runc_ids() if c.startswith(f"{stack}.")]
+    for ctrl in ("memory", "cpu", "pids", "cpuacct", "blkio", "devices", "freezer", "cpuset"):
+        parent = Path("/sys/fs/cgroup") / ctrl / "rackfire"
+        if parent.is_dir():
+            found += [f"cgroup {ctrl}/{p.name}" for p in parent.iterdir()
+                      if p.is_dir() and p.name.startswith(f"{stack}.")]
+    mounts = Path("/proc/self/mountinfo").read_text()
+    found += [f"mount {line.split()[4]}" for line in mounts.splitlines()
+              if f"/{stack}." in line.split()[4]]
+    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    found += [f"loop {line}" for line in loops.splitlines() if f"/{stack}." in line]
+    procs = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    found += [f"process {line.strip()}" for line in procs.splitlines()
+              if f"stacks/{stack}/" in line]
+    return found
