@@ -6,7 +6,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import signal
+import threading
 from pathlib import Path
 
 import uvicorn
@@ -38,16 +38,17 @@ def serve(data_dir: Path, host: str = "127.0.0.1", port: int = 7480,
     store = Store(data_dir / "rackfire.db")
     agent = LocalAgent(data_dir, runtimes=(runtime,) if runtime else None)
     controller = Controller(store, agent, subnet_pool=subnet_pool)
-    config = uvicorn.Config(None, host=host, port=port, log_level="warning",  # type: ignore[arg-type]
-                            lifespan="off")
-    server = uvicorn.Server(config)
+    stopping = threading.Event()
+    app = create_app(controller, stopping.set, data_dir / "uploads")
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                           lifespan="off"))
 
-    def shutdown() -> None:
+    def shutdown_when_asked() -> None:
+        stopping.wait()
         server.should_exit = True
 
-    config.app = create_app(controller, shutdown, data_dir / "uploads")
+    threading.Thread(target=shutdown_when_asked, daemon=True).start()
     controller.start()
-    signal.signal(signal.SIGTERM, lambda *_: shutdown())
     try:
         server.run()
     finally:

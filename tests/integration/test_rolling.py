@@ -1,0 +1,158 @@
+"""Rolling replace: a changed command replaces instances one at a time, each waiting for health;
+a release that never becomes healthy stops the rollout at its first instance."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from harness import Server, free_port, unique, wait_for, write_stack  # type: ignore[import-not-found]
+
+pytestmark = pytest.mark.root
+
+GOOD = ["python3", "-m", "http.server", "8000"]
+GOOD_BOUND = ["python3", "-m", "http.server", "8000", "--bind", "0.0.0.0"]
+NEVER_HEALTHY = ["sleep", "100000"]
+RETRY_DELAY = 5.0  # the controller retries a failed stack after this long
+
+
+def web_stack(tmp: Path, stack: str, port: int, command: list[str],
+              health: str = "{http: \"http://127.0.0.1:8000/\", interval: 1s}") -> Path:
+    return write_stack(tmp, f"""\
+stack: {stack}
+images: {{base: {{from: host}}}}
+roles:
+  web:
+    image: base
+    count: 3
+    command: {json.dumps(command)}
+    resources: {{memory: 128M, disk: 32M}}
+    ports: ["{port}:8000"]
+    health: {health}
+""")
+
+
+def by_name(server: Server, stack: str) -> dict[str, dict[str, Any]]:
+    return {r["name"]: r for r in server.ps(stack)}
+
+
+def cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_text().rstrip("\0").split("\0")
+
+
+def get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 - loopback only
+        return str(r.read().decode())
+
+
+class HealthyWatcher:
+    """Samples the stack's instances (the rows `ps --json` prints) while an apply runs and
+    keeps the fewest web instances seen running and healthy at once."""
+
+    def __init__(self, server: Server, stack: str) -> None:
+        self.url = f"{server.url}/v1/instances"
+        self.stack = stack
+        self.minimum = 3
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> HealthyWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=5) as http:
+            while not self._stop.is_set():
+                rows = http.get(self.url, params={"stack": self.stack}).json()
+                ready = sum(1 for r in rows if r["role"] == "web" and r["state"] == "running"
+                            and r["health"] == "healthy")
+                self.minimum = min(self.minimum, ready)
+                self.samples += 1
+                time.sleep(0.1)
+
+
+def test_command_change_rolls_one_at_a_time(server: Server, tmp_path: Path) -> None:
+    stack, port = unique("rl"), free_port()
+    server.cli("apply", "-f", str(web_stack(tmp_path, stack, port, GOOD)), "-y")
+    before = by_name(server, stack)
+    assert sorted(before) == ["web-0", "web-1", "web-2"]
+    assert {r["health"] for r in before.values()} == {"healthy"}
+
+    changed = web_stack(tmp_path, stack, port, GOOD_BOUND)
+    plan = server.cli("plan", "-f", str(changed), "--json", check=False)
+    assert plan.returncode == 2
+    actions = json.loads(plan.stdout)["actions"]
+    assert [(a["kind"], a["instance"]) for a in actions] == [
+        ("replace", f"{stack}/web/{i}") for i in range(3)]
+    assert all("command" in a["reason"] for a in actions), actions
+
+    with HealthyWatcher(server, stack) as watch:
+        server.cli("apply", "-f", str(changed), "-y")
+    assert watch.samples >= 5
+    assert watch.minimum >= 2, "the rollout took more than one instance out at a time"
+
+    after = by_name(server, stack)
+    for name, old in before.items():
+        new = after[name]
+        assert new["pid"] != old["pid"], name
+        assert new["ip"] == old["ip"], name
+        assert new["state"] == "running" and new["health"] == "healthy", name
+        assert "--bind" in cmdline(new["pid"]), name
+    assert "Directory listing" in get(f"http://127.0.0.1:{port}/")
+    assert server.cli("plan", "-f", str(changed), check=False).returncode == 0
+
+
+def test_unhealthy_release_stops_at_the_first_instance(server: Server, tmp_path: Path) -> None:
+    stack, port = unique("rb"), free_port()
+    server.cli("apply", "-f", str(web_stack(tmp_path, stack, port, GOOD)), "-y")
+    before = by_name(server, stack)
+
+    bad = web_stack(tmp_path, stack, port, NEVER_HEALTHY,
+                    health="{http: \"http://127.0.0.1:8000/\", grace: 3s, interval: 1s, "
+                           "retries: 2}")
+    proc = server.cli("apply", "-f", str(bad), "-y", check=False, timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "web-0" in proc.stderr and "not healthy" in proc.stderr, proc.stderr
+    assert "rollout stopped" in proc.stderr, proc.stderr
+
+    def check_only_web0_replaced() -> None:
+        rows = by_name(server, stack)
+        assert sorted(rows) == ["web-0", "web-1", "web-2"]
+        assert rows["web-0"]["pid"] != before["web-0"]["pid"]
+        assert cmdline(rows["web-0"]["pid"])[0].endswith("sleep")
+        assert rows["web-0"]["health"] != "healthy"
+        for name in ("web-1", "web-2"):
+            assert rows[name]["pid"] == before[name]["pid"], name
+            assert rows[name]["state"] == "running" and rows[name]["health"] == "healthy"
+            assert cmdline(rows[name]["pid"])[-1] == "8000", name  # the old command
+        # The published port keeps answering from the old, healthy instances.
+        for _ in range(6):
+            assert "Directory listing" in get(f"http://127.0.0.1:{port}/")
+
+    check_only_web0_replaced()
+    # The server retries the failed stack; a retry must not carry the bad release on to the
+    # next instances.
+    time.sleep(RETRY_DELAY * 2 + 3)
+    check_only_web0_replaced()
+    status = server.api(f"/v1/stacks/{stack}")
+    assert not status["converged"]
+
+    # Going back to the good command heals web-0 and leaves the others alone.
+    server.cli("apply", "-f", str(web_stack(tmp_path, stack, port, GOOD)), "-y")
+    rows = wait_for(lambda: (r := by_name(server, stack)) and all(
+        x["health"] == "healthy" for x in r.values()) and r, 30, "all healthy again")
+    assert rows["web-1"]["pid"] == before["web-1"]["pid"]
+    assert rows["web-2"]["pid"] == before["web-2"]["pid"]
