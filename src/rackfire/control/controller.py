@@ -170,7 +170,6 @@ class Controller:
         if rec.deleting:
             self._reconcile_deleted(rec)
             return
-        self.store.set_stack_status(name, "progressing", "building images")
         desired = self._desired(rec.spec, rec, build=True)
         self.agent.ensure_network(desired.network)
         self.store.save_ips(desired.ips)
@@ -250,6 +249,9 @@ class Controller:
         for image_name in {r.image for r in spec.roles}:
             summary = self.agent.image(image_name)
             if build and image_name in {i.name for i in spec.images}:
+                if summary is None:
+                    self.store.set_stack_status(spec.name, "progressing",
+                                                f"building image {image_name}")
                 summary = self.agent.ensure_image(spec.image(image_name))
             if summary is None and build:
                 raise NotFound(f"image {image_name} is not built", hint="rackfire image build")
