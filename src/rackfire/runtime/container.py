@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -148,10 +149,14 @@ class ContainerRuntime:
 
     def _stop(self, key: InstanceKey, timeout: float = STOP_TIMEOUT) -> None:
         """SIGTERM, then SIGKILL after `timeout`; then remove the container (and cgroup)."""
-        state = self._state(key.id)
+        state, pid = self._state_pid(key.id)
         if state is None:
             return
         if state == "running":
+            # PID 1 of a pid namespace never gets a signal it has no handler for: when the
+            # command does not catch SIGTERM, waiting for it to act on one is pure delay.
+            if pid is not None and not _catches_sigterm(pid):
+                timeout = 0.0
             self._runc("kill", key.id, "TERM", check=False)
             deadline = time.monotonic() + timeout
             while self._state(key.id) == "running" and time.monotonic() < deadline:
@@ -164,11 +169,14 @@ class ContainerRuntime:
         self._runc("delete", "--force", key.id, check=False)
 
     def _state(self, cid: str) -> str | None:
+        return self._state_pid(cid)[0]
+
+    def _state_pid(self, cid: str) -> tuple[str | None, int | None]:
         proc = self._runc("state", cid, check=False)
         if proc.returncode != 0:
-            return None
-        status: str = json.loads(proc.stdout).get("status", "")
-        return status
+            return None, None
+        state = json.loads(proc.stdout)
+        return str(state.get("status", "")), state.get("pid") or None
 
     def _runc_list(self) -> dict[str, dict[str, Any]]:
         proc = self._runc("list", "--format", "json", check=False)
@@ -197,6 +205,16 @@ def _oom_killed(key: InstanceKey) -> bool:
     except (OSError, ValueError):
         pass
     return False
+
+
+def _catches_sigterm(pid: int) -> bool:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    except (OSError, ValueError):
+        pass
+    return True  # unknown: be patient
 
 
 def _tail(path: Path, lines: int = 5) -> str:
