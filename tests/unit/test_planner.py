@@ -7,6 +7,7 @@ assertion prints it in the same shape as `expected`.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ def _ips(spec: Any) -> dict[InstanceKey, str]:
     return ips
 
 
-def _render(text: str, digests: dict[str, str]) -> list[Any]:
+def _render(text: str, digests: dict[str, str]) -> tuple[list[Any], Any]:
     spec = load_stack_text(text, "case.yaml")
     return render_stack(spec, _ips(spec), digests, NET, RuntimeKind.CONTAINER), spec
 
@@ -73,14 +74,24 @@ def test_golden(path: Path) -> None:
         InstanceKey("s", *k.split("/")[:1], int(k.split("/")[1])): RestartRecord(**v)
         for k, v in case.get("restarts", {}).items()
     }
-    plan = plan_stack("s", 1, counts, desired, _facts(case), restarts, NOW)
+    facts = _facts(case)
+    new = {r.key: r for r in desired}
+    facts = [  # instances the rollout already replaced run the new spec
+        replace(f, spec_hash=new[f.key].spec_hash, spec_fields=new[f.key].spec_fields)
+        if f"{f.key.role}/{f.key.index}" in case.get("new_spec", ()) else f
+        for f in facts
+    ]
+    failing = [InstanceKey("s", k.split("/")[0], int(k.split("/")[1]))
+               for k in case.get("failing", ())]
+    plan = plan_stack("s", 1, counts, desired, facts, restarts, NOW, failing)
     actual = [
         [a.kind.value, f"{a.key.role}/{a.key.index}", a.reason]
         + ([a.not_before] if a.not_before is not None else [])
+        + ([f"held: {a.held}"] if a.held else [])
         for a in plan.actions
     ]
     assert actual == case["expected"], yaml.safe_dump({"expected": actual})
 
 
 def test_there_are_golden_cases() -> None:
-    assert len(_cases()) >= 8
+    assert len(_cases()) >= 12

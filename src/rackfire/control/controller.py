@@ -214,20 +214,25 @@ class Controller:
         rec = self.store.get_stack(name)
         if rec is None:
             return []
-        observed = {f.key: f for f in (self.agent.observe(name) if facts is None else facts)}
-        statuses = self.store.statuses(name)
-        out = []
+        return list(self._unready(rec, facts).values())
+
+    def _unready(self, rec: StackRecord,
+                 facts: list[InstanceFacts] | None = None) -> dict[InstanceKey, str]:
+        """Desired instances that are not running and passing their check, and why."""
+        observed = {f.key: f for f in (self.agent.observe(rec.name) if facts is None else facts)}
+        statuses = self.store.statuses(rec.name)
+        out = {}
         for role in rec.spec.roles:
             for i in range(role.count):
-                key = InstanceKey(name, role.name, i)
+                key = InstanceKey(rec.name, role.name, i)
                 f = observed.get(key)
                 if f is None or f.state is not InstanceState.RUNNING:
-                    out.append(f"{key.name} ({f.state if f else 'missing'})")
+                    out[key] = f"{key.name} ({f.state if f else 'missing'})"
                 elif role.health is not None:
                     st = statuses.get(key)
                     if st is None or st.health is not Health.HEALTHY:
                         msg = f": {st.message}" if st and st.message else ""
-                        out.append(f"{key.name} ({st.health if st else 'unchecked'}{msg})")
+                        out[key] = f"{key.name} ({st.health if st else 'unchecked'}{msg})"
         return out
 
     # shared by plan and reconcile -------------------------------------------------------
@@ -265,8 +270,13 @@ class Controller:
             for k, s in self.store.statuses(name).items()
         }
         counts = {r.name: r.count for r in spec.roles}
-        return plan_stack(name, generation, counts, desired.requests,
-                          self.agent.observe(name), restarts, self.clock())
+        observed = self.agent.observe(name)
+        statuses = self.store.statuses(name)
+        # Failing, not merely starting: a rollout waits for the former, never the latter.
+        failing = [f.key for f in observed if f.state is not InstanceState.RUNNING
+                   or (statuses.get(f.key) and statuses[f.key].health is Health.UNHEALTHY)]
+        return plan_stack(name, generation, counts, desired.requests, observed, restarts,
+                          self.clock(), failing)
 
     def _publish(self, rec: StackRecord, desired: Desired,
                  facts: list[InstanceFacts] | None = None) -> None:

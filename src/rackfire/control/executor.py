@@ -43,7 +43,10 @@ class Executor:
             on_step: Callable[[], None] | None = None) -> Outcome:
         out = Outcome()
         due = []
+        held = [a.held for a in plan.actions if a.held]
         for action in plan.actions:
+            if action.held:
+                continue
             if action.not_before is not None and action.not_before > clock():
                 out.deferred = min(out.deferred or action.not_before, action.not_before)
             else:
@@ -72,6 +75,8 @@ class Executor:
                 more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
                 out.failed = f"{a.kind} {a.key.name} failed: {e}{more}"
                 return out
+        if held:
+            out.failed = f"rollout held: {held[0]}"
         return out
 
     def _run_one(self, plan: Plan, action: Action) -> str:

@@ -28,6 +28,7 @@ class Action:
     reason: str
     request: InstanceRequest | None = None  # None for destroy
     not_before: float | None = None  # restart backoff: the executor waits until then
+    held: str = ""  # why a rolling replace may not go on yet (an earlier one is not healthy)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -37,6 +38,7 @@ class Action:
             "index": self.key.index,
             "reason": self.reason,
             "not_before": self.not_before,
+            "held": self.held,
         }
 
 

@@ -8,8 +8,8 @@ and changed rendered files are reconfigured in place.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 from rackfire.model.instance import InstanceFacts, InstanceKey, InstanceRequest, InstanceState
 from rackfire.plan.actions import EXECUTION_ORDER, Action, ActionKind, Plan
@@ -36,8 +36,11 @@ def plan_stack(
     observed: Iterable[InstanceFacts],
     restarts: Mapping[InstanceKey, RestartRecord],
     now: float,
+    failing: Collection[InstanceKey] = (),
 ) -> Plan:
-    """`role_counts` is None when the stack is being destroyed."""
+    """`role_counts` is None when the stack is being destroyed. `failing` are the instances
+    that stopped or fail their check: a rollout does not go past one already on the new spec
+    that fails, so a bad release stops at its first instance and stays stopped."""
     want = {d.key: d for d in desired}
     have = {f.key: f for f in observed if f.key.stack == stack}
     actions: list[Action] = []
@@ -53,6 +56,14 @@ def plan_stack(
         if action is not None:
             actions.append(action)
 
+    stuck = {k.role: k.name for k in sorted(failing, reverse=True)
+             if k in want and k in have and have[k].spec_hash == want[k].spec_hash
+             and have[k].state is not InstanceState.PARTIAL}
+    actions = [
+        replace(a, held=f"{stuck[a.key.role]}, already on the new spec, is failing")
+        if a.kind is ActionKind.REPLACE and a.key.role in stuck else a
+        for a in actions
+    ]
     actions.sort(key=lambda a: EXECUTION_ORDER[a.kind])  # stable: keeps the per-kind order
     return Plan(stack, generation, tuple(actions))
 
