@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from harness import Server, free_port, unique, wait_for, write_stack  # type: ignore[import-not-found]
 
 pytestmark = pytest.mark.root
@@ -48,38 +47,59 @@ def cmdline(pid: int) -> list[str]:
 
 
 def get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 - loopback only
+    with urllib.request.urlopen(url, timeout=5) as r:
         return str(r.read().decode())
 
 
-class HealthyWatcher:
-    """Samples the stack's instances (the rows `ps --json` prints) while an apply runs and
-    keeps the fewest web instances seen running and healthy at once."""
+class RolloutWatcher:
+    """While an apply runs: samples the stack's instances (the rows `ps --json` prints) and
+    keeps the fewest web instances seen running and healthy at once; meanwhile, from another
+    thread, asks the published port again and again and keeps the slowest answer."""
 
-    def __init__(self, server: Server, stack: str) -> None:
-        self.url = f"{server.url}/v1/instances"
+    def __init__(self, server: Server, stack: str, port: int) -> None:
+        self.instances = f"{server.url}/v1/instances"
+        self.published = f"http://127.0.0.1:{port}/"
         self.stack = stack
         self.minimum = 3
-        self.samples = 0
+        self.samples: list[list[tuple[str, Any, str, str]]] = []
+        self.requests = 0
+        self.slowest = 0.0
+        self.port_failures: list[str] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._threads = [threading.Thread(target=self._watch_instances, daemon=True),
+                         threading.Thread(target=self._watch_port, daemon=True)]
 
-    def __enter__(self) -> HealthyWatcher:
-        self._thread.start()
+    def __enter__(self) -> RolloutWatcher:
+        for t in self._threads:
+            t.start()
         return self
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
-        self._thread.join(10)
+        for t in self._threads:
+            t.join(30)
 
-    def _run(self) -> None:
-        with httpx.Client(timeout=5) as http:
+    def _watch_instances(self) -> None:
+        with httpx.Client(timeout=10) as http:
             while not self._stop.is_set():
-                rows = http.get(self.url, params={"stack": self.stack}).json()
+                rows = http.get(self.instances, params={"stack": self.stack}).json()
                 ready = sum(1 for r in rows if r["role"] == "web" and r["state"] == "running"
                             and r["health"] == "healthy")
                 self.minimum = min(self.minimum, ready)
-                self.samples += 1
+                self.samples.append([(r["name"], r["pid"], r["state"], r["health"])
+                                     for r in rows])
+                time.sleep(0.1)
+
+    def _watch_port(self) -> None:
+        with httpx.Client(timeout=30) as http:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                try:
+                    http.get(self.published).raise_for_status()
+                except httpx.HTTPError as e:
+                    self.port_failures.append(repr(e))
+                self.requests += 1
+                self.slowest = max(self.slowest, time.monotonic() - started)
                 time.sleep(0.1)
 
 
@@ -98,10 +118,11 @@ def test_command_change_rolls_one_at_a_time(server: Server, tmp_path: Path) -> N
         ("replace", f"{stack}/web/{i}") for i in range(3)]
     assert all("command" in a["reason"] for a in actions), actions
 
-    with HealthyWatcher(server, stack) as watch:
+    with RolloutWatcher(server, stack, port) as watch:
         server.cli("apply", "-f", str(changed), "-y")
-    assert watch.samples >= 5
-    assert watch.minimum >= 2, "the rollout took more than one instance out at a time"
+    assert len(watch.samples) >= 10
+    assert watch.minimum >= 2, ("the rollout took more than one instance out at a time",
+                                watch.samples)
 
     after = by_name(server, stack)
     for name, old in before.items():
@@ -110,8 +131,14 @@ def test_command_change_rolls_one_at_a_time(server: Server, tmp_path: Path) -> N
         assert new["ip"] == old["ip"], name
         assert new["state"] == "running" and new["health"] == "healthy", name
         assert "--bind" in cmdline(new["pid"]), name
-    assert "Directory listing" in get(f"http://127.0.0.1:{port}/")
     assert server.cli("plan", "-f", str(changed), check=False).returncode == 0
+
+    # The published port served throughout, and serves from every new instance after.
+    assert watch.requests >= 5
+    assert watch.port_failures == [], watch.port_failures
+    assert watch.slowest < 5, f"a request to the published port took {watch.slowest:.1f}s"
+    for _ in range(6):  # round robin: each instance twice
+        assert "Directory listing" in get(f"http://127.0.0.1:{port}/")
 
 
 def test_unhealthy_release_stops_at_the_first_instance(server: Server, tmp_path: Path) -> None:
@@ -122,7 +149,8 @@ def test_unhealthy_release_stops_at_the_first_instance(server: Server, tmp_path:
     bad = web_stack(tmp_path, stack, port, NEVER_HEALTHY,
                     health="{http: \"http://127.0.0.1:8000/\", grace: 3s, interval: 1s, "
                            "retries: 2}")
-    proc = server.cli("apply", "-f", str(bad), "-y", check=False, timeout=120)
+    # A bounded wait: a rollout that does not stop would otherwise wait out the default 600s.
+    proc = server.cli("apply", "-f", str(bad), "-y", "--timeout", "45", check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
     assert "web-0" in proc.stderr and "not healthy" in proc.stderr, proc.stderr

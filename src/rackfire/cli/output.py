@@ -37,7 +37,8 @@ def print_plan(plan: dict[str, Any]) -> None:
     for a in actions:
         style = KIND_STYLE.get(a["kind"], "")
         table.add_row(Text(KIND_MARK.get(a["kind"], "?"), style), Text(a["kind"], style),
-                      Text(a["instance"]), Text(a["reason"]))
+                      Text(a["instance"]),
+                      Text(a["reason"] + (f" (held: {a['held']})" if a.get("held") else "")))
     out.print(table)
     counts: dict[str, int] = {}
     for a in actions:
