@@ -40,6 +40,7 @@ class ProcessRuntime:
     def __init__(self, base: Path, host: str) -> None:
         self.base = base
         self.host = host
+        self._children: dict[int, subprocess.Popen[bytes]] = {}  # started by this process
         base.mkdir(parents=True, exist_ok=True)
 
     def create(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path) -> None:
@@ -74,7 +75,7 @@ class ProcessRuntime:
             meta = read_meta(d)
             if meta is None or meta.get("runtime") != self.kind.value:
                 continue
-            pid, exit_code = _poll(meta.get("pid"), meta.get("pid_start"))
+            pid, exit_code = self._poll(meta.get("pid"), meta.get("pid_start"))
             if meta.get("phase") != "created":
                 state = InstanceState.PARTIAL
             else:
@@ -112,20 +113,36 @@ class ProcessRuntime:
                     stdout=log, stderr=log, start_new_session=True)
             except OSError as e:
                 raise ExecError(f"cannot start {req.key}: {e}") from None
+        self._children[proc.pid] = proc
         update_meta(d, pid=proc.pid, pid_start=_start_time(proc.pid), started_at=time.time(),
                     exit_code=None)
 
     def _stop(self, d: InstanceDir, timeout: float = STOP_TIMEOUT) -> None:
         meta = read_meta(d) or {}
-        pid, _ = _poll(meta.get("pid"), meta.get("pid_start"))
+        pid, _ = self._poll(meta.get("pid"), meta.get("pid_start"))
         if not pid:
             return
         _signal_group(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while _poll(pid, meta.get("pid_start"))[0] and time.monotonic() < deadline:
+        while self._poll(pid, meta.get("pid_start"))[0] and time.monotonic() < deadline:
             time.sleep(0.05)
         _signal_group(pid, signal.SIGKILL)
-        _poll(pid, meta.get("pid_start"))
+        deadline = time.monotonic() + 5
+        while self._poll(pid, meta.get("pid_start"))[0] and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def _poll(self, pid: int | None, started: int | None) -> tuple[int | None, int | None]:
+        """(pid if it still runs, exit code if it just ended)."""
+        if not pid:
+            return None, None
+        child = self._children.get(pid)
+        if child is not None:
+            code = child.poll()
+            if code is None:
+                return pid, None
+            del self._children[pid]
+            return None, code
+        return _poll_foreign(pid, started)
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
@@ -142,17 +159,12 @@ def _start_time(pid: int) -> int | None:
     return int(stat.rpartition(")")[2].split()[19])
 
 
-def _poll(pid: int | None, started: int | None) -> tuple[int | None, int | None]:
-    """(pid if it still runs, exit code if we just reaped it)."""
-    if not pid:
-        return None, None
-    try:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return None, os.waitstatus_to_exitcode(status)
-    except ChildProcessError:
-        pass  # not our child (we restarted): look at /proc instead
+def _poll_foreign(pid: int, started: int | None) -> tuple[int | None, None]:
+    """A process an earlier server started: alive if /proc still shows the same one."""
     if started is None or _start_time(pid) != started:
         return None, None
-    state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return None, None
     return (None, None) if state in ("Z", "X") else (pid, None)
