@@ -1,0 +1,65 @@
+"""The store keeps what must survive a crash: generations with check-and-set, stable IPs, the
+action journal."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from rackfire.errors import Conflict
+from rackfire.model.instance import Health, InstanceKey
+from rackfire.model.stack import ImageSource, ImageSpec, RoleSpec, StackSpec
+from rackfire.store import ActionRecord, Store
+
+
+def spec(count: int = 1) -> StackSpec:
+    return StackSpec("s", (ImageSpec("base", ImageSource.HOST),),
+                     (RoleSpec("web", "base", count, ("true",)),))
+
+
+def test_generations_and_check_and_set(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db")
+    assert store.put_stack(spec(), "10.1.0.0/24", None) == 1
+    assert store.put_stack(spec(2), "10.1.0.0/24", expected_generation=1) == 2
+    with pytest.raises(Conflict, match="changed since the plan"):
+        store.put_stack(spec(3), "10.1.0.0/24", expected_generation=1)
+    rec = store.get_stack("s")
+    assert rec is not None and rec.generation == 2 and rec.spec.role("web").count == 2
+    store.close()
+    # On disk: a new process sees the same.
+    again = Store(tmp_path / "db")
+    rec = again.get_stack("s")
+    assert rec is not None and rec.spec == spec(2)
+
+
+def test_ips_stick_and_release(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db")
+    k0, k1 = InstanceKey("s", "web", 0), InstanceKey("s", "web", 1)
+    store.save_ips({k0: "10.1.0.2", k1: "10.1.0.3"})
+    store.save_ips({k0: "10.1.0.9"})  # an allocation never moves
+    assert store.ips("s") == {k0: "10.1.0.2", k1: "10.1.0.3"}
+    store.release_ip(k1)
+    assert store.ips("s") == {k0: "10.1.0.2"}
+
+
+def test_interrupted_actions_are_marked_not_replayed(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db")
+    store.record_action(ActionRecord("a1", "s", 1, "create", "s/web/0", "new", "running",
+                                     time.time(), None, ""))
+    store.record_action(ActionRecord("a2", "s", 1, "create", "s/web/1", "new", "running",
+                                     time.time(), None, ""))
+    store.finish_action("a1", "done")
+    assert store.abandon_unfinished() == 1
+    assert {a.id: a.state for a in store.actions("s")} == {"a1": "done", "a2": "interrupted"}
+
+
+def test_health_resets_restart_backoff(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db")
+    k = InstanceKey("s", "web", 0)
+    store.note_restart(k, fresh=False)
+    store.note_restart(k, fresh=False)
+    assert store.statuses("s")[k].restarts == 2
+    store.set_health(k, Health.HEALTHY, 0, "")
+    assert store.statuses("s")[k].restarts == 0
