@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from harness import (  # type: ignore[import-not-found]
     Server,
     free_port,
@@ -136,7 +137,13 @@ def test_schema_is_json_schema_of_the_stack_file(server: Server) -> None:
     schema = json.loads(server.cli("schema").stdout)
     assert "json-schema.org" in schema["$schema"]
     assert {"stack", "images", "roles"} <= set(schema["properties"])
-    assert "roles" in schema["properties"]
+    # Each role is described, so an editor can complete and check its keys.
+    roles = schema["properties"]["roles"]
+    assert roles["type"] == "object"
+    [role_ref] = [v["$ref"] for v in roles["patternProperties"].values()]
+    role = schema["$defs"][role_ref.rsplit("/", 1)[-1]]
+    assert {"image", "count", "command", "health"} <= set(role["properties"])
+    assert role.get("additionalProperties") is False  # a typo'd key is flagged
 
 
 def test_undeclared_unbuilt_image_is_refused_before_anything_changes(

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from harness import Server, unique, write_stack  # type: ignore[import-not-found]
 
 pytestmark = pytest.mark.root

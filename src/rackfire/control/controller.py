@@ -58,6 +58,7 @@ class Controller:
         self._workers = workers
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
+        self._apply_lock = threading.Lock()
 
     # lifecycle --------------------------------------------------------------------------
 
@@ -99,11 +100,12 @@ class Controller:
     def apply(self, spec: StackSpec, expected_generation: int | None) -> tuple[int, Plan]:
         """Store the spec as the stack's next generation and start converging.
         Every check runs before the store is touched: if this raises, nothing changed."""
-        plan = self.plan(spec)
-        rec = self.store.get_stack(spec.name)
-        subnet = rec.subnet if rec else allocate_subnet(self.subnet_pool,
-                                                         self.store.used_subnets())
-        generation = self.store.put_stack(spec, subnet, expected_generation)
+        with self._apply_lock:  # two new stacks must not both take the same free subnet
+            plan = self.plan(spec)
+            rec = self.store.get_stack(spec.name)
+            subnet = rec.subnet if rec else allocate_subnet(self.subnet_pool,
+                                                             self.store.used_subnets())
+            generation = self.store.put_stack(spec, subnet, expected_generation)
         self.queue.add(spec.name)
         return generation, Plan(plan.stack, generation, plan.actions)
 
