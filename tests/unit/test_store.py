@@ -61,5 +61,5 @@ def test_health_resets_restart_backoff(tmp_path: Path) -> None:
     store.note_restart(k, fresh=False)
     store.note_restart(k, fresh=False)
     assert store.statuses("s")[k].restarts == 2
-    store.set_health(k, Health.HEALTHY, 0, "")
+    store.set_health(k, Health.HEALTHY, 1.0, 0, "")
     assert store.statuses("s")[k].restarts == 0

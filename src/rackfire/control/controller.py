@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rackfire.control.executor import Executor
-from rackfire.control.health import HealthMonitor
+from rackfire.control.health import HealthMonitor, health_of
 from rackfire.control.workqueue import WorkQueue
 from rackfire.errors import NotFound, PrereqError, RackfireError
 from rackfire.model.agent import Agent, PublishedPort
@@ -231,10 +231,9 @@ class Controller:
                 if f is None or f.state is not InstanceState.RUNNING:
                     out[key] = f"{key.name} ({f.state if f else 'missing'})"
                 elif role.health is not None:
-                    st = statuses.get(key)
-                    if st is None or st.health is not Health.HEALTHY:
-                        msg = f": {st.message}" if st and st.message else ""
-                        out[key] = f"{key.name} ({st.health if st else 'unchecked'}{msg})"
+                    health, why = health_of(f, statuses.get(key))
+                    if health is not Health.HEALTHY:
+                        out[key] = f"{key.name} ({health}{': ' + why if why else ''})"
         return out
 
     # shared by plan and reconcile -------------------------------------------------------
@@ -276,7 +275,7 @@ class Controller:
         statuses = self.store.statuses(name)
         # Failing, not merely starting: a rollout waits for the former, never the latter.
         failing = [f.key for f in observed if f.state is not InstanceState.RUNNING
-                   or (statuses.get(f.key) and statuses[f.key].health is Health.UNHEALTHY)]
+                   or health_of(f, statuses.get(f.key))[0] is Health.UNHEALTHY]
         return plan_stack(name, generation, counts, desired.requests, observed, restarts,
                           self.clock(), failing)
 
@@ -301,19 +300,18 @@ class Controller:
     def instances(self, stack: str | None = None) -> list[tuple[InstanceFacts, Health, str]]:
         facts = sorted(self.agent.observe(stack), key=lambda f: f.key)
         stacks = {r.name: r for r in self.store.stacks()}
-        statuses: dict[InstanceKey, tuple[Health, str]] = {}
+        statuses: dict[InstanceKey, InstanceStatus] = {}
         for name in {f.key.stack for f in facts}:
-            for k, s in self.store.statuses(name).items():
-                statuses[k] = (s.health, s.message)
+            statuses.update(self.store.statuses(name))
         out = []
         for f in facts:
             rec = stacks.get(f.key.stack)
             has_check = False
             if rec is not None:
                 has_check = any(r.name == f.key.role and r.health for r in rec.spec.roles)
-            health, message = statuses.get(f.key, (Health.UNKNOWN, ""))
+            health, message = health_of(f, statuses.get(f.key))
             if not has_check:
-                health = Health.NONE
+                health, message = Health.NONE, ""
             out.append((f, health, message))
         return out
 
@@ -321,7 +319,7 @@ class Controller:
 def _ready(f: InstanceFacts | None, st: InstanceStatus | None, health: HealthSpec | None) -> bool:
     if f is None or f.state is not InstanceState.RUNNING:
         return False
-    return health is None or (st is not None and st.health is Health.HEALTHY)
+    return health is None or health_of(f, st)[0] is Health.HEALTHY
 
 
 def _address(f: InstanceFacts, ip: str) -> str:

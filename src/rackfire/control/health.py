@@ -13,10 +13,18 @@ from concurrent.futures import ThreadPoolExecutor
 from rackfire.model.agent import Agent
 from rackfire.model.instance import Health, InstanceFacts, InstanceKey, InstanceState
 from rackfire.model.stack import HealthSpec
-from rackfire.store import Store
+from rackfire.store import InstanceStatus, Store
 
 log = logging.getLogger("rackfire.health")
 TICK = 0.5
+
+
+def health_of(f: InstanceFacts | None, st: InstanceStatus | None) -> tuple[Health, str]:
+    """An instance's health and why, counting only checks of the run that is running now: a
+    late probe of the instance it replaced must not vouch for it."""
+    if f is None or st is None or st.run is None or st.run != f.started_at:
+        return Health.STARTING, ""
+    return st.health, st.message
 
 
 class HealthMonitor:
@@ -47,7 +55,8 @@ class HealthMonitor:
                 if spec is None or f.state is not InstanceState.RUNNING:
                     continue
                 st = statuses.get(f.key)
-                if st is None or st.checked is None or st.checked + spec.interval <= now:
+                if (st is None or st.checked is None or st.run != f.started_at
+                        or st.checked + spec.interval <= now):
                     due.append((f, spec))
         for f, spec in due:
             self._pool.submit(self._check, f, spec)
@@ -55,8 +64,9 @@ class HealthMonitor:
     def _check(self, f: InstanceFacts, spec: HealthSpec) -> Health:
         ok, message = self.agent.probe(f.key, f.ip or "", spec)
         st = self.store.statuses(f.key.stack).get(f.key)
-        before = st.health if st else Health.UNKNOWN
-        fails = 0 if ok else (st.fails if st else 0) + 1
+        same_run = st is not None and st.run == f.started_at
+        before = health_of(f, st)[0]
+        fails = 0 if ok else (st.fails if st and same_run else 0) + 1
         if ok:
             health = Health.HEALTHY
         elif before is Health.HEALTHY and fails < spec.retries:
@@ -67,7 +77,7 @@ class HealthMonitor:
             health = Health.UNHEALTHY
         else:
             health = Health.STARTING
-        self.store.set_health(f.key, health, fails, "" if ok else message)
+        self.store.set_health(f.key, health, f.started_at, fails, "" if ok else message)
         if health is not before:
             log.info("%s is %s %s", f.key, health, message if not ok else "")
             self.on_change(f.key.stack)

@@ -90,15 +90,14 @@ def import_tarball(store: ImageStore, name: str, tar_path: Path,
 
 
 def _open_decompressed(path: Path) -> IO[bytes]:
-    n = path.name
-    if n.endswith(".tar"):
-        return open(path, "rb")
-    if n.endswith((".tar.gz", ".tgz")):
+    """By content, not by name: an upload is spooled under a name of the server's choosing."""
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic.startswith(b"\x1f\x8b"):
         return cast(IO[bytes], gzip.open(path, "rb"))
-    if n.endswith(".tar.xz"):
+    if magic == b"\xfd7zXZ\x00":
         return cast(IO[bytes], lzma.open(path, "rb"))
-    raise PrereqError(f"{path}: unsupported tarball type",
-                      hint="name it .tar, .tar.gz, .tgz or .tar.xz")
+    return open(path, "rb")  # plain tar; tarfile says so if it is not one
 
 
 class _Readable(Protocol):

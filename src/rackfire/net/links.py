@@ -59,6 +59,7 @@ class _Link:
     up: bool
     master: int | None
     peer: int | None  # a veth's peer index, in the peer's namespace
+    mac: str = ""
 
 
 @contextmanager
@@ -100,7 +101,8 @@ def _link(ipr: Any, ifname: str) -> _Link | None:
     return _Link(index=int(msg["index"]), kind=str(msg.get(("linkinfo", "kind")) or ""),
                  up=bool(int(msg["flags"]) & _IFF_UP),
                  master=None if master is None else int(master),
-                 peer=None if peer is None else int(peer))
+                 peer=None if peer is None else int(peer),
+                 mac=str(msg.get("IFLA_ADDRESS") or ""))
 
 
 def _delete_link(ipr: Any, ifname: str) -> None:
@@ -139,6 +141,13 @@ def _bridge_mac(name: str) -> str:
     # and changes it as ports come and go, leaving stale gateway entries in instance ARP caches.
     digits = name[len(BRIDGE_PREFIX):][:10]
     return "02:" + ":".join(digits[i:i + 2] for i in range(0, 10, 2))
+
+
+def instance_mac(ip: str) -> str:
+    """The MAC of an instance's eth0, from its IP: a replacement that keeps the IP keeps the
+    MAC, so the host's and peers' neighbour entries stay right (with a random MAC they point
+    at the old instance until they expire, and connections hang meanwhile)."""
+    return "02:42:" + ":".join(f"{int(octet):02x}" for octet in ip.split("."))
 
 
 def ensure_bridge(stack: str, gateway: str, prefix: int) -> str:
@@ -198,7 +207,8 @@ def attach_instance(instance_id: str, stack: str, ip: str, prefix: int, gateway:
                     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                     try:
                         host.link("add", ifname=veth, kind="veth",
-                                  peer={"ifname": PEER_NAME, "net_ns_fd": fd})
+                                  peer={"ifname": PEER_NAME, "net_ns_fd": fd,
+                                        "address": instance_mac(ip)})
                     finally:
                         os.close(fd)
                     outside, inside = _link(host, veth), _link(inner, PEER_NAME)
@@ -209,6 +219,8 @@ def attach_instance(instance_id: str, stack: str, ip: str, prefix: int, gateway:
                 loopback = _link(inner, "lo")
                 if loopback is not None:
                     _set_up(inner, loopback)
+                if inside.mac != instance_mac(ip):
+                    inner.link("set", index=inside.index, address=instance_mac(ip))
                 _set_address(inner, inside.index, ip, prefix)
                 _set_up(inner, inside)
                 inner.route("replace", dst="0.0.0.0/0", gateway=gateway, oif=inside.index)

@@ -179,10 +179,14 @@ class ContainerRuntime:
         return str(state.get("status", "")), state.get("pid") or None
 
     def _runc_list(self) -> dict[str, dict[str, Any]]:
-        proc = self._runc("list", "--format", "json", check=False)
-        if proc.returncode != 0 or not proc.stdout.strip():
-            return {}
-        return {c["id"]: c for c in json.loads(proc.stdout) or []}
+        # runc list fails now and then while another container is being deleted. "No
+        # containers" would be a lie that makes every instance look stopped: retry, then fail.
+        for attempt in range(5):
+            proc = self._runc("list", "--format", "json", check=False)
+            if proc.returncode == 0:
+                return {c["id"]: c for c in json.loads(proc.stdout or "null") or []}
+            time.sleep(0.02 * (attempt + 1))
+        raise ExecError(f"runc list failed: {proc.stderr.strip()}")
 
     def _runc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         # Only for commands that start no container: those may use pipes safely.

@@ -53,6 +53,7 @@ CREATE INDEX IF NOT EXISTS actions_by_stack ON actions (stack, generation);
 CREATE TABLE IF NOT EXISTS instance_status (
     stack TEXT NOT NULL, role TEXT NOT NULL, idx INTEGER NOT NULL,
     health TEXT NOT NULL DEFAULT 'unknown',
+    run REAL,
     fails INTEGER NOT NULL DEFAULT 0,
     checked REAL,
     restarts INTEGER NOT NULL DEFAULT 0,
@@ -94,6 +95,7 @@ class ActionRecord:
 class InstanceStatus:
     key: InstanceKey
     health: Health
+    run: float | None  # the started_at of the run the health belongs to
     fails: int
     checked: float | None
     restarts: int
@@ -243,19 +245,22 @@ class Store:
     def statuses(self, stack: str) -> dict[InstanceKey, InstanceStatus]:
         return {
             InstanceKey(stack, r["role"], r["idx"]): InstanceStatus(
-                InstanceKey(stack, r["role"], r["idx"]), Health(r["health"]), r["fails"],
+                InstanceKey(stack, r["role"], r["idx"]), Health(r["health"]), r["run"],
+                r["fails"],
                 r["checked"], r["restarts"], r["last_restart"], r["message"])
             for r in self._all("SELECT * FROM instance_status WHERE stack=?", stack)
         }
 
-    def set_health(self, key: InstanceKey, health: Health, fails: int, message: str) -> None:
+    def set_health(self, key: InstanceKey, health: Health, run: float | None, fails: int,
+                   message: str) -> None:
         with self.tx() as db:
             db.execute(
-                "INSERT INTO instance_status (stack, role, idx, health, fails, checked, message) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(stack, role, idx) DO UPDATE SET "
-                "health=excluded.health, fails=excluded.fails, checked=excluded.checked, "
-                "message=excluded.message",
-                (key.stack, key.role, key.index, health.value, fails, time.time(), message))
+                "INSERT INTO instance_status (stack, role, idx, health, run, fails, checked, "
+                "message) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(stack, role, idx) DO "
+                "UPDATE SET health=excluded.health, run=excluded.run, fails=excluded.fails, "
+                "checked=excluded.checked, message=excluded.message",
+                (key.stack, key.role, key.index, health.value, run, fails, time.time(),
+                 message))
             if health is Health.HEALTHY:
                 db.execute("UPDATE instance_status SET restarts=0 WHERE stack=? AND role=? "
                            "AND idx=?", (key.stack, key.role, key.index))
@@ -267,7 +272,7 @@ class Store:
                 "INSERT INTO instance_status (stack, role, idx) VALUES (?, ?, ?) "
                 "ON CONFLICT(stack, role, idx) DO NOTHING", (key.stack, key.role, key.index))
             db.execute(
-                "UPDATE instance_status SET health='starting', fails=0, message='', "
+                "UPDATE instance_status SET health='starting', run=NULL, fails=0, message='', "
                 "restarts=CASE WHEN ? THEN 0 ELSE restarts+1 END, last_restart=? "
                 "WHERE stack=? AND role=? AND idx=?",
                 (fresh, time.time(), key.stack, key.role, key.index))
