@@ -25,11 +25,14 @@ def render_config(stack: str, ports: list[PublishedPort], pidfile: Path) -> str:
         "    daemon",
         f"    pidfile {pidfile}",
         "    maxconn 4096",
+        # After a reload, the old process finishes its connections, but not forever.
+        "    hard-stop-after 30s",
         "defaults",
         "    mode tcp",
         "    timeout connect 2s",
         "    timeout client 5m",
-        "    timeout server 5m",
+        # An instance destroyed mid-request sends no reset: give up on it within a minute.
+        "    timeout server 1m",
         "    retries 2",
         "    option redispatch",
     ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,7 +179,8 @@ class Controller:
         plan = self._plan(name, rec.generation, rec.spec, desired)
         if not plan.empty:
             self.store.set_stack_status(name, "progressing", f"{len(plan.actions)} action(s)")
-        outcome = self.executor.run(plan, self.clock, on_step=lambda: self._publish(rec, desired))
+        outcome = self.executor.run(
+            plan, self.clock, lambda down: self._publish(rec, desired, exclude=down))
         for key in outcome.released:
             self.store.release_ip(key)
         observed = self.agent.observe(name)
@@ -280,14 +281,16 @@ class Controller:
                           self.clock(), failing)
 
     def _publish(self, rec: StackRecord, desired: Desired,
-                 facts: list[InstanceFacts] | None = None) -> None:
+                 facts: list[InstanceFacts] | None = None,
+                 exclude: Collection[InstanceKey] = ()) -> None:
         observed = {f.key: f for f in (self.agent.observe(rec.name) if facts is None else facts)}
         statuses = self.store.statuses(rec.name)
         ports = []
         for role in rec.spec.roles:
             ready = [
                 k for k in sorted(desired.ips)
-                if k.role == role.name and _ready(observed.get(k), statuses.get(k), role.health)
+                if k.role == role.name and k not in exclude
+                and _ready(observed.get(k), statuses.get(k), role.health)
             ]
             for p in role.ports:
                 backends = tuple(f"{_address(observed[k], desired.ips[k])}:{p.container_port}"

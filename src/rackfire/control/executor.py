@@ -40,7 +40,11 @@ class Executor:
         self.health = health
 
     def run(self, plan: Plan, clock: Callable[[], float],
-            on_step: Callable[[], None] | None = None) -> Outcome:
+            publish: Callable[[set[InstanceKey]], None] | None = None) -> Outcome:
+        """`publish(down)` re-points the published ports, leaving out `down`: instances are
+        drained before they go down, and a replaced one is back in as soon as it is healthy
+        (not when the whole rollout ends)."""
+        drain = publish or (lambda _: None)
         out = Outcome()
         due = []
         held = [a.held for a in plan.actions if a.held]
@@ -56,15 +60,17 @@ class Executor:
             actions = list(batch)
             if kind is ActionKind.REPLACE:
                 for action in actions:
+                    drain({action.key})
                     if error := self._run_one(plan, action):
                         out.failed = f"replace {action.key.name} failed: {error}"
                         return out
-                    if on_step is not None:
-                        on_step()  # publish the new instance's peers meanwhile
                     if error := self.health.wait_ready(action.key):
                         out.failed = f"replace {action.key.name}: {error}; rollout stopped"
                         return out
+                    drain(set())
                 continue
+            if kind is not ActionKind.CREATE:
+                drain({a.key for a in actions})
             with ThreadPoolExecutor(PARALLEL, thread_name_prefix="action") as pool:
                 errors = list(pool.map(lambda a: self._run_one(plan, a), actions))
             out.released += [a.key for a, e in zip(actions, errors, strict=True)
