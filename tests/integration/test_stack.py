@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -251,4 +252,18 @@ roles:
     assert sorted(c for c in runc_ids() if c.startswith(f"{stack}.")) == sorted(
         f"{stack}.worker.{i}" for i in range(10))
     server.cli("destroy", stack, "-y")
+    assert host_traces(stack) == []
+
+
+def test_a_port_another_program_holds_is_refused_before_any_change(
+        server: Server, tmp_path: Path) -> None:
+    stack, port = unique("bp"), free_port()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        out = server.cli("apply", "-f", str(web_stack(tmp_path, stack, port)), "-y",
+                         check=False)
+    assert out.returncode == 1
+    assert f"host port {port} is in use" in out.stderr and "Traceback" not in out.stderr
+    assert server.ps(stack) == [] and server.api("/v1/stacks") == []
     assert host_traces(stack) == []

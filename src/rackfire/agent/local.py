@@ -21,7 +21,7 @@ from rackfire.images.safe_tar import import_tarball
 from rackfire.images.store import ImageInfo, ImageStore
 from rackfire.model.agent import HostInfo, ImageSummary, PublishedPort
 from rackfire.model.instance import InstanceFacts, InstanceKey, InstanceRequest, NetworkConfig
-from rackfire.model.stack import HealthSpec, ImageSpec, RuntimeKind
+from rackfire.model.stack import HealthSpec, ImageSpec, PortMap, RuntimeKind
 from rackfire.net import links
 from rackfire.runtime.base import Runtime
 from rackfire.runtime.container import ContainerRuntime, ensure_dirs
@@ -117,6 +117,12 @@ class LocalAgent:
     def publish(self, stack: str, ports: list[PublishedPort]) -> None:
         Proxy(self._stack_dir(stack), stack).apply(ports)
 
+    def busy_ports(self, stack: str, ports: list[PortMap]) -> list[PortMap]:
+        """The ports another program (or stack) holds; the stack's own are not busy."""
+        mine = Proxy(self._stack_dir(stack), stack).bound()
+        return [p for p in ports if (p.host_ip, p.host_port) not in mine
+                and not _can_bind(p.host_ip, p.host_port)]
+
     def teardown_stack(self, stack: str) -> None:
         leftovers = self.observe(stack)
         if leftovers:
@@ -186,6 +192,18 @@ class LocalAgent:
 
     def _mark(self, req: InstanceRequest) -> None:
         update_meta(instance_dir(self.data_dir / "instances", req.key), action_id=req.action_id)
+
+
+def _can_bind(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        # As HAProxy binds: a closed listener's TIME_WAIT connections do not make it busy.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def _hosts_text(entries: list[tuple[str, list[str]]]) -> str:

@@ -18,12 +18,14 @@ from rackfire.errors import ExecError
 from rackfire.model.agent import PublishedPort
 
 
-def render_config(stack: str, ports: list[PublishedPort], pidfile: Path) -> str:
+def render_config(stack: str, ports: list[PublishedPort]) -> str:
     lines = [
         f"# rackfire: published ports of stack {stack}. Generated; do not edit.",
         "global",
         "    daemon",
-        f"    pidfile {pidfile}",
+        # Without it, a port some other program holds would be shared silently (SO_REUSEPORT)
+        # instead of refused; reloads still work (the old process unbinds on -sf).
+        "    noreuseport",
         "    maxconn 4096",
         # After a reload, the old process finishes its connections, but not forever.
         "    hard-stop-after 30s",
@@ -67,11 +69,22 @@ class Proxy:
             return None
         return pid if b"haproxy" in cmdline and str(self.cfg).encode() in cmdline else None
 
+    def bound(self) -> set[tuple[str, int]]:
+        """(address, port) this stack's running HAProxy listens on."""
+        if self.pid() is None or not self.cfg.exists():
+            return set()
+        out = set()
+        for line in self.cfg.read_text().splitlines():
+            if line.strip().startswith("bind "):
+                host, _, port = line.split()[1].rpartition(":")
+                out.add((host.strip("[]"), int(port)))
+        return out
+
     def apply(self, ports: list[PublishedPort]) -> None:
         if not ports:
             self.stop()
             return
-        text = render_config(self.stack, ports, self.pidfile)
+        text = render_config(self.stack, ports)
         old = self.pid()
         if old is not None and self.cfg.exists() and self.cfg.read_text() == text:
             return

@@ -132,6 +132,11 @@ class Controller:
                         f"roles.{role.name}.ports: host port {p.host_port} is already "
                         f"published by stack {taken[p.host_port]}",
                         hint="choose another host port")
+        busy = self.agent.busy_ports(spec.name, [p for r in spec.roles for p in r.ports])
+        if busy:
+            raise PrereqError(
+                f"host port {busy[0].host_port} is in use on {self.agent.info().name} by "
+                "another program", hint="choose another host port, or stop that program")
         declared = {i.name for i in spec.images}
         for role in spec.roles:
             if role.image not in declared and self.agent.image(role.image) is None:
