@@ -70,8 +70,9 @@ class Proxy:
         return pid if b"haproxy" in cmdline and str(self.cfg).encode() in cmdline else None
 
     def bound(self) -> set[tuple[str, int]]:
-        """(address, port) this stack's running HAProxy listens on."""
-        if self.pid() is None or not self.cfg.exists():
+        """(address, port) this stack publishes. From the config, not the process: during a
+        reload the pidfile may name neither the old process nor the new one."""
+        if not self.cfg.exists():
             return set()
         out = set()
         for line in self.cfg.read_text().splitlines():

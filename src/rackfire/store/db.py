@@ -64,6 +64,9 @@ CREATE TABLE IF NOT EXISTS instance_status (
 """
 
 
+ADDED_COLUMNS = [("instance_status", "run", "REAL")]
+
+
 @dataclass(frozen=True, slots=True)
 class StackRecord:
     name: str
@@ -113,6 +116,14 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Columns added after a table was first made, added to existing databases."""
+        for table, column, decl in ADDED_COLUMNS:
+            have = {r["name"] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
     def close(self) -> None:
         with self._lock:
