@@ -416,7 +416,8 @@ def step_round(prefix: str, count: int, image: ImageInfo, work: Path,
     timer.wrap(links, "attach_instance", lambda *a, **k: "netns + veth (pyroute2)")
     timer.wrap(links, "detach_instance", lambda *a, **k: "delete veth + netns")
     timer.wrap(ContainerRuntime, "_start", lambda *a, **k: "_start")
-    timer.wrap(ContainerRuntime, "_stop", lambda *a, **k: "stop (TERM, KILL when PID 1 cannot catch it, delete)")
+    timer.wrap(ContainerRuntime, "_stop",
+               lambda *a, **k: "stop (TERM; KILL at once if PID 1 cannot catch it; delete)")
     timer.wrap(ContainerRuntime, "_runc", _runc_label)
     creates: list[dict[str, float]] = []
     destroys: list[dict[str, float]] = []

@@ -399,3 +399,22 @@ def test_file_that_is_not_utf8(tmp_path: Path) -> None:
 )
 def test_hostile_input_gives_spec_error_only(text: str) -> None:
     assert problems(text)
+
+
+def test_a_file_inside_another_file_is_refused() -> None:
+    text = """\
+stack: s
+roles:
+  web:
+    image: base
+    command: ["true"]
+    files:
+      /etc/app: "a"
+      /etc/app/x.conf: "b"
+      /etc/hostname/y: "c"
+"""
+    with pytest.raises(SpecError) as e:
+        load_stack_text(text, "s.yaml")
+    fields = {(p.field, p.line) for p in e.value.problems}
+    assert any("/etc/app/x.conf" in f and line == 8 for f, line in fields), fields
+    assert any("/etc/hostname/y" in f for f, _ in fields), fields

@@ -12,6 +12,7 @@ import shutil
 import socket
 import threading
 from pathlib import Path
+from typing import Any
 
 from rackfire.agent.probe import probe
 from rackfire.agent.proxy import Proxy
@@ -21,11 +22,11 @@ from rackfire.images.safe_tar import import_tarball
 from rackfire.images.store import ImageInfo, ImageStore
 from rackfire.model.agent import HostInfo, ImageSummary, PublishedPort
 from rackfire.model.instance import InstanceFacts, InstanceKey, InstanceRequest, NetworkConfig
-from rackfire.model.stack import HealthSpec, ImageSpec, PortMap, RuntimeKind
+from rackfire.model.stack import HealthSpec, ImageSource, ImageSpec, PortMap, RuntimeKind
 from rackfire.net import links
 from rackfire.runtime.base import Runtime
 from rackfire.runtime.container import ContainerRuntime, ensure_dirs
-from rackfire.runtime.layout import instance_dir, read_meta, update_meta
+from rackfire.runtime.layout import InstanceDir, instance_dir, read_meta, update_meta
 from rackfire.runtime.process import ProcessRuntime
 
 
@@ -52,7 +53,7 @@ class LocalAgent:
         self._image_lock = threading.Lock()
 
     def info(self) -> HostInfo:
-        return HostInfo(self.host, self._order, RuntimeKind.CONTAINER in self._runtimes)
+        return HostInfo(self.host, self._order)
 
     # instances --------------------------------------------------------------------------
 
@@ -63,35 +64,32 @@ class LocalAgent:
         return [f for f in facts if stack is None or f.key.stack == stack]
 
     def create(self, req: InstanceRequest) -> None:
-        if self._done(req):
-            return
-        self._runtime(req.runtime).create(req, self._image(req), self._hosts(req.key.stack))
-        self._mark(req)
+        self._carry_out(req, "create")
 
     def reconfigure(self, req: InstanceRequest) -> None:
-        if self._done(req):
-            return
-        self._runtime(req.runtime).reconfigure(req, self._image(req), self._hosts(req.key.stack))
-        self._mark(req)
+        self._carry_out(req, "reconfigure")
 
     def restart(self, req: InstanceRequest) -> None:
-        if self._done(req):
+        self._carry_out(req, "restart")
+
+    def _carry_out(self, req: InstanceRequest, verb: str) -> None:
+        """Dedupe by action id: a repeated call for an action already carried out is a no-op."""
+        meta = self._meta(req.key)
+        if req.action_id and meta.get("action_id") == req.action_id \
+                and meta.get("phase") == "created":
             return
-        self._runtime(req.runtime).restart(req, self._image(req), self._hosts(req.key.stack))
-        self._mark(req)
+        runtime = self._runtime(req.runtime)
+        getattr(runtime, verb)(req, self._image(req), self._hosts(req.key.stack))
+        update_meta(self._dir(req.key), action_id=req.action_id)
 
     def destroy(self, key: InstanceKey) -> None:
-        meta = read_meta(instance_dir(self.data_dir / "instances", key)) or {}
-        kind = RuntimeKind(meta.get("runtime", self._order[0].value))
-        self._runtime(kind).destroy(key)
+        self._runtime_of(key).destroy(key)
 
     def log_path(self, key: InstanceKey) -> str:
-        return str(instance_dir(self.data_dir / "instances", key).log)
+        return str(self._dir(key).log)
 
     def probe(self, key: InstanceKey, ip: str, health: HealthSpec) -> tuple[bool, str]:
-        meta = read_meta(instance_dir(self.data_dir / "instances", key)) or {}
-        kind = RuntimeKind(meta.get("runtime", self._order[0].value))
-        return probe(self._runtime(kind).netns(key), health)
+        return probe(self._runtime_of(key).netns(key), health)
 
     # the stack's network, names and ports -----------------------------------------------
 
@@ -138,6 +136,13 @@ class LocalAgent:
         with self._image_lock:
             return _summary(ensure_image(self.store, spec))
 
+    def check_image(self, spec: ImageSpec) -> None:
+        """Refuse, before any change, an image that could not be built here."""
+        if (spec.source is ImageSource.TARBALL and self.store.get(spec.name) is None
+                and not (spec.path and Path(spec.path).is_file())):
+            raise PrereqError(f"images.{spec.name}.path: {spec.path} does not exist on host "
+                              f"{self.host}")
+
     def image(self, name: str) -> ImageSummary | None:
         info = self.store.get(name)
         return _summary(info) if info else None
@@ -175,23 +180,22 @@ class LocalAgent:
         return info
 
     def _uses(self, key: InstanceKey, image_digest: str) -> bool:
-        meta = read_meta(instance_dir(self.data_dir / "instances", key)) or {}
-        return bool(meta.get("image") == image_digest)
+        return bool(self._meta(key).get("image") == image_digest)
+
+    def _dir(self, key: InstanceKey) -> InstanceDir:
+        return instance_dir(self.data_dir / "instances", key)
+
+    def _meta(self, key: InstanceKey) -> dict[str, Any]:
+        return read_meta(self._dir(key)) or {}
+
+    def _runtime_of(self, key: InstanceKey) -> Runtime:
+        return self._runtime(RuntimeKind(self._meta(key).get("runtime", self._order[0].value)))
 
     def _stack_dir(self, stack: str) -> Path:
         return self.data_dir / "stacks" / stack
 
     def _hosts(self, stack: str) -> Path:
         return self._stack_dir(stack) / "hosts"
-
-    def _done(self, req: InstanceRequest) -> bool:
-        """Dedupe by action id: a repeated call for an action already carried out is a no-op."""
-        meta = read_meta(instance_dir(self.data_dir / "instances", req.key)) or {}
-        return bool(req.action_id) and meta.get("action_id") == req.action_id \
-            and meta.get("phase") == "created"
-
-    def _mark(self, req: InstanceRequest) -> None:
-        update_meta(instance_dir(self.data_dir / "instances", req.key), action_id=req.action_id)
 
 
 def _can_bind(host: str, port: int) -> bool:

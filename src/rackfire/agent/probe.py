@@ -6,11 +6,20 @@ from __future__ import annotations
 import socket
 from urllib.parse import urlsplit
 
+from rackfire.errors import RackfireError
 from rackfire.model.stack import HealthSpec
 from rackfire.net.nsenter import socket_in_netns
 
 
 def probe(netns: str | None, health: HealthSpec) -> tuple[bool, str]:
+    """(passed, what was seen). Never raises: a probe that cannot run has failed."""
+    try:
+        return _probe(netns, health)
+    except (OSError, ValueError, RackfireError) as e:
+        return False, f"probe failed: {e}"
+
+
+def _probe(netns: str | None, health: HealthSpec) -> tuple[bool, str]:
     if health.http:
         url = urlsplit(health.http)
         host, port = url.hostname or "127.0.0.1", url.port or 80

@@ -23,9 +23,10 @@ def render_config(stack: str, ports: list[PublishedPort]) -> str:
         f"# rackfire: published ports of stack {stack}. Generated; do not edit.",
         "global",
         "    daemon",
-        # Without it, a port some other program holds would be shared silently (SO_REUSEPORT)
-        # instead of refused; reloads still work (the old process unbinds on -sf).
-        "    noreuseport",
+        # HAProxy binds with SO_REUSEPORT, which is what makes `-sf` reloads seamless (with
+        # `noreuseport` the port is closed for a moment). The price: a port some other
+        # SO_REUSEPORT program holds would be shared, not refused; the agent checks for a
+        # busy port before any change (LocalAgent.busy_ports).
         "    maxconn 4096",
         # After a reload, the old process finishes its connections, but not forever.
         "    hard-stop-after 30s",
@@ -96,6 +97,7 @@ class Proxy:
                                capture_output=True, text=True, check=False)
         if check.returncode != 0:
             raise ExecError(f"haproxy rejected the config: {check.stderr.strip()}")
+        previous = self.cfg.read_text() if self.cfg.exists() else None
         os.replace(tmp, self.cfg)
         args = ["haproxy", "-f", str(self.cfg), "-p", str(self.pidfile)]
         if old is not None:
@@ -105,6 +107,11 @@ class Proxy:
             proc = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                   check=False)
         if proc.returncode != 0:
+            # Keep the config saying what really runs, so the next try does not skip the reload.
+            if previous is None:
+                self.cfg.unlink(missing_ok=True)
+            else:
+                self.cfg.write_text(previous)
             raise ExecError(
                 f"cannot publish ports of {self.stack}: {self.log.read_text().strip()}",
                 hint="is another program using the port?")

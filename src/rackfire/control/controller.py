@@ -12,7 +12,6 @@ import threading
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from pathlib import Path
 
 from rackfire.control.executor import Executor
 from rackfire.control.health import HealthMonitor, health_of
@@ -27,7 +26,7 @@ from rackfire.model.instance import (
     InstanceState,
     NetworkConfig,
 )
-from rackfire.model.stack import HealthSpec, ImageSource, StackSpec
+from rackfire.model.stack import HealthSpec, StackSpec
 from rackfire.plan import Plan, RestartRecord, plan_stack, render_stack
 from rackfire.plan.ipam import DEFAULT_POOL, allocate_ip, allocate_subnet, gateway_of
 from rackfire.store import InstanceStatus, StackRecord, Store
@@ -102,9 +101,7 @@ class Controller:
         Every check runs before the store is touched: if this raises, nothing changed."""
         with self._apply_lock:  # two new stacks must not both take the same free subnet
             plan = self.plan(spec)
-            rec = self.store.get_stack(spec.name)
-            subnet = rec.subnet if rec else allocate_subnet(self.subnet_pool,
-                                                             self.store.used_subnets())
+            subnet = self._subnet(self.store.get_stack(spec.name))
             generation = self.store.put_stack(spec, subnet, expected_generation)
         self.queue.add(spec.name)
         return generation, Plan(plan.stack, generation, plan.actions)
@@ -152,22 +149,22 @@ class Controller:
                                   f"here (available: {', '.join(runtimes)})",
                                   hint="the container runtime needs root and runc")
         for image in spec.images:
-            if (image.source is ImageSource.TARBALL and image.path
-                    and self.agent.image(image.name) is None and not Path(image.path).is_file()):
-                raise PrereqError(f"images.{image.name}.path: {image.path} does not exist")
+            self.agent.check_image(image)
 
     # reconcile --------------------------------------------------------------------------
 
     def reconcile_safely(self, name: str) -> None:
+        rec = self.store.get_stack(name)
+        generation = rec.generation if rec else 0
         try:
             self.reconcile(name)
         except RackfireError as e:
             log.warning("reconcile %s: %s", name, e.message)
-            self.store.set_stack_status(name, "failed", e.message)
+            self.store.set_stack_status(name, generation, "failed", e.message)
             self.queue.add(name, delay=5.0)
         except Exception as e:
             log.exception("reconcile %s crashed", name)
-            self.store.set_stack_status(name, "failed", f"internal error: {e}")
+            self.store.set_stack_status(name, generation, "failed", f"internal error: {e}")
             self.queue.add(name, delay=5.0)
 
     def reconcile(self, name: str) -> None:
@@ -183,7 +180,8 @@ class Controller:
         self.agent.set_hosts(name, _hosts_entries(desired.ips))
         plan = self._plan(name, rec.generation, rec.spec, desired)
         if not plan.empty:
-            self.store.set_stack_status(name, "progressing", f"{len(plan.actions)} action(s)")
+            self.store.set_stack_status(name, rec.generation, "progressing",
+                                        f"{len(plan.actions)} action(s)")
         outcome = self.executor.run(
             plan, self.clock, lambda down: self._publish(rec, desired, exclude=down))
         for key in outcome.released:
@@ -191,7 +189,7 @@ class Controller:
         observed = self.agent.observe(name)
         self._publish(rec, desired, observed)
         if outcome.failed:
-            self.store.set_stack_status(name, "failed", outcome.failed)
+            self.store.set_stack_status(name, rec.generation, "failed", outcome.failed)
             self.queue.add(name, delay=5.0)
         elif outcome.deferred is not None:
             self.queue.add(name, delay=max(0.1, outcome.deferred - self.clock()))
@@ -203,7 +201,7 @@ class Controller:
         plan = plan_stack(rec.name, rec.generation, None, [], observed, {}, self.clock())
         outcome = self.executor.run(plan, self.clock)
         if outcome.failed:
-            self.store.set_stack_status(rec.name, "failed", outcome.failed)
+            self.store.set_stack_status(rec.name, rec.generation, "failed", outcome.failed)
             self.queue.add(rec.name, delay=5.0)
             return
         self.agent.teardown_stack(rec.name)
@@ -213,10 +211,12 @@ class Controller:
         """Converged when every desired instance runs and passes its check."""
         waiting = self.unready(rec.name, observed)
         if waiting:
-            self.store.set_stack_status(rec.name, "progressing", "waiting for " + waiting[0])
+            self.store.set_stack_status(rec.name, rec.generation, "progressing",
+                                        "waiting for " + waiting[0])
             self.queue.add(rec.name, delay=1.0)
         else:
-            self.store.set_stack_status(rec.name, "converged", "", rec.generation)
+            self.store.set_stack_status(rec.name, rec.generation, "converged", "",
+                                        converged=True)
 
     def unready(self, name: str, facts: list[InstanceFacts] | None = None) -> list[str]:
         rec = self.store.get_stack(name)
@@ -245,8 +245,7 @@ class Controller:
     # shared by plan and reconcile -------------------------------------------------------
 
     def _desired(self, spec: StackSpec, rec: StackRecord | None, *, build: bool) -> Desired:
-        subnet = rec.subnet if rec else allocate_subnet(self.subnet_pool,
-                                                        self.store.used_subnets())
+        subnet = self._subnet(rec)
         network = NetworkConfig(spec.name, subnet, gateway_of(subnet),
                                 int(subnet.rsplit("/", 1)[1]))
         ips = self.store.ips(spec.name) if rec else {}
@@ -261,8 +260,8 @@ class Controller:
         for image_name in {r.image for r in spec.roles}:
             summary = self.agent.image(image_name)
             if build and image_name in {i.name for i in spec.images}:
-                if summary is None:
-                    self.store.set_stack_status(spec.name, "progressing",
+                if summary is None and rec is not None:
+                    self.store.set_stack_status(spec.name, rec.generation, "progressing",
                                                 f"building image {image_name}")
                 summary = self.agent.ensure_image(spec.image(image_name))
             if summary is None and build:
@@ -270,6 +269,10 @@ class Controller:
             digests[image_name] = summary.digest if summary else UNBUILT
         requests = render_stack(spec, ips, digests, network, self.agent.info().runtimes[0])
         return Desired(network, {r.key: r.ip for r in requests}, requests)
+
+    def _subnet(self, rec: StackRecord | None) -> str:
+        """The stack's subnet, or the one a new stack would get."""
+        return rec.subnet if rec else allocate_subnet(self.subnet_pool, self.store.used_subnets())
 
     def _plan(self, name: str, generation: int, spec: StackSpec, desired: Desired) -> Plan:
         restarts = {

@@ -111,9 +111,11 @@ class Executor:
             elif action.kind is ActionKind.RESTART:
                 self.store.note_restart(action.key, fresh=False)
                 self.agent.restart(req)
-        except RackfireError as e:
-            self.store.finish_action(action_id, "failed", e.message)
-            log.warning("%s %s failed: %s", action.kind, action.key, e.message)
-            return e.message
+        except Exception as e:  # any failure is the action's, recorded; the loop goes on
+            message = e.message if isinstance(e, RackfireError) else f"{type(e).__name__}: {e}"
+            if not isinstance(e, RackfireError):
+                log.exception("%s %s crashed", action.kind, action.key)
+            self.store.finish_action(action_id, "failed", message)
+            return message
         self.store.finish_action(action_id, "done")
         return ""

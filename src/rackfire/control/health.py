@@ -33,6 +33,9 @@ class HealthMonitor:
         self.agent = agent
         self.on_change = on_change
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
+        self._lock = threading.Lock()
+        self._inflight: set[InstanceKey] = set()
+        self._key_locks: dict[InstanceKey, threading.Lock] = {}
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -59,9 +62,28 @@ class HealthMonitor:
                         or st.checked + spec.interval <= now):
                     due.append((f, spec))
         for f, spec in due:
-            self._pool.submit(self._check, f, spec)
+            with self._lock:
+                if f.key in self._inflight:
+                    continue  # a slow probe is still out: do not pile up more of them
+                self._inflight.add(f.key)
+            self._pool.submit(self._check_in_background, f, spec)
+
+    def _check_in_background(self, f: InstanceFacts, spec: HealthSpec) -> None:
+        try:
+            self._check(f, spec)
+        except Exception:
+            log.exception("health check of %s failed", f.key)
+        finally:
+            with self._lock:
+                self._inflight.discard(f.key)
 
     def _check(self, f: InstanceFacts, spec: HealthSpec) -> Health:
+        with self._lock:
+            key_lock = self._key_locks.setdefault(f.key, threading.Lock())
+        with key_lock:  # one check at a time per instance: `fails` is read-modify-write
+            return self._check_locked(f, spec)
+
+    def _check_locked(self, f: InstanceFacts, spec: HealthSpec) -> Health:
         ok, message = self.agent.probe(f.key, f.ip or "", spec)
         st = self.store.statuses(f.key.stack).get(f.key)
         same_run = st is not None and st.run == f.started_at

@@ -80,10 +80,7 @@ def _compare(
         return Action(ActionKind.REPLACE, d.key, f"{', '.join(changed) or 'spec'} changed",
                       d)
     if f.config_hash != d.config_hash:
-        if f.state is InstanceState.STOPPED:
-            # It has to start anyway: do it with the new config in one step.
-            return Action(ActionKind.RECONFIGURE, d.key, "rendered files changed (stopped)",
-                          d)
+        # A stopped one starts with the new config in the same step.
         return Action(ActionKind.RECONFIGURE, d.key, "rendered files changed", d)
     if f.state is InstanceState.STOPPED:
         why = "OOM-killed" if f.oom_killed else (

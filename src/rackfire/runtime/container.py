@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rackfire.errors import ExecError
+from rackfire.errors import ExecError, PrereqError
 from rackfire.images.store import ImageInfo
 from rackfire.model.instance import (
     InstanceFacts,
@@ -61,28 +61,30 @@ class ContainerRuntime:
         d = instance_dir(self.base, req.key)
         if d.root.exists():
             self.destroy(req.key)  # a half-made earlier try: start clean
+        check_paths(req.files, image)  # before any part exists: a refusal changes nothing
         write_meta(d, req, phase="creating")  # intent first: a crash from here is PARTIAL
         mounts.make_disk(d.disk_image, req.resources.disk)
-        mounts.mount_disk(d.disk_image, d.disk)
         write_config_layer(d.config, req.files, req.key.name)
-        net = req.network
-        links.attach_instance(req.key.id, net.stack, req.ip, net.prefix, net.gateway)
         self._start(d, req, image, hosts_file)
         update_meta(d, phase="created")
 
     def reconfigure(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path) -> None:
+        check_paths(req.files, image)
         d = instance_dir(self.base, req.key)
+        old = read_meta(d) or {}
         self._stop(req.key)
         mounts.unmount(d.rootfs)  # the lower layer may not change under a mounted overlay
+        mounts.mount_disk(d.disk_image, d.disk)
+        # A rendered file the instance changed was copied up and would hide the new one.
+        for path in {*old.get("files", ()), *(p for p, _ in req.files)}:
+            (d.disk / "upper" / path.lstrip("/")).unlink(missing_ok=True)
         write_config_layer(d.config, req.files, req.key.name)
-        update_meta(d, config_hash=req.config_hash)
+        update_meta(d, config_hash=req.config_hash, files=[p for p, _ in req.files])
         self._start(d, req, image, hosts_file)
 
     def restart(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path) -> None:
-        d = instance_dir(self.base, req.key)
         self._stop(req.key)
-        mounts.mount_disk(d.disk_image, d.disk)
-        self._start(d, req, image, hosts_file)
+        self._start(instance_dir(self.base, req.key), req, image, hosts_file)
 
     def destroy(self, key: InstanceKey) -> None:
         d = instance_dir(self.base, key)
@@ -128,6 +130,11 @@ class ContainerRuntime:
 
     def _start(self, d: InstanceDir, req: InstanceRequest, image: ImageInfo,
                hosts_file: Path) -> None:
+        # Every part it runs on, made sure of each start: after a host reboot /run (its
+        # netns) is empty and its disk unmounted. Each step keeps what is already intact.
+        mounts.mount_disk(d.disk_image, d.disk)
+        net = req.network
+        links.attach_instance(req.key.id, net.stack, req.ip, net.prefix, net.gateway)
         upper, work = d.disk / "upper", d.disk / "work"
         mounts.mount_overlay(d.rootfs, [d.config, image.rootfs], upper, work)
         netns_path = f"/run/netns/{names.netns_name(req.key.id)}"
@@ -198,6 +205,24 @@ class ContainerRuntime:
         return proc
 
 
+def check_paths(files: tuple[tuple[str, str], ...], image: ImageInfo) -> None:
+    """Refuse rendered files that would land on a symlink of the image (a real dir in the
+    config layer hides `/bin -> usr/bin`, and `/bin/sh` with it) or under a host bind."""
+    for path, _ in files:
+        for bind in image.host_binds:
+            if path == bind or path.startswith(bind.rstrip("/") + "/"):
+                raise PrereqError(f"files: {path} is under {bind}, which this image takes "
+                                  "read-only from the host", hint="put it elsewhere, e.g. /etc")
+        parts = Path(path.lstrip("/")).parts
+        for i in range(1, len(parts)):
+            parent = image.rootfs.joinpath(*parts[:i])
+            if parent.is_symlink():
+                target = os.readlink(parent)
+                raise PrereqError(f"files: {path}: /{'/'.join(parts[:i])} is a symlink to "
+                                  f"{target} in image {image.name or image.digest[:12]}",
+                                  hint="write the file at its real path")
+
+
 def _oom_killed(key: InstanceKey) -> bool:
     """cgroup v1 counts OOM kills; the cgroup lives until the container is deleted."""
     path = CGROUP_ROOT / "memory" / "rackfire" / key.id / "memory.oom_control"
@@ -226,16 +251,6 @@ def _tail(path: Path, lines: int = 5) -> str:
         return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
     except OSError:
         return "(no log)"
-
-
-def cgroup_leftovers() -> list[str]:
-    """Instance cgroups under /rackfire in any hierarchy (for GC and leak tests)."""
-    found = []
-    for ctrl in ("memory", "cpu", "pids"):
-        parent = CGROUP_ROOT / ctrl / "rackfire"
-        if parent.is_dir():
-            found += [f"{ctrl}:{p.name}" for p in parent.iterdir() if p.is_dir()]
-    return found
 
 
 def ensure_dirs() -> None:

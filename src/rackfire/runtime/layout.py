@@ -10,12 +10,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from rackfire.model.instance import InstanceKey, InstanceRequest
+
+_META_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,20 +68,25 @@ def write_meta(d: InstanceDir, req: InstanceRequest, phase: str, **extra: Any) -
         "key": asdict(req.key), "runtime": req.runtime.value, "ip": req.ip,
         "spec_hash": req.spec_hash, "config_hash": req.config_hash,
         "spec_fields": [list(p) for p in req.spec_fields], "image": req.image_digest,
-        "phase": phase, "updated": time.time(), **extra,
+        "phase": phase, "updated": time.time(), "files": [p for p, _ in req.files], **extra,
     }
     d.root.mkdir(parents=True, exist_ok=True)
-    tmp = d.meta.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, d.meta)  # atomic: a crash leaves the old or the new, never half
+    _write_atomic(d.meta, data)
 
 
 def update_meta(d: InstanceDir, **changes: Any) -> None:
-    data = read_meta(d) or {}
-    data.update(changes, updated=time.time())
-    tmp = d.meta.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, d.meta)
+    with _META_LOCK:  # read-modify-write from the API, health and reconcile threads
+        data = read_meta(d) or {}
+        data.update(changes, updated=time.time())
+        _write_atomic(d.meta, data)
+
+
+def _write_atomic(path: Path, data: dict[str, Any]) -> None:
+    """A crash or a concurrent writer leaves the old or the new file, never half of one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".meta.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
 
 
 def read_meta(d: InstanceDir) -> dict[str, Any] | None:
@@ -88,11 +97,18 @@ def read_meta(d: InstanceDir) -> dict[str, Any] | None:
         return None
 
 
-def write_config_layer(target: Path, files: tuple[tuple[str, str], ...], hostname: str) -> None:
-    """Render the instance's read-only config layer: its files and /etc/hostname."""
-    if target.exists():
+def write_config_layer(target: Path, files: tuple[tuple[str, str], ...], hostname: str,
+                       *, replace_all: bool = True, old: tuple[str, ...] = ()) -> None:
+    """Render the instance's config files and /etc/hostname under `target`.
+
+    `replace_all` (a container's config layer, which holds nothing else) starts from an empty
+    dir; otherwise (a process' working dir, which holds its data too) only the files of the
+    previous config, `old`, are removed first."""
+    if replace_all and target.exists():
         shutil.rmtree(target)
-    (target / "etc").mkdir(parents=True)
+    for path in old:
+        (target / path.lstrip("/")).unlink(missing_ok=True)
+    (target / "etc").mkdir(parents=True, exist_ok=True)
     (target / "etc" / "hostname").write_text(hostname + "\n")
     for path, content in files:
         dest = target / path.lstrip("/")

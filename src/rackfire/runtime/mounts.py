@@ -7,6 +7,7 @@ device: nothing to track separately, nothing to leak.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -23,7 +24,12 @@ def _run(args: list[str]) -> None:
 def mounted(path: Path) -> bool:
     target = os.path.realpath(path)
     with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == target for line in f)
+        return any(_unescape(line.split()[4]) == target for line in f)
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes (`\\040`)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def make_disk(image: Path, size: int) -> None:
@@ -48,7 +54,10 @@ def mount_overlay(target: Path, lower: list[Path], upper: Path, work: Path) -> N
     for d in (target, upper, work):
         d.mkdir(parents=True, exist_ok=True)
     opts = f"lowerdir={':'.join(str(p) for p in lower)},upperdir={upper},workdir={work}"
-    _run(["mount", "-t", "overlay", "-o", opts, "--", "overlay", str(target)])
+    # nosuid/nodev: this mount is also visible on the host, where a setuid file an instance
+    # made must not run as root.
+    _run(["mount", "-t", "overlay", "-o", f"{opts},nosuid,nodev", "--", "overlay",
+          str(target)])
 
 
 def unmount(target: Path) -> None:

@@ -54,9 +54,11 @@ class ProcessRuntime:
 
     def reconfigure(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path) -> None:
         d = instance_dir(self.base, req.key)
+        old = tuple((read_meta(d) or {}).get("files", ()))
         self._stop(d)
-        write_config_layer(d.workdir, req.files, req.key.name)
-        update_meta(d, config_hash=req.config_hash)
+        # Its working dir holds its data too: swap only the rendered files.
+        write_config_layer(d.workdir, req.files, req.key.name, replace_all=False, old=old)
+        update_meta(d, config_hash=req.config_hash, files=[p for p, _ in req.files])
         self._start(d, req)
 
     def restart(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path) -> None:
@@ -140,7 +142,7 @@ class ProcessRuntime:
             code = child.poll()
             if code is None:
                 return pid, None
-            del self._children[pid]
+            self._children.pop(pid, None)  # observe runs on several threads
             return None, code
         return _poll_foreign(pid, started)
 

@@ -58,6 +58,13 @@ def _check_files(model: StackModel, doc: Document) -> list[SpecProblem]:
                 problems.append(doc.problem(
                     ("roles", name, "files", key),
                     f"same file as {first[path]!r} once normalized to {path}", at_key=True))
-            else:
-                first[path] = key
+                continue
+            first[path] = key
+        # A file cannot also be a directory of another file (nor of /etc/hostname).
+        for path, key in first.items():
+            parents = {p for p in (*first, "/etc/hostname") if path.startswith(p + "/")}
+            if parents:
+                problems.append(doc.problem(
+                    ("roles", name, "files", key),
+                    f"{path} would be inside the file {min(parents)}", at_key=True))
     return problems

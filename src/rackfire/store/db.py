@@ -149,8 +149,12 @@ class Store:
     def put_stack(self, spec: StackSpec, subnet: str, expected_generation: int | None) -> int:
         """Store a new desired spec; returns its generation. Check-and-set when asked."""
         with self.tx() as db:
-            row = db.execute("SELECT generation FROM stacks WHERE name=?", (spec.name,)).fetchone()
+            row = db.execute("SELECT generation, deleting FROM stacks WHERE name=?",
+                             (spec.name,)).fetchone()
             current = row["generation"] if row else 0
+            if row and row["deleting"]:
+                raise Conflict(f"stack {spec.name} is being destroyed",
+                               hint="wait until `rackfire destroy` finishes, then apply")
             if expected_generation is not None and expected_generation != current:
                 raise Conflict(
                     f"stack {spec.name} changed since the plan was made "
@@ -176,6 +180,7 @@ class Store:
             return int(row["generation"]) if row else 0
 
     def forget_stack(self, name: str) -> None:
+        """After a destroy: only reached while `deleting` is set, which put_stack refuses."""
         with self.tx() as db:
             for table in ("stacks", "ips", "instance_status"):
                 col = "name" if table == "stacks" else "stack"
@@ -188,15 +193,15 @@ class Store:
     def stacks(self) -> list[StackRecord]:
         return [_stack(r) for r in self._all("SELECT * FROM stacks ORDER BY name")]
 
-    def set_stack_status(self, name: str, status: str, message: str,
-                         observed_generation: int | None = None) -> None:
+    def set_stack_status(self, name: str, generation: int, status: str, message: str,
+                         *, converged: bool = False) -> None:
+        """Only for `generation`: a reconcile of an older spec that ends after a newer apply
+        must not report on the newer one."""
         with self.tx() as db:
-            if observed_generation is None:
-                db.execute("UPDATE stacks SET status=?, message=? WHERE name=?",
-                           (status, message, name))
-            else:
-                db.execute("UPDATE stacks SET status=?, message=?, observed_generation=? "
-                           "WHERE name=?", (status, message, observed_generation, name))
+            db.execute(
+                "UPDATE stacks SET status=?, message=?, observed_generation=CASE WHEN ? "
+                "THEN generation ELSE observed_generation END WHERE name=? AND generation=?",
+                (status, message, converged, name, generation))
 
     # IPs --------------------------------------------------------------------------------
 
