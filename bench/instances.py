@@ -270,7 +270,8 @@ class RackfireServer:
             self.proc.wait(10)
 
     def cli(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "RACKFIRE_URL": self.url, "COLUMNS": "200"}
+        env = {**os.environ, "RACKFIRE_URL": self.url, "COLUMNS": "200",
+               "RACKFIRE_DATA_DIR": str(self.data_dir)}
         return run([sys.executable, "-m", "rackfire", *args], env=env, timeout=timeout)
 
     def actions(self, stack: str) -> list[dict[str, Any]]:

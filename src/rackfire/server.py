@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import secrets
 import threading
 from pathlib import Path
 
@@ -19,12 +20,23 @@ from rackfire.model.stack import RuntimeKind
 from rackfire.plan.ipam import DEFAULT_POOL
 from rackfire.store import Store
 
-DEFAULT_DATA_DIR = Path("/var/lib/rackfire")
+
+def ensure_token(data_dir: Path) -> str:
+    """The API's bearer token, made once (0600): whoever can read it may drive the server,
+    which runs as root; the CLI run by root reads it from here."""
+    path = data_dir / "token"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+    return path.read_text().strip()
 
 
 def serve(data_dir: Path, host: str = "127.0.0.1", port: int = 7480,
           subnet_pool: str = DEFAULT_POOL, runtime: RuntimeKind | None = None) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)  # rendered config, env values, logs, disks: root's only
+    token = ensure_token(data_dir)
     lock = open(data_dir / "server.lock", "w")  # noqa: SIM115 - held for the process' life
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -39,7 +51,7 @@ def serve(data_dir: Path, host: str = "127.0.0.1", port: int = 7480,
     agent = LocalAgent(data_dir, runtimes=(runtime,) if runtime else None)
     controller = Controller(store, agent, subnet_pool=subnet_pool)
     stopping = threading.Event()
-    app = create_app(controller, stopping.set, data_dir / "uploads")
+    app = create_app(controller, stopping.set, data_dir / "uploads", token)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
                                            lifespan="off"))
 

@@ -83,7 +83,8 @@ class Server:
 
     def cli(self, *args: str, check: bool = True, timeout: float = 180,
             input: str | None = None) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "RACKFIRE_URL": self.url, "COLUMNS": "200"}
+        env = {**os.environ, "RACKFIRE_URL": self.url, "COLUMNS": "200",
+               "RACKFIRE_DATA_DIR": str(self.data_dir)}
         proc = subprocess.run([sys.executable, "-m", "rackfire", *args], env=env,
                               capture_output=True, text=True, timeout=timeout, input=input,
                               check=False)
@@ -97,7 +98,12 @@ class Server:
         return rows
 
     def api(self, path: str) -> Any:
-        return httpx.get(self.url + path, timeout=10).json()
+        return httpx.get(self.url + path, headers=self.auth, timeout=10).json()
+
+    @property
+    def auth(self) -> dict[str, str]:
+        token = (self.data_dir / "token").read_text().strip()
+        return {"Authorization": f"Bearer {token}"}
 
 
 def wait_for(fn: Callable[[], Any], timeout: float, what: str) -> Any:

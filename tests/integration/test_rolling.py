@@ -60,6 +60,7 @@ class RolloutWatcher:
 
     def __init__(self, server: Server, stack: str, port: int) -> None:
         self.instances = f"{server.url}/v1/instances"
+        self.auth = server.auth
         self.published = f"http://127.0.0.1:{port}/"
         self.stack = stack
         self.minimum = 3
@@ -82,7 +83,7 @@ class RolloutWatcher:
             t.join(30)
 
     def _watch_instances(self) -> None:
-        with httpx.Client(timeout=10) as http:
+        with httpx.Client(timeout=10, headers=self.auth) as http:
             while not self._stop.is_set():
                 rows = http.get(self.instances, params={"stack": self.stack}).json()
                 ready = sum(1 for r in rows if r["role"] == "web" and r["state"] == "running"

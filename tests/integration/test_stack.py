@@ -13,6 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import httpx
 import pytest
 
 from harness import (
@@ -267,3 +268,15 @@ def test_a_port_another_program_holds_is_refused_before_any_change(
     assert f"host port {port} is in use" in out.stderr and "Traceback" not in out.stderr
     assert server.ps(stack) == [] and server.api("/v1/stacks") == []
     assert host_traces(stack) == []
+
+
+def test_the_api_wants_the_token(server: Server) -> None:
+    assert httpx.get(server.url + "/v1/health", timeout=5).status_code == 200
+    r = httpx.get(server.url + "/v1/stacks", timeout=5)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+    assert (server.data_dir / "token").stat().st_mode & 0o077 == 0
+    assert server.data_dir.stat().st_mode & 0o077 == 0
+    out = subprocess.run([sys.executable, "-m", "rackfire", "ps"], capture_output=True,
+                         text=True, env={**os.environ, "RACKFIRE_URL": server.url,
+                                         "RACKFIRE_TOKEN": "wrong"}, check=False)
+    assert out.returncode == 1 and "token" in out.stderr and "Traceback" not in out.stderr

@@ -3,6 +3,7 @@ speaks model types. Errors are one JSON shape: {"error": {code, message, hint, .
 
 from __future__ import annotations
 
+import hmac
 import threading
 import time
 import uuid
@@ -41,9 +42,25 @@ class ImageBuild(BaseModel):
     path: str | None = None  # a tarball on the server's host
 
 
-def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Path) -> FastAPI:
+PUBLIC = {"/v1/health", "/docs", "/openapi.json", "/docs/oauth2-redirect"}
+
+
+def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Path,
+               token: str) -> FastAPI:
     app = FastAPI(title="rackfire", version=__version__,
-                  description="Stacks of appliance roles, planned then applied.")
+                  description="Stacks of appliance roles, planned then applied. Send "
+                  "`Authorization: Bearer <token>`; the token is in `<data-dir>/token`.")
+
+    @app.middleware("http")
+    async def authenticate(request: Request, call_next: Any) -> Any:
+        given = request.headers.get("authorization", "")
+        if request.url.path not in PUBLIC and not hmac.compare_digest(
+                given.encode(), f"Bearer {token}".encode()):
+            return JSONResponse(status_code=401, content={"error": {
+                "code": "unauthorized", "message": "missing or wrong API token",
+                "hint": "run the CLI as root (it reads <data-dir>/token), or set "
+                "RACKFIRE_TOKEN / RACKFIRE_DATA_DIR"}})
+        return await call_next(request)
 
     @app.exception_handler(RackfireError)
     async def rackfire_error(_: Request, exc: RackfireError) -> JSONResponse:

@@ -29,17 +29,35 @@ class ServerUnreachable(AgentOffline):
     code = "server_unreachable"
 
 
+DEFAULT_DATA_DIR = "/var/lib/rackfire"
+
+
+def read_token(data_dir: str | Path | None = None) -> str:
+    """RACKFIRE_TOKEN, or the token file of the server's data dir (readable by root)."""
+    if token := os.environ.get("RACKFIRE_TOKEN"):
+        return token
+    base = Path(data_dir or os.environ.get("RACKFIRE_DATA_DIR") or DEFAULT_DATA_DIR)
+    try:
+        return (base / "token").read_text().strip()
+    except OSError:
+        return ""
+
+
 class Client:
-    def __init__(self, url: str | None = None, timeout: float = 120.0) -> None:
+    def __init__(self, url: str | None = None, timeout: float = 120.0,
+                 data_dir: str | Path | None = None) -> None:
         self.url = (url or os.environ.get("RACKFIRE_URL") or DEFAULT_URL).rstrip("/")
+        self._data_dir = data_dir
         self._http = httpx.Client(base_url=self.url, timeout=timeout)
 
     def close(self) -> None:
         self._http.close()
 
     def _call(self, method: str, path: str, **kw: Any) -> Any:
+        # Read each time: `up` may have started the server (and made the token) just now.
+        headers = {"Authorization": f"Bearer {read_token(self._data_dir)}"}
         try:
-            r = self._http.request(method, path, **kw)
+            r = self._http.request(method, path, headers=headers, **kw)
         except httpx.TransportError as e:
             raise ServerUnreachable(
                 f"no rackfire server answers at {self.url} ({e.__class__.__name__})",

@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from rackfire.api import client as client_module
 from rackfire.api.client import Client
 from rackfire.cli import output
 from rackfire.cli.output import err, out, print_json
@@ -32,7 +33,7 @@ server_app = typer.Typer(invoke_without_command=True,
 app.add_typer(image_app, name="image")
 app.add_typer(server_app, name="server")
 
-DEFAULT_DATA_DIR = Path(os.environ.get("RACKFIRE_DATA_DIR", "/var/lib/rackfire"))
+DEFAULT_DATA_DIR = Path(os.environ.get("RACKFIRE_DATA_DIR", client_module.DEFAULT_DATA_DIR))
 
 File = Annotated[Path, typer.Option("-f", "--file", help="the stack file")]
 Json = Annotated[bool, typer.Option("--json", help="machine-readable output")]
@@ -80,7 +81,7 @@ def up(file: File, url: Url = None, data_dir: DataDir = DEFAULT_DATA_DIR,
        timeout: Annotated[float, typer.Option(help="seconds to wait for convergence")] = 600,
        ) -> None:
     """Start a server if none answers, then apply the stack file without asking."""
-    client = Client(url)
+    client = Client(url, data_dir=data_dir)
     if not client.alive():
         _start_server(client, data_dir)
     _apply(client, file, True, timeout)
