@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -86,6 +87,9 @@ class Proxy:
         if not ports:
             self.stop()
             return
+        if shutil.which("haproxy") is None:
+            raise ExecError("published ports need HAProxy, which is not installed here",
+                            hint="apt-get install haproxy (make demo and make test do)")
         text = render_config(self.stack, ports)
         old = self.pid()
         if old is not None and self.cfg.exists() and self.cfg.read_text() == text:
