@@ -83,15 +83,19 @@ class Server:
 
     def cli(self, *args: str, check: bool = True, timeout: float = 180,
             input: str | None = None) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "RACKFIRE_URL": self.url, "COLUMNS": "200",
-               "RACKFIRE_DATA_DIR": str(self.data_dir)}
-        proc = subprocess.run([sys.executable, "-m", "rackfire", *args], env=env,
+        proc = subprocess.run([sys.executable, "-m", "rackfire", *args], env=self.env,
                               capture_output=True, text=True, timeout=timeout, input=input,
                               check=False)
         if check and proc.returncode != 0:
             raise AssertionError(f"rackfire {' '.join(args)} exited {proc.returncode}:\n"
                                  f"{proc.stdout}\n{proc.stderr}")
         return proc
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What the CLI needs to reach this server: its URL, and its data dir for the token."""
+        return {**os.environ, "RACKFIRE_URL": self.url, "COLUMNS": "200",
+                "RACKFIRE_DATA_DIR": str(self.data_dir)}
 
     def ps(self, stack: str) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = json.loads(self.cli("ps", stack, "--json").stdout)

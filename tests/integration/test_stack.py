@@ -236,14 +236,16 @@ roles:
     command: ["sleep", "100000"]
 """)
     apply = subprocess.Popen([sys.executable, "-m", "rackfire", "apply", "-f", str(f), "-y"],
-                             env={**os.environ, "RACKFIRE_URL": server.url},
-                             stdout=subprocess.DEVNULL,
+                             env=server.env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     instances = server.data_dir / "instances"
-    wait_for(lambda: instances.is_dir() and len(list(instances.iterdir())) >= 3, 60,
-             "the apply to be under way")
-    server.kill9()
-    apply.wait(30)
+    try:
+        wait_for(lambda: instances.is_dir() and len(list(instances.iterdir())) >= 3, 60,
+                 "the apply to be under way")
+        server.kill9()
+    finally:
+        apply.kill()
+        apply.wait(30)
     server.start()
     wait_for(lambda: server.api(f"/v1/stacks/{stack}")["converged"], 120, "convergence")
     rows = server.ps(stack)
