@@ -20,6 +20,7 @@ Extraction is our own loop over the members, never `extractall`. Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import hashlib
@@ -332,13 +333,12 @@ def _dir_meta(m: tarfile.TarInfo) -> _DirMeta:
 
 
 def _set_mtime(mtime: float, target: int | str, dir_fd: int | None = None) -> None:
-    try:
+    # An absurd mtime is not worth refusing the image for.
+    with contextlib.suppress(OverflowError, ValueError):
         if isinstance(target, int):
             os.utime(target, (mtime, mtime))
         else:
             os.utime(target, (mtime, mtime), dir_fd=dir_fd, follow_symlinks=False)
-    except (OverflowError, ValueError):
-        pass  # an absurd mtime is not worth refusing the image for
 
 
 def _refuse(m: tarfile.TarInfo, reason: str) -> NoReturn:
