@@ -92,7 +92,8 @@ class Proxy:
                             hint="apt-get install haproxy (make demo and make test do)")
         text = render_config(self.stack, ports)
         old = self.pid()
-        if old is not None and self.cfg.exists() and self.cfg.read_text() == text:
+        previous = self.cfg.read_text() if self.cfg.exists() else None
+        if old is not None and previous == text:
             return
         self.cfg.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.cfg.with_suffix(".new")
@@ -101,7 +102,6 @@ class Proxy:
                                capture_output=True, text=True, check=False)
         if check.returncode != 0:
             raise ExecError(f"haproxy rejected the config: {check.stderr.strip()}")
-        previous = self.cfg.read_text() if self.cfg.exists() else None
         os.replace(tmp, self.cfg)
         args = ["haproxy", "-f", str(self.cfg), "-p", str(self.pidfile)]
         if old is not None:

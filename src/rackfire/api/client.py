@@ -29,14 +29,15 @@ class ServerUnreachable(AgentOffline):
     code = "server_unreachable"
 
 
-DEFAULT_DATA_DIR = "/var/lib/rackfire"
+def default_data_dir() -> Path:
+    return Path(os.environ.get("RACKFIRE_DATA_DIR") or "/var/lib/rackfire")
 
 
 def read_token(data_dir: str | Path | None = None) -> str:
     """RACKFIRE_TOKEN, or the token file of the server's data dir (readable by root)."""
     if token := os.environ.get("RACKFIRE_TOKEN"):
         return token
-    base = Path(data_dir or os.environ.get("RACKFIRE_DATA_DIR") or DEFAULT_DATA_DIR)
+    base = Path(data_dir) if data_dir else default_data_dir()
     try:
         return (base / "token").read_text().strip()
     except OSError:

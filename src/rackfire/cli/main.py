@@ -16,12 +16,11 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from rackfire.api import client as client_module
-from rackfire.api.client import Client
+from rackfire.api.client import Client, default_data_dir
 from rackfire.cli import output
 from rackfire.cli.output import err, out, print_json
 from rackfire.errors import PrereqError, RackfireError
-from rackfire.model.stack import ImageSource, RuntimeKind
+from rackfire.model.stack import ImageSource, RuntimeKind, StackSpec
 from rackfire.spec import load_stack_file, stack_json_schema
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -33,7 +32,7 @@ server_app = typer.Typer(invoke_without_command=True,
 app.add_typer(image_app, name="image")
 app.add_typer(server_app, name="server")
 
-DEFAULT_DATA_DIR = Path(os.environ.get("RACKFIRE_DATA_DIR", client_module.DEFAULT_DATA_DIR))
+DEFAULT_DATA_DIR = default_data_dir()
 
 File = Annotated[Path, typer.Option("-f", "--file", help="the stack file")]
 Json = Annotated[bool, typer.Option("--json", help="machine-readable output")]
@@ -43,14 +42,13 @@ Url = Annotated[str | None, typer.Option("--url", envvar="RACKFIRE_URL",
 DataDir = Annotated[Path, typer.Option("--data-dir", help="where state lives")]
 
 
-def _read(file: Path) -> tuple[str, str, str]:
+def _read(file: Path) -> tuple[StackSpec, str, str, str]:
     """Validate locally first (the file's own line numbers, no server needed)."""
-    load_stack_file(file)
-    return file.read_text(), str(file), str(file.resolve().parent)
+    return load_stack_file(file), file.read_text(), str(file), str(file.resolve().parent)
 
 
-def _print_urls(file: Path) -> None:
-    for role in load_stack_file(file).roles:
+def _print_urls(spec: StackSpec) -> None:
+    for role in spec.roles:
         for p in role.ports:
             host = "127.0.0.1" if p.host_ip in ("0.0.0.0", "::") else p.host_ip
             out.print(f"open http://{host}:{p.host_port}/  -> {role.name} port "
@@ -62,7 +60,7 @@ def _print_urls(file: Path) -> None:
 @app.command()
 def plan(file: File, json: Json = False, url: Url = None) -> None:
     """Show what apply would change. Exit 0: no changes, 2: changes, 1: error."""
-    text, name, base = _read(file)
+    _, text, name, base = _read(file)
     result = Client(url).plan(text, name, base)
     print_json(result) if json else output.print_plan(result)
     raise typer.Exit(2 if result["actions"] else 0)
@@ -88,7 +86,7 @@ def up(file: File, url: Url = None, data_dir: DataDir = DEFAULT_DATA_DIR,
 
 
 def _apply(client: Client, file: Path, yes: bool, timeout: float) -> None:
-    text, name, base = _read(file)
+    spec, text, name, base = _read(file)
     planned = client.plan(text, name, base)
     output.print_plan(planned)
     if not yes and planned["actions"]:
@@ -98,7 +96,7 @@ def _apply(client: Client, file: Path, yes: bool, timeout: float) -> None:
     result = client.apply(text, name, base, planned["generation"])
     _wait(client, result["stack"], result["generation"], len(result["actions"]), timeout)
     output.print_instances(client.instances(result["stack"]), show_stack=False)
-    _print_urls(file)
+    _print_urls(spec)
 
 
 def _wait(client: Client, stack: str, generation: int, total: int, timeout: float) -> None:

@@ -209,7 +209,7 @@ class Controller:
 
     def _settle(self, rec: StackRecord, observed: list[InstanceFacts]) -> None:
         """Converged when every desired instance runs and passes its check."""
-        waiting = self.unready(rec.name, observed)
+        waiting = list(self._unready(rec, observed).values())
         if waiting:
             self.store.set_stack_status(rec.name, rec.generation, "progressing",
                                         "waiting for " + waiting[0])
@@ -275,13 +275,11 @@ class Controller:
         return rec.subnet if rec else allocate_subnet(self.subnet_pool, self.store.used_subnets())
 
     def _plan(self, name: str, generation: int, spec: StackSpec, desired: Desired) -> Plan:
-        restarts = {
-            k: RestartRecord(s.restarts, s.last_restart or 0.0)
-            for k, s in self.store.statuses(name).items()
-        }
+        statuses = self.store.statuses(name)
+        restarts = {k: RestartRecord(s.restarts, s.last_restart or 0.0)
+                    for k, s in statuses.items()}
         counts = {r.name: r.count for r in spec.roles}
         observed = self.agent.observe(name)
-        statuses = self.store.statuses(name)
         # Failing, not merely starting: a rollout waits for the former, never the latter.
         failing = [f.key for f in observed if f.state is not InstanceState.RUNNING
                    or health_of(f, statuses.get(f.key))[0] is Health.UNHEALTHY]

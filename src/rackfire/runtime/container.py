@@ -34,6 +34,7 @@ from rackfire.runtime.layout import (
     instance_dir,
     list_instance_dirs,
     read_meta,
+    swap_config,
     update_meta,
     write_config_layer,
     write_meta,
@@ -71,15 +72,13 @@ class ContainerRuntime:
     def reconfigure(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path) -> None:
         check_paths(req.files, image)
         d = instance_dir(self.base, req.key)
-        old = read_meta(d) or {}
         self._stop(req.key)
         mounts.unmount(d.rootfs)  # the lower layer may not change under a mounted overlay
         mounts.mount_disk(d.disk_image, d.disk)
-        # A rendered file the instance changed was copied up and would hide the new one.
-        for path in {*old.get("files", ()), *(p for p, _ in req.files)}:
+        # The config layer holds nothing else: it is written anew.
+        for path in swap_config(d, d.config, req, replace_all=True):
+            # A rendered file the instance changed was copied up and would hide the new one.
             (d.disk / "upper" / path.lstrip("/")).unlink(missing_ok=True)
-        write_config_layer(d.config, req.files, req.key.name)
-        update_meta(d, config_hash=req.config_hash, files=[p for p, _ in req.files])
         self._start(d, req, image, hosts_file)
 
     def restart(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path) -> None:

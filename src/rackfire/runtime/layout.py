@@ -68,7 +68,7 @@ def write_meta(d: InstanceDir, req: InstanceRequest, phase: str, **extra: Any) -
         "key": asdict(req.key), "runtime": req.runtime.value, "ip": req.ip,
         "spec_hash": req.spec_hash, "config_hash": req.config_hash,
         "spec_fields": [list(p) for p in req.spec_fields], "image": req.image_digest,
-        "phase": phase, "updated": time.time(), "files": [p for p, _ in req.files], **extra,
+        "phase": phase, "updated": time.time(), "files": rendered_paths(req), **extra,
     }
     d.root.mkdir(parents=True, exist_ok=True)
     _write_atomic(d.meta, data)
@@ -114,6 +114,20 @@ def write_config_layer(target: Path, files: tuple[tuple[str, str], ...], hostnam
         dest = target / path.lstrip("/")
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_text(content)
+
+
+def rendered_paths(req: InstanceRequest) -> list[str]:
+    return [path for path, _ in req.files]
+
+
+def swap_config(d: InstanceDir, target: Path, req: InstanceRequest, *,
+                replace_all: bool) -> set[str]:
+    """Write `req`'s config under `target` in place of the previous one, and record it in
+    the instance's meta. Returns every path the old or the new config renders."""
+    old = tuple((read_meta(d) or {}).get("files", ()))
+    write_config_layer(target, req.files, req.key.name, replace_all=replace_all, old=old)
+    update_meta(d, config_hash=req.config_hash, files=rendered_paths(req))
+    return {*old, *rendered_paths(req)}
 
 
 def list_instance_dirs(base: Path) -> list[tuple[InstanceKey, InstanceDir]]:

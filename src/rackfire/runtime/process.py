@@ -25,6 +25,7 @@ from rackfire.runtime.layout import (
     instance_dir,
     list_instance_dirs,
     read_meta,
+    swap_config,
     update_meta,
     write_config_layer,
     write_meta,
@@ -54,11 +55,9 @@ class ProcessRuntime:
 
     def reconfigure(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path) -> None:
         d = instance_dir(self.base, req.key)
-        old = tuple((read_meta(d) or {}).get("files", ()))
         self._stop(d)
         # Its working dir holds its data too: swap only the rendered files.
-        write_config_layer(d.workdir, req.files, req.key.name, replace_all=False, old=old)
-        update_meta(d, config_hash=req.config_hash, files=[p for p, _ in req.files])
+        swap_config(d, d.workdir, req, replace_all=False)
         self._start(d, req)
 
     def restart(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path) -> None:
