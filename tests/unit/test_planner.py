@@ -16,7 +16,7 @@ import yaml
 
 from rackfire.model.instance import InstanceFacts, InstanceKey, InstanceState, NetworkConfig
 from rackfire.model.stack import RuntimeKind
-from rackfire.plan import RestartRecord, plan_stack, render_stack
+from rackfire.plan import Control, plan_stack, render_stack
 from rackfire.spec import load_stack_text
 
 GOLDEN = Path(__file__).parent / "golden" / "planner"
@@ -53,8 +53,14 @@ def _facts(case: dict[str, Any]) -> list[InstanceFacts]:
         facts.append(InstanceFacts(
             key=r.key, state=InstanceState(state.split(":")[0]), runtime=r.runtime, host="h",
             ip=r.ip, spec_hash=r.spec_hash, spec_fields=r.spec_fields,
-            config_hash=r.config_hash, oom_killed=state.endswith(":oom")))
+            config_hash=r.config_hash, oom_killed=state.endswith(":oom"),
+            resources=r.resources, started_at=case.get("started_at", 900.0)))
     return facts
+
+
+def _key(short: str) -> InstanceKey:
+    role, index = short.split("/")
+    return InstanceKey("s", role, int(index))
 
 
 def _cases() -> list[Path]:
@@ -67,13 +73,10 @@ def test_golden(path: Path) -> None:
     after = case.get("after")
     if after:
         desired, spec = _render(after, case.get("after_images", {"base": "a" * 64}))
-        counts = {r.name: r.count for r in spec.roles}
     else:
-        desired, counts = [], None
-    restarts = {
-        InstanceKey("s", *k.split("/")[:1], int(k.split("/")[1])): RestartRecord(**v)
-        for k, v in case.get("restarts", {}).items()
-    }
+        desired, spec = [], None
+    controls = {_key(k): Control(**{**v, "failures": tuple(v.get("failures", ()))})
+                for k, v in case.get("controls", {}).items()}
     facts = _facts(case)
     new = {r.key: r for r in desired}
     facts = [  # instances the rollout already replaced run the new spec
@@ -81,9 +84,9 @@ def test_golden(path: Path) -> None:
         if f"{f.key.role}/{f.key.index}" in case.get("new_spec", ()) else f
         for f in facts
     ]
-    failing = [InstanceKey("s", k.split("/")[0], int(k.split("/")[1]))
-               for k in case.get("failing", ())]
-    plan = plan_stack("s", 1, counts, desired, facts, restarts, NOW, failing)
+    unhealthy = {_key(k): why for k, why in case.get("unhealthy", {}).items()}
+    starting = [_key(k) for k in case.get("starting", ())]
+    plan = plan_stack("s", 1, spec, desired, facts, controls, NOW, unhealthy, starting)
     actual = [
         [a.kind.value, f"{a.key.role}/{a.key.index}", a.reason]
         + ([a.not_before] if a.not_before is not None else [])
@@ -94,4 +97,4 @@ def test_golden(path: Path) -> None:
 
 
 def test_there_are_golden_cases() -> None:
-    assert len(_cases()) >= 12
+    assert len(_cases()) >= 19

@@ -312,7 +312,7 @@ def test_health_needs_exactly_one_probe() -> None:
               interval: 2s
     """)
     assert where(p) == (6, 5, "roles.web.health")
-    assert p.message == "set exactly one of http or tcp"
+    assert p.message == "set exactly one of http, tcp or exec"
 
 
 def test_tarball_image_needs_a_path() -> None:

@@ -55,11 +55,33 @@ def test_interrupted_actions_are_marked_not_replayed(tmp_path: Path) -> None:
     assert {a.id: a.state for a in store.actions("s")} == {"a1": "done", "a2": "interrupted"}
 
 
-def test_health_resets_restart_backoff(tmp_path: Path) -> None:
+def test_failures_count_until_a_fresh_start_or_an_operator(tmp_path: Path) -> None:
     store = Store(tmp_path / "db")
     k = InstanceKey("s", "web", 0)
-    store.note_restart(k, fresh=False)
-    store.note_restart(k, fresh=False)
-    assert store.statuses("s")[k].restarts == 2
-    store.set_health(k, Health.HEALTHY, 1.0, 0, "")
-    assert store.statuses("s")[k].restarts == 0
+    store.note_restart(k, fresh=False, now=10.0)
+    store.note_restart(k, fresh=False, now=12.0)
+    store.set_failed(k, "exited with code 1")
+    st = store.statuses("s")[k]
+    assert (st.restarts, st.failures, st.failed) == (2, (10.0, 12.0), "exited with code 1")
+    store.set_health(k, Health.HEALTHY, 1.0, 0, "")  # health alone does not forgive
+    assert store.statuses("s")[k].failures == (10.0, 12.0)
+    store.set_operator([k], stopped=True)
+    st = store.statuses("s")[k]
+    assert (st.stopped, st.failures, st.failed, st.restarts) == (True, (), "", 2)
+    store.set_operator([k], stopped=False, restart_requested=20.0)
+    assert store.statuses("s")[k].control.restart_requested == 20.0
+    store.note_restart(k, fresh=False, now=30.0)
+    store.note_restart(k, fresh=True, now=31.0)
+    assert store.statuses("s")[k].control.failures == ()
+
+
+def test_events_are_kept_in_order_and_filtered(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db")
+    store.add_event("me@host", "a", "a/web", "scale", "ok", "count 2 → 5")
+    store.add_event("controller", "b", "b/db/0", "restart", "failed", "exited with code 1")
+    store.add_event("health", "a", "a/web/1", "unhealthy", "ok", "connection refused")
+    assert [e.action for e in store.events()] == ["scale", "restart", "unhealthy"]
+    only_a = store.events("a")
+    assert [e.target for e in only_a] == ["a/web", "a/web/1"]
+    assert [e.action for e in store.events("a", after=only_a[0].id)] == ["unhealthy"]
+    assert [e.action for e in store.events(limit=1)] == ["unhealthy"]

@@ -11,23 +11,40 @@ import os
 import shutil
 import socket
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from rackfire.agent.probe import probe
+from rackfire.agent.probe import probe, probe_exec
 from rackfire.agent.proxy import Proxy
 from rackfire.errors import NotFound, PrereqError
 from rackfire.images.build import ensure_image
 from rackfire.images.safe_tar import import_tarball
 from rackfire.images.store import ImageInfo, ImageStore
-from rackfire.model.agent import HostInfo, ImageSummary, PublishedPort
+from rackfire.model.agent import (
+    ExecHandle,
+    HostCapacity,
+    HostInfo,
+    ImageSummary,
+    InstanceStats,
+    PublishedPort,
+)
 from rackfire.model.instance import InstanceFacts, InstanceKey, InstanceRequest, NetworkConfig
 from rackfire.model.stack import HealthSpec, ImageSource, ImageSpec, PortMap, RuntimeKind
 from rackfire.net import links
+from rackfire.runtime import stats
 from rackfire.runtime.base import Runtime
 from rackfire.runtime.container import ContainerRuntime, ensure_dirs
-from rackfire.runtime.layout import InstanceDir, instance_dir, read_meta, update_meta
+from rackfire.runtime.layout import (
+    InstanceDir,
+    instance_dir,
+    list_instance_dirs,
+    read_meta,
+    update_meta,
+)
 from rackfire.runtime.process import ProcessRuntime
+
+HOST_MEMORY_RESERVE = 512 << 20  # at least; or 5 % of the host's memory, if more
 
 
 def container_runtime_usable() -> bool:
@@ -82,14 +99,58 @@ class LocalAgent:
         getattr(runtime, verb)(req, self._image(req), self._hosts(req.key.stack))
         update_meta(self._dir(req.key), action_id=req.action_id)
 
-    def destroy(self, key: InstanceKey) -> None:
-        self._runtime_of(key).destroy(key)
+    def destroy(self, key: InstanceKey, stop_timeout: float = 10.0) -> None:
+        self._runtime_of(key).destroy(key, stop_timeout)
+
+    def stop(self, key: InstanceKey, stop_timeout: float = 10.0) -> None:
+        self._runtime_of(key).stop(key, stop_timeout)
+
+    def resize(self, req: InstanceRequest) -> None:
+        if req.action_id and self._meta(req.key).get("action_id") == req.action_id:
+            return  # carried out already (as _carry_out dedupes)
+        self._runtime_of(req.key).resize(req)
+        update_meta(self._dir(req.key), action_id=req.action_id)
+
+    def stats(self, stack: str) -> list[InstanceStats]:
+        kinds = {k.value: k for k in self._runtimes}
+        keys: dict[RuntimeKind, list[InstanceKey]] = {}
+        for key, d in list_instance_dirs(self.data_dir / "instances"):
+            kind = kinds.get((read_meta(d) or {}).get("runtime", ""))
+            if key.stack == stack and kind is not None:
+                keys.setdefault(kind, []).append(key)
+        # Each runtime waits once for its CPU window: side by side, the call waits once.
+        with ThreadPoolExecutor(max_workers=max(1, len(keys))) as pool:
+            found = pool.map(lambda kv: self._runtimes[kv[0]].stats(kv[1]), keys.items())
+        return sorted((s for part in found for s in part), key=lambda s: s.key)
+
+    def capacity(self) -> HostCapacity:
+        memory = stats.memory_total()
+        fs = os.statvfs(self.data_dir)
+        # A hard reservation: the disk images already hold some of their size (they are
+        # sparse), and what they hold is theirs, not free for new instances.
+        held = sum(stats.allocated(d.disk_image)
+                   for _, d in list_instance_dirs(self.data_dir / "instances"))
+        return HostCapacity(
+            cpus=float(os.cpu_count() or 1),
+            memory=max(0, memory - max(HOST_MEMORY_RESERVE, memory // 20)),
+            disk=fs.f_bavail * fs.f_frsize + held)
 
     def log_path(self, key: InstanceKey) -> str:
         return str(self._dir(key).log)
 
     def probe(self, key: InstanceKey, ip: str, health: HealthSpec) -> tuple[bool, str]:
+        if health.exec:
+            argv = list(health.exec)
+            return probe_exec(lambda: self.exec(key, argv, tty=False), health.timeout)
         return probe(self._runtime_of(key).netns(key), health)
+
+    def exec(self, key: InstanceKey, argv: list[str], tty: bool) -> ExecHandle:
+        if not argv:
+            raise PrereqError("no command given", hint="e.g. `rackfire exec shop/web/0 -- sh`")
+        if read_meta(self._dir(key)) is None:
+            raise NotFound(f"no instance {key} on host {self.host}",
+                           hint="`rackfire ps` lists the instances")
+        return self._runtime_of(key).exec(key, argv, tty)
 
     # the stack's network, names and ports -----------------------------------------------
 

@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import socket
+import subprocess
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from rackfire.errors import RackfireError
+from rackfire.model.agent import ExecHandle
 from rackfire.model.stack import HealthSpec
 from rackfire.net.nsenter import socket_in_netns
 
@@ -46,3 +51,47 @@ def _probe(netns: str | None, health: HealthSpec) -> tuple[bool, str]:
     if len(parts) >= 2 and parts[1].isdigit() and 200 <= int(parts[1]) < 400:
         return True, status
     return False, f"answered {status!r}"
+
+
+def probe_exec(start: Callable[[], ExecHandle], timeout: float) -> tuple[bool, str]:
+    """An `exec` check: `start` runs the command inside the instance (no tty); exit 0 within
+    `timeout` is healthy. The message is the exit code and the last line it printed (of
+    stderr when it failed and said something there). Never raises."""
+    try:
+        proc = start().proc
+    except (OSError, ValueError, RackfireError) as e:
+        return False, f"cannot run the check: {e}"
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _stop(proc)
+        return False, f"timed out after {timeout:g}s"
+    except (OSError, ValueError) as e:
+        _stop(proc)
+        return False, f"check failed: {e}"
+    code = proc.returncode
+    if code < 0:
+        code = 128 - code  # killed by a signal, as a shell reports it
+    line = _last_line(err if code and err.strip() else out) or _last_line(err)
+    return code == 0, f"exit {code}" + (f": {line}" if line else "")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.kill()  # the command's whole process group (see runtime/execproc.py)
+    try:
+        proc.communicate(timeout=5)
+    except (subprocess.TimeoutExpired, OSError, ValueError):
+        # Something it started still holds the pipes: stop the starter and let go of them.
+        with contextlib.suppress(OSError):
+            proc.send_signal(signal.SIGKILL)
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+
+
+def _last_line(data: bytes | None) -> str:
+    lines = (data or b"").decode(errors="replace").strip().splitlines()
+    return lines[-1].strip()[:200] if lines else ""

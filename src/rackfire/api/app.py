@@ -11,16 +11,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Header, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from rackfire import __version__
-from rackfire.control.controller import Controller
+from rackfire.control.controller import Controller, InstanceView
 from rackfire.errors import NotFound, PrereqError, RackfireError
+from rackfire.model.agent import InstanceStats
+from rackfire.model.instance import Target
 from rackfire.model.stack import ImageSource, ImageSpec
 from rackfire.spec import load_stack_text, stack_json_schema
+from rackfire.spec.schema import Disk, Memory
 
 MAX_UPLOAD = 8 << 30
 
@@ -42,6 +46,27 @@ class ImageBuild(BaseModel):
     path: str | None = None  # a tarball on the server's host
 
 
+class Scale(BaseModel):
+    count: int = Field(ge=0, le=1000)
+
+
+class Resize(BaseModel):
+    """Only the fields given change. Sizes take units (256M, 2G)."""
+
+    cpu: float | None = Field(None, gt=0, le=256, description="cores")
+    memory: Memory | None = None
+    disk: Disk | None = None
+    pids: int | None = Field(None, ge=1)
+
+
+class Selector(BaseModel):
+    role: str | None = None
+    index: int | None = Field(None, ge=0)
+
+
+OPERATIONS = ("stop", "start", "restart")
+ACTOR = Header("api", alias="X-Rackfire-Actor", description="who asks, for the event log")
+
 PUBLIC = {"/v1/health", "/docs", "/openapi.json", "/docs/oauth2-redirect"}
 
 
@@ -61,6 +86,14 @@ def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Pa
                 "hint": "run the CLI as root (it reads <data-dir>/token), or set "
                 "RACKFIRE_TOKEN / RACKFIRE_DATA_DIR"}})
         return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: "
+                    f"{str(e['msg']).removeprefix('Value error, ')}" for e in exc.errors()]
+        return JSONResponse(status_code=422, content={"error": {
+            "code": "invalid_request", "message": "; ".join(problems),
+            "hint": "see the API's schema at /docs"}})
 
     @app.exception_handler(RackfireError)
     async def rackfire_error(_: Request, exc: RackfireError) -> JSONResponse:
@@ -85,9 +118,45 @@ def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Pa
         return controller.plan(parse(src)).to_json()
 
     @app.post("/v1/apply")
-    def apply(src: StackSource) -> dict[str, Any]:
-        generation, plan = controller.apply(parse(src), src.expected_generation)
+    def apply(src: StackSource, actor: str = ACTOR) -> dict[str, Any]:
+        generation, plan = controller.apply(parse(src), src.expected_generation, actor)
         return plan.to_json() | {"generation": generation}
+
+    @app.post("/v1/stacks/{stack}/roles/{role}/scale")
+    def scale(stack: str, role: str, body: Scale, actor: str = ACTOR) -> dict[str, Any]:
+        """Set the role's instance count (0..N-1), stored as the stack's desired state."""
+        generation, plan = controller.scale(stack, role, body.count, actor)
+        return plan.to_json() | {"generation": generation}
+
+    @app.post("/v1/stacks/{stack}/roles/{role}/resize")
+    def resize(stack: str, role: str, body: Resize, actor: str = ACTOR) -> dict[str, Any]:
+        """Change limits live (no restart) and grow disks online; refused before any
+        change if a disk would shrink or the host could not hold it."""
+        changes = body.model_dump(exclude_unset=True)
+        generation, plan = controller.resize(stack, role, changes, actor)
+        return plan.to_json() | {"generation": generation}
+
+    @app.post("/v1/stacks/{stack}/{operation}")
+    def operate(stack: str, operation: str, body: Selector,
+                actor: str = ACTOR) -> dict[str, Any]:
+        """stop, start or restart the stack's instances (or a role's, or one's)."""
+        if operation not in OPERATIONS:
+            raise NotFound(f"no operation {operation}", hint=f"use {', '.join(OPERATIONS)}")
+        target = Target(stack, body.role, body.index if body.role else None)
+        keys = controller.operate(target, operation, actor)
+        return {"stack": stack, "operation": operation, "instances": [str(k) for k in keys]}
+
+    @app.get("/v1/stats")
+    def stats(stack: str, role: str | None = None, index: int | None = None,
+              ) -> list[dict[str, Any]]:
+        """Measured usage per instance: from its cgroups, its disk and its veth."""
+        return [stats_json(v, s) for v, s in controller.stats(Target(stack, role, index))]
+
+    @app.get("/v1/events")
+    def events(stack: str | None = None, after: int = 0, limit: int = 1000,
+               ) -> list[dict[str, Any]]:
+        """What the controller did or was asked to do, oldest first; `after` an event id."""
+        return [e.to_json() for e in controller.store.events(stack, after, min(limit, 10000))]
 
     @app.get("/v1/stacks")
     def stacks() -> list[dict[str, Any]]:
@@ -98,26 +167,12 @@ def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Pa
         return stack_json(controller, name)
 
     @app.delete("/v1/stacks/{name}")
-    def destroy(name: str) -> dict[str, Any]:
-        return {"stack": name, "generation": controller.destroy(name)}
+    def destroy(name: str, actor: str = ACTOR) -> dict[str, Any]:
+        return {"stack": name, "generation": controller.destroy(name, actor)}
 
     @app.get("/v1/instances")
     def instances(stack: str | None = None) -> list[dict[str, Any]]:
-        now = time.time()
-        return [
-            {
-                "stack": f.key.stack, "name": f.key.name, "role": f.key.role,
-                "index": f.key.index, "id": f.key.id, "state": f.state.value,
-                "ip": f.ip, "host": f.host, "runtime": f.runtime.value,
-                "isolated": f.runtime.value == "container",
-                "started_at": f.started_at,
-                "uptime": now - f.started_at if f.started_at and f.state == "running" else None,
-                "health": h.value, "health_message": msg, "pid": f.pid,
-                "oom_killed": f.oom_killed, "exit_code": f.exit_code,
-                "log": controller.agent.log_path(f.key),
-            }
-            for f, h, msg in controller.instances(stack)
-        ]
+        return [instance_json(controller, v) for v in controller.instances(stack)]
 
     @app.get("/v1/images")
     def images() -> list[dict[str, Any]]:
@@ -157,6 +212,9 @@ def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Pa
         threading.Timer(0.2, shutdown).start()  # after this response has gone out
         return {"stopping": True}
 
+    from rackfire.api.streams import add_stream_routes  # logs and exec
+
+    add_stream_routes(app, controller, token)
     return app
 
 
@@ -169,14 +227,44 @@ def stack_json(controller: Controller, name: str) -> dict[str, Any]:
         "name": rec.name, "generation": rec.generation,
         "observed_generation": rec.observed_generation, "status": rec.status,
         "message": rec.message, "deleting": rec.deleting, "subnet": rec.subnet,
-        "converged": rec.status == "converged" and rec.observed_generation == rec.generation,
+        "converged": rec.status in ("converged", "degraded")
+        and rec.observed_generation == rec.generation,
         "actions": [
-            {"id": a.id, "kind": a.kind, "instance": a.instance, "reason": a.reason,
-             "state": a.state, "error": a.error}
+            {"id": a.id, "generation": a.generation, "kind": a.kind, "instance": a.instance,
+             "reason": a.reason, "state": a.state, "error": a.error}
             for a in actions
         ],
         "unready": [] if rec.deleting else controller.unready(name),
     }
+
+
+def instance_json(controller: Controller, v: InstanceView) -> dict[str, Any]:
+    f, st = v.facts, v.status
+    running = f.state == "running"
+    return {
+        "stack": f.key.stack, "name": f.key.name, "role": f.key.role, "index": f.key.index,
+        "id": f.key.id, "state": v.state, "ip": f.ip, "host": f.host,
+        "runtime": f.runtime.value, "isolated": f.runtime.value == "container",
+        "started_at": f.started_at,
+        "uptime": time.time() - f.started_at if f.started_at and running else None,
+        "health": v.health.value, "health_message": v.message, "pid": f.pid,
+        "oom_killed": f.oom_killed, "exit_code": f.exit_code,
+        "restarts": st.restarts if st else 0,
+        "stopped_by_operator": bool(st and st.stopped),
+        "failed": st.failed if st else "",
+        "log": controller.agent.log_path(f.key),
+    }
+
+
+def stats_json(v: InstanceView, s: InstanceStats | None) -> dict[str, Any]:
+    f = v.facts
+    measured = {k: getattr(s, k) if s else None for k in InstanceStats.__slots__ if k != "key"}
+    return {
+        "stack": f.key.stack, "name": f.key.name, "role": f.key.role, "index": f.key.index,
+        "id": f.key.id, "state": v.state, "health": v.health.value, "host": f.host,
+        "uptime": time.time() - f.started_at if f.started_at and f.state == "running"
+        else None,
+    } | measured
 
 
 def vars_of(obj: Any) -> dict[str, Any]:

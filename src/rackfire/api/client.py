@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import getpass
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,15 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("RACKFIRE_DATA_DIR") or "/var/lib/rackfire")
 
 
+def actor() -> str:
+    """Who is asking, for the server's event log: `user@host`."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
 def read_token(data_dir: str | Path | None = None) -> str:
     """RACKFIRE_TOKEN, or the token file of the server's data dir (readable by root)."""
     if token := os.environ.get("RACKFIRE_TOKEN"):
@@ -56,7 +67,8 @@ class Client:
 
     def _call(self, method: str, path: str, **kw: Any) -> Any:
         # Read each time: `up` may have started the server (and made the token) just now.
-        headers = {"Authorization": f"Bearer {read_token(self._data_dir)}"}
+        headers = {"Authorization": f"Bearer {read_token(self._data_dir)}",
+                   "X-Rackfire-Actor": actor()}
         try:
             r = self._http.request(method, path, headers=headers, **kw)
         except httpx.TransportError as e:
@@ -103,6 +115,32 @@ class Client:
 
     def instances(self, stack: str | None = None) -> list[dict[str, Any]]:
         return list(self._call("GET", "/v1/instances", params={"stack": stack} if stack else {}))
+
+    def scale(self, stack: str, role: str, count: int) -> dict[str, Any]:
+        return dict(self._call("POST", f"/v1/stacks/{stack}/roles/{role}/scale",
+                               json={"count": count}))
+
+    def resize(self, stack: str, role: str, **changes: Any) -> dict[str, Any]:
+        return dict(self._call("POST", f"/v1/stacks/{stack}/roles/{role}/resize",
+                               json=changes))
+
+    def operate(self, stack: str, operation: str, role: str | None,
+                index: int | None) -> dict[str, Any]:
+        return dict(self._call("POST", f"/v1/stacks/{stack}/{operation}",
+                               json={"role": role, "index": index}))
+
+    def stats(self, stack: str, role: str | None = None,
+              index: int | None = None) -> list[dict[str, Any]]:
+        params = {k: v for k, v in {"stack": stack, "role": role, "index": index}.items()
+                  if v is not None}
+        return list(self._call("GET", "/v1/stats", params=params))
+
+    def events(self, stack: str | None = None, after: int = 0,
+               limit: int = 1000) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"after": after, "limit": limit}
+        if stack:
+            params["stack"] = stack
+        return list(self._call("GET", "/v1/events", params=params))
 
     def images(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/v1/images"))

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn
 
 from rackfire.api.client import Client, default_data_dir
-from rackfire.cli import output
+from rackfire.cli import day2, output
+from rackfire.cli.common import Json, Url, Yes, wait_converged
 from rackfire.cli.output import err, out, print_json
 from rackfire.errors import PrereqError, RackfireError
 from rackfire.model.stack import ImageSource, RuntimeKind, StackSpec
@@ -35,10 +36,6 @@ app.add_typer(server_app, name="server")
 DEFAULT_DATA_DIR = default_data_dir()
 
 File = Annotated[Path, typer.Option("-f", "--file", help="the stack file")]
-Json = Annotated[bool, typer.Option("--json", help="machine-readable output")]
-Yes = Annotated[bool, typer.Option("-y", "--yes", help="do not ask for confirmation")]
-Url = Annotated[str | None, typer.Option("--url", envvar="RACKFIRE_URL",
-                                         help="the server [default: http://127.0.0.1:7480]")]
 DataDir = Annotated[Path, typer.Option("--data-dir", help="where state lives")]
 
 
@@ -94,40 +91,10 @@ def _apply(client: Client, file: Path, yes: bool, timeout: float) -> None:
             raise PrereqError("refusing to apply without confirmation", hint="pass -y")
         typer.confirm("Apply these changes?", abort=True)
     result = client.apply(text, name, base, planned["generation"])
-    _wait(client, result["stack"], result["generation"], len(result["actions"]), timeout)
+    wait_converged(client, result["stack"], result["generation"], len(result["actions"]),
+                   timeout)
     output.print_instances(client.instances(result["stack"]), show_stack=False)
     _print_urls(spec)
-
-
-def _wait(client: Client, stack: str, generation: int, total: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
-               "{task.total}"), TimeElapsedColumn())
-    with Progress(*columns, console=err, transient=False) as bar:
-        task = bar.add_task("applying", total=max(total, 1))
-        while True:
-            s = client.stack(stack)
-            done = [a for a in s["actions"] if a["state"] in ("done", "failed")]
-            running = [a for a in s["actions"] if a["state"] == "running"]
-            desc = (f"{running[-1]['kind']} {running[-1]['instance']}" if running
-                    else s["message"] or s["status"])
-            bar.update(task, completed=min(len(done), total) if total else 0,
-                       description=desc[:60])
-            if s["converged"] and s["generation"] == generation:
-                bar.update(task, completed=max(total, 1), description="converged")
-                return
-            if s["status"] == "failed":
-                failed = [a for a in s["actions"] if a["state"] == "failed"]
-                detail = "; ".join(f"{a['instance']}: {a['error']}" for a in failed[-3:])
-                raise RackfireError(
-                    f"stack {stack} failed: {s['message']}" + (f" ({detail})" if detail else ""),
-                    hint=f"`rackfire ps {stack}` shows each instance and its log; the server "
-                    "keeps retrying")
-            if time.monotonic() > deadline:
-                raise RackfireError(f"stack {stack} did not converge in {timeout:.0f}s: "
-                                    + ", ".join(s["unready"][:5]),
-                                    hint=f"`rackfire ps {stack}`; the server keeps trying")
-            time.sleep(0.3)
 
 
 @app.command()
@@ -168,6 +135,9 @@ def ps(stack: Annotated[str | None, typer.Argument()] = None, json: Json = False
     """One row per instance: name, role, index, state, IP, host, uptime, health."""
     rows = Client(url).instances(stack)
     print_json(rows) if json else output.print_instances(rows, show_stack=stack is None)
+
+
+day2.register(app)  # scale, resize, stop/start/restart, stats, events: after ps in --help
 
 
 @app.command()
@@ -277,6 +247,11 @@ def image_rm(name: str, url: Url = None) -> None:
     """Remove an image no instance uses."""
     removed = Client(url).remove_image(name)["removed"]
     out.print(f"image {name} removed" if removed else f"no image named {name}; nothing to do")
+
+
+from rackfire.cli import streams  # noqa: E402 - logs, exec
+
+streams.register(app)
 
 
 def main() -> None:

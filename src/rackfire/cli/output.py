@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Any
 
 from rich.console import Console
@@ -17,17 +18,22 @@ out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty()
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 KIND_STYLE = {"create": "green", "destroy": "red", "replace": "yellow",
-              "reconfigure": "cyan", "restart": "magenta"}
+              "reconfigure": "cyan", "restart": "magenta", "stop": "red", "fail": "red",
+              "resize": "cyan"}
 KIND_MARK = {"create": "+", "destroy": "-", "replace": "-/+", "reconfigure": "~",
-             "restart": "↻"}
+             "restart": "↻", "stop": "■", "fail": "✗", "resize": "↔"}
 
 
-def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+def print_json(data: Any, indent: int | None = 2) -> None:
+    sys.stdout.write(json.dumps(data, indent=indent, default=str) + "\n")
+    sys.stdout.flush()
 
 
 def print_plan(plan: dict[str, Any]) -> None:
     actions = plan["actions"]
+    for note in plan.get("notes", ()):
+        err.print("[yellow]note:[/] ", end="")
+        err.print(note, markup=False)
     if not actions:
         out.print(f"stack [bold]{plan['stack']}[/]: no changes; it matches the file.")
         return
@@ -66,25 +72,78 @@ def print_instances(rows: list[dict[str, Any]], show_stack: bool) -> None:
         return
     table = Table(box=None, pad_edge=False, header_style="bold")
     cols = (["STACK"] if show_stack else []) + [
-        "NAME", "ROLE", "INDEX", "STATE", "IP", "HOST", "UPTIME", "HEALTH", "RUNTIME"]
+        "NAME", "ROLE", "INDEX", "STATE", "IP", "HOST", "UPTIME", "HEALTH", "RESTARTS",
+        "RUNTIME", "LAST ERROR"]
     for c in cols:
-        table.add_column(c, justify="right" if c == "INDEX" else "left")
+        table.add_column(c, justify="right" if c in ("INDEX", "RESTARTS") else "left")
     for r in rows:
         state = r["state"]
-        if r.get("oom_killed"):
+        if r.get("oom_killed") and state in ("stopped", "failed"):
             state += " (OOM)"
-        elif r.get("exit_code") is not None and state == "stopped":
+        elif r.get("exit_code") is not None and state in ("stopped", "failed"):
             state += f" ({r['exit_code']})"
-        state_style = {"running": "green", "stopped": "red", "partial": "yellow"}.get(
-            r["state"], "")
+        if r.get("stopped_by_operator") and r["state"] == "stopped":
+            state += " by operator"
+        state_style = {"running": "green", "stopped": "red", "partial": "yellow",
+                       "failed": "bold red"}.get(r["state"], "")
         health = r["health"]
         h_style = {"healthy": "green", "unhealthy": "red", "starting": "yellow"}.get(health, "")
         runtime = r["runtime"] if r["isolated"] else f"{r['runtime']} (not isolated)"
         cells = [Text(c) for c in ([r["stack"]] if show_stack else []) + [
             r["name"], r["role"], str(r["index"])]]
         cells += [Text(state, state_style), Text(r["ip"] or "-"), Text(r["host"]),
-                  Text(fmt_uptime(r["uptime"])), Text(health, h_style), Text(runtime)]
+                  Text(fmt_uptime(r["uptime"])), Text(health, h_style),
+                  Text(str(r.get("restarts", 0))), Text(runtime),
+                  Text(r.get("health_message") or "-")]
         table.add_row(*cells)
+    out.print(table)
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, power in (("G", 3), ("M", 2), ("K", 1)):
+        if n >= 1024**power:
+            return f"{n / 1024**power:.1f}{unit}"
+    return f"{n}B"
+
+
+def _used_of(used: int | None, limit: int | None) -> str:
+    return f"{_size(used)} / {_size(limit) if limit else 'no limit'}" if used is not None \
+        else "-"
+
+
+def stats_table(rows: list[dict[str, Any]]) -> Table | Text:
+    if not rows:
+        return Text("no instances")
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for c in ("NAME", "STATE", "HEALTH", "CPU", "MEMORY", "DISK", "NET RX / TX", "PIDS",
+              "UPTIME", "HOST"):
+        table.add_column(c, justify="right" if c in ("CPU", "PIDS") else "left")
+    for r in rows:
+        cpu = f"{r['cpu_percent']:.1f}%" if r.get("cpu_percent") is not None else "-"
+        net = (f"{_size(r['net_rx'])} / {_size(r['net_tx'])}"
+               if r.get("net_rx") is not None else "-")
+        table.add_row(r["name"], r["state"], r["health"], cpu,
+                      _used_of(r.get("memory_used"), r.get("memory_limit")),
+                      _used_of(r.get("disk_used"), r.get("disk_limit")), net,
+                      str(r["pids"]) if r.get("pids") is not None else "-",
+                      fmt_uptime(r["uptime"]), r["host"])
+    return table
+
+
+def print_events(rows: list[dict[str, Any]], header: bool) -> None:
+    if not rows:
+        out.print("no events")
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold", show_header=header)
+    for c in ("TIME", "ACTOR", "TARGET", "ACTION", "RESULT", "REASON"):
+        table.add_column(c, no_wrap=c != "REASON")
+    for r in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["time"]))
+        style = {"failed": "red", "refused": "yellow"}.get(r["result"], "")
+        table.add_row(when, r["actor"], r["target"], r["action"], Text(r["result"], style),
+                      Text(r["reason"]))
     out.print(table)
 
 

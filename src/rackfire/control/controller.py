@@ -11,13 +11,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
+from rackfire.control import capacity, overrides
 from rackfire.control.executor import Executor
 from rackfire.control.health import HealthMonitor, health_of
 from rackfire.control.workqueue import WorkQueue
 from rackfire.errors import NotFound, PrereqError, RackfireError
-from rackfire.model.agent import Agent, PublishedPort
+from rackfire.model.agent import Agent, InstanceStats, PublishedPort
 from rackfire.model.instance import (
     Health,
     InstanceFacts,
@@ -25,11 +27,15 @@ from rackfire.model.instance import (
     InstanceRequest,
     InstanceState,
     NetworkConfig,
+    Target,
 )
 from rackfire.model.stack import HealthSpec, StackSpec
-from rackfire.plan import Plan, RestartRecord, plan_stack, render_stack
+from rackfire.model.units import format_size
+from rackfire.plan import Plan, plan_stack, render_stack
 from rackfire.plan.ipam import DEFAULT_POOL, allocate_ip, allocate_subnet, gateway_of
 from rackfire.store import InstanceStatus, StackRecord, Store
+
+CONTROLLER = "controller"  # the actor of what the controller does on its own
 
 log = logging.getLogger("rackfire.controller")
 
@@ -44,6 +50,24 @@ class Desired:
     requests: list[InstanceRequest]
 
 
+@dataclass(frozen=True, slots=True)
+class InstanceView:
+    """One instance as `ps` shows it: the agent's facts and the controller's verdicts."""
+
+    facts: InstanceFacts
+    health: Health
+    message: str  # why it is unhealthy or failed
+    status: InstanceStatus | None
+
+    @property
+    def state(self) -> str:
+        """running | stopped | failed | partial."""
+        if self.status is not None and self.status.failed \
+                and self.facts.state is not InstanceState.RUNNING:
+            return "failed"
+        return self.facts.state.value
+
+
 class Controller:
     def __init__(self, store: Store, agent: Agent, *, subnet_pool: str = DEFAULT_POOL,
                  workers: int = 4, clock: Callable[[], float] = time.time) -> None:
@@ -53,6 +77,7 @@ class Controller:
         self.clock = clock
         self.queue = WorkQueue()
         self.health = HealthMonitor(store, agent, on_change=self.queue.add)
+        self.started = clock()
         self.executor = Executor(store, agent, self.health)
         self._workers = workers
         self._threads: list[threading.Thread] = []
@@ -90,33 +115,119 @@ class Controller:
     # requests from the API --------------------------------------------------------------
 
     def plan(self, spec: StackSpec) -> Plan:
-        """What apply would do now. Changes nothing (IPs are chosen but not kept)."""
-        self._check_prereqs(spec)
+        """What apply would do now. Changes nothing (IPs are chosen but not kept). Notes say
+        where the file sets back what `scale` or `resize` set."""
         rec = self.store.get_stack(spec.name)
-        desired = self._desired(spec, rec, build=False)
-        return self._plan(spec.name, rec.generation if rec else 0, spec, desired)
+        plan = self._plan_change(spec, rec)
+        notes = overrides.disagreements(spec, self.store.overrides(spec.name)) if rec else []
+        return replace(plan, notes=tuple(notes))
 
-    def apply(self, spec: StackSpec, expected_generation: int | None) -> tuple[int, Plan]:
+    def apply(self, spec: StackSpec, expected_generation: int | None,
+              actor: str = CONTROLLER) -> tuple[int, Plan]:
         """Store the spec as the stack's next generation and start converging.
         Every check runs before the store is touched: if this raises, nothing changed."""
         with self._apply_lock:  # two new stacks must not both take the same free subnet
             plan = self.plan(spec)
             subnet = self._subnet(self.store.get_stack(spec.name))
             generation = self.store.put_stack(spec, subnet, expected_generation)
+        self._event(actor, spec.name, spec.name, "apply", f"generation {generation}, "
+                    f"{len(plan.actions)} change(s)")
         self.queue.add(spec.name)
-        return generation, Plan(plan.stack, generation, plan.actions)
+        return generation, replace(plan, generation=generation)
 
-    def destroy(self, name: str) -> int:
+    def destroy(self, name: str, actor: str = CONTROLLER) -> int:
         if self.store.get_stack(name) is None:
             if self.agent.observe(name):
                 raise PrereqError(f"stack {name} is unknown here but has instances on the host",
                                   hint="see `rackfire ps`")
             return 0  # not found on delete is success
         generation = self.store.mark_deleting(name)
+        self._event(actor, name, name, "destroy", "")
         self.queue.add(name)
         return generation
 
-    def _check_prereqs(self, spec: StackSpec) -> None:
+    # day-2 requests ---------------------------------------------------------------------
+
+    def scale(self, stack: str, role: str, count: int, actor: str) -> tuple[int, Plan]:
+        """Set a role's instance count as the stack's desired state."""
+        if not 0 <= count <= 1000:
+            raise PrereqError(f"count must be 0 to 1000, got {count}")
+        return self._change(stack, role, {"count": count}, actor, "scale")
+
+    def resize(self, stack: str, role: str, changes: dict[str, float | int | None],
+               actor: str) -> tuple[int, Plan]:
+        """Set a role's cpu, memory, pids or disk: applied live, recorded as desired."""
+        if not changes:
+            raise PrereqError("nothing to resize", hint="give --cpu, --memory, --disk or --pids")
+        return self._change(stack, role, {"resources": changes}, actor, "resize")
+
+    def _change(self, stack: str, role: str, change: dict[str, Any], actor: str,
+                verb: str) -> tuple[int, Plan]:
+        with self._apply_lock:
+            rec = self._record(stack)
+            count = change.get("count")
+            resources = change.get("resources")
+            spec = overrides.with_role(rec.spec, role, count=count, resources=resources)
+            old = rec.spec.role(role)
+            plan = self._plan_change(spec, rec)
+            fields = {"count": count} if count is not None else dict(resources or {})
+            generation = self.store.update_spec(spec, rec.generation,
+                                                overrides.overrides_for(role, fields, actor))
+        before = {"count": old.count, **{k: getattr(old.resources, k) for k in fields
+                                        if k != "count"}}
+        what = ", ".join(f"{k} {_show(k, before[k])} → {_show(k, v)}" for k, v in fields.items())
+        self._event(actor, stack, f"{stack}/{role}", verb, what)
+        self.queue.add(stack)
+        return generation, replace(plan, generation=generation)
+
+    def operate(self, target: Target, verb: str, actor: str) -> list[InstanceKey]:
+        """`stop`, `start` or `restart` the instances of a stack, role or one instance.
+        Recorded per instance as desired state: a stopped one stays stopped until started."""
+        rec = self._record(target.stack)
+        keys = [k for k in _desired_keys(rec.spec) if target.matches(k)]
+        if not keys:
+            raise NotFound(f"{target} matches no instance of stack {target.stack}",
+                           hint=f"see `rackfire ps {target.stack}`")
+        now = self.clock()
+        if verb == "stop":
+            self.store.set_operator(keys, stopped=True)
+        elif verb == "restart":
+            self.store.set_operator(keys, stopped=False, restart_requested=now)
+        elif verb == "start":
+            # Those not running start now, as a fresh start; running ones are left alone.
+            running = {f.key for f in self.agent.observe(target.stack)
+                       if f.state is InstanceState.RUNNING}
+            self.store.set_operator([k for k in keys if k in running], stopped=False)
+            self.store.set_operator([k for k in keys if k not in running], stopped=False,
+                                    restart_requested=now)
+        else:
+            raise PrereqError(f"unknown operation {verb}")
+        self._event(actor, target.stack, str(target), verb, f"{len(keys)} instance(s)")
+        self.queue.add(target.stack)
+        return keys
+
+    def stats(self, target: Target) -> list[tuple[InstanceView, InstanceStats | None]]:
+        self._record(target.stack)
+        views = [v for v in self.instances(target.stack) if target.matches(v.facts.key)]
+        measured = {s.key: s for s in self.agent.stats(target.stack)}
+        return [(v, measured.get(v.facts.key)) for v in views]
+
+    def _record(self, stack: str) -> StackRecord:
+        rec = self.store.get_stack(stack)
+        if rec is None or rec.deleting:
+            raise NotFound(f"no stack named {stack}", hint="see `rackfire ps`")
+        return rec
+
+    def _event(self, actor: str, stack: str, target: str, action: str, reason: str) -> None:
+        self.store.add_event(actor, stack, target, action, "ok", reason)
+
+    def _plan_change(self, spec: StackSpec, rec: StackRecord | None) -> Plan:
+        """Check that `spec` can be applied, then plan it: a refusal changes nothing."""
+        self._check_prereqs(spec, rec)
+        desired = self._desired(spec, rec, build=False)
+        return self._plan(spec.name, rec.generation if rec else 0, spec, desired)
+
+    def _check_prereqs(self, spec: StackSpec, rec: StackRecord | None = None) -> None:
         taken = {
             p.host_port: rec.name
             for rec in self.store.stacks() if rec.name != spec.name and not rec.deleting
@@ -150,6 +261,10 @@ class Controller:
                                   hint="the container runtime needs root and runc")
         for image in spec.images:
             self.agent.check_image(image)
+        capacity.check_no_shrink(spec, self.agent.observe(spec.name))
+        others = [r.spec for r in self.store.stacks() if r.name != spec.name and not r.deleting]
+        capacity.check_fits(self.agent.info().name, self.agent.capacity(), spec,
+                            rec.spec if rec and not rec.deleting else None, others)
 
     # reconcile --------------------------------------------------------------------------
 
@@ -177,7 +292,6 @@ class Controller:
         desired = self._desired(rec.spec, rec, build=True)
         self.agent.ensure_network(desired.network)
         self.store.save_ips(desired.ips)
-        self.agent.set_hosts(name, _hosts_entries(desired.ips))
         plan = self._plan(name, rec.generation, rec.spec, desired)
         if not plan.empty:
             self.store.set_stack_status(name, rec.generation, "progressing",
@@ -208,12 +322,21 @@ class Controller:
         self.store.forget_stack(rec.name)
 
     def _settle(self, rec: StackRecord, observed: list[InstanceFacts]) -> None:
-        """Converged when every desired instance runs and passes its check."""
-        waiting = list(self._unready(rec, observed).values())
+        """Converged when every desired instance runs and passes its check, or is stopped
+        by an operator. Failed instances make it degraded, which only an operator (or a new
+        spec) changes: no fast re-check for them."""
+        unready = self._unready(rec, observed)
+        statuses = self.store.statuses(rec.name)
+        failed = [why for k, why in unready.items()
+                  if (st := statuses.get(k)) is not None and st.failed]
+        waiting = [why for k, why in unready.items() if why not in failed]
         if waiting:
             self.store.set_stack_status(rec.name, rec.generation, "progressing",
                                         "waiting for " + waiting[0])
             self.queue.add(rec.name, delay=1.0)
+        elif failed:
+            self.store.set_stack_status(rec.name, rec.generation, "degraded",
+                                        f"{len(failed)} failed: {failed[0]}", converged=True)
         else:
             self.store.set_stack_status(rec.name, rec.generation, "converged", "",
                                         converged=True)
@@ -234,7 +357,13 @@ class Controller:
             for i in range(role.count):
                 key = InstanceKey(rec.name, role.name, i)
                 f = observed.get(key)
-                if f is None or f.state is not InstanceState.RUNNING:
+                st = statuses.get(key)
+                if st is not None and st.stopped and (f is None or f.state is not
+                                                      InstanceState.RUNNING):
+                    continue  # stopped by an operator: as desired
+                if st is not None and st.failed:
+                    out[key] = f"{key.name} (failed: {st.failed})"
+                elif f is None or f.state is not InstanceState.RUNNING:
                     out[key] = f"{key.name} ({f.state if f else 'missing'})"
                 elif role.health is not None:
                     health, why = health_of(f, statuses.get(key))
@@ -276,37 +405,50 @@ class Controller:
 
     def _plan(self, name: str, generation: int, spec: StackSpec, desired: Desired) -> Plan:
         statuses = self.store.statuses(name)
-        restarts = {k: RestartRecord(s.restarts, s.last_restart or 0.0)
-                    for k, s in statuses.items()}
-        counts = {r.name: r.count for r in spec.roles}
+        controls = {k: s.control for k, s in statuses.items()}
         observed = self.agent.observe(name)
-        # Failing, not merely starting: a rollout waits for the former, never the latter.
-        failing = [f.key for f in observed if f.state is not InstanceState.RUNNING
-                   or health_of(f, statuses.get(f.key))[0] is Health.UNHEALTHY]
-        return plan_stack(name, generation, counts, desired.requests, observed, restarts,
-                          self.clock(), failing)
+        checked = {r.name for r in spec.roles if r.health}
+        unhealthy, starting = {}, []
+        for f in observed:
+            if f.state is InstanceState.RUNNING and f.key.role in checked:
+                health, why = health_of(f, statuses.get(f.key))
+                if health is Health.UNHEALTHY:
+                    unhealthy[f.key] = why
+                elif health is not Health.HEALTHY:
+                    starting.append(f.key)
+        return plan_stack(name, generation, spec, desired.requests, observed, controls,
+                          self.clock(), unhealthy, starting)
 
     def _publish(self, rec: StackRecord, desired: Desired,
                  facts: list[InstanceFacts] | None = None,
                  exclude: Collection[InstanceKey] = ()) -> None:
+        """Point the published ports and the role names at the instances that are ready,
+        leaving out `exclude` (about to go down). An instance's own name stays while it runs
+        and is not failing, so it can find itself while it starts."""
         observed = {f.key: f for f in (self.agent.observe(rec.name) if facts is None else facts)}
         statuses = self.store.statuses(rec.name)
         ports = []
+        hosts: list[tuple[str, list[str]]] = []
         for role in rec.spec.roles:
-            ready = [
-                k for k in sorted(desired.ips)
-                if k.role == role.name and k not in exclude
-                and _ready(observed.get(k), statuses.get(k), role.health)
-            ]
+            mine = [k for k in sorted(desired.ips) if k.role == role.name and k not in exclude]
+            ready = [k for k in mine if _ready(observed.get(k), statuses.get(k), role.health)]
+            for k in mine:
+                f = observed.get(k)
+                if k in ready:
+                    hosts.append((desired.ips[k], [k.name, k.role]))
+                elif f is not None and f.state is InstanceState.RUNNING and \
+                        health_of(f, statuses.get(k))[0] is not Health.UNHEALTHY:
+                    hosts.append((desired.ips[k], [k.name]))
             for p in role.ports:
                 backends = tuple(f"{_address(observed[k], desired.ips[k])}:{p.container_port}"
                                  for k in ready)
                 ports.append(PublishedPort(p, backends))
+        self.agent.set_hosts(rec.name, hosts)
         self.agent.publish(rec.name, ports)
 
     # reads ------------------------------------------------------------------------------
 
-    def instances(self, stack: str | None = None) -> list[tuple[InstanceFacts, Health, str]]:
+    def instances(self, stack: str | None = None) -> list[InstanceView]:
         facts = sorted(self.agent.observe(stack), key=lambda f: f.key)
         stacks = {r.name: r for r in self.store.stacks()}
         statuses: dict[InstanceKey, InstanceStatus] = {}
@@ -318,10 +460,15 @@ class Controller:
             has_check = False
             if rec is not None:
                 has_check = any(r.name == f.key.role and r.health for r in rec.spec.roles)
-            health, message = health_of(f, statuses.get(f.key))
+            st = statuses.get(f.key)
+            health, message = health_of(f, st)
             if not has_check:
                 health, message = Health.NONE, ""
-            out.append((f, health, message))
+            if f.state is not InstanceState.RUNNING:
+                health = Health.NONE if not has_check else Health.UNKNOWN
+            if st is not None and st.failed:
+                message = st.failed
+            out.append(InstanceView(f, health, message, st))
         return out
 
 
@@ -335,6 +482,11 @@ def _address(f: InstanceFacts, ip: str) -> str:
     return f.ip or ip
 
 
-def _hosts_entries(ips: dict[InstanceKey, str]) -> list[tuple[str, list[str]]]:
-    """`web-0` for each instance; `web` for the role (listed on each of its instances)."""
-    return [(ip, [k.name, k.role]) for k, ip in sorted(ips.items())]
+def _desired_keys(spec: StackSpec) -> list[InstanceKey]:
+    return [InstanceKey(spec.name, r.name, i) for r in spec.roles for i in range(r.count)]
+
+
+def _show(field: str, value: Any) -> str:
+    if value is None:
+        return "unlimited"
+    return format_size(int(value)) if field in ("memory", "disk") else f"{value:g}"

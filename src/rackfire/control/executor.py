@@ -1,8 +1,10 @@
-"""The executor: runs a Plan's actions, recording each one's intent before its side effect.
+"""The executor: runs a Plan's actions, recording each one's intent before its side effect,
+and an event for each one's outcome.
 
-Destroys, creates, restarts and reconfigures run first; replaces roll one at a time, each
-waiting for its new instance to pass its health check before the next, and the rollout stops
-at the first that does not (a bad release takes down one instance, not the role).
+Destroys, stops, creates, restarts, resizes and reconfigures run first, a few side by side;
+replaces and an operator's restarts roll one at a time, each waiting for its instance to pass
+its health check before the next, and the rollout stops at the first that does not (a bad
+release takes down one instance, not the role).
 """
 
 from __future__ import annotations
@@ -55,21 +57,21 @@ class Executor:
                 out.deferred = min(out.deferred or action.not_before, action.not_before)
             else:
                 due.append(action)
-        # Independent instances of one kind run side by side; replaces roll one by one.
-        for kind, batch in groupby(due, key=lambda a: a.kind):
+        # Independent instances of one kind run side by side; rolling ones go one by one.
+        for (kind, rolling), batch in groupby(due, key=_rolls):
             actions = list(batch)
-            if kind is ActionKind.REPLACE:
+            if rolling:
                 for action in actions:
                     drain({action.key})
                     if error := self._run_one(plan, action):
-                        out.failed = f"replace {action.key.name} failed: {error}"
+                        out.failed = f"{kind} {action.key.name} failed: {error}"
                         return out
                     if error := self.health.wait_ready(action.key):
-                        out.failed = f"replace {action.key.name}: {error}; rollout stopped"
+                        out.failed = f"{kind} {action.key.name}: {error}; rollout stopped"
                         return out
                     drain(set())
                 continue
-            if kind is not ActionKind.CREATE:
+            if kind not in (ActionKind.CREATE, ActionKind.RESIZE):
                 drain({a.key for a in actions})
             with ThreadPoolExecutor(PARALLEL, thread_name_prefix="action") as pool:
                 errors = list(pool.map(lambda a: self._run_one(plan, a), actions))
@@ -95,7 +97,12 @@ class Executor:
         req = replace(action.request, action_id=action_id) if action.request else None
         try:
             if action.kind is ActionKind.DESTROY:
-                self.agent.destroy(action.key)
+                self.agent.destroy(action.key, action.stop_timeout)
+            elif action.kind is ActionKind.STOP:
+                self.agent.stop(action.key, action.stop_timeout)
+            elif action.kind is ActionKind.FAIL:
+                self.store.set_failed(action.key, action.reason)
+                self.agent.stop(action.key, action.stop_timeout)
             elif req is None:
                 raise RackfireError(f"{action.kind} without a request")
             elif action.kind is ActionKind.CREATE:
@@ -109,13 +116,23 @@ class Executor:
                 self.store.note_restart(action.key, fresh=True)
                 self.agent.reconfigure(req)
             elif action.kind is ActionKind.RESTART:
-                self.store.note_restart(action.key, fresh=False)
+                self.store.note_restart(action.key, fresh=not action.after_failure)
                 self.agent.restart(req)
+            elif action.kind is ActionKind.RESIZE:
+                self.agent.resize(req)
         except Exception as e:  # any failure is the action's, recorded; the loop goes on
             message = e.message if isinstance(e, RackfireError) else f"{type(e).__name__}: {e}"
             if not isinstance(e, RackfireError):
                 log.exception("%s %s crashed", action.kind, action.key)
             self.store.finish_action(action_id, "failed", message)
+            self.store.add_event("controller", plan.stack, str(action.key), action.kind.value,
+                                 "failed", f"{action.reason}: {message}")
             return message
         self.store.finish_action(action_id, "done")
+        self.store.add_event("controller", plan.stack, str(action.key), action.kind.value, "ok",
+                             action.reason)
         return ""
+
+
+def _rolls(action: Action) -> tuple[ActionKind, bool]:
+    return action.kind, action.rolling or action.kind is ActionKind.REPLACE

@@ -102,6 +102,9 @@ class HealthMonitor:
         self.store.set_health(f.key, health, f.started_at, fails, "" if ok else message)
         if health is not before:
             log.info("%s is %s %s", f.key, health, message if not ok else "")
+            if health is not Health.STARTING:
+                self.store.add_event("health", f.key.stack, str(f.key), health.value, "ok",
+                                     message)
             self.on_change(f.key.stack)
         return health
 

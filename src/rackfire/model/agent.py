@@ -6,6 +6,7 @@ raises AgentOffline when the host could not be asked at all: offline is not fail
 
 from __future__ import annotations
 
+import subprocess
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -34,13 +35,52 @@ class HostInfo:
     runtimes: tuple[RuntimeKind, ...]  # best first
 
 
+@dataclass(frozen=True, slots=True)
+class HostCapacity:
+    """What a host can hard-reserve for instances: never more, no overcommit."""
+
+    cpus: float  # cores
+    memory: int  # bytes, after what the host keeps for itself
+    disk: int  # bytes the instance disks may fill: free space plus what they already hold
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceStats:
+    """Measured, not estimated: from the instance's cgroups, its disk and its veth. None where
+    the runtime cannot tell (the process runtime has no disk or network of its own)."""
+
+    key: InstanceKey
+    cpu_percent: float | None  # 100 = one core, over the last sample window
+    memory_used: int | None  # bytes, without reclaimable page cache
+    memory_limit: int | None
+    disk_used: int | None
+    disk_limit: int | None
+    net_rx: int | None  # bytes received by the instance
+    net_tx: int | None
+    pids: int | None
+
+
+@dataclass(slots=True)
+class ExecHandle:
+    """A command running inside an instance. With a tty, `master` is the pty's master fd
+    (stdin and output both go through it); without, `proc` has stdin/stdout/stderr pipes."""
+
+    proc: subprocess.Popen[bytes]
+    master: int | None = None
+
+
 class Agent(Protocol):
     def info(self) -> HostInfo: ...
     def observe(self, stack: str | None = None) -> list[InstanceFacts]: ...
     def create(self, req: InstanceRequest) -> None: ...
     def reconfigure(self, req: InstanceRequest) -> None: ...
     def restart(self, req: InstanceRequest) -> None: ...
-    def destroy(self, key: InstanceKey) -> None: ...
+    def destroy(self, key: InstanceKey, stop_timeout: float = 10.0) -> None: ...
+    def stop(self, key: InstanceKey, stop_timeout: float = 10.0) -> None: ...
+    def resize(self, req: InstanceRequest) -> None: ...
+    def stats(self, stack: str) -> list[InstanceStats]: ...
+    def capacity(self) -> HostCapacity: ...
+    def exec(self, key: InstanceKey, argv: list[str], tty: bool) -> ExecHandle: ...
     def ensure_network(self, net: NetworkConfig) -> None: ...
     def set_hosts(self, stack: str, entries: list[tuple[str, list[str]]]) -> None: ...
     def publish(self, stack: str, ports: list[PublishedPort]) -> None: ...

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-from rackfire.model.stack import Resources, RuntimeKind
+from rackfire.model.stack import NAME_PATTERN, Resources, RuntimeKind
+
+_NAME = re.compile(NAME_PATTERN)
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -31,6 +34,44 @@ class InstanceKey:
     def parse_id(text: str) -> InstanceKey:
         stack, role, index = text.split(".")
         return InstanceKey(stack, role, int(index))
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a day-2 command acts on: a stack, one of its roles, or one instance."""
+
+    stack: str
+    role: str | None = None
+    index: int | None = None
+
+    @property
+    def key(self) -> InstanceKey | None:
+        if self.role is None or self.index is None:
+            return None
+        return InstanceKey(self.stack, self.role, self.index)
+
+    def matches(self, key: InstanceKey) -> bool:
+        return key.stack == self.stack and self.role in (None, key.role) \
+            and self.index in (None, key.index)
+
+    def __str__(self) -> str:
+        return "/".join(str(p) for p in (self.stack, self.role, self.index) if p is not None)
+
+    @staticmethod
+    def parse(text: str) -> Target:
+        """`shop`, `shop/web`, `shop/web/0`, `shop/web-0` or the id `shop.web.0`.
+        ValueError says what was expected."""
+        parts = text.split(".") if "." in text and "/" not in text else text.split("/")
+        if len(parts) == 2 and "-" in parts[1]:
+            role, _, index = parts[1].rpartition("-")
+            if index.isdigit():
+                parts = [parts[0], role, index]
+        if not 1 <= len(parts) <= 3 or not all(_NAME.fullmatch(p) for p in parts[:2]) \
+                or (len(parts) == 3 and not (parts[2].isascii() and parts[2].isdigit())):
+            raise ValueError(f"{text!r} is not STACK, STACK/ROLE, STACK/ROLE/INDEX or "
+                             "STACK/ROLE-INDEX (e.g. shop/web/0 or shop/web-0)")
+        return Target(parts[0], parts[1] if len(parts) > 1 else None,
+                      int(parts[2]) if len(parts) > 2 else None)
 
 
 class InstanceState(StrEnum):
@@ -63,6 +104,17 @@ class InstanceFacts:
     pid: int | None = None
     exit_code: int | None = None
     oom_killed: bool = False
+    resources: Resources | None = None  # as it runs now (a live resize changes them)
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """What the operator and the restart policy decided about one instance."""
+
+    failures: tuple[float, ...] = ()  # when it was restarted after failing, oldest first
+    stopped: bool = False  # `rackfire stop`: stays stopped until started
+    failed: str = ""  # the restart policy gave up on it: why
+    restart_requested: float | None = None  # `rackfire restart`: restart if started before
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,10 +52,20 @@ class PortMap:
 class HealthSpec:
     http: str | None = None  # URL as seen from inside the instance
     tcp: int | None = None  # port inside the instance
+    exec: tuple[str, ...] | None = None  # a command run inside the instance; 0 is healthy
     interval: float = 5.0
     timeout: float = 2.0
     retries: int = 3  # consecutive failures before unhealthy
     grace: float = 30.0  # how long a starting instance may fail without being unhealthy
+
+
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    """An instance that stops or fails its check is restarted with exponential backoff;
+    after `attempts` restarts within `window` it is marked failed and left stopped."""
+
+    attempts: int = 5
+    window: float = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +81,8 @@ class RoleSpec:
     health: HealthSpec | None = None
     uses: tuple[str, ...] = ()
     runtime: RuntimeKind | None = None  # None: the host's best runtime
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
+    stop_timeout: float = 10.0  # SIGTERM, then SIGKILL after this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,10 +130,16 @@ def _role_from_json(r: dict[str, Any]) -> RoleSpec:
         ports=tuple(PortMap(**p) for p in r.get("ports", ())),
         env=tuple((k, v) for k, v in r.get("env", ())),
         files=tuple((k, v) for k, v in r.get("files", ())),
-        health=HealthSpec(**health) if health else None,
+        health=_health_from_json(health) if health else None,
         uses=tuple(r.get("uses", ())),
         runtime=RuntimeKind(r["runtime"]) if r.get("runtime") else None,
+        restart=RestartPolicy(**r.get("restart", {})),
+        stop_timeout=r.get("stop_timeout", 10.0),
     )
+
+
+def _health_from_json(h: dict[str, Any]) -> HealthSpec:
+    return HealthSpec(**{**h, "exec": tuple(h["exec"]) if h.get("exec") else None})
 
 
 def digest(obj: object) -> str:

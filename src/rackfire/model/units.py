@@ -63,3 +63,13 @@ def format_size(n: int) -> str:
         if n >= 1024**power and n % 1024**power == 0:
             return f"{n // 1024**power}{unit}"
     return f"{n}B"
+
+
+def format_duration(seconds: float) -> str:
+    """`90` -> `1m30s`, `600` -> `10m`, `2.5` -> `2.5s`."""
+    if seconds < 60:
+        return f"{seconds:g}s"
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    text = (f"{h}h" if h else "") + (f"{m}m" if m else "") + (f"{s}s" if s else "")
+    return text

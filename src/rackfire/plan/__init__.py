@@ -1,14 +1,15 @@
 """The pure planner: desired + observed in, a Plan of actions out. No I/O here, ever."""
 
+from rackfire.model.instance import Control
 from rackfire.plan.actions import Action, ActionKind, Plan
-from rackfire.plan.planner import RestartRecord, plan_stack
+from rackfire.plan.planner import plan_stack
 from rackfire.plan.render import render_stack
 
 __all__ = [
     "Action",
     "ActionKind",
+    "Control",
     "Plan",
-    "RestartRecord",
     "plan_stack",
     "render_stack",
 ]

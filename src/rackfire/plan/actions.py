@@ -11,8 +11,11 @@ from rackfire.model.instance import InstanceKey, InstanceRequest
 
 class ActionKind(StrEnum):
     DESTROY = "destroy"
+    STOP = "stop"  # stopped by an operator: keeps its disk and IP
+    FAIL = "fail"  # the restart policy gives up: stop it and mark it failed
     CREATE = "create"
-    RESTART = "restart"  # it stopped; start it again on its own disk
+    RESTART = "restart"  # start it again on its own disk (stopped, unhealthy, or asked)
+    RESIZE = "resize"  # new cpu/memory/pids limits live, a disk grown online
     RECONFIGURE = "reconfigure"  # new config layer, same disk, same IP
     REPLACE = "replace"  # a fresh instance in its place, one at a time
 
@@ -29,6 +32,9 @@ class Action:
     request: InstanceRequest | None = None  # None for destroy
     not_before: float | None = None  # restart backoff: the executor waits until then
     held: str = ""  # why a rolling replace may not go on yet (an earlier one is not healthy)
+    rolling: bool = False  # one at a time, each healthy before the next (as replaces are)
+    after_failure: bool = False  # a restart that counts towards the restart policy
+    stop_timeout: float = 10.0  # for stop, fail and destroy: SIGTERM, then SIGKILL
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -39,6 +45,7 @@ class Action:
             "reason": self.reason,
             "not_before": self.not_before,
             "held": self.held,
+            "rolling": self.rolling or self.kind is ActionKind.REPLACE,
         }
 
 
@@ -47,6 +54,7 @@ class Plan:
     stack: str
     generation: int
     actions: tuple[Action, ...]
+    notes: tuple[str, ...] = ()  # what the operator should know before applying
 
     @property
     def empty(self) -> bool:
@@ -58,4 +66,5 @@ class Plan:
             "generation": self.generation,
             "changes": len(self.actions),
             "actions": [a.to_json() for a in self.actions],
+            "notes": list(self.notes),
         }

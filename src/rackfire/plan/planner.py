@@ -1,102 +1,186 @@
 """plan_stack: desired instances + observed facts -> the actions that converge them. Pure.
 
 Buckets, as Nomad's reconciler sorts allocations: observed-but-not-desired is destroyed
-(highest index first), desired-but-missing is created, half-made is replaced, stopped is
-restarted (with backoff), a changed image/command/resources/env is replaced one at a time,
-and changed rendered files are reconfigured in place.
+(highest index first), desired-but-missing is created, half-made is replaced, stopped or
+unhealthy is restarted (with backoff, until the role's restart policy gives up and fails
+it), a changed image/command/env/runtime is replaced one at a time, changed resources are
+resized live, and changed rendered files are reconfigured in place. What the operator asked
+for (`stop`, `restart`) is honoured per instance.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-from rackfire.model.instance import InstanceFacts, InstanceKey, InstanceRequest, InstanceState
+from rackfire.model.instance import (
+    Control,
+    InstanceFacts,
+    InstanceKey,
+    InstanceRequest,
+    InstanceState,
+)
+from rackfire.model.stack import RestartPolicy, RoleSpec, StackSpec
+from rackfire.model.units import format_duration, format_size
 from rackfire.plan.actions import EXECUTION_ORDER, Action, ActionKind, Plan
 
 BACKOFF_BASE = 1.0
 BACKOFF_MAX = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class RestartRecord:
-    count: int  # restarts in a row without a healthy period in between
-    last: float  # when the last restart ran
+DEFAULT_STOP_TIMEOUT = 10.0
+WAIT_FOR_STARTING = 1.0  # a rollout behind a starting instance looks again this soon
 
 
 def restart_backoff(count: int) -> float:
+    """Wait before the next restart, after `count` recent failures: 0, 1, 2, 4 ... 60 s."""
     return min(BACKOFF_MAX, BACKOFF_BASE * 2 ** max(0, count - 1)) if count else 0.0
 
 
 def plan_stack(
     stack: str,
     generation: int,
-    role_counts: Mapping[str, int] | None,
+    spec: StackSpec | None,
     desired: Sequence[InstanceRequest],
     observed: Iterable[InstanceFacts],
-    restarts: Mapping[InstanceKey, RestartRecord],
+    controls: Mapping[InstanceKey, Control],
     now: float,
-    failing: Collection[InstanceKey] = (),
+    unhealthy: Mapping[InstanceKey, str] | None = None,
+    starting: Collection[InstanceKey] = (),
 ) -> Plan:
-    """`role_counts` is None when the stack is being destroyed. `failing` are the instances
-    that stopped or fail their check: a rollout does not go past one already on the new spec
-    that fails, so a bad release stops at its first instance and stays stopped."""
+    """`spec` is None when the stack is being destroyed. `unhealthy` are the running
+    instances that fail their check (past the grace period), and why; `starting` those that
+    have not passed it yet. A rollout does not go past an instance already on the new spec
+    that fails (held: a bad release stops at its first instance and stays stopped), and
+    waits for one that is still starting."""
+    unhealthy = unhealthy or {}
     want = {d.key: d for d in desired}
     have = {f.key: f for f in observed if f.key.stack == stack}
+    roles = {r.name: r for r in spec.roles} if spec else {}
     actions: list[Action] = []
 
     for key in sorted(have.keys() - want.keys(), key=lambda k: (k.role, -k.index)):
-        actions.append(Action(ActionKind.DESTROY, key, _destroy_reason(key, role_counts)))
+        actions.append(Action(ActionKind.DESTROY, key, _destroy_reason(key, spec),
+                              stop_timeout=_stop_timeout(roles.get(key.role))))
 
     for key in sorted(want.keys() - have.keys()):
         actions.append(Action(ActionKind.CREATE, key, "new instance", want[key]))
 
     for key in sorted(want.keys() & have.keys()):
-        action = _compare(want[key], have[key], restarts.get(key), now)
+        action = _compare(want[key], have[key], roles[key.role], controls.get(key, Control()),
+                          unhealthy.get(key), now)
         if action is not None:
             actions.append(action)
 
-    stuck = {k.role: k.name for k in sorted(failing, reverse=True)
-             if k in want and k in have and have[k].spec_hash == want[k].spec_hash
-             and have[k].state is not InstanceState.PARTIAL}
-    actions = [
-        replace(a, held=f"{stuck[a.key.role]}, already on the new spec, is failing")
-        if a.kind is ActionKind.REPLACE and a.key.role in stuck else a
-        for a in actions
-    ]
+    def on_new_spec(keys: Iterable[InstanceKey]) -> dict[str, str]:
+        return {k.role: k.name for k in sorted(keys, reverse=True)
+                if k in want and k in have and have[k].spec_hash == want[k].spec_hash
+                and have[k].state is not InstanceState.PARTIAL
+                and not controls.get(k, Control()).stopped}
+
+    stuck = on_new_spec([k for k, f in have.items() if f.state is not InstanceState.RUNNING]
+                        + list(unhealthy))
+    waiting = on_new_spec(starting)
+    actions = [_hold(a, stuck, waiting, now) if a.kind is ActionKind.REPLACE
+               and have[a.key].state is not InstanceState.PARTIAL else a for a in actions]
     actions.sort(key=lambda a: EXECUTION_ORDER[a.kind])  # stable: keeps the per-kind order
     return Plan(stack, generation, tuple(actions))
 
 
-def _compare(
-    d: InstanceRequest, f: InstanceFacts, restart: RestartRecord | None, now: float
-) -> Action | None:
+def _hold(a: Action, stuck: Mapping[str, str], waiting: Mapping[str, str],
+          now: float) -> Action:
+    """A rolling replace behind an instance of the new spec that fails is held; behind one
+    that is still starting, it waits a moment (and is not a failure)."""
+    if a.key.role in stuck:
+        return replace(a, held=f"{stuck[a.key.role]}, already on the new spec, is failing")
+    if a.key.role in waiting:
+        return replace(a, not_before=now + WAIT_FOR_STARTING)
+    return a
+
+
+def _compare(d: InstanceRequest, f: InstanceFacts, role: RoleSpec, c: Control,
+             unhealthy: str | None, now: float) -> Action | None:
+    stop_timeout = role.stop_timeout
     if f.state is InstanceState.PARTIAL:
         return Action(ActionKind.REPLACE, d.key, "an interrupted create left it half-made",
                       d)
-    if f.spec_hash != d.spec_hash:
-        was = dict(f.spec_fields)
-        changed = [name for name, h in d.spec_fields if was.get(name) != h]
-        return Action(ActionKind.REPLACE, d.key, f"{', '.join(changed) or 'spec'} changed",
-                      d)
+    if c.stopped:  # kept as it is, new spec included, until an operator starts it
+        if f.state is InstanceState.RUNNING:
+            return Action(ActionKind.STOP, d.key, "stopped by an operator",
+                          stop_timeout=stop_timeout)
+        return None
+    changed = _changed_fields(d, f)
+    if changed and changed != ["resources"]:
+        return Action(ActionKind.REPLACE, d.key, f"{', '.join(changed)} changed", d)
+    if c.failed:  # the policy gave up; a new spec (above) or an operator starts it afresh
+        if f.state is InstanceState.RUNNING:
+            return Action(ActionKind.STOP, d.key, f"failed: {c.failed}",
+                          stop_timeout=stop_timeout)
+        return None
+    if changed:
+        return Action(ActionKind.RESIZE, d.key, _resize_reason(d, f), d)
     if f.config_hash != d.config_hash:
         # A stopped one starts with the new config in the same step.
         return Action(ActionKind.RECONFIGURE, d.key, "rendered files changed", d)
-    if f.state is InstanceState.STOPPED:
-        why = "OOM-killed" if f.oom_killed else (
-            f"exited with code {f.exit_code}" if f.exit_code is not None else "stopped")
-        not_before = None
-        if restart is not None:
-            wait = restart_backoff(restart.count)
-            if restart.last + wait > now:
-                not_before = restart.last + wait
-        return Action(ActionKind.RESTART, d.key, why, d, not_before)
+    if c.restart_requested is not None and (f.started_at or 0.0) < c.restart_requested:
+        return Action(ActionKind.RESTART, d.key, "restart requested", d,
+                      rolling=f.state is InstanceState.RUNNING)
+    if f.state is InstanceState.STOPPED or unhealthy is not None:
+        return _recover(d, f, role.restart, c, unhealthy, now, stop_timeout)
     return None
 
 
-def _destroy_reason(key: InstanceKey, counts: Mapping[str, int] | None) -> str:
-    if counts is None:
+def _recover(d: InstanceRequest, f: InstanceFacts, policy: RestartPolicy, c: Control,
+             unhealthy: str | None, now: float, stop_timeout: float) -> Action:
+    """Restart a stopped or unhealthy instance after a backoff, or give up on it."""
+    if f.state is InstanceState.STOPPED:
+        why = "OOM-killed" if f.oom_killed else (
+            f"exited with code {f.exit_code}" if f.exit_code is not None else "stopped")
+    else:
+        why = f"unhealthy: {unhealthy}" if unhealthy else "unhealthy"
+    recent = [t for t in c.failures if t > now - policy.window]
+    if len(recent) >= policy.attempts:
+        return Action(ActionKind.FAIL, d.key,
+                      f"{why}; restarted {len(recent)} times in "
+                      f"{format_duration(policy.window)}", stop_timeout=stop_timeout)
+    not_before = None
+    if recent:
+        due = recent[-1] + restart_backoff(len(recent))
+        not_before = due if due > now else None
+    return Action(ActionKind.RESTART, d.key, why, d, not_before, after_failure=True)
+
+
+def _changed_fields(d: InstanceRequest, f: InstanceFacts) -> list[str]:
+    if f.spec_hash == d.spec_hash:
+        return []
+    was = dict(f.spec_fields)
+    changed = [name for name, h in d.spec_fields if was.get(name) != h]
+    if changed == ["resources"] and f.resources is None:
+        return ["spec"]  # what it runs with is unknown: start afresh
+    return changed or ["spec"]
+
+
+def _resize_reason(d: InstanceRequest, f: InstanceFacts) -> str:
+    old, new = f.resources, d.resources
+    assert old is not None  # _changed_fields says "spec" otherwise
+    parts = [f"{name} {_show(name, getattr(old, name))} → {_show(name, getattr(new, name))}"
+             for name in ("cpu", "memory", "disk", "pids")
+             if getattr(old, name) != getattr(new, name)]
+    return ", ".join(parts) or "resources changed"
+
+
+def _show(name: str, value: float | int | None) -> str:
+    if value is None:
+        return "unlimited"
+    return format_size(int(value)) if name in ("memory", "disk") else f"{value:g}"
+
+
+def _stop_timeout(role: RoleSpec | None) -> float:
+    return role.stop_timeout if role else DEFAULT_STOP_TIMEOUT
+
+
+def _destroy_reason(key: InstanceKey, spec: StackSpec | None) -> str:
+    if spec is None:
         return "stack destroyed"
+    counts = {r.name: r.count for r in spec.roles}
     if key.role not in counts:
         return f"role {key.role} removed"
     return f"count is {counts[key.role]}"

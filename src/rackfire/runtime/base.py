@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Protocol
 
 from rackfire.images.store import ImageInfo
+from rackfire.model.agent import ExecHandle, InstanceStats
 from rackfire.model.instance import InstanceFacts, InstanceKey, InstanceRequest
 from rackfire.model.stack import RuntimeKind
 
@@ -31,8 +32,21 @@ class Runtime(Protocol):
     def restart(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path) -> None:
         """Start a stopped instance again on its own disk."""
 
-    def destroy(self, key: InstanceKey) -> None:
-        """Remove every part; missing parts are fine (not-found on delete is success)."""
+    def destroy(self, key: InstanceKey, stop_timeout: float = 10.0) -> None:
+        """Stop it gracefully, then remove every part; missing parts are fine."""
+
+    def stop(self, key: InstanceKey, stop_timeout: float = 10.0) -> None:
+        """SIGTERM, SIGKILL after `stop_timeout`; keeps its disk, config and IP."""
+
+    def resize(self, req: InstanceRequest) -> None:
+        """Apply `req.resources` live (cpu, memory, pids; grow the disk online) and record
+        `req`'s spec hash. Raises before any change if the disk would shrink."""
+
+    def stats(self, keys: list[InstanceKey]) -> list[InstanceStats]:
+        """Measured usage of each of `keys` that exists."""
+
+    def exec(self, key: InstanceKey, argv: list[str], tty: bool) -> ExecHandle:
+        """Start `argv` inside the running instance, with its environment."""
 
     def observe(self) -> list[InstanceFacts]:
         """Every instance of this runtime on this host, as found on disk and in the kernel."""

@@ -10,36 +10,42 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import time
+from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from rackfire.errors import ExecError, PrereqError
+from rackfire.errors import ExecError, NotFound, PrereqError
 from rackfire.images.store import ImageInfo
+from rackfire.model.agent import ExecHandle, InstanceStats
 from rackfire.model.instance import (
     InstanceFacts,
     InstanceKey,
     InstanceRequest,
     InstanceState,
 )
-from rackfire.model.stack import RuntimeKind
+from rackfire.model.stack import Resources, RuntimeKind
 from rackfire.net import links, names
-from rackfire.runtime import mounts
+from rackfire.runtime import mounts, stats
 from rackfire.runtime.base import Capabilities
+from rackfire.runtime.execproc import RuncExecProcess
 from rackfire.runtime.layout import (
     InstanceDir,
     instance_dir,
     list_instance_dirs,
     read_meta,
+    resources_of,
     swap_config,
     update_meta,
     write_config_layer,
     write_meta,
 )
-from rackfire.runtime.oci import oci_config
+from rackfire.runtime.oci import CPU_PERIOD, oci_config
 
 RUNC_ROOT = Path("/run/rackfire/runc")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -54,6 +60,7 @@ class ContainerRuntime:
         self.base = base
         self.host = host
         self.runc_root = runc_root
+        self._cpu = stats.CpuSampler()
         base.mkdir(parents=True, exist_ok=True)
 
     # the Runtime protocol ---------------------------------------------------------------
@@ -85,13 +92,53 @@ class ContainerRuntime:
         self._stop(req.key)
         self._start(instance_dir(self.base, req.key), req, image, hosts_file)
 
-    def destroy(self, key: InstanceKey) -> None:
+    def destroy(self, key: InstanceKey, stop_timeout: float = STOP_TIMEOUT) -> None:
         d = instance_dir(self.base, key)
-        self._stop(key, timeout=2.0)
+        self._stop(key, timeout=stop_timeout)
         mounts.unmount(d.rootfs)
         mounts.unmount(d.disk)
         links.detach_instance(key.id)
         shutil.rmtree(d.root, ignore_errors=True)
+
+    def stop(self, key: InstanceKey, stop_timeout: float = STOP_TIMEOUT) -> None:
+        # Only the container (and its cgroup) goes: disk, overlay, config layer and netns
+        # stay, so restart() starts it again on the same data and IP.
+        self._stop(key, timeout=stop_timeout)
+
+    def resize(self, req: InstanceRequest) -> None:
+        d = instance_dir(self.base, req.key)
+        meta = read_meta(d)
+        if meta is None or not d.disk_image.exists():
+            raise NotFound(f"instance {req.key} does not exist on host {self.host}")
+        new, old = req.resources, resources_of(meta)
+        grow = mounts.check_grow(d.disk_image, new.disk)  # a shrink is refused here
+        # meta records the size the fs reached: an image larger than that is a grow that
+        # failed half-way (file enlarged, fs not), which resize2fs finishes.
+        grow = grow or (old is not None and old.disk < mounts.disk_size(d.disk_image))
+        live = self._state(req.key.id) not in (None, "stopped")
+        if grow and live and not mounts.can_grow_online():
+            raise PrereqError(
+                f"{req.key}: its disk cannot grow while it runs: this host's root lacks "
+                "CAP_SYS_RESOURCE, which growing a mounted ext4 disk needs",
+                hint="stop the instance and start it again: a stopped disk grows offline")
+        if live:  # a stopped one gets the new limits from config.json when it starts
+            self._update_limits(req.key, new, old)
+        if grow:
+            self._grow_disk(d, new.disk)
+        update_meta(d, resources=asdict(new), spec_hash=req.spec_hash,
+                    spec_fields=[list(p) for p in req.spec_fields])
+
+    def stats(self, keys: list[InstanceKey]) -> list[InstanceStats]:
+        found = []
+        for key in keys:
+            d = instance_dir(self.base, key)
+            meta = read_meta(d)
+            if meta is not None and meta.get("runtime") == self.kind.value:
+                # One run of the instance: a restart starts a new cgroup, counting from 0.
+                found.append((key, d, f"{key.id}@{meta.get('started_at')}"))
+        cpu = self._cpu.percents({token: partial(stats.cgroup_cpu_ns, key.id)
+                                  for key, _, token in found if stats.cgroup_exists(key.id)})
+        return [_stats_of(key, d, cpu.get(token)) for key, d, token in found]
 
     def observe(self) -> list[InstanceFacts]:
         containers = self._runc_list()
@@ -113,7 +160,7 @@ class ContainerRuntime:
                 spec_hash=meta.get("spec_hash", ""),
                 spec_fields=tuple((a, b) for a, b in meta.get("spec_fields", ())),
                 config_hash=meta.get("config_hash", ""),
-                started_at=meta.get("started_at"),
+                started_at=meta.get("started_at"), resources=resources_of(meta),
                 pid=c.get("pid") if running and c else None,
                 oom_killed=state is InstanceState.STOPPED and _oom_killed(key),
             ))
@@ -124,6 +171,35 @@ class ContainerRuntime:
 
     def log_path(self, key: InstanceKey) -> Path:
         return instance_dir(self.base, key).log
+
+    def exec(self, key: InstanceKey, argv: list[str], tty: bool) -> ExecHandle:
+        """`runc exec` in the foreground: it takes env, cwd, user, capabilities and rlimits
+        from the bundle's config.json (the running command's), and passes the command's
+        exit status on. With a tty, runc's own stdio is our pty: `runc exec -t` makes a pty
+        inside the container (a controlling terminal, so job control and Ctrl-C work),
+        copies between the two, and resizes the inner one on SIGWINCH. (--console-socket
+        would need --detach, which loses the exit status.)"""
+        if read_meta(instance_dir(self.base, key)) is None:
+            raise NotFound(f"no instance {key}", hint="`rackfire ps` lists the instances")
+        if self._state(key.id) != "running":
+            raise PrereqError(f"instance {key} is not running",
+                              hint=f"`rackfire ps {key.stack}` shows its state")
+        args = ["runc", "--root", str(self.runc_root), "exec", "--cwd", "/"]
+        if not tty:
+            return ExecHandle(RuncExecProcess(
+                [*args, "--", key.id, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, start_new_session=True))
+        master, slave = os.openpty()
+        try:
+            proc = RuncExecProcess(
+                [*args, "--tty", "--env", "TERM=xterm", "--", key.id, *argv],
+                stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+        except BaseException:
+            os.close(master)
+            raise
+        finally:
+            os.close(slave)
+        return ExecHandle(proc, master)
 
     # parts ------------------------------------------------------------------------------
 
@@ -174,6 +250,30 @@ class ContainerRuntime:
                     time.sleep(0.02)
         self._runc("delete", "--force", key.id, check=False)
 
+    def _update_limits(self, key: InstanceKey, new: Resources, old: Resources | None) -> None:
+        proc = self._runc("update", *_update_args(new), key.id, check=False)
+        if proc.returncode == 0:
+            return
+        # runc writes memory, then cpu, then pids, and stops at the first the kernel refuses
+        # (its own roll-back re-applies the new values): put back what may have taken.
+        if old is not None:
+            self._runc("update", *_update_args(old), key.id, check=False)
+        why = _runc_error(proc.stderr)
+        hint = ("the kernel refuses a memory limit below what the instance uses now (it "
+                "cannot swap); give it more, or stop and start it to run under the new limit"
+                if "memory" in why else "")
+        raise ExecError(f"cannot resize {key} live (its limits are unchanged): {why}",
+                        hint=hint)
+
+    def _grow_disk(self, d: InstanceDir, size: int) -> None:
+        if mounts.mounted(d.disk) and mounts.can_grow_online():
+            mounts.grow_online(d.disk_image, d.disk, size)
+            return
+        # Not running (resize checked): nothing uses the disk; _start mounts it again.
+        mounts.unmount(d.rootfs)
+        mounts.unmount(d.disk)
+        mounts.grow_offline(d.disk_image, size)
+
     def _state(self, cid: str) -> str | None:
         return self._state_pid(cid)[0]
 
@@ -220,6 +320,34 @@ def check_paths(files: tuple[tuple[str, str], ...], image: ImageInfo) -> None:
                 raise PrereqError(f"files: {path}: /{'/'.join(parts[:i])} is a symlink to "
                                   f"{target} in image {image.name or image.digest[:12]}",
                                   hint="write the file at its real path")
+
+
+def _update_args(r: Resources) -> list[str]:
+    """`runc update` flags for every limit: -1 lifts one (0 would leave it unchanged)."""
+    memory = str(r.memory) if r.memory is not None else "-1"
+    quota = str(int(r.cpu * CPU_PERIOD)) if r.cpu is not None else "-1"
+    pids = str(r.pids) if r.pids is not None else "-1"
+    # swap == memory: no swap, so the limit stays a hard one (as oci_config sets it).
+    return ["--memory", memory, "--memory-swap", memory, "--cpu-quota", quota,
+            "--cpu-period", str(CPU_PERIOD), "--pids-limit", pids]
+
+
+def _runc_error(stderr: str) -> str:
+    """The messages of runc's `level=error msg="..."` log lines, else its whole stderr."""
+    msgs = [m.group(1).replace('\\"', '"') for line in stderr.splitlines()
+            if "level=error" in line and (m := re.search(r'msg="((?:[^"\\]|\\.)*)"', line))]
+    return "; ".join(msgs) or stderr.strip() or "runc update failed"
+
+
+def _stats_of(key: InstanceKey, d: InstanceDir, cpu: float | None) -> InstanceStats:
+    disk_used, disk_limit = (stats.fs_usage(d.disk) if mounts.mounted(d.disk)
+                             else (None, None))
+    rx, tx = stats.veth_traffic(names.veth_name(key.id))
+    if not stats.cgroup_exists(key.id):  # stopped: `runc delete` removed the cgroup
+        return InstanceStats(key, 0.0, 0, None, disk_used, disk_limit, rx, tx, 0)
+    used, limit = stats.cgroup_memory(key.id)
+    return InstanceStats(key, cpu, used, limit, disk_used, disk_limit, rx, tx,
+                         stats.cgroup_pids(key.id))
 
 
 def _oom_killed(key: InstanceKey) -> bool:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rackfire.model.instance import InstanceKey, InstanceRequest
+from rackfire.model.stack import Resources
 
 _META_LOCK = threading.Lock()
 
@@ -68,7 +69,8 @@ def write_meta(d: InstanceDir, req: InstanceRequest, phase: str, **extra: Any) -
         "key": asdict(req.key), "runtime": req.runtime.value, "ip": req.ip,
         "spec_hash": req.spec_hash, "config_hash": req.config_hash,
         "spec_fields": [list(p) for p in req.spec_fields], "image": req.image_digest,
-        "phase": phase, "updated": time.time(), "files": rendered_paths(req), **extra,
+        "phase": phase, "updated": time.time(), "files": rendered_paths(req),
+        "resources": asdict(req.resources), **extra,
     }
     d.root.mkdir(parents=True, exist_ok=True)
     _write_atomic(d.meta, data)
@@ -87,6 +89,11 @@ def _write_atomic(path: Path, data: dict[str, Any]) -> None:
     with os.fdopen(fd, "w") as f:
         json.dump(data, f)
     os.replace(tmp, path)
+
+
+def resources_of(meta: dict[str, Any]) -> Resources | None:
+    r = meta.get("resources")
+    return Resources(**r) if isinstance(r, dict) else None
 
 
 def read_meta(d: InstanceDir) -> dict[str, Any] | None:

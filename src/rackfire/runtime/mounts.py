@@ -11,7 +11,8 @@ import re
 import subprocess
 from pathlib import Path
 
-from rackfire.errors import ExecError
+from rackfire.errors import ExecError, PrereqError
+from rackfire.model.units import format_size
 
 
 def _run(args: list[str]) -> None:
@@ -66,3 +67,78 @@ def unmount(target: Path) -> None:
         proc = subprocess.run(["umount", "--", str(target)], capture_output=True, check=False)
         if proc.returncode != 0:
             _run(["umount", "-l", "--", str(target)])
+
+
+# growing a disk -----------------------------------------------------------------------------
+
+CAP_SYS_RESOURCE = 24
+
+
+def disk_size(image: Path) -> int:
+    return image.stat().st_size
+
+
+def check_grow(image: Path, size: int) -> bool:
+    """Whether `image` must grow to hold `size` bytes. Refuses a shrink before any change."""
+    current = disk_size(image)
+    if size < current:
+        raise PrereqError(
+            f"disk {format_size(current)} → {format_size(size)}: an instance's disk is ext4, "
+            "which can grow online but never shrink in use",
+            hint=f"keep disk at {format_size(current)} or more; for a smaller disk, destroy "
+                 "the instance and create it anew (its data is lost)")
+    return size > current
+
+
+def can_grow_online() -> bool:
+    """ext4's online resize ioctl wants CAP_SYS_RESOURCE (ext4_resize_begin), which a root
+    without it in its bounding set, as in some sandboxes, cannot have."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> CAP_SYS_RESOURCE & 1)
+    except (OSError, ValueError):
+        pass
+    return False
+
+
+def grow_online(image: Path, target: Path, size: int) -> None:
+    """Grow the ext4 image mounted at `target` to `size` bytes while it is in use: enlarge
+    the sparse file, have its loop device re-read the size, resize2fs the mounted fs."""
+    dev = loop_device(target)
+    backing = Path(f"/sys/block/{Path(dev).name}/loop/backing_file")
+    try:
+        backed = backing.read_text().strip()
+    except OSError:
+        backed = ""
+    if backed != os.path.realpath(image):  # never resize some other disk by mistake
+        raise ExecError(f"{dev} at {target} is not backed by {image} (but {backed or '?'})")
+    os.truncate(image, size)  # sparse: allocates nothing
+    _run(["losetup", "--set-capacity", dev])
+    _run(["resize2fs", dev])
+
+
+def grow_offline(image: Path, size: int) -> None:
+    """Grow an unmounted ext4 image to `size` bytes (resize2fs wants a checked fs first)."""
+    os.truncate(image, size)
+    proc = subprocess.run(["e2fsck", "-f", "-p", str(image)], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, check=False)
+    if proc.returncode > 1:  # 1: errors corrected, fine to resize
+        raise ExecError(f"e2fsck of {image} failed: {proc.stdout.strip()} "
+                        f"{proc.stderr.strip()}")
+    _run(["resize2fs", str(image)])
+
+
+def loop_device(target: Path) -> str:
+    """The device mounted at `target` (a loop device, for a disk mounted with -o loop)."""
+    path = os.path.realpath(target)
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if _unescape(fields[4]) == path:
+                # after the " - " separator: fstype, source, super options
+                source = fields[fields.index("-") + 2]
+                if source.startswith("/dev/loop"):
+                    return source
+                raise ExecError(f"{target} is mounted from {source}, not a loop device")
+    raise ExecError(f"{target} is not mounted")

@@ -13,18 +13,24 @@ import shutil
 import signal
 import subprocess
 import time
+from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
-from rackfire.errors import ExecError
+from rackfire.errors import ExecError, NotFound, PrereqError
 from rackfire.images.store import ImageInfo
+from rackfire.model.agent import ExecHandle, InstanceStats
 from rackfire.model.instance import InstanceFacts, InstanceKey, InstanceRequest, InstanceState
 from rackfire.model.stack import RuntimeKind
+from rackfire.runtime import stats
 from rackfire.runtime.base import Capabilities
+from rackfire.runtime.execproc import ExecProcess
 from rackfire.runtime.layout import (
     InstanceDir,
     instance_dir,
     list_instance_dirs,
     read_meta,
+    resources_of,
     swap_config,
     update_meta,
     write_config_layer,
@@ -42,6 +48,7 @@ class ProcessRuntime:
         self.base = base
         self.host = host
         self._children: dict[int, subprocess.Popen[bytes]] = {}  # started by this process
+        self._cpu = stats.CpuSampler()
         base.mkdir(parents=True, exist_ok=True)
 
     def create(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path) -> None:
@@ -65,10 +72,36 @@ class ProcessRuntime:
         self._stop(d)
         self._start(d, req)
 
-    def destroy(self, key: InstanceKey) -> None:
+    def destroy(self, key: InstanceKey, stop_timeout: float = STOP_TIMEOUT) -> None:
         d = instance_dir(self.base, key)
-        self._stop(d, timeout=2.0)
+        self._stop(d, timeout=stop_timeout)
         shutil.rmtree(d.root, ignore_errors=True)
+
+    def stop(self, key: InstanceKey, stop_timeout: float = STOP_TIMEOUT) -> None:
+        self._stop(instance_dir(self.base, key), timeout=stop_timeout)
+
+    def resize(self, req: InstanceRequest) -> None:
+        # Not isolated: no limit to apply. Recorded, so observe() shows what was asked.
+        d = instance_dir(self.base, req.key)
+        if read_meta(d) is None:
+            raise NotFound(f"instance {req.key} does not exist on host {self.host}")
+        update_meta(d, resources=asdict(req.resources), spec_hash=req.spec_hash,
+                    spec_fields=[list(p) for p in req.spec_fields])
+
+    def stats(self, keys: list[InstanceKey]) -> list[InstanceStats]:
+        found = []  # (key, dir, pid if it runs, token of this run)
+        for key in keys:
+            d = instance_dir(self.base, key)
+            meta = read_meta(d)
+            if meta is None or meta.get("runtime") != self.kind.value:
+                continue
+            pid, exit_code = self._poll(meta.get("pid"), meta.get("pid_start"))
+            if exit_code is not None:  # _poll hands an exit code out once: keep it
+                update_meta(d, exit_code=exit_code)
+            found.append((key, d, pid, f"{key.id}@{pid}@{meta.get('pid_start')}"))
+        cpu = self._cpu.percents({token: partial(_session_cpu_ns, pid)
+                                  for _, _, pid, token in found if pid})
+        return [_stats_of(key, d, pid, cpu.get(token)) for key, d, pid, token in found]
 
     def observe(self) -> list[InstanceFacts]:
         facts = []
@@ -88,6 +121,7 @@ class ProcessRuntime:
                 spec_hash=meta.get("spec_hash", ""),
                 spec_fields=tuple((a, b) for a, b in meta.get("spec_fields", ())),
                 config_hash=meta.get("config_hash", ""), started_at=meta.get("started_at"),
+                resources=resources_of(meta),
                 pid=pid, exit_code=exit_code if exit_code is not None else meta.get("exit_code"),
             ))
         return facts
@@ -97,6 +131,41 @@ class ProcessRuntime:
 
     def log_path(self, key: InstanceKey) -> Path:
         return instance_dir(self.base, key).log
+
+    def exec(self, key: InstanceKey, argv: list[str], tty: bool) -> ExecHandle:
+        """Run `argv` in the instance's working dir with the environment its running process
+        started with (/proc/PID/environ: the rendered env is not kept anywhere else)."""
+        d = instance_dir(self.base, key)
+        meta = read_meta(d)
+        if meta is None:
+            raise NotFound(f"no instance {key}", hint="`rackfire ps` lists the instances")
+        pid, exit_code = self._poll(meta.get("pid"), meta.get("pid_start"))
+        if exit_code is not None:  # _poll hands an exit code out once: keep it
+            update_meta(d, exit_code=exit_code)
+        if not pid or meta.get("phase") != "created":
+            raise PrereqError(f"instance {key} is not running",
+                              hint=f"`rackfire ps {key.stack}` shows its state")
+        env = _environ(pid)
+        if not tty:
+            try:
+                return ExecHandle(ExecProcess(
+                    argv, cwd=d.workdir, env=env, stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True))
+            except OSError as e:
+                raise ExecError(f"cannot run {argv[0]!r} in {key}: {e.strerror or e}") from None
+        env.setdefault("TERM", "xterm")
+        master, slave = os.openpty()
+        try:
+            # setsid -c: a new session whose controlling terminal is the pty, for job
+            # control and Ctrl-C (Popen cannot make one without a preexec_fn).
+            proc = ExecProcess(["setsid", "--ctty", "--wait", *argv], cwd=d.workdir, env=env,
+                               stdin=slave, stdout=slave, stderr=slave)
+        except BaseException:
+            os.close(master)
+            raise
+        finally:
+            os.close(slave)
+        return ExecHandle(proc, master)
 
     def _start(self, d: InstanceDir, req: InstanceRequest) -> None:
         env = {
@@ -144,6 +213,28 @@ class ProcessRuntime:
             self._children.pop(pid, None)  # observe runs on several threads
             return None, code
         return _poll_foreign(pid, started)
+
+
+def _session_cpu_ns(sid: int) -> int | None:
+    usage = stats.session_usage(sid)
+    return usage.cpu_ns if usage.pids else None
+
+
+def _stats_of(key: InstanceKey, d: InstanceDir, pid: int | None,
+              cpu: float | None) -> InstanceStats:
+    """Its session's processes (no cgroup of its own); its working dir is its disk."""
+    usage = stats.session_usage(pid) if pid else stats.ProcUsage(0, 0, 0)
+    return InstanceStats(key, cpu if pid else 0.0, usage.rss, None,
+                         stats.tree_size(d.workdir), None, None, None, usage.pids)
+
+
+def _environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError as e:
+        raise PrereqError(f"cannot read the environment of pid {pid}: {e.strerror}") from None
+    pairs = (item.partition(b"=") for item in raw.split(b"\0") if b"=" in item)
+    return {os.fsdecode(k): os.fsdecode(v) for k, _, v in pairs}
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

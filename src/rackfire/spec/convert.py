@@ -11,11 +11,19 @@ import os
 from pathlib import Path
 from typing import Any
 
-from rackfire.model.stack import HealthSpec, ImageSpec, Resources, RoleSpec, StackSpec
+from rackfire.model.stack import (
+    HealthSpec,
+    ImageSpec,
+    Resources,
+    RestartPolicy,
+    RoleSpec,
+    StackSpec,
+)
 from rackfire.spec.schema import (
     HealthModel,
     ImageModel,
     ResourcesModel,
+    RestartModel,
     RoleModel,
     StackModel,
     normalize_file_path,
@@ -54,7 +62,13 @@ def _role(name: str, m: RoleModel) -> RoleSpec:
         health=_health(m.health),
         uses=tuple(m.uses),
         runtime=m.runtime,
+        restart=_restart(m.restart),
+        **_given(stop_timeout=m.stop_timeout),
     )
+
+
+def _restart(m: RestartModel | None) -> RestartPolicy:
+    return RestartPolicy(**_given(attempts=m.attempts, window=m.window)) if m else RestartPolicy()
 
 
 def _resources(m: ResourcesModel | None) -> Resources:
@@ -66,5 +80,6 @@ def _resources(m: ResourcesModel | None) -> Resources:
 def _health(m: HealthModel | None) -> HealthSpec | None:
     if m is None:
         return None
-    return HealthSpec(**_given(http=m.http, tcp=m.tcp, interval=m.interval, timeout=m.timeout,
-                               retries=m.retries, grace=m.grace))
+    return HealthSpec(**_given(http=m.http, tcp=m.tcp, exec=tuple(m.exec) if m.exec else None,
+                               interval=m.interval, timeout=m.timeout, retries=m.retries,
+                               grace=m.grace))

@@ -267,18 +267,26 @@ class ResourcesModel(_Strict):
 
 
 class HealthModel(_Strict):
-    http: HttpUrl | None = None
-    tcp: Port | None = None
+    http: HttpUrl | None = Field(None, description="GET this URL inside the instance; 2xx/3xx")
+    tcp: Port | None = Field(None, description="connect to this port inside the instance")
+    exec: list[str] | None = Field(None, min_length=1,
+                                   description="run this command inside; exit 0 is healthy")
     interval: Interval | None = None
     timeout: Interval | None = None
     retries: int | None = Field(None, ge=1)
-    grace: Duration | None = None
+    grace: Duration | None = Field(None, description="a starting instance may fail this long")
 
     @model_validator(mode="after")
     def _one_probe(self) -> Self:
-        if (self.http is None) == (self.tcp is None):
-            raise ValueError("set exactly one of http or tcp")
+        if sum(p is not None for p in (self.http, self.tcp, self.exec)) != 1:
+            raise ValueError("set exactly one of http, tcp or exec")
         return self
+
+
+class RestartModel(_Strict):
+    attempts: int | None = Field(None, ge=1, le=1000,
+                                 description="restarts within `window` before it is failed")
+    window: Interval | None = None
 
 
 class RoleModel(_Strict):
@@ -292,6 +300,8 @@ class RoleModel(_Strict):
     health: HealthModel | None = None
     uses: list[Name] = []
     runtime: RuntimeKind | None = Field(None, strict=False)
+    restart: RestartModel | None = None
+    stop_timeout: Duration | None = Field(None, description="SIGTERM, then SIGKILL after this")
 
 
 class StackModel(_Strict):

@@ -1,5 +1,12 @@
 """Persistence: the controller's SQLite database (WAL) on disk."""
 
-from rackfire.store.db import ActionRecord, InstanceStatus, StackRecord, Store
+from rackfire.store.db import (
+    ActionRecord,
+    Event,
+    InstanceStatus,
+    Override,
+    StackRecord,
+    Store,
+)
 
-__all__ = ["ActionRecord", "InstanceStatus", "StackRecord", "Store"]
+__all__ = ["ActionRecord", "Event", "InstanceStatus", "Override", "StackRecord", "Store"]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rackfire.errors import Conflict
-from rackfire.model.instance import Health, InstanceKey
+from rackfire.model.instance import Control, Health, InstanceKey
 from rackfire.model.stack import StackSpec
 
 SCHEMA = """
@@ -61,10 +61,33 @@ CREATE TABLE IF NOT EXISTS instance_status (
     message TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (stack, role, idx)
 );
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time REAL NOT NULL,
+    actor TEXT NOT NULL,
+    stack TEXT NOT NULL,
+    target TEXT NOT NULL,
+    action TEXT NOT NULL,
+    result TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS events_by_stack ON events (stack, id);
+CREATE TABLE IF NOT EXISTS overrides (
+    stack TEXT NOT NULL, role TEXT NOT NULL, field TEXT NOT NULL,
+    value TEXT NOT NULL, actor TEXT NOT NULL, time REAL NOT NULL,
+    PRIMARY KEY (stack, role, field)
+);
 """
 
 
-ADDED_COLUMNS = [("instance_status", "run", "REAL")]
+ADDED_COLUMNS = [
+    ("instance_status", "run", "REAL"),
+    ("instance_status", "failures", "TEXT NOT NULL DEFAULT '[]'"),
+    ("instance_status", "stopped", "INTEGER NOT NULL DEFAULT 0"),
+    ("instance_status", "failed", "TEXT NOT NULL DEFAULT ''"),
+    ("instance_status", "restart_requested", "REAL"),
+]
+EVENTS_KEPT = 100_000  # older events are pruned
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,11 +122,45 @@ class InstanceStatus:
     key: InstanceKey
     health: Health
     run: float | None  # the started_at of the run the health belongs to
-    fails: int
+    fails: int  # consecutive failed checks of this run
     checked: float | None
-    restarts: int
+    restarts: int  # restarts after a failure, ever (shown by `ps`)
     last_restart: float | None
-    message: str
+    message: str  # the last check's error
+    failures: tuple[float, ...] = ()  # when it was restarted after failing (recent ones)
+    stopped: bool = False  # an operator stopped it
+    failed: str = ""  # the restart policy gave up on it: why
+    restart_requested: float | None = None
+
+    @property
+    def control(self) -> Control:
+        return Control(self.failures, self.stopped, self.failed, self.restart_requested)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    id: int
+    time: float
+    actor: str  # who: `controller`, `health`, or the operator as the CLI names them
+    stack: str
+    target: str  # a stack, role or instance (`shop/web/0`)
+    action: str
+    result: str  # ok | failed | refused | started
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """A desired value a day-2 command set (scale, resize) rather than the stack file."""
+
+    role: str
+    field: str
+    value: Any
+    actor: str
+    time: float
 
 
 class Store:
@@ -169,7 +226,38 @@ class Store:
                 "status='pending', message='', updated=excluded.updated",
                 (spec.name, json.dumps(spec.to_json()), gen, subnet, time.time()),
             )
+            # The file is the desired state again: what day-2 commands set is superseded.
+            db.execute("DELETE FROM overrides WHERE stack=?", (spec.name,))
             return gen
+
+    def update_spec(self, spec: StackSpec, expected_generation: int,
+                    overrides: list[Override]) -> int:
+        """A day-2 change (scale, resize) to a stack's desired spec, recorded as overrides
+        so that a later plan of the stack file can say where the file disagrees."""
+        with self.tx() as db:
+            row = db.execute("SELECT generation, deleting FROM stacks WHERE name=?",
+                             (spec.name,)).fetchone()
+            if row is None or row["deleting"]:
+                raise Conflict(f"stack {spec.name} does not exist or is being destroyed")
+            if row["generation"] != expected_generation:
+                raise Conflict(f"stack {spec.name} changed meanwhile (generation "
+                               f"{row['generation']}, expected {expected_generation})",
+                               hint="run the command again")
+            gen = int(row["generation"]) + 1
+            db.execute("UPDATE stacks SET spec=?, generation=?, status='pending', message='', "
+                       "updated=? WHERE name=?",
+                       (json.dumps(spec.to_json()), gen, time.time(), spec.name))
+            db.executemany(
+                "INSERT OR REPLACE INTO overrides (stack, role, field, value, actor, time) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(spec.name, o.role, o.field, json.dumps(o.value), o.actor, o.time)
+                 for o in overrides])
+            return gen
+
+    def overrides(self, stack: str) -> list[Override]:
+        return [Override(r["role"], r["field"], json.loads(r["value"]), r["actor"], r["time"])
+                for r in self._all("SELECT * FROM overrides WHERE stack=? ORDER BY role, field",
+                                   stack)]
 
     def mark_deleting(self, name: str) -> int:
         with self.tx() as db:
@@ -182,7 +270,7 @@ class Store:
     def forget_stack(self, name: str) -> None:
         """After a destroy: only reached while `deleting` is set, which put_stack refuses."""
         with self.tx() as db:
-            for table in ("stacks", "ips", "instance_status"):
+            for table in ("stacks", "ips", "instance_status", "overrides"):
                 col = "name" if table == "stacks" else "stack"
                 db.execute(f"DELETE FROM {table} WHERE {col}=?", (name,))  # noqa: S608
 
@@ -259,13 +347,14 @@ class Store:
     # instance status --------------------------------------------------------------------
 
     def statuses(self, stack: str) -> dict[InstanceKey, InstanceStatus]:
-        return {
-            InstanceKey(stack, r["role"], r["idx"]): InstanceStatus(
-                InstanceKey(stack, r["role"], r["idx"]), Health(r["health"]), r["run"],
-                r["fails"],
-                r["checked"], r["restarts"], r["last_restart"], r["message"])
-            for r in self._all("SELECT * FROM instance_status WHERE stack=?", stack)
-        }
+        out = {}
+        for r in self._all("SELECT * FROM instance_status WHERE stack=?", stack):
+            key = InstanceKey(stack, r["role"], r["idx"])
+            out[key] = InstanceStatus(
+                key, Health(r["health"]), r["run"], r["fails"], r["checked"], r["restarts"],
+                r["last_restart"], r["message"], tuple(json.loads(r["failures"])),
+                bool(r["stopped"]), r["failed"], r["restart_requested"])
+        return out
 
     def set_health(self, key: InstanceKey, health: Health, run: float | None, fails: int,
                    message: str) -> None:
@@ -277,21 +366,71 @@ class Store:
                 "checked=excluded.checked, message=excluded.message",
                 (key.stack, key.role, key.index, health.value, run, fails, time.time(),
                  message))
-            if health is Health.HEALTHY:
-                db.execute("UPDATE instance_status SET restarts=0 WHERE stack=? AND role=? "
-                           "AND idx=?", (key.stack, key.role, key.index))
 
-    def note_restart(self, key: InstanceKey, fresh: bool) -> None:
-        """A restart bumps the backoff counter; a create/replace resets health and it."""
+    def note_restart(self, key: InstanceKey, fresh: bool, now: float | None = None) -> None:
+        """A new run starts. After a failure (`fresh` False) it counts towards the restart
+        policy; a create, replace or an operator's start is a fresh start that clears it."""
+        now = time.time() if now is None else now
         with self.tx() as db:
-            db.execute(
-                "INSERT INTO instance_status (stack, role, idx) VALUES (?, ?, ?) "
-                "ON CONFLICT(stack, role, idx) DO NOTHING", (key.stack, key.role, key.index))
+            row = self._status_row(db, key)
+            failures = [] if fresh else [*json.loads(row["failures"]), now][-100:]
             db.execute(
                 "UPDATE instance_status SET health='starting', run=NULL, fails=0, message='', "
-                "restarts=CASE WHEN ? THEN 0 ELSE restarts+1 END, last_restart=? "
-                "WHERE stack=? AND role=? AND idx=?",
-                (fresh, time.time(), key.stack, key.role, key.index))
+                "restarts=restarts+?, last_restart=?, failures=?, failed=CASE WHEN ? THEN '' "
+                "ELSE failed END WHERE stack=? AND role=? AND idx=?",
+                (0 if fresh else 1, now, json.dumps(failures), fresh, key.stack, key.role,
+                 key.index))
+
+    def set_failed(self, key: InstanceKey, reason: str) -> None:
+        with self.tx() as db:
+            self._status_row(db, key)
+            db.execute("UPDATE instance_status SET failed=? WHERE stack=? AND role=? AND idx=?",
+                       (reason, key.stack, key.role, key.index))
+
+    def set_operator(self, keys: list[InstanceKey], *, stopped: bool,
+                     restart_requested: float | None = None) -> None:
+        """`stop` (stopped), `start` (not stopped) or `restart` (not stopped, restart those
+        started before `restart_requested`). Each clears failed: an operator acted."""
+        with self.tx() as db:
+            for key in keys:
+                self._status_row(db, key)
+                db.execute(
+                    "UPDATE instance_status SET stopped=?, failed='', failures='[]', "
+                    "restart_requested=COALESCE(?, restart_requested) "
+                    "WHERE stack=? AND role=? AND idx=?",
+                    (stopped, restart_requested, key.stack, key.role, key.index))
+
+    @staticmethod
+    def _status_row(db: sqlite3.Connection, key: InstanceKey) -> sqlite3.Row:
+        db.execute("INSERT INTO instance_status (stack, role, idx) VALUES (?, ?, ?) "
+                   "ON CONFLICT(stack, role, idx) DO NOTHING", (key.stack, key.role, key.index))
+        row: sqlite3.Row = db.execute(
+            "SELECT * FROM instance_status WHERE stack=? AND role=? AND idx=?",
+            (key.stack, key.role, key.index)).fetchone()
+        return row
+
+    # events -----------------------------------------------------------------------------
+
+    def add_event(self, actor: str, stack: str, target: str, action: str, result: str,
+                  reason: str = "") -> None:
+        with self.tx() as db:
+            cur = db.execute(
+                "INSERT INTO events (time, actor, stack, target, action, result, reason) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (time.time(), actor, stack, target, action, result, reason))
+            if cur.lastrowid and cur.lastrowid % 1000 == 0:
+                db.execute("DELETE FROM events WHERE id <= ?", (cur.lastrowid - EVENTS_KEPT,))
+
+    def events(self, stack: str | None = None, after: int = 0, limit: int = 1000,
+               ) -> list[Event]:
+        """Events with an id above `after`, oldest first; the last `limit` of them."""
+        where, args = "id > ?", list[Any]([after])
+        if stack is not None:
+            where += " AND stack = ?"
+            args.append(stack)
+        rows = self._all(f"SELECT * FROM (SELECT * FROM events WHERE {where} "  # noqa: S608
+                         "ORDER BY id DESC LIMIT ?) ORDER BY id", *args, limit)
+        return [Event(**dict(r)) for r in rows]
 
 
 def _stack(r: sqlite3.Row) -> StackRecord:
