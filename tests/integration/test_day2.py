@@ -3,7 +3,9 @@ resize, the health and restart policy, stats and events, on real runc containers
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import statistics
 import threading
 import time
@@ -194,7 +196,7 @@ roles:
     restarts = [e["time"] for e in events
                 if e["action"] == "restart" and e["target"] == f"{stack}/bad/0"]
     assert len(restarts) == 3
-    gaps = [b - a for a, b in zip(restarts, restarts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(restarts)]
     assert gaps[1] > gaps[0] and gaps[1] >= 2.0, gaps  # exponential backoff: 1 s, then 2 s
     assert any(e["action"] == "fail" for e in events)
     assert any(e["action"] == "unhealthy" and e["actor"] == "health" for e in events)
@@ -208,8 +210,6 @@ roles:
 
 
 def _cpu_seconds(server: Server) -> float:
-    import os
-
     assert server.proc is not None
     fields = Path(f"/proc/{server.proc.pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -272,7 +272,16 @@ roles:
     resources: {{cpu: 0.5}}
   hog:
     image: base
-    command: [python3, -c, "import os, time\\nwhile not os.path.exists('/tmp/go'): time.sleep(0.1)\\nx = bytearray(80 << 20)\\nfor i in range(0, len(x), 4096): x[i] = 1\\ntime.sleep(100000)"]
+    command: [python3, /srv/hog.py]
+    files:
+      /srv/hog.py: |
+        import os, time
+        while not os.path.exists("/tmp/go"):
+            time.sleep(0.1)
+        x = bytearray(80 << 20)
+        for i in range(0, len(x), 4096):
+            x[i] = 1
+        time.sleep(100000)
     resources: {{memory: 256M}}
 """)
     server.cli("up", "-f", str(file))

@@ -100,3 +100,39 @@ roles:
         if server.proc is not None and server.proc.poll() is None:
             server.cli("destroy", stack, "-y", check=False)
         server.stop()
+
+
+def test_day2_on_the_process_runtime(tmp_path: Path) -> None:
+    """scale, stop/start and stats work the same without isolation."""
+    server = Server(tmp_path / "pdata", runtime="process")
+    stack = unique("pd")
+    f = write_stack(tmp_path, f"""\
+stack: {stack}
+images: {{base: {{from: host}}}}
+roles:
+  worker:
+    image: base
+    command: [sleep, "100000"]
+""")
+    server.start()
+    try:
+        server.cli("up", "-f", str(f))
+        server.cli("scale", f"{stack}/worker", "3")
+        rows = {r["name"]: r for r in server.ps(stack)}
+        assert sorted(rows) == ["worker-0", "worker-1", "worker-2"]
+
+        server.cli("stop", f"{stack}/worker/2")
+        stopped = {r["name"]: r for r in server.ps(stack)}
+        assert stopped["worker-2"]["state"] == "stopped" and not alive(rows["worker-2"]["pid"])
+        assert stopped["worker-0"]["pid"] == rows["worker-0"]["pid"]
+        server.cli("start", f"{stack}/worker/2")
+        assert {r["name"]: r for r in server.ps(stack)}["worker-2"]["state"] == "running"
+
+        stats = json.loads(server.cli("stats", stack, "--json").stdout)
+        assert [s["name"] for s in stats] == ["worker-0", "worker-1", "worker-2"]
+        assert all(s["pids"] >= 1 and s["memory_used"] > 0 for s in stats)
+        assert all(s["net_rx"] is None and s["memory_limit"] is None for s in stats)
+    finally:
+        server.cli("destroy", stack, "-y", check=False)
+        server.stop()
+    assert host_traces(stack) == []

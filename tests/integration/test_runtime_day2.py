@@ -164,32 +164,122 @@ def test_memory_below_usage_is_refused_and_old_limits_stay(
 
 # disks ------------------------------------------------------------------------------------
 
-def test_disk_grows_online(ct: ContainerRuntime, stack: str, image: ImageInfo,
-                           hosts: Path) -> None:
+def sh_in(ct: ContainerRuntime, key: InstanceKey, script: str) -> tuple[int, str]:
+    """Run `script` inside the instance (runc exec); its exit status and output."""
+    h = ct.exec(key, ["sh", "-c", script], tty=False)
+    out, err = h.proc.communicate(timeout=60)
+    return h.proc.returncode, (out + err).decode(errors="replace")
+
+
+def held(path: Path) -> int:
+    """Bytes a sparse file holds on the host."""
+    return path.stat().st_blocks * 512
+
+
+def fsck(image: Path, tmp: Path) -> subprocess.CompletedProcess[str]:
+    """`e2fsck -fn` of an unmounted disk, on a copy without its reservation: e2fsck takes a
+    reservation of over half the disk, a headroom disk's, for a corrupt superblock."""
+    copy = tmp / "fsck.img"
+    subprocess.run(["cp", "--sparse=always", str(image), str(copy)], check=True)
+    subprocess.run(["debugfs", "-w", "-R", "ssv r_blocks_count 0", str(copy)], check=True,
+                   capture_output=True)
+    try:
+        return subprocess.run(["e2fsck", "-fn", str(copy)], capture_output=True, text=True,
+                              check=False)
+    finally:
+        copy.unlink()
+
+
+def unmount_disk(ct: ContainerRuntime, key: InstanceKey) -> None:
+    d = instance_dir(ct.base, key)
+    mounts.unmount(d.rootfs)
+    mounts.unmount(d.disk)
+
+
+def without_headroom(ct: ContainerRuntime, key: InstanceKey, size: int) -> None:
+    """Give a stopped instance a disk made as before headroom: an ext4 of `size` bytes."""
+    d = instance_dir(ct.base, key)
+    unmount_disk(ct, key)
+    d.disk_image.unlink()
+    with open(d.disk_image, "wb") as f:
+        f.truncate(size)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", "-E",
+                    "lazy_itable_init=1,lazy_journal_init=1", str(d.disk_image)], check=True)
+    assert not mounts.has_headroom(d.disk_image)
+
+
+def test_disk_grows_online(ct: ContainerRuntime, stack: str, image: ImageInfo, hosts: Path,
+                           tmp_path: Path) -> None:
     req = request_for(ct, stack, image, "exec sleep 100000")
     ct.create(req, image, hosts)
     d = instance_dir(ct.base, req.key)
     pid = pid_of(ct, req.key)
-    fill(d.disk / "filler")  # the instance's own filesystem, beside the overlay's dirs
+    ceiling = d.disk_image.stat().st_size
+    assert ceiling == mounts.disk_ceiling(32 * MiB) >= 8 * 32 * MiB
+    assert held(d.disk_image) < 2 * MiB  # sparse: the ceiling costs (almost) nothing
+    [s] = ct.stats([req.key])
+    assert s.disk_limit == 32 * MiB
+
+    # Written from inside: a process of the instance, root without CAP_SYS_RESOURCE.
+    rc, out = sh_in(ct, req.key, "dd if=/dev/zero of=/fill bs=64k")
+    assert rc != 0 and "No space left" in out, out
+    filled = (d.disk / "upper" / "fill").stat().st_size
+    assert 30 * MiB < filled <= 32 * MiB  # about the disk's size: its metadata is apart
+
     bigger = replace(req, resources=replace(LIMITS, disk=64 * MiB, memory=96 * MiB),
                      spec_hash="s2")
+    ct.resize(bigger)  # within the headroom: no CAP_SYS_RESOURCE needed
+    rc, out = sh_in(ct, req.key, "dd if=/dev/zero of=/more bs=1M count=24")
+    assert rc == 0, out
+    rc, out = sh_in(ct, req.key, "dd if=/dev/zero of=/rest bs=64k")
+    assert rc != 0 and "No space left" in out, out
+    written = sum((d.disk / "upper" / n).stat().st_size for n in ("fill", "more", "rest"))
+    assert 62 * MiB < written <= 64 * MiB
+
+    assert pid_of(ct, req.key) == pid  # no restart
+    assert cgroup(req.key, "memory", "memory.limit_in_bytes") == str(96 * MiB)
+    [s] = ct.stats([req.key])
+    assert s.disk_limit == 64 * MiB
+    assert s.disk_used is not None and written <= s.disk_used <= s.disk_limit
+    assert ct.observe()[0].resources == bigger.resources
+    # Nothing was resized; the image holds what was written, the journal, a little metadata.
+    assert d.disk_image.stat().st_size == ceiling
+    assert held(d.disk_image) < written + 8 * MiB
+
+    ct.stop(req.key, stop_timeout=1.0)
+    unmount_disk(ct, req.key)
+    check = fsck(d.disk_image, tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_disk_grows_past_its_headroom(ct: ContainerRuntime, stack: str, image: ImageInfo,
+                                      hosts: Path, tmp_path: Path) -> None:
+    req = request_for(ct, stack, image, "exec sleep 100000")
+    ct.create(req, image, hosts)
+    d = instance_dir(ct.base, req.key)
+    ceiling = d.disk_image.stat().st_size
+    huge = replace(req, resources=replace(LIMITS, disk=ceiling), spec_hash="s2")
 
     if not mounts.can_grow_online():
-        # ext4's resize ioctl needs CAP_SYS_RESOURCE: refused before any change.
+        # Past the ceiling the filesystem itself grows, which needs CAP_SYS_RESOURCE while
+        # it is mounted: refused before any change; a stopped instance's grows offline.
         with pytest.raises(PrereqError, match="CAP_SYS_RESOURCE"):
-            ct.resize(bigger)
-        assert d.disk_image.stat().st_size == 32 * MiB
-        assert cgroup(req.key, "memory", "memory.limit_in_bytes") == str(64 * MiB)
-        assert pid_of(ct, req.key) == pid and ct.observe()[0].resources == LIMITS
-        pytest.skip("this host's root lacks CAP_SYS_RESOURCE: ext4 cannot grow online "
-                    "(the refusal was checked; test_stopped_disk_grows_offline covers growth)")
-
-    ct.resize(bigger)
-    assert fill(d.disk / "more") > 24 * MiB
-    assert pid_of(ct, req.key) == pid  # no restart
+            ct.resize(huge)
+        assert d.disk_image.stat().st_size == ceiling
+        assert ct.stats([req.key])[0].disk_limit == 32 * MiB
+        ct.stop(req.key, stop_timeout=1.0)
+    ct.resize(huge)
+    ct.restart(huge, image, hosts)
+    assert d.disk_image.stat().st_size == mounts.disk_ceiling(ceiling)
+    assert held(d.disk_image) < 4 * MiB
     [s] = ct.stats([req.key])
-    assert s.disk_limit is not None and s.disk_limit > 48 * MiB
-    assert ct.observe()[0].resources == bigger.resources
+    assert s.disk_limit == ceiling
+    assert ct.observe()[0].resources == huge.resources
+
+    ct.stop(req.key, stop_timeout=1.0)
+    unmount_disk(ct, req.key)
+    check = fsck(d.disk_image, tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_stopped_disk_grows_offline(ct: ContainerRuntime, stack: str, image: ImageInfo,
@@ -204,28 +294,40 @@ def test_stopped_disk_grows_offline(ct: ContainerRuntime, stack: str, image: Ima
     filled = (d.disk / "upper" / "fill").stat().st_size
 
     ct.stop(req.key, stop_timeout=1.0)
+    unmount_disk(ct, req.key)  # as after a reboot: resize mounts it to measure it
     bigger = replace(req, resources=replace(LIMITS, disk=64 * MiB), spec_hash="s2")
     ct.resize(bigger)
-    assert d.disk_image.stat().st_size == 64 * MiB
+    assert d.disk_image.stat().st_size == mounts.disk_ceiling(32 * MiB)  # within headroom
     ct.restart(bigger, image, hosts)
     wait_for(lambda: (d.disk / "upper" / "more.ok").exists(), 20, "16 MiB more to fit")
     assert (d.disk / "upper" / "fill").stat().st_size == filled  # the old data is kept
     [s] = ct.stats([req.key])
-    assert s.disk_limit is not None and s.disk_limit > 48 * MiB
+    assert s.disk_limit == 64 * MiB
 
 
-def test_a_grow_stopped_half_way_is_finished(ct: ContainerRuntime, stack: str,
-                                            image: ImageInfo, hosts: Path) -> None:
+def test_a_disk_without_headroom_grows_as_before(ct: ContainerRuntime, stack: str,
+                                                 image: ImageInfo, hosts: Path) -> None:
     req = request_for(ct, stack, image, "exec sleep 100000")
     ct.create(req, image, hosts)
     ct.stop(req.key, stop_timeout=1.0)
+    without_headroom(ct, req.key, 32 * MiB)
+    ct.restart(req, image, hosts)
     d = instance_dir(ct.base, req.key)
-    os.truncate(d.disk_image, 48 * MiB)  # the file grew, then resize2fs never ran
     again = replace(req, resources=replace(LIMITS, disk=48 * MiB), spec_hash="s2")
+    if not mounts.can_grow_online():
+        with pytest.raises(PrereqError, match="CAP_SYS_RESOURCE"):
+            ct.resize(again)
+        assert d.disk_image.stat().st_size == 32 * MiB
+    ct.stop(req.key, stop_timeout=1.0)
+    unmount_disk(ct, req.key)
+    os.truncate(d.disk_image, 48 * MiB)  # the file grew, then resize2fs never ran
     ct.resize(again)
     ct.restart(again, image, hosts)
+    assert not mounts.has_headroom(d.disk_image)
     [s] = ct.stats([req.key])
-    assert s.disk_limit is not None and s.disk_limit > 32 * MiB  # 32 MiB of ext4: ~25 MiB
+    assert s.disk_limit is not None and s.disk_limit > 36 * MiB  # 48 MiB of ext4: ~39 MiB
+    with pytest.raises(PrereqError, match="grow"):
+        ct.resize(replace(req, resources=replace(LIMITS, disk=40 * MiB), spec_hash="s3"))
 
 
 def test_shrinking_the_disk_is_refused_before_any_change(
@@ -239,7 +341,8 @@ def test_shrinking_the_disk_is_refused_before_any_change(
         ct.resize(smaller)
     assert err.value.hint
     d = instance_dir(ct.base, req.key)
-    assert d.disk_image.stat().st_size == 32 * MiB
+    assert d.disk_image.stat().st_size == mounts.disk_ceiling(32 * MiB)
+    assert ct.stats([req.key])[0].disk_limit == 32 * MiB
     assert cgroup(req.key, "memory", "memory.limit_in_bytes") == str(64 * MiB)
     [f] = ct.observe()
     assert f.pid == pid and f.resources == LIMITS and f.spec_hash == "s1"

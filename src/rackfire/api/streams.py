@@ -39,7 +39,7 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.websockets import WebSocketState
 
 from rackfire.control.controller import Controller
-from rackfire.errors import NotFound, PrereqError, RackfireError
+from rackfire.errors import ExecError, NotFound, PrereqError, RackfireError
 from rackfire.model.agent import Agent, ExecHandle
 from rackfire.model.instance import InstanceKey
 
@@ -59,8 +59,8 @@ UNAUTHORIZED = {"code": "unauthorized", "message": "missing or wrong API token",
 class ExecStart(BaseModel):
     argv: list[str] = Field(min_length=1)
     tty: bool = False
-    rows: int | None = Field(None, ge=1, le=65535)
-    cols: int | None = Field(None, ge=1, le=65535)
+    rows: int | None = Field(None, ge=0, le=65535)  # 0: unknown (a pty never sized)
+    cols: int | None = Field(None, ge=0, le=65535)
 
 
 def add_stream_routes(app: FastAPI, controller: Controller, token: str) -> None:
@@ -124,6 +124,10 @@ def add_stream_routes(app: FastAPI, controller: Controller, token: str) -> None:
             return
         except RackfireError as e:
             await _finish(ws, {"error": e.to_dict()})
+            return
+        except OSError as e:  # could not even start runc (or the process)
+            await _finish(ws, {"error": ExecError(f"cannot start {start.argv[0]!r}: {e}")
+                               .to_dict()})
             return
         code = await _ExecSession(ws, handle, start).run()
         if code is not None:
@@ -335,6 +339,10 @@ class _ClientGone(Exception):
     pass
 
 
+def _failed(task: asyncio.Task[Any]) -> bool:
+    return task.done() and not task.cancelled() and task.exception() is not None
+
+
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -379,6 +387,7 @@ class _ExecSession:
         self._feeds: list[_Feed] = []
         self._paused = False
         self._stdin_open = True
+        self._progress = 0  # output chunks read and sent: is the drain still moving?
 
     async def run(self) -> int | None:
         """The exit code, or None when the client went away (the command is killed)."""
@@ -391,15 +400,21 @@ class _ExecSession:
             exited = asyncio.create_task(self._wait_exit())
             inputs = asyncio.create_task(self._pump_input())
             tasks = [sender, exited, inputs]
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            if exited not in done and (inputs in done or sender.exception() is not None):
-                return None  # the client went away, or cannot be written to
-            if exited not in done:  # all output is out: now its exit
-                await asyncio.wait([exited, inputs], return_when=asyncio.FIRST_COMPLETED)
-                if not exited.done():
+            while not exited.done():  # output flows meanwhile
+                watch = [exited, inputs] if sender.done() else tasks
+                await asyncio.wait(watch, return_when=asyncio.FIRST_COMPLETED)
+                if inputs.done() or _failed(sender):
+                    return None  # the client went away, or cannot be written to
+            # The rest of its output: until every fd ends, as long as bytes keep moving (a
+            # background child may hold the fds open for good, or the client stop reading).
+            progress = -1
+            while not sender.done() and progress != self._progress:
+                progress = self._progress
+                await asyncio.wait([sender, inputs], timeout=DRAIN,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if inputs.done():
                     return None
-            await asyncio.wait([sender], timeout=DRAIN)  # the rest of its output
-            if sender.done() and sender.exception() is not None:
+            if _failed(sender):
                 return None
             code = exited.result()
             return 128 - code if code < 0 else code  # killed by a signal: as a shell says
@@ -424,6 +439,7 @@ class _ExecSession:
             self._feeds.append(feed)
 
     def received(self, stream: int, data: bytes | None) -> None:
+        self._progress += 1
         self._queue.put_nowait((stream, data))
         if self._queue.qsize() >= self.HIGH and not self._paused:
             self._paused = True
@@ -445,6 +461,7 @@ class _ExecSession:
                 open_streams -= 1
             elif data:
                 await self.ws.send_bytes(bytes([stream]) + data)
+                self._progress += 1
 
     async def _pump_input(self) -> None:
         while True:

@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.sync.client import ClientConnection, connect
 
 from rackfire.api.client import DEFAULT_URL, ApiError, ServerUnreachable, read_token
-from rackfire.cli.common import Url, parse_target
+from rackfire.cli.common import Json, Url, parse_target
 from rackfire.errors import PrereqError, RackfireError
 from rackfire.model.instance import InstanceKey
 
@@ -45,10 +45,12 @@ def logs(
                                          help="keep printing new lines (Ctrl-C ends)")] = False,
     tail: Annotated[int, typer.Option("-n", "--tail", min=0,
                                       help="the last N lines (of each instance); 0: all")] = 100,
+    json: Json = False,
     url: Url = None,
 ) -> None:
     """Print an instance's console log, or every instance's of a role or stack (each line
-    prefixed with the instance's name)."""
+    prefixed with the instance's name). With --json, one object per line:
+    {"instance": ..., "line": ...}."""
     t = parse_target(target)
     params: dict[str, Any] = {"tail": tail, "follow": str(follow).lower()}
     if t.key is not None:
@@ -57,14 +59,30 @@ def logs(
         path, params["role"] = f"/v1/stacks/{t.stack}/logs", t.role
     else:
         path = f"/v1/stacks/{t.stack}/logs"
+    chunks = _stream(_base_url(url), path, params)
     try:
-        for chunk in _stream(_base_url(url), path, params):
+        for chunk in (_json_lines(chunks, t.key.name if t.key else None) if json else chunks):
             sys.stdout.buffer.write(chunk)
             sys.stdout.buffer.flush()
     except KeyboardInterrupt:
         return  # the way to end a follow: not an error
     except BrokenPipeError:  # `rackfire logs ... | head`
         _quiet_stdout()
+
+
+def _json_lines(chunks: Iterator[bytes], instance: str | None) -> Iterator[bytes]:
+    """Log text as JSON lines; a role's or stack's lines carry `name | ` prefixes."""
+    pending = b""
+    for chunk in chunks:
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for raw in lines:
+            text = raw.decode(errors="replace")
+            name = instance
+            if name is None:
+                prefix, _, text = text.partition(" | ")
+                name = prefix.strip()
+            yield json.dumps({"instance": name, "line": text}).encode() + b"\n"
 
 
 def _stream(base: str, path: str, params: dict[str, Any]) -> Iterator[bytes]:
@@ -111,7 +129,8 @@ def exec_(
     start: dict[str, Any] = {"argv": command, "tty": tty}
     if local_tty:
         size = os.get_terminal_size(sys.stdin.fileno())
-        start |= {"rows": size.lines, "cols": size.columns}
+        if size.lines and size.columns:
+            start |= {"rows": size.lines, "cols": size.columns}
     base = _base_url(url)
     with _connect(base, key) as conn:
         # A refused request is answered and closed at once: its answer is read below.
@@ -188,7 +207,8 @@ def _raw_terminal(conn: ClientConnection) -> Iterator[None]:
     def send_size() -> None:
         with contextlib.suppress(OSError, ConnectionClosed):
             size = os.get_terminal_size(fd)
-            conn.send(json.dumps({"resize": [size.lines, size.columns]}))
+            if size.lines and size.columns:
+                conn.send(json.dumps({"resize": [size.lines, size.columns]}))
 
     def on_winch(_sig: int, _frame: object) -> None:
         # Not from the handler itself: it may interrupt a send holding the connection's lock.

@@ -159,22 +159,21 @@ class Controller:
         """Set a role's cpu, memory, pids or disk: applied live, recorded as desired."""
         if not changes:
             raise PrereqError("nothing to resize", hint="give --cpu, --memory, --disk or --pids")
-        return self._change(stack, role, {"resources": changes}, actor, "resize")
+        return self._change(stack, role, dict(changes), actor, "resize")
 
-    def _change(self, stack: str, role: str, change: dict[str, Any], actor: str,
+    def _change(self, stack: str, role: str, fields: dict[str, Any], actor: str,
                 verb: str) -> tuple[int, Plan]:
+        """`fields`: a role's new `count`, or new resources by name."""
         with self._apply_lock:
             rec = self._record(stack)
-            count = change.get("count")
-            resources = change.get("resources")
-            spec = overrides.with_role(rec.spec, role, count=count, resources=resources)
-            old = rec.spec.role(role)
+            resources = {k: v for k, v in fields.items() if k != "count"}
+            spec = overrides.with_role(rec.spec, role, count=fields.get("count"),
+                                       resources=resources)
             plan = self._plan_change(spec, rec)
-            fields = {"count": count} if count is not None else dict(resources or {})
             generation = self.store.update_spec(spec, rec.generation,
                                                 overrides.overrides_for(role, fields, actor))
-        before = {"count": old.count, **{k: getattr(old.resources, k) for k in fields
-                                        if k != "count"}}
+        old = rec.spec.role(role)
+        before = {k: old.count if k == "count" else getattr(old.resources, k) for k in fields}
         what = ", ".join(f"{k} {_show(k, before[k])} → {_show(k, v)}" for k, v in fields.items())
         self._event(actor, stack, f"{stack}/{role}", verb, what)
         self.queue.add(stack)

@@ -33,7 +33,7 @@ from rackfire.model.stack import Resources, RuntimeKind
 from rackfire.net import links, names
 from rackfire.runtime import mounts, stats
 from rackfire.runtime.base import Capabilities
-from rackfire.runtime.execproc import RuncExecProcess
+from rackfire.runtime.execproc import RuncExecProcess, raw_pty
 from rackfire.runtime.layout import (
     InstanceDir,
     instance_dir,
@@ -111,20 +111,21 @@ class ContainerRuntime:
         if meta is None or not d.disk_image.exists():
             raise NotFound(f"instance {req.key} does not exist on host {self.host}")
         new, old = req.resources, resources_of(meta)
-        grow = mounts.check_grow(d.disk_image, new.disk)  # a shrink is refused here
-        # meta records the size the fs reached: an image larger than that is a grow that
-        # failed half-way (file enlarged, fs not), which resize2fs finishes.
-        grow = grow or (old is not None and old.disk < mounts.disk_size(d.disk_image))
+        # The disk is measured mounted (a stopped instance's stays mounted anyway).
+        mounts.mount_disk(d.disk_image, d.disk)
+        grow = mounts.plan_grow(d.disk_image, d.disk, new.disk,  # a shrink is refused here
+                                old.disk if old is not None else None)
         live = self._state(req.key.id) not in (None, "stopped")
-        if grow and live and not mounts.can_grow_online():
+        if grow is mounts.Grow.RESIZE and live and not mounts.can_grow_online():
             raise PrereqError(
-                f"{req.key}: its disk cannot grow while it runs: this host's root lacks "
-                "CAP_SYS_RESOURCE, which growing a mounted ext4 disk needs",
+                f"{req.key}: its disk cannot grow this far while it runs: past its headroom "
+                "the ext4 filesystem itself must grow, and this host's root lacks "
+                "CAP_SYS_RESOURCE, which growing a mounted ext4 needs",
                 hint="stop the instance and start it again: a stopped disk grows offline")
         if live:  # a stopped one gets the new limits from config.json when it starts
             self._update_limits(req.key, new, old)
-        if grow:
-            self._grow_disk(d, new.disk)
+        if grow is not mounts.Grow.NONE:
+            self._grow_disk(d, new.disk, grow)
         update_meta(d, resources=asdict(new), spec_hash=req.spec_hash,
                     spec_fields=[list(p) for p in req.spec_fields])
 
@@ -189,7 +190,7 @@ class ContainerRuntime:
             return ExecHandle(RuncExecProcess(
                 [*args, "--", key.id, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, start_new_session=True))
-        master, slave = os.openpty()
+        master, slave = raw_pty()
         try:
             proc = RuncExecProcess(
                 [*args, "--tty", "--env", "TERM=xterm", "--", key.id, *argv],
@@ -265,14 +266,19 @@ class ContainerRuntime:
         raise ExecError(f"cannot resize {key} live (its limits are unchanged): {why}",
                         hint=hint)
 
-    def _grow_disk(self, d: InstanceDir, size: int) -> None:
-        if mounts.mounted(d.disk) and mounts.can_grow_online():
-            mounts.grow_online(d.disk_image, d.disk, size)
-            return
-        # Not running (resize checked): nothing uses the disk; _start mounts it again.
-        mounts.unmount(d.rootfs)
-        mounts.unmount(d.disk)
-        mounts.grow_offline(d.disk_image, size)
+    def _grow_disk(self, d: InstanceDir, size: int, grow: mounts.Grow) -> None:
+        if grow is mounts.Grow.RESIZE:
+            if mounts.mounted(d.disk) and mounts.can_grow_online():
+                mounts.grow_online(d.disk_image, d.disk, size)
+            else:
+                # Not running (resize checked): nothing uses the disk; _start mounts it again.
+                mounts.unmount(d.rootfs)
+                mounts.unmount(d.disk)
+                mounts.grow_offline(d.disk_image, size)
+        if mounts.has_headroom(d.disk_image):
+            # Within the (new) ceiling: the reservation is set on the mounted fs, at once.
+            mounts.mount_disk(d.disk_image, d.disk)
+            mounts.grant(d.disk_image, d.disk, size)
 
     def _state(self, cid: str) -> str | None:
         return self._state_pid(cid)[0]

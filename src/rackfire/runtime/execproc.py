@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import tty
 from pathlib import Path
 
 
@@ -52,3 +53,12 @@ class RuncExecProcess(ExecProcess):
                 with contextlib.suppress(OSError, ValueError):
                     pids += [int(p) for p in (task / "children").read_text().split()]
         return pids
+
+
+def raw_pty() -> tuple[int, int]:
+    """(master, slave) of a new pty whose slave is raw from the start: `runc exec -t` makes it
+    raw too, but only once it runs, and what came before (a ^D) would be taken as a line
+    discipline's (echoed as ^@) instead of being passed to the container's own pty."""
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    return master, slave

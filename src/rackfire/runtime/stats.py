@@ -83,9 +83,13 @@ def cgroup_exists(instance_id: str) -> bool:
 # disks and network -------------------------------------------------------------------------
 
 def fs_usage(path: Path) -> tuple[int, int]:
-    """(used, size) in bytes of the filesystem mounted at `path`."""
+    """(used, limit) in bytes of the filesystem mounted at `path`, as its users without
+    CAP_SYS_RESOURCE see it: the limit leaves out what statvfs leaves out of f_bavail, i.e.
+    the reserved blocks (an instance disk's headroom, see runtime/mounts.py) and the few
+    ext4 keeps for itself, so `limit - used` is what can still be written."""
     st = os.statvfs(path)
-    return (st.f_blocks - st.f_bfree) * st.f_frsize, st.f_blocks * st.f_frsize
+    used = st.f_blocks - st.f_bfree
+    return used * st.f_frsize, (st.f_blocks - (st.f_bfree - st.f_bavail)) * st.f_frsize
 
 
 def veth_traffic(host_ifname: str) -> tuple[int | None, int | None]:
