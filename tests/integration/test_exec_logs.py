@@ -106,6 +106,10 @@ def test_exec_runs_in_the_instance_with_its_env_exit_code_and_tty(
     out = server.cli("exec", f"{stack}/web/0", "--", "sh", "-c",
                      "echo to-out; echo to-err >&2; exit 7", check=False)
     assert (out.returncode, out.stdout, out.stderr) == (7, "to-out\n", "to-err\n")
+    [audit] = [e for e in json.loads(server.cli("events", stack, "--json").stdout)
+               if e["action"] == "exec"]
+    assert audit["target"] == f"{stack}/web/0" and "@" in audit["actor"]
+    assert audit["reason"] == "sh -c 'echo to-out; echo to-err >&2; exit 7': exit 7"
 
     # Its environment, hostname and cwd; any of the instance spellings.
     out = server.cli("exec", f"{stack}/web-1", "--", "sh", "-c",

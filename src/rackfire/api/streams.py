@@ -23,6 +23,7 @@ import hmac
 import json
 import logging
 import os
+import shlex
 import signal
 import struct
 import termios
@@ -129,7 +130,12 @@ def add_stream_routes(app: FastAPI, controller: Controller, token: str) -> None:
             await _finish(ws, {"error": ExecError(f"cannot start {start.argv[0]!r}: {e}")
                                .to_dict()})
             return
+        who = ws.headers.get("x-rackfire-actor", "api")
         code = await _ExecSession(ws, handle, start).run()
+        # Who ran what inside an instance is an event: an operator's action, audited.
+        result, why = ("ok", f"exit {code}") if code is not None else ("failed", "client left")
+        await run_in_threadpool(controller.store.add_event, who, key.stack, str(key), "exec",
+                                result, f"{shlex.join(start.argv)}: {why}")
         if code is not None:
             await _finish(ws, {"exit": code})
 

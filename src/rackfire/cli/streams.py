@@ -19,7 +19,7 @@ import typer
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
-from rackfire.api.client import DEFAULT_URL, ApiError, ServerUnreachable, read_token
+from rackfire.api.client import DEFAULT_URL, ApiError, ServerUnreachable, actor, read_token
 from rackfire.cli.common import Json, Url, parse_target
 from rackfire.errors import PrereqError, RackfireError
 from rackfire.model.instance import InstanceKey
@@ -155,7 +155,7 @@ def _connect(base: str, key: InstanceKey) -> ClientConnection:
     ws_url = "ws" + base.removeprefix("http") + f"/v1/instances/{key.id}/exec"
     try:
         # proxy=None: the server is reached directly, whatever *_proxy says.
-        return connect(ws_url, additional_headers={"Authorization": f"Bearer {read_token()}"},
+        return connect(ws_url, additional_headers=_auth(),
                        proxy=None, compression=None, open_timeout=10, max_size=None)
     except InvalidStatus as e:
         raise RackfireError(f"the server refused the exec websocket (HTTP "
@@ -230,7 +230,7 @@ def _base_url(url: str | None) -> str:
 
 
 def _auth() -> dict[str, str]:
-    return {"Authorization": f"Bearer {read_token()}"}
+    return {"Authorization": f"Bearer {read_token()}", "X-Rackfire-Actor": actor()}
 
 
 def _unreachable(base: str, e: Exception) -> ServerUnreachable:
