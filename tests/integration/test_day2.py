@@ -256,8 +256,15 @@ def test_resize_is_live_grows_disks_online_and_refuses_before_any_change(
     assert server.api(f"/v1/stacks/{stack}")["generation"] == generation
     assert int(memory.read_text()) == 96 << 20
 
+    # The file still says 32M of disk: planning it is refused (a disk cannot shrink); with
+    # its disk brought up to date, the plan notes what it would set back.
+    stale = server.cli("plan", "-f", str(file), check=False)
+    assert stale.returncode == 1 and "cannot shrink to 32M" in stale.stderr
+    file.write_text(file.read_text().replace("disk: 32M", "disk: 64M"))
     notes = json.loads(server.cli("plan", "-f", str(file), "--json", check=False).stdout)
-    assert any("resources.memory: the file says 64M" in n for n in notes["notes"])
+    assert any("resources.memory: the file says 64M" in n and "set 96M" in n
+               for n in notes["notes"]), notes
+    assert any("resources.cpu: the file says 0.5" in n for n in notes["notes"])
 
 
 def test_stats_are_measured(server: Server, tmp_path: Path) -> None:
