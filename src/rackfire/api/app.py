@@ -143,8 +143,9 @@ def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Pa
         if operation not in OPERATIONS:
             raise NotFound(f"no operation {operation}", hint=f"use {', '.join(OPERATIONS)}")
         target = Target(stack, body.role, body.index if body.role else None)
-        keys = controller.operate(target, operation, actor)
-        return {"stack": stack, "operation": operation, "instances": [str(k) for k in keys]}
+        generation, keys = controller.operate(target, operation, actor)
+        return {"stack": stack, "operation": operation, "generation": generation,
+                "instances": [str(k) for k in keys]}
 
     @app.get("/v1/stats")
     def stats(stack: str, role: str | None = None, index: int | None = None,

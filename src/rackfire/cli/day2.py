@@ -93,8 +93,8 @@ def _operation(verb: str) -> Callable[..., None]:
         result = client.operate(t.stack, verb, t.role, t.index)
         err.print(f"{verb}: {', '.join(result['instances'])}")
         if not no_wait:
-            generation = int(client.stack(t.stack)["generation"])
-            wait_converged(client, t.stack, generation, len(result["instances"]), timeout)
+            wait_converged(client, t.stack, result["generation"], len(result["instances"]),
+                           timeout)
             output.print_instances(client.instances(t.stack), show_stack=False)
 
     command.__name__ = verb

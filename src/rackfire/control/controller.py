@@ -179,14 +179,17 @@ class Controller:
         self.queue.add(stack)
         return generation, replace(plan, generation=generation)
 
-    def operate(self, target: Target, verb: str, actor: str) -> list[InstanceKey]:
+    def operate(self, target: Target, verb: str, actor: str) -> tuple[int, list[InstanceKey]]:
         """`stop`, `start` or `restart` the instances of a stack, role or one instance.
-        Recorded per instance as desired state: a stopped one stays stopped until started."""
+        Recorded per instance as desired state: a stopped one stays stopped until started.
+        Returns the stack's new generation and the instances."""
         rec = self._record(target.stack)
         keys = [k for k in _desired_keys(rec.spec) if target.matches(k)]
         if not keys:
             raise NotFound(f"{target} matches no instance of stack {target.stack}",
                            hint=f"see `rackfire ps {target.stack}`")
+        if verb not in ("stop", "start", "restart"):
+            raise PrereqError(f"unknown operation {verb}", hint="use stop, start or restart")
         now = self.clock()
         if verb == "stop":
             self.store.set_operator(keys, stopped=True)
@@ -199,11 +202,10 @@ class Controller:
             self.store.set_operator([k for k in keys if k in running], stopped=False)
             self.store.set_operator([k for k in keys if k not in running], stopped=False,
                                     restart_requested=now)
-        else:
-            raise PrereqError(f"unknown operation {verb}")
+        generation = self.store.bump_generation(target.stack)
         self._event(actor, target.stack, str(target), verb, f"{len(keys)} instance(s)")
         self.queue.add(target.stack)
-        return keys
+        return generation, keys
 
     def stats(self, target: Target) -> list[tuple[InstanceView, InstanceStats | None]]:
         self._record(target.stack)

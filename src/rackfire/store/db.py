@@ -254,6 +254,15 @@ class Store:
                  for o in overrides])
             return gen
 
+    def bump_generation(self, name: str) -> int:
+        """A desired-state change outside the spec (an operator's stop, start, restart):
+        a new generation, so that waiting for it waits for a reconcile that saw it."""
+        with self.tx() as db:
+            db.execute("UPDATE stacks SET generation=generation+1, status='pending', "
+                       "message='', updated=? WHERE name=?", (time.time(), name))
+            row = db.execute("SELECT generation FROM stacks WHERE name=?", (name,)).fetchone()
+            return int(row["generation"]) if row else 0
+
     def overrides(self, stack: str) -> list[Override]:
         return [Override(r["role"], r["field"], json.loads(r["value"]), r["actor"], r["time"])
                 for r in self._all("SELECT * FROM overrides WHERE stack=? ORDER BY role, field",
