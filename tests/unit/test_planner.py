@@ -54,7 +54,8 @@ def _facts(case: dict[str, Any]) -> list[InstanceFacts]:
             key=r.key, state=InstanceState(state.split(":")[0]), runtime=r.runtime, host="h",
             ip=r.ip, spec_hash=r.spec_hash, spec_fields=r.spec_fields,
             config_hash=r.config_hash, oom_killed=state.endswith(":oom"),
-            resources=r.resources, started_at=case.get("started_at", 900.0)))
+            resources=r.resources,
+            started_at=case.get("started", {}).get(short, case.get("started_at", 900.0))))
     return facts
 
 
@@ -97,4 +98,4 @@ def test_golden(path: Path) -> None:
 
 
 def test_there_are_golden_cases() -> None:
-    assert len(_cases()) >= 19
+    assert len(_cases()) >= 23

@@ -71,7 +71,10 @@ def test_failures_count_until_a_fresh_start_or_an_operator(tmp_path: Path) -> No
     store.set_operator([k], stopped=False, restart_requested=20.0)
     assert store.statuses("s")[k].control.restart_requested == 20.0
     store.note_restart(k, fresh=False, now=30.0)
-    store.note_restart(k, fresh=True, now=31.0)
+    store.note_restart(k, fresh=True, now=31.0)  # a replace: counted until it starts
+    store.note_started(k, ok=False, now=32.0)
+    assert store.statuses("s")[k].control.failures == (30.0, 32.0)
+    store.note_started(k, ok=True)
     assert store.statuses("s")[k].control.failures == ()
 
 
@@ -84,4 +87,6 @@ def test_events_are_kept_in_order_and_filtered(tmp_path: Path) -> None:
     only_a = store.events("a")
     assert [e.target for e in only_a] == ["a/web", "a/web/1"]
     assert [e.action for e in store.events("a", after=only_a[0].id)] == ["unhealthy"]
-    assert [e.action for e in store.events(limit=1)] == ["unhealthy"]
+    assert [e.action for e in store.events(limit=1)] == ["unhealthy"]  # a tail
+    first = store.events()[0].id
+    assert [e.action for e in store.events(after=first, limit=1)] == ["restart"]  # a page

@@ -30,7 +30,14 @@ from rackfire.model.agent import (
     PublishedPort,
 )
 from rackfire.model.instance import InstanceFacts, InstanceKey, InstanceRequest, NetworkConfig
-from rackfire.model.stack import HealthSpec, ImageSource, ImageSpec, PortMap, RuntimeKind
+from rackfire.model.stack import (
+    DEFAULT_STOP_TIMEOUT,
+    HealthSpec,
+    ImageSource,
+    ImageSpec,
+    PortMap,
+    RuntimeKind,
+)
 from rackfire.net import links
 from rackfire.runtime import stats
 from rackfire.runtime.base import Runtime
@@ -99,10 +106,10 @@ class LocalAgent:
         getattr(runtime, verb)(req, self._image(req), self._hosts(req.key.stack))
         update_meta(self._dir(req.key), action_id=req.action_id)
 
-    def destroy(self, key: InstanceKey, stop_timeout: float = 10.0) -> None:
+    def destroy(self, key: InstanceKey, stop_timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         self._runtime_of(key).destroy(key, stop_timeout)
 
-    def stop(self, key: InstanceKey, stop_timeout: float = 10.0) -> None:
+    def stop(self, key: InstanceKey, stop_timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         self._runtime_of(key).stop(key, stop_timeout)
 
     def resize(self, req: InstanceRequest) -> None:
@@ -110,6 +117,9 @@ class LocalAgent:
             return  # carried out already (as _carry_out dedupes)
         self._runtime_of(req.key).resize(req)
         update_meta(self._dir(req.key), action_id=req.action_id)
+
+    def check_resize(self, req: InstanceRequest) -> None:
+        self._runtime_of(req.key).check_resize(req)
 
     def stats(self, stack: str) -> list[InstanceStats]:
         kinds = {k.value: k for k in self._runtimes}

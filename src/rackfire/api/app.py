@@ -133,6 +133,8 @@ def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Pa
         """Change limits live (no restart) and grow disks online; refused before any
         change if a disk would shrink or the host could not hold it."""
         changes = body.model_dump(exclude_unset=True)
+        if "disk" in changes and changes["disk"] is None:
+            raise PrereqError("disk: a disk cannot be unlimited", hint="give a size, e.g. 2G")
         generation, plan = controller.resize(stack, role, changes, actor)
         return plan.to_json() | {"generation": generation}
 
@@ -142,7 +144,9 @@ def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Pa
         """stop, start or restart the stack's instances (or a role's, or one's)."""
         if operation not in OPERATIONS:
             raise NotFound(f"no operation {operation}", hint=f"use {', '.join(OPERATIONS)}")
-        target = Target(stack, body.role, body.index if body.role else None)
+        if body.index is not None and body.role is None:
+            raise PrereqError("an index needs a role", hint='e.g. {"role": "web", "index": 0}')
+        target = Target(stack, body.role, body.index)
         generation, keys = controller.operate(target, operation, actor)
         return {"stack": stack, "operation": operation, "generation": generation,
                 "instances": [str(k) for k in keys]}
@@ -156,7 +160,8 @@ def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Pa
     @app.get("/v1/events")
     def events(stack: str | None = None, after: int = 0, limit: int = 1000,
                ) -> list[dict[str, Any]]:
-        """What the controller did or was asked to do, oldest first; `after` an event id."""
+        """What the controller did or was asked to do, oldest first: the last `limit`, or
+        with `after` (an event id) the first `limit` after it."""
         return [e.to_json() for e in controller.store.events(stack, after, min(limit, 10000))]
 
     @app.get("/v1/stacks")

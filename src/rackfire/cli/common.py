@@ -51,7 +51,8 @@ def wait_converged(client: Client, stack: str, generation: int, total: int,
             if s["converged"] and s["generation"] == generation:
                 bar.update(task, completed=max(total, 1), description=s["status"])
                 if s["status"] == "degraded":
-                    err.print(f"[yellow]stack {stack} is degraded:[/] {s['message']}")
+                    err.print(f"[yellow]stack {stack} is degraded:[/] ", end="")
+                    err.print(s["message"], markup=False)
                 return
             if s["status"] == "failed":
                 failed = [a for a in ours if a["state"] == "failed"]

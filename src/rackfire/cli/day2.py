@@ -17,6 +17,7 @@ from rackfire.cli.output import err, out, print_json
 from rackfire.errors import PrereqError
 from rackfire.model.units import parse_size
 
+PAGE = 500  # events per request under -f
 NoWait = Annotated[bool, typer.Option("--no-wait", help="return once the change is stored")]
 Target = Annotated[str, typer.Argument(help="STACK, STACK/ROLE or STACK/ROLE/INDEX")]
 
@@ -71,7 +72,7 @@ def resize(
 
 
 def _follow(client: Client, result: dict[str, Any], no_wait: bool, timeout: float) -> None:
-    output.print_plan(result)
+    output.print_plan(result, unchanged="it is already so")
     if not no_wait:
         wait_converged(client, result["stack"], result["generation"], len(result["actions"]),
                        timeout)
@@ -139,10 +140,11 @@ def events(stack: Annotated[str | None, typer.Argument(help="only this stack")] 
     try:
         while True:
             time.sleep(0.5)
-            rows = client.events(stack, after=last)
-            if rows:
+            while rows := client.events(stack, after=last, limit=PAGE):  # every one, in order
                 _print_events(rows, json, header=False)
                 last = rows[-1]["id"]
+                if len(rows) < PAGE:
+                    break
     except KeyboardInterrupt:
         pass
 

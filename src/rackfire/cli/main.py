@@ -278,7 +278,8 @@ def main() -> None:
             sys.exit(e.exit_code)
         if os.environ.get("RACKFIRE_DEBUG"):
             raise
-        err.print(f"[red]internal error:[/] {e.__class__.__name__}: {e}", markup=True)
+        err.print("[red]internal error:[/] ", end="")
+        err.print(f"{e.__class__.__name__}: {e}", markup=False)
         err.print("this is a bug in rackfire; rerun with RACKFIRE_DEBUG=1 for the traceback")
         sys.exit(1)
 

@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rackfire.errors import RackfireError, SpecError
+from rackfire.model.units import format_size_approx
 
 # Not a terminal (a pipe, a test): no width to fit, never cut a cell.
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 400)
@@ -29,13 +30,13 @@ def print_json(data: Any, indent: int | None = 2) -> None:
     sys.stdout.flush()
 
 
-def print_plan(plan: dict[str, Any]) -> None:
+def print_plan(plan: dict[str, Any], unchanged: str = "it matches the file") -> None:
     actions = plan["actions"]
     for note in plan.get("notes", ()):
         err.print("[yellow]note:[/] ", end="")
         err.print(note, markup=False)
     if not actions:
-        out.print(f"stack [bold]{plan['stack']}[/]: no changes; it matches the file.")
+        out.print(Text.assemble("stack ", (plan["stack"], "bold"), f": no changes; {unchanged}."))
         return
     table = Table(box=None, pad_edge=False, show_header=True, header_style="bold")
     for col in ("", "ACTION", "INSTANCE", "REASON"):
@@ -100,12 +101,7 @@ def print_instances(rows: list[dict[str, Any]], show_stack: bool) -> None:
 
 
 def _size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit, power in (("G", 3), ("M", 2), ("K", 1)):
-        if n >= 1024**power:
-            return f"{n / 1024**power:.1f}{unit}"
-    return f"{n}B"
+    return "-" if n is None else format_size_approx(n)
 
 
 def _used_of(used: int | None, limit: int | None) -> str:
@@ -132,19 +128,22 @@ def stats_table(rows: list[dict[str, Any]]) -> Table | Text:
     return table
 
 
+# Fixed widths, so that lines printed batch by batch under `events -f` line up too.
+EVENT_COLUMNS = (("TIME", 19), ("ACTOR", 22), ("TARGET", 28), ("ACTION", 11), ("RESULT", 8))
+
+
 def print_events(rows: list[dict[str, Any]], header: bool) -> None:
-    if not rows:
-        out.print("no events")
-        return
-    table = Table(box=None, pad_edge=False, header_style="bold", show_header=header)
-    for c in ("TIME", "ACTOR", "TARGET", "ACTION", "RESULT", "REASON"):
-        table.add_column(c, no_wrap=c != "REASON")
+    if header:
+        out.print(Text(" ".join(name.ljust(w) for name, w in EVENT_COLUMNS) + " REASON",
+                       style="bold"))
     for r in rows:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["time"]))
+        cells = [when, r["actor"], r["target"], r["action"]]
+        line = Text(" ".join(c.ljust(w) for c, (_, w) in zip(cells, EVENT_COLUMNS, strict=False)))
         style = {"failed": "red", "refused": "yellow"}.get(r["result"], "")
-        table.add_row(when, r["actor"], r["target"], r["action"], Text(r["result"], style),
-                      Text(r["reason"]))
-    out.print(table)
+        line.append(" " + r["result"].ljust(EVENT_COLUMNS[-1][1]), style)
+        line.append(" " + r["reason"])
+        out.print(line)
 
 
 def print_error(e: RackfireError) -> None:

@@ -76,13 +76,17 @@ def _json_lines(chunks: Iterator[bytes], instance: str | None) -> Iterator[bytes
     for chunk in chunks:
         pending += chunk
         *lines, pending = pending.split(b"\n")
-        for raw in lines:
-            text = raw.decode(errors="replace")
-            name = instance
-            if name is None:
-                prefix, _, text = text.partition(" | ")
-                name = prefix.strip()
-            yield json.dumps({"instance": name, "line": text}).encode() + b"\n"
+        yield from (_json_line(raw, instance) for raw in lines)
+    if pending:  # the last line, written without its newline yet
+        yield _json_line(pending, instance)
+
+
+def _json_line(raw: bytes, instance: str | None) -> bytes:
+    text = raw.decode(errors="replace")
+    if instance is None:
+        prefix, _, text = text.partition(" | ")
+        instance = prefix.strip()
+    return json.dumps({"instance": instance, "line": text}).encode() + b"\n"
 
 
 def _stream(base: str, path: str, params: dict[str, Any]) -> Iterator[bytes]:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
 from rackfire.control import capacity, overrides
-from rackfire.control.executor import Executor
+from rackfire.control.executor import CONTROLLER, Executor
 from rackfire.control.health import HealthMonitor, health_of
 from rackfire.control.workqueue import WorkQueue
 from rackfire.errors import NotFound, PrereqError, RackfireError
@@ -30,12 +31,10 @@ from rackfire.model.instance import (
     Target,
 )
 from rackfire.model.stack import HealthSpec, StackSpec
-from rackfire.model.units import format_size
-from rackfire.plan import Plan, plan_stack, render_stack
+from rackfire.model.units import show_value as _show
+from rackfire.plan import ActionKind, Plan, plan_stack, render_stack
 from rackfire.plan.ipam import DEFAULT_POOL, allocate_ip, allocate_subnet, gateway_of
 from rackfire.store import InstanceStatus, StackRecord, Store
-
-CONTROLLER = "controller"  # the actor of what the controller does on its own
 
 log = logging.getLogger("rackfire.controller")
 
@@ -126,8 +125,8 @@ class Controller:
               actor: str = CONTROLLER) -> tuple[int, Plan]:
         """Store the spec as the stack's next generation and start converging.
         Every check runs before the store is touched: if this raises, nothing changed."""
-        with self._apply_lock:  # two new stacks must not both take the same free subnet
-            plan = self.plan(spec)
+        with self._apply_lock, self._audited(actor, spec.name, spec.name, "apply"):
+            plan = self.plan(spec)  # the lock: two new stacks must not take one free subnet
             subnet = self._subnet(self.store.get_stack(spec.name))
             generation = self.store.put_stack(spec, subnet, expected_generation)
         self._event(actor, spec.name, spec.name, "apply", f"generation {generation}, "
@@ -164,7 +163,7 @@ class Controller:
     def _change(self, stack: str, role: str, fields: dict[str, Any], actor: str,
                 verb: str) -> tuple[int, Plan]:
         """`fields`: a role's new `count`, or new resources by name."""
-        with self._apply_lock:
+        with self._apply_lock, self._audited(actor, stack, f"{stack}/{role}", verb):
             rec = self._record(stack)
             resources = {k: v for k, v in fields.items() if k != "count"}
             spec = overrides.with_role(rec.spec, role, count=fields.get("count"),
@@ -183,13 +182,15 @@ class Controller:
         """`stop`, `start` or `restart` the instances of a stack, role or one instance.
         Recorded per instance as desired state: a stopped one stays stopped until started.
         Returns the stack's new generation and the instances."""
-        rec = self._record(target.stack)
-        keys = [k for k in _desired_keys(rec.spec) if target.matches(k)]
-        if not keys:
-            raise NotFound(f"{target} matches no instance of stack {target.stack}",
-                           hint=f"see `rackfire ps {target.stack}`")
-        if verb not in ("stop", "start", "restart"):
-            raise PrereqError(f"unknown operation {verb}", hint="use stop, start or restart")
+        with self._audited(actor, target.stack, str(target), verb):
+            rec = self._record(target.stack)
+            keys = [k for k in _desired_keys(rec.spec) if target.matches(k)]
+            if not keys:
+                raise NotFound(f"{target} matches no instance of stack {target.stack}",
+                               hint=f"see `rackfire ps {target.stack}`")
+            if verb not in ("stop", "start", "restart"):
+                raise PrereqError(f"unknown operation {verb}",
+                                  hint="use stop, start or restart")
         now = self.clock()
         if verb == "stop":
             self.store.set_operator(keys, stopped=True)
@@ -222,11 +223,24 @@ class Controller:
     def _event(self, actor: str, stack: str, target: str, action: str, reason: str) -> None:
         self.store.add_event(actor, stack, target, action, "ok", reason)
 
+    @contextmanager
+    def _audited(self, actor: str, stack: str, target: str, action: str) -> Iterator[None]:
+        """A request refused before any change is an event too: who asked, and why not."""
+        try:
+            yield
+        except RackfireError as e:
+            self.store.add_event(actor, stack, target, action, "refused", e.message)
+            raise
+
     def _plan_change(self, spec: StackSpec, rec: StackRecord | None) -> Plan:
         """Check that `spec` can be applied, then plan it: a refusal changes nothing."""
         self._check_prereqs(spec, rec)
         desired = self._desired(spec, rec, build=False)
-        return self._plan(spec.name, rec.generation if rec else 0, spec, desired)
+        plan = self._plan(spec.name, rec.generation if rec else 0, spec, desired)
+        for action in plan.actions:  # live limits and online growth have limits of their own
+            if action.kind is ActionKind.RESIZE and action.request is not None:
+                self.agent.check_resize(action.request)
+        return plan
 
     def _check_prereqs(self, spec: StackSpec, rec: StackRecord | None = None) -> None:
         taken = {
@@ -305,7 +319,8 @@ class Controller:
         self._publish(rec, desired, observed)
         if outcome.failed:
             self.store.set_stack_status(name, rec.generation, "failed", outcome.failed)
-            self.queue.add(name, delay=5.0)
+            if not outcome.held:  # held: a health change or the resync looks again
+                self.queue.add(name, delay=5.0)
         elif outcome.deferred is not None:
             self.queue.add(name, delay=max(0.1, outcome.deferred - self.clock()))
         else:
@@ -486,8 +501,3 @@ def _address(f: InstanceFacts, ip: str) -> str:
 def _desired_keys(spec: StackSpec) -> list[InstanceKey]:
     return [InstanceKey(spec.name, r.name, i) for r in spec.roles for i in range(r.count)]
 
-
-def _show(field: str, value: Any) -> str:
-    if value is None:
-        return "unlimited"
-    return format_size(int(value)) if field in ("memory", "disk") else f"{value:g}"

@@ -26,11 +26,15 @@ from rackfire.store import ActionRecord, Store
 
 log = logging.getLogger("rackfire.executor")
 PARALLEL = 4
+CONTROLLER = "controller"  # the actor of what the controller does on its own
+# Actions that start a run: health starts over, and the restart policy counts them.
+STARTS = (ActionKind.CREATE, ActionKind.REPLACE, ActionKind.RECONFIGURE, ActionKind.RESTART)
 
 
 @dataclass(slots=True)
 class Outcome:
     failed: str = ""  # why the plan stopped, for the operator
+    held: bool = False  # a rollout waits for an operator: no point retrying soon
     deferred: float | None = None  # a backed-off restart is due then
     released: list[InstanceKey] = field(default_factory=list)  # destroyed for good
 
@@ -84,7 +88,7 @@ class Executor:
                 out.failed = f"{a.kind} {a.key.name} failed: {e}{more}"
                 return out
         if held:
-            out.failed = f"rollout held: {held[0]}"
+            out.failed, out.held = f"rollout held: {held[0]}", True
         return out
 
     def _run_one(self, plan: Plan, action: Action) -> str:
@@ -95,7 +99,11 @@ class Executor:
             created=time.time(), finished=None, error=""))
         log.info("%s %s (%s) [%s]", action.kind, action.key, action.reason, action_id)
         req = replace(action.request, action_id=action_id) if action.request else None
+        starts = action.kind in STARTS
+        fresh = starts and not action.after_failure
         try:
+            if starts:
+                self.store.note_restart(action.key, fresh=fresh)
             if action.kind is ActionKind.DESTROY:
                 self.agent.destroy(action.key, action.stop_timeout)
             elif action.kind is ActionKind.STOP:
@@ -106,17 +114,13 @@ class Executor:
             elif req is None:
                 raise RackfireError(f"{action.kind} without a request")
             elif action.kind is ActionKind.CREATE:
-                self.store.note_restart(action.key, fresh=True)
                 self.agent.create(req)
             elif action.kind is ActionKind.REPLACE:
-                self.store.note_restart(action.key, fresh=True)
-                self.agent.destroy(action.key)
+                self.agent.destroy(action.key, action.stop_timeout)
                 self.agent.create(req)
             elif action.kind is ActionKind.RECONFIGURE:
-                self.store.note_restart(action.key, fresh=True)
                 self.agent.reconfigure(req)
             elif action.kind is ActionKind.RESTART:
-                self.store.note_restart(action.key, fresh=not action.after_failure)
                 self.agent.restart(req)
             elif action.kind is ActionKind.RESIZE:
                 self.agent.resize(req)
@@ -124,12 +128,16 @@ class Executor:
             message = e.message if isinstance(e, RackfireError) else f"{type(e).__name__}: {e}"
             if not isinstance(e, RackfireError):
                 log.exception("%s %s crashed", action.kind, action.key)
+            if fresh:
+                self.store.note_started(action.key, ok=False)  # the next try backs off
             self.store.finish_action(action_id, "failed", message)
-            self.store.add_event("controller", plan.stack, str(action.key), action.kind.value,
+            self.store.add_event(CONTROLLER, plan.stack, str(action.key), action.kind.value,
                                  "failed", f"{action.reason}: {message}")
             return message
+        if fresh:
+            self.store.note_started(action.key, ok=True)
         self.store.finish_action(action_id, "done")
-        self.store.add_event("controller", plan.stack, str(action.key), action.kind.value, "ok",
+        self.store.add_event(CONTROLLER, plan.stack, str(action.key), action.kind.value, "ok",
                              action.reason)
         return ""
 

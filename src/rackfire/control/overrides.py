@@ -9,7 +9,7 @@ from typing import Any
 
 from rackfire.errors import NotFound
 from rackfire.model.stack import StackSpec
-from rackfire.model.units import format_size
+from rackfire.model.units import show_value as _show
 from rackfire.store import Override
 
 
@@ -60,10 +60,4 @@ def _path(field: str) -> str:
     return field if field == "count" else f"resources.{field}"
 
 
-def _show(field: str, value: Any) -> str:
-    if value is None:
-        return "unlimited"
-    if field in ("memory", "disk"):
-        return format_size(int(value))
-    return f"{value:g}" if isinstance(value, float) else str(value)
 

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-from rackfire.model.stack import NAME_PATTERN, Resources, RuntimeKind
+from rackfire.model.stack import DEFAULT_STOP_TIMEOUT, NAME_PATTERN, Resources, RuntimeKind
 
 _NAME = re.compile(NAME_PATTERN)
 
@@ -144,3 +144,4 @@ class InstanceRequest:
     spec_hash: str
     spec_fields: tuple[tuple[str, str], ...]
     config_hash: str
+    stop_timeout: float = DEFAULT_STOP_TIMEOUT  # when it is stopped to restart or reconfigure

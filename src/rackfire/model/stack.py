@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
+DEFAULT_STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL, unless a role says
 NAME_PATTERN = r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$|^[a-z]$"
 """Stack, role and image names: they end up in file, netns, cgroup and container names."""
 
@@ -82,7 +83,7 @@ class RoleSpec:
     uses: tuple[str, ...] = ()
     runtime: RuntimeKind | None = None  # None: the host's best runtime
     restart: RestartPolicy = field(default_factory=RestartPolicy)
-    stop_timeout: float = 10.0  # SIGTERM, then SIGKILL after this long
+    stop_timeout: float = DEFAULT_STOP_TIMEOUT  # SIGTERM, then SIGKILL after this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +135,7 @@ def _role_from_json(r: dict[str, Any]) -> RoleSpec:
         uses=tuple(r.get("uses", ())),
         runtime=RuntimeKind(r["runtime"]) if r.get("runtime") else None,
         restart=RestartPolicy(**r.get("restart", {})),
-        stop_timeout=r.get("stop_timeout", 10.0),
+        stop_timeout=r.get("stop_timeout", DEFAULT_STOP_TIMEOUT),
     )
 
 

@@ -65,6 +65,23 @@ def format_size(n: int) -> str:
     return f"{n}B"
 
 
+def format_size_approx(n: int) -> str:
+    """For measured sizes: `80.3M`, `1.5G`."""
+    for unit, power in (("T", 4), ("G", 3), ("M", 2), ("K", 1)):
+        if n >= 1024**power:
+            return f"{n / 1024**power:.1f}{unit}"
+    return f"{n}B"
+
+
+def show_value(field: str, value: float | int | None) -> str:
+    """A count or resource value as a stack file writes it: `3`, `0.5`, `256M`, `unlimited`."""
+    if value is None:
+        return "unlimited"
+    if field in ("memory", "disk"):
+        return format_size(int(value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def format_duration(seconds: float) -> str:
     """`90` -> `1m30s`, `600` -> `10m`, `2.5` -> `2.5s`."""
     if seconds < 60:

@@ -7,6 +7,7 @@ from enum import StrEnum
 from typing import Any
 
 from rackfire.model.instance import InstanceKey, InstanceRequest
+from rackfire.model.stack import DEFAULT_STOP_TIMEOUT
 
 
 class ActionKind(StrEnum):
@@ -34,7 +35,7 @@ class Action:
     held: str = ""  # why a rolling replace may not go on yet (an earlier one is not healthy)
     rolling: bool = False  # one at a time, each healthy before the next (as replaces are)
     after_failure: bool = False  # a restart that counts towards the restart policy
-    stop_timeout: float = 10.0  # for stop, fail and destroy: SIGTERM, then SIGKILL
+    stop_timeout: float = DEFAULT_STOP_TIMEOUT  # SIGTERM, then SIGKILL after this long
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -20,13 +20,13 @@ from rackfire.model.instance import (
     InstanceRequest,
     InstanceState,
 )
-from rackfire.model.stack import RestartPolicy, RoleSpec, StackSpec
-from rackfire.model.units import format_duration, format_size
+from rackfire.model.stack import DEFAULT_STOP_TIMEOUT, RestartPolicy, RoleSpec, StackSpec
+from rackfire.model.units import format_duration
+from rackfire.model.units import show_value as _show
 from rackfire.plan.actions import EXECUTION_ORDER, Action, ActionKind, Plan
 
 BACKOFF_BASE = 1.0
 BACKOFF_MAX = 60.0
-DEFAULT_STOP_TIMEOUT = 10.0
 WAIT_FOR_STARTING = 1.0  # a rollout behind a starting instance looks again this soon
 
 
@@ -58,11 +58,13 @@ def plan_stack(
     actions: list[Action] = []
 
     for key in sorted(have.keys() - want.keys(), key=lambda k: (k.role, -k.index)):
+        role = roles.get(key.role)
         actions.append(Action(ActionKind.DESTROY, key, _destroy_reason(key, spec),
-                              stop_timeout=_stop_timeout(roles.get(key.role))))
+                              stop_timeout=role.stop_timeout if role else DEFAULT_STOP_TIMEOUT))
 
     for key in sorted(want.keys() - have.keys()):
-        actions.append(Action(ActionKind.CREATE, key, "new instance", want[key]))
+        if not controls.get(key, Control()).stopped:  # stopped by an operator: made on start
+            actions.append(Action(ActionKind.CREATE, key, "new instance", want[key]))
 
     for key in sorted(want.keys() & have.keys()):
         action = _compare(want[key], have[key], roles[key.role], controls.get(key, Control()),
@@ -70,111 +72,127 @@ def plan_stack(
         if action is not None:
             actions.append(action)
 
-    def on_new_spec(keys: Iterable[InstanceKey]) -> dict[str, str]:
-        return {k.role: k.name for k in sorted(keys, reverse=True)
-                if k in want and k in have and have[k].spec_hash == want[k].spec_hash
-                and have[k].state is not InstanceState.PARTIAL
-                and not controls.get(k, Control()).stopped}
+    # A rollout (replaces, an operator's restart) goes one instance at a time: behind one
+    # that is done but failing it is held, behind one done but still starting it waits.
+    def done(k: InstanceKey) -> str:
+        """How `k` is already through the rollout ('' if it is not)."""
+        f, c = have.get(k), controls.get(k, Control())
+        if f is None or k not in want or f.state is InstanceState.PARTIAL or c.stopped:
+            return ""
+        if c.restart_requested is not None and (f.started_at or 0.0) >= c.restart_requested:
+            return "restarted"
+        return "on the new spec" if f.spec_hash == want[k].spec_hash else ""
 
-    stuck = on_new_spec([k for k, f in have.items() if f.state is not InstanceState.RUNNING]
-                        + list(unhealthy))
-    waiting = on_new_spec(starting)
-    actions = [_hold(a, stuck, waiting, now) if a.kind is ActionKind.REPLACE
-               and have[a.key].state is not InstanceState.PARTIAL else a for a in actions]
+    def first_done(keys: Iterable[InstanceKey]) -> dict[str, str]:
+        return {k.role: f"{k.name}, already {done(k)}" for k in sorted(keys, reverse=True)
+                if done(k)}
+
+    stuck = first_done([k for k, f in have.items() if f.state is not InstanceState.RUNNING]
+                       + list(unhealthy))
+    waiting = first_done(starting)
+    actions = [_hold(a, stuck, waiting, now) if a.rolling or (
+        a.kind is ActionKind.REPLACE and have[a.key].state is not InstanceState.PARTIAL)
+        else a for a in actions]
     actions.sort(key=lambda a: EXECUTION_ORDER[a.kind])  # stable: keeps the per-kind order
     return Plan(stack, generation, tuple(actions))
 
 
 def _hold(a: Action, stuck: Mapping[str, str], waiting: Mapping[str, str],
           now: float) -> Action:
-    """A rolling replace behind an instance of the new spec that fails is held; behind one
-    that is still starting, it waits a moment (and is not a failure)."""
+    """A rolling action behind an instance that is done but fails is held; behind one that
+    is still starting, it waits a moment (and is not a failure)."""
     if a.key.role in stuck:
-        return replace(a, held=f"{stuck[a.key.role]}, already on the new spec, is failing")
+        return replace(a, held=f"{stuck[a.key.role]}, is failing")
     if a.key.role in waiting:
-        return replace(a, not_before=now + WAIT_FOR_STARTING)
+        return replace(a, not_before=max(a.not_before or 0.0, now + WAIT_FOR_STARTING))
     return a
 
 
 def _compare(d: InstanceRequest, f: InstanceFacts, role: RoleSpec, c: Control,
              unhealthy: str | None, now: float) -> Action | None:
-    stop_timeout = role.stop_timeout
-    if f.state is InstanceState.PARTIAL:
-        return Action(ActionKind.REPLACE, d.key, "an interrupted create left it half-made",
-                      d)
+    timeout = role.stop_timeout
     if c.stopped:  # kept as it is, new spec included, until an operator starts it
         if f.state is InstanceState.RUNNING:
             return Action(ActionKind.STOP, d.key, "stopped by an operator",
-                          stop_timeout=stop_timeout)
+                          stop_timeout=timeout)
         return None
+    if f.state is InstanceState.PARTIAL:
+        if c.failed:
+            return None
+        # A create that keeps failing backs off and is failed like a crashing instance.
+        return _recover(ActionKind.REPLACE, d, "an interrupted or failed create left it "
+                        "half-made", role.restart, c, now, timeout)
     changed = _changed_fields(d, f)
     if changed and changed != ["resources"]:
-        return Action(ActionKind.REPLACE, d.key, f"{', '.join(changed)} changed", d)
-    if c.failed:  # the policy gave up; a new spec (above) or an operator starts it afresh
+        return Action(ActionKind.REPLACE, d.key, f"{', '.join(changed)} changed", d,
+                      stop_timeout=timeout)
+    if f.config_hash != d.config_hash:
+        # A stopped (or failed) one starts afresh with the new config in the same step.
+        return Action(ActionKind.RECONFIGURE, d.key, "rendered files changed", d,
+                      stop_timeout=timeout)
+    if c.failed:  # the policy gave up; a new spec or config, or an operator, starts it afresh
         if f.state is InstanceState.RUNNING:
-            return Action(ActionKind.STOP, d.key, f"failed: {c.failed}",
-                          stop_timeout=stop_timeout)
+            return Action(ActionKind.STOP, d.key, f"failed: {c.failed}", stop_timeout=timeout)
         return None
     if changed:
         return Action(ActionKind.RESIZE, d.key, _resize_reason(d, f), d)
-    if f.config_hash != d.config_hash:
-        # A stopped one starts with the new config in the same step.
-        return Action(ActionKind.RECONFIGURE, d.key, "rendered files changed", d)
     if c.restart_requested is not None and (f.started_at or 0.0) < c.restart_requested:
-        return Action(ActionKind.RESTART, d.key, "restart requested", d,
-                      rolling=f.state is InstanceState.RUNNING)
+        running = f.state is InstanceState.RUNNING
+        action = Action(ActionKind.RESTART, d.key, "restart requested", d, rolling=running,
+                        stop_timeout=timeout)
+        return replace(action, not_before=_backoff(c, role.restart, now))
     if f.state is InstanceState.STOPPED or unhealthy is not None:
-        return _recover(d, f, role.restart, c, unhealthy, now, stop_timeout)
+        if f.state is InstanceState.STOPPED:
+            why = "OOM-killed" if f.oom_killed else (
+                f"exited with code {f.exit_code}" if f.exit_code is not None else "stopped")
+        else:
+            why = f"unhealthy: {unhealthy}" if unhealthy else "unhealthy"
+        return _recover(ActionKind.RESTART, d, why, role.restart, c, now, timeout)
     return None
 
 
-def _recover(d: InstanceRequest, f: InstanceFacts, policy: RestartPolicy, c: Control,
-             unhealthy: str | None, now: float, stop_timeout: float) -> Action:
-    """Restart a stopped or unhealthy instance after a backoff, or give up on it."""
-    if f.state is InstanceState.STOPPED:
-        why = "OOM-killed" if f.oom_killed else (
-            f"exited with code {f.exit_code}" if f.exit_code is not None else "stopped")
-    else:
-        why = f"unhealthy: {unhealthy}" if unhealthy else "unhealthy"
-    recent = [t for t in c.failures if t > now - policy.window]
+def _recover(kind: ActionKind, d: InstanceRequest, why: str, policy: RestartPolicy,
+             c: Control, now: float, stop_timeout: float) -> Action:
+    """Start a failing instance again after a backoff, or give up on it."""
+    recent = _recent(c, policy, now)
     if len(recent) >= policy.attempts:
         return Action(ActionKind.FAIL, d.key,
                       f"{why}; restarted {len(recent)} times in "
                       f"{format_duration(policy.window)}", stop_timeout=stop_timeout)
-    not_before = None
-    if recent:
-        due = recent[-1] + restart_backoff(len(recent))
-        not_before = due if due > now else None
-    return Action(ActionKind.RESTART, d.key, why, d, not_before, after_failure=True)
+    return Action(kind, d.key, why, d, _backoff(c, policy, now), after_failure=True,
+                  stop_timeout=stop_timeout)
+
+
+def _recent(c: Control, policy: RestartPolicy, now: float) -> list[float]:
+    return [t for t in c.failures if t > now - policy.window]
+
+
+def _backoff(c: Control, policy: RestartPolicy, now: float) -> float | None:
+    """When the next start may run: after `restart_backoff` since the last failure."""
+    recent = _recent(c, policy, now)
+    if not recent:
+        return None
+    due = recent[-1] + restart_backoff(len(recent))
+    return due if due > now else None
 
 
 def _changed_fields(d: InstanceRequest, f: InstanceFacts) -> list[str]:
     if f.spec_hash == d.spec_hash:
         return []
     was = dict(f.spec_fields)
-    changed = [name for name, h in d.spec_fields if was.get(name) != h]
-    if changed == ["resources"] and f.resources is None:
-        return ["spec"]  # what it runs with is unknown: start afresh
-    return changed or ["spec"]
+    return [name for name, h in d.spec_fields if was.get(name) != h] or ["spec"]
 
 
 def _resize_reason(d: InstanceRequest, f: InstanceFacts) -> str:
     old, new = f.resources, d.resources
-    assert old is not None  # _changed_fields says "spec" otherwise
+    if old is None:  # made before rackfire recorded resources: the agent applies them all
+        return "resources changed"
     parts = [f"{name} {_show(name, getattr(old, name))} → {_show(name, getattr(new, name))}"
              for name in ("cpu", "memory", "disk", "pids")
              if getattr(old, name) != getattr(new, name)]
     return ", ".join(parts) or "resources changed"
 
 
-def _show(name: str, value: float | int | None) -> str:
-    if value is None:
-        return "unlimited"
-    return format_size(int(value)) if name in ("memory", "disk") else f"{value:g}"
-
-
-def _stop_timeout(role: RoleSpec | None) -> float:
-    return role.stop_timeout if role else DEFAULT_STOP_TIMEOUT
 
 
 def _destroy_reason(key: InstanceKey, spec: StackSpec | None) -> str:

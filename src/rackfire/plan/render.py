@@ -78,6 +78,7 @@ def render_stack(
                 spec_hash=digest(fields),
                 spec_fields=tuple(sorted(fields.items())),
                 config_hash=digest(files),
+                stop_timeout=role.stop_timeout,
             )
             out.append(request)
     return out

@@ -9,7 +9,7 @@ from typing import Protocol
 from rackfire.images.store import ImageInfo
 from rackfire.model.agent import ExecHandle, InstanceStats
 from rackfire.model.instance import InstanceFacts, InstanceKey, InstanceRequest
-from rackfire.model.stack import RuntimeKind
+from rackfire.model.stack import DEFAULT_STOP_TIMEOUT, RuntimeKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,15 +32,18 @@ class Runtime(Protocol):
     def restart(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path) -> None:
         """Start a stopped instance again on its own disk."""
 
-    def destroy(self, key: InstanceKey, stop_timeout: float = 10.0) -> None:
+    def destroy(self, key: InstanceKey, stop_timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         """Stop it gracefully, then remove every part; missing parts are fine."""
 
-    def stop(self, key: InstanceKey, stop_timeout: float = 10.0) -> None:
+    def stop(self, key: InstanceKey, stop_timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         """SIGTERM, SIGKILL after `stop_timeout`; keeps its disk, config and IP."""
 
     def resize(self, req: InstanceRequest) -> None:
         """Apply `req.resources` live (cpu, memory, pids; grow the disk online) and record
         `req`'s spec hash. Raises before any change if the disk would shrink."""
+
+    def check_resize(self, req: InstanceRequest) -> object:
+        """Raise PrereqError, before any change, if `resize(req)` could not be done live."""
 
     def stats(self, keys: list[InstanceKey]) -> list[InstanceStats]:
         """Measured usage of each of `keys` that exists."""

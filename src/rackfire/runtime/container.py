@@ -29,7 +29,8 @@ from rackfire.model.instance import (
     InstanceRequest,
     InstanceState,
 )
-from rackfire.model.stack import Resources, RuntimeKind
+from rackfire.model.stack import DEFAULT_STOP_TIMEOUT, Resources, RuntimeKind
+from rackfire.model.units import format_size_approx
 from rackfire.net import links, names
 from rackfire.runtime import mounts, stats
 from rackfire.runtime.base import Capabilities
@@ -49,7 +50,6 @@ from rackfire.runtime.oci import CPU_PERIOD, oci_config
 
 RUNC_ROOT = Path("/run/rackfire/runc")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-STOP_TIMEOUT = 10.0
 
 
 class ContainerRuntime:
@@ -79,7 +79,7 @@ class ContainerRuntime:
     def reconfigure(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path) -> None:
         check_paths(req.files, image)
         d = instance_dir(self.base, req.key)
-        self._stop(req.key)
+        self._stop(req.key, req.stop_timeout)
         mounts.unmount(d.rootfs)  # the lower layer may not change under a mounted overlay
         mounts.mount_disk(d.disk_image, d.disk)
         # The config layer holds nothing else: it is written anew.
@@ -89,10 +89,10 @@ class ContainerRuntime:
         self._start(d, req, image, hosts_file)
 
     def restart(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path) -> None:
-        self._stop(req.key)
+        self._stop(req.key, req.stop_timeout)
         self._start(instance_dir(self.base, req.key), req, image, hosts_file)
 
-    def destroy(self, key: InstanceKey, stop_timeout: float = STOP_TIMEOUT) -> None:
+    def destroy(self, key: InstanceKey, stop_timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         d = instance_dir(self.base, key)
         self._stop(key, timeout=stop_timeout)
         mounts.unmount(d.rootfs)
@@ -100,12 +100,14 @@ class ContainerRuntime:
         links.detach_instance(key.id)
         shutil.rmtree(d.root, ignore_errors=True)
 
-    def stop(self, key: InstanceKey, stop_timeout: float = STOP_TIMEOUT) -> None:
+    def stop(self, key: InstanceKey, stop_timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         # Only the container (and its cgroup) goes: disk, overlay, config layer and netns
         # stay, so restart() starts it again on the same data and IP.
         self._stop(key, timeout=stop_timeout)
 
-    def resize(self, req: InstanceRequest) -> None:
+    def check_resize(self, req: InstanceRequest) -> mounts.Grow:
+        """Refuse, before any change, a resize this instance cannot take live; else say how
+        its disk would grow."""
         d = instance_dir(self.base, req.key)
         meta = read_meta(d)
         if meta is None or not d.disk_image.exists():
@@ -115,13 +117,27 @@ class ContainerRuntime:
         mounts.mount_disk(d.disk_image, d.disk)
         grow = mounts.plan_grow(d.disk_image, d.disk, new.disk,  # a shrink is refused here
                                 old.disk if old is not None else None)
-        live = self._state(req.key.id) not in (None, "stopped")
-        if grow is mounts.Grow.RESIZE and live and not mounts.can_grow_online():
+        if self._state(req.key.id) in (None, "stopped"):
+            return grow
+        if grow is mounts.Grow.RESIZE and not mounts.can_grow_online():
             raise PrereqError(
                 f"{req.key}: its disk cannot grow this far while it runs: past its headroom "
                 "the ext4 filesystem itself must grow, and this host's root lacks "
                 "CAP_SYS_RESOURCE, which growing a mounted ext4 needs",
                 hint="stop the instance and start it again: a stopped disk grows offline")
+        used, _ = stats.cgroup_memory(req.key.id)
+        if new.memory is not None and used is not None and used > new.memory:
+            raise PrereqError(
+                f"{req.key} uses {format_size_approx(used)} of memory now: a "
+                f"{format_size_approx(new.memory)} limit would not hold (there is no swap)",
+                hint="choose a larger limit, or restart the instance with the smaller one")
+        return grow
+
+    def resize(self, req: InstanceRequest) -> None:
+        grow = self.check_resize(req)
+        d = instance_dir(self.base, req.key)
+        new, old = req.resources, resources_of(read_meta(d) or {})
+        live = self._state(req.key.id) not in (None, "stopped")
         if live:  # a stopped one gets the new limits from config.json when it starts
             self._update_limits(req.key, new, old)
         if grow is not mounts.Grow.NONE:
@@ -230,7 +246,7 @@ class ContainerRuntime:
                             hint=f"see {d.log}")
         update_meta(d, started_at=time.time())
 
-    def _stop(self, key: InstanceKey, timeout: float = STOP_TIMEOUT) -> None:
+    def _stop(self, key: InstanceKey, timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         """SIGTERM, then SIGKILL after `timeout`; then remove the container (and cgroup)."""
         state, pid = self._state_pid(key.id)
         if state is None:

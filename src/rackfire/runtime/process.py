@@ -21,7 +21,7 @@ from rackfire.errors import ExecError, NotFound, PrereqError
 from rackfire.images.store import ImageInfo
 from rackfire.model.agent import ExecHandle, InstanceStats
 from rackfire.model.instance import InstanceFacts, InstanceKey, InstanceRequest, InstanceState
-from rackfire.model.stack import RuntimeKind
+from rackfire.model.stack import DEFAULT_STOP_TIMEOUT, RuntimeKind
 from rackfire.runtime import stats
 from rackfire.runtime.base import Capabilities
 from rackfire.runtime.execproc import ExecProcess
@@ -36,8 +36,6 @@ from rackfire.runtime.layout import (
     write_config_layer,
     write_meta,
 )
-
-STOP_TIMEOUT = 10.0
 
 
 class ProcessRuntime:
@@ -62,23 +60,26 @@ class ProcessRuntime:
 
     def reconfigure(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path) -> None:
         d = instance_dir(self.base, req.key)
-        self._stop(d)
+        self._stop(d, req.stop_timeout)
         # Its working dir holds its data too: swap only the rendered files.
         swap_config(d, d.workdir, req, replace_all=False)
         self._start(d, req)
 
     def restart(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path) -> None:
         d = instance_dir(self.base, req.key)
-        self._stop(d)
+        self._stop(d, req.stop_timeout)
         self._start(d, req)
 
-    def destroy(self, key: InstanceKey, stop_timeout: float = STOP_TIMEOUT) -> None:
+    def destroy(self, key: InstanceKey, stop_timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         d = instance_dir(self.base, key)
         self._stop(d, timeout=stop_timeout)
         shutil.rmtree(d.root, ignore_errors=True)
 
-    def stop(self, key: InstanceKey, stop_timeout: float = STOP_TIMEOUT) -> None:
+    def stop(self, key: InstanceKey, stop_timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         self._stop(instance_dir(self.base, key), timeout=stop_timeout)
+
+    def check_resize(self, req: InstanceRequest) -> None:
+        """Nothing to refuse: a process instance has no limits or disk of its own."""
 
     def resize(self, req: InstanceRequest) -> None:
         # Not isolated: no limit to apply. Recorded, so observe() shows what was asked.
@@ -187,7 +188,7 @@ class ProcessRuntime:
         update_meta(d, pid=proc.pid, pid_start=_start_time(proc.pid), started_at=time.time(),
                     exit_code=None)
 
-    def _stop(self, d: InstanceDir, timeout: float = STOP_TIMEOUT) -> None:
+    def _stop(self, d: InstanceDir, timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         meta = read_meta(d) or {}
         pid, _ = self._poll(meta.get("pid"), meta.get("pid_start"))
         if not pid:

@@ -378,17 +378,29 @@ class Store:
 
     def note_restart(self, key: InstanceKey, fresh: bool, now: float | None = None) -> None:
         """A new run starts. After a failure (`fresh` False) it counts towards the restart
-        policy; a create, replace or an operator's start is a fresh start that clears it."""
+        policy; a fresh one (create, replace, reconfigure, an operator's start) clears
+        `failed`, and its failures once it has started (`note_started`)."""
         now = time.time() if now is None else now
         with self.tx() as db:
             row = self._status_row(db, key)
-            failures = [] if fresh else [*json.loads(row["failures"]), now][-100:]
+            failures = json.loads(row["failures"]) if fresh else \
+                [*json.loads(row["failures"]), now][-100:]
             db.execute(
                 "UPDATE instance_status SET health='starting', run=NULL, fails=0, message='', "
                 "restarts=restarts+?, last_restart=?, failures=?, failed=CASE WHEN ? THEN '' "
                 "ELSE failed END WHERE stack=? AND role=? AND idx=?",
                 (0 if fresh else 1, now, json.dumps(failures), fresh, key.stack, key.role,
                  key.index))
+
+    def note_started(self, key: InstanceKey, ok: bool, now: float | None = None) -> None:
+        """How a fresh start went: started clears its failures; one that could not even
+        start counts as a failure, so the next try backs off (and the policy may fail it)."""
+        now = time.time() if now is None else now
+        with self.tx() as db:
+            row = self._status_row(db, key)
+            failures = [] if ok else [*json.loads(row["failures"]), now][-100:]
+            db.execute("UPDATE instance_status SET failures=? WHERE stack=? AND role=? "
+                       "AND idx=?", (json.dumps(failures), key.stack, key.role, key.index))
 
     def set_failed(self, key: InstanceKey, reason: str) -> None:
         with self.tx() as db:
@@ -432,13 +444,15 @@ class Store:
 
     def events(self, stack: str | None = None, after: int = 0, limit: int = 1000,
                ) -> list[Event]:
-        """Events with an id above `after`, oldest first; the last `limit` of them."""
+        """Events oldest first: with `after` (an event id) the first `limit` after it, to
+        page forward; without, the last `limit` (a tail)."""
         where, args = "id > ?", list[Any]([after])
         if stack is not None:
             where += " AND stack = ?"
             args.append(stack)
+        order = "ASC" if after else "DESC"
         rows = self._all(f"SELECT * FROM (SELECT * FROM events WHERE {where} "  # noqa: S608
-                         "ORDER BY id DESC LIMIT ?) ORDER BY id", *args, limit)
+                         f"ORDER BY id {order} LIMIT ?) ORDER BY id", *args, limit)
         return [Event(**dict(r)) for r in rows]
 
 
