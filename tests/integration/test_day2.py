@@ -255,6 +255,10 @@ def test_resize_is_live_grows_disks_online_and_refuses_before_any_change(
     assert huge.returncode == 1 and "cannot hold" in huge.stderr, huge.stderr
     assert server.api(f"/v1/stacks/{stack}")["generation"] == generation
     assert int(memory.read_text()) == 96 << 20
+    refused = [e for e in json.loads(server.cli("events", stack, "--json").stdout)
+               if e["result"] == "refused"]
+    assert [e["action"] for e in refused] == ["resize", "resize"]
+    assert "cannot shrink" in refused[0]["reason"] and "cannot hold" in refused[1]["reason"]
 
     # The file still says 32M of disk: planning it is refused (a disk cannot shrink); with
     # its disk brought up to date, the plan notes what it would set back.
