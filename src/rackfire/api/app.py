@@ -24,7 +24,7 @@ from rackfire.model.agent import InstanceStats
 from rackfire.model.instance import Target
 from rackfire.model.stack import ImageSource, ImageSpec
 from rackfire.spec import load_stack_text, stack_json_schema
-from rackfire.spec.schema import Disk, Memory
+from rackfire.spec.schema import ResourcesModel
 
 MAX_UPLOAD = 8 << 30
 
@@ -48,15 +48,6 @@ class ImageBuild(BaseModel):
 
 class Scale(BaseModel):
     count: int = Field(ge=0, le=1000)
-
-
-class Resize(BaseModel):
-    """Only the fields given change. Sizes take units (256M, 2G)."""
-
-    cpu: float | None = Field(None, gt=0, le=256, description="cores")
-    memory: Memory | None = None
-    disk: Disk | None = None
-    pids: int | None = Field(None, ge=1)
 
 
 class Selector(BaseModel):
@@ -129,9 +120,11 @@ def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Pa
         return plan.to_json() | {"generation": generation}
 
     @app.post("/v1/stacks/{stack}/roles/{role}/resize")
-    def resize(stack: str, role: str, body: Resize, actor: str = ACTOR) -> dict[str, Any]:
+    def resize(stack: str, role: str, body: ResourcesModel,
+               actor: str = ACTOR) -> dict[str, Any]:
         """Change limits live (no restart) and grow disks online; refused before any
-        change if a disk would shrink or the host could not hold it."""
+        change if a disk would shrink or the host could not hold it. Only the fields given
+        change, as a stack file writes them (sizes take units: 256M, 2G)."""
         changes = body.model_dump(exclude_unset=True)
         if "disk" in changes and changes["disk"] is None:
             raise PrereqError("disk: a disk cannot be unlimited", hint="give a size, e.g. 2G")

@@ -193,12 +193,11 @@ def _receive(conn: ClientConnection) -> int:
 
 def _forward_stdin(conn: ClientConnection) -> None:
     fd = sys.stdin.fileno()
-    try:
+    # The command ending, or the connection, ends the copy: nothing more to send.
+    with contextlib.suppress(OSError, ConnectionClosed):
         while data := os.read(fd, 1 << 16):
             conn.send(data)
         conn.send(json.dumps({"eof": True}))
-    except (OSError, ConnectionClosed):
-        pass  # the command ended, or the connection did: nothing more to send
 
 
 @contextlib.contextmanager

@@ -34,7 +34,7 @@ from rackfire.model.units import format_size_approx
 from rackfire.net import links, names
 from rackfire.runtime import mounts, stats
 from rackfire.runtime.base import Capabilities
-from rackfire.runtime.execproc import RuncExecProcess, raw_pty
+from rackfire.runtime.execproc import RuncExecProcess, start_on_pty
 from rackfire.runtime.layout import (
     InstanceDir,
     instance_dir,
@@ -206,17 +206,9 @@ class ContainerRuntime:
             return ExecHandle(RuncExecProcess(
                 [*args, "--", key.id, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, start_new_session=True))
-        master, slave = raw_pty()
-        try:
-            proc = RuncExecProcess(
-                [*args, "--tty", "--env", "TERM=xterm", "--", key.id, *argv],
-                stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
-        except BaseException:
-            os.close(master)
-            raise
-        finally:
-            os.close(slave)
-        return ExecHandle(proc, master)
+        return start_on_pty(lambda pty: RuncExecProcess(
+            [*args, "--tty", "--env", "TERM=xterm", "--", key.id, *argv],
+            stdin=pty, stdout=pty, stderr=pty, start_new_session=True), raw=True)
 
     # parts ------------------------------------------------------------------------------
 

@@ -13,7 +13,10 @@ import os
 import signal
 import subprocess
 import tty
+from collections.abc import Callable
 from pathlib import Path
+
+from rackfire.model.agent import ExecHandle
 
 
 class ExecProcess(subprocess.Popen[bytes]):
@@ -55,10 +58,19 @@ class RuncExecProcess(ExecProcess):
         return pids
 
 
-def raw_pty() -> tuple[int, int]:
-    """(master, slave) of a new pty whose slave is raw from the start: `runc exec -t` makes it
-    raw too, but only once it runs, and what came before (a ^D) would be taken as a line
-    discipline's (echoed as ^@) instead of being passed to the container's own pty."""
+def start_on_pty(start: Callable[[int], ExecProcess], *, raw: bool = False) -> ExecHandle:
+    """`start(slave)` with a new pty's slave as its stdio; the handle keeps the master. `raw`
+    makes the slave raw from the start: `runc exec -t` makes it raw too, but only once it
+    runs, and what came before (a ^D) would be taken as a line discipline's (echoed as ^@)
+    instead of being passed to the container's own pty."""
     master, slave = os.openpty()
-    tty.setraw(slave)
-    return master, slave
+    try:
+        if raw:
+            tty.setraw(slave)
+        proc = start(slave)
+    except BaseException:
+        os.close(master)
+        raise
+    finally:
+        os.close(slave)
+    return ExecHandle(proc, master)

@@ -24,7 +24,7 @@ from rackfire.model.instance import InstanceFacts, InstanceKey, InstanceRequest,
 from rackfire.model.stack import DEFAULT_STOP_TIMEOUT, RuntimeKind
 from rackfire.runtime import stats
 from rackfire.runtime.base import Capabilities
-from rackfire.runtime.execproc import ExecProcess
+from rackfire.runtime.execproc import ExecProcess, start_on_pty
 from rackfire.runtime.layout import (
     InstanceDir,
     instance_dir,
@@ -155,18 +155,11 @@ class ProcessRuntime:
             except OSError as e:
                 raise ExecError(f"cannot run {argv[0]!r} in {key}: {e.strerror or e}") from None
         env.setdefault("TERM", "xterm")
-        master, slave = os.openpty()
-        try:
-            # setsid -c: a new session whose controlling terminal is the pty, for job
-            # control and Ctrl-C (Popen cannot make one without a preexec_fn).
-            proc = ExecProcess(["setsid", "--ctty", "--wait", *argv], cwd=d.workdir, env=env,
-                               stdin=slave, stdout=slave, stderr=slave)
-        except BaseException:
-            os.close(master)
-            raise
-        finally:
-            os.close(slave)
-        return ExecHandle(proc, master)
+        # setsid -c: a new session whose controlling terminal is the pty, for job control and
+        # Ctrl-C (Popen cannot make one without a preexec_fn).
+        return start_on_pty(lambda pty: ExecProcess(
+            ["setsid", "--ctty", "--wait", *argv], cwd=d.workdir, env=env, stdin=pty,
+            stdout=pty, stderr=pty))
 
     def _start(self, d: InstanceDir, req: InstanceRequest) -> None:
         env = {
