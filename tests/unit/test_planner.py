@@ -47,13 +47,14 @@ def _facts(case: dict[str, Any]) -> list[InstanceFacts]:
     facts = []
     for r in reqs:
         short = f"{r.key.role}/{r.key.index}"
-        state = states.get(short, "running")
+        state = states.get(short, "missing" if r.surge else "running")
         if state == "missing":
             continue
         facts.append(InstanceFacts(
             key=r.key, state=InstanceState(state.split(":")[0]), runtime=r.runtime, host="h",
             ip=r.ip, spec_hash=r.spec_hash, spec_fields=r.spec_fields,
-            config_hash=r.config_hash, oom_killed=state.endswith(":oom"),
+            config_hash=r.config_hash, files_layout=r.files_layout,
+            oom_killed=state.endswith(":oom"),
             resources=r.resources,
             started_at=case.get("started", {}).get(short, case.get("started_at", 900.0))))
     return facts
@@ -92,6 +93,7 @@ def test_golden(path: Path) -> None:
         [a.kind.value, f"{a.key.role}/{a.key.index}", a.reason]
         + ([a.not_before] if a.not_before is not None else [])
         + ([f"held: {a.held}"] if a.held else [])
+        + ([f"batch {a.batch}"] if a.batch != 1 else [])
         for a in plan.actions
     ]
     assert actual == case["expected"], yaml.safe_dump({"expected": actual})

@@ -6,7 +6,14 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-from rackfire.model.stack import DEFAULT_STOP_TIMEOUT, NAME_PATTERN, Resources, RuntimeKind
+from rackfire.model.stack import (
+    DEFAULT_STOP_TIMEOUT,
+    NAME_PATTERN,
+    DataDisk,
+    ReloadSpec,
+    Resources,
+    RuntimeKind,
+)
 
 _NAME = re.compile(NAME_PATTERN)
 
@@ -105,6 +112,7 @@ class InstanceFacts:
     exit_code: int | None = None
     oom_killed: bool = False
     resources: Resources | None = None  # as it runs now (a live resize changes them)
+    files_layout: str = ""  # digest of the rendered files' paths: a reload cannot add one
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,3 +153,8 @@ class InstanceRequest:
     spec_fields: tuple[tuple[str, str], ...]
     config_hash: str
     stop_timeout: float = DEFAULT_STOP_TIMEOUT  # when it is stopped to restart or reconfigure
+    app_digest: str = ""  # the release layer (the pushed app), between config and image
+    data: DataDisk | None = None  # its own data disk, kept across replaces
+    reload: ReloadSpec | None = None  # how new files reach it without a restart
+    files_layout: str = ""  # digest of the files' paths (and hostname)
+    surge: bool = False  # an extra instance while the role rolls to a new release

@@ -70,6 +70,44 @@ class RestartPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class UpdatePolicy:
+    """How a new release rolls out: at most `max_unavailable` instances of the role's count
+    out of service and `max_surge` extra ones at a time; each new instance must pass its
+    check within `health_timeout`, or the release is rolled back."""
+
+    max_unavailable: int = 1
+    max_surge: int = 1
+    health_timeout: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadSpec:
+    """How an appliance re-reads its rendered files without a restart: a signal to its main
+    process, or a command run inside it."""
+
+    signal: str | None = None  # "HUP", "USR2", ...
+    exec: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DataDisk:
+    """A disk of its own for an instance's data, mounted at `path`: kept when the instance
+    is replaced, restarted or scaled away, deleted only with its stack (unless kept)."""
+
+    path: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class AppSource:
+    """The application pushed into a role: a source dir, uploaded as a content-addressed
+    tree (`digest`), built into a release layer with its Python dependencies."""
+
+    path: str  # as the stack file or `push` named it, for people
+    digest: str = ""  # sha256 of the uploaded tree; "" until the CLI uploads it
+
+
+@dataclass(frozen=True, slots=True)
 class RoleSpec:
     name: str
     image: str
@@ -84,6 +122,22 @@ class RoleSpec:
     runtime: RuntimeKind | None = None  # None: the host's best runtime
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     stop_timeout: float = DEFAULT_STOP_TIMEOUT  # SIGTERM, then SIGKILL after this long
+    app: AppSource | None = None
+    update: UpdatePolicy = field(default_factory=UpdatePolicy)
+    reload: ReloadSpec | None = None
+    data: DataDisk | None = None
+    image_digest: str = ""  # pinned by a rollback to a release built on an older image
+
+    def uses_closure(self, roles: dict[str, RoleSpec]) -> set[str]:
+        """Every role this one uses, directly or through others."""
+        seen: set[str] = set()
+        todo = list(self.uses)
+        while todo:
+            name = todo.pop()
+            if name not in seen and name in roles:
+                seen.add(name)
+                todo.extend(roles[name].uses)
+        return seen
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +190,16 @@ def _role_from_json(r: dict[str, Any]) -> RoleSpec:
         runtime=RuntimeKind(r["runtime"]) if r.get("runtime") else None,
         restart=RestartPolicy(**r.get("restart", {})),
         stop_timeout=r.get("stop_timeout", DEFAULT_STOP_TIMEOUT),
+        app=AppSource(**r["app"]) if r.get("app") else None,
+        update=UpdatePolicy(**r.get("update", {})),
+        reload=_reload_from_json(r["reload"]) if r.get("reload") else None,
+        data=DataDisk(**r["data"]) if r.get("data") else None,
+        image_digest=r.get("image_digest", ""),
     )
+
+
+def _reload_from_json(r: dict[str, Any]) -> ReloadSpec:
+    return ReloadSpec(signal=r.get("signal"), exec=tuple(r["exec"]) if r.get("exec") else None)
 
 
 def _health_from_json(h: dict[str, Any]) -> HealthSpec:

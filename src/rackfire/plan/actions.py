@@ -17,6 +17,7 @@ class ActionKind(StrEnum):
     CREATE = "create"
     RESTART = "restart"  # start it again on its own disk (stopped, unhealthy, or asked)
     RESIZE = "resize"  # new cpu/memory/pids limits live, a disk grown online
+    RELOAD = "reload"  # new file contents in place, then the appliance's reload: no restart
     RECONFIGURE = "reconfigure"  # new config layer, same disk, same IP
     REPLACE = "replace"  # a fresh instance in its place, one at a time
 
@@ -36,6 +37,8 @@ class Action:
     rolling: bool = False  # one at a time, each healthy before the next (as replaces are)
     after_failure: bool = False  # a restart that counts towards the restart policy
     stop_timeout: float = DEFAULT_STOP_TIMEOUT  # SIGTERM, then SIGKILL after this long
+    batch: int = 1  # rolling actions of one role that may be out of service together
+    health_timeout: float | None = None  # a rolling one must pass its check this soon
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -47,6 +50,7 @@ class Action:
             "not_before": self.not_before,
             "held": self.held,
             "rolling": self.rolling or self.kind is ActionKind.REPLACE,
+            "batch": self.batch,
         }
 
 

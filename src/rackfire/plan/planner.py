@@ -52,10 +52,27 @@ def plan_stack(
     that fails (held: a bad release stops at its first instance and stays stopped), and
     waits for one that is still starting."""
     unhealthy = unhealthy or {}
-    want = {d.key: d for d in desired}
+    want = {d.key: d for d in desired if not d.surge}
     have = {f.key: f for f in observed if f.key.stack == stack}
     roles = {r.name: r for r in spec.roles} if spec else {}
     actions: list[Action] = []
+
+    for key in sorted(want.keys() & have.keys()):
+        action = _compare(want[key], have[key], roles[key.role], controls.get(key, Control()),
+                          unhealthy.get(key), now)
+        if action is not None:
+            actions.append(action)
+    # While a role rolls to a new spec, its surge instances run that spec beside the old.
+    rolling_roles = {a.key.role for a in actions
+                     if a.kind is ActionKind.REPLACE and have[a.key].state
+                     is not InstanceState.PARTIAL}
+    surge = {d.key: d for d in desired if d.surge and d.key.role in rolling_roles}
+    want |= surge
+    for key in sorted(surge.keys() & have.keys()):
+        action = _compare(surge[key], have[key], roles[key.role], Control(), unhealthy.get(key),
+                          now)
+        if action is not None:
+            actions.append(replace(action, reason=f"surge instance: {action.reason}"))
 
     for key in sorted(have.keys() - want.keys(), key=lambda k: (k.role, -k.index)):
         role = roles.get(key.role)
@@ -63,17 +80,14 @@ def plan_stack(
                               stop_timeout=role.stop_timeout if role else DEFAULT_STOP_TIMEOUT))
 
     for key in sorted(want.keys() - have.keys()):
-        if not controls.get(key, Control()).stopped:  # stopped by an operator: made on start
+        if key in surge:
+            actions.append(Action(ActionKind.CREATE, key, "surge instance for the rollout",
+                                  surge[key], rolling=True))
+        elif not controls.get(key, Control()).stopped:  # stopped by an operator: on start
             actions.append(Action(ActionKind.CREATE, key, "new instance", want[key]))
 
-    for key in sorted(want.keys() & have.keys()):
-        action = _compare(want[key], have[key], roles[key.role], controls.get(key, Control()),
-                          unhealthy.get(key), now)
-        if action is not None:
-            actions.append(action)
-
-    # A rollout (replaces, an operator's restart) goes one instance at a time: behind one
-    # that is done but failing it is held, behind one done but still starting it waits.
+    # A rollout (replaces, an operator's restart) goes a batch at a time: behind one that is
+    # done but failing it is held, behind one done but still starting it waits.
     def done(k: InstanceKey) -> str:
         """How `k` is already through the rollout ('' if it is not)."""
         f, c = have.get(k), controls.get(k, Control())
@@ -90,22 +104,49 @@ def plan_stack(
     stuck = first_done([k for k, f in have.items() if f.state is not InstanceState.RUNNING]
                        + list(unhealthy))
     waiting = first_done(starting)
-    actions = [_hold(a, stuck, waiting, now) if a.rolling or (
-        a.kind is ActionKind.REPLACE and have[a.key].state is not InstanceState.PARTIAL)
-        else a for a in actions]
-    actions.sort(key=lambda a: EXECUTION_ORDER[a.kind])  # stable: keeps the per-kind order
+    # Roles roll in dependency order: one waits while a role it uses is still rolling.
+    extra = {k.role for k in have if k.role in roles and k.index >= roles[k.role].count}
+    unsettled = rolling_roles | stuck.keys() | waiting.keys() | extra
+    for name, role in roles.items():
+        behind = sorted(role.uses_closure(roles) & unsettled)
+        if behind and name not in waiting:
+            waiting[name] = f"role {behind[0]}, still rolling"
+    ready_surge = {r: sum(1 for k in surge if k.role == r and done(k) and k in have
+                          and have[k].state is InstanceState.RUNNING
+                          and k not in unhealthy and k not in starting) for r in roles}
+    actions = [_hold(a, stuck, waiting, now, roles.get(a.key.role), ready_surge)
+               if a.rolling or (a.kind is ActionKind.REPLACE
+                                and have[a.key].state is not InstanceState.PARTIAL)
+               else a for a in actions]
+    actions.sort(key=lambda a: (EXECUTION_ORDER[a.kind], _role_order(a, roles)))
     return Plan(stack, generation, tuple(actions))
 
 
-def _hold(a: Action, stuck: Mapping[str, str], waiting: Mapping[str, str],
-          now: float) -> Action:
+def _role_order(a: Action, roles: Mapping[str, RoleSpec]) -> int:
+    """Rolling actions go in dependency order: a role after the roles it uses."""
+    role = roles.get(a.key.role)
+    return len(role.uses_closure(dict(roles))) if role and (
+        a.rolling or a.kind is ActionKind.REPLACE) else 0
+
+
+def _hold(a: Action, stuck: Mapping[str, str], waiting: Mapping[str, str], now: float,
+          role: RoleSpec | None, ready_surge: Mapping[str, int]) -> Action:
     """A rolling action behind an instance that is done but fails is held; behind one that
-    is still starting, it waits a moment (and is not a failure)."""
+    is still starting (or a role it uses that is still rolling), it waits a moment (and is
+    not a failure). Replaces go `max_unavailable` at a time, plus one per surge instance
+    that is ready; with max_unavailable 0 they wait for a ready surge instance."""
     if a.key.role in stuck:
         return replace(a, held=f"{stuck[a.key.role]}, is failing")
+    if role is not None:
+        a = replace(a, health_timeout=role.update.health_timeout)
     if a.key.role in waiting:
         return replace(a, not_before=max(a.not_before or 0.0, now + WAIT_FOR_STARTING))
-    return a
+    if role is None or a.kind is not ActionKind.REPLACE:
+        return a
+    batch = role.update.max_unavailable + ready_surge.get(role.name, 0)
+    if batch == 0:
+        return replace(a, not_before=max(a.not_before or 0.0, now + WAIT_FOR_STARTING))
+    return replace(a, batch=batch)
 
 
 def _compare(d: InstanceRequest, f: InstanceFacts, role: RoleSpec, c: Control,
@@ -127,6 +168,9 @@ def _compare(d: InstanceRequest, f: InstanceFacts, role: RoleSpec, c: Control,
         return Action(ActionKind.REPLACE, d.key, f"{', '.join(changed)} changed", d,
                       stop_timeout=timeout)
     if f.config_hash != d.config_hash:
+        if (d.reload is not None and f.state is InstanceState.RUNNING and not c.failed
+                and f.files_layout and f.files_layout == d.files_layout):
+            return Action(ActionKind.RELOAD, d.key, "rendered files changed", d)
         # A stopped (or failed) one starts afresh with the new config in the same step.
         return Action(ActionKind.RECONFIGURE, d.key, "rendered files changed", d,
                       stop_timeout=timeout)

@@ -1,12 +1,14 @@
 """Per-instance desired state: templates rendered, hashes computed. Pure.
 
 A role's templates see only its own instances and the roles it `uses`, so a change to an
-unrelated role never reconfigures it.
+unrelated role never reconfigures it. `roles.<r>.instances` is every desired instance;
+`roles.<r>.ready` those that pass their check now (surge instances of a rollout included,
+draining ones left out): what a load balancer lists, re-rendered and reloaded as it changes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import asdict
 from typing import Any
 
@@ -21,15 +23,43 @@ _JINJA = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False,
                               keep_trailing_newline=True)
 
 
-def spec_fields(role: RoleSpec, image_digest: str, runtime: RuntimeKind) -> dict[str, str]:
-    """The parts of a role that need a fresh instance when they change."""
-    return {
+def spec_fields(role: RoleSpec, image_digest: str, runtime: RuntimeKind,
+                app_digest: str = "") -> dict[str, str]:
+    """The parts of a role that need a fresh instance when they change (the env a release
+    adds follows `app`)."""
+    fields = {
         "image": image_digest[:16],
         "command": digest(role.command),
         "resources": digest(asdict(role.resources)),
         "env": digest(role.env),
         "runtime": runtime.value,
     }
+    if app_digest:
+        fields["app"] = app_digest[:16]
+    if role.data is not None:
+        fields["data"] = digest(role.data.path)
+    return fields
+
+
+def surge_count(role: RoleSpec) -> int:
+    """Extra instances (indexes count, count+1, ...) a rollout of this role may add."""
+    return role.update.max_surge if role.count else 0
+
+
+def role_keys(stack: str, role: RoleSpec, *, surge: bool = False) -> list[InstanceKey]:
+    """The role's instances: 0..count-1, and with `surge` the rollout's extra ones."""
+    n = role.count + (surge_count(role) if surge else 0)
+    return [InstanceKey(stack, role.name, i) for i in range(n)]
+
+
+def app_env(role: RoleSpec) -> tuple[tuple[str, str], ...]:
+    """The role's env, plus what a pushed release needs: its packages on the path, and
+    which release it is (the app can say so)."""
+    if role.app is None:
+        return role.env
+    env = {"PYTHONPATH": "/app/.deps", **dict(role.env),
+           "RACKFIRE_RELEASE": role.app.digest[:12]}
+    return tuple(sorted(env.items()))
 
 
 def render_stack(
@@ -38,23 +68,35 @@ def render_stack(
     image_digests: Mapping[str, str],
     network: NetworkConfig,
     default_runtime: RuntimeKind,
+    *,
+    app_digests: Mapping[str, str] | None = None,
+    ready: Collection[InstanceKey] = (),
 ) -> list[InstanceRequest]:
-    """Every desired instance of the stack, with its config rendered from the templates."""
-    peers = {
-        role.name: [
-            {"name": k.name, "ip": ips[k], "index": k.index}
-            for k in (InstanceKey(stack.name, role.name, i) for i in range(role.count))
-        ]
-        for role in stack.roles
-    }
+    """Every desired instance of the stack, with its config rendered from the templates,
+    then the surge instances a rollout may add (`surge=True`; those that have an IP).
+    `image_digests` is by image name, `app_digests` (release layers) by role name."""
+    app_digests = app_digests or {}
+
+    def entry(k: InstanceKey) -> dict[str, Any]:
+        return {"name": k.name, "ip": ips[k], "index": k.index}
+
+    peers = {role.name: [entry(k) for k in role_keys(stack.name, role)]
+             for role in stack.roles}
+    ready_peers = {role.name: [entry(k) for k in role_keys(stack.name, role, surge=True)
+                               if k in ready and k in ips]
+                   for role in stack.roles}
     out: list[InstanceRequest] = []
     for role in stack.roles:
         runtime = role.runtime or default_runtime
-        fields = spec_fields(role, image_digests[role.image], runtime)
-        visible = {r: {"instances": peers[r], "count": len(peers[r])}
+        env = app_env(role)
+        app_digest = app_digests.get(role.name, "") if role.app else ""
+        fields = spec_fields(role, role.image_digest or image_digests[role.image], runtime,
+                             app_digest)
+        visible = {r: {"instances": peers[r], "count": len(peers[r]), "ready": ready_peers[r]}
                    for r in (role.name, *role.uses)}
-        for index in range(role.count):
-            key = InstanceKey(stack.name, role.name, index)
+        keys = [k for k in role_keys(stack.name, role, surge=True) if k in ips]
+        for key in keys:
+            index = key.index
             ctx = {
                 "instance": {"name": key.name, "ip": ips[key], "index": index, "id": key.id,
                              "role": role.name},
@@ -68,9 +110,9 @@ def render_stack(
                 key=key,
                 action_id="",
                 runtime=runtime,
-                image_digest=image_digests[role.image],
+                image_digest=role.image_digest or image_digests[role.image],
                 command=role.command,
-                env=role.env,
+                env=env,
                 resources=role.resources,
                 files=files,
                 ip=ips[key],
@@ -79,6 +121,11 @@ def render_stack(
                 spec_fields=tuple(sorted(fields.items())),
                 config_hash=digest(files),
                 stop_timeout=role.stop_timeout,
+                app_digest=app_digest,
+                data=role.data,
+                reload=role.reload,
+                files_layout=digest([path for path, _ in files]),
+                surge=index >= role.count,
             )
             out.append(request)
     return out
@@ -91,5 +138,6 @@ def _render(role: RoleSpec, path: str, template: str, ctx: dict[str, Any]) -> st
         raise PrereqError(
             f"roles.{role.name}.files.{path}: template failed: {e}",
             hint="templates see instance.{name,ip,index}, role, stack, env, and "
-            "roles.<r>.instances for the role itself and the roles it `uses`",
+            "roles.<r>.instances, .ready and .count for the role itself and the roles it "
+            "`uses`",
         ) from None

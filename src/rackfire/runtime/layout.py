@@ -59,6 +59,11 @@ class InstanceDir:
     def workdir(self) -> Path:
         return self.root / "work"
 
+    @property
+    def data(self) -> Path:
+        """Where the instance's data disk (kept outside this dir) is mounted."""
+        return self.root / "data"
+
 
 def instance_dir(base: Path, key: InstanceKey) -> InstanceDir:
     return InstanceDir(base / key.id)
@@ -70,7 +75,8 @@ def write_meta(d: InstanceDir, req: InstanceRequest, phase: str, **extra: Any) -
         "spec_hash": req.spec_hash, "config_hash": req.config_hash,
         "spec_fields": [list(p) for p in req.spec_fields], "image": req.image_digest,
         "phase": phase, "updated": time.time(), "files": rendered_paths(req),
-        "resources": asdict(req.resources), **extra,
+        "resources": asdict(req.resources), "files_layout": req.files_layout,
+        "app": req.app_digest, "data": asdict(req.data) if req.data else None, **extra,
     }
     d.root.mkdir(parents=True, exist_ok=True)
     _write_atomic(d.meta, data)
@@ -116,11 +122,11 @@ def write_config_layer(target: Path, files: tuple[tuple[str, str], ...], hostnam
     for path in old:
         (target / path.lstrip("/")).unlink(missing_ok=True)
     (target / "etc").mkdir(parents=True, exist_ok=True)
-    (target / "etc" / "hostname").write_text(hostname + "\n")
+    (target / "etc" / "hostname").write_text(hostname + "\n", encoding="utf-8")
     for path, content in files:
         dest = target / path.lstrip("/")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_text(content)
+        dest.write_text(content, encoding="utf-8")  # as a reload compares and writes them
 
 
 def rendered_paths(req: InstanceRequest) -> list[str]:
@@ -133,7 +139,8 @@ def swap_config(d: InstanceDir, target: Path, req: InstanceRequest, *,
     the instance's meta. Returns every path the old or the new config renders."""
     old = tuple((read_meta(d) or {}).get("files", ()))
     write_config_layer(target, req.files, req.key.name, replace_all=replace_all, old=old)
-    update_meta(d, config_hash=req.config_hash, files=rendered_paths(req))
+    update_meta(d, config_hash=req.config_hash, files=rendered_paths(req),
+                files_layout=req.files_layout)
     return {*old, *rendered_paths(req)}
 
 

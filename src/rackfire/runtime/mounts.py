@@ -109,6 +109,46 @@ def unmount(target: Path) -> None:
             _run(["umount", "-l", "--", str(target)])
 
 
+def loops_under(directory: Path) -> dict[str, str]:
+    """Loop devices backed by a file under `directory`: device -> backing file."""
+    root = os.path.realpath(directory) + "/"
+    found = {}
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        with contextlib.suppress(OSError):
+            path = backing.read_text().strip().removesuffix(" (deleted)")
+            if path.startswith(root):
+                found[f"/dev/{backing.parent.parent.name}"] = path
+    return found
+
+
+def release_under(directory: Path) -> None:
+    """Unmount every disk whose image is under `directory` and free its loop device, so the
+    images can be deleted (an unlinked image still held by a loop device leaks its space).
+    Raises if one stays in use."""
+    for dev in loops_under(directory):
+        for target in _mounts_of(dev):
+            unmount(Path(target))
+        if Path(f"/sys/block/{Path(dev).name}/loop/backing_file").exists():
+            # Not mounted (any more): a device left behind without autoclear.
+            subprocess.run(["losetup", "-d", dev], capture_output=True, check=False)
+    left = loops_under(directory)
+    if left:
+        raise ExecError(f"disks under {directory} are still in use: "
+                        + ", ".join(f"{d} ({p})" for d, p in sorted(left.items())),
+                        hint="an instance (or another mount namespace) may still hold them")
+
+
+def _mounts_of(dev: str) -> list[str]:
+    """Where `dev` is mounted in this mount namespace, deepest first."""
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[fields.index("-") + 2] == dev:
+                found.append(_unescape(fields[4]))
+    return sorted(found, key=len, reverse=True)
+
+
 # growing a disk -----------------------------------------------------------------------------
 
 CAP_SYS_RESOURCE = 24

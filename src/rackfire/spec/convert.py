@@ -12,20 +12,26 @@ from pathlib import Path
 from typing import Any
 
 from rackfire.model.stack import (
+    AppSource,
+    DataDisk,
     HealthSpec,
     ImageSpec,
     Resources,
+    ReloadSpec,
     RestartPolicy,
     RoleSpec,
     StackSpec,
+    UpdatePolicy,
 )
 from rackfire.spec.schema import (
     HealthModel,
     ImageModel,
     ResourcesModel,
+    ReloadModel,
     RestartModel,
     RoleModel,
     StackModel,
+    UpdateModel,
     normalize_file_path,
 )
 
@@ -34,7 +40,7 @@ def to_stack_spec(model: StackModel, base_dir: Path) -> StackSpec:
     return StackSpec(
         name=model.stack,
         images=tuple(_image(name, image, base_dir) for name, image in model.images.items()),
-        roles=tuple(_role(name, role) for name, role in model.roles.items()),
+        roles=tuple(_role(name, role, base_dir) for name, role in model.roles.items()),
     )
 
 
@@ -49,7 +55,7 @@ def _image(name: str, m: ImageModel, base_dir: Path) -> ImageSpec:
                      **_given(suite=m.suite, packages=packages, mirror=m.mirror, path=path))
 
 
-def _role(name: str, m: RoleModel) -> RoleSpec:
+def _role(name: str, m: RoleModel, base_dir: Path) -> RoleSpec:
     return RoleSpec(
         name=name,
         image=m.image,
@@ -63,8 +69,26 @@ def _role(name: str, m: RoleModel) -> RoleSpec:
         uses=tuple(m.uses),
         runtime=m.runtime,
         restart=_restart(m.restart),
+        update=_update(m.update),
+        reload=_reload(m.reload),
+        data=DataDisk(m.data.path, m.data.size) if m.data else None,
+        # The CLI uploads the dir and fills in its digest (api: StackSource.sources).
+        app=AppSource(os.path.abspath(os.path.join(base_dir, m.app))) if m.app else None,
         **_given(stop_timeout=m.stop_timeout),
     )
+
+
+def _update(m: UpdateModel | None) -> UpdatePolicy:
+    if m is None:
+        return UpdatePolicy()
+    return UpdatePolicy(**_given(max_unavailable=m.max_unavailable, max_surge=m.max_surge,
+                                 health_timeout=m.health_timeout))
+
+
+def _reload(m: ReloadModel | None) -> ReloadSpec | None:
+    if m is None:
+        return None
+    return ReloadSpec(signal=m.signal, exec=tuple(m.exec) if m.exec else None)
 
 
 def _restart(m: RestartModel | None) -> RestartPolicy:

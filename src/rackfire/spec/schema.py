@@ -289,6 +289,59 @@ class RestartModel(_Strict):
     window: Interval | None = None
 
 
+_SIGNALS = ("HUP", "USR1", "USR2", "INT", "QUIT", "TERM", "WINCH")
+
+
+def _check_signal(value: str) -> str:
+    name = value.upper().removeprefix("SIG")
+    if name not in _SIGNALS:
+        raise ValueError(f"{value!r} is not a signal rackfire sends; use one of "
+                         f"{', '.join(_SIGNALS)}")
+    return name
+
+
+def _check_data_path(value: str) -> str:
+    path = normalize_file_path(value)
+    if path in ("/", "/etc", "/usr", "/bin", "/lib", "/tmp", "/app"):
+        raise ValueError(f"{path} is part of the image; mount data at a path of its own")
+    return path
+
+
+class UpdateModel(_Strict):
+    max_unavailable: int | None = Field(None, ge=0, le=1000,
+                                        description="instances out of service at a time")
+    max_surge: int | None = Field(None, ge=0, le=100,
+                                  description="extra instances while rolling")
+    health_timeout: Interval | None = Field(
+        None, description="a new instance must pass its check this soon, or the release is "
+        "rolled back")
+
+    @model_validator(mode="after")
+    def _can_move(self) -> Self:
+        if self.max_unavailable == 0 and self.max_surge == 0:
+            raise ValueError("max_unavailable and max_surge cannot both be 0: nothing could "
+                             "roll")
+        return self
+
+
+class ReloadModel(_Strict):
+    signal: Annotated[str, AfterValidator(_check_signal)] | None = Field(
+        None, description="sent to the instance's main process (HUP, USR2, ...)")
+    exec: list[str] | None = Field(None, min_length=1, description="run inside the instance")
+
+    @model_validator(mode="after")
+    def _one_way(self) -> Self:
+        if (self.signal is None) == (self.exec is None):
+            raise ValueError("set exactly one of signal or exec")
+        return self
+
+
+class DataModel(_Strict):
+    path: Annotated[str, AfterValidator(_check_data_path)] = Field(
+        description="where the data disk is mounted inside the instance")
+    size: Disk
+
+
 class RoleModel(_Strict):
     image: Name
     count: int = Field(1, ge=0, le=1000)
@@ -302,6 +355,13 @@ class RoleModel(_Strict):
     runtime: RuntimeKind | None = Field(None, strict=False)
     restart: RestartModel | None = None
     stop_timeout: Duration | None = Field(None, description="SIGTERM, then SIGKILL after this")
+    app: Annotated[str, Field(min_length=1)] | None = Field(
+        None, description="a source dir (relative to the file), pushed as the role's release: "
+        "it is at /app, its requirements.txt installed")
+    update: UpdateModel | None = None
+    reload: ReloadModel | None = Field(
+        None, description="how the role re-reads changed files without a restart")
+    data: DataModel | None = None
 
 
 class StackModel(_Strict):
