@@ -154,7 +154,8 @@ def host_traces(stack: str) -> list[str]:
     found += [f"mount {line.split()[4]}" for line in mounts.splitlines()
               if f"/{stack}." in line.split()[4]]
     loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
-    found += [f"loop {line}" for line in loops.splitlines() if f"/{stack}." in line]
+    found += [f"loop {line}" for line in loops.splitlines()
+              if f"/{stack}." in line or f"/volumes/{stack}/" in line]
     procs = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
     found += [f"process {line.strip()}" for line in procs.splitlines()
               if f"stacks/{stack}/" in line]

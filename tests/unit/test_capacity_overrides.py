@@ -61,12 +61,12 @@ def test_a_disk_never_shrinks() -> None:
 
 def test_overrides_change_one_role_and_notes_name_the_disagreement() -> None:
     base = spec(count=2)
-    scaled = overrides.with_role(base, "web", count=5)
+    scaled = overrides.with_role(base, "web", {"count": 5})
     assert scaled.role("web").count == 5 and base.role("web").count == 2
-    resized = overrides.with_role(base, "web", resources={"memory": 512 * M})
+    resized = overrides.with_role(base, "web", {"memory": 512 * M})
     assert resized.role("web").resources.memory == 512 * M
     with pytest.raises(NotFound):
-        overrides.with_role(base, "db", count=1)
+        overrides.with_role(base, "db", {"count": 1})
     notes = overrides.disagreements(base, [
         Override("web", "count", 5, "ann@h", 0.0),
         Override("web", "memory", 512 * M, "bo@h", 0.0),

@@ -1,13 +1,15 @@
 """LocalAgent: the agent for the machine the server runs on, called in-process.
 
 Layout under the data dir: `images/` (the layer store), `instances/<id>/` (one dir per
-instance, any runtime), `stacks/<stack>/` (the hosts file bound into every instance, and the
-stack's HAProxy config and pidfile).
+instance, any runtime), `volumes/<stack>/<role>-<index>.img` (data disks: they outlive their
+instances, until the stack's teardown), `stacks/<stack>/` (the hosts file bound into every
+instance, and the stack's HAProxy config and pidfile).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import threading
@@ -32,6 +34,7 @@ from rackfire.model.agent import (
 from rackfire.model.instance import InstanceFacts, InstanceKey, InstanceRequest, NetworkConfig
 from rackfire.model.stack import (
     DEFAULT_STOP_TIMEOUT,
+    NAME_PATTERN,
     HealthSpec,
     ImageSource,
     ImageSpec,
@@ -41,7 +44,7 @@ from rackfire.model.stack import (
 from rackfire.net import links
 from rackfire.runtime import stats
 from rackfire.runtime.base import Runtime
-from rackfire.runtime.container import ContainerRuntime, ensure_dirs
+from rackfire.runtime.container import ContainerRuntime, ensure_dirs, remove_volumes
 from rackfire.runtime.layout import (
     InstanceDir,
     instance_dir,
@@ -64,6 +67,7 @@ class LocalAgent:
         self.host = host or socket.gethostname()
         self.data_dir = data_dir
         self.store = ImageStore(data_dir / "images")
+        self._volumes = data_dir / "volumes"
         base = data_dir / "instances"
         if runtimes is None:
             runtimes = ((RuntimeKind.CONTAINER, RuntimeKind.PROCESS)
@@ -71,7 +75,8 @@ class LocalAgent:
         self._runtimes: dict[RuntimeKind, Runtime] = {}
         if RuntimeKind.CONTAINER in runtimes:
             ensure_dirs()
-            self._runtimes[RuntimeKind.CONTAINER] = ContainerRuntime(base, self.host)
+            self._runtimes[RuntimeKind.CONTAINER] = ContainerRuntime(
+                base, self.host, volumes=self._volumes)
         self._runtimes[RuntimeKind.PROCESS] = ProcessRuntime(base, self.host)
         self._order = runtimes
         self._image_lock = threading.Lock()
@@ -103,7 +108,17 @@ class LocalAgent:
                 and meta.get("phase") == "created":
             return
         runtime = self._runtime(req.runtime)
-        getattr(runtime, verb)(req, self._image(req), self._hosts(req.key.stack))
+        # The runtime says whether it can take a release layer (and that it is the one).
+        app = self.store.by_digest(req.app_digest) if req.app_digest else None
+        getattr(runtime, verb)(req, self._image(req), self._hosts(req.key.stack), app=app)
+        update_meta(self._dir(req.key), action_id=req.action_id)
+
+    def reload(self, req: InstanceRequest) -> None:
+        if read_meta(self._dir(req.key)) is None:
+            raise NotFound(f"instance {req.key} does not exist on host {self.host}")
+        if req.action_id and self._meta(req.key).get("action_id") == req.action_id:
+            return  # carried out already (as _carry_out dedupes)
+        self._runtime_of(req.key).reload(req)
         update_meta(self._dir(req.key), action_id=req.action_id)
 
     def destroy(self, key: InstanceKey, stop_timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
@@ -138,8 +153,10 @@ class LocalAgent:
         fs = os.statvfs(self.data_dir)
         # A hard reservation: the disk images already hold some of their size (they are
         # sparse), and what they hold is theirs, not free for new instances.
-        held = sum(stats.allocated(d.disk_image)
-                   for _, d in list_instance_dirs(self.data_dir / "instances"))
+        # An instance's data disk counts as its own; one kept after its instance went is
+        # nobody's reservation, so it is not free either.
+        held = sum(stats.allocated(d.disk_image) + stats.allocated(self._volume(key))
+                   for key, d in list_instance_dirs(self.data_dir / "instances"))
         return HostCapacity(
             cpus=float(os.cpu_count() or 1),
             memory=max(0, memory - max(HOST_MEMORY_RESERVE, memory // 20)),
@@ -192,7 +209,11 @@ class LocalAgent:
         return [p for p in ports if (p.host_ip, p.host_port) not in mine
                 and not _can_bind(p.host_ip, p.host_port)]
 
-    def teardown_stack(self, stack: str) -> None:
+    def teardown_stack(self, stack: str, keep_data: bool = False) -> None:
+        """Remove what the stack has beside its instances; its data disks too unless
+        `keep_data` (a stack of the same name made later finds them again)."""
+        if not re.fullmatch(NAME_PATTERN, stack):  # it names dirs this deletes
+            raise PrereqError(f"invalid stack name {stack!r}")
         leftovers = self.observe(stack)
         if leftovers:
             raise PrereqError(f"stack {stack} still has {len(leftovers)} instance(s)")
@@ -200,6 +221,8 @@ class LocalAgent:
         if RuntimeKind.CONTAINER in self._runtimes:
             links.delete_bridge(stack)
         shutil.rmtree(self._stack_dir(stack), ignore_errors=True)
+        if not keep_data:
+            remove_volumes(self._volumes / stack)
 
     # images -----------------------------------------------------------------------------
 
@@ -235,6 +258,20 @@ class LocalAgent:
         with self._image_lock:
             return _summary(import_tarball(self.store, name, Path(tarball)))
 
+    def store_source(self, tarball: str) -> str:
+        """Keep an app's uploaded source tree; its content digest."""
+        from rackfire.images.sources import store_source
+
+        return store_source(self.store, Path(tarball))
+
+    def ensure_release(self, source_digest: str, image_digest: str) -> ImageSummary:
+        """The release layer of a source tree on an image, built unless it exists."""
+        from rackfire.images.release import build_release
+
+        # Not under _image_lock: a pip install may take minutes, and the builder keeps two
+        # builds of one release apart itself (the store's build lock).
+        return _summary(build_release(self.store, source_digest, image_digest))
+
     # helpers ----------------------------------------------------------------------------
 
     def _runtime(self, kind: RuntimeKind) -> Runtime:
@@ -251,7 +288,11 @@ class LocalAgent:
         return info
 
     def _uses(self, key: InstanceKey, image_digest: str) -> bool:
-        return bool(self._meta(key).get("image") == image_digest)
+        meta = self._meta(key)
+        return image_digest in (meta.get("image"), meta.get("app"))
+
+    def _volume(self, key: InstanceKey) -> Path:
+        return self._volumes / key.stack / f"{key.name}.img"
 
     def _dir(self, key: InstanceKey) -> InstanceDir:
         return instance_dir(self.data_dir / "instances", key)

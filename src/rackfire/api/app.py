@@ -4,10 +4,11 @@ speaks model types. Errors are one JSON shape: {"error": {code, message, hint, .
 from __future__ import annotations
 
 import hmac
+import re
 import threading
 import time
-import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from rackfire import __version__
+from rackfire.api.uploads import spool
 from rackfire.control.controller import Controller, InstanceView
 from rackfire.errors import NotFound, PrereqError, RackfireError
 from rackfire.model.agent import InstanceStats
 from rackfire.model.instance import Target
-from rackfire.model.stack import ImageSource, ImageSpec
+from rackfire.model.stack import ImageSource, ImageSpec, StackSpec
 from rackfire.spec import load_stack_text, stack_json_schema
 from rackfire.spec.schema import ResourcesModel
 
@@ -35,6 +37,8 @@ class StackSource(BaseModel):
     base_dir: str | None = Field(None, description="resolves relative paths in the file")
     expected_generation: int | None = Field(
         None, description="apply only if the stack is still at this generation (from plan)")
+    sources: dict[str, str] = Field(
+        {}, description="role -> digest of its uploaded `app` dir (POST /v1/sources)")
 
 
 class ImageBuild(BaseModel):
@@ -90,9 +94,10 @@ def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Pa
     async def rackfire_error(_: Request, exc: RackfireError) -> JSONResponse:
         return JSONResponse(status_code=exc.http_status, content={"error": exc.to_dict()})
 
-    def parse(src: StackSource) -> Any:
-        return load_stack_text(src.yaml, src.filename,
+    def parse(src: StackSource) -> StackSpec:
+        spec = load_stack_text(src.yaml, src.filename,
                                Path(src.base_dir) if src.base_dir else None)
+        return with_sources(spec, src.sources)
 
     @app.get("/v1/health")
     def health() -> dict[str, Any]:
@@ -166,8 +171,10 @@ def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Pa
         return stack_json(controller, name)
 
     @app.delete("/v1/stacks/{name}")
-    def destroy(name: str, actor: str = ACTOR) -> dict[str, Any]:
-        return {"stack": name, "generation": controller.destroy(name, actor)}
+    def destroy(name: str, keep_data: bool = False, actor: str = ACTOR) -> dict[str, Any]:
+        """Remove the stack; its data disks too unless `keep_data` (a new stack of the same
+        name finds them again)."""
+        return {"stack": name, "generation": controller.destroy(name, actor, keep_data)}
 
     @app.get("/v1/instances")
     def instances(stack: str | None = None) -> list[dict[str, Any]]:
@@ -187,19 +194,11 @@ def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Pa
     async def import_image(name: str, request: Request) -> dict[str, Any]:
         """The request body is a rootfs tarball (.tar, .tar.gz, .tar.xz), streamed to disk
         under a cap, then extracted safely."""
-        spool = uploads / f"{name}.{uuid.uuid4().hex[:8]}.upload"
-        uploads.mkdir(parents=True, exist_ok=True)
-        size = 0
+        path = await spool(request, uploads, name, MAX_UPLOAD)
         try:
-            with open(spool, "wb") as f:
-                async for chunk in request.stream():
-                    size += len(chunk)
-                    if size > MAX_UPLOAD:
-                        raise PrereqError(f"tarball larger than {MAX_UPLOAD >> 30} GiB")
-                    f.write(chunk)
-            info = await run_in_threadpool(controller.agent.import_image, name, str(spool))
+            info = await run_in_threadpool(controller.agent.import_image, name, str(path))
         finally:
-            spool.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
         return vars_of(info)
 
     @app.delete("/v1/images/{name}")
@@ -211,10 +210,25 @@ def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Pa
         threading.Timer(0.2, shutdown).start()  # after this response has gone out
         return {"stopping": True}
 
+    from rackfire.api.releases import add_release_routes
     from rackfire.api.streams import add_stream_routes  # logs and exec
 
     add_stream_routes(app, controller, token)
+    add_release_routes(app, controller, uploads, ACTOR)
     return app
+
+
+def with_sources(spec: StackSpec, sources: dict[str, str]) -> StackSpec:
+    """The roles' `app` dirs as uploaded by the client: their digests, checked."""
+    roles = []
+    for role in spec.roles:
+        digest = sources.get(role.name, "")
+        if role.app is not None and digest:
+            if not re.fullmatch(r"[0-9a-f]{64}", digest):
+                raise PrereqError(f"sources.{role.name}: {digest!r} is not a source digest")
+            role = replace(role, app=replace(role.app, digest=digest))
+        roles.append(role)
+    return replace(spec, roles=tuple(roles))
 
 
 def stack_json(controller: Controller, name: str) -> dict[str, Any]:
@@ -234,6 +248,7 @@ def stack_json(controller: Controller, name: str) -> dict[str, Any]:
             for a in actions
         ],
         "unready": [] if rec.deleting else controller.unready(name),
+        "data_disks": sum(r.count for r in rec.spec.roles if r.data is not None),
     }
 
 

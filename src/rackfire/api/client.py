@@ -5,12 +5,14 @@ from __future__ import annotations
 import getpass
 import os
 import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 
+from rackfire.api.pack import pack_source
 from rackfire.errors import AgentOffline, RackfireError
 
 DEFAULT_URL = "http://127.0.0.1:7480"
@@ -94,15 +96,40 @@ class Client:
     def health(self) -> dict[str, Any]:
         return dict(self._call("GET", "/v1/health"))
 
-    def plan(self, text: str, filename: str, base_dir: str | None) -> dict[str, Any]:
+    def plan(self, text: str, filename: str, base_dir: str | None,
+             sources: dict[str, str] | None = None) -> dict[str, Any]:
         return dict(self._call("POST", "/v1/plan", json={
-            "yaml": text, "filename": filename, "base_dir": base_dir}))
+            "yaml": text, "filename": filename, "base_dir": base_dir,
+            "sources": sources or {}}))
 
     def apply(self, text: str, filename: str, base_dir: str | None,
-              expected_generation: int | None) -> dict[str, Any]:
+              expected_generation: int | None,
+              sources: dict[str, str] | None = None) -> dict[str, Any]:
         return dict(self._call("POST", "/v1/apply", json={
             "yaml": text, "filename": filename, "base_dir": base_dir,
-            "expected_generation": expected_generation}))
+            "expected_generation": expected_generation, "sources": sources or {}}))
+
+    def upload_source(self, src_dir: Path) -> str:
+        """Pack an app's source dir and upload it; its digest on the server."""
+        with tempfile.TemporaryFile() as f:
+            pack_source(src_dir, f)
+            f.seek(0)
+            body = self._call("POST", "/v1/sources", content=_chunks(f),
+                              headers={"content-type": "application/gzip"})
+        return str(body["digest"])
+
+    def push(self, stack: str, role: str, source: str | None, label: str,
+             image: str | None) -> dict[str, Any]:
+        return dict(self._call("POST", f"/v1/stacks/{stack}/roles/{role}/push",
+                               json={"source": source, "label": label, "image": image}))
+
+    def rollback(self, stack: str, role: str, version: int | None) -> dict[str, Any]:
+        return dict(self._call("POST", f"/v1/stacks/{stack}/roles/{role}/rollback",
+                               json={"version": version}))
+
+    def releases(self, stack: str, role: str | None = None) -> list[dict[str, Any]]:
+        return list(self._call("GET", f"/v1/stacks/{stack}/releases",
+                               params={"role": role} if role else {}))
 
     def stack(self, name: str) -> dict[str, Any]:
         return dict(self._call("GET", f"/v1/stacks/{name}"))
@@ -110,8 +137,9 @@ class Client:
     def stacks(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/v1/stacks"))
 
-    def destroy(self, name: str) -> dict[str, Any]:
-        return dict(self._call("DELETE", f"/v1/stacks/{name}"))
+    def destroy(self, name: str, keep_data: bool = False) -> dict[str, Any]:
+        return dict(self._call("DELETE", f"/v1/stacks/{name}",
+                               params={"keep_data": "true"} if keep_data else {}))
 
     def instances(self, stack: str | None = None) -> list[dict[str, Any]]:
         return list(self._call("GET", "/v1/instances", params={"stack": stack} if stack else {}))
@@ -149,13 +177,9 @@ class Client:
         return dict(self._call("POST", "/v1/images", json=spec, timeout=3600))
 
     def import_image(self, name: str, tarball: Path) -> dict[str, Any]:
-        def chunks() -> Iterator[bytes]:
-            with open(tarball, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    yield chunk
-
-        return dict(self._call("PUT", f"/v1/images/{name}/tarball", content=chunks(),
-                               timeout=3600))
+        with open(tarball, "rb") as f:
+            return dict(self._call("PUT", f"/v1/images/{name}/tarball", content=_chunks(f),
+                                   timeout=3600))
 
     def remove_image(self, name: str) -> dict[str, Any]:
         return dict(self._call("DELETE", f"/v1/images/{name}"))
@@ -165,3 +189,8 @@ class Client:
 
     def stop_server(self) -> None:
         self._call("POST", "/v1/server/stop")
+
+
+def _chunks(f: IO[bytes]) -> Iterator[bytes]:
+    while chunk := f.read(1 << 20):
+        yield chunk

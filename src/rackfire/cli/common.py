@@ -18,6 +18,7 @@ Yes = Annotated[bool, typer.Option("-y", "--yes", help="do not ask for confirmat
 Url = Annotated[str | None, typer.Option("--url", envvar="RACKFIRE_URL",
                                          help="the server [default: http://127.0.0.1:7480]")]
 Timeout = Annotated[float, typer.Option(help="seconds to wait for convergence")]
+NoWait = Annotated[bool, typer.Option("--no-wait", help="return once the change is stored")]
 
 
 def parse_target(text: str, *, need_role: bool = False) -> Target:
@@ -48,7 +49,8 @@ def wait_converged(client: Client, stack: str, generation: int, total: int,
                     else s["message"] or s["status"])
             bar.update(task, completed=min(len(done), total) if total else 0,
                        description=desc[:60])
-            if s["converged"] and s["generation"] == generation:
+            # A later generation (a rollback the controller made) counts as settled too.
+            if s["converged"] and s["generation"] >= generation:
                 bar.update(task, completed=max(total, 1), description=s["status"])
                 if s["status"] == "degraded":
                     err.print(f"[yellow]stack {stack} is degraded:[/] ", end="")

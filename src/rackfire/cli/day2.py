@@ -12,13 +12,12 @@ from rich.live import Live
 
 from rackfire.api.client import Client
 from rackfire.cli import output
-from rackfire.cli.common import Json, Timeout, Url, parse_target, wait_converged
+from rackfire.cli.common import Json, NoWait, Timeout, Url, parse_target, wait_converged
 from rackfire.cli.output import err, out, print_json
 from rackfire.errors import PrereqError
 from rackfire.model.units import parse_size
 
 PAGE = 500  # events per request under -f
-NoWait = Annotated[bool, typer.Option("--no-wait", help="return once the change is stored")]
 Target = Annotated[str, typer.Argument(help="STACK, STACK/ROLE or STACK/ROLE/INDEX")]
 
 

@@ -17,7 +17,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn
 
 from rackfire.api.client import Client, default_data_dir
-from rackfire.cli import day2, output
+from rackfire.cli import day2, output, releases
 from rackfire.cli.common import Json, Url, Yes, wait_converged
 from rackfire.cli.output import err, out, print_json
 from rackfire.errors import PrereqError, RackfireError
@@ -44,6 +44,20 @@ def _read(file: Path) -> tuple[StackSpec, str, str, str]:
     return load_stack_file(file), file.read_text(), str(file), str(file.resolve().parent)
 
 
+def _upload_sources(client: Client, spec: StackSpec) -> dict[str, str]:
+    """Each role's `app` dir, uploaded (content-addressed: an unchanged dir is the same
+    source, and the same release)."""
+    sources = {}
+    for role in spec.roles:
+        if role.app is not None:
+            path = Path(role.app.path)
+            if not path.is_dir():
+                raise PrereqError(f"roles.{role.name}.app: {path} is not a directory",
+                                  hint="the path is relative to the stack file")
+            sources[role.name] = client.upload_source(path)
+    return sources
+
+
 def _print_urls(spec: StackSpec) -> None:
     for role in spec.roles:
         for p in role.ports:
@@ -57,8 +71,9 @@ def _print_urls(spec: StackSpec) -> None:
 @app.command()
 def plan(file: File, json: Json = False, url: Url = None) -> None:
     """Show what apply would change. Exit 0: no changes, 2: changes, 1: error."""
-    _, text, name, base = _read(file)
-    result = Client(url).plan(text, name, base)
+    spec, text, name, base = _read(file)
+    client = Client(url)
+    result = client.plan(text, name, base, _upload_sources(client, spec))
     print_json(result) if json else output.print_plan(result)
     raise typer.Exit(2 if result["actions"] else 0)
 
@@ -84,13 +99,14 @@ def up(file: File, url: Url = None, data_dir: DataDir = DEFAULT_DATA_DIR,
 
 def _apply(client: Client, file: Path, yes: bool, timeout: float) -> None:
     spec, text, name, base = _read(file)
-    planned = client.plan(text, name, base)
+    sources = _upload_sources(client, spec)
+    planned = client.plan(text, name, base, sources)
     output.print_plan(planned)
     if not yes and planned["actions"]:
         if not sys.stdin.isatty():
             raise PrereqError("refusing to apply without confirmation", hint="pass -y")
         typer.confirm("Apply these changes?", abort=True)
-    result = client.apply(text, name, base, planned["generation"])
+    result = client.apply(text, name, base, planned["generation"], sources)
     wait_converged(client, result["stack"], result["generation"], len(result["actions"]),
                    timeout)
     output.print_instances(client.instances(result["stack"]), show_stack=False)
@@ -98,15 +114,26 @@ def _apply(client: Client, file: Path, yes: bool, timeout: float) -> None:
 
 
 @app.command()
-def destroy(stack: str, yes: Yes = False, url: Url = None) -> None:
-    """Remove every instance, the network and the published ports of a stack."""
+def destroy(stack: str, yes: Yes = False, url: Url = None,
+            keep_data: Annotated[bool, typer.Option(
+                "--keep-data", help="keep the data disks: a new stack of this name finds "
+                "them again")] = False) -> None:
+    """Remove every instance, the network and the published ports of a stack, and its data
+    disks unless --keep-data."""
     client = Client(url)
     rows = client.instances(stack)
+    try:
+        disks = int(client.stack(stack).get("data_disks", 0))
+    except RackfireError:
+        disks = 0
     if not yes:
         if not sys.stdin.isatty():
             raise PrereqError("refusing to destroy without confirmation", hint="pass -y")
-        typer.confirm(f"Destroy stack {stack} and its {len(rows)} instance(s)?", abort=True)
-    result = client.destroy(stack)
+        data = (f" and DELETE its {disks} data disk(s) (--keep-data keeps them)"
+                if disks and not keep_data else "")
+        typer.confirm(f"Destroy stack {stack} and its {len(rows)} instance(s){data}?",
+                      abort=True)
+    result = client.destroy(stack, keep_data)
     if result["generation"] == 0:
         out.print(f"stack {stack} does not exist; nothing to do")
         return
@@ -138,6 +165,7 @@ def ps(stack: Annotated[str | None, typer.Argument()] = None, json: Json = False
 
 
 day2.register(app)  # scale, resize, stop/start/restart, stats, events: after ps in --help
+releases.register(app)  # push, releases, rollback
 
 
 @app.command()

@@ -25,12 +25,14 @@ class Reservation:
 
 
 def reserved_by(spec: StackSpec) -> Reservation:
-    """Every instance reserves its cpu, memory (when limited) and its whole disk."""
+    """Every instance reserves its cpu, memory (when limited), its whole disk and its data
+    disk. (A rollout's surge instances are not reserved: they live for minutes.)"""
     total = Reservation()
     for role in spec.roles:
         r = role.resources
-        total += Reservation((r.cpu or 0.0) * role.count, (r.memory or 0) * role.count,
-                             r.disk * role.count)
+        n = role.count
+        data = role.data.size if role.data else 0
+        total += Reservation((r.cpu or 0.0) * n, (r.memory or 0) * n, (r.disk + data) * n)
     return total
 
 

@@ -13,9 +13,10 @@ import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
-from rackfire.control import capacity, overrides
+from rackfire.control import capacity, overrides, releases
 from rackfire.control.executor import CONTROLLER, Executor
 from rackfire.control.health import HealthMonitor, health_of
 from rackfire.control.workqueue import WorkQueue
@@ -30,11 +31,12 @@ from rackfire.model.instance import (
     NetworkConfig,
     Target,
 )
-from rackfire.model.stack import HealthSpec, StackSpec
+from rackfire.model.stack import AppSource, HealthSpec, RoleSpec, RuntimeKind, StackSpec
 from rackfire.model.units import show_value as _show
 from rackfire.plan import ActionKind, Plan, plan_stack, render_stack
 from rackfire.plan.ipam import DEFAULT_POOL, allocate_ip, allocate_subnet, gateway_of
-from rackfire.store import InstanceStatus, StackRecord, Store
+from rackfire.plan.render import role_keys
+from rackfire.store import InstanceStatus, Release, ReleaseStatus, StackRecord, Store
 
 log = logging.getLogger("rackfire.controller")
 
@@ -42,11 +44,17 @@ RESYNC_SECONDS = 10.0
 UNBUILT = "0" * 64  # the digest a plan shows for an image that apply will build
 
 
+RELOAD_SETTLE = 0.5  # after a reload signal, before the drained instance is stopped
+
+
 @dataclass(frozen=True, slots=True)
 class Desired:
     network: NetworkConfig
     ips: dict[InstanceKey, str]
-    requests: list[InstanceRequest]
+    requests: list[InstanceRequest]  # rendered with the instances ready when it was made
+    images: dict[str, str]  # role -> the image digest it runs
+    layers: dict[str, str]  # role -> its built release layer (roles with an app)
+    render: Callable[[Collection[InstanceKey]], list[InstanceRequest]]  # with other ready
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,20 +136,20 @@ class Controller:
         with self._apply_lock, self._audited(actor, spec.name, spec.name, "apply"):
             plan = self.plan(spec)  # the lock: two new stacks must not take one free subnet
             subnet = self._subnet(self.store.get_stack(spec.name))
-            generation = self.store.put_stack(spec, subnet, expected_generation)
+            generation = self.store.put_stack(spec, subnet, expected_generation, actor)
         self._event(actor, spec.name, spec.name, "apply", f"generation {generation}, "
                     f"{len(plan.actions)} change(s)")
         self.queue.add(spec.name)
         return generation, replace(plan, generation=generation)
 
-    def destroy(self, name: str, actor: str = CONTROLLER) -> int:
+    def destroy(self, name: str, actor: str = CONTROLLER, keep_data: bool = False) -> int:
         if self.store.get_stack(name) is None:
             if self.agent.observe(name):
                 raise PrereqError(f"stack {name} is unknown here but has instances on the host",
                                   hint="see `rackfire ps`")
             return 0  # not found on delete is success
-        generation = self.store.mark_deleting(name)
-        self._event(actor, name, name, "destroy", "")
+        generation = self.store.mark_deleting(name, keep_data)
+        self._event(actor, name, name, "destroy", "keeping data disks" if keep_data else "")
         self.queue.add(name)
         return generation
 
@@ -160,20 +168,62 @@ class Controller:
             raise PrereqError("nothing to resize", hint="give --cpu, --memory, --disk or --pids")
         return self._change(stack, role, dict(changes), actor, "resize")
 
+    def push(self, stack: str, role: str, actor: str, *, source: str | None = None,
+             label: str = "", image: str | None = None) -> tuple[int, Plan]:
+        """Deploy an uploaded source dir, another base image, or both, as the role's next
+        release: it rolls out by the role's update policy."""
+        with self._audited(actor, stack, f"{stack}/{role}", "push"):
+            if source is None and image is None:
+                raise PrereqError("nothing to push", hint="give a source dir or --image")
+            if source is not None and _role(self._record(stack).spec, role).app is None:
+                raise PrereqError(f"role {role} has no app to push into",
+                                  hint="give the role `app: DIR` in the stack file")
+        fields: dict[str, Any] = {"image_digest": ""}
+        what = []
+        if source is not None:
+            fields["app"] = AppSource(label, source)
+            what.append(f"{label} ({source[:12]})")
+        if image is not None:
+            fields["image"] = image
+            what.append(f"image {image}")
+        return self._change(stack, role, fields, actor, "push", ", ".join(what))
+
+    def rollback(self, stack: str, role: str, version: int | None,
+                 actor: str) -> tuple[int, Plan]:
+        """Go back to an earlier release of a role (by default the one live before)."""
+        with self._audited(actor, stack, f"{stack}/{role}", "rollback"):
+            rec = self._record(stack)
+            spec_role = _role(rec.spec, role)
+            history = self.store.releases(stack, role)
+            target = releases.pick(history, releases.current(self.store, rec.spec, spec_role),
+                                   version)
+        return self._change(stack, role, releases.fields_of(target), actor, "rollback",
+                            f"to v{target.version}")
+
+    def releases(self, stack: str, role: str | None = None) -> list[tuple[Release, bool]]:
+        """A role's releases, newest first, each with whether the role's spec runs it."""
+        rec = self._record(stack)
+        if role is not None:
+            _role(rec.spec, role)
+        current = {r.name: releases.current(self.store, rec.spec, r) for r in rec.spec.roles}
+        return [(rel, (cur := current.get(rel.role)) is not None and cur.version == rel.version)
+                for rel in self.store.releases(stack, role)]
+
     def _change(self, stack: str, role: str, fields: dict[str, Any], actor: str,
-                verb: str) -> tuple[int, Plan]:
-        """`fields`: a role's new `count`, or new resources by name."""
+                verb: str, what: str = "") -> tuple[int, Plan]:
+        """`fields`: a role's new `count`, resources by name, or release fields."""
         with self._apply_lock, self._audited(actor, stack, f"{stack}/{role}", verb):
             rec = self._record(stack)
-            resources = {k: v for k, v in fields.items() if k != "count"}
-            spec = overrides.with_role(rec.spec, role, count=fields.get("count"),
-                                       resources=resources)
+            spec = overrides.with_role(rec.spec, role, fields)
             plan = self._plan_change(spec, rec)
             generation = self.store.update_spec(spec, rec.generation,
                                                 overrides.overrides_for(role, fields, actor))
-        old = rec.spec.role(role)
-        before = {k: old.count if k == "count" else getattr(old.resources, k) for k in fields}
-        what = ", ".join(f"{k} {_show(k, before[k])} → {_show(k, v)}" for k, v in fields.items())
+        if not what:
+            old = rec.spec.role(role)
+            before = {k: old.count if k == "count" else getattr(old.resources, k)
+                      for k in fields}
+            what = ", ".join(f"{k} {_show(k, before[k])} → {_show(k, v)}"
+                             for k, v in fields.items())
         self._event(actor, stack, f"{stack}/{role}", verb, what)
         self.queue.add(stack)
         return generation, replace(plan, generation=generation)
@@ -274,6 +324,15 @@ class Controller:
                 raise PrereqError(f"roles.{role.name}.runtime: {role.runtime} is not available "
                                   f"here (available: {', '.join(runtimes)})",
                                   hint="the container runtime needs root and runc")
+        for role in spec.roles:
+            if role.app is not None and not role.app.digest:
+                raise PrereqError(f"roles.{role.name}.app: the source dir {role.app.path} was "
+                                  "not uploaded", hint="apply the file with the rackfire CLI, "
+                                  "which uploads it, or use `rackfire push`")
+            if (role.app or role.data) and (role.runtime or runtimes[0]) \
+                    is not RuntimeKind.CONTAINER:
+                raise PrereqError(f"roles.{role.name}: app releases and data disks need the "
+                                  "container runtime", hint="run the server as root with runc")
         for image in spec.images:
             self.agent.check_image(image)
         capacity.check_no_shrink(spec, self.agent.observe(spec.name))
@@ -305,6 +364,7 @@ class Controller:
             self._reconcile_deleted(rec)
             return
         desired = self._desired(rec.spec, rec, build=True)
+        current = releases.note(self.store, rec, desired.images, desired.layers)
         self.agent.ensure_network(desired.network)
         self.store.save_ips(desired.ips)
         plan = self._plan(name, rec.generation, rec.spec, desired)
@@ -317,14 +377,41 @@ class Controller:
             self.store.release_ip(key)
         observed = self.agent.observe(name)
         self._publish(rec, desired, observed)
+        failing = dict(outcome.rollout_failed)
+        for a in plan.actions:
+            if a.held and a.kind is ActionKind.REPLACE:
+                failing.setdefault(a.key.role, f"rollout held: {a.held}")
+        for role, why in failing.items():
+            if current[role].status is ReleaseStatus.DEPLOYING and self._roll_back(
+                    rec, current[role], why):
+                return
         if outcome.failed:
             self.store.set_stack_status(name, rec.generation, "failed", outcome.failed)
             if not outcome.held:  # held: a health change or the resync looks again
                 self.queue.add(name, delay=5.0)
         elif outcome.deferred is not None:
             self.queue.add(name, delay=max(0.1, outcome.deferred - self.clock()))
-        else:
-            self._settle(rec, observed)
+        elif self._settle(rec, observed):
+            releases.settle(self.store, current)
+
+    def _roll_back(self, rec: StackRecord, bad: Release, why: str) -> bool:
+        """A release failed its rollout: mark it failed and put the role back on the release
+        that was live, as a new generation. False if there is none to go back to."""
+        target = releases.fallback(self.store.releases(rec.name, bad.role), bad)
+        self.store.set_release_status(rec.name, bad.role, bad.version, ReleaseStatus.FAILED,
+                                      why)
+        if target is None:
+            self.store.add_event(CONTROLLER, rec.name, f"{rec.name}/{bad.role}", "rollback",
+                                 "failed", f"v{bad.version} failed ({why}); no earlier release "
+                                 "to go back to")
+            return False
+        try:
+            self._change(rec.name, bad.role, releases.fields_of(target), CONTROLLER, "rollback",
+                         f"v{bad.version} failed ({why}); back to v{target.version}")
+        except RackfireError as e:
+            log.warning("rollback of %s/%s refused: %s", rec.name, bad.role, e.message)
+            return False
+        return True
 
     def _reconcile_deleted(self, rec: StackRecord) -> None:
         observed = self.agent.observe(rec.name)
@@ -334,13 +421,13 @@ class Controller:
             self.store.set_stack_status(rec.name, rec.generation, "failed", outcome.failed)
             self.queue.add(rec.name, delay=5.0)
             return
-        self.agent.teardown_stack(rec.name)
+        self.agent.teardown_stack(rec.name, keep_data=rec.keep_data)
         self.store.forget_stack(rec.name)
 
-    def _settle(self, rec: StackRecord, observed: list[InstanceFacts]) -> None:
-        """Converged when every desired instance runs and passes its check, or is stopped
-        by an operator. Failed instances make it degraded, which only an operator (or a new
-        spec) changes: no fast re-check for them."""
+    def _settle(self, rec: StackRecord, observed: list[InstanceFacts]) -> bool:
+        """Converged (True) when every desired instance runs and passes its check, or is
+        stopped by an operator, and no other is left. Failed instances make it degraded,
+        which only an operator (or a new spec) changes: no fast re-check for them."""
         unready = self._unready(rec, observed)
         statuses = self.store.statuses(rec.name)
         failed = [why for k, why in unready.items()
@@ -356,6 +443,8 @@ class Controller:
         else:
             self.store.set_stack_status(rec.name, rec.generation, "converged", "",
                                         converged=True)
+            return True
+        return False
 
     def unready(self, name: str, facts: list[InstanceFacts] | None = None) -> list[str]:
         rec = self.store.get_stack(name)
@@ -385,19 +474,23 @@ class Controller:
                     health, why = health_of(f, statuses.get(key))
                     if health is not Health.HEALTHY:
                         out[key] = f"{key.name} ({health}{': ' + why if why else ''})"
+        wanted = set(_desired_keys(rec.spec))
+        for key in sorted(observed.keys() - wanted):  # a surge or scaled-away instance
+            out[key] = f"{key.name} (to be removed)"
         return out
 
     # shared by plan and reconcile -------------------------------------------------------
 
     def _desired(self, spec: StackSpec, rec: StackRecord | None, *, build: bool) -> Desired:
+        """Every desired instance, rendered with the instances that are ready now. With
+        `build`, missing images and release layers are built first."""
         subnet = self._subnet(rec)
         network = NetworkConfig(spec.name, subnet, gateway_of(subnet),
                                 int(subnet.rsplit("/", 1)[1]))
         ips = self.store.ips(spec.name) if rec else {}
         used = set(ips.values())
         for role in spec.roles:
-            for i in range(role.count):
-                key = InstanceKey(spec.name, role.name, i)
+            for key in role_keys(spec.name, role, surge=True):
                 if key not in ips:
                     ips[key] = allocate_ip(subnet, used)
                     used.add(ips[key])
@@ -412,8 +505,29 @@ class Controller:
             if summary is None and build:
                 raise NotFound(f"image {image_name} is not built", hint="rackfire image build")
             digests[image_name] = summary.digest if summary else UNBUILT
-        requests = render_stack(spec, ips, digests, network, self.agent.info().runtimes[0])
-        return Desired(network, {r.key: r.ip for r in requests}, requests)
+        images = {r.name: r.image_digest or digests[r.image] for r in spec.roles}
+        layers = {}
+        for role in spec.roles:
+            if build and role.app is not None:
+                if rec is not None:
+                    self.store.set_stack_status(spec.name, rec.generation, "progressing",
+                                                f"building the release of {role.name}")
+                layers[role.name] = self.agent.ensure_release(role.app.digest,
+                                                              images[role.name]).digest
+        render = partial(render_stack, spec, ips, digests, network,
+                         self.agent.info().runtimes[0], app_digests=layers)
+        requests = render(ready=self._ready_keys(spec, self.agent.observe(spec.name))
+                          if rec else ())
+        return Desired(network, {r.key: r.ip for r in requests}, requests, images, layers,
+                       lambda ready: render(ready=ready))
+
+    def _ready_keys(self, spec: StackSpec, facts: list[InstanceFacts],
+                    exclude: Collection[InstanceKey] = ()) -> set[InstanceKey]:
+        """The instances that run and pass their check (a role without one: that run)."""
+        statuses = self.store.statuses(spec.name)
+        checks = {r.name: r.health for r in spec.roles}
+        return {f.key for f in facts if f.key.role in checks and f.key not in exclude
+                and _ready(f, statuses.get(f.key), checks[f.key.role])}
 
     def _subnet(self, rec: StackRecord | None) -> str:
         """The stack's subnet, or the one a new stack would get."""
@@ -441,13 +555,17 @@ class Controller:
         """Point the published ports and the role names at the instances that are ready,
         leaving out `exclude` (about to go down). An instance's own name stays while it runs
         and is not failing, so it can find itself while it starts."""
-        observed = {f.key: f for f in (self.agent.observe(rec.name) if facts is None else facts)}
+        facts = self.agent.observe(rec.name) if facts is None else facts
+        observed = {f.key: f for f in facts}
         statuses = self.store.statuses(rec.name)
+        ready_keys = self._ready_keys(rec.spec, facts, exclude)
+        self._reload_changed(rec, desired.render(ready_keys), observed, settle=bool(exclude))
         ports = []
         hosts: list[tuple[str, list[str]]] = []
         for role in rec.spec.roles:
-            mine = [k for k in sorted(desired.ips) if k.role == role.name and k not in exclude]
-            ready = [k for k in mine if _ready(observed.get(k), statuses.get(k), role.health)]
+            mine = [k for k in sorted(observed) if k.role == role.name and k not in exclude
+                    and k in desired.ips]
+            ready = [k for k in mine if k in ready_keys]
             for k in mine:
                 f = observed.get(k)
                 if k in ready:
@@ -461,6 +579,31 @@ class Controller:
                 ports.append(PublishedPort(p, backends))
         self.agent.set_hosts(rec.name, hosts)
         self.agent.publish(rec.name, ports)
+
+    def _reload_changed(self, rec: StackRecord, requests: list[InstanceRequest],
+                        observed: dict[InstanceKey, InstanceFacts], *, settle: bool) -> None:
+        """Instances whose files changed with who is ready (a load balancer's backend list)
+        and that can reload get the new files now, in place: before a drained instance is
+        stopped (`settle`: and a moment for the reload to take), and as soon as a new one
+        is ready. Others wait for the next plan (a reconfigure)."""
+        reloaded = 0
+        for req in requests:
+            f = observed.get(req.key)
+            if (req.reload is None or f is None or f.state is not InstanceState.RUNNING
+                    or f.config_hash == req.config_hash or f.files_layout != req.files_layout
+                    or not f.files_layout):
+                continue
+            try:
+                self.agent.reload(req)
+            except RackfireError as e:
+                self.store.add_event(CONTROLLER, rec.name, str(req.key), "reload", "failed",
+                                     e.message)
+                continue
+            reloaded += 1
+            self.store.add_event(CONTROLLER, rec.name, str(req.key), "reload", "ok",
+                                 "who is ready changed")
+        if reloaded and settle:
+            time.sleep(RELOAD_SETTLE)
 
     # reads ------------------------------------------------------------------------------
 
@@ -496,6 +639,14 @@ def _ready(f: InstanceFacts | None, st: InstanceStatus | None, health: HealthSpe
 
 def _address(f: InstanceFacts, ip: str) -> str:
     return f.ip or ip
+
+
+def _role(spec: StackSpec, name: str) -> RoleSpec:
+    for r in spec.roles:
+        if r.name == name:
+            return r
+    raise NotFound(f"stack {spec.name} has no role {name}",
+                   hint=f"its roles: {', '.join(r.name for r in spec.roles) or 'none'}")
 
 
 def _desired_keys(spec: StackSpec) -> list[InstanceKey]:

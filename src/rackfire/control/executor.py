@@ -1,10 +1,11 @@
 """The executor: runs a Plan's actions, recording each one's intent before its side effect,
 and an event for each one's outcome.
 
-Destroys, stops, creates, restarts, resizes and reconfigures run first, a few side by side;
-replaces and an operator's restarts roll one at a time, each waiting for its instance to pass
-its health check before the next, and the rollout stops at the first that does not (a bad
-release takes down one instance, not the role).
+Destroys, stops, creates, restarts, resizes, reloads and reconfigures run first, a few side
+by side; rolling actions (replaces, surge creates, an operator's restarts) go a batch at a
+time (the role's `max_unavailable`, plus its ready surge instances), each waiting for its
+instances to pass their check within the role's `health_timeout`, and the rollout stops at
+the first that does not (a bad release takes down one batch, or only its surge instance).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Outcome:
     held: bool = False  # a rollout waits for an operator: no point retrying soon
     deferred: float | None = None  # a backed-off restart is due then
     released: list[InstanceKey] = field(default_factory=list)  # destroyed for good
+    rollout_failed: dict[str, str] = field(default_factory=dict)  # role -> why it stopped
 
 
 class Executor:
@@ -65,17 +67,23 @@ class Executor:
         for (kind, rolling), batch in groupby(due, key=_rolls):
             actions = list(batch)
             if rolling:
-                for action in actions:
-                    drain({action.key})
-                    if error := self._run_one(plan, action):
-                        out.failed = f"{kind} {action.key.name} failed: {error}"
-                        return out
-                    if error := self.health.wait_ready(action.key):
-                        out.failed = f"{kind} {action.key.name}: {error}; rollout stopped"
-                        return out
+                for chunk in _batches(actions):
+                    drain({a.key for a in chunk})
+                    with ThreadPoolExecutor(PARALLEL, thread_name_prefix="action") as pool:
+                        errors = list(pool.map(lambda a: self._run_one(plan, a), chunk))
+                        if not any(errors):
+                            errors = list(pool.map(
+                                lambda a: self.health.wait_ready(a.key, a.health_timeout),
+                                chunk))
+                    for a, error in zip(chunk, errors, strict=True):
+                        if error:
+                            out.failed = f"{kind} {a.key.name}: {error}; rollout stopped"
+                            out.rollout_failed[a.key.role] = out.failed
+                            drain(set())
+                            return out
                     drain(set())
                 continue
-            if kind not in (ActionKind.CREATE, ActionKind.RESIZE):
+            if kind not in (ActionKind.CREATE, ActionKind.RESIZE, ActionKind.RELOAD):
                 drain({a.key for a in actions})
             with ThreadPoolExecutor(PARALLEL, thread_name_prefix="action") as pool:
                 errors = list(pool.map(lambda a: self._run_one(plan, a), actions))
@@ -124,6 +132,8 @@ class Executor:
                 self.agent.restart(req)
             elif action.kind is ActionKind.RESIZE:
                 self.agent.resize(req)
+            elif action.kind is ActionKind.RELOAD:
+                self.agent.reload(req)
         except Exception as e:  # any failure is the action's, recorded; the loop goes on
             message = e.message if isinstance(e, RackfireError) else f"{type(e).__name__}: {e}"
             if not isinstance(e, RackfireError):
@@ -140,6 +150,16 @@ class Executor:
         self.store.add_event(CONTROLLER, plan.stack, str(action.key), action.kind.value, "ok",
                              action.reason)
         return ""
+
+
+def _batches(actions: list[Action]) -> list[list[Action]]:
+    """Consecutive rolling actions of one role, `batch` at a time."""
+    out: list[list[Action]] = []
+    for _, group in groupby(actions, key=lambda a: a.key.role):
+        items = list(group)
+        size = max(1, items[0].batch)
+        out += [items[i:i + size] for i in range(0, len(items), size)]
+    return out
 
 
 def _rolls(action: Action) -> tuple[ActionKind, bool]:

@@ -108,13 +108,16 @@ class HealthMonitor:
             self.on_change(f.key.stack)
         return health
 
-    def wait_ready(self, key: InstanceKey) -> str:
-        """Block until the new instance passes its check; '' or why not."""
+    def wait_ready(self, key: InstanceKey, timeout: float | None = None) -> str:
+        """Block until the new instance passes its check (within `timeout`, else its grace
+        and retries); '' or why not."""
         rec = self.store.get_stack(key.stack)
-        role = rec.spec.role(key.role) if rec else None
+        role = rec.spec.role(key.role) if rec and key.role in {
+            r.name for r in rec.spec.roles} else None
         spec = role.health if role else None
-        deadline = time.monotonic() + (
-            spec.grace + spec.interval * spec.retries + 5 if spec else 10)
+        if timeout is None:
+            timeout = spec.grace + spec.interval * spec.retries + 5 if spec else 10
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             f = next((f for f in self.agent.observe(key.stack) if f.key == key), None)
             if f is None or f.state is not InstanceState.RUNNING:
@@ -127,5 +130,5 @@ class HealthMonitor:
                 return ""
             time.sleep(min(spec.interval, 0.5) if spec else 0.2)
         st = self.store.statuses(key.stack).get(key)
-        return f"not healthy after {spec.grace if spec else 10:.0f}s" + (
+        return f"not healthy after {timeout:.0f}s" + (
             f" ({st.message})" if st and st.message else "")

@@ -1,13 +1,19 @@
 """Images: read-only, content-addressed base layers for instance root filesystems.
 
-    store.py     ImageStore, ImageInfo: layers by sha256 digest, names pointing at them
-    build.py     build_host, build_debootstrap, ensure_image (by ImageSpec)
-    safe_tar.py  import_tarball: safe extraction of an untrusted rootfs tarball
-    tree.py      walking, hashing, sizing and removing trees without following symlinks
+    store.py      ImageStore, ImageInfo: layers by sha256 digest, names pointing at them
+    build.py      build_host, build_debootstrap, ensure_image (by ImageSpec)
+    hostcache.py  the host-wide cache of debootstrap trees, shared by every data dir
+    safe_tar.py   import_tarball, extract_tarball: safe extraction of an untrusted tarball
+    sources.py    store_source, source_dir: uploaded app sources (api/pack.py packs them)
+    release.py    build_release: an app source plus its Python deps, as a layer
+    tree.py       walking, hashing, sizing, copying and removing trees without following
+                  symlinks
 """
 
 from rackfire.images.build import build_debootstrap, build_host, ensure_image
+from rackfire.images.release import build_release
 from rackfire.images.safe_tar import ImportLimits, import_tarball
+from rackfire.images.sources import source_dir, store_source
 from rackfire.images.store import ImageInfo, ImageStore
 
 __all__ = [
@@ -16,6 +22,9 @@ __all__ = [
     "ImportLimits",
     "build_debootstrap",
     "build_host",
+    "build_release",
     "ensure_image",
     "import_tarball",
+    "source_dir",
+    "store_source",
 ]

@@ -22,9 +22,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from rackfire.errors import ExecError, PrereqError
+from rackfire.images.hostcache import HostCache
 from rackfire.images.safe_tar import import_tarball, tarball_key
 from rackfire.images.store import ImageInfo, ImageStore, check_name
-from rackfire.images.tree import mounts_under, tree_digest, walk
+from rackfire.images.tree import copy_tree, mounts_under, tree_digest, walk
 from rackfire.model.stack import ImageSource, ImageSpec
 
 Progress = Callable[[str], None]
@@ -146,7 +147,9 @@ def debootstrap_key(suite: str, packages: Iterable[str], mirror: str | None) -> 
 def build_debootstrap(store: ImageStore, name: str, suite: str, packages: Iterable[str],
                       mirror: str | None = None, progress: Progress | None = None) -> ImageInfo:
     """A minbase Debian rootfs with `packages`, cached by (suite, packages, mirror, arch):
-    a second build with the same inputs points the name at the first one's layer."""
+    a second build with the same inputs points the name at the first one's layer. Builds
+    are also kept in the host-wide cache (hostcache.py), so a store on another data dir
+    copies (hard-links) the tree instead of running debootstrap again."""
     check_name(name)
     pkgs = sorted(set(packages))
     mirror = mirror or DEFAULT_MIRROR
@@ -163,24 +166,56 @@ def build_debootstrap(store: ImageStore, name: str, suite: str, packages: Iterab
         cached = store.cache_get(key)
         if cached is not None:
             return store.tag(name, cached, build_key=key)
-        if shutil.which("debootstrap") is None:
-            raise PrereqError("debootstrap is not installed",
-                              hint="apt-get install debootstrap")
-        if os.geteuid() != 0:
-            raise PrereqError("building a debootstrap image needs root")
-        with store.staging() as stage:
-            target = stage / "rootfs"
-            cmd = ["debootstrap", "--variant=minbase", f"--arch={host_arch()}"]
-            if pkgs:
-                cmd.append(f"--include={','.join(pkgs)}")
-            _run_streaming([*cmd, suite, str(target), mirror], progress)
-            if mounts_under(target):
-                raise ExecError(f"debootstrap left mounts in {target}")
-            _drop_apt_caches(target)
-            info = store.commit(name, target, tree_digest(target), ImageSource.DEBOOTSTRAP,
-                                build_key=key)
+        host_cache = HostCache("debootstrap")
+        info = _from_host_cache(store, name, key, host_cache, progress)
+        if info is None:
+            with host_cache.lock(key):
+                # Another server may have built it while we waited for the lock.
+                info = _from_host_cache(store, name, key, host_cache, progress)
+                if info is None:
+                    with store.staging() as stage:
+                        target = stage / "rootfs"
+                        _debootstrap(target, suite, pkgs, mirror, progress)
+                        info = store.commit(name, target, tree_digest(target),
+                                            ImageSource.DEBOOTSTRAP, build_key=key)
+                    host_cache.put(key, info.rootfs, info.digest)
         store.cache_put(key, info.digest)
         return info
+
+
+def _debootstrap(target: Path, suite: str, pkgs: list[str], mirror: str,
+                 progress: Progress | None) -> None:
+    """Run debootstrap into target, a path inside a staging dir (tests replace this)."""
+    if shutil.which("debootstrap") is None:
+        raise PrereqError("debootstrap is not installed", hint="apt-get install debootstrap")
+    if os.geteuid() != 0:
+        raise PrereqError("building a debootstrap image needs root")
+    cmd = ["debootstrap", "--variant=minbase", f"--arch={host_arch()}"]
+    if pkgs:
+        cmd.append(f"--include={','.join(pkgs)}")
+    run_streaming([*cmd, suite, str(target), mirror], progress)
+    if mounts_under(target):
+        raise ExecError(f"debootstrap left mounts in {target}")
+    _drop_apt_caches(target)
+
+
+def _from_host_cache(store: ImageStore, name: str, key: str, host_cache: HostCache,
+                     progress: Progress | None) -> ImageInfo | None:
+    """Commit the host cache's entry for key, if there is one, trusting the digest recorded
+    with it (hashing the tree again would cost most of what the cache saves)."""
+    hit = host_cache.get(key)
+    if hit is None:
+        return None
+    rootfs, digest = hit
+    if progress is not None:
+        progress(f"using the host's debootstrap cache: {rootfs}")
+    if store.by_digest(digest) is not None:
+        return store.tag(name, digest, build_key=key)
+    with store.staging() as stage:
+        target = stage / "rootfs"
+        # Hard links are safe: neither the cache entry nor a layer is written after commit.
+        copy_tree(rootfs, target)
+        return store.commit(name, target, digest, ImageSource.DEBOOTSTRAP, build_key=key)
 
 
 def _drop_apt_caches(rootfs: Path) -> None:
@@ -199,14 +234,16 @@ def _drop_apt_caches(rootfs: Path) -> None:
             p.unlink()
 
 
-def _run_streaming(cmd: list[str], progress: Progress | None) -> None:
+def run_streaming(cmd: list[str], progress: Progress | None, cwd: Path | None = None,
+                  what: str = "") -> None:
     """Run cmd, feeding each output line to progress; ExecError with the last lines if it
-    fails. Its own process group, so an interruption kills dpkg and friends too."""
+    fails (named `what`, else cmd[0]). Its own process group, so an interruption kills dpkg
+    and friends too."""
     tail: collections.deque[str] = collections.deque(maxlen=20)
     env = {**os.environ, "LC_ALL": "C", "DEBIAN_FRONTEND": "noninteractive"}
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, errors="replace", env=env,
-                            start_new_session=True)
+                            cwd=cwd, start_new_session=True)
     assert proc.stdout is not None
     try:
         for raw in proc.stdout:
@@ -222,7 +259,7 @@ def _run_streaming(cmd: list[str], progress: Progress | None) -> None:
     finally:
         proc.stdout.close()
     if rc != 0:
-        raise ExecError(f"{cmd[0]} failed with exit code {rc}:\n" + "\n".join(tail),
+        raise ExecError(f"{what or cmd[0]} failed with exit code {rc}:\n" + "\n".join(tail),
                         hint="see the lines above; nothing was kept")
 
 
@@ -253,6 +290,9 @@ def ensure_image(store: ImageStore, spec: ImageSpec,
     if spec.source is ImageSource.DEBOOTSTRAP:
         return build_debootstrap(store, spec.name, spec.suite, spec.packages, spec.mirror,
                                  progress)
+    if spec.source is ImageSource.RELEASE:
+        raise PrereqError(f"image {spec.name!r}: release layers are built from a pushed app, "
+                          "not declared as images", hint="use from: host, debootstrap or tarball")
     if not spec.path:
         raise PrereqError(f"image {spec.name!r}: source tarball needs a path")
     return import_tarball(store, spec.name, Path(spec.path))

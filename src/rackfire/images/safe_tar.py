@@ -1,4 +1,5 @@
-"""Import an untrusted rootfs tarball as an image layer.
+"""Import an untrusted rootfs tarball as an image layer (`extract_tarball` is the same
+extraction into any private dir: uploaded app sources use it).
 
 Extraction is our own loop over the members, never `extractall`. Invariants:
 
@@ -72,22 +73,32 @@ def import_tarball(store: ImageStore, name: str, tar_path: Path,
     if not tar_path.is_file():
         raise PrereqError(f"tarball {tar_path} does not exist or is not a file")
     key = tarball_key(tar_path)
-    with store.staging() as stage, _open_decompressed(tar_path) as raw:
+    with store.staging() as stage:
         rootfs = stage / "rootfs"
         rootfs.mkdir(mode=0o700)
+        digest = extract_tarball(tar_path, rootfs, limits, store.root)
+        return store.commit(name, rootfs, digest, ImageSource.TARBALL, build_key=key)
+
+
+def extract_tarball(tar_path: Path, dest: Path, limits: ImportLimits, space_root: Path) -> str:
+    """Extract tar_path safely into dest, an empty private directory that the caller removes
+    on failure; space_root is where min_free_bytes is checked. Returns the sha256 of the
+    whole decompressed stream."""
+    tar_path = Path(tar_path)
+    if not tar_path.is_file():
+        raise PrereqError(f"tarball {tar_path} does not exist or is not a file")
+    with _open_decompressed(tar_path) as raw:
         reader = _HashingReader(raw, limits.max_stream_bytes, tar_path)
         try:
-            _Extractor(rootfs, limits, store.root).run(reader)
+            _Extractor(dest, limits, space_root).run(reader)
             while reader.read(1024 * 1024):  # the digest covers the stream to its very end
                 pass
         except (tarfile.TarError, EOFError, lzma.LZMAError, zlib.error, gzip.BadGzipFile) as e:
             raise PrereqError(f"{tar_path} is not a readable tar archive: {e}",
-                              hint="use an uncompressed, gzip or xz tar of a root filesystem"
-                              ) from None
+                              hint="use an uncompressed, gzip or xz tar archive") from None
         except OSError as e:
-            raise ExecError(f"importing {tar_path} failed: {e}") from e
-        return store.commit(name, rootfs, reader.hexdigest(), ImageSource.TARBALL,
-                            build_key=key)
+            raise ExecError(f"extracting {tar_path} failed: {e}") from e
+    return reader.hexdigest()
 
 
 def _open_decompressed(path: Path) -> IO[bytes]:

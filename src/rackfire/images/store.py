@@ -4,7 +4,9 @@ Layout under the store's root:
 
     layers/<digest>/rootfs/      the layer; never written after commit
     layers/<digest>/meta.json    source, created, size_bytes, host_binds
-    names/<name>.json            name -> digest, with a copy of the layer's metadata
+    names/<name>.json            name -> digest, with a copy of the layer's metadata;
+                                 `rel-<12 hex>` names are reserved for release layers
+    sources/<digest>/            uploaded app sources, by tree digest (images/sources.py)
     cache/<key>.json             build key -> digest (a debootstrap of suite + packages, ...)
     tmp/                         staging dirs: layers are built here, then renamed into place
     locks/                       flock files
@@ -34,6 +36,7 @@ from rackfire.images.tree import remove_tree, tree_size
 from rackfire.model.stack import NAME_PATTERN, ImageSource
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+RELEASE_PREFIX = "rel-"  # names of release layers: only commits with source=release use it
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +72,8 @@ class ImageStore:
         self.cache = self.root / "cache"
         self.tmp = self.root / "tmp"
         self.locks = self.root / "locks"
-        for d in (self.layers, self.names, self.cache, self.tmp, self.locks):
+        self.sources = self.root / "sources"
+        for d in (self.layers, self.names, self.cache, self.tmp, self.locks, self.sources):
             d.mkdir(parents=True, exist_ok=True)
         os.chmod(self.tmp, 0o700)  # staging trees are private until committed
 
@@ -131,6 +135,12 @@ class ImageStore:
             source = ImageSource(source).value
         except ValueError:
             raise PrereqError(f"invalid image source {source!r}") from None
+        # A user image under a release's name would repoint it, and `image rm` of a user
+        # image must never take a release with it.
+        if name.startswith(RELEASE_PREFIX) != (source == ImageSource.RELEASE):
+            raise PrereqError(f"image name {name!r}: names starting with {RELEASE_PREFIX!r} "
+                              "are reserved for release layers, and only for them",
+                              hint="choose another image name")
         for b in host_binds:
             if not b.startswith("/") or os.path.normpath(b) != b:
                 raise PrereqError(f"invalid host bind {b!r}", hint="use a normalized absolute path")
@@ -163,6 +173,9 @@ class ImageStore:
         """Point `name` at an existing layer."""
         check_name(name)
         check_digest(digest)
+        if name.startswith(RELEASE_PREFIX):
+            raise PrereqError(f"image name {name!r}: names starting with {RELEASE_PREFIX!r} "
+                              "are reserved for release layers", hint="choose another name")
         with self._lock():
             if not (self.layers / digest / "rootfs").is_dir():
                 raise NotFound(f"no image layer {digest}")

@@ -13,37 +13,14 @@ import re
 import shutil
 import stat
 import subprocess
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 from rackfire.errors import ExecError
+from rackfire.fswalk import resolve_in_root, walk
 
-
-def walk(root: Path, *, skip_unreadable: bool = False) -> Iterator[tuple[str, os.stat_result]]:
-    """Yield (relative path, lstat) for root ("") and everything under it, in sorted order.
-    With skip_unreadable, a directory we may not list is yielded but not descended into.
-
-    Iterative, because an untrusted tree can be deeper than Python's recursion limit.
-    """
-    yield "", os.lstat(root)
-    pending = [""]
-    while pending:
-        rel = pending.pop()
-        try:
-            with os.scandir(root / rel if rel else root) as it:
-                entries = sorted((e.name, e.stat(follow_symlinks=False)) for e in it)
-        except PermissionError:
-            if not skip_unreadable:
-                raise
-            continue
-        subdirs = []
-        for name, st in entries:
-            child = f"{rel}/{name}" if rel else name
-            yield child, st
-            if stat.S_ISDIR(st.st_mode):
-                subdirs.append(child)
-        # Depth-first in sorted order: push in reverse so the smallest name is popped first.
-        pending.extend(reversed(subdirs))
+__all__ = ["copy_tree", "mounts_under", "remove_tree", "resolve_in_root", "tree_digest",
+           "tree_size", "walk"]
 
 
 def tree_digest(root: Path, extra: Iterable[str] = ()) -> str:
@@ -72,6 +49,26 @@ def _file_sha256(path: Path) -> str:
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     with os.fdopen(fd, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def copy_tree(src: Path, dst: Path, *, link: bool = True) -> None:
+    """Copy the tree src to dst (which must not exist) with `cp -a`, never following
+    symlinks. With link, files are hard links (`cp -al`) when src and dst are on one
+    filesystem: only for trees nobody writes after, such as committed layers, as the files
+    are then shared. Falls back to a real copy when linking fails (EXDEV across bind mounts,
+    fs.protected_hardlinks)."""
+    if link and os.stat(src).st_dev == os.stat(dst.parent).st_dev:
+        r = subprocess.run(["cp", "-al", "--", str(src), str(dst)], capture_output=True,
+                           text=True, check=False)
+        if r.returncode == 0:
+            return
+        remove_tree(dst)
+    r = subprocess.run(["cp", "-a", "--", str(src), str(dst)], capture_output=True, text=True,
+                       check=False)
+    if r.returncode != 0:
+        remove_tree(dst)
+        raise ExecError(f"copying {src} to {dst} failed: {r.stderr.strip()[-2000:]}",
+                        hint="check free space and permissions; nothing was kept")
 
 
 def tree_size(root: Path) -> int:

@@ -17,6 +17,7 @@ class ImageSource(StrEnum):
     HOST = "host"
     DEBOOTSTRAP = "debootstrap"
     TARBALL = "tarball"
+    RELEASE = "release"  # an app's release layer, built from a pushed source
 
 
 class RuntimeKind(StrEnum):
@@ -96,6 +97,9 @@ class DataDisk:
 
     path: str
     size: int
+
+
+MAX_SOURCE_BYTES = 256 * 1024 * 1024  # an app's source dir, packed for upload
 
 
 @dataclass(frozen=True, slots=True)

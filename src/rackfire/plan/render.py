@@ -23,10 +23,10 @@ _JINJA = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False,
                               keep_trailing_newline=True)
 
 
-def spec_fields(role: RoleSpec, image_digest: str, runtime: RuntimeKind,
-                app_digest: str = "") -> dict[str, str]:
-    """The parts of a role that need a fresh instance when they change (the env a release
-    adds follows `app`)."""
+def spec_fields(role: RoleSpec, image_digest: str, runtime: RuntimeKind) -> dict[str, str]:
+    """The parts of a role that need a fresh instance when they change. A release is known
+    by its source (its layer follows from it and the image), so a plan needs no build; the
+    env a release adds follows `app`."""
     fields = {
         "image": image_digest[:16],
         "command": digest(role.command),
@@ -34,8 +34,8 @@ def spec_fields(role: RoleSpec, image_digest: str, runtime: RuntimeKind,
         "env": digest(role.env),
         "runtime": runtime.value,
     }
-    if app_digest:
-        fields["app"] = app_digest[:16]
+    if role.app is not None:
+        fields["app"] = role.app.digest[:16]
     if role.data is not None:
         fields["data"] = digest(role.data.path)
     return fields
@@ -74,7 +74,7 @@ def render_stack(
 ) -> list[InstanceRequest]:
     """Every desired instance of the stack, with its config rendered from the templates,
     then the surge instances a rollout may add (`surge=True`; those that have an IP).
-    `image_digests` is by image name, `app_digests` (release layers) by role name."""
+    `image_digests` is by image name, `app_digests` (release layers, once built) by role."""
     app_digests = app_digests or {}
 
     def entry(k: InstanceKey) -> dict[str, Any]:
@@ -90,8 +90,7 @@ def render_stack(
         runtime = role.runtime or default_runtime
         env = app_env(role)
         app_digest = app_digests.get(role.name, "") if role.app else ""
-        fields = spec_fields(role, role.image_digest or image_digests[role.image], runtime,
-                             app_digest)
+        fields = spec_fields(role, role.image_digest or image_digests[role.image], runtime)
         visible = {r: {"instances": peers[r], "count": len(peers[r]), "ready": ready_peers[r]}
                    for r in (role.name, *role.uses)}
         keys = [k for k in role_keys(stack.name, role, surge=True) if k in ips]

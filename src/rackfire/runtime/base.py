@@ -23,14 +23,22 @@ class Runtime(Protocol):
     kind: RuntimeKind
     caps: Capabilities
 
-    def create(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path) -> None:
-        """Make every part of the instance and start it. Repairs a half-made earlier try."""
+    def create(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path,
+               app: ImageInfo | None = None) -> None:
+        """Make every part of the instance and start it. Repairs a half-made earlier try.
+        `app`: the release layer `req.app_digest` names (None if it names none)."""
 
-    def reconfigure(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path) -> None:
+    def reconfigure(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path,
+                    app: ImageInfo | None = None) -> None:
         """Stop it, swap its config layer for `req.files`, start it; same disk and IP."""
 
-    def restart(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path) -> None:
+    def restart(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path,
+                app: ImageInfo | None = None) -> None:
         """Start a stopped instance again on its own disk."""
+
+    def reload(self, req: InstanceRequest) -> None:
+        """Write `req.files`' new contents where the running instance reads them (same
+        paths), record `req.config_hash`, and have it re-read them (`req.reload`)."""
 
     def destroy(self, key: InstanceKey, stop_timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         """Stop it gracefully, then remove every part; missing parts are fine."""

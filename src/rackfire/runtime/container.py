@@ -4,6 +4,10 @@ network namespace on the stack's bridge, cgroup limits.
 Every part is named from the instance id (`shop.web.3`): the instance dir, the runc
 container, the cgroup `/rackfire/<id>`, the netns `rf-<id>`, the veth. A restarted agent
 finds all of them again; `destroy` removes each one whether or not the others exist.
+
+A data disk is named from the key too, `<volumes>/<stack>/<role>-<index>.img`, outside the
+instance dir: `destroy` leaves it (a replace or a later create of the key reuses it), and only
+`remove_volumes` (the stack's teardown) deletes it.
 """
 
 from __future__ import annotations
@@ -15,12 +19,12 @@ import shutil
 import signal
 import subprocess
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from rackfire.errors import ExecError, NotFound, PrereqError
+from rackfire.errors import ExecError, NotFound, PrereqError, RackfireError
 from rackfire.images.store import ImageInfo
 from rackfire.model.agent import ExecHandle, InstanceStats
 from rackfire.model.instance import (
@@ -40,6 +44,7 @@ from rackfire.runtime.layout import (
     instance_dir,
     list_instance_dirs,
     read_meta,
+    rendered_paths,
     resources_of,
     swap_config,
     update_meta,
@@ -47,67 +52,142 @@ from rackfire.runtime.layout import (
     write_meta,
 )
 from rackfire.runtime.oci import CPU_PERIOD, oci_config
+from rackfire.runtime.reload import (
+    changed_files,
+    check_layout,
+    mode_of,
+    parse_signal,
+    unlink_beneath,
+    wait_reload,
+    write_beneath,
+)
 
 RUNC_ROOT = Path("/run/rackfire/runc")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+# Mount points runc (or the image) owns: a data disk over one would hide it.
+_SYSTEM_PATHS = ("/proc", "/sys", "/dev", "/etc/hosts")
+
+
+@dataclass(frozen=True, slots=True)
+class Grows:
+    """How a resize grows the instance's disks."""
+
+    root: mounts.Grow
+    data: mounts.Grow = mounts.Grow.NONE
 
 
 class ContainerRuntime:
     kind = RuntimeKind.CONTAINER
     caps = Capabilities(isolated=True, disk_limit=True, own_ip=True)
 
-    def __init__(self, base: Path, host: str, runc_root: Path = RUNC_ROOT) -> None:
+    def __init__(self, base: Path, host: str, runc_root: Path = RUNC_ROOT,
+                 volumes: Path | None = None) -> None:
         self.base = base
         self.host = host
         self.runc_root = runc_root
+        # Data disks: beside the instance dirs (`<data-dir>/volumes`), not inside them.
+        self.volumes = volumes if volumes is not None else base.parent / "volumes"
         self._cpu = stats.CpuSampler()
         base.mkdir(parents=True, exist_ok=True)
 
     # the Runtime protocol ---------------------------------------------------------------
 
-    def create(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path) -> None:
+    def create(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path,
+               app: ImageInfo | None = None) -> None:
         d = instance_dir(self.base, req.key)
+        # Before any part exists: a refusal changes nothing.
+        check_paths(req.files, image)
+        check_data_path(req, image)
+        _app_layer(req, app, self.host)
         if d.root.exists():
             self.destroy(req.key)  # a half-made earlier try: start clean
-        check_paths(req.files, image)  # before any part exists: a refusal changes nothing
         write_meta(d, req, phase="creating")  # intent first: a crash from here is PARTIAL
         mounts.make_disk(d.disk_image, req.resources.disk)
         write_config_layer(d.config, req.files, req.key.name)
-        self._start(d, req, image, hosts_file)
+        self._start(d, req, image, hosts_file, app)
         update_meta(d, phase="created")
 
-    def reconfigure(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path) -> None:
+    def reconfigure(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path,
+                    app: ImageInfo | None = None) -> None:
         check_paths(req.files, image)
+        check_data_path(req, image)
+        _app_layer(req, app, self.host)
         d = instance_dir(self.base, req.key)
         self._stop(req.key, req.stop_timeout)
         mounts.unmount(d.rootfs)  # the lower layer may not change under a mounted overlay
         mounts.mount_disk(d.disk_image, d.disk)
-        # The config layer holds nothing else: it is written anew.
-        for path in swap_config(d, d.config, req, replace_all=True):
-            # A rendered file the instance changed was copied up and would hide the new one.
-            (d.disk / "upper" / path.lstrip("/")).unlink(missing_ok=True)
-        self._start(d, req, image, hosts_file)
+        old = (read_meta(d) or {}).get("files", ())
+        for path in {*old, *rendered_paths(req)}:
+            # A copy in the upper dir (a reload wrote through the overlay, or the instance
+            # changed the file) would hide the config layer's new one.
+            unlink_beneath(d.disk / "upper", path)
+        swap_config(d, d.config, req, replace_all=True)  # the layer holds nothing else
+        self._start(d, req, image, hosts_file, app)
 
-    def restart(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path) -> None:
+    def restart(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path,
+                app: ImageInfo | None = None) -> None:
+        _app_layer(req, app, self.host)
         self._stop(req.key, req.stop_timeout)
-        self._start(instance_dir(self.base, req.key), req, image, hosts_file)
+        self._start(instance_dir(self.base, req.key), req, image, hosts_file, app)
 
     def destroy(self, key: InstanceKey, stop_timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         d = instance_dir(self.base, key)
         self._stop(key, timeout=stop_timeout)
         mounts.unmount(d.rootfs)
         mounts.unmount(d.disk)
+        # The data disk stays (in `volumes`); unmounted first, or rmtree would empty it.
+        mounts.unmount(d.data)
         links.detach_instance(key.id)
         shutil.rmtree(d.root, ignore_errors=True)
+
+    def reload(self, req: InstanceRequest) -> None:
+        """New contents for the same rendered files while it runs: written through the
+        mounted overlay (atomically: the instance reads the old or the new file), and into
+        the config layer, which a later reconfigure rewrites anyway. Then its `reload`."""
+        d = instance_dir(self.base, req.key)
+        meta = read_meta(d)
+        if meta is None:
+            raise NotFound(f"instance {req.key} does not exist on host {self.host}")
+        check_layout(meta, req)
+        spec = req.reload
+        sig = parse_signal(spec.signal) if spec is not None and spec.signal else None
+        overlay = mounts.mounted(d.rootfs)
+        if not overlay:
+            mounts.mount_disk(d.disk_image, d.disk)
+        for path, content in changed_files(d.config, req):
+            mode = mode_of(d.config / path.lstrip("/"))
+            if overlay:
+                # Lands in the upper dir (copied up), where it hides the lower copy.
+                write_beneath(d.rootfs, path, content, mode)
+            else:
+                # No overlay to write through: an older upper copy would hide the new file.
+                unlink_beneath(d.disk / "upper", path)
+            write_beneath(d.config, path, content, mode)
+        update_meta(d, config_hash=req.config_hash, files_layout=req.files_layout)
+        if self._state(req.key.id) != "running":
+            return  # it reads the new files when it starts
+        try:
+            if sig is not None:
+                self._runc("kill", req.key.id, str(int(sig)))
+            elif spec is not None and spec.exec:
+                wait_reload(self.exec(req.key, list(spec.exec), tty=False), spec.exec,
+                            str(req.key))
+        except RackfireError:
+            # Not re-read: the old hash makes the next reconcile reload again.
+            update_meta(d, config_hash=meta.get("config_hash", ""))
+            raise
+
+    def volume(self, key: InstanceKey) -> Path:
+        return self.volumes / key.stack / f"{key.name}.img"
 
     def stop(self, key: InstanceKey, stop_timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         # Only the container (and its cgroup) goes: disk, overlay, config layer and netns
         # stay, so restart() starts it again on the same data and IP.
         self._stop(key, timeout=stop_timeout)
 
-    def check_resize(self, req: InstanceRequest) -> mounts.Grow:
+    def check_resize(self, req: InstanceRequest) -> Grows:
         """Refuse, before any change, a resize this instance cannot take live; else say how
-        its disk would grow."""
+        its disks would grow."""
         d = instance_dir(self.base, req.key)
         meta = read_meta(d)
         if meta is None or not d.disk_image.exists():
@@ -115,15 +195,24 @@ class ContainerRuntime:
         new, old = req.resources, resources_of(meta)
         # The disk is measured mounted (a stopped instance's stays mounted anyway).
         mounts.mount_disk(d.disk_image, d.disk)
-        grow = mounts.plan_grow(d.disk_image, d.disk, new.disk,  # a shrink is refused here
-                                old.disk if old is not None else None)
+        grows = Grows(mounts.plan_grow(d.disk_image, d.disk, new.disk,  # refuses a shrink
+                                       old.disk if old is not None else None))
+        volume = self.volume(req.key)
+        if req.data is not None and volume.exists():
+            # Grown as the root disk is. (A data disk it has none of yet comes with its
+            # next start.)
+            mounts.mount_disk(volume, d.data)
+            applied = (meta.get("data") or {}).get("size")
+            grows = Grows(grows.root, mounts.plan_grow(volume, d.data, req.data.size, applied))
         if self._state(req.key.id) in (None, "stopped"):
-            return grow
-        if grow is mounts.Grow.RESIZE and not mounts.can_grow_online():
+            return grows
+        resizing = [name for name, g in (("disk", grows.root), ("data disk", grows.data))
+                    if g is mounts.Grow.RESIZE]
+        if resizing and not mounts.can_grow_online():
             raise PrereqError(
-                f"{req.key}: its disk cannot grow this far while it runs: past its headroom "
-                "the ext4 filesystem itself must grow, and this host's root lacks "
-                "CAP_SYS_RESOURCE, which growing a mounted ext4 needs",
+                f"{req.key}: its {' and '.join(resizing)} cannot grow this far while it runs: "
+                "past its headroom the ext4 filesystem itself must grow, and this host's root "
+                "lacks CAP_SYS_RESOURCE, which growing a mounted ext4 needs",
                 hint="stop the instance and start it again: a stopped disk grows offline")
         used, _ = stats.cgroup_memory(req.key.id)
         if new.memory is not None and used is not None and used > new.memory:
@@ -131,19 +220,23 @@ class ContainerRuntime:
                 f"{req.key} uses {format_size_approx(used)} of memory now: a "
                 f"{format_size_approx(new.memory)} limit would not hold (there is no swap)",
                 hint="choose a larger limit, or restart the instance with the smaller one")
-        return grow
+        return grows
 
     def resize(self, req: InstanceRequest) -> None:
-        grow = self.check_resize(req)
+        grows = self.check_resize(req)
         d = instance_dir(self.base, req.key)
         new, old = req.resources, resources_of(read_meta(d) or {})
         live = self._state(req.key.id) not in (None, "stopped")
         if live:  # a stopped one gets the new limits from config.json when it starts
             self._update_limits(req.key, new, old)
-        if grow is not mounts.Grow.NONE:
-            self._grow_disk(d, new.disk, grow)
+        if grows.root is not mounts.Grow.NONE:
+            self._grow_disk(d.disk_image, d.disk, new.disk, grows.root, holders=(d.rootfs,))
+        changes: dict[str, Any] = {}
+        if req.data is not None and grows.data is not mounts.Grow.NONE:
+            self._grow_disk(self.volume(req.key), d.data, req.data.size, grows.data)
+            changes["data"] = asdict(req.data)
         update_meta(d, resources=asdict(new), spec_hash=req.spec_hash,
-                    spec_fields=[list(p) for p in req.spec_fields])
+                    spec_fields=[list(p) for p in req.spec_fields], **changes)
 
     def stats(self, keys: list[InstanceKey]) -> list[InstanceStats]:
         found = []
@@ -177,6 +270,7 @@ class ContainerRuntime:
                 spec_hash=meta.get("spec_hash", ""),
                 spec_fields=tuple((a, b) for a, b in meta.get("spec_fields", ())),
                 config_hash=meta.get("config_hash", ""),
+                files_layout=meta.get("files_layout", ""),
                 started_at=meta.get("started_at"), resources=resources_of(meta),
                 pid=c.get("pid") if running and c else None,
                 oom_killed=state is InstanceState.STOPPED and _oom_killed(key),
@@ -213,16 +307,23 @@ class ContainerRuntime:
     # parts ------------------------------------------------------------------------------
 
     def _start(self, d: InstanceDir, req: InstanceRequest, image: ImageInfo,
-               hosts_file: Path) -> None:
+               hosts_file: Path, app: ImageInfo | None) -> None:
         # Every part it runs on, made sure of each start: after a host reboot /run (its
-        # netns) is empty and its disk unmounted. Each step keeps what is already intact.
+        # netns) is empty and its disks unmounted. Each step keeps what is already intact.
+        app_rootfs = _app_layer(req, app, self.host)
         mounts.mount_disk(d.disk_image, d.disk)
+        data = self._ensure_data(d, req)
         net = req.network
         links.attach_instance(req.key.id, net.stack, req.ip, net.prefix, net.gateway)
         upper, work = d.disk / "upper", d.disk / "work"
-        mounts.mount_overlay(d.rootfs, [d.config, image.rootfs], upper, work)
+        if (read_meta(d) or {}).get("app", "") != req.app_digest:
+            mounts.unmount(d.rootfs)  # mounted on another release's layer
+        lower = [d.config, *([app_rootfs] if app_rootfs else []), image.rootfs]
+        mounts.mount_overlay(d.rootfs, lower, upper, work)
+        update_meta(d, app=req.app_digest, data=asdict(req.data) if req.data else None)
         netns_path = f"/run/netns/{names.netns_name(req.key.id)}"
-        config = oci_config(req, image.host_binds, hosts_file, netns_path)
+        config = oci_config(req, image.host_binds, hosts_file, netns_path,
+                            d.data if data else None)
         (d.bundle / "config.json").write_text(json.dumps(config))
         self._runc("delete", "--force", req.key.id, check=False)  # a stopped leftover
         with open(d.log, "ab") as log:
@@ -274,19 +375,42 @@ class ContainerRuntime:
         raise ExecError(f"cannot resize {key} live (its limits are unchanged): {why}",
                         hint=hint)
 
-    def _grow_disk(self, d: InstanceDir, size: int, grow: mounts.Grow) -> None:
+    def _ensure_data(self, d: InstanceDir, req: InstanceRequest) -> bool:
+        """Mount the instance's data disk at `d.data`, made if missing, else reused as it is
+        (grown if `req` asks for more). False if it has none."""
+        if req.data is None:
+            mounts.unmount(d.data)  # dropped from the role: its disk stays in `volumes`
+            return False
+        volume = self.volume(req.key)
+        if not volume.exists():
+            volume.parent.mkdir(parents=True, exist_ok=True)
+            new = volume.with_name(volume.name + ".new")
+            mounts.make_disk(new, req.data.size)
+            os.replace(new, volume)  # whole: a crash in mkfs leaves no half disk to reuse
+        mounts.mount_disk(volume, d.data)
+        try:
+            grow = mounts.plan_grow(volume, d.data, req.data.size, None)
+        except PrereqError:
+            grow = mounts.Grow.NONE  # larger than asked: a disk never shrinks, data stays
+        if grow is not mounts.Grow.NONE:
+            self._grow_disk(volume, d.data, req.data.size, grow)
+        return True
+
+    def _grow_disk(self, image: Path, target: Path, size: int, grow: mounts.Grow,
+                   holders: tuple[Path, ...] = ()) -> None:
+        """Grow the disk `image` mounted at `target`; `holders` are mounts on top of it."""
         if grow is mounts.Grow.RESIZE:
-            if mounts.mounted(d.disk) and mounts.can_grow_online():
-                mounts.grow_online(d.disk_image, d.disk, size)
+            if mounts.mounted(target) and mounts.can_grow_online():
+                mounts.grow_online(image, target, size)
             else:
                 # Not running (resize checked): nothing uses the disk; _start mounts it again.
-                mounts.unmount(d.rootfs)
-                mounts.unmount(d.disk)
-                mounts.grow_offline(d.disk_image, size)
-        if mounts.has_headroom(d.disk_image):
+                for path in (*holders, target):
+                    mounts.unmount(path)
+                mounts.grow_offline(image, size)
+        if mounts.has_headroom(image):
             # Within the (new) ceiling: the reservation is set on the mounted fs, at once.
-            mounts.mount_disk(d.disk_image, d.disk)
-            mounts.grant(d.disk_image, d.disk, size)
+            mounts.mount_disk(image, target)
+            mounts.grant(image, target, size)
 
     def _state(self, cid: str) -> str | None:
         return self._state_pid(cid)[0]
@@ -334,6 +458,39 @@ def check_paths(files: tuple[tuple[str, str], ...], image: ImageInfo) -> None:
                 raise PrereqError(f"files: {path}: /{'/'.join(parts[:i])} is a symlink to "
                                   f"{target} in image {image.name or image.digest[:12]}",
                                   hint="write the file at its real path")
+
+
+def check_data_path(req: InstanceRequest, image: ImageInfo) -> None:
+    """Refuse a data disk mount point that would hide what runc or the image mounts."""
+    if req.data is None:
+        return
+    path = req.data.path
+    if not path.startswith("/") or os.path.normpath(path) != path or path == "/":
+        raise PrereqError(f"data.path: {path!r} is not a normalized absolute path below /")
+    for taken in (*_SYSTEM_PATHS, *image.host_binds):
+        if path == taken or path.startswith(taken.rstrip("/") + "/") \
+                or taken.startswith(path + "/"):
+            raise PrereqError(f"data.path: {path} would cover {taken}, which the container "
+                              "needs as it is", hint="mount it elsewhere, e.g. /var/lib/app")
+
+
+def remove_volumes(directory: Path) -> None:
+    """Delete a stack's data disks: unmounted and their loop devices freed first (raises
+    if one is still in use, keeping every disk)."""
+    if not directory.exists():
+        return
+    mounts.release_under(directory)
+    shutil.rmtree(directory)
+
+
+def _app_layer(req: InstanceRequest, app: ImageInfo | None, host: str) -> Path | None:
+    """The release layer's rootfs, checked to be the one `req` names."""
+    if not req.app_digest:
+        return None
+    if app is None or app.digest != req.app_digest:
+        raise NotFound(f"release layer {req.app_digest[:12]} is not on host {host}",
+                       hint="the release is built before its instances are created")
+    return app.rootfs
 
 
 def _update_args(r: Resources) -> list[str]:

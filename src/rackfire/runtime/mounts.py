@@ -22,6 +22,7 @@ import os
 import re
 import struct
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,7 +132,9 @@ def release_under(directory: Path) -> None:
         if Path(f"/sys/block/{Path(dev).name}/loop/backing_file").exists():
             # Not mounted (any more): a device left behind without autoclear.
             subprocess.run(["losetup", "-d", dev], capture_output=True, check=False)
-    left = loops_under(directory)
+    deadline = time.monotonic() + 2  # autoclear may free a device just after the unmount
+    while (left := loops_under(directory)) and time.monotonic() < deadline:
+        time.sleep(0.02)
     if left:
         raise ExecError(f"disks under {directory} are still in use: "
                         + ", ".join(f"{d} ({p})" for d, p in sorted(left.items())),

@@ -38,6 +38,7 @@ def oci_config(
     host_binds: tuple[str, ...],
     hosts_file: Path,
     netns_path: str,
+    data_source: Path | None = None,
 ) -> dict[str, Any]:
     r = req.resources
     resources: dict[str, Any] = {"devices": [{"allow": False, "access": "rwm"}]}
@@ -68,6 +69,10 @@ def oci_config(
     # restart (a file in the overlay's lower layer may not change under a mounted overlay).
     mounts.append({"destination": "/etc/hosts", "type": "bind", "source": str(hosts_file),
                    "options": ["bind", "ro", "nosuid", "nodev", "noexec"]})
+    if req.data is not None and data_source is not None:
+        # The data disk, mounted on the host; runc makes the mount point in the rootfs.
+        mounts.append({"destination": req.data.path, "type": "bind",
+                       "source": str(data_source), "options": ["bind", "rw", "nosuid", "nodev"]})
     caps = list(CAPABILITIES)
     return {
         "ociVersion": "1.0.2",

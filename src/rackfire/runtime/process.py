@@ -17,7 +17,7 @@ from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
-from rackfire.errors import ExecError, NotFound, PrereqError
+from rackfire.errors import ExecError, NotFound, PrereqError, RackfireError
 from rackfire.images.store import ImageInfo
 from rackfire.model.agent import ExecHandle, InstanceStats
 from rackfire.model.instance import InstanceFacts, InstanceKey, InstanceRequest, InstanceState
@@ -36,6 +36,14 @@ from rackfire.runtime.layout import (
     write_config_layer,
     write_meta,
 )
+from rackfire.runtime.reload import (
+    changed_files,
+    check_layout,
+    mode_of,
+    parse_signal,
+    wait_reload,
+    write_beneath,
+)
 
 
 class ProcessRuntime:
@@ -49,7 +57,9 @@ class ProcessRuntime:
         self._cpu = stats.CpuSampler()
         base.mkdir(parents=True, exist_ok=True)
 
-    def create(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path) -> None:
+    def create(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path,
+               app: ImageInfo | None = None) -> None:
+        _refuse_unsupported(req)
         d = instance_dir(self.base, req.key)
         if d.root.exists():
             self.destroy(req.key)
@@ -58,17 +68,51 @@ class ProcessRuntime:
         self._start(d, req)
         update_meta(d, phase="created")
 
-    def reconfigure(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path) -> None:
+    def reconfigure(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path,
+                    app: ImageInfo | None = None) -> None:
+        _refuse_unsupported(req)
         d = instance_dir(self.base, req.key)
         self._stop(d, req.stop_timeout)
         # Its working dir holds its data too: swap only the rendered files.
         swap_config(d, d.workdir, req, replace_all=False)
         self._start(d, req)
 
-    def restart(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path) -> None:
+    def restart(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path,
+                app: ImageInfo | None = None) -> None:
+        _refuse_unsupported(req)
         d = instance_dir(self.base, req.key)
         self._stop(d, req.stop_timeout)
         self._start(d, req)
+
+    def reload(self, req: InstanceRequest) -> None:
+        """New contents for its rendered files in its working dir, then its `reload`: a
+        signal to its main process, or the command run as `exec` runs one."""
+        d = instance_dir(self.base, req.key)
+        meta = read_meta(d)
+        if meta is None:
+            raise NotFound(f"instance {req.key} does not exist on host {self.host}")
+        check_layout(meta, req)
+        spec = req.reload
+        sig = parse_signal(spec.signal) if spec is not None and spec.signal else None
+        for path, content in changed_files(d.workdir, req):
+            write_beneath(d.workdir, path, content, mode_of(d.workdir / path.lstrip("/")))
+        update_meta(d, config_hash=req.config_hash, files_layout=req.files_layout)
+        pid, _ = self._poll(meta.get("pid"), meta.get("pid_start"))
+        if not pid or meta.get("phase") != "created":
+            return  # it reads the new files when it starts
+        try:
+            if sig is not None:
+                try:
+                    os.kill(pid, sig)  # its main process, as a container's init gets it
+                except ProcessLookupError:
+                    raise ExecError(f"{req.key} exited before its reload") from None
+            elif spec is not None and spec.exec:
+                wait_reload(self.exec(req.key, list(spec.exec), tty=False), spec.exec,
+                            str(req.key))
+        except RackfireError:
+            # Not re-read: the old hash makes the next reconcile reload again.
+            update_meta(d, config_hash=meta.get("config_hash", ""))
+            raise
 
     def destroy(self, key: InstanceKey, stop_timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         d = instance_dir(self.base, key)
@@ -122,6 +166,7 @@ class ProcessRuntime:
                 spec_hash=meta.get("spec_hash", ""),
                 spec_fields=tuple((a, b) for a, b in meta.get("spec_fields", ())),
                 config_hash=meta.get("config_hash", ""), started_at=meta.get("started_at"),
+                files_layout=meta.get("files_layout", ""),
                 resources=resources_of(meta),
                 pid=pid, exit_code=exit_code if exit_code is not None else meta.get("exit_code"),
             ))
@@ -207,6 +252,16 @@ class ProcessRuntime:
             self._children.pop(pid, None)  # observe runs on several threads
             return None, code
         return _poll_foreign(pid, started)
+
+
+def _refuse_unsupported(req: InstanceRequest) -> None:
+    """What only a container can have, refused before any change."""
+    needs = [what for what, asked in (("a data disk", req.data is not None),
+                                      ("an app release layer", bool(req.app_digest))) if asked]
+    if needs:
+        raise PrereqError(f"{req.key}: {' and '.join(needs)} needs the container runtime "
+                          "(the process runtime has no disk or root filesystem of its own)",
+                          hint="use runtime: container (root and runc) for this role")
 
 
 def _session_cpu_ns(sid: int) -> int | None:

@@ -11,6 +11,7 @@ import contextlib
 import os
 import secrets
 import signal
+import stat
 import subprocess
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -103,9 +104,10 @@ def unlink_beneath(root: Path, path: str) -> None:
 def mode_of(path: Path) -> int:
     """The permission bits of a rendered file as its config layer has it."""
     try:
-        return path.lstat().st_mode & 0o7777
+        st = path.lstat()
     except OSError:
         return DEFAULT_MODE
+    return st.st_mode & 0o7777 if stat.S_ISREG(st.st_mode) else DEFAULT_MODE
 
 
 def changed_files(config: Path, req: InstanceRequest) -> list[tuple[str, bytes]]:

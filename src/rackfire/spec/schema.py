@@ -252,6 +252,8 @@ class ImageModel(_Strict):
         misplaced = [f"'{key}' only applies to from: {only_for[key]}"
                      for key in sorted(self.model_fields_set)
                      if only_for.get(key, self.source) != self.source]
+        if self.source == ImageSource.RELEASE:
+            misplaced.append("from: release layers are made by `rackfire push` and `app:`")
         if self.source == ImageSource.TARBALL and self.path is None:
             misplaced.append("from: tarball needs a path to a rootfs tarball")
         if misplaced:

@@ -5,8 +5,11 @@ from rackfire.store.db import (
     Event,
     InstanceStatus,
     Override,
+    Release,
+    ReleaseStatus,
     StackRecord,
     Store,
 )
 
-__all__ = ["ActionRecord", "Event", "InstanceStatus", "Override", "StackRecord", "Store"]
+__all__ = ["ActionRecord", "Event", "InstanceStatus", "Override", "Release", "ReleaseStatus",
+           "StackRecord", "Store"]

@@ -13,7 +13,8 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,14 @@ CREATE TABLE IF NOT EXISTS events (
     reason TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS events_by_stack ON events (stack, id);
+CREATE TABLE IF NOT EXISTS releases (
+    stack TEXT NOT NULL, role TEXT NOT NULL, version INTEGER NOT NULL,
+    source TEXT NOT NULL, label TEXT NOT NULL, layer TEXT NOT NULL,
+    image TEXT NOT NULL, image_digest TEXT NOT NULL,
+    actor TEXT NOT NULL, created REAL NOT NULL,
+    status TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '', updated REAL NOT NULL,
+    PRIMARY KEY (stack, role, version)
+);
 CREATE TABLE IF NOT EXISTS overrides (
     stack TEXT NOT NULL, role TEXT NOT NULL, field TEXT NOT NULL,
     value TEXT NOT NULL, actor TEXT NOT NULL, time REAL NOT NULL,
@@ -86,6 +95,8 @@ ADDED_COLUMNS = [
     ("instance_status", "stopped", "INTEGER NOT NULL DEFAULT 0"),
     ("instance_status", "failed", "TEXT NOT NULL DEFAULT ''"),
     ("instance_status", "restart_requested", "REAL"),
+    ("stacks", "actor", "TEXT NOT NULL DEFAULT ''"),
+    ("stacks", "keep_data", "INTEGER NOT NULL DEFAULT 0"),
 ]
 EVENTS_KEPT = 100_000  # older events are pruned
 
@@ -101,6 +112,37 @@ class StackRecord:
     status: str
     message: str
     updated: float
+    actor: str = ""  # who set the current generation's spec
+    keep_data: bool = False  # a destroy that keeps the data disks
+
+
+class ReleaseStatus(StrEnum):
+    DEPLOYING = "deploying"  # rolling out now
+    LIVE = "live"  # what the role runs
+    RETIRED = "retired"  # was live; a rollback can go back to it
+    FAILED = "failed"  # its instances failed their check; rolled back
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """One version of what a role runs: an image, plus the pushed app (if any)."""
+
+    stack: str
+    role: str
+    version: int
+    source: str  # the app's uploaded source tree digest; "" for an image-only role
+    label: str  # where the source came from, as the file or `push` named it
+    layer: str  # the release layer built from it (its digest); "" until built
+    image: str
+    image_digest: str
+    actor: str
+    created: float
+    status: ReleaseStatus
+    reason: str
+    updated: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self) | {"status": self.status.value}
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +245,8 @@ class Store:
 
     # stacks -----------------------------------------------------------------------------
 
-    def put_stack(self, spec: StackSpec, subnet: str, expected_generation: int | None) -> int:
+    def put_stack(self, spec: StackSpec, subnet: str, expected_generation: int | None,
+                  actor: str = "") -> int:
         """Store a new desired spec; returns its generation. Check-and-set when asked."""
         with self.tx() as db:
             row = db.execute("SELECT generation, deleting FROM stacks WHERE name=?",
@@ -220,11 +263,11 @@ class Store:
                 )
             gen = current + 1
             db.execute(
-                "INSERT INTO stacks (name, spec, generation, subnet, status, updated) "
-                "VALUES (?, ?, ?, ?, 'pending', ?) ON CONFLICT(name) DO UPDATE SET "
+                "INSERT INTO stacks (name, spec, generation, subnet, status, updated, actor) "
+                "VALUES (?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT(name) DO UPDATE SET "
                 "spec=excluded.spec, generation=excluded.generation, deleting=0, "
-                "status='pending', message='', updated=excluded.updated",
-                (spec.name, json.dumps(spec.to_json()), gen, subnet, time.time()),
+                "status='pending', message='', updated=excluded.updated, actor=excluded.actor",
+                (spec.name, json.dumps(spec.to_json()), gen, subnet, time.time(), actor),
             )
             # The file is the desired state again: what day-2 commands set is superseded.
             db.execute("DELETE FROM overrides WHERE stack=?", (spec.name,))
@@ -244,9 +287,10 @@ class Store:
                                f"{row['generation']}, expected {expected_generation})",
                                hint="run the command again")
             gen = int(row["generation"]) + 1
+            actor = overrides[0].actor if overrides else ""
             db.execute("UPDATE stacks SET spec=?, generation=?, status='pending', message='', "
-                       "updated=? WHERE name=?",
-                       (json.dumps(spec.to_json()), gen, time.time(), spec.name))
+                       "updated=?, actor=? WHERE name=?",
+                       (json.dumps(spec.to_json()), gen, time.time(), actor, spec.name))
             db.executemany(
                 "INSERT OR REPLACE INTO overrides (stack, role, field, value, actor, time) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -268,18 +312,18 @@ class Store:
                 for r in self._all("SELECT * FROM overrides WHERE stack=? ORDER BY role, field",
                                    stack)]
 
-    def mark_deleting(self, name: str) -> int:
+    def mark_deleting(self, name: str, keep_data: bool = False) -> int:
         with self.tx() as db:
             db.execute(
                 "UPDATE stacks SET deleting=1, generation=generation+1, status='deleting', "
-                "updated=? WHERE name=?", (time.time(), name))
+                "keep_data=?, updated=? WHERE name=?", (int(keep_data), time.time(), name))
             row = db.execute("SELECT generation FROM stacks WHERE name=?", (name,)).fetchone()
             return int(row["generation"]) if row else 0
 
     def forget_stack(self, name: str) -> None:
         """After a destroy: only reached while `deleting` is set, which put_stack refuses."""
         with self.tx() as db:
-            for table in ("stacks", "ips", "instance_status", "overrides"):
+            for table in ("stacks", "ips", "instance_status", "overrides", "releases"):
                 col = "name" if table == "stacks" else "stack"
                 db.execute(f"DELETE FROM {table} WHERE {col}=?", (name,))  # noqa: S608
 
@@ -432,6 +476,61 @@ class Store:
 
     # events -----------------------------------------------------------------------------
 
+    # releases ---------------------------------------------------------------------------
+
+    def note_release(self, stack: str, role: str, *, source: str, label: str, layer: str,
+                     image: str, image_digest: str, actor: str) -> Release:
+        """The release a role's desired spec runs: the version with the same source and
+        image if there is one (a rollback deploys it again, under its own number), else a
+        new version. Either way it is `deploying` until the role converges on it."""
+        now = time.time()
+        with self.tx() as db:
+            row = db.execute("SELECT * FROM releases WHERE stack=? AND role=? AND source=? "
+                             "AND image_digest=?", (stack, role, source, image_digest)).fetchone()
+            if row is not None:
+                status = row["status"] if row["status"] in ("live", "deploying") else "deploying"
+                db.execute("UPDATE releases SET layer=?, status=?, updated=? WHERE stack=? AND "
+                           "role=? AND version=?", (layer or row["layer"], status, now, stack,
+                                                    role, row["version"]))
+                return self._release(db, stack, role, row["version"])
+            top = db.execute("SELECT MAX(version) AS v FROM releases WHERE stack=? AND role=?",
+                             (stack, role)).fetchone()
+            version = (top["v"] or 0) + 1
+            db.execute("INSERT INTO releases (stack, role, version, source, label, layer, image, "
+                       "image_digest, actor, created, status, updated) VALUES "
+                       "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'deploying', ?)",
+                       (stack, role, version, source, label, layer, image, image_digest, actor,
+                        now, now))
+            return self._release(db, stack, role, version)
+
+    @staticmethod
+    def _release(db: sqlite3.Connection, stack: str, role: str, version: int) -> Release:
+        row = db.execute("SELECT * FROM releases WHERE stack=? AND role=? AND version=?",
+                         (stack, role, version)).fetchone()
+        return _release(row)
+
+    def releases(self, stack: str, role: str | None = None) -> list[Release]:
+        """Newest first."""
+        if role is None:
+            rows = self._all("SELECT * FROM releases WHERE stack=? ORDER BY role, version DESC",
+                             stack)
+        else:
+            rows = self._all("SELECT * FROM releases WHERE stack=? AND role=? ORDER BY "
+                             "version DESC", stack, role)
+        return [_release(r) for r in rows]
+
+    def set_release_status(self, stack: str, role: str, version: int, status: ReleaseStatus,
+                           reason: str = "") -> None:
+        """A release going live retires the one that was."""
+        with self.tx() as db:
+            if status is ReleaseStatus.LIVE:
+                db.execute("UPDATE releases SET status='retired', updated=? WHERE stack=? AND "
+                           "role=? AND status='live' AND version<>?",
+                           (time.time(), stack, role, version))
+            db.execute("UPDATE releases SET status=?, reason=?, updated=? WHERE stack=? AND "
+                       "role=? AND version=?",
+                       (status.value, reason, time.time(), stack, role, version))
+
     def add_event(self, actor: str, stack: str, target: str, action: str, result: str,
                   reason: str = "") -> None:
         with self.tx() as db:
@@ -456,9 +555,14 @@ class Store:
         return [Event(**dict(r)) for r in rows]
 
 
+def _release(r: sqlite3.Row) -> Release:
+    return Release(**{**dict(r), "status": ReleaseStatus(r["status"])})
+
+
 def _stack(r: sqlite3.Row) -> StackRecord:
     return StackRecord(
         name=r["name"], spec=StackSpec.from_json(json.loads(r["spec"])),
         generation=r["generation"], observed_generation=r["observed_generation"],
         deleting=bool(r["deleting"]), subnet=r["subnet"], status=r["status"],
-        message=r["message"], updated=r["updated"])
+        message=r["message"], updated=r["updated"], actor=r["actor"],
+        keep_data=bool(r["keep_data"]))

@@ -1,0 +1,60 @@
+"""Routes for releases: upload an app's source, push it into a role, list and roll back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field
+
+from rackfire.api.uploads import spool
+from rackfire.control.controller import Controller
+from rackfire.model.stack import MAX_SOURCE_BYTES
+
+DIGEST = r"^[0-9a-f]{64}$"
+
+
+class Push(BaseModel):
+    source: str | None = Field(None, pattern=DIGEST,
+                               description="an uploaded source's digest (POST /v1/sources)")
+    label: str = Field("", max_length=4096, description="where it came from, for people")
+    image: str | None = Field(None, description="a built image for the role's base OS")
+
+
+class Rollback(BaseModel):
+    version: int | None = Field(None, ge=1, description="default: the release live before")
+
+
+def add_release_routes(app: FastAPI, controller: Controller, uploads: Path,
+                       actor: Any) -> None:
+    @app.post("/v1/sources")
+    async def upload_source(request: Request) -> dict[str, Any]:
+        """The body is a gzip tar of an app's source dir; it is extracted safely and kept by
+        the digest of its content (the same dir uploaded twice is one source)."""
+        path = await spool(request, uploads, "source", MAX_SOURCE_BYTES)
+        try:
+            digest = await run_in_threadpool(controller.agent.store_source, str(path))
+        finally:
+            path.unlink(missing_ok=True)
+        return {"digest": digest}
+
+    @app.post("/v1/stacks/{stack}/roles/{role}/push")
+    def push(stack: str, role: str, body: Push, who: str = actor) -> dict[str, Any]:
+        """Make the source (and/or image) the role's next release and roll it out."""
+        generation, plan = controller.push(stack, role, who, source=body.source,
+                                           label=body.label, image=body.image)
+        return plan.to_json() | {"generation": generation}
+
+    @app.post("/v1/stacks/{stack}/roles/{role}/rollback")
+    def rollback(stack: str, role: str, body: Rollback, who: str = actor) -> dict[str, Any]:
+        """Go back to an earlier release: the one asked for, or the one live before."""
+        generation, plan = controller.rollback(stack, role, body.version, who)
+        return plan.to_json() | {"generation": generation}
+
+    @app.get("/v1/stacks/{stack}/releases")
+    def releases(stack: str, role: str | None = None) -> list[dict[str, Any]]:
+        """Newest first; `current` marks what the role's desired spec runs."""
+        return [rel.to_json() | {"current": cur}
+                for rel, cur in controller.releases(stack, role)]

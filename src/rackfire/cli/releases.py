@@ -1,0 +1,115 @@
+"""Release commands: push a source dir (or a base image) into a role, list releases, roll
+back. Each is one API call, then a wait for the stack and a word on how it went."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from rackfire.api.client import Client
+from rackfire.cli.common import Json, NoWait, Timeout, Url, parse_target, wait_converged
+from rackfire.cli.output import err, out, print_json
+from rackfire.errors import PrereqError, RackfireError
+
+Role = Annotated[str, typer.Argument(help="STACK/ROLE")]
+STATUS_STYLE = {"live": "green", "deploying": "yellow", "failed": "red", "retired": "dim"}
+
+
+def register(app: typer.Typer) -> None:
+    app.command("push")(push)
+    app.command("releases")(releases)
+    app.command("rollback")(rollback)
+
+
+def push(role: Role,
+         src: Annotated[Path | None, typer.Argument(help="the app's source dir")] = None,
+         image: Annotated[str | None, typer.Option(help="a built image as the role's new "
+                                                   "base OS")] = None,
+         no_wait: NoWait = False, timeout: Timeout = 600, url: Url = None) -> None:
+    """Make a source dir the role's next release (its requirements.txt installed), roll it
+    out by the role's update policy, and say whether it went live or was rolled back."""
+    t = parse_target(role, need_role=True)
+    assert t.role is not None
+    if src is None and image is None:
+        raise PrereqError("nothing to push", hint="give a source dir, --image NAME, or both")
+    if src is not None and not src.is_dir():
+        raise PrereqError(f"{src} is not a directory", hint="push the app's source dir")
+    client = Client(url)
+    source = client.upload_source(src) if src is not None else None
+    result = client.push(t.stack, t.role, source, str(src.resolve()) if src else "", image)
+    _follow(client, t.stack, t.role, result, no_wait, timeout)
+
+
+def rollback(role: Role,
+             version: Annotated[int | None, typer.Argument(
+                 help="the release to go back to [default: the one live before]")] = None,
+             no_wait: NoWait = False, timeout: Timeout = 600, url: Url = None) -> None:
+    """Go back to an earlier release of a role, rolling out like a push."""
+    t = parse_target(role, need_role=True)
+    assert t.role is not None
+    client = Client(url)
+    result = client.rollback(t.stack, t.role, version)
+    _follow(client, t.stack, t.role, result, no_wait, timeout)
+
+
+def releases(role: Role, json: Json = False, url: Url = None) -> None:
+    """A role's releases, newest first: version, status, source hash, image, when, who."""
+    t = parse_target(role)
+    rows = Client(url).releases(t.stack, t.role)
+    if json:
+        print_json(rows)
+        return
+    if not rows:
+        out.print(f"{role}: no releases yet")
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for c in ("", "VERSION", "STATUS", "SOURCE", "IMAGE", "CREATED", "BY", "FROM / WHY"):
+        table.add_column(c, justify="right" if c == "VERSION" else "left")
+    for r in rows:
+        name = f"v{r['version']}" if t.role else f"{r['role']} v{r['version']}"
+        table.add_row(
+            Text("*" if r["current"] else ""), Text(name),
+            Text(r["status"], STATUS_STYLE.get(r["status"], "")),
+            Text(r["source"][:12] or "-"), Text(f"{r['image']}@{r['image_digest'][:12]}"),
+            Text(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created"]))),
+            Text(r["actor"]), Text(r["reason"] or r["label"] or "-"))
+    out.print(table)
+
+
+def _follow(client: Client, stack: str, role: str, result: dict[str, Any], no_wait: bool,
+            timeout: float) -> None:
+    """Wait for the rollout, then say which release the role runs and whether the one
+    asked for was rolled back."""
+    if no_wait:
+        out.print(f"{stack}/{role}: generation {result['generation']} stored")
+        return
+    try:
+        wait_converged(client, stack, result["generation"], len(result["actions"]), timeout)
+    except RackfireError:
+        if not _report(client, stack, role):
+            raise
+        raise typer.Exit(1) from None
+    if _report(client, stack, role):
+        raise typer.Exit(1)
+
+
+def _report(client: Client, stack: str, role: str) -> bool:
+    """Print what the role runs now; True if the newest release failed and was rolled
+    back."""
+    rows = client.releases(stack, role)
+    current = next((r for r in rows if r["current"]), None)
+    newest = max(rows, key=lambda r: r["updated"], default=None)
+    if newest is not None and newest["status"] == "failed":
+        back = f"; {role} runs v{current['version']} again" if current else ""
+        err.print(f"[red]release v{newest['version']} failed and was rolled back{back}:[/] ",
+                  end="")
+        err.print(newest["reason"], markup=False)
+        return True
+    if current is not None:
+        out.print(f"{stack}/{role} runs v{current['version']} ({current['status']})")
+    return False

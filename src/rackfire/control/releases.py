@@ -1,0 +1,85 @@
+"""Releases: which version of its image and app each role runs, and going back to one.
+
+A release is what a role's desired spec runs: an image (by digest) plus, for a role with an
+`app`, the pushed source. Every change of either (an apply, a `push`, a rebuilt image) is a
+new version, `deploying` until the role converges on it, then `live`. A rollout that fails
+its health checks marks the release `failed` and puts the role back on the release that was
+live; `rollback` does the same on an operator's word. Pure apart from the store calls in
+`note` and `settle`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rackfire.errors import NotFound, PrereqError
+from rackfire.model.stack import AppSource, RoleSpec, StackSpec
+from rackfire.store import Release, ReleaseStatus, StackRecord, Store
+
+
+def note(store: Store, rec: StackRecord, images: Mapping[str, str],
+         layers: Mapping[str, str]) -> dict[str, Release]:
+    """The release each role of the stored spec runs, recorded if new. `images`: role ->
+    image digest; `layers`: role -> built release layer."""
+    out = {}
+    for role in rec.spec.roles:
+        out[role.name] = store.note_release(
+            rec.name, role.name, source=role.app.digest if role.app else "",
+            label=role.app.path if role.app else "", layer=layers.get(role.name, ""),
+            image=role.image, image_digest=images[role.name], actor=rec.actor or "api")
+    return out
+
+
+def settle(store: Store, current: Mapping[str, Release]) -> None:
+    """The stack converged: what each role runs is live."""
+    for rel in current.values():
+        if rel.status is not ReleaseStatus.LIVE:
+            store.set_release_status(rel.stack, rel.role, rel.version, ReleaseStatus.LIVE)
+
+
+def fallback(history: list[Release], bad: Release) -> Release | None:
+    """Where a failed release goes back to: the live one, else the newest retired one."""
+    others = [r for r in history if r.version != bad.version]
+    for status in (ReleaseStatus.LIVE, ReleaseStatus.RETIRED):
+        found = [r for r in others if r.status is status]
+        if found:
+            return max(found, key=lambda r: r.updated)
+    return None
+
+
+def pick(history: list[Release], current: Release | None, version: int | None) -> Release:
+    """The release `rollback` goes to: the one asked for, or the one live before now."""
+    if not history:
+        raise NotFound("this role has no releases yet", hint="rackfire push STACK/ROLE DIR")
+    if version is not None:
+        target = next((r for r in history if r.version == version), None)
+        if target is None:
+            raise NotFound(f"no release v{version}",
+                           hint="versions: " + ", ".join(f"v{r.version}" for r in history))
+    else:
+        older = [r for r in history if current is None or r.version != current.version]
+        good = [r for r in older if r.status in (ReleaseStatus.LIVE, ReleaseStatus.RETIRED)]
+        if not good:
+            raise PrereqError("there is no earlier release to go back to",
+                              hint="see `rackfire releases`")
+        target = max(good, key=lambda r: r.updated)
+    if current is not None and target.version == current.version:
+        raise PrereqError(f"the role already runs v{target.version}")
+    return target
+
+
+def fields_of(rel: Release) -> dict[str, Any]:
+    """The role fields that make it run `rel` (its image pinned by digest: the name may
+    point at a newer build by now)."""
+    return {"app": AppSource(rel.label, rel.source) if rel.source else None,
+            "image": rel.image, "image_digest": rel.image_digest}
+
+
+def current(store: Store, spec: StackSpec, role: RoleSpec) -> Release | None:
+    """The release the role's desired spec names, if it was recorded."""
+    source = role.app.digest if role.app else ""
+    matching = [rel for rel in store.releases(spec.name, role.name)
+                if rel.source == source and rel.image == role.image
+                and (not role.image_digest or rel.image_digest == role.image_digest)]
+    return max(matching, key=lambda r: r.updated, default=None)
