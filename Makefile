@@ -1,4 +1,4 @@
-# rackfire: `make demo` brings up the hello stack on this machine; `make test` runs the suite.
+# rackfire: `make demo` brings up the shop stack on this machine; `make test` runs the suite.
 # Both install what they need first (Debian 12, as root).
 
 VENV   ?= .venv
@@ -25,12 +25,13 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 demo: deps venv
-	$(RF) up -f examples/hello/stack.yaml --data-dir $(DATA)
+	$(RF) up -f examples/shop/stack.yaml --data-dir $(DATA) --timeout 1200
 	@echo
-	@echo "One request to it now:"
-	@curl -s --max-time 5 http://127.0.0.1:8080/ || true
+	@echo "The shop is at http://127.0.0.1:8080/ ; one request to it now (lb -> app -> mem -> db):"
+	@curl -si --max-time 10 http://127.0.0.1:8080/ | grep -iE '^(HTTP|x-served-by|x-release)|visit' || true
 	@echo
-	@echo "Next: $(RF) ps hello    $(RF) destroy hello -y    $(RF) server stop"
+	@echo "Next: $(RF) push shop/app examples/shop/app    $(RF) releases shop/app    $(RF) ps shop"
+	@echo "      $(RF) destroy shop    $(RF) server stop"
 
 lint: venv
 	$(VENV)/bin/ruff check src tests bench
@@ -40,5 +41,5 @@ test: deps venv lint
 	$(VENV)/bin/pytest -q tests
 
 clean-demo: venv
-	-$(RF) destroy hello -y
+	-$(RF) destroy shop -y
 	-$(RF) server stop

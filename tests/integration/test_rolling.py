@@ -1,5 +1,6 @@
-"""Rolling replace: a changed command replaces instances one at a time, each waiting for health;
-a release that never becomes healthy stops the rollout at its first instance."""
+"""Rolling replace: a changed command rolls by the role's update policy (a surge instance
+first, then one old one at a time), each waiting for health; a release that never becomes
+healthy stops the rollout at its first instance."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ RETRY_DELAY = 5.0  # the controller retries a failed stack after this long
 
 
 def web_stack(tmp: Path, stack: str, port: int, command: list[str],
-              health: str = "{http: \"http://127.0.0.1:8000/\", interval: 1s}") -> Path:
+              health: str = "{http: \"http://127.0.0.1:8000/\", interval: 1s}",
+              update: str = "{}") -> Path:
     return write_stack(tmp, f"""\
 stack: {stack}
 images: {{base: {{from: host}}}}
@@ -37,6 +39,7 @@ roles:
     resources: {{memory: 128M, disk: 32M}}
     ports: ["{port}:8000"]
     health: {health}
+    update: {update}
 """)
 
 
@@ -117,15 +120,19 @@ def test_command_change_rolls_one_at_a_time(server: Server, tmp_path: Path) -> N
     plan = server.cli("plan", "-f", str(changed), "--json", check=False)
     assert plan.returncode == 2
     actions = json.loads(plan.stdout)["actions"]
-    assert [(a["kind"], a["instance"]) for a in actions] == [
-        ("replace", f"{stack}/web/{i}") for i in range(3)]
-    assert all("command" in a["reason"] for a in actions), actions
+    assert [(a["kind"], a["instance"]) for a in actions] == [(
+        "create", f"{stack}/web/3")] + [("replace", f"{stack}/web/{i}") for i in range(3)]
+    assert "surge" in actions[0]["reason"]
+    assert all("command" in a["reason"] for a in actions[1:]), actions
 
     with RolloutWatcher(server, stack, port) as watch:
         server.cli("apply", "-f", str(changed), "-y")
     assert len(watch.samples) >= 10
     assert watch.minimum >= 2, ("the rollout took more than one instance out at a time",
                                 watch.samples)
+    # The surge instance served beside the old ones, and is gone now.
+    assert any((n, st, h) == ("web-3", "running", "healthy") for sample in watch.samples
+               for n, _, st, h in sample)
 
     after = by_name(server, stack)
     for name, old in before.items():
@@ -151,7 +158,7 @@ def test_unhealthy_release_stops_at_the_first_instance(server: Server, tmp_path:
 
     bad = web_stack(tmp_path, stack, port, NEVER_HEALTHY,
                     health="{http: \"http://127.0.0.1:8000/\", grace: 3s, interval: 1s, "
-                           "retries: 2}")
+                           "retries: 2}", update="{max_surge: 0, health_timeout: 8s}")
     # A bounded wait: a rollout that does not stop would otherwise wait out the default 600s.
     proc = server.cli("apply", "-f", str(bad), "-y", "--timeout", "30", check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -208,7 +215,7 @@ def test_unhealthy_release_stops_even_if_the_old_instance_stops_slowly(
 
     bad = web_stack(tmp_path, stack, port, NEVER_HEALTHY,
                     health="{http: \"http://127.0.0.1:8000/\", grace: 3s, interval: 1s, "
-                           "retries: 2}")
+                           "retries: 2}", update="{max_surge: 0, health_timeout: 8s}")
     proc = server.cli("apply", "-f", str(bad), "-y", "--timeout", "30", check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "web-0" in proc.stderr, proc.stderr

@@ -42,7 +42,7 @@ def push(role: Role,
     client = Client(url)
     source = client.upload_source(src) if src is not None else None
     result = client.push(t.stack, t.role, source, str(src.resolve()) if src else "", image)
-    _follow(client, t.stack, t.role, result, no_wait, timeout)
+    _follow(client, t.stack, t.role, result, no_wait, timeout, source)
 
 
 def rollback(role: Role,
@@ -82,33 +82,34 @@ def releases(role: Role, json: Json = False, url: Url = None) -> None:
 
 
 def _follow(client: Client, stack: str, role: str, result: dict[str, Any], no_wait: bool,
-            timeout: float) -> None:
-    """Wait for the rollout, then say which release the role runs and whether the one
-    asked for was rolled back."""
+            timeout: float, source: str | None = None) -> None:
+    """Wait for the rollout, then say which release the role runs and whether the pushed
+    one (by its source) failed and was rolled back."""
     if no_wait:
         out.print(f"{stack}/{role}: generation {result['generation']} stored")
         return
     try:
         wait_converged(client, stack, result["generation"], len(result["actions"]), timeout)
     except RackfireError:
-        if not _report(client, stack, role):
+        if not _report(client, stack, role, source):
             raise
         raise typer.Exit(1) from None
-    if _report(client, stack, role):
+    if _report(client, stack, role, source):
         raise typer.Exit(1)
 
 
-def _report(client: Client, stack: str, role: str) -> bool:
-    """Print what the role runs now; True if the newest release failed and was rolled
+def _report(client: Client, stack: str, role: str, source: str | None) -> bool:
+    """Print what the role runs now; True if the pushed release failed and was rolled
     back."""
     rows = client.releases(stack, role)
     current = next((r for r in rows if r["current"]), None)
-    newest = max(rows, key=lambda r: r["updated"], default=None)
-    if newest is not None and newest["status"] == "failed":
+    pushed = max((r for r in rows if source and r["source"] == source),
+                 key=lambda r: r["version"], default=None)
+    if pushed is not None and pushed["status"] == "failed":
         back = f"; {role} runs v{current['version']} again" if current else ""
-        err.print(f"[red]release v{newest['version']} failed and was rolled back{back}:[/] ",
+        err.print(f"[red]release v{pushed['version']} failed and was rolled back{back}:[/] ",
                   end="")
-        err.print(newest["reason"], markup=False)
+        err.print(pushed["reason"], markup=False)
         return True
     if current is not None:
         out.print(f"{stack}/{role} runs v{current['version']} ({current['status']})")

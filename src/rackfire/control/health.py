@@ -126,8 +126,11 @@ class HealthMonitor:
                     return f"it stopped ({'OOM-killed' if f.oom_killed else 'exited'})"
                 if state == "missing":
                     return "it disappeared"
-            elif spec is None or self._check(f, spec) is Health.HEALTHY:
+            elif spec is None or (health := self._check(f, spec)) is Health.HEALTHY:
                 return ""
+            elif health is Health.UNHEALTHY:  # failing past its grace: no need to wait more
+                why = health_of(f, self.store.statuses(key.stack).get(key))[1]
+                return f"unhealthy ({why})" if why else "unhealthy"
             time.sleep(min(spec.interval, 0.5) if spec else 0.2)
         st = self.store.statuses(key.stack).get(key)
         return f"not healthy after {timeout:.0f}s" + (
