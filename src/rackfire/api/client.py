@@ -70,7 +70,7 @@ class Client:
     def _call(self, method: str, path: str, **kw: Any) -> Any:
         # Read each time: `up` may have started the server (and made the token) just now.
         headers = {"Authorization": f"Bearer {read_token(self._data_dir)}",
-                   "X-Rackfire-Actor": actor()}
+                   "X-Rackfire-Actor": actor(), **kw.pop("headers", {})}
         try:
             r = self._http.request(method, path, headers=headers, **kw)
         except httpx.TransportError as e:
