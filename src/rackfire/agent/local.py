@@ -52,6 +52,7 @@ from rackfire.runtime.layout import (
     read_meta,
     update_meta,
 )
+from rackfire.runtime.oci import RESOLV_CONF, RESOLV_TEXT
 from rackfire.runtime.process import ProcessRuntime
 
 HOST_MEMORY_RESERVE = 512 << 20  # at least; or 5 % of the host's memory, if more
@@ -186,6 +187,9 @@ class LocalAgent:
         hosts = self._hosts(net.stack)
         if not hosts.exists():
             hosts.write_text(_hosts_text([]))
+        resolv = hosts.with_name(RESOLV_CONF)
+        if not resolv.exists():
+            resolv.write_text(RESOLV_TEXT)
         if RuntimeKind.CONTAINER in self._runtimes:
             links.ensure_bridge(net.stack, net.gateway, net.prefix)
 

@@ -65,7 +65,7 @@ from rackfire.runtime.reload import (
 RUNC_ROOT = Path("/run/rackfire/runc")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # Mount points runc (or the image) owns: a data disk over one would hide it.
-_SYSTEM_PATHS = ("/proc", "/sys", "/dev", "/etc/hosts")
+_SYSTEM_PATHS = ("/proc", "/sys", "/dev", "/etc/hosts", "/etc/resolv.conf")
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,15 @@ _BASE_MOUNTS: list[dict[str, Any]] = [
 ]
 
 
+RESOLV_CONF = "resolv.conf"
+# Instances have no route out of the stack's network yet, so the host's DNS servers would
+# only time out (5 s a lookup, twice: Python's http.server does one at start). With no
+# server listed, a lookup that /etc/hosts cannot answer fails at once (127.0.0.1:53,
+# refused) instead.
+RESOLV_TEXT = ("# rackfire: stack names resolve from /etc/hosts; no DNS server is reachable "
+               "from here\noptions ndots:0 timeout:1 attempts:1\n")
+
+
 def oci_config(
     req: InstanceRequest,
     host_binds: tuple[str, ...],
@@ -69,6 +78,11 @@ def oci_config(
     # restart (a file in the overlay's lower layer may not change under a mounted overlay).
     mounts.append({"destination": "/etc/hosts", "type": "bind", "source": str(hosts_file),
                    "options": ["bind", "ro", "nosuid", "nodev", "noexec"]})
+    resolv = hosts_file.with_name(RESOLV_CONF)
+    if resolv.exists():  # the stack's, next to its hosts file (see RESOLV_TEXT)
+        mounts.append({"destination": "/etc/resolv.conf", "type": "bind",
+                       "source": str(resolv), "options": ["bind", "ro", "nosuid", "nodev",
+                                                          "noexec"]})
     if req.data is not None and data_source is not None:
         # The data disk, mounted on the host; runc makes the mount point in the rootfs.
         mounts.append({"destination": req.data.path, "type": "bind",

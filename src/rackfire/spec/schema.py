@@ -39,7 +39,7 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DEBIAN_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
 _SUITE = re.compile(r"[a-z][a-z0-9.-]*")
 _KERNEL_TREES = ("/proc", "/sys", "/dev")
-_MANAGED_FILES = ("/etc/hosts", "/etc/hostname")
+_MANAGED_FILES = ("/etc/hosts", "/etc/hostname", "/etc/resolv.conf")
 # Templates are only parsed here, never rendered, so autoescaping is irrelevant.
 _JINJA = jinja2.Environment()  # noqa: S701
 
