@@ -418,3 +418,51 @@ roles:
     fields = {(p.field, p.line) for p in e.value.problems}
     assert any("/etc/app/x.conf" in f and line == 8 for f, line in fields), fields
     assert any("/etc/hostname/y" in f for f, _ in fields), fields
+
+
+# -- releases, rollouts, reloads and data disks ------------------------------------------------
+
+
+def test_shop_example_loads_with_releases_reload_and_data() -> None:
+    spec = load_stack_file(Path(__file__).parents[2] / "examples" / "shop" / "stack.yaml")
+    app, db, lb = spec.role("app"), spec.role("db"), spec.role("lb")
+    assert app.app is not None and app.app.path.endswith("examples/shop/app")
+    assert app.app.digest == ""  # the CLI uploads it and fills this in
+    assert app.update.max_surge == 1 and db.update.max_surge == 0
+    assert db.data is not None and db.data.path == "/data" and db.data.size == 512 << 20
+    assert lb.reload is not None and lb.reload.signal == "USR2"
+    assert app.uses == ("db", "mem") and lb.uses == ("app",)
+
+
+@pytest.mark.parametrize(("snippet", "field", "message"), [
+    ("update: {max_unavailable: 0, max_surge: 0}", "roles.web.update",
+     "cannot both be 0"),
+    ("update: {health_timeout: 0s}", "roles.web.update.health_timeout", "longer than 0"),
+    ("reload: {}", "roles.web.reload", "exactly one of signal or exec"),
+    ("reload: {signal: KILL}", "roles.web.reload.signal", "not a signal rackfire sends"),
+    ("data: {path: /, size: 1G}", "roles.web.data.path", "part of the image"),
+    ("data: {path: data, size: 1G}", "roles.web.data.path", "not an absolute path"),
+    ("data: {path: /data, size: 1M}", "roles.web.data.size", "at least 16M"),
+    ("files: {/etc/resolv.conf: x}", 'roles.web.files["/etc/resolv.conf"]',
+     "written by rackfire"),
+    ("data: {path: /proc/x, size: 1G}", "roles.web.data.path", "the kernel's"),
+])
+def test_release_fields_are_checked(snippet: str, field: str, message: str) -> None:
+    p = only_problem(f"""
+        stack: s
+        roles:
+          web:
+            image: base
+            command: [sh]
+            {snippet}
+    """)
+    assert p.field == field and message in p.message, p
+
+
+def test_release_images_are_not_declared() -> None:
+    p = only_problem("""
+        stack: s
+        images: {mine: {from: release}}
+        roles: {}
+    """)
+    assert p.field == "images.mine" and "rackfire push" in p.message, p

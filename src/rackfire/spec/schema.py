@@ -303,9 +303,13 @@ def _check_signal(value: str) -> str:
 
 
 def _check_data_path(value: str) -> str:
-    path = normalize_file_path(value)
-    if path in ("/", "/etc", "/usr", "/bin", "/lib", "/tmp", "/app"):
-        raise ValueError(f"{path} is part of the image; mount data at a path of its own")
+    if not value.startswith("/") or ".." in value.split("/") or "\0" in value:
+        raise ValueError(f"{value!r} is not an absolute path without '..' (e.g. /data)")
+    path = "/" + posixpath.normpath(value).lstrip("/")
+    if path in ("/", "/etc", "/usr", "/bin", "/lib", "/tmp", "/app") or any(
+            path == t or path.startswith(t + "/") for t in _KERNEL_TREES):
+        raise ValueError(f"{path} is part of the image or the kernel's; mount data at a path "
+                         "of its own, e.g. /data")
     return path
 
 

@@ -1,0 +1,103 @@
+"""Releases on a small stack of the host's own OS (fast: no debootstrap): an `app:` dir is
+uploaded and built into a release layer, `push` and `rollback` roll it, bad requests are
+refused before any change, and a data disk outlives a replace and, with --keep-data, the
+stack."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from harness import Server, free_port, host_traces, unique, write_stack
+
+pytestmark = pytest.mark.root
+
+
+def small_stack(tmp: Path, stack: str, port: int) -> Path:
+    app = tmp / "app"
+    app.mkdir(exist_ok=True)
+    (app / "index.html").write_text("one\n")
+    return write_stack(tmp, f"""\
+stack: {stack}
+images: {{base: {{from: host}}}}
+roles:
+  web:
+    image: base
+    count: 2
+    app: ./app
+    command: ["python3", "-m", "http.server", "8000", "--directory", "/app"]
+    resources: {{memory: 64M, disk: 32M}}
+    ports: ["{port}:8000"]
+    health: {{http: "http://127.0.0.1:8000/", interval: 1s}}
+    update: {{health_timeout: 20s}}
+  box:
+    image: base
+    command: ["sh", "-c", "date >> /data/boots; exec sleep 100000"]
+    resources: {{memory: 32M, disk: 32M}}
+    data: {{path: /data, size: 32M}}
+""")
+
+
+def releases(server: Server, target: str) -> list[dict[str, object]]:
+    return list(json.loads(server.cli("releases", target, "--json").stdout))
+
+
+def test_push_rollback_and_refusals(server: Server, tmp_path: Path) -> None:
+    stack, port = unique("rel"), free_port()
+    f = small_stack(tmp_path, stack, port)
+    server.cli("apply", "-f", str(f), "-y")
+    url = f"http://127.0.0.1:{port}/index.html"
+    assert httpx.get(url).text == "one\n"
+    [v1] = releases(server, f"{stack}/web")
+    assert (v1["version"], v1["status"], v1["current"]) == (1, "live", True)
+
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "index.html").write_text("two\n")
+    out = server.cli("push", f"{stack}/web", str(v2))
+    assert "runs v2 (live)" in out.stdout
+    assert {httpx.get(url).text for _ in range(4)} == {"two\n"}
+    # The file still names ./app: its plan says so, and would deploy it again.
+    plan = json.loads(server.cli("plan", "-f", str(f), "--json", check=False).stdout)
+    assert any("roles.web.app" in n and str(v2) in n for n in plan["notes"]), plan["notes"]
+    assert {a["kind"] for a in plan["actions"]} == {"create", "replace"}  # surge, then each
+
+    server.cli("rollback", f"{stack}/web")
+    assert {httpx.get(url).text for _ in range(4)} == {"one\n"}
+    rows = {r["version"]: r for r in releases(server, f"{stack}/web")}
+    assert rows[1]["current"] and rows[1]["status"] == "live"
+    assert rows[2]["status"] == "retired"
+
+    # Refused before any change, with what to do instead.
+    generation = server.api(f"/v1/stacks/{stack}")["generation"]
+    for args, message in [
+        (("push", f"{stack}/box", str(v2)), "has no app"),
+        (("push", f"{stack}/web", str(tmp_path / "missing")), "is not a directory"),
+        (("rollback", f"{stack}/web", "9"), "no release v9"),
+        (("rollback", f"{stack}/web", "1"), "already runs v1"),
+        (("push", f"{stack}/nope", str(v2)), "no role nope"),
+    ]:
+        res = server.cli(*args, check=False)
+        assert res.returncode == 1 and message in res.stderr, (args, res.stderr)
+        assert "Traceback" not in res.stderr
+    assert server.api(f"/v1/stacks/{stack}")["generation"] == generation
+    refused = [e for e in server.api(f"/v1/events?stack={stack}") if e["result"] == "refused"]
+    assert {e["action"] for e in refused} >= {"push", "rollback"}
+
+    # With --keep-data the data disk outlives the stack (test_runtime_release.py has it
+    # outlive replaces and restarts); a stack of the same name finds it again.
+    volume = server.data_dir / "volumes" / stack / "box-0.img"
+    assert volume.is_file()
+    res = server.cli("destroy", stack, check=False)  # no terminal: it will not ask
+    assert res.returncode == 1 and "-y" in res.stderr
+    server.cli("destroy", stack, "-y", "--keep-data")
+    assert volume.is_file() and host_traces(stack) == []
+    server.cli("apply", "-f", str(f), "-y")
+    boots = server.cli("exec", f"{stack}/box-0", "--", "cat", "/data/boots").stdout
+    assert len(boots.splitlines()) == 2, boots  # one boot before, one now
+    server.cli("destroy", stack, "-y")
+    assert not volume.exists() and not volume.parent.exists()
+    assert host_traces(stack) == []
