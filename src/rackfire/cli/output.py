@@ -20,9 +20,9 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 KIND_STYLE = {"create": "green", "destroy": "red", "replace": "yellow",
               "reconfigure": "cyan", "restart": "magenta", "stop": "red", "fail": "red",
-              "resize": "cyan"}
+              "resize": "cyan", "reload": "cyan"}
 KIND_MARK = {"create": "+", "destroy": "-", "replace": "-/+", "reconfigure": "~",
-             "restart": "↻", "stop": "■", "fail": "✗", "resize": "↔"}
+             "restart": "↻", "stop": "■", "fail": "✗", "resize": "↔", "reload": "⟳"}
 
 
 def print_json(data: Any, indent: int | None = 2) -> None:
