@@ -53,10 +53,11 @@ from rackfire.runtime.layout import (
 )
 from rackfire.runtime.oci import CPU_PERIOD, oci_config
 from rackfire.runtime.reload import (
+    begin as begin_reload,
+)
+from rackfire.runtime.reload import (
     changed_files,
-    check_layout,
     mode_of,
-    parse_signal,
     unlink_beneath,
     wait_reload,
     write_beneath,
@@ -145,12 +146,8 @@ class ContainerRuntime:
         mounted overlay (atomically: the instance reads the old or the new file), and into
         the config layer, which a later reconfigure rewrites anyway. Then its `reload`."""
         d = instance_dir(self.base, req.key)
-        meta = read_meta(d)
-        if meta is None:
-            raise NotFound(f"instance {req.key} does not exist on host {self.host}")
-        check_layout(meta, req)
+        meta, sig = begin_reload(read_meta(d), req, self.host)
         spec = req.reload
-        sig = parse_signal(spec.signal) if spec is not None and spec.signal else None
         overlay = mounts.mounted(d.rootfs)
         if not overlay:
             mounts.mount_disk(d.disk_image, d.disk)

@@ -37,10 +37,11 @@ from rackfire.runtime.layout import (
     write_meta,
 )
 from rackfire.runtime.reload import (
+    begin as begin_reload,
+)
+from rackfire.runtime.reload import (
     changed_files,
-    check_layout,
     mode_of,
-    parse_signal,
     wait_reload,
     write_beneath,
 )
@@ -88,12 +89,8 @@ class ProcessRuntime:
         """New contents for its rendered files in its working dir, then its `reload`: a
         signal to its main process, or the command run as `exec` runs one."""
         d = instance_dir(self.base, req.key)
-        meta = read_meta(d)
-        if meta is None:
-            raise NotFound(f"instance {req.key} does not exist on host {self.host}")
-        check_layout(meta, req)
+        meta, sig = begin_reload(read_meta(d), req, self.host)
         spec = req.reload
-        sig = parse_signal(spec.signal) if spec is not None and spec.signal else None
         for path, content in changed_files(d.workdir, req):
             write_beneath(d.workdir, path, content, mode_of(d.workdir / path.lstrip("/")))
         update_meta(d, config_hash=req.config_hash, files_layout=req.files_layout)

@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from rackfire.errors import ExecError, PrereqError
+from rackfire.errors import ExecError, NotFound, PrereqError
 from rackfire.model.agent import ExecHandle
 from rackfire.model.instance import InstanceRequest
 from rackfire.runtime.layout import rendered_paths
@@ -129,6 +129,17 @@ def check_layout(meta: dict[str, Any], req: InstanceRequest) -> None:
     if sorted(meta.get("files", ())) != sorted(rendered_paths(req)):
         raise PrereqError(f"{req.key}: a reload cannot add or remove files",
                           hint="this change needs a reconfigure")
+
+
+def begin(meta: dict[str, Any] | None, req: InstanceRequest,
+          host: str) -> tuple[dict[str, Any], signal.Signals | None]:
+    """Checks before a reload writes anything: the instance's meta, and the signal to send
+    if the role reloads on one (else it runs `reload.exec`)."""
+    if meta is None:
+        raise NotFound(f"instance {req.key} does not exist on host {host}")
+    check_layout(meta, req)
+    spec = req.reload
+    return meta, parse_signal(spec.signal) if spec is not None and spec.signal else None
 
 
 def parse_signal(name: str) -> signal.Signals:
