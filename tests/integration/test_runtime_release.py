@@ -235,11 +235,17 @@ def test_reload_signal_keeps_the_process(ct: ContainerRuntime, stack: str, image
     assert f.pid == pid and f.state is InstanceState.RUNNING
     assert f.config_hash == "two" and f.files_layout == "L1"
     d = instance_dir(ct.base, req.key)
-    assert (d.config / "etc/app.conf").read_text() == "two"
+    # In the upper dir, through the overlay; the config layer under it is left as it was
+    # (a lower layer must not change under a mounted overlay).
+    assert (d.disk / "upper/etc/app.conf").read_text() == "two"
+    assert (d.config / "etc/app.conf").read_text() == "one"
     mode = (d.config / "etc/app.conf").stat().st_mode & 0o777
     assert sh_in(ct, req.key, "stat -c %a /etc/app.conf").strip() == f"{mode:o}"
     # No temp files left beside it.
     assert sh_in(ct, req.key, "ls -a /etc | grep rackfire || true") == ""
+    # Back to the content the config layer still has: written all the same.
+    ct.reload(replace(req, files=(("/etc/app.conf", "one"),), config_hash="one"))
+    assert sh_in(ct, req.key, "cat /etc/app.conf").strip() == "one"
 
     # A reconfigure after it: the config layer's new file wins over the reload's upper copy.
     ct.reconfigure(replace(req, files=(("/etc/app.conf", "three"),), config_hash="three"),

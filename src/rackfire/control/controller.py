@@ -20,7 +20,7 @@ from rackfire.control import capacity, overrides, releases
 from rackfire.control.executor import CONTROLLER, Executor
 from rackfire.control.health import HealthMonitor, health_of
 from rackfire.control.workqueue import WorkQueue
-from rackfire.errors import NotFound, PrereqError, RackfireError
+from rackfire.errors import Conflict, ExecError, NotFound, PrereqError, RackfireError
 from rackfire.model.agent import Agent, InstanceStats, PublishedPort
 from rackfire.model.instance import (
     Health,
@@ -35,6 +35,7 @@ from rackfire.model.stack import AppSource, HealthSpec, RoleSpec, RuntimeKind, S
 from rackfire.model.units import show_value as _show
 from rackfire.plan import ActionKind, Plan, plan_stack, render_stack
 from rackfire.plan.ipam import DEFAULT_POOL, allocate_ip, allocate_subnet, gateway_of
+from rackfire.plan.planner import reloadable
 from rackfire.plan.render import role_keys
 from rackfire.store import InstanceStatus, Release, ReleaseStatus, StackRecord, Store
 
@@ -54,6 +55,7 @@ class Desired:
     requests: list[InstanceRequest]  # rendered with the instances ready when it was made
     images: dict[str, str]  # role -> the image digest it runs
     layers: dict[str, str]  # role -> its built release layer (roles with an app)
+    unbuilt: dict[str, str]  # role -> why its release layer could not be built
     render: Callable[[Collection[InstanceKey]], list[InstanceRequest]]  # with other ready
 
 
@@ -122,7 +124,8 @@ class Controller:
     # requests from the API --------------------------------------------------------------
 
     def plan(self, spec: StackSpec) -> Plan:
-        """What apply would do now. Changes nothing (IPs are chosen but not kept). Notes say
+        """What apply would do now. Changes no desired state (IPs are chosen but not kept;
+        the sources the CLI uploaded for it are kept, by content). Notes say
         where the file sets back what `scale` or `resize` set."""
         rec = self.store.get_stack(spec.name)
         plan = self._plan_change(spec, rec)
@@ -137,6 +140,9 @@ class Controller:
             plan = self.plan(spec)  # the lock: two new stacks must not take one free subnet
             subnet = self._subnet(self.store.get_stack(spec.name))
             generation = self.store.put_stack(spec, subnet, expected_generation, actor)
+            for role in spec.roles:
+                if role.app is not None:
+                    self.store.retry_release(spec.name, role.name, role.app.digest)
         self._event(actor, spec.name, spec.name, "apply", f"generation {generation}, "
                     f"{len(plan.actions)} change(s)")
         self.queue.add(spec.name)
@@ -186,7 +192,10 @@ class Controller:
         if image is not None:
             fields["image"] = image
             what.append(f"image {image}")
-        return self._change(stack, role, fields, actor, "push", ", ".join(what))
+        result = self._change(stack, role, fields, actor, "push", ", ".join(what))
+        if source is not None:
+            self.store.retry_release(stack, role, source)
+        return result
 
     def rollback(self, stack: str, role: str, version: int | None,
                  actor: str) -> tuple[int, Plan]:
@@ -195,8 +204,8 @@ class Controller:
             rec = self._record(stack)
             spec_role = _role(rec.spec, role)
             history = self.store.releases(stack, role)
-            target = releases.pick(history, releases.current(self.store, rec.spec, spec_role),
-                                   version)
+            target = releases.pick(history, releases.current(
+                self.store, rec.spec, spec_role, self._image_digest(spec_role)), version)
         return self._change(stack, role, releases.fields_of(target), actor, "rollback",
                             f"to v{target.version}")
 
@@ -205,15 +214,27 @@ class Controller:
         rec = self._record(stack)
         if role is not None:
             _role(rec.spec, role)
-        current = {r.name: releases.current(self.store, rec.spec, r) for r in rec.spec.roles}
+        current = {r.name: releases.current(self.store, rec.spec, r, self._image_digest(r))
+                   for r in rec.spec.roles}
         return [(rel, (cur := current.get(rel.role)) is not None and cur.version == rel.version)
                 for rel in self.store.releases(stack, role)]
 
+    def _image_digest(self, role: RoleSpec) -> str:
+        """The image digest a role runs: pinned by a rollback, else its image's now."""
+        if role.image_digest:
+            return role.image_digest
+        summary = self.agent.image(role.image)
+        return summary.digest if summary else UNBUILT
+
     def _change(self, stack: str, role: str, fields: dict[str, Any], actor: str,
-                verb: str, what: str = "") -> tuple[int, Plan]:
-        """`fields`: a role's new `count`, resources by name, or release fields."""
+                verb: str, what: str = "", generation: int | None = None) -> tuple[int, Plan]:
+        """`fields`: a role's new `count`, resources by name, or release fields. With
+        `generation`, only if the stack is still at it (Conflict otherwise)."""
         with self._apply_lock, self._audited(actor, stack, f"{stack}/{role}", verb):
             rec = self._record(stack)
+            if generation is not None and rec.generation != generation:
+                raise Conflict(f"stack {stack} changed meanwhile (generation "
+                               f"{rec.generation}, expected {generation})")
             spec = overrides.with_role(rec.spec, role, fields)
             plan = self._plan_change(spec, rec)
             generation = self.store.update_spec(spec, rec.generation,
@@ -365,6 +386,12 @@ class Controller:
             return
         desired = self._desired(rec.spec, rec, build=True)
         current = releases.note(self.store, rec, desired.images, desired.layers)
+        for role, why in desired.unbuilt.items():  # the old release runs on, untouched
+            if current[role].status is not ReleaseStatus.FAILED and self._roll_back(
+                    rec, current[role], f"its build failed: {why}"):
+                return
+            raise ExecError(f"the release of {role} could not be built: {why}",
+                            hint="fix the app (its requirements.txt) and push it again")
         self.agent.ensure_network(desired.network)
         self.store.save_ips(desired.ips)
         plan = self._plan(name, rec.generation, rec.spec, desired)
@@ -385,32 +412,40 @@ class Controller:
             if current[role].status is ReleaseStatus.DEPLOYING and self._roll_back(
                     rec, current[role], why):
                 return
+        unready = self._unready(rec, observed)
+        if not outcome.failed:  # a role whose every instance runs and passes: its release
+            settled = {r.name for r in rec.spec.roles} - {k.role for k in unready}
+            releases.settle(self.store, [current[r] for r in settled])
         if outcome.failed:
             self.store.set_stack_status(name, rec.generation, "failed", outcome.failed)
             if not outcome.held:  # held: a health change or the resync looks again
                 self.queue.add(name, delay=5.0)
         elif outcome.deferred is not None:
             self.queue.add(name, delay=max(0.1, outcome.deferred - self.clock()))
-        elif self._settle(rec, observed):
-            releases.settle(self.store, current)
+        else:
+            self._settle(rec, unready)
 
     def _roll_back(self, rec: StackRecord, bad: Release, why: str) -> bool:
-        """A release failed its rollout: mark it failed and put the role back on the release
-        that was live, as a new generation. False if there is none to go back to."""
+        """A release failed its rollout: put the role back on the release that was live, as
+        a new generation, and mark this one failed. False if there is none to go back to,
+        or the stack moved on meanwhile (a newer push or apply wins; it is looked at anew)."""
         target = releases.fallback(self.store.releases(rec.name, bad.role), bad)
+        try:
+            if target is None:
+                raise PrereqError("no earlier release to go back to")
+            self._change(rec.name, bad.role, releases.fields_of(target), CONTROLLER, "rollback",
+                         f"v{bad.version} failed ({why}); back to v{target.version}",
+                         generation=rec.generation)
+        except Conflict:
+            return False
+        except RackfireError as e:  # failed, and left so: no rollback attempt every pass
+            self.store.set_release_status(rec.name, bad.role, bad.version,
+                                          ReleaseStatus.FAILED, why)
+            self.store.add_event(CONTROLLER, rec.name, f"{rec.name}/{bad.role}", "rollback",
+                                 "failed", f"v{bad.version} failed ({why}): {e.message}")
+            return False
         self.store.set_release_status(rec.name, bad.role, bad.version, ReleaseStatus.FAILED,
                                       why)
-        if target is None:
-            self.store.add_event(CONTROLLER, rec.name, f"{rec.name}/{bad.role}", "rollback",
-                                 "failed", f"v{bad.version} failed ({why}); no earlier release "
-                                 "to go back to")
-            return False
-        try:
-            self._change(rec.name, bad.role, releases.fields_of(target), CONTROLLER, "rollback",
-                         f"v{bad.version} failed ({why}); back to v{target.version}")
-        except RackfireError as e:
-            log.warning("rollback of %s/%s refused: %s", rec.name, bad.role, e.message)
-            return False
         return True
 
     def _reconcile_deleted(self, rec: StackRecord) -> None:
@@ -424,11 +459,11 @@ class Controller:
         self.agent.teardown_stack(rec.name, keep_data=rec.keep_data)
         self.store.forget_stack(rec.name)
 
-    def _settle(self, rec: StackRecord, observed: list[InstanceFacts]) -> bool:
-        """Converged (True) when every desired instance runs and passes its check, or is
-        stopped by an operator, and no other is left. Failed instances make it degraded,
-        which only an operator (or a new spec) changes: no fast re-check for them."""
-        unready = self._unready(rec, observed)
+    def _settle(self, rec: StackRecord, unready: dict[InstanceKey, str]) -> None:
+        """Converged when every desired instance runs and passes its check, or is stopped
+        by an operator, and no other is left (`unready` is empty). Failed instances make it
+        degraded, which only an operator (or a new spec) changes: no fast re-check for
+        them."""
         statuses = self.store.statuses(rec.name)
         failed = [why for k, why in unready.items()
                   if (st := statuses.get(k)) is not None and st.failed]
@@ -443,8 +478,6 @@ class Controller:
         else:
             self.store.set_stack_status(rec.name, rec.generation, "converged", "",
                                         converged=True)
-            return True
-        return False
 
     def unready(self, name: str, facts: list[InstanceFacts] | None = None) -> list[str]:
         rec = self.store.get_stack(name)
@@ -506,20 +539,28 @@ class Controller:
                 raise NotFound(f"image {image_name} is not built", hint="rackfire image build")
             digests[image_name] = summary.digest if summary else UNBUILT
         images = {r.name: r.image_digest or digests[r.image] for r in spec.roles}
-        layers = {}
+        layers, unbuilt = {}, {}
         for role in spec.roles:
-            if build and role.app is not None:
+            if build and role.app is not None and rec is not None and any(
+                    r.status is ReleaseStatus.FAILED and r.source == role.app.digest
+                    and r.image_digest == images[role.name]
+                    for r in self.store.releases(spec.name, role.name)):
+                unbuilt[role.name] = "it failed before; push it again to retry"
+            elif build and role.app is not None:
                 if rec is not None:
                     self.store.set_stack_status(spec.name, rec.generation, "progressing",
                                                 f"building the release of {role.name}")
-                layers[role.name] = self.agent.ensure_release(role.app.digest,
-                                                              images[role.name]).digest
+                try:
+                    layers[role.name] = self.agent.ensure_release(role.app.digest,
+                                                                  images[role.name]).digest
+                except RackfireError as e:  # that release fails; the reconcile decides
+                    unbuilt[role.name] = e.message
         render = partial(render_stack, spec, ips, digests, network,
                          self.agent.info().runtimes[0], app_digests=layers)
         requests = render(ready=self._ready_keys(spec, self.agent.observe(spec.name))
                           if rec else ())
         return Desired(network, {r.key: r.ip for r in requests}, requests, images, layers,
-                       lambda ready: render(ready=ready))
+                       unbuilt, lambda ready: render(ready=ready))
 
     def _ready_keys(self, spec: StackSpec, facts: list[InstanceFacts],
                     exclude: Collection[InstanceKey] = ()) -> set[InstanceKey]:
@@ -589,9 +630,7 @@ class Controller:
         reloaded = 0
         for req in requests:
             f = observed.get(req.key)
-            if (req.reload is None or f is None or f.state is not InstanceState.RUNNING
-                    or f.config_hash == req.config_hash or f.files_layout != req.files_layout
-                    or not f.files_layout):
+            if f is None or not reloadable(req, f):
                 continue
             try:
                 self.agent.reload(req)

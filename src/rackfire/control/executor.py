@@ -78,7 +78,8 @@ class Executor:
                     for a, error in zip(chunk, errors, strict=True):
                         if error:
                             out.failed = f"{kind} {a.key.name}: {error}; rollout stopped"
-                            out.rollout_failed[a.key.role] = out.failed
+                            if kind is ActionKind.REPLACE or kind is ActionKind.CREATE:
+                                out.rollout_failed[a.key.role] = out.failed  # a new spec's
                             drain(set())
                             return out
                     drain(set())

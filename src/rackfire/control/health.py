@@ -115,8 +115,9 @@ class HealthMonitor:
         role = rec.spec.role(key.role) if rec and key.role in {
             r.name for r in rec.spec.roles} else None
         spec = role.health if role else None
-        if timeout is None:
-            timeout = spec.grace + spec.interval * spec.retries + 5 if spec else 10
+        # A rollout's health_timeout, but never shorter than the check's own grace.
+        least = spec.grace + spec.interval * spec.retries + 5 if spec else 10
+        timeout = max(timeout or 0.0, least)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             f = next((f for f in self.agent.observe(key.stack) if f.key == key), None)

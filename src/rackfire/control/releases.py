@@ -1,8 +1,9 @@
 """Releases: which version of its image and app each role runs, and going back to one.
 
 A release is what a role's desired spec runs: an image (by digest) plus, for a role with an
-`app`, the pushed source. Every change of either (an apply, a `push`, a rebuilt image) is a
-new version, `deploying` until the role converges on it, then `live`. A rollout that fails
+`app`, the pushed source. A change of either (an apply, a `push`, a rebuilt image) to a pair
+not seen before is a new version; going back to one seen before deploys that version again.
+It is `deploying` until the role's instances all run it and pass, then `live`. A rollout that fails
 its health checks marks the release `failed` and puts the role back on the release that was
 live; `rollback` does the same on an operator's word. Pure apart from the store calls in
 `note` and `settle`.
@@ -10,7 +11,7 @@ live; `rollback` does the same on an operator's word. Pure apart from the store 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from rackfire.errors import NotFound, PrereqError
@@ -31,9 +32,9 @@ def note(store: Store, rec: StackRecord, images: Mapping[str, str],
     return out
 
 
-def settle(store: Store, current: Mapping[str, Release]) -> None:
-    """The stack converged: what each role runs is live."""
-    for rel in current.values():
+def settle(store: Store, settled: Iterable[Release]) -> None:
+    """Roles whose every instance runs their release and passes: it is live."""
+    for rel in settled:
         if rel.status is not ReleaseStatus.LIVE:
             store.set_release_status(rel.stack, rel.role, rel.version, ReleaseStatus.LIVE)
 
@@ -76,10 +77,9 @@ def fields_of(rel: Release) -> dict[str, Any]:
             "image": rel.image, "image_digest": rel.image_digest}
 
 
-def current(store: Store, spec: StackSpec, role: RoleSpec) -> Release | None:
-    """The release the role's desired spec names, if it was recorded."""
+def current(store: Store, spec: StackSpec, role: RoleSpec, image_digest: str) -> Release | None:
+    """The release the role's desired spec runs (as `note` keys it: its source and the
+    digest its image resolves to), if it was recorded."""
     source = role.app.digest if role.app else ""
-    matching = [rel for rel in store.releases(spec.name, role.name)
-                if rel.source == source and rel.image == role.image
-                and (not role.image_digest or rel.image_digest == role.image_digest)]
-    return max(matching, key=lambda r: r.updated, default=None)
+    return next((rel for rel in store.releases(spec.name, role.name)
+                 if rel.source == source and rel.image_digest == image_digest), None)

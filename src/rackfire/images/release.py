@@ -49,6 +49,8 @@ def build_release(store: ImageStore, source_digest: str, base_digest: str,
     if has_reqs and (reqs.is_symlink() or not reqs.is_file()):
         raise PrereqError("the app's requirements.txt is not a regular file",
                           hint="make requirements.txt a plain file")
+    if has_reqs:
+        _check_requirements(reqs)
     version = image_python(base)
     if has_reqs and version is None:
         raise PrereqError(f"the app has a requirements.txt but image "
@@ -92,18 +94,32 @@ def _pip_install(app: Path, version: str, progress: Progress | None) -> None:
     if importlib.util.find_spec("pip") is None:
         raise PrereqError(f"pip is not installed for the server's Python ({sys.executable})",
                           hint=f"{sys.executable} -m ensurepip")
+    # Wheels only: building an sdist would run its setup code on the host, as root (and for
+    # the server's Python, not the image's).
     cmd = [sys.executable, "-m", "pip", "install", "--target", str(app / ".deps"),
-           "--requirement", "requirements.txt", "--disable-pip-version-check",
-           "--no-warn-script-location", "--no-input", "--root-user-action=ignore"]
+           "--requirement", "requirements.txt", "--only-binary=:all:",
+           "--disable-pip-version-check", "--no-warn-script-location", "--no-input",
+           "--root-user-action=ignore"]
     if version != f"{sys.version_info.major}.{sys.version_info.minor}":
-        # Wheels only: an sdist would be built for the server's Python, not the image's;
-        # no .pyc: they would be compiled for the server's version too.
-        cmd += ["--python-version", version, "--implementation", "cp", "--only-binary=:all:",
-                "--no-compile"]
+        # No .pyc either: they would be compiled for the server's version.
+        cmd += ["--python-version", version, "--implementation", "cp", "--no-compile"]
     if progress is not None:
         progress(f"installing the app's requirements for Python {version}")
     # From the app dir, so relative paths in requirements.txt mean what they do for its author.
     run_streaming(cmd, progress, cwd=app, what="pip install -r requirements.txt")
+
+
+def _check_requirements(reqs: Path) -> None:
+    """Package requirements only: no pip options (another index, -r/-e of host paths) and
+    no paths or URLs, which pip would read on the host."""
+    for n, raw in enumerate(reqs.read_text(errors="replace").splitlines(), 1):
+        line = raw.split(" #", 1)[0].strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith(("-", ".", "/")) or "://" in line or "@" in line:
+            raise PrereqError(f"requirements.txt line {n}: {line!r} is not a package "
+                              "requirement", hint="name packages from the index (name==1.2): "
+                              "options, paths and URLs are refused")
 
 
 def image_python(base: ImageInfo) -> str | None:

@@ -19,7 +19,7 @@ class ActionKind(StrEnum):
     RESIZE = "resize"  # new cpu/memory/pids limits live, a disk grown online
     RELOAD = "reload"  # new file contents in place, then the appliance's reload: no restart
     RECONFIGURE = "reconfigure"  # new config layer, same disk, same IP
-    REPLACE = "replace"  # a fresh instance in its place, one at a time
+    REPLACE = "replace"  # a fresh instance in its place, rolling (a batch at a time)
 
 
 # The order a plan runs in: free capacity first, rolling replaces last.
@@ -34,7 +34,7 @@ class Action:
     request: InstanceRequest | None = None  # None for destroy
     not_before: float | None = None  # restart backoff: the executor waits until then
     held: str = ""  # why a rolling replace may not go on yet (an earlier one is not healthy)
-    rolling: bool = False  # one at a time, each healthy before the next (as replaces are)
+    rolling: bool = False  # a batch at a time, each healthy before the next (as replaces)
     after_failure: bool = False  # a restart that counts towards the restart policy
     stop_timeout: float = DEFAULT_STOP_TIMEOUT  # SIGTERM, then SIGKILL after this long
     batch: int = 1  # rolling actions of one role that may be out of service together

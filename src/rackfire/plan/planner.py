@@ -3,9 +3,10 @@
 Buckets, as Nomad's reconciler sorts allocations: observed-but-not-desired is destroyed
 (highest index first), desired-but-missing is created, half-made is replaced, stopped or
 unhealthy is restarted (with backoff, until the role's restart policy gives up and fails
-it), a changed image/command/env/runtime is replaced one at a time, changed resources are
-resized live, and changed rendered files are reconfigured in place. What the operator asked
-for (`stop`, `restart`) is honoured per instance.
+it), a changed image/command/env/app/runtime is replaced by the role's update policy (surge
+instances first, then batches of `max_unavailable`; roles in `uses` order), changed resources
+are resized live, and changed rendered files are reloaded or reconfigured in place. What the
+operator asked for (`stop`, `restart`) is honoured per instance.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from rackfire.model.stack import DEFAULT_STOP_TIMEOUT, RestartPolicy, RoleSpec, 
 from rackfire.model.units import format_duration
 from rackfire.model.units import show_value as _show
 from rackfire.plan.actions import EXECUTION_ORDER, Action, ActionKind, Plan
+from rackfire.plan.render import max_unavailable
 
 BACKOFF_BASE = 1.0
 BACKOFF_MAX = 60.0
@@ -66,11 +68,13 @@ def plan_stack(
     rolling_roles = {a.key.role for a in actions
                      if a.kind is ActionKind.REPLACE and have[a.key].state
                      is not InstanceState.PARTIAL}
-    surge = {d.key: d for d in desired if d.surge and d.key.role in rolling_roles}
+    # (An index an operator stopped, left from a scale-down, is not taken for a surge.)
+    surge = {d.key: d for d in desired if d.surge and d.key.role in rolling_roles
+             and not controls.get(d.key, Control()).stopped}
     want |= surge
     for key in sorted(surge.keys() & have.keys()):
-        action = _compare(surge[key], have[key], roles[key.role], Control(), unhealthy.get(key),
-                          now)
+        action = _compare(surge[key], have[key], roles[key.role],
+                          controls.get(key, Control()), unhealthy.get(key), now)
         if action is not None:
             actions.append(replace(action, reason=f"surge instance: {action.reason}"))
 
@@ -104,9 +108,10 @@ def plan_stack(
     stuck = first_done([k for k, f in have.items() if f.state is not InstanceState.RUNNING]
                        + list(unhealthy))
     waiting = first_done(starting)
-    # Roles roll in dependency order: one waits while a role it uses is still rolling.
+    # Roles roll in dependency order: one waits while a role it uses is still rolling (has
+    # rolling actions, or instances past its count: surge ones, or ones on their way out).
     extra = {k.role for k in have if k.role in roles and k.index >= roles[k.role].count}
-    unsettled = rolling_roles | stuck.keys() | waiting.keys() | extra
+    unsettled = rolling_roles | extra | {a.key.role for a in actions if a.rolling}
     for name, role in roles.items():
         behind = sorted(role.uses_closure(roles) & unsettled)
         if behind and name not in waiting:
@@ -143,7 +148,7 @@ def _hold(a: Action, stuck: Mapping[str, str], waiting: Mapping[str, str], now: 
         return replace(a, not_before=max(a.not_before or 0.0, now + WAIT_FOR_STARTING))
     if role is None or a.kind is not ActionKind.REPLACE:
         return a
-    batch = role.update.max_unavailable + ready_surge.get(role.name, 0)
+    batch = max_unavailable(role) + ready_surge.get(role.name, 0)
     if batch == 0:
         return replace(a, not_before=max(a.not_before or 0.0, now + WAIT_FOR_STARTING))
     return replace(a, batch=batch)
@@ -168,8 +173,7 @@ def _compare(d: InstanceRequest, f: InstanceFacts, role: RoleSpec, c: Control,
         return Action(ActionKind.REPLACE, d.key, f"{', '.join(changed)} changed", d,
                       stop_timeout=timeout)
     if f.config_hash != d.config_hash:
-        if (d.reload is not None and f.state is InstanceState.RUNNING and not c.failed
-                and f.files_layout and f.files_layout == d.files_layout):
+        if reloadable(d, f) and not c.failed:
             return Action(ActionKind.RELOAD, d.key, "rendered files changed", d)
         # A stopped (or failed) one starts afresh with the new config in the same step.
         return Action(ActionKind.RECONFIGURE, d.key, "rendered files changed", d,
@@ -193,6 +197,14 @@ def _compare(d: InstanceRequest, f: InstanceFacts, role: RoleSpec, c: Control,
             why = f"unhealthy: {unhealthy}" if unhealthy else "unhealthy"
         return _recover(ActionKind.RESTART, d, why, role.restart, c, now, timeout)
     return None
+
+
+def reloadable(d: InstanceRequest, f: InstanceFacts) -> bool:
+    """New file contents can reach `f` in place: its role reloads, it runs the same spec
+    and has the same files (a new or removed path needs a reconfigure)."""
+    return (d.reload is not None and f.state is InstanceState.RUNNING
+            and f.spec_hash == d.spec_hash and f.config_hash != d.config_hash
+            and bool(f.files_layout) and f.files_layout == d.files_layout)
 
 
 def _recover(kind: ActionKind, d: InstanceRequest, why: str, policy: RestartPolicy,
@@ -234,7 +246,7 @@ def _resize_reason(d: InstanceRequest, f: InstanceFacts) -> str:
     parts = [f"{name} {_show(name, getattr(old, name))} → {_show(name, getattr(new, name))}"
              for name in ("cpu", "memory", "disk", "pids")
              if getattr(old, name) != getattr(new, name)]
-    return ", ".join(parts) or "resources changed"
+    return ", ".join(parts) or "data disk size changed"
 
 
 

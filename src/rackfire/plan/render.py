@@ -30,7 +30,8 @@ def spec_fields(role: RoleSpec, image_digest: str, runtime: RuntimeKind) -> dict
     fields = {
         "image": image_digest[:16],
         "command": digest(role.command),
-        "resources": digest(asdict(role.resources)),
+        # A data disk's size is a resource too: it grows live, with the root disk.
+        "resources": digest([asdict(role.resources), role.data.size if role.data else None]),
         "env": digest(role.env),
         "runtime": runtime.value,
     }
@@ -42,8 +43,16 @@ def spec_fields(role: RoleSpec, image_digest: str, runtime: RuntimeKind) -> dict
 
 
 def surge_count(role: RoleSpec) -> int:
-    """Extra instances (indexes count, count+1, ...) a rollout of this role may add."""
-    return role.update.max_surge if role.count else 0
+    """Extra instances (indexes count, count+1, ...) a rollout of this role may add. A role
+    with data disks never surges: the extra one would be a new, empty one (a second, empty
+    database) taking traffic."""
+    return role.update.max_surge if role.count and role.data is None else 0
+
+
+def max_unavailable(role: RoleSpec) -> int:
+    """How many of the role's count a rollout may take out at once: at least one when it
+    cannot surge, or nothing could roll."""
+    return role.update.max_unavailable or (0 if surge_count(role) else 1)
 
 
 def role_keys(stack: str, role: RoleSpec, *, surge: bool = False) -> list[InstanceKey]:

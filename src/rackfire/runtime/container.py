@@ -18,6 +18,7 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -89,7 +90,15 @@ class ContainerRuntime:
         # Data disks: beside the instance dirs (`<data-dir>/volumes`), not inside them.
         self.volumes = volumes if volumes is not None else base.parent / "volumes"
         self._cpu = stats.CpuSampler()
+        # destroy vs check_resize (API threads): a disk mounted to be measured between
+        # destroy's unmount and its rmtree would be emptied by it.
+        self._disk_locks: dict[str, threading.RLock] = {}
+        self._locks_lock = threading.Lock()
         base.mkdir(parents=True, exist_ok=True)
+
+    def _disk_lock(self, key: InstanceKey) -> threading.RLock:
+        with self._locks_lock:
+            return self._disk_locks.setdefault(key.id, threading.RLock())
 
     # the Runtime protocol ---------------------------------------------------------------
 
@@ -134,24 +143,31 @@ class ContainerRuntime:
     def destroy(self, key: InstanceKey, stop_timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         d = instance_dir(self.base, key)
         self._stop(key, timeout=stop_timeout)
-        mounts.unmount(d.rootfs)
-        mounts.unmount(d.disk)
-        # The data disk stays (in `volumes`); unmounted first, or rmtree would empty it.
-        mounts.unmount(d.data)
-        links.detach_instance(key.id)
-        shutil.rmtree(d.root, ignore_errors=True)
+        with self._disk_lock(key):
+            mounts.unmount(d.rootfs)
+            mounts.unmount(d.disk)
+            # The data disk stays (in `volumes`); unmounted first, or rmtree would empty it.
+            mounts.unmount(d.data)
+            links.detach_instance(key.id)
+            shutil.rmtree(d.root, ignore_errors=True)
 
     def reload(self, req: InstanceRequest) -> None:
         """New contents for the same rendered files while it runs: written through the
-        mounted overlay (atomically: the instance reads the old or the new file), and into
-        the config layer, which a later reconfigure rewrites anyway. Then its `reload`."""
+        mounted overlay (atomically: the instance reads the old or the new file; the copy in
+        the upper dir hides the config layer's, which must not change under a mounted
+        overlay and which a reconfigure rewrites, deleting those copies first). With no
+        overlay mounted, into the config layer. Then its `reload`."""
         d = instance_dir(self.base, req.key)
         meta, sig = begin_reload(read_meta(d), req, self.host)
         spec = req.reload
         overlay = mounts.mounted(d.rootfs)
         if not overlay:
             mounts.mount_disk(d.disk_image, d.disk)
-        for path, content in changed_files(d.config, req):
+        # Through the overlay every file is written: the config layer may be older than
+        # what an earlier reload left in the upper dir, so comparing with it could skip one.
+        todo = ([(p, c.encode()) for p, c in req.files] if overlay
+                else changed_files(d.config, req))
+        for path, content in todo:
             mode = mode_of(d.config / path.lstrip("/"))
             if overlay:
                 # Lands in the upper dir (copied up), where it hides the lower copy.
@@ -159,7 +175,7 @@ class ContainerRuntime:
             else:
                 # No overlay to write through: an older upper copy would hide the new file.
                 unlink_beneath(d.disk / "upper", path)
-            write_beneath(d.config, path, content, mode)
+                write_beneath(d.config, path, content, mode)
         update_meta(d, config_hash=req.config_hash, files_layout=req.files_layout)
         if self._state(req.key.id) != "running":
             return  # it reads the new files when it starts
@@ -183,6 +199,10 @@ class ContainerRuntime:
         self._stop(key, timeout=stop_timeout)
 
     def check_resize(self, req: InstanceRequest) -> Grows:
+        with self._disk_lock(req.key):
+            return self._check_resize(req)
+
+    def _check_resize(self, req: InstanceRequest) -> Grows:
         """Refuse, before any change, a resize this instance cannot take live; else say how
         its disks would grow."""
         d = instance_dir(self.base, req.key)

@@ -482,13 +482,16 @@ class Store:
                      image: str, image_digest: str, actor: str) -> Release:
         """The release a role's desired spec runs: the version with the same source and
         image if there is one (a rollback deploys it again, under its own number), else a
-        new version. Either way it is `deploying` until the role converges on it."""
+        new version. Either way it is `deploying` until the role converges on it; a failed
+        one stays failed (what fails again is not retried in a loop)."""
         now = time.time()
         with self.tx() as db:
             row = db.execute("SELECT * FROM releases WHERE stack=? AND role=? AND source=? "
                              "AND image_digest=?", (stack, role, source, image_digest)).fetchone()
             if row is not None:
-                status = row["status"] if row["status"] in ("live", "deploying") else "deploying"
+                # A failed one stays failed (no retry loop) until an operator deploys it again.
+                status = row["status"] if row["status"] in ("live", "deploying", "failed") \
+                    else "deploying"
                 db.execute("UPDATE releases SET layer=?, status=?, updated=? WHERE stack=? AND "
                            "role=? AND version=?", (layer or row["layer"], status, now, stack,
                                                     role, row["version"]))
@@ -502,6 +505,14 @@ class Store:
                        (stack, role, version, source, label, layer, image, image_digest, actor,
                         now, now))
             return self._release(db, stack, role, version)
+
+    def retry_release(self, stack: str, role: str, source: str) -> None:
+        """An operator deploys this source again (push, apply): a failed release of it may
+        roll out once more."""
+        with self.tx() as db:
+            db.execute("UPDATE releases SET status='deploying', reason='', updated=? WHERE "
+                       "stack=? AND role=? AND source=? AND status='failed'",
+                       (time.time(), stack, role, source))
 
     @staticmethod
     def _release(db: sqlite3.Connection, stack: str, role: str, version: int) -> Release:
