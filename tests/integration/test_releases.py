@@ -6,6 +6,7 @@ stack."""
 from __future__ import annotations
 
 import json
+import tarfile
 from pathlib import Path
 
 import httpx
@@ -70,6 +71,34 @@ def test_push_rollback_and_refusals(server: Server, tmp_path: Path) -> None:
     rows = {r["version"]: r for r in releases(server, f"{stack}/web")}
     assert rows[1]["current"] and rows[1]["status"] == "live"
     assert rows[2]["status"] == "retired"
+
+    # A new base OS the same way: an image the app cannot run on (no python3 in it) fails,
+    # and the role goes back to the release it ran, pinned to the image it had.
+    bare = tmp_path / "bare.tar"
+    with tarfile.open(bare, "w") as tf:
+        for name in ("etc", "usr", "tmp", "srv"):
+            info = tarfile.TarInfo(name)
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tf.addfile(info)
+    server.cli("image", "import", "bare", str(bare))
+    res = server.cli("push", f"{stack}/web", "--image", "bare", check=False, timeout=300)
+    assert res.returncode == 1 and "rolled back" in res.stderr, res.stdout + res.stderr
+    rows = releases(server, f"{stack}/web")
+    newest = max(rows, key=lambda r: int(str(r["version"])))
+    assert (newest["image"], newest["status"]) == ("bare", "failed")
+    assert next(r for r in rows if r["current"])["version"] == 1
+    assert {httpx.get(url).text for _ in range(4)} == {"one\n"}
+
+    # A release that cannot be built (a requirement that is a host path) is rolled back
+    # too, and not rebuilt on every pass.
+    unbuildable = tmp_path / "unbuildable"
+    unbuildable.mkdir()
+    (unbuildable / "index.html").write_text("three\n")
+    (unbuildable / "requirements.txt").write_text("-e /etc\n")
+    res = server.cli("push", f"{stack}/web", str(unbuildable), check=False, timeout=300)
+    assert res.returncode == 1 and "rolled back" in res.stderr, res.stdout + res.stderr
+    assert "requirements.txt line 1" in res.stderr
+    assert {httpx.get(url).text for _ in range(4)} == {"one\n"}
 
     # Refused before any change, with what to do instead.
     generation = server.api(f"/v1/stacks/{stack}")["generation"]

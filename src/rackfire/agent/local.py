@@ -51,6 +51,7 @@ from rackfire.runtime.layout import (
     list_instance_dirs,
     read_meta,
     update_meta,
+    volume_path,
 )
 from rackfire.runtime.oci import RESOLV_CONF, RESOLV_TEXT
 from rackfire.runtime.process import ProcessRuntime
@@ -296,7 +297,7 @@ class LocalAgent:
         return image_digest in (meta.get("image"), meta.get("app"))
 
     def _volume(self, key: InstanceKey) -> Path:
-        return self._volumes / key.stack / f"{key.name}.img"
+        return volume_path(self._volumes, key)
 
     def _dir(self, key: InstanceKey) -> InstanceDir:
         return instance_dir(self.data_dir / "instances", key)

@@ -42,7 +42,7 @@ def push(role: Role,
     client = Client(url)
     source = client.upload_source(src) if src is not None else None
     result = client.push(t.stack, t.role, source, str(src.resolve()) if src else "", image)
-    _follow(client, t.stack, t.role, result, no_wait, timeout, source)
+    _follow(client, t.stack, t.role, result, no_wait, timeout, (source, image))
 
 
 def rollback(role: Role,
@@ -81,29 +81,34 @@ def releases(role: Role, json: Json = False, url: Url = None) -> None:
     out.print(table)
 
 
+Pushed = tuple[str | None, str | None]  # (source digest, image name) of a push
+
+
 def _follow(client: Client, stack: str, role: str, result: dict[str, Any], no_wait: bool,
-            timeout: float, source: str | None = None) -> None:
+            timeout: float, pushed: Pushed = (None, None)) -> None:
     """Wait for the rollout, then say which release the role runs and whether the pushed
-    one (by its source) failed and was rolled back."""
+    one (by its source and image) failed and was rolled back."""
     if no_wait:
         out.print(f"{stack}/{role}: generation {result['generation']} stored")
         return
     try:
         wait_converged(client, stack, result["generation"], len(result["actions"]), timeout)
     except RackfireError:
-        if not _report(client, stack, role, source):
+        if not _report(client, stack, role, pushed):
             raise
         raise typer.Exit(1) from None
-    if _report(client, stack, role, source):
+    if _report(client, stack, role, pushed):
         raise typer.Exit(1)
 
 
-def _report(client: Client, stack: str, role: str, source: str | None) -> bool:
+def _report(client: Client, stack: str, role: str, what: Pushed) -> bool:
     """Print what the role runs now; True if the pushed release failed and was rolled
     back."""
     rows = client.releases(stack, role)
     current = next((r for r in rows if r["current"]), None)
-    pushed = max((r for r in rows if source and r["source"] == source),
+    source, image = what
+    pushed = max((r for r in rows if (source is None or r["source"] == source)
+                  and (image is None or r["image"] == image) and (source or image)),
                  key=lambda r: r["version"], default=None)
     if pushed is not None and pushed["status"] == "failed":
         back = f"; {role} runs v{current['version']} again" if current else ""

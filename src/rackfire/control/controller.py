@@ -542,10 +542,11 @@ class Controller:
         layers, unbuilt = {}, {}
         for role in spec.roles:
             if build and role.app is not None and rec is not None and any(
-                    r.status is ReleaseStatus.FAILED and r.source == role.app.digest
-                    and r.image_digest == images[role.name]
+                    r.status is ReleaseStatus.FAILED and not r.layer
+                    and r.source == role.app.digest and r.image_digest == images[role.name]
                     for r in self.store.releases(spec.name, role.name)):
-                unbuilt[role.name] = "it failed before; push it again to retry"
+                # Its build failed before: not again on every pass, only when pushed again.
+                unbuilt[role.name] = "it failed to build before; push it again to retry"
             elif build and role.app is not None:
                 if rec is not None:
                     self.store.set_stack_status(spec.name, rec.generation, "progressing",

@@ -49,6 +49,7 @@ from rackfire.runtime.layout import (
     resources_of,
     swap_config,
     update_meta,
+    volume_path,
     write_config_layer,
     write_meta,
 )
@@ -191,7 +192,7 @@ class ContainerRuntime:
             raise
 
     def volume(self, key: InstanceKey) -> Path:
-        return self.volumes / key.stack / f"{key.name}.img"
+        return volume_path(self.volumes, key)
 
     def stop(self, key: InstanceKey, stop_timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         # Only the container (and its cgroup) goes: disk, overlay, config layer and netns

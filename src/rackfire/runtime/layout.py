@@ -155,3 +155,8 @@ def list_instance_dirs(base: Path) -> list[tuple[InstanceKey, InstanceDir]]:
             continue
         out.append((key, InstanceDir(entry)))
     return out
+
+
+def volume_path(volumes: Path, key: InstanceKey) -> Path:
+    """An instance's data disk: beside the instance dirs, so that it outlives its instance."""
+    return volumes / key.stack / f"{key.name}.img"
