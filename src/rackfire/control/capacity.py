@@ -4,24 +4,13 @@ has, before any change. Pure: specs and a capacity in, a refusal (or nothing) ou
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
 from rackfire.errors import PrereqError
 from rackfire.model.agent import HostCapacity
+from rackfire.model.host import Reservation
 from rackfire.model.instance import InstanceFacts
 from rackfire.model.stack import StackSpec
 from rackfire.model.units import format_size
-
-
-@dataclass(frozen=True, slots=True)
-class Reservation:
-    cpus: float = 0.0
-    memory: int = 0
-    disk: int = 0
-
-    def __add__(self, other: Reservation) -> Reservation:
-        return Reservation(self.cpus + other.cpus, self.memory + other.memory,
-                           self.disk + other.disk)
 
 
 def reserved_by(spec: StackSpec) -> Reservation:

@@ -1,0 +1,75 @@
+"""Hosts as the controller knows them: state, labels, runtimes, what they can hard-reserve
+and what is reserved on them. Pure data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from rackfire.model.agent import HostCapacity
+from rackfire.model.stack import Resources, RuntimeKind
+
+CPU_SLACK = 1e-9
+"""Cores. CPU quotas are floats: ten 0.1s must still fit exactly in one core."""
+
+
+class HostState(StrEnum):
+    READY = "ready"
+    DRAINING = "draining"  # what runs there is moved away; it gets nothing new
+    DOWN = "down"  # lost: what ran there has to run elsewhere
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """Hard-reserved amounts: cores, bytes of memory, bytes of disk."""
+
+    cpus: float = 0.0
+    memory: int = 0
+    disk: int = 0
+
+    def __add__(self, other: Reservation) -> Reservation:
+        return Reservation(self.cpus + other.cpus, self.memory + other.memory,
+                           self.disk + other.disk)
+
+    def __sub__(self, other: Reservation) -> Reservation:
+        return Reservation(self.cpus - other.cpus, self.memory - other.memory,
+                           self.disk - other.disk)
+
+    def within(self, limit: Reservation) -> bool:
+        return (self.cpus <= limit.cpus + CPU_SLACK and self.memory <= limit.memory
+                and self.disk <= limit.disk)
+
+    @staticmethod
+    def of(resources: Resources, data: int = 0) -> Reservation:
+        """What one instance reserves: no cpu or memory limit reserves none of it (there
+        is nothing to hold back); the root disk and any data disk, whole."""
+        return Reservation(resources.cpu or 0.0, resources.memory or 0, resources.disk + data)
+
+    @staticmethod
+    def of_capacity(capacity: HostCapacity) -> Reservation:
+        return Reservation(capacity.cpus, capacity.memory, capacity.disk)
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    name: str
+    capacity: HostCapacity  # what it can hard-reserve, never more
+    state: HostState = HostState.READY
+    labels: tuple[tuple[str, str], ...] = ()  # (key, value) sorted by key: rack, site, ...
+    runtimes: tuple[RuntimeKind, ...] = (RuntimeKind.CONTAINER,)  # best first
+    reserved: Reservation = Reservation()  # held by instances the scheduler is not given
+
+    def __post_init__(self) -> None:
+        # One value per key, in key order: equal hosts compare (and hash) equal.
+        object.__setattr__(self, "labels", tuple(sorted(dict(self.labels).items())))
+
+    def label(self, key: str) -> str | None:
+        return dict(self.labels).get(key)
+
+    @property
+    def rack(self) -> str | None:
+        return self.label("rack")
+
+    @property
+    def total(self) -> Reservation:
+        return Reservation.of_capacity(self.capacity)

@@ -1,0 +1,83 @@
+"""schedule(): where each wanted instance runs. Feasibility first, then ranking, Nomad-style;
+pure and deterministic (the order hosts come in never matters)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from rackfire.model.host import Host
+from rackfire.model.instance import InstanceKey
+from rackfire.schedule.ask import Ask, RoleRef, role_of
+from rackfire.schedule.feasibility import Check, Ledger, Rejection, check
+from rackfire.schedule.placement import Decision, Placement
+from rackfire.schedule.ranking import Candidate, ranked, score
+
+
+def schedule(hosts: Iterable[Host], placed: Mapping[InstanceKey, str],
+             wanted: Mapping[InstanceKey, Ask]) -> Placement:
+    """Place every instance of `wanted` (instance -> what it asks) on `hosts`.
+
+    `placed` says where instances run now: one stays on its host while that host is ready
+    and can still hold it (never moved to rebalance). `Host.reserved` must not count the
+    instances given here; `placed` entries not in `wanted` are ignored (they are going).
+    """
+    by_name = hosts_by_name(hosts)
+    ledger = Ledger(by_name)
+    order = placement_order(wanted)
+    decided: dict[InstanceKey, Decision] = {}
+    leaving: dict[InstanceKey, tuple[Rejection, ...]] = {}
+
+    # Instances that stay go first: they hold their reservation already, and a new instance
+    # must not take it from under them.
+    for key in order:
+        where = placed.get(key)
+        if where is None:
+            continue
+        host = by_name.get(where)
+        why = check(host, key, wanted[key], ledger) if host else (
+            Rejection(where, Check.HOST, "not known"),)
+        if why:
+            leaving[key] = why
+        else:
+            ledger.add(key, where, wanted[key].need)
+            decided[key] = Decision(key, wanted[key], where, kept=True)
+
+    names = sorted(by_name)
+    for key in order:
+        if key in decided:
+            continue
+        ask = wanted[key]
+        rejected: list[Rejection] = []
+        fits: list[Candidate] = []
+        for name in names:
+            why = check(by_name[name], key, ask, ledger)
+            if why:
+                rejected.extend(why)
+            else:
+                fits.append(Candidate(name, score(by_name[name], key, ask, ledger)))
+        best = ranked(fits)
+        chosen = best[0].host if best else None
+        if chosen is not None:
+            ledger.add(key, chosen, ask.need)
+        decided[key] = Decision(key, ask, chosen, previous=placed.get(key),
+                                left=leaving.get(key, ()), ranked=best,
+                                rejected=tuple(rejected))
+    return Placement(tuple(decided[k] for k in order))
+
+
+def placement_order(wanted: Iterable[InstanceKey]) -> list[InstanceKey]:
+    """Role order (as roles first appear in `wanted`: a stack file's order), then index."""
+    roles: dict[RoleRef, int] = {}
+    keys = list(wanted)
+    for k in keys:
+        roles.setdefault(role_of(k), len(roles))
+    return sorted(keys, key=lambda k: (roles[role_of(k)], k.index))
+
+
+def hosts_by_name(hosts: Iterable[Host]) -> dict[str, Host]:
+    by_name: dict[str, Host] = {}
+    for h in hosts:
+        if h.name in by_name:
+            raise ValueError(f"host {h.name} is given twice")
+        by_name[h.name] = h
+    return by_name

@@ -1,0 +1,196 @@
+"""Properties of the scheduler on random hosts and requests (Hypothesis).
+
+Amounts come from coarse grids (quarter cores, 128M of memory, 512M of disk): exact in
+binary floating point, and full hosts and exact fits are common, which is where mistakes hide.
+The checks below recompute what they need from the input; they do not reuse the scheduler's
+own ledger.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import replace
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rackfire.model.agent import HostCapacity
+from rackfire.model.host import Host, HostState, Reservation
+from rackfire.model.instance import InstanceKey
+from rackfire.model.stack import RuntimeKind
+from rackfire.schedule import Ask, Placement, Strategy, headroom, schedule
+
+M = 1 << 20
+CHECKS = settings(max_examples=120, deadline=None, database=None)
+
+cpus = st.sampled_from([0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 4.0])
+memory = st.integers(0, 16).map(lambda n: n * 128 * M)
+disk = st.integers(0, 8).map(lambda n: n * 512 * M)
+# Weighted towards hosts that can take instances: a full host is where mistakes show.
+states = st.sampled_from([HostState.READY] * 4 + [HostState.DRAINING, HostState.DOWN])
+runtimes = st.sampled_from([(RuntimeKind.CONTAINER,)] * 3 + [
+    (RuntimeKind.PROCESS,), (RuntimeKind.CONTAINER, RuntimeKind.PROCESS), ()])
+racks = st.sampled_from([None, "r1", "r2"])
+
+
+@st.composite
+def hosts(draw: st.DrawFn) -> list[Host]:
+    names = draw(st.lists(st.sampled_from([f"h{i}" for i in range(8)]), unique=True,
+                          max_size=6))
+    out = []
+    for name in names:
+        rack = draw(racks)
+        out.append(Host(
+            name, HostCapacity(draw(cpus), draw(memory), draw(disk)),
+            draw(states), (("rack", rack),) if rack else (),
+            draw(runtimes),
+            draw(st.one_of(st.just(Reservation()),
+                           st.builds(Reservation, cpus, memory, disk)))))
+    return out
+
+
+asks = st.builds(
+    Ask, st.builds(Reservation, st.sampled_from([0.0, 0.25, 0.5, 1.0]),
+                   st.integers(0, 6).map(lambda n: n * 128 * M),
+                   st.integers(0, 3).map(lambda n: n * 512 * M)),
+    st.sampled_from([None] * 3 + [RuntimeKind.CONTAINER, RuntimeKind.PROCESS]),
+    st.sampled_from([()] * 3 + [(("rack", "r1"),)]),
+    st.booleans(),
+    st.sampled_from(Strategy))
+
+
+@st.composite
+def wanted(draw: st.DrawFn) -> dict[InstanceKey, Ask]:
+    roles = draw(st.lists(st.sampled_from(["web", "app", "db", "mem"]), unique=True,
+                          max_size=3))
+    out: dict[InstanceKey, Ask] = {}
+    for role in roles:
+        a = draw(asks)
+        for i in range(draw(st.integers(0, 8))):
+            out[InstanceKey("s", role, i)] = a
+    return out
+
+
+@st.composite
+def situations(draw: st.DrawFn) -> tuple[list[Host], dict[InstanceKey, str],
+                                         dict[InstanceKey, Ask]]:
+    """Hosts, where some instances run now (maybe on a host that is gone), and the want."""
+    hs, want = draw(hosts()), draw(wanted())
+    names = [h.name for h in hs] + ["gone"]
+    placed = {k: draw(st.sampled_from(names)) for k in want if draw(st.booleans())}
+    return hs, placed, want
+
+
+def fits_now(h: Host, key: InstanceKey, a: Ask, assigned: dict[InstanceKey, str],
+             want: dict[InstanceKey, Ask]) -> bool:
+    """Whether `h` could take one more instance on top of `assigned`: an oracle written
+    apart from the scheduler's checks."""
+    if h.state is not HostState.READY:
+        return False
+    if (a.runtime is None and not h.runtimes) or (a.runtime and a.runtime not in h.runtimes):
+        return False
+    if any(h.label(k) != v for k, v in a.labels):
+        return False
+    on = [k for k, where in assigned.items() if where == h.name]
+    if a.distinct_hosts and any((k.stack, k.role) == (key.stack, key.role) for k in on):
+        return False
+    used = h.reserved
+    for k in on:
+        used += want[k].need
+    return (used + a.need).within(h.total)
+
+
+@CHECKS
+@given(situations())
+def test_no_host_is_ever_over_its_capacity_or_breaks_a_constraint(
+        s: tuple[list[Host], dict[InstanceKey, str], dict[InstanceKey, Ask]]) -> None:
+    hs, placed, want = s
+    got = schedule(hs, placed, want).assignments()
+    by_name = {h.name: h for h in hs}
+    for name in set(got.values()):
+        h = by_name[name]
+        on = [k for k, where in got.items() if where == name]
+        used = h.reserved
+        for k in on:
+            used += want[k].need
+        assert used.within(h.total), (name, used, h.total)
+        assert h.state is HostState.READY
+        for k in on:
+            a = want[k]
+            assert a.runtime in h.runtimes if a.runtime else h.runtimes
+            assert all(h.label(lk) == v for lk, v in a.labels)
+        distinct = Counter(k.role for k in on if want[k].distinct_hosts)
+        assert all(n == 1 for n in distinct.values())
+
+
+@CHECKS
+@given(situations(), st.randoms(use_true_random=False))
+def test_the_same_input_gives_the_same_placement_whatever_the_hosts_order(
+        s: tuple[list[Host], dict[InstanceKey, str], dict[InstanceKey, Ask]],
+        rnd: random.Random) -> None:
+    hs, placed, want = s
+    shuffled = hs[:]
+    rnd.shuffle(shuffled)
+    assert schedule(shuffled, placed, want) == schedule(hs, placed, want)
+
+
+@CHECKS
+@given(situations(), st.integers(0, 7), st.sampled_from([HostState.DRAINING, HostState.DOWN]))
+def test_placements_change_only_for_instances_whose_host_became_infeasible(
+        s: tuple[list[Host], dict[InstanceKey, str], dict[InstanceKey, Ask]], pick: int,
+        state: HostState) -> None:
+    hs, placed, want = s
+    first = schedule(hs, placed, want).assignments()
+    # Run again on its own result: a fixed point, everything stays.
+    again = schedule(hs, first, want)
+    assert again.assignments() == first
+    assert all(d.kept for d in again.decisions if d.host is not None)
+    if not hs:
+        return
+    # Take one host away: only what was on it moves.
+    lost = hs[pick % len(hs)].name
+    after = schedule([replace(h, state=state) if h.name == lost else h for h in hs], first,
+                     want)
+    for d in after.decisions:
+        if first.get(d.key) not in (None, lost):
+            assert d.kept and d.host == first[d.key], d
+        else:
+            assert d.host != lost
+
+
+@CHECKS
+@given(situations())
+def test_every_host_is_accounted_for_and_nothing_placeable_is_left_out(
+        s: tuple[list[Host], dict[InstanceKey, str], dict[InstanceKey, Ask]]) -> None:
+    hs, placed, want = s
+    p: Placement = schedule(hs, placed, want)
+    got = p.assignments()
+    names = sorted(h.name for h in hs)
+    for d in p.decisions:
+        if d.kept:
+            continue
+        ranked = [c.host for c in d.ranked]
+        rejected = sorted({r.host for r in d.rejected})
+        assert sorted(ranked + rejected) == names  # each host once: ranked or rejected
+        assert d.host == (ranked[0] if ranked else None)
+        if d.host is None:
+            # Not a gap in the search: no host could take it even now.
+            assert not any(fits_now(h, d.key, d.ask, got, want) for h in hs)
+
+
+@CHECKS
+@given(situations(), asks)
+def test_headroom_is_exactly_what_the_scheduler_then_places(
+        s: tuple[list[Host], dict[InstanceKey, str], dict[InstanceKey, Ask]],
+        extra: Ask) -> None:
+    hs, placed, want = s
+    room = headroom(hs, placed, want, ("x", "more"), extra)
+    if room.total is None:
+        assert extra.need == Reservation()
+        return
+    current = {k: a for k, a in want.items() if k in placed}
+    more = {InstanceKey("x", "more", i): extra for i in range(room.total + 1)}
+    p = schedule(hs, placed, {**current, **more})
+    left = [d.key for d in p.unplaced if d.key.stack == "x"]
+    assert left == [InstanceKey("x", "more", room.total)]
