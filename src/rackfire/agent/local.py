@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from rackfire import __version__
 from rackfire.agent.probe import probe, probe_exec
 from rackfire.agent.proxy import Proxy
 from rackfire.errors import NotFound, PrereqError
@@ -31,6 +32,7 @@ from rackfire.model.agent import (
     InstanceStats,
     PublishedPort,
 )
+from rackfire.model.host import HostFacts
 from rackfire.model.instance import InstanceFacts, InstanceKey, InstanceRequest, NetworkConfig
 from rackfire.model.stack import (
     DEFAULT_STOP_TIMEOUT,
@@ -149,6 +151,13 @@ class LocalAgent:
         with ThreadPoolExecutor(max_workers=max(1, len(keys))) as pool:
             found = pool.map(lambda kv: self._runtimes[kv[0]].stats(kv[1]), keys.items())
         return sorted((s for part in found for s in part), key=lambda s: s.key)
+
+    def facts(self, interval: float = 5.0) -> HostFacts:
+        """What a heartbeat reports of this host."""
+        fs = os.statvfs(self.data_dir)
+        return HostFacts(self.capacity(), self.info().runtimes,
+                         stats.memory_total() - stats.memory_available(),
+                         (fs.f_blocks - fs.f_bfree) * fs.f_frsize, __version__, interval)
 
     def capacity(self) -> HostCapacity:
         memory = stats.memory_total()

@@ -74,7 +74,9 @@ def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Pa
     @app.middleware("http")
     async def authenticate(request: Request, call_next: Any) -> Any:
         given = request.headers.get("authorization", "")
-        if request.url.path not in PUBLIC and not hmac.compare_digest(
+        # /v1/agent/*: the route checks a join token or the host's own credential.
+        open_path = request.url.path in PUBLIC or request.url.path.startswith("/v1/agent/")
+        if not open_path and not hmac.compare_digest(
                 given.encode(), f"Bearer {token}".encode()):
             return JSONResponse(status_code=401, content={"error": {
                 "code": "unauthorized", "message": "missing or wrong API token",
@@ -210,11 +212,13 @@ def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Pa
         threading.Timer(0.2, shutdown).start()  # after this response has gone out
         return {"stopping": True}
 
+    from rackfire.api.hosts import add_host_routes
     from rackfire.api.releases import add_release_routes
     from rackfire.api.streams import add_stream_routes  # logs and exec
 
     add_stream_routes(app, controller, token)
     add_release_routes(app, controller, uploads, ACTOR)
+    add_host_routes(app, controller, ACTOR)
     return app
 
 

@@ -187,6 +187,15 @@ class Client:
     def schema(self) -> dict[str, Any]:
         return dict(self._call("GET", "/v1/schema"))
 
+    def create_token(self, ttl: float, uses: int) -> dict[str, Any]:
+        return dict(self._call("POST", "/v1/tokens", json={"ttl": ttl, "uses": uses}))
+
+    def hosts(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/v1/hosts"))
+
+    def remove_host(self, name: str) -> dict[str, Any]:
+        return dict(self._call("DELETE", f"/v1/hosts/{name}"))
+
     def stop_server(self) -> None:
         self._call("POST", "/v1/server/stop")
 

@@ -17,7 +17,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn
 
 from rackfire.api.client import Client, default_data_dir
-from rackfire.cli import day2, output, releases
+from rackfire.cli import day2, hosts, output, releases
 from rackfire.cli.common import Json, Url, Yes, wait_converged
 from rackfire.cli.output import err, out, print_json
 from rackfire.errors import PrereqError, RackfireError
@@ -166,6 +166,7 @@ def ps(stack: Annotated[str | None, typer.Argument()] = None, json: Json = False
 
 day2.register(app)  # scale, resize, stop/start/restart, stats, events: after ps in --help
 releases.register(app)  # push, releases, rollback
+hosts.register(app)  # hosts, host rm, token create, agent
 
 
 @app.command()

@@ -73,3 +73,37 @@ class Host:
     @property
     def total(self) -> Reservation:
         return Reservation.of_capacity(self.capacity)
+
+
+@dataclass(frozen=True, slots=True)
+class HostFacts:
+    """What an agent reports of its host at every heartbeat."""
+
+    capacity: HostCapacity  # what it can hard-reserve
+    runtimes: tuple[RuntimeKind, ...]
+    memory_used: int  # bytes the host's memory is in use (MemTotal - MemAvailable)
+    disk_used: int  # bytes used on the file system of its data dir
+    version: str = ""
+    interval: float = 5.0  # seconds between its heartbeats
+
+    def to_json(self) -> dict[str, object]:
+        return {"cpus": self.capacity.cpus, "memory": self.capacity.memory,
+                "disk": self.capacity.disk, "runtimes": [r.value for r in self.runtimes],
+                "memory_used": self.memory_used, "disk_used": self.disk_used,
+                "version": self.version, "interval": self.interval}
+
+    @staticmethod
+    def from_json(d: dict[str, object]) -> HostFacts:
+        def num(key: str) -> float:
+            value = d.get(key, 0)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ValueError(f"facts.{key}: expected a number >= 0")
+            return float(value)
+
+        runtimes = d.get("runtimes", [])
+        if not isinstance(runtimes, list):
+            raise ValueError("facts.runtimes: expected a list")
+        return HostFacts(HostCapacity(num("cpus"), int(num("memory")), int(num("disk"))),
+                         tuple(RuntimeKind(str(r)) for r in runtimes),
+                         int(num("memory_used")), int(num("disk_used")),
+                         str(d.get("version", "")), num("interval") or 5.0)

@@ -133,10 +133,19 @@ def allocated(path: Path) -> int:
 
 def memory_total() -> int:
     """MemTotal from /proc/meminfo, in bytes."""
+    return _meminfo("MemTotal")
+
+
+def memory_available() -> int:
+    """MemAvailable from /proc/meminfo: what could be used without swapping, in bytes."""
+    return _meminfo("MemAvailable")
+
+
+def _meminfo(field: str) -> int:
     for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024  # the kernel says kB and means KiB
-    raise OSError("no MemTotal in /proc/meminfo")
+    raise OSError(f"no {field} in /proc/meminfo")
 
 
 # processes ---------------------------------------------------------------------------------

@@ -81,6 +81,15 @@ CREATE TABLE IF NOT EXISTS releases (
     status TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '', updated REAL NOT NULL,
     PRIMARY KEY (stack, role, version)
 );
+CREATE TABLE IF NOT EXISTS join_tokens (
+    id TEXT PRIMARY KEY, secret_hash TEXT NOT NULL, created REAL NOT NULL,
+    expires REAL NOT NULL, uses_left INTEGER NOT NULL, actor TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS hosts (
+    name TEXT PRIMARY KEY, credential_hash TEXT NOT NULL, labels TEXT NOT NULL,
+    facts TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'ready',
+    joined REAL NOT NULL, last_seen REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS overrides (
     stack TEXT NOT NULL, role TEXT NOT NULL, field TEXT NOT NULL,
     value TEXT NOT NULL, actor TEXT NOT NULL, time REAL NOT NULL,

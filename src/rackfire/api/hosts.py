@@ -1,0 +1,84 @@
+"""Routes for hosts: join tokens, an agent's join and heartbeats, the host list.
+
+`/v1/agent/*` is authenticated by the route itself (a join token, or the host's own
+credential), not by the admin token the other routes want."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import FastAPI, Header
+from pydantic import BaseModel, Field
+
+from rackfire.control.controller import Controller
+from rackfire.control.hosts import host_views
+from rackfire.errors import PrereqError
+from rackfire.model.host import HostFacts
+from rackfire.store.hosts import HostRegistry
+
+
+class TokenRequest(BaseModel):
+    ttl: float = Field(3600, gt=0, le=30 * 86400, description="seconds it can be used")
+    uses: int = Field(1, ge=1, le=10_000, description="how many hosts may join with it")
+
+
+class Join(BaseModel):
+    token: str = Field(max_length=200)
+    name: str = Field(max_length=63)
+    labels: dict[str, str] = {}
+    facts: dict[str, Any]
+
+
+class Heartbeat(BaseModel):
+    labels: dict[str, str] = {}
+    facts: dict[str, Any]
+
+
+def _facts(raw: dict[str, Any]) -> HostFacts:
+    try:
+        return HostFacts.from_json(raw)
+    except (ValueError, TypeError) as e:
+        raise PrereqError(f"invalid host facts: {e}") from None
+
+
+def add_host_routes(app: FastAPI, controller: Controller, actor: Any) -> None:
+    registry = HostRegistry(controller.store)
+
+    @app.post("/v1/tokens")
+    def create_token(body: TokenRequest, who: str = actor) -> dict[str, Any]:
+        """A join token for `rackfire agent --join`: shown once, kept only hashed."""
+        token, expires = registry.create_token(body.ttl, body.uses, who)
+        controller.store.add_event(who, "", "token", "create", "ok",
+                                   f"{body.uses} use(s), until {time.ctime(expires)}")
+        return {"token": token, "expires": expires, "uses": body.uses}
+
+    @app.post("/v1/agent/join")
+    def join(body: Join) -> dict[str, Any]:
+        """Trade a join token for this host's own credential (shown once)."""
+        credential = registry.join(body.token, body.name, body.labels, _facts(body.facts))
+        controller.store.add_event(body.name, "", f"host/{body.name}", "join", "ok",
+                                   ", ".join(f"{k}={v}" for k, v in sorted(body.labels.items())))
+        return {"name": body.name, "credential": credential}
+
+    @app.post("/v1/agent/heartbeat")
+    def heartbeat(body: Heartbeat,
+                  authorization: str = Header("", alias="Authorization")) -> dict[str, Any]:
+        name = registry.authenticate(authorization.removeprefix("Bearer "))
+        registry.heartbeat(name, body.labels, _facts(body.facts))
+        return {"name": name, "time": time.time()}
+
+    @app.get("/v1/hosts")
+    def hosts() -> list[dict[str, Any]]:
+        """Every host: state, labels, what it can reserve, what is reserved, what is used."""
+        agent = controller.agent
+        stacks = [r.spec for r in controller.store.stacks() if not r.deleting]
+        return [v.to_json() for v in host_views(agent.info().name, agent.facts(),
+                                               registry.hosts(), stacks, time.time())]
+
+    @app.delete("/v1/hosts/{name}")
+    def remove_host(name: str, who: str = actor) -> dict[str, Any]:
+        """Forget a joined host: its credential stops working."""
+        registry.remove(name)
+        controller.store.add_event(who, "", f"host/{name}", "remove", "ok", "")
+        return {"name": name, "removed": True}

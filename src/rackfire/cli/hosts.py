@@ -1,0 +1,97 @@
+"""Host commands: join tokens, the agent itself, the host list."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from rackfire.api.client import Client
+from rackfire.cli.common import Json, Url
+from rackfire.cli.output import out, print_json
+from rackfire.errors import PrereqError
+from rackfire.model.units import format_size_approx, parse_duration
+
+token_app = typer.Typer(no_args_is_help=True, help="Join tokens for new hosts.")
+host_app = typer.Typer(no_args_is_help=True, help="Manage one host.")
+STATE_STYLE = {"ready": "green", "unreachable": "red", "draining": "yellow", "down": "red"}
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(token_app, name="token")
+    app.add_typer(host_app, name="host")
+    app.command("hosts")(hosts)
+    app.command("agent")(agent)
+
+
+@token_app.command("create")
+def token_create(ttl: Annotated[str, typer.Option(help="how long it can be used")] = "1h",
+                 uses: Annotated[int, typer.Option(help="how many hosts may join")] = 1,
+                 url: Url = None) -> None:
+    """A join token, shown once: `rackfire agent --join URL --token TOKEN` on the new host."""
+    client = Client(url)
+    result = client.create_token(parse_duration(ttl), uses)
+    out.print(result["token"])
+    out.print(f"[dim]valid until {time.ctime(result['expires'])} for {uses} host(s); on "
+              f"each: rackfire agent --join {client.url} --token <token> [--label rack=r1][/]")
+
+
+def agent(join: Annotated[str | None, typer.Option("--join", help="the controller's URL")]
+          = None,
+          token: Annotated[str | None, typer.Option(help="a join token (first time only)")]
+          = None,
+          name: Annotated[str | None, typer.Option(help="this host's name [default: its "
+                                                   "hostname]")] = None,
+          label: Annotated[list[str] | None, typer.Option(
+              help="KEY=VALUE, e.g. rack=r1 (repeatable)")] = None,
+          data_dir: Annotated[Path, typer.Option(help="the agent's state")] =
+          Path("/var/lib/rackfire-agent"),
+          interval: Annotated[float, typer.Option(help="seconds between heartbeats")] = 5.0,
+          ) -> None:
+    """Run this host's agent: join the controller once (with a token), then report."""
+    from rackfire.agent.daemon import run  # the CLI's other commands need none of this
+
+    labels = {}
+    for item in label or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise PrereqError(f"--label {item!r} is not KEY=VALUE", hint="e.g. --label rack=r1")
+        labels[key] = value
+    if not 0.2 <= interval <= 300:
+        raise PrereqError("--interval must be 0.2 to 300 seconds")
+    run(join, token, name, labels, data_dir, interval)
+
+
+def hosts(json: Json = False, url: Url = None) -> None:
+    """Every host: state, labels, what it can reserve, what stacks reserve, what is used."""
+    rows = Client(url).hosts()
+    if json:
+        print_json(rows)
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for c in ("NAME", "STATE", "LABELS", "CPUS", "MEMORY (RESERVED / CAN / USED)",
+              "DISK (RESERVED / CAN / USED)", "RUNTIMES", "LAST SEEN"):
+        table.add_column(c, justify="right" if c == "CPUS" else "left")
+    for r in rows:
+        cap, res, used = r["capacity"], r["reserved"], r["used"]
+        seen = "local" if r["local"] else f"{time.time() - r['last_seen']:.0f}s ago"
+        table.add_row(
+            r["name"], Text(r["state"], STATE_STYLE.get(r["state"], "")),
+            ",".join(f"{k}={v}" for k, v in r["labels"].items()) or "-",
+            f"{res['cpus']:g} / {cap['cpus']:g}",
+            " / ".join(format_size_approx(n) for n in (res["memory"], cap["memory"],
+                                                      used["memory"])),
+            " / ".join(format_size_approx(n) for n in (res["disk"], cap["disk"], used["disk"])),
+            ",".join(r["runtimes"]), seen)
+    out.print(table)
+
+
+@host_app.command("rm")
+def host_rm(name: str, url: Url = None) -> None:
+    """Forget a joined host: its credential stops working (its agent stops)."""
+    Client(url).remove_host(name)
+    out.print(f"host {name} removed")
