@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from harness import Server, wait_for
+from harness import Server, unique, wait_for, write_stack
 
 pytestmark = pytest.mark.root
 
@@ -50,6 +50,26 @@ def test_join_heartbeat_and_credential(server: Server, tmp_path: Path) -> None:
         assert token not in cred.read_text()
         seen = h1["last_seen"]
         wait_for(lambda: hosts(server)["h1"]["last_seen"] > seen, 10, "a heartbeat")
+
+        # Capacity: with h1 up, losing this host would strand nothing (h1 can take it all).
+        stack = unique("cap")
+        server.cli("apply", "-y", "-f", str(write_stack(tmp_path, f"""\
+stack: {stack}
+images: {{base: {{from: host}}}}
+roles:
+  web:
+    image: base
+    count: 2
+    command: ["sleep", "100000"]
+    resources: {{cpu: 0.25, memory: 32M, disk: 32M}}
+""")))
+        report = json.loads(server.cli("capacity", "--json").stdout)
+        assert sorted(h["name"] for h in report["hosts"]) == sorted([local[0]["name"], "h1"])
+        assert report["n_plus_1"]["ok"], report["n_plus_1"]
+        [web] = [h for h in report["headroom"] if h["role"] == f"{stack}/web"]
+        assert web["more"] >= 2 and web["hosts"]["h1"] >= 1
+        mine = next(h for h in report["hosts"] if h["name"] == local[0]["name"])
+        assert mine["instances"] == 2 and mine["reserved"]["cpus"] >= 0.5
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
@@ -62,8 +82,13 @@ def test_join_heartbeat_and_credential(server: Server, tmp_path: Path) -> None:
     assert res.returncode == 1 and "not valid" in res.stderr and "token create" in res.stderr
     assert "Traceback" not in res.stderr and "h2" not in hosts(server)
 
-    # Silent for a while, the host is unreachable; restarted, the agent needs no token.
+    # Silent for a while, the host is unreachable (and no longer a place to fail over to);
+    # restarted, the agent needs no token.
     wait_for(lambda: hosts(server)["h1"]["state"] == "unreachable", 20, "h1 unreachable")
+    report = json.loads(server.cli("capacity", "--json").stdout)
+    assert not report["n_plus_1"]["ok"]
+    out = server.cli("capacity").stdout
+    assert "strands 2 of 2" in out, out
     proc = start_agent(server, agent_dir)
     try:
         wait_for(lambda: hosts(server)["h1"]["state"] == "ready", 20, "heartbeats again")

@@ -190,6 +190,9 @@ class Client:
     def create_token(self, ttl: float, uses: int) -> dict[str, Any]:
         return dict(self._call("POST", "/v1/tokens", json={"ttl": ttl, "uses": uses}))
 
+    def capacity(self) -> dict[str, Any]:
+        return dict(self._call("GET", "/v1/capacity"))
+
     def hosts(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/v1/hosts"))
 

@@ -12,9 +12,10 @@ from fastapi import FastAPI, Header
 from pydantic import BaseModel, Field
 
 from rackfire.control.controller import Controller
-from rackfire.control.hosts import host_views
+from rackfire.control.hosts import HostView, capacity_report, host_views
 from rackfire.errors import PrereqError
 from rackfire.model.host import HostFacts
+from rackfire.model.stack import StackSpec
 from rackfire.store.hosts import HostRegistry
 
 
@@ -68,13 +69,24 @@ def add_host_routes(app: FastAPI, controller: Controller, actor: Any) -> None:
         registry.heartbeat(name, body.labels, _facts(body.facts))
         return {"name": name, "time": time.time()}
 
+    def views() -> list[HostView]:
+        agent = controller.agent
+        return host_views(agent.info().name, agent.facts(), registry.hosts(), stacks(),
+                          time.time())
+
+    def stacks() -> list[StackSpec]:
+        return [r.spec for r in controller.store.stacks() if not r.deleting]
+
     @app.get("/v1/hosts")
     def hosts() -> list[dict[str, Any]]:
         """Every host: state, labels, what it can reserve, what is reserved, what is used."""
-        agent = controller.agent
-        stacks = [r.spec for r in controller.store.stacks() if not r.deleting]
-        return [v.to_json() for v in host_views(agent.info().name, agent.facts(),
-                                               registry.hosts(), stacks, time.time())]
+        return [v.to_json() for v in views()]
+
+    @app.get("/v1/capacity")
+    def capacity() -> dict[str, Any]:
+        """Reserved and free per host; whether every instance could run again after losing
+        any one host (N+1) or any one rack; how many more instances of each role fit."""
+        return capacity_report(views(), stacks())
 
     @app.delete("/v1/hosts/{name}")
     def remove_host(name: str, who: str = actor) -> dict[str, Any]:

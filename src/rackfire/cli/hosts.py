@@ -25,6 +25,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(token_app, name="token")
     app.add_typer(host_app, name="host")
     app.command("hosts")(hosts)
+    app.command("capacity")(capacity)
     app.command("agent")(agent)
 
 
@@ -88,6 +89,45 @@ def hosts(json: Json = False, url: Url = None) -> None:
             " / ".join(format_size_approx(n) for n in (res["disk"], cap["disk"], used["disk"])),
             ",".join(r["runtimes"]), seen)
     out.print(table)
+
+
+def capacity(json: Json = False, url: Url = None) -> None:
+    """Reserved and free per host; whether every instance could run again after losing any
+    one host (N+1) or rack; how many more instances of each role fit."""
+    report = Client(url).capacity()
+    if json:
+        print_json(report)
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for c in ("HOST", "STATE", "INSTANCES", "CPUS FREE", "MEMORY FREE", "DISK FREE"):
+        table.add_column(c, justify="left" if c in ("HOST", "STATE") else "right")
+    for h in report["hosts"]:
+        free, cap = h["free"], h["capacity"]
+        table.add_row(h["name"], Text(h["state"], STATE_STYLE.get(h["state"], "")),
+                      str(h["instances"]), f"{free['cpus']:g} of {cap['cpus']:g}",
+                      f"{format_size_approx(free['memory'])} of "
+                      f"{format_size_approx(cap['memory'])}",
+                      f"{format_size_approx(free['disk'])} of {format_size_approx(cap['disk'])}")
+    out.print(table)
+    for title, key in (("N+1 (any one host lost)", "n_plus_1"), ("any one rack lost", "racks")):
+        part = report[key]
+        if not part["losses"]:
+            out.print(f"{title}: no {'racks' if key == 'racks' else 'hosts'} to lose")
+            continue
+        if part["ok"]:
+            out.print(f"{title}: [green]ok[/], every instance could run elsewhere")
+            continue
+        for loss in part["losses"]:
+            if loss["stranded"]:
+                first = loss["stranded"][0]
+                why = "; ".join(f"{h}: {w}" for h, w in sorted(first["why"].items()))
+                out.print(f"{title}: [red]losing {loss['lost']} strands "
+                          f"{len(loss['stranded'])} of {loss['displaced']}[/], e.g. "
+                          f"{first['instance']} ({why or 'no other host'})")
+    for h in report["headroom"]:
+        more = "no limit (it reserves nothing)" if h["more"] is None else str(h["more"])
+        hosts_part = ", ".join(f"{k} {'∞' if v is None else v}" for k, v in h["hosts"].items())
+        out.print(f"{h['role']}: {more} more fit ({hosts_part})")
 
 
 @host_app.command("rm")

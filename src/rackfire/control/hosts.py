@@ -5,10 +5,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from rackfire.control.capacity import reserved_by
-from rackfire.model.host import HostFacts, Reservation
+from rackfire.model.host import Host, HostFacts, HostState, Reservation
+from rackfire.model.instance import InstanceKey
 from rackfire.model.stack import StackSpec
+from rackfire.schedule import (
+    Ask,
+    Headroom,
+    Loss,
+    headroom,
+    redundancy,
+    role_of,
+    usage,
+    wanted_for,
+)
 from rackfire.store.hosts import HostRecord
 
 MISSED_BEATS = 3  # a host that missed this many heartbeats is unreachable
@@ -50,3 +62,45 @@ def host_views(local_name: str, local_facts: HostFacts, joined: Iterable[HostRec
         views.append(HostView(h.name, state, False, h.labels, h.facts, Reservation(),
                               h.last_seen))
     return views
+
+
+def capacity_report(views: list[HostView], stacks: Iterable[StackSpec]) -> dict[str, Any]:
+    """`rackfire capacity`: per host reserved and free, whether every instance could run
+    again after losing any one host (N+1) or rack, and how many more of each role fit.
+    Every instance is on the local host for now; the answers come from the scheduler."""
+    local = next(v.name for v in views if v.local)
+    hosts = [Host(v.name, v.facts.capacity,
+                  HostState.DOWN if v.state == "unreachable" else HostState(v.state),
+                  v.labels, v.facts.runtimes) for v in views]
+    asks: dict[InstanceKey, Ask] = {}
+    for spec in stacks:
+        asks.update(wanted_for(spec))
+    placed = dict.fromkeys(asks, local)
+    red = redundancy(hosts, placed, asks)
+    roles = sorted({role_of(k) for k in asks})
+    return {
+        "hosts": [{"name": u.host, "state": u.state.value, "labels": dict(u.labels),
+                   "capacity": _res(u.capacity), "reserved": _res(u.reserved),
+                   "free": _res(u.free), "instances": len(u.instances)}
+                  for u in usage(hosts, placed, asks)],
+        "n_plus_1": {"ok": red.n_plus_1, "losses": [_loss(x) for x in red.hosts]},
+        "racks": {"ok": red.rack_safe, "losses": [_loss(x) for x in red.racks],
+                  "unracked": list(red.unracked)},
+        "headroom": [_headroom(headroom(hosts, placed, asks, role)) for role in roles],
+    }
+
+
+def _res(r: Reservation) -> dict[str, float]:
+    return {"cpus": round(r.cpus, 6), "memory": r.memory, "disk": r.disk}
+
+
+def _loss(loss: Loss) -> dict[str, Any]:
+    return {"lost": loss.lost, "hosts": list(loss.hosts), "displaced": len(loss.displaced),
+            "stranded": [{"instance": str(d.key),
+                          "why": {r.host: str(r) for r in d.rejected}} for d in loss.stranded]}
+
+
+def _headroom(h: Headroom) -> dict[str, Any]:
+    return {"role": f"{h.role[0]}/{h.role[1]}", "more": h.total,
+            "hosts": {r.host: r.fits for r in h.hosts},
+            "then": {r.host: [str(x) for x in r.then] for r in h.hosts if r.then}}

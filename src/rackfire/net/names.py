@@ -14,11 +14,13 @@ from rackfire.errors import PrereqError
 
 BRIDGE_PREFIX = "rfb"
 VETH_PREFIX = "rfv"
+VXLAN_PREFIX = "rfx"
 NETNS_PREFIX = "rf-"
-LINK_PREFIXES = (BRIDGE_PREFIX, VETH_PREFIX)
+LINK_PREFIXES = (BRIDGE_PREFIX, VETH_PREFIX, VXLAN_PREFIX)
 PREFIXES = (*LINK_PREFIXES, NETNS_PREFIX)
 
 IFNAMSIZ = 15  # usable characters; the kernel's IFNAMSIZ of 16 includes the NUL
+VNI_MAX = (1 << 24) - 1  # VXLAN network identifiers are 24 bits
 
 # Instance ids become file names under /run/netns: no slashes, no leading dot.
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}")
@@ -36,6 +38,23 @@ def bridge_name(stack: str) -> str:
 def veth_name(instance_id: str) -> str:
     """The host side of an instance's veth pair: `rfv` + 10 hex digits of sha1(id)."""
     return VETH_PREFIX + _digest(instance_id)
+
+
+def vxlan_name(stack: str) -> str:
+    """The stack's VXLAN device on every host: `rfx` + 10 hex digits of sha1(stack)."""
+    return VXLAN_PREFIX + _digest(stack)
+
+
+def stack_vni(stack: str) -> int:
+    """The stack's default VXLAN network identifier, the same on every host: 24 bits of
+    sha1(stack) in 1..2**24-2 (0 and all-ones are reserved by some implementations).
+
+    Two stacks can collide (birthday odds ~n**2 / 2**25: 1 in 3,400 for 100 stacks), and a
+    collision would join their networks, so a controller should store the VNI it hands out
+    and pick another on collision; this is only the deterministic first choice.
+    """
+    digest = hashlib.sha1(stack.encode(), usedforsecurity=False).digest()
+    return int.from_bytes(digest[:3], "big") % (VNI_MAX - 1) + 1
 
 
 def netns_name(instance_id: str) -> str:
