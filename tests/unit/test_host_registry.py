@@ -21,7 +21,7 @@ def test_a_token_is_spent_and_the_credential_is_the_host_s(tmp_path: Path) -> No
     reg = HostRegistry(Store(tmp_path / "db"))
     token, expires = reg.create_token(60, 1, "ann@h")
     assert expires > time.time()
-    cred = reg.join(token, "h1", {"rack": "r1"}, FACTS)
+    cred, key = reg.join(token, "h1", {"rack": "r1"}, FACTS)
     assert reg.authenticate(cred) == "h1"
     with pytest.raises(PrereqError, match="not valid"):
         reg.join(token, "h2", {}, FACTS)  # used up
@@ -32,6 +32,11 @@ def test_a_token_is_spent_and_the_credential_is_the_host_s(tmp_path: Path) -> No
     assert token.split(".")[1].encode() not in db and cred.split(".")[1].encode() not in db
     [h] = reg.hosts()
     assert (h.name, h.labels, h.facts) == ("h1", (("rack", "r1"),), FACTS)
+    assert h.agent_key == key and key != cred  # the one the controller presents
+    reg.heartbeat("h1", {}, FACTS, "127.0.0.1:7481")
+    assert reg.hosts()[0].address == "127.0.0.1:7481"
+    with pytest.raises(PrereqError, match="invalid agent address"):
+        reg.heartbeat("h1", {}, FACTS, "127.0.0.1; rm -rf /")
 
 
 def test_refusals(tmp_path: Path) -> None:

@@ -1,9 +1,11 @@
 """`rackfire agent`: a host joins a controller once with a join token, keeps the credential
-it gets for it (`<data-dir>/credential.json`, 0600) and from then on reports its facts in a
-heartbeat. Restarted, it carries on with the credential; the token is not needed again.
+and agent key it gets for it (`<data-dir>/credential.json`, 0600) and from then on reports
+its facts in a heartbeat, and serves the Agent protocol (agent/rpc.py) to whoever presents
+the agent key: the controller. Restarted, it carries on with the credential; the token is
+not needed again.
 
-(Converging the host to the assignment the controller publishes comes with placement
-across hosts; until then a joined host reports, and gets no instances.)
+(The controller does not place instances on joined hosts yet: that comes with the
+scheduler's wiring.)
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import uvicorn
 
 from rackfire.agent.local import LocalAgent
+from rackfire.agent.rpc import serve_agent
 from rackfire.errors import PrereqError
 
 log = logging.getLogger("rackfire.agent")
@@ -32,6 +36,7 @@ class Joined:
     url: str
     name: str
     credential: str
+    agent_key: str
 
 
 def load_credential(data_dir: Path) -> Joined | None:
@@ -39,15 +44,15 @@ def load_credential(data_dir: Path) -> Joined | None:
     if not path.exists():
         return None
     d = json.loads(path.read_text())
-    return Joined(d["url"], d["name"], d["credential"])
+    return Joined(d["url"], d["name"], d["credential"], d["agent_key"])
 
 
 def _save_credential(data_dir: Path, joined: Joined) -> None:
     tmp = data_dir / (CREDENTIAL + ".new")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump({"url": joined.url, "name": joined.name,
-                   "credential": joined.credential}, f)
+        json.dump({"url": joined.url, "name": joined.name, "credential": joined.credential,
+                   "agent_key": joined.agent_key}, f)
     os.replace(tmp, data_dir / CREDENTIAL)
 
 
@@ -70,13 +75,14 @@ def join(url: str | None, token: str | None, name: str | None, labels: dict[str,
     if r.status_code != 200:
         raise PrereqError(f"joining {url} failed: {_message(r)}",
                           hint="check the token (`rackfire token create` makes a new one)")
-    joined = Joined(url.rstrip("/"), host, r.json()["credential"])
+    body = r.json()
+    joined = Joined(url.rstrip("/"), host, body["credential"], body["agent_key"])
     _save_credential(data_dir, joined)
     return joined
 
 
 def heartbeat_loop(joined: Joined, labels: dict[str, str], agent: LocalAgent,
-                   interval: float, stop: threading.Event) -> None:
+                   interval: float, stop: threading.Event, address: str = "") -> None:
     """Report facts every `interval`; back off while the controller cannot be reached.
     Returns (an error) when the controller no longer knows this host's credential."""
     delay = interval
@@ -85,7 +91,8 @@ def heartbeat_loop(joined: Joined, labels: dict[str, str], agent: LocalAgent,
         while not stop.is_set():
             try:
                 r = http.post("/v1/agent/heartbeat", json={
-                    "labels": labels, "facts": agent.facts(interval).to_json()})
+                    "labels": labels, "facts": agent.facts(interval).to_json(),
+                    "address": address})
             except httpx.TransportError as e:
                 log.warning("controller %s unreachable (%s); retrying in %.0fs",
                             joined.url, type(e).__name__, delay)
@@ -109,8 +116,20 @@ def _message(r: httpx.Response) -> str:
         return f"HTTP {r.status_code}"
 
 
+def advertised(listen: str, controller_url: str) -> str:
+    """HOST:PORT the controller should call: the listen address, or, when it listens on
+    every address, the one this host reaches the controller from."""
+    host, _, port = listen.rpartition(":")
+    if host not in ("", "0.0.0.0", "::"):
+        return listen
+    target = httpx.URL(controller_url)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((target.host, target.port or 80))  # no packet: only picks the route
+        return f"{s.getsockname()[0]}:{port}"
+
+
 def run(url: str | None, token: str | None, name: str | None, labels: dict[str, str],
-        data_dir: Path, interval: float) -> None:
+        data_dir: Path, interval: float, listen: str = "0.0.0.0:7481") -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
     logging.basicConfig(level=logging.INFO,
@@ -120,5 +139,16 @@ def run(url: str | None, token: str | None, name: str | None, labels: dict[str, 
     joined = join(url, token, agent.host, labels, data_dir, agent, interval)
     log.info("host %s joined %s; heartbeat every %.1fs", joined.name, joined.url, interval)
     stop = threading.Event()
+    host, _, port = listen.rpartition(":")
+    api = uvicorn.Server(uvicorn.Config(serve_agent(agent, joined.agent_key), host=host or
+                                        "0.0.0.0", port=int(port), log_level="warning",
+                                        lifespan="off"))
+    serving = threading.Thread(target=api.run, name="agent-api", daemon=True)
+    serving.start()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    heartbeat_loop(joined, labels, agent, interval, stop)
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        heartbeat_loop(joined, labels, agent, interval, stop, advertised(listen, joined.url))
+    finally:
+        api.should_exit = True
+        serving.join(10)

@@ -34,6 +34,7 @@ class Join(BaseModel):
 class Heartbeat(BaseModel):
     labels: dict[str, str] = {}
     facts: dict[str, Any]
+    address: str = Field("", max_length=120, description="HOST:PORT of the agent's API")
 
 
 def _facts(raw: dict[str, Any]) -> HostFacts:
@@ -57,16 +58,17 @@ def add_host_routes(app: FastAPI, controller: Controller, actor: Any) -> None:
     @app.post("/v1/agent/join")
     def join(body: Join) -> dict[str, Any]:
         """Trade a join token for this host's own credential (shown once)."""
-        credential = registry.join(body.token, body.name, body.labels, _facts(body.facts))
+        credential, key = registry.join(body.token, body.name, body.labels,
+                                        _facts(body.facts))
         controller.store.add_event(body.name, "", f"host/{body.name}", "join", "ok",
                                    ", ".join(f"{k}={v}" for k, v in sorted(body.labels.items())))
-        return {"name": body.name, "credential": credential}
+        return {"name": body.name, "credential": credential, "agent_key": key}
 
     @app.post("/v1/agent/heartbeat")
     def heartbeat(body: Heartbeat,
                   authorization: str = Header("", alias="Authorization")) -> dict[str, Any]:
         name = registry.authenticate(authorization.removeprefix("Bearer "))
-        registry.heartbeat(name, body.labels, _facts(body.facts))
+        registry.heartbeat(name, body.labels, _facts(body.facts), body.address)
         return {"name": name, "time": time.time()}
 
     def views() -> list[HostView]:

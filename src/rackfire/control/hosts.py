@@ -36,6 +36,7 @@ class HostView:
     facts: HostFacts
     reserved: Reservation
     last_seen: float | None
+    address: str = ""  # its agent's API (HOST:PORT); "" for the server's own
 
     def to_json(self) -> dict[str, object]:
         cap = self.facts.capacity
@@ -45,7 +46,8 @@ class HostView:
                 "reserved": {"cpus": self.reserved.cpus, "memory": self.reserved.memory,
                              "disk": self.reserved.disk},
                 "used": {"memory": self.facts.memory_used, "disk": self.facts.disk_used},
-                "last_seen": self.last_seen, "version": self.facts.version}
+                "last_seen": self.last_seen, "version": self.facts.version,
+                "address": self.address}
 
 
 def host_views(local_name: str, local_facts: HostFacts, joined: Iterable[HostRecord],
@@ -60,7 +62,7 @@ def host_views(local_name: str, local_facts: HostFacts, joined: Iterable[HostRec
         silent = now - h.last_seen > max(MIN_SILENCE, MISSED_BEATS * h.facts.interval)
         state = "unreachable" if silent and h.state.value == "ready" else h.state.value
         views.append(HostView(h.name, state, False, h.labels, h.facts, Reservation(),
-                              h.last_seen))
+                              h.last_seen, h.address))
     return views
 
 

@@ -123,7 +123,7 @@ def ensure_vxlan(stack: str, vni: int | None, local_ip: str, underlay_dev: str) 
             raise PrereqError(f"{local_ip} is not an address of {underlay_dev}",
                               hint=f"{underlay_dev} has {', '.join(sorted(own)) or 'none'}")
         (under_msg,) = ipr.link("get", index=under.index)
-        mtu = int(under_msg["IFLA_MTU"]) - VXLAN_OVERHEAD
+        mtu = int(under_msg.get("IFLA_MTU")) - VXLAN_OVERHEAD
         with _changing(f"vxlan {name} of stack {stack}"):
             vx = _vxlan(ipr, name)
             if vx is not None and (vx.kind, vx.vni, vx.local, vx.port, vx.learning,
@@ -153,7 +153,7 @@ def ensure_vxlan(stack: str, vni: int | None, local_ip: str, underlay_dev: str) 
             # Explicitly, not left to the kernel's min-of-ports: the bridge keeps it when the
             # VXLAN port goes down or away, so the instances' MTU never has to grow back.
             (br_msg,) = ipr.link("get", index=br.index)
-            if int(br_msg["IFLA_MTU"]) != mtu:
+            if int(br_msg.get("IFLA_MTU")) != mtu:
                 ipr.link("set", index=br.index, mtu=mtu)
             ipr.brport("set", index=vx.index, neigh_suppress=1)
             if not vx.up:

@@ -106,6 +106,8 @@ ADDED_COLUMNS = [
     ("instance_status", "restart_requested", "REAL"),
     ("stacks", "actor", "TEXT NOT NULL DEFAULT ''"),
     ("stacks", "keep_data", "INTEGER NOT NULL DEFAULT 0"),
+    ("hosts", "agent_key", "TEXT NOT NULL DEFAULT ''"),
+    ("hosts", "address", "TEXT NOT NULL DEFAULT ''"),
 ]
 EVENTS_KEPT = 100_000  # older events are pruned
 

@@ -3,7 +3,8 @@
 A join token (`rft_<id>.<secret>`) is shown once and kept only as a hash, with an expiry and
 a number of uses. An agent trades it for a credential of its own (`rfh_<host>.<secret>`,
 also kept hashed), which is all it presents afterwards: the token may expire, be used up or
-be leaked without giving anyone that host.
+be leaked without giving anyone that host. It gets an *agent key* too, which the controller
+presents when it calls the agent (so the controller keeps that one as it is).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class HostRecord:
     state: HostState
     joined: float
     last_seen: float
+    address: str = ""  # host:port of its agent's API, as it reported
+    agent_key: str = ""  # what the controller presents to it
 
 
 def _hash(secret: str) -> str:
@@ -66,8 +69,8 @@ class HostRegistry:
         return f"rft_{token_id}.{secret}", now + ttl
 
     def join(self, token: str, name: str, labels: dict[str, str],
-             facts: HostFacts) -> str:
-        """Spend one use of `token` on host `name`; its credential (shown once)."""
+             facts: HostFacts) -> tuple[str, str]:
+        """Spend one use of `token` on host `name`: its credential and its agent key."""
         m = re.fullmatch(r"rft_([0-9a-f]{8})\.([A-Za-z0-9_-]{16,64})", token)
         if not HOST_NAME.match(name):
             raise PrereqError(f"invalid host name {name!r}",
@@ -86,12 +89,12 @@ class HostRegistry:
                                hint="give this one another --name, or remove the old one "
                                     "with `rackfire host rm`")
             db.execute("UPDATE join_tokens SET uses_left=uses_left-1 WHERE id=?", (row["id"],))
-            secret = secrets.token_urlsafe(32)
+            secret, key = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
             db.execute("INSERT INTO hosts (name, credential_hash, labels, facts, joined, "
-                       "last_seen) VALUES (?, ?, ?, ?, ?, ?)",
+                       "last_seen, agent_key) VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (name, _hash(secret), json.dumps(label_items), json.dumps(
-                           facts.to_json()), now, now))
-        return f"rfh_{name}.{secret}"
+                           facts.to_json()), now, now, key))
+        return f"rfh_{name}.{secret}", key
 
     def authenticate(self, credential: str) -> str:
         """The host a credential belongs to."""
@@ -104,11 +107,14 @@ class HostRegistry:
                               hint="join again with a new token (`rackfire token create`)")
         return str(rows[0]["name"])
 
-    def heartbeat(self, name: str, labels: dict[str, str], facts: HostFacts) -> None:
+    def heartbeat(self, name: str, labels: dict[str, str], facts: HostFacts,
+                  address: str = "") -> None:
+        if address and not re.fullmatch(r"[0-9A-Za-z.:\[\]-]{1,100}:\d{1,5}", address):
+            raise PrereqError(f"invalid agent address {address!r}", hint="HOST:PORT")
         with self.store.tx() as db:
-            db.execute("UPDATE hosts SET labels=?, facts=?, last_seen=? WHERE name=?",
-                       (json.dumps(check_labels(labels)), json.dumps(facts.to_json()),
-                        time.time(), name))
+            db.execute("UPDATE hosts SET labels=?, facts=?, last_seen=?, address=? WHERE "
+                       "name=?", (json.dumps(check_labels(labels)),
+                                  json.dumps(facts.to_json()), time.time(), address, name))
 
     def remove(self, name: str) -> None:
         with self.store.tx() as db:
@@ -118,7 +124,7 @@ class HostRegistry:
     def hosts(self) -> list[HostRecord]:
         return [HostRecord(r["name"], tuple((k, v) for k, v in json.loads(r["labels"])),
                            HostFacts.from_json(json.loads(r["facts"])), HostState(r["state"]),
-                           r["joined"], r["last_seen"])
+                           r["joined"], r["last_seen"], r["address"], r["agent_key"])
                 for r in self._rows("SELECT * FROM hosts ORDER BY name")]
 
     def _rows(self, sql: str, *args: Any) -> list[Any]:

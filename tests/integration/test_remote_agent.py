@@ -1,0 +1,91 @@
+"""The Agent protocol over HTTP: a real `rackfire agent` process, joined to a real server,
+driven through RemoteAgent as the controller will drive a joined host: an image, a network,
+an instance made, observed, measured and removed, with the agent's errors coming back as
+the same errors."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rackfire.agent.remote import RemoteAgent
+from rackfire.errors import PrereqError, RackfireError
+from rackfire.model.instance import InstanceKey, InstanceRequest, InstanceState, NetworkConfig
+from rackfire.model.stack import ImageSource, ImageSpec, Resources, RuntimeKind
+
+from harness import Server, free_port, host_traces, unique, wait_for
+
+pytestmark = pytest.mark.root
+
+
+def test_a_joined_agent_runs_an_instance_for_the_controller(server: Server,
+                                                            tmp_path: Path) -> None:
+    token = server.cli("token", "create").stdout.split()[0]
+    port = free_port()
+    agent_dir = tmp_path / "agent"
+    log = open(tmp_path / "agent.log", "ab")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "rackfire", "agent", "--join", server.url,
+                             "--token", token, "--name", "far", "--data-dir", str(agent_dir),
+                             "--interval", "0.5", "--listen", f"127.0.0.1:{port}"],
+                            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    log.close()
+    stack = unique("ra")
+    remote: RemoteAgent | None = None
+    try:
+        def reported() -> str:
+            rows = json.loads(server.cli("hosts", "--json").stdout)
+            return next((h["address"] for h in rows if h["name"] == "far"), "")
+        assert wait_for(reported, 30, "the agent to join and report") == f"127.0.0.1:{port}"
+        key = json.loads((agent_dir / "credential.json").read_text())["agent_key"]
+        remote = RemoteAgent("far", f"127.0.0.1:{port}", key)
+        wait_for(lambda: _answers(remote), 30, "the agent's API")
+
+        assert remote.info().name == "far"
+        assert remote.capacity().cpus >= 1
+        image = remote.ensure_image(ImageSpec("base", ImageSource.HOST))
+        net = NetworkConfig(stack, "10.89.251.0/24", "10.89.251.1", 24)
+        remote.ensure_network(net)
+        key0 = InstanceKey(stack, "box", 0)
+        req = InstanceRequest(
+            key=key0, action_id="a1", runtime=RuntimeKind.CONTAINER,
+            image_digest=image.digest, command=("sleep", "100000"), env=(("A", "1"),),
+            resources=Resources(memory=32 << 20, disk=32 << 20, pids=20),
+            files=(("/etc/box.conf", "hi"),), ip="10.89.251.2", network=net,
+            spec_hash="s1", spec_fields=(("command", "c1"),), config_hash="c1")
+        remote.create(req)
+        [f] = remote.observe(stack)
+        assert (f.key, f.state, f.ip, f.host) == (key0, InstanceState.RUNNING, "10.89.251.2",
+                                                  "far")
+        [st] = remote.stats(stack)
+        assert st.memory_limit == 32 << 20 and (st.memory_used or 0) > 0
+        # Its errors come back as the same errors, with their messages.
+        with pytest.raises(PrereqError, match="invalid image name"):
+            remote.image("Not A Name")
+        with pytest.raises(PrereqError, match="not supported yet"):
+            remote.exec(key0, ["true"], tty=False)
+        wrong = RemoteAgent("far", f"127.0.0.1:{port}", "not-the-key")
+        with pytest.raises(RackfireError, match="wrong agent key"):
+            wrong.info()
+        wrong.close()
+        remote.destroy(key0, 2.0)
+        remote.teardown_stack(stack)
+        assert remote.observe(stack) == []
+        assert host_traces(stack) == []
+    finally:
+        if remote is not None:
+            remote.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+
+
+def _answers(remote: RemoteAgent) -> bool:
+    try:
+        remote.info()
+    except RackfireError:
+        return False
+    return True
