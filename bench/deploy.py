@@ -41,7 +41,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -55,6 +54,7 @@ from typing import Any
 
 import httpx
 import yaml
+from rfserver import BenchServer, free_port
 
 from rackfire.agent.proxy import Proxy
 from rackfire.images.build import debootstrap_key
@@ -86,11 +86,6 @@ def run(args: list[str], *, timeout: float = 60) -> subprocess.CompletedProcess[
     return subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           timeout=timeout, check=False)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def shop_copy(work: Path, stack: str, port: int) -> Path:
@@ -144,57 +139,11 @@ def machine() -> dict[str, Any]:
 # -- the server -------------------------------------------------------------------------------
 
 
-@dataclass
-class Server:
-    """A `rackfire server` subprocess with its own data dir, API port and subnet pool."""
-
-    data_dir: Path
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.data_dir / "server.log", "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "rackfire", "server", "--data-dir", str(self.data_dir),
-                 "--port", str(self.port), "--subnet-pool", POOL],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=out)
-        deadline = time.monotonic() + 30
-        while not self.alive():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("server did not start: "
-                                   + (self.data_dir / "server.log").read_text()[-2000:])
-            time.sleep(0.2)
-
-    def alive(self) -> bool:
-        if self.proc is None or self.proc.poll() is not None:
-            return False
-        try:
-            return httpx.get(self.url + "/v1/health", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def stop(self) -> None:
-        """SIGTERM by pid, SIGKILL if it is not gone within 20 s."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+class Server(BenchServer):
+    """rackfire's own server, with what this benchmark reads of it."""
 
     def cli(self, *args: str, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "RACKFIRE_URL": self.url, "COLUMNS": "200",
-               "RACKFIRE_DATA_DIR": str(self.data_dir)}
-        return subprocess.run([sys.executable, "-m", "rackfire", *args], env=env,
-                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              timeout=timeout, check=False)
+        return super().cli(*args, timeout=timeout)
 
     def cli_json(self, *args: str) -> Any:
         proc = self.cli(*args, "--json", timeout=60)
@@ -202,6 +151,10 @@ class Server:
             raise RuntimeError(f"rackfire {' '.join(args)} exited {proc.returncode}: "
                                f"{proc.stderr.strip() or proc.stdout.strip()}")
         return json.loads(proc.stdout)
+
+
+def new_server(data_dir: Path) -> Server:
+    return Server(data_dir, POOL)
 
 
 # -- load and phases --------------------------------------------------------------------------
@@ -516,7 +469,7 @@ def main() -> int:
 
     stack, port = f"dep{uuid.uuid4().hex[:6]}", free_port()
     work = Path(tempfile.mkdtemp(prefix=f"rf-{stack}-", dir="/var/tmp"))
-    srv = Server(work / "data")
+    srv = new_server(work / "data")
     started = datetime.now(UTC)
     result: dict[str, Any] = {
         "benchmark": "deploy", "started": started.isoformat(timespec="seconds"),

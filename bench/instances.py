@@ -33,8 +33,6 @@ import json
 import os
 import platform
 import shutil
-import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -43,12 +41,11 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
+from rfserver import BenchServer
 
 from rackfire.images.store import ImageInfo, ImageStore
 from rackfire.model.instance import InstanceKey, InstanceRequest, NetworkConfig
@@ -118,11 +115,6 @@ def spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values),
             "p90": percentile(values, 0.9), "n": len(values)}
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def vm_rss_kib(pid: int) -> dict[str, int]:
@@ -222,57 +214,15 @@ def _cpu_model() -> str:
 # -- 1. rackfire through its CLI and a real server --------------------------------------------
 
 
-@dataclass
-class RackfireServer:
-    data_dir: Path
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def start(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.data_dir / "server.log", "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "rackfire", "server", "--data-dir", str(self.data_dir),
-                 "--port", str(self.port), "--subnet-pool", POOL],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        deadline = time.monotonic() + 30
-        while not self.alive():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("server did not start: "
-                                   + (self.data_dir / "server.log").read_text()[-2000:])
-            time.sleep(0.1)
-
-    def alive(self) -> bool:
-        if self.proc is None or self.proc.poll() is not None:
-            return False
-        try:
-            return httpx.get(self.url + "/v1/health", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+class RackfireServer(BenchServer):
+    """rackfire's own server, with what this benchmark reads of it."""
 
     def cli(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "RACKFIRE_URL": self.url, "COLUMNS": "200",
-               "RACKFIRE_DATA_DIR": str(self.data_dir)}
-        return run([sys.executable, "-m", "rackfire", *args], env=env, timeout=timeout)
+        proc = super().cli(*args, timeout=timeout)
+        if proc.returncode != 0:  # a benchmark of a failing command measures nothing
+            raise RuntimeError(f"rackfire {' '.join(args)} exited {proc.returncode}: "
+                               f"{proc.stderr.strip() or proc.stdout.strip()}")
+        return proc
 
     def actions(self, stack: str) -> list[dict[str, Any]]:
         db = sqlite3.connect(f"file:{self.data_dir / 'rackfire.db'}?mode=ro", uri=True)
@@ -291,6 +241,10 @@ class RackfireServer:
             time.sleep(0.5)
             rss = vm_rss_kib(self.pid)
         return rss
+
+
+def new_server(data_dir: Path) -> RackfireServer:
+    return RackfireServer(data_dir, POOL)
 
 
 def rackfire_round(srv: RackfireServer, stack: str, count: int, work: Path) -> dict[str, Any]:
@@ -811,7 +765,7 @@ def main() -> int:
                             "memory": "32M", "disk": "64M", "health": None}},
         "machine": machine(), "rounds": [],
     }
-    srv = RackfireServer(work / "data")
+    srv = new_server(work / "data")
     stacks: list[str] = []
     pivots_before = lxc_pivots()
     print(f"prefix {prefix}; work dir {work}", file=sys.stderr)

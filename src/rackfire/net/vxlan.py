@@ -6,12 +6,19 @@ and one all-zeros FDB entry per other host of the stack ("head-end replication":
 unknown unicast and multicast are sent once to every peer; no multicast underlay needed).
 Every host's bridge is the same anycast gateway: `ensure_bridge` gives it the same address
 and, derived from the stack name, the same MAC everywhere, so an instance's gateway is always
-its own host, and stays valid under the same MAC when the instance moves. ARP and ND for the
-gateway are kept off the tunnel (`neigh_suppress` on the VXLAN port): otherwise every host
-would answer, and each bridge would see frames from its own MAC arrive over the tunnel.
-Consequence: a host's own stack reaches only local instances through the bridge (a remote
+its own host, and stays valid under the same MAC when the instance moves. Frames from the
+gateway must not cross the tunnel: every host would answer, and each bridge would see its own
+MAC arrive from another host ("received packet with own address as source address"). So ARP
+and ND for the gateway stay local (`neigh_suppress` on the VXLAN port), and IPv6 is off on
+the bridge (the gateway is IPv4 only; its link-local chatter, RS and MLD, is multicast).
+Consequence: a host's own stack reaches only its local instances through the bridge (a remote
 instance answers the gateway MAC, which is its own host); instance to instance works across
 hosts.
+
+Peers are one-sided: a VXLAN device accepts frames for its VNI from any host and learns from
+them. Removing B from A's peers stops A sending to B, but A learns B's MACs again from B's
+next broadcast unless B drops A too; every host of the stack must get the same peer set.
+Nothing authenticates VXLAN: the underlay must be trusted (or filtered to the stack's hosts).
 
 MTU: VXLAN over IPv4 adds 50 bytes (outer IPv4 20, UDP 8, VXLAN 8, inner Ethernet 14), so
 the device and the bridge get the underlay's MTU minus 50 (1450 on a 1500 underlay). Every
@@ -156,9 +163,21 @@ def ensure_vxlan(stack: str, vni: int | None, local_ip: str, underlay_dev: str) 
             if int(br_msg.get("IFLA_MTU")) != mtu:
                 ipr.link("set", index=br.index, mtu=mtu)
             ipr.brport("set", index=vx.index, neigh_suppress=1)
+            _disable_ipv6(bridge)
             if not vx.up:
                 ipr.link("set", index=vx.index, state="up")
     return name
+
+
+def _disable_ipv6(ifname: str) -> None:
+    # No netlink attribute for this; /proc/sys/net follows the calling thread's netns.
+    path = f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"
+    try:
+        with open(path, "r+") as f:
+            if f.read().strip() != "1":
+                f.write("1")
+    except FileNotFoundError:
+        pass  # a kernel without IPv6
 
 
 def _remotes(ipr: Any, index: int) -> list[tuple[str, str]]:
