@@ -9,8 +9,10 @@ and, derived from the stack name, the same MAC everywhere, so an instance's gate
 its own host, and stays valid under the same MAC when the instance moves. Frames from the
 gateway must not cross the tunnel: every host would answer, and each bridge would see its own
 MAC arrive from another host ("received packet with own address as source address"). So ARP
-and ND for the gateway stay local (`neigh_suppress` on the VXLAN port), and IPv6 is off on
-the bridge (the gateway is IPv4 only; its link-local chatter, RS and MLD, is multicast).
+and ND for the gateway stay local (`neigh_suppress` on the VXLAN port), and the bridge loses
+what makes it talk on its own: IPv6 (the gateway is IPv4 only; link-local RS and MLD are
+multicast) and multicast snooping (it reports the snoopers' groups). Turning snooping off
+sends one IGMP leave, once per host; a bridge made without both would send nothing.
 Consequence: a host's own stack reaches only its local instances through the bridge (a remote
 instance answers the gateway MAC, which is its own host); instance to instance works across
 hosts.
@@ -164,6 +166,11 @@ def ensure_vxlan(stack: str, vni: int | None, local_ip: str, underlay_dev: str) 
                 ipr.link("set", index=br.index, mtu=mtu)
             ipr.brport("set", index=vx.index, neigh_suppress=1)
             _disable_ipv6(bridge)
+            if br_msg.get(("linkinfo", "data", "IFLA_BR_MCAST_SNOOPING")) != 0:
+                # A snooping bridge joins the snoopers' groups (224.0.0.106, ff02::6a) and
+                # reports them, from the gateway's MAC. With head-end replication every
+                # multicast goes to every peer anyway, so snooping buys nothing here.
+                ipr.link("set", index=br.index, kind="bridge", br_mcast_snooping=0)
             if not vx.up:
                 ipr.link("set", index=vx.index, state="up")
     return name
@@ -173,9 +180,11 @@ def _disable_ipv6(ifname: str) -> None:
     # No netlink attribute for this; /proc/sys/net follows the calling thread's netns.
     path = f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"
     try:
-        with open(path, "r+") as f:
-            if f.read().strip() != "1":
-                f.write("1")
+        with open(path) as f:
+            if f.read().strip() == "1":
+                return
+        with open(path, "w") as f:  # a sysctl ignores a write after a read (not at offset 0)
+            f.write("1")
     except FileNotFoundError:
         pass  # a kernel without IPv6
 
