@@ -60,6 +60,7 @@ class _Link:
     master: int | None
     peer: int | None  # a veth's peer index, in the peer's namespace
     mac: str = ""
+    mtu: int = 1500
 
 
 @contextmanager
@@ -102,7 +103,8 @@ def _link(ipr: Any, ifname: str) -> _Link | None:
                  up=bool(int(msg["flags"]) & _IFF_UP),
                  master=None if master is None else int(master),
                  peer=None if peer is None else int(peer),
-                 mac=str(msg.get("IFLA_ADDRESS") or ""))
+                 mac=str(msg.get("IFLA_ADDRESS") or ""),
+                 mtu=int(msg.get("IFLA_MTU") or 1500))
 
 
 def _delete_link(ipr: Any, ifname: str) -> None:
@@ -214,6 +216,12 @@ def attach_instance(instance_id: str, stack: str, ip: str, prefix: int, gateway:
                     outside, inside = _link(host, veth), _link(inner, PEER_NAME)
                 if outside is None or inside is None:
                     raise ExecError(f"veth {veth} vanished while attaching {instance_id}")
+                # The bridge's MTU: lower than 1500 when a VXLAN port carries the stack
+                # across hosts (its 50 bytes of headers), and then the instance's must be too.
+                if outside.mtu != br.mtu:
+                    host.link("set", index=outside.index, mtu=br.mtu)
+                if inside.mtu != br.mtu:
+                    inner.link("set", index=inside.index, mtu=br.mtu)
                 if outside.master != br.index or not outside.up:
                     host.link("set", index=outside.index, master=br.index, state="up")
                 loopback = _link(inner, "lo")
