@@ -1,9 +1,10 @@
-"""Per-stack private networks on one host: names, links, namespaces. (Address allocation
-is the controller's decision and lives in plan/ipam.py.)
+"""Per-stack private networks: names, links, namespaces on a host, and VXLAN between hosts.
+(Address allocation is the controller's decision and lives in plan/ipam.py.)
 
     names    deterministic names of everything this package creates (pure)
     nsenter  namespace syscalls on the calling thread: create/remove a netns, sockets inside one
     links    bridges, veth pairs and instance namespaces through netlink (pyroute2)
+    vxlan    a stack's bridge joined to the other hosts' (one VNI per stack)
 
-Only the agent imports `links` and `nsenter`; `names` has no I/O.
+Only the agent imports `links`, `vxlan` and `nsenter`; `names` has no I/O.
 """
