@@ -40,6 +40,7 @@ class Server:
     port: int = field(default_factory=free_port)
     pool: str = "10.89.0.0/16"
     runtime: str | None = None
+    listen: str = "127.0.0.1"  # the test bed's agents reach it on the underlay: 0.0.0.0
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -50,7 +51,7 @@ class Server:
         if self.proc is not None:
             self.proc.wait(30)  # a server told to stop over the API must be gone first
         args = [sys.executable, "-m", "rackfire", "server", "--data-dir", str(self.data_dir),
-                "--port", str(self.port), "--subnet-pool", self.pool]
+                "--port", str(self.port), "--subnet-pool", self.pool, "--listen", self.listen]
         if self.runtime:
             args += ["--runtime", self.runtime]
         self.data_dir.mkdir(parents=True, exist_ok=True)

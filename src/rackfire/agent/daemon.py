@@ -25,6 +25,7 @@ import uvicorn
 from rackfire.agent.local import LocalAgent
 from rackfire.agent.rpc import serve_agent
 from rackfire.errors import PrereqError
+from rackfire.runtime.container import RUNC_ROOT
 
 log = logging.getLogger("rackfire.agent")
 CREDENTIAL = "credential.json"
@@ -129,13 +130,15 @@ def advertised(listen: str, controller_url: str) -> str:
 
 
 def run(url: str | None, token: str | None, name: str | None, labels: dict[str, str],
-        data_dir: Path, interval: float, listen: str = "0.0.0.0:7481") -> None:
+        data_dir: Path, interval: float, listen: str = "0.0.0.0:7481",
+        runc_root: Path = RUNC_ROOT) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     known = load_credential(data_dir)
-    agent = LocalAgent(data_dir, host=known.name if known else name or default_name())
+    agent = LocalAgent(data_dir, host=known.name if known else name or default_name(),
+                       runc_root=runc_root)
     joined = join(url, token, agent.host, labels, data_dir, agent, interval)
     log.info("host %s joined %s; heartbeat every %.1fs", joined.name, joined.url, interval)
     stop = threading.Event()

@@ -46,7 +46,12 @@ from rackfire.model.stack import (
 from rackfire.net import links
 from rackfire.runtime import stats
 from rackfire.runtime.base import Runtime
-from rackfire.runtime.container import ContainerRuntime, ensure_dirs, remove_volumes
+from rackfire.runtime.container import (
+    RUNC_ROOT,
+    ContainerRuntime,
+    ensure_dirs,
+    remove_volumes,
+)
 from rackfire.runtime.layout import (
     InstanceDir,
     instance_dir,
@@ -67,7 +72,8 @@ def container_runtime_usable() -> bool:
 
 class LocalAgent:
     def __init__(self, data_dir: Path, host: str | None = None,
-                 runtimes: tuple[RuntimeKind, ...] | None = None) -> None:
+                 runtimes: tuple[RuntimeKind, ...] | None = None,
+                 runc_root: Path = RUNC_ROOT) -> None:
         self.host = host or socket.gethostname()
         self.data_dir = data_dir
         self.store = ImageStore(data_dir / "images")
@@ -79,8 +85,10 @@ class LocalAgent:
         self._runtimes: dict[RuntimeKind, Runtime] = {}
         if RuntimeKind.CONTAINER in runtimes:
             ensure_dirs()
+            # Its own runc root per agent: `runc list` there is this host's containers only
+            # (several simulated hosts share one machine's /run).
             self._runtimes[RuntimeKind.CONTAINER] = ContainerRuntime(
-                base, self.host, volumes=self._volumes)
+                base, self.host, runc_root, volumes=self._volumes)
         self._runtimes[RuntimeKind.PROCESS] = ProcessRuntime(base, self.host)
         self._order = runtimes
         self._image_lock = threading.Lock()

@@ -54,6 +54,8 @@ def agent(join: Annotated[str | None, typer.Option("--join", help="the controlle
           interval: Annotated[float, typer.Option(help="seconds between heartbeats")] = 5.0,
           listen: Annotated[str, typer.Option(help="HOST:PORT of this agent's API (the "
                                               "controller calls it)")] = "0.0.0.0:7481",
+          runc_root: Annotated[Path, typer.Option(help="runc's state dir for this agent")] =
+          Path("/run/rackfire/runc"),
           ) -> None:
     """Run this host's agent: join the controller once (with a token), then report."""
     from rackfire.agent.daemon import run  # the CLI's other commands need none of this
@@ -66,7 +68,7 @@ def agent(join: Annotated[str | None, typer.Option("--join", help="the controlle
         labels[key] = value
     if not 0.2 <= interval <= 300:
         raise PrereqError("--interval must be 0.2 to 300 seconds")
-    run(join, token, name, labels, data_dir, interval, listen)
+    run(join, token, name, labels, data_dir, interval, listen, runc_root)
 
 
 def hosts(json: Json = False, url: Url = None) -> None:
