@@ -7,7 +7,7 @@ RF     := $(VENV)/bin/rackfire
 DATA   ?= /var/lib/rackfire
 DEB_PKGS := runc haproxy debootstrap iproute2 e2fsprogs util-linux python3-venv python3
 
-.PHONY: deps venv demo test lint typecheck unit integration clean-demo
+.PHONY: deps venv demo demo-cluster test lint typecheck unit integration clean-demo clean-cluster
 
 deps:
 	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -32,6 +32,14 @@ demo: deps venv
 	@echo
 	@echo "Next: $(RF) push shop/app examples/shop/app    $(RF) releases shop/app    $(RF) ps shop"
 	@echo "      $(RF) destroy shop    $(RF) server stop"
+
+# Three simulated hosts (network namespaces on an underlay bridge), each running a real
+# `rackfire agent` joined to a server of their own (port 7490).
+demo-cluster: deps venv
+	$(PY) -m rackfire.testbed up --hosts 3
+
+clean-cluster: venv
+	$(PY) -m rackfire.testbed down
 
 lint: venv
 	$(VENV)/bin/ruff check src tests bench

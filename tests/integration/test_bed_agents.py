@@ -11,13 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from bed import Bed
 
 from rackfire.agent.remote import RemoteAgent
 from rackfire.errors import RackfireError
 from rackfire.model.instance import InstanceKey, InstanceRequest, InstanceState, NetworkConfig
 from rackfire.model.stack import ImageSource, ImageSpec, Resources, RuntimeKind
 from rackfire.net import names
+from rackfire.testbed import Bed
 
 from harness import Server, host_traces, unique, wait_for
 

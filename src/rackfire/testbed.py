@@ -1,5 +1,7 @@
 """A test bed of simulated hosts on this machine: one network namespace per host, all joined
-by an underlay bridge in the root namespace, as a rack's hosts are by a switch.
+by an underlay bridge in the root namespace, as a rack's hosts are by a switch. The
+multi-host tests run on it, and `make demo-cluster` (`python -m rackfire.testbed up`) puts
+a real agent in each host, joined to a server of its own.
 
     root netns   rfu<bed>          bridge, 172.31.X.254/24 (so a controller in the root netns
                  │                 reaches the hosts, and as this bed's claim on the /24)
@@ -22,12 +24,15 @@ import atexit
 import contextlib
 import fcntl
 import ipaddress
+import json
 import os
 import secrets
 import select
+import signal
 import socket
 import struct
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -240,7 +245,7 @@ def leftovers() -> list[str]:
 def _checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = sum(int(x) for x in struct.unpack(f"!{len(data) // 2}H", data))
     total = (total >> 16) + (total & 0xFFFF)
     total += total >> 16
     return ~total & 0xFFFF
@@ -279,3 +284,118 @@ def _await_echo(sock: socket.socket, dst: str, ident: int, seq: int, sent: float
         if src == dst and kind == 0 and (rid, rseq) == (ident, seq):
             return time.perf_counter() - sent
     return None
+
+
+# -- make demo-cluster -------------------------------------------------------------------------
+
+STATE = "/run/rackfire/testbed.json"  # what `up` made, for `down`
+CLUSTER_DATA = "/var/lib/rackfire-cluster"
+CLUSTER_PORT = 7490
+
+
+def _cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "RACKFIRE_URL": url, "RACKFIRE_DATA_DIR": CLUSTER_DATA}
+    return subprocess.run([sys.executable, "-m", "rackfire", *args], env=env, text=True,
+                          capture_output=True, check=True, timeout=120)
+
+
+def up(n: int) -> None:
+    """A bed of `n` hosts, a server listening on every address (port 7490, its own data
+    dir) and an agent in each host (label rack=r<i>), left running until `down`."""
+    if os.path.exists(STATE):
+        raise SystemExit(f"a demo cluster is up already ({STATE}); `make clean-cluster` first")
+    bed = Bed(n).create()
+    atexit.unregister(bed.destroy)  # it outlives this process; `down` removes it
+    url = f"http://127.0.0.1:{CLUSTER_PORT}"
+    os.makedirs(CLUSTER_DATA, exist_ok=True)
+    with open(os.path.join(CLUSTER_DATA, "server.log"), "ab") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "rackfire", "server", "--data-dir", CLUSTER_DATA,
+             "--listen", "0.0.0.0", "--port", str(CLUSTER_PORT)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    state: dict[str, Any] = {"bed": bed.id, "n": n, "subnet": str(bed.subnet),
+                             "hosts": [h.name for h in bed.hosts], "server": server.pid,
+                             "agents": []}
+    _save(state)
+    for _ in range(100):
+        if _cli_ok(url, "hosts"):
+            break
+        time.sleep(0.3)
+    token = _cli(url, "token", "create", "--uses", str(n)).stdout.split()[0]
+    join = f"http://{bed.controller_ip}:{CLUSTER_PORT}"
+    for i, h in enumerate(bed.hosts, 1):
+        agent_dir = os.path.join(CLUSTER_DATA, f"agent-{h.name}")
+        os.makedirs(agent_dir, exist_ok=True)
+        with open(os.path.join(agent_dir, "agent.log"), "ab") as log:
+            proc = subprocess.Popen(
+                nsenter_argv(h.netns, [sys.executable, "-m", "rackfire", "agent", "--join",
+                                       join, "--token", token, "--name", h.name, "--label",
+                                       f"rack=r{i}", "--data-dir", agent_dir,
+                                       "--runc-root", f"/run/rackfire/runc-{h.name}"]),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        state["agents"].append(proc.pid)
+        _save(state)
+    for _ in range(100):
+        hosts = json.loads(_cli(url, "hosts", "--json").stdout)
+        if sum(1 for h in hosts if not h["local"] and h["state"] == "ready") == n:
+            break
+        time.sleep(0.3)
+    print(_cli(url, "hosts").stdout)
+    print(f"{n} simulated hosts joined the server at {url}.\n"
+          f"  export RACKFIRE_URL={url} RACKFIRE_DATA_DIR={CLUSTER_DATA}\n"
+          "  rackfire hosts; rackfire capacity\n"
+          "(The controller does not place instances on joined hosts yet.) "
+          "`make clean-cluster` removes it all.")
+
+
+def down() -> None:
+    """Stop the agents and the server by pid, remove the bed, the agents' runc roots and
+    the cluster's data dir."""
+    if not os.path.exists(STATE):
+        print("no demo cluster is up")
+        return
+    with open(STATE) as f:
+        state = json.load(f)
+    for pid in [*state["agents"], state["server"]]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    for pid in [*state["agents"], state["server"]]:
+        for _ in range(100):
+            if not os.path.exists(f"/proc/{pid}"):
+                break
+            time.sleep(0.1)
+    bed = Bed(state["n"], id=state["bed"])
+    bed.hosts = [Host(name, f"{HOST_NETNS_PREFIX}{state['bed']}-{i}", "")
+                 for i, name in enumerate(state["hosts"], 1)]
+    bed.destroy()
+    for name in state["hosts"]:
+        subprocess.run(["rm", "-rf", "--", f"/run/rackfire/runc-{name}"], check=False)
+    subprocess.run(["rm", "-rf", "--", CLUSTER_DATA], check=False)
+    os.unlink(STATE)
+    print("demo cluster removed")
+
+
+def _cli_ok(url: str, *args: str) -> bool:
+    try:
+        _cli(url, *args)
+    except subprocess.CalledProcessError:
+        return False
+    return True
+
+
+def _save(state: dict[str, Any]) -> None:
+    os.makedirs(os.path.dirname(STATE), exist_ok=True)
+    with open(STATE + ".new", "w") as f:
+        json.dump(state, f)
+    os.replace(STATE + ".new", STATE)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m rackfire.testbed")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("up").add_argument("--hosts", type=int, default=3)
+    sub.add_parser("down")
+    args = parser.parse_args()
+    up(args.hosts) if args.cmd == "up" else down()
