@@ -197,7 +197,9 @@ roles:
                 if e["action"] == "restart" and e["target"] == f"{stack}/bad/0"]
     assert len(restarts) == 3
     gaps = [b - a for a, b in itertools.pairwise(restarts)]
-    assert gaps[1] > gaps[0] and gaps[1] >= 2.0, gaps  # exponential backoff: 1 s, then 2 s
+    # Exponential backoff: 1 s, then 2 s. Events are stamped when a restart has finished,
+    # so a gap may be a few ms short of the backoff measured from its start.
+    assert gaps[1] > gaps[0] and gaps[1] >= 1.95, gaps
     assert any(e["action"] == "fail" for e in events)
     assert any(e["action"] == "unhealthy" and e["actor"] == "health" for e in events)
 

@@ -56,6 +56,7 @@ class Desired:
     images: dict[str, str]  # role -> the image digest it runs
     layers: dict[str, str]  # role -> its built release layer (roles with an app)
     unbuilt: dict[str, str]  # role -> why its release layer could not be built
+    observed: list[InstanceFacts]  # what ran when it was rendered (the plan starts there)
     render: Callable[[Collection[InstanceKey]], list[InstanceRequest]]  # with other ready
 
 
@@ -558,10 +559,10 @@ class Controller:
                     unbuilt[role.name] = e.message
         render = partial(render_stack, spec, ips, digests, network,
                          self.agent.info().runtimes[0], app_digests=layers)
-        requests = render(ready=self._ready_keys(spec, self.agent.observe(spec.name))
-                          if rec else ())
+        observed = self.agent.observe(spec.name)
+        requests = render(ready=self._ready_keys(spec, observed) if rec else ())
         return Desired(network, {r.key: r.ip for r in requests}, requests, images, layers,
-                       unbuilt, lambda ready: render(ready=ready))
+                       unbuilt, observed, lambda ready: render(ready=ready))
 
     def _ready_keys(self, spec: StackSpec, facts: list[InstanceFacts],
                     exclude: Collection[InstanceKey] = ()) -> set[InstanceKey]:
@@ -578,7 +579,7 @@ class Controller:
     def _plan(self, name: str, generation: int, spec: StackSpec, desired: Desired) -> Plan:
         statuses = self.store.statuses(name)
         controls = {k: s.control for k, s in statuses.items()}
-        observed = self.agent.observe(name)
+        observed = desired.observed
         checked = {r.name for r in spec.roles if r.health}
         unhealthy, starting = {}, []
         for f in observed:

@@ -91,13 +91,21 @@ def _changing(what: str) -> Iterator[None]:
         raise ExecError(f"{what}: {e}") from e
 
 
-def _link(ipr: Any, ifname: str) -> _Link | None:
+def _link_msg(ipr: Any, ifname: str) -> Any | None:
+    """The link's netlink message, or None if there is no such link."""
     try:
         (msg,) = ipr.link("get", ifname=ifname)
     except NetlinkError as e:
         if e.code == errno.ENODEV:
             return None
         raise
+    return msg
+
+
+def _link(ipr: Any, ifname: str) -> _Link | None:
+    msg = _link_msg(ipr, ifname)
+    if msg is None:
+        return None
     master, peer = msg.get("IFLA_MASTER"), msg.get("IFLA_LINK")
     return _Link(index=int(msg["index"]), kind=str(msg.get(("linkinfo", "kind")) or ""),
                  up=bool(int(msg["flags"]) & _IFF_UP),

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +46,7 @@ from typing import Any
 from pyroute2.netlink.exceptions import NetlinkError
 
 from rackfire.errors import ExecError, PrereqError
-from rackfire.net.links import _changing, _delete_link, _link, _rtnl
+from rackfire.net.links import _changing, _delete_link, _link, _link_msg, _rtnl
 from rackfire.net.names import VNI_MAX, bridge_name, stack_vni, vxlan_name
 
 VXLAN_PORT = 4789  # IANA
@@ -70,12 +71,9 @@ class _Vxlan:
 
 
 def _vxlan(ipr: Any, ifname: str) -> _Vxlan | None:
-    try:
-        (msg,) = ipr.link("get", ifname=ifname)
-    except NetlinkError as e:
-        if e.code == errno.ENODEV:
-            return None
-        raise
+    msg = _link_msg(ipr, ifname)
+    if msg is None:
+        return None
     data = msg.get(("linkinfo", "data")) or {}
 
     def attr(name: str) -> Any:
@@ -179,14 +177,13 @@ def ensure_vxlan(stack: str, vni: int | None, local_ip: str, underlay_dev: str) 
 def _disable_ipv6(ifname: str) -> None:
     # No netlink attribute for this; /proc/sys/net follows the calling thread's netns.
     path = f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"
-    try:
-        with open(path) as f:
-            if f.read().strip() == "1":
-                return
-        with open(path, "w") as f:  # a sysctl ignores a write after a read (not at offset 0)
-            f.write("1")
-    except FileNotFoundError:
-        pass  # a kernel without IPv6
+    if not os.path.exists(path):
+        return  # a kernel without IPv6: nothing to turn off
+    with open(path) as f:
+        if f.read().strip() == "1":
+            return
+    with open(path, "w") as f:  # a sysctl ignores a write after a read (not at offset 0)
+        f.write("1")
 
 
 def _remotes(ipr: Any, index: int) -> list[tuple[str, str]]:

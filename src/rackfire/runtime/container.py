@@ -25,7 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from rackfire.errors import ExecError, NotFound, PrereqError, RackfireError
+from rackfire.errors import ExecError, NotFound, PrereqError
 from rackfire.images.store import ImageInfo
 from rackfire.model.agent import ExecHandle, InstanceStats
 from rackfire.model.instance import (
@@ -60,8 +60,8 @@ from rackfire.runtime.reload import (
 from rackfire.runtime.reload import (
     changed_files,
     mode_of,
+    trigger,
     unlink_beneath,
-    wait_reload,
     write_beneath,
 )
 
@@ -160,7 +160,6 @@ class ContainerRuntime:
         overlay mounted, into the config layer. Then its `reload`."""
         d = instance_dir(self.base, req.key)
         meta, sig = begin_reload(read_meta(d), req, self.host)
-        spec = req.reload
         overlay = mounts.mounted(d.rootfs)
         if not overlay:
             mounts.mount_disk(d.disk_image, d.disk)
@@ -180,16 +179,8 @@ class ContainerRuntime:
         update_meta(d, config_hash=req.config_hash, files_layout=req.files_layout)
         if self._state(req.key.id) != "running":
             return  # it reads the new files when it starts
-        try:
-            if sig is not None:
-                self._runc("kill", req.key.id, str(int(sig)))
-            elif spec is not None and spec.exec:
-                wait_reload(self.exec(req.key, list(spec.exec), tty=False), spec.exec,
-                            str(req.key))
-        except RackfireError:
-            # Not re-read: the old hash makes the next reconcile reload again.
-            update_meta(d, config_hash=meta.get("config_hash", ""))
-            raise
+        trigger(d, meta, req, sig, lambda s: self._runc("kill", req.key.id, str(int(s))),
+                lambda argv: self.exec(req.key, argv, tty=False))
 
     def volume(self, key: InstanceKey) -> Path:
         return volume_path(self.volumes, key)

@@ -17,7 +17,7 @@ from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
-from rackfire.errors import ExecError, NotFound, PrereqError, RackfireError
+from rackfire.errors import ExecError, NotFound, PrereqError
 from rackfire.images.store import ImageInfo
 from rackfire.model.agent import ExecHandle, InstanceStats
 from rackfire.model.instance import InstanceFacts, InstanceKey, InstanceRequest, InstanceState
@@ -42,7 +42,7 @@ from rackfire.runtime.reload import (
 from rackfire.runtime.reload import (
     changed_files,
     mode_of,
-    wait_reload,
+    trigger,
     write_beneath,
 )
 
@@ -90,26 +90,21 @@ class ProcessRuntime:
         signal to its main process, or the command run as `exec` runs one."""
         d = instance_dir(self.base, req.key)
         meta, sig = begin_reload(read_meta(d), req, self.host)
-        spec = req.reload
         for path, content in changed_files(d.workdir, req):
             write_beneath(d.workdir, path, content, mode_of(d.workdir / path.lstrip("/")))
         update_meta(d, config_hash=req.config_hash, files_layout=req.files_layout)
         pid, _ = self._poll(meta.get("pid"), meta.get("pid_start"))
         if not pid or meta.get("phase") != "created":
             return  # it reads the new files when it starts
-        try:
-            if sig is not None:
-                try:
-                    os.kill(pid, sig)  # its main process, as a container's init gets it
-                except ProcessLookupError:
-                    raise ExecError(f"{req.key} exited before its reload") from None
-            elif spec is not None and spec.exec:
-                wait_reload(self.exec(req.key, list(spec.exec), tty=False), spec.exec,
-                            str(req.key))
-        except RackfireError:
-            # Not re-read: the old hash makes the next reconcile reload again.
-            update_meta(d, config_hash=meta.get("config_hash", ""))
-            raise
+
+
+        def send(sig: signal.Signals) -> None:
+            try:
+                os.kill(pid, sig)  # its main process, as a container's init gets it
+            except ProcessLookupError:
+                raise ExecError(f"{req.key} exited before its reload") from None
+
+        trigger(d, meta, req, sig, send, lambda argv: self.exec(req.key, argv, tty=False))
 
     def destroy(self, key: InstanceKey, stop_timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         d = instance_dir(self.base, key)

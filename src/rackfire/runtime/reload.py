@@ -13,13 +13,14 @@ import secrets
 import signal
 import stat
 import subprocess
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from rackfire.errors import ExecError, NotFound, PrereqError
+from rackfire.errors import ExecError, NotFound, PrereqError, RackfireError
 from rackfire.model.agent import ExecHandle
 from rackfire.model.instance import InstanceRequest
-from rackfire.runtime.layout import rendered_paths
+from rackfire.runtime.layout import InstanceDir, rendered_paths, update_meta
 
 RELOAD_TIMEOUT = 30.0  # seconds a reload command may take
 DEFAULT_MODE = 0o644
@@ -151,6 +152,23 @@ def parse_signal(name: str) -> signal.Signals:
         return signal.Signals[text if text.startswith("SIG") else "SIG" + text]
     except (KeyError, ValueError):
         raise PrereqError(f"reload: unknown signal {name!r}", hint="e.g. HUP or USR2") from None
+
+
+def trigger(d: InstanceDir, meta: dict[str, Any], req: InstanceRequest,
+            sig: signal.Signals | None, send: Callable[[signal.Signals], object],
+            run: Callable[[list[str]], ExecHandle]) -> None:
+    """Make a running instance re-read its new files: `send` it the signal, or `run` the
+    reload command and wait for it. If it fails, the old config hash goes back in meta, so
+    the next reconcile reloads again."""
+    spec = req.reload
+    try:
+        if sig is not None:
+            send(sig)
+        elif spec is not None and spec.exec:
+            wait_reload(run(list(spec.exec)), spec.exec, str(req.key))
+    except RackfireError:
+        update_meta(d, config_hash=meta.get("config_hash", ""))
+        raise
 
 
 def wait_reload(handle: ExecHandle, argv: tuple[str, ...], what: str,

@@ -503,9 +503,11 @@ class Store:
                 # A failed one stays failed (no retry loop) until an operator deploys it again.
                 status = row["status"] if row["status"] in ("live", "deploying", "failed") \
                     else "deploying"
-                db.execute("UPDATE releases SET layer=?, status=?, updated=? WHERE stack=? AND "
-                           "role=? AND version=?", (layer or row["layer"], status, now, stack,
-                                                    role, row["version"]))
+                if (layer or row["layer"], status) != (row["layer"], row["status"]):
+                    # (Every reconcile asks: no write when nothing changed.)
+                    db.execute("UPDATE releases SET layer=?, status=?, updated=? WHERE stack=? "
+                               "AND role=? AND version=?", (layer or row["layer"], status, now,
+                                                            stack, role, row["version"]))
                 return self._release(db, stack, role, row["version"])
             top = db.execute("SELECT MAX(version) AS v FROM releases WHERE stack=? AND role=?",
                              (stack, role)).fetchone()
