@@ -13,8 +13,10 @@ from pathlib import Path
 import uvicorn
 
 from rackfire.agent.local import LocalAgent
+from rackfire.agent.remote import RemoteAgent
 from rackfire.api.app import create_app
 from rackfire.control.controller import Controller
+from rackfire.control.fleet import Fleet
 from rackfire.errors import PrereqError
 from rackfire.model.stack import RuntimeKind
 from rackfire.plan.ipam import DEFAULT_POOL
@@ -33,7 +35,9 @@ def ensure_token(data_dir: Path) -> str:
 
 
 def serve(data_dir: Path, host: str = "127.0.0.1", port: int = 7480,
-          subnet_pool: str = DEFAULT_POOL, runtime: RuntimeKind | None = None) -> None:
+          subnet_pool: str = DEFAULT_POOL, runtime: RuntimeKind | None = None,
+          local_host: bool = True) -> None:
+    """`local_host`: this machine runs instances too (else only the joined hosts do)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)  # rendered config, env values, logs, disks: root's only
     token = ensure_token(data_dir)
@@ -49,7 +53,8 @@ def serve(data_dir: Path, host: str = "127.0.0.1", port: int = 7480,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     store = Store(data_dir / "rackfire.db")
     agent = LocalAgent(data_dir, runtimes=(runtime,) if runtime else None)
-    controller = Controller(store, agent, subnet_pool=subnet_pool)
+    fleet = Fleet(agent, store, RemoteAgent, local_pool=local_host)
+    controller = Controller(store, fleet, subnet_pool=subnet_pool)
     stopping = threading.Event()
     app = create_app(controller, stopping.set, data_dir / "uploads", token)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",

@@ -176,6 +176,30 @@ class Bed:
         self.procs.append(proc)
         return proc
 
+    def runc_root(self, host: Host | str) -> str:
+        """The runc root of the host's agent: each its own (the hosts share one /run)."""
+        name = host if isinstance(host, str) else host.name
+        return f"/run/rackfire/runc-{self.id}-{self.host(name).name}"
+
+    def start_agent(self, host: Host | str, join: str, token: str, data_dir: str,
+                    labels: dict[str, str], *, interval: float = 0.5,
+                    log: str | None = None) -> subprocess.Popen[bytes]:
+        """A real `rackfire agent` inside the host, joining the server at `join` (an
+        address on the underlay); `destroy` ends it. Started again after a kill, it carries
+        on with the credential in its data dir."""
+        h = self.host(host) if isinstance(host, str) else host
+        out = open(log or os.devnull, "ab")  # noqa: SIM115 - handed to the child
+        try:
+            return self.spawn_in(h, [
+                sys.executable, "-m", "rackfire", "agent", "--join", join, "--token", token,
+                "--name", h.name, *[a for k, v in labels.items() for a in ("--label",
+                                                                          f"{k}={v}")],
+                "--data-dir", data_dir, "--interval", str(interval),
+                "--runc-root", self.runc_root(h)], stdin=subprocess.DEVNULL, stdout=out,
+                stderr=out, start_new_session=True)
+        finally:
+            out.close()
+
     def track_netns(self, name: str) -> None:
         """Have `destroy` remove a namespace made by a test on a host, such as an instance's
         (/run/netns is one directory for every host: those names are global)."""
@@ -311,7 +335,7 @@ def up(n: int) -> None:
     with open(os.path.join(CLUSTER_DATA, "server.log"), "ab") as log:
         server = subprocess.Popen(
             [sys.executable, "-m", "rackfire", "server", "--data-dir", CLUSTER_DATA,
-             "--listen", "0.0.0.0", "--port", str(CLUSTER_PORT)],
+             "--listen", "0.0.0.0", "--port", str(CLUSTER_PORT), "--no-local-host"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     state: dict[str, Any] = {"bed": bed.id, "n": n, "subnet": str(bed.subnet),
                              "hosts": [h.name for h in bed.hosts], "server": server.pid,
@@ -326,13 +350,8 @@ def up(n: int) -> None:
     for i, h in enumerate(bed.hosts, 1):
         agent_dir = os.path.join(CLUSTER_DATA, f"agent-{h.name}")
         os.makedirs(agent_dir, exist_ok=True)
-        with open(os.path.join(agent_dir, "agent.log"), "ab") as log:
-            proc = subprocess.Popen(
-                nsenter_argv(h.netns, [sys.executable, "-m", "rackfire", "agent", "--join",
-                                       join, "--token", token, "--name", h.name, "--label",
-                                       f"rack=r{i}", "--data-dir", agent_dir,
-                                       "--runc-root", f"/run/rackfire/runc-{h.name}"]),
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        proc = bed.start_agent(h, join, token, agent_dir, {"rack": f"r{i}"}, interval=2.0,
+                               log=os.path.join(agent_dir, "agent.log"))
         state["agents"].append(proc.pid)
         _save(state)
     for _ in range(100):
@@ -344,7 +363,7 @@ def up(n: int) -> None:
     print(f"{n} simulated hosts joined the server at {url}.\n"
           f"  export RACKFIRE_URL={url} RACKFIRE_DATA_DIR={CLUSTER_DATA}\n"
           "  rackfire hosts; rackfire capacity\n"
-          "(The controller does not place instances on joined hosts yet.) "
+          "Stacks applied to it run on those hosts only (the server runs --no-local-host). "
           "`make clean-cluster` removes it all.")
 
 
@@ -369,7 +388,7 @@ def down() -> None:
                  for i, name in enumerate(state["hosts"], 1)]
     bed.destroy()
     for name in state["hosts"]:
-        subprocess.run(["rm", "-rf", "--", f"/run/rackfire/runc-{name}"], check=False)
+        subprocess.run(["rm", "-rf", "--", bed.runc_root(name)], check=False)
     subprocess.run(["rm", "-rf", "--", CLUSTER_DATA], check=False)
     os.unlink(STATE)
     print("demo cluster removed")

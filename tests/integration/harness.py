@@ -41,6 +41,8 @@ class Server:
     pool: str = "10.89.0.0/16"
     runtime: str | None = None
     listen: str = "127.0.0.1"  # the test bed's agents reach it on the underlay: 0.0.0.0
+    args: tuple[str, ...] = ()  # more `rackfire server` options
+    server_env: dict[str, str] = field(default_factory=dict)  # e.g. RACKFIRE_FAILPOINTS
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -54,9 +56,11 @@ class Server:
                 "--port", str(self.port), "--subnet-pool", self.pool, "--listen", self.listen]
         if self.runtime:
             args += ["--runtime", self.runtime]
+        args += self.args
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.data_dir / "server.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                     env={**os.environ, **self.server_env})
         log.close()
         wait_for(lambda: self._alive(), 30, "server to answer")
 

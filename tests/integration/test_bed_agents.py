@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,7 +36,7 @@ def bed_server(tmp_path: Path) -> Iterator[tuple[Bed, Server]]:
         srv.stop()
         bed.destroy()  # the agents too, by pid
         for h in bed.hosts:
-            shutil.rmtree(f"/run/rackfire/runc-{bed.id}-{h.name}", ignore_errors=True)
+            shutil.rmtree(bed.runc_root(h), ignore_errors=True)
 
 
 def test_agents_on_simulated_hosts(bed_server: tuple[Bed, Server], tmp_path: Path) -> None:
@@ -45,13 +44,8 @@ def test_agents_on_simulated_hosts(bed_server: tuple[Bed, Server], tmp_path: Pat
     token = server.cli("token", "create", "--uses", "3").stdout.split()[0]
     url = f"http://{bed.controller_ip}:{server.port}"
     for n, h in enumerate(bed.hosts, 1):
-        log = open(tmp_path / f"agent-{h.name}.log", "ab")  # noqa: SIM115
-        bed.spawn_in(h, [sys.executable, "-m", "rackfire", "agent", "--join", url,
-                         "--token", token, "--name", h.name, "--label", f"rack=r{n}",
-                         "--data-dir", str(tmp_path / f"agent-{h.name}"), "--interval", "0.5",
-                         "--runc-root", f"/run/rackfire/runc-{bed.id}-{h.name}"],
-                     stdout=log, stderr=log)
-        log.close()
+        bed.start_agent(h, url, token, str(tmp_path / f"agent-{h.name}"), {"rack": f"r{n}"},
+                        log=str(tmp_path / f"agent-{h.name}.log"))
 
     def joined() -> dict[str, dict[str, object]]:
         rows = json.loads(server.cli("hosts", "--json").stdout)

@@ -2,7 +2,10 @@
 and agent key it gets for it (`<data-dir>/credential.json`, 0600) and from then on reports
 its facts in a heartbeat, and serves the Agent protocol (agent/rpc.py) to whoever presents
 the agent key: the controller. Restarted, it carries on with the credential; the token is
-not needed again.
+not needed again. Image layers it is asked to ensure come from the controller
+(`GET /v1/agent/layers/<digest>`, the credential as bearer), verified by their digest; a
+fetched layer that no instance uses is kept for `RACKFIRE_LAYER_GRACE` seconds (default
+600) before `collect_layers` may remove it.
 
 (The controller does not place instances on joined hosts yet: that comes with the
 scheduler's wiring.)
@@ -16,15 +19,16 @@ import os
 import signal
 import socket
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import uvicorn
 
-from rackfire.agent.local import LocalAgent
+from rackfire.agent.local import LAYER_GRACE, LocalAgent
 from rackfire.agent.rpc import serve_agent
-from rackfire.errors import PrereqError
+from rackfire.errors import ExecError, NotFound, PrereqError
 from rackfire.runtime.container import RUNC_ROOT
 
 log = logging.getLogger("rackfire.agent")
@@ -106,6 +110,45 @@ def heartbeat_loop(joined: Joined, labels: dict[str, str], agent: LocalAgent,
             stop.wait(delay)
 
 
+def fetch_layer(data_dir: Path, digest: str) -> Iterator[bytes]:
+    """Image layer `digest` from the controller this host joined, as it streams in (the
+    receiver verifies it). NotFound if the controller has no such layer, PrereqError if it
+    refuses this host, ExecError if the fetch fails on the way. Not AgentOffline: this
+    host's agent was reached; it is the controller it could not fetch from."""
+    joined = load_credential(data_dir)
+    if joined is None:
+        raise PrereqError("this host has not joined a controller: it has no layers to fetch")
+    what = f"image layer {digest[:12]} from {joined.url}"
+    try:
+        with httpx.stream("GET", f"{joined.url}/v1/agent/layers/{digest}",
+                          headers={"Authorization": f"Bearer {joined.credential}"},
+                          timeout=httpx.Timeout(30.0, read=300.0)) as r:
+            if r.status_code != 200:
+                r.read()
+                if r.status_code == 404:
+                    raise NotFound(f"the controller has no {what}: {_message(r)}")
+                if 400 <= r.status_code < 500:
+                    raise PrereqError(f"the controller refused to send {what}: {_message(r)}",
+                                      hint="join again with a new token")
+                raise ExecError(f"fetching {what} failed: {_message(r)}")
+            yield from r.iter_bytes(1 << 20)
+    except httpx.TransportError as e:
+        raise ExecError(f"fetching {what} failed: {type(e).__name__} {e}".rstrip(),
+                        hint="check that this host reaches the controller; the next "
+                             "attempt fetches the layer again") from None
+
+
+def _layer_grace() -> float:
+    raw = os.environ.get("RACKFIRE_LAYER_GRACE", "")
+    try:
+        grace = float(raw) if raw else LAYER_GRACE
+    except ValueError:
+        grace = -1.0
+    if not grace >= 0:
+        raise PrereqError(f"RACKFIRE_LAYER_GRACE={raw!r} is not a number of seconds")
+    return grace
+
+
 def default_name() -> str:
     return socket.gethostname().split(".")[0].lower()
 
@@ -138,8 +181,11 @@ def run(url: str | None, token: str | None, name: str | None, labels: dict[str, 
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     known = load_credential(data_dir)
     agent = LocalAgent(data_dir, host=known.name if known else name or default_name(),
-                       runc_root=runc_root)
+                       runc_root=runc_root, layer_grace=_layer_grace(),
+                       # The credential is read at each fetch: join() writes it below.
+                       layer_source=lambda digest: fetch_layer(data_dir, digest))
     joined = join(url, token, agent.host, labels, data_dir, agent, interval)
+    address = advertised(listen, joined.url)
     log.info("host %s joined %s; heartbeat every %.1fs", joined.name, joined.url, interval)
     stop = threading.Event()
     host, _, port = listen.rpartition(":")
@@ -151,7 +197,7 @@ def run(url: str | None, token: str | None, name: str | None, labels: dict[str, 
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
-        heartbeat_loop(joined, labels, agent, interval, stop, advertised(listen, joined.url))
+        heartbeat_loop(joined, labels, agent, interval, stop, address)
     finally:
         api.should_exit = True
         serving.join(10)

@@ -13,6 +13,8 @@ import re
 import shutil
 import socket
 import threading
+import time
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,8 @@ from rackfire.agent.proxy import Proxy
 from rackfire.errors import NotFound, PrereqError
 from rackfire.images.build import ensure_image
 from rackfire.images.safe_tar import import_tarball
-from rackfire.images.store import ImageInfo, ImageStore
+from rackfire.images.store import ImageInfo, ImageStore, check_digest
+from rackfire.images.transfer import LayerSource, pack_layer, receive_layer
 from rackfire.model.agent import (
     ExecHandle,
     HostCapacity,
@@ -43,8 +46,8 @@ from rackfire.model.stack import (
     PortMap,
     RuntimeKind,
 )
-from rackfire.net import links
-from rackfire.runtime import stats
+from rackfire.net import links, vxlan
+from rackfire.runtime import diskcopy, stats
 from rackfire.runtime.base import Runtime
 from rackfire.runtime.container import (
     RUNC_ROOT,
@@ -64,6 +67,9 @@ from rackfire.runtime.oci import RESOLV_CONF, RESOLV_TEXT
 from rackfire.runtime.process import ProcessRuntime
 
 HOST_MEMORY_RESERVE = 512 << 20  # at least; or 5 % of the host's memory, if more
+# A fetched layer ensured or used this recently is kept by collect_layers even with no
+# instance on it: the create it was fetched for may not have written its meta yet.
+LAYER_GRACE = 600.0
 
 
 def container_runtime_usable() -> bool:
@@ -73,11 +79,13 @@ def container_runtime_usable() -> bool:
 class LocalAgent:
     def __init__(self, data_dir: Path, host: str | None = None,
                  runtimes: tuple[RuntimeKind, ...] | None = None,
-                 runc_root: Path = RUNC_ROOT) -> None:
+                 runc_root: Path = RUNC_ROOT, layer_source: LayerSource | None = None,
+                 layer_grace: float = LAYER_GRACE) -> None:
         self.host = host or socket.gethostname()
         self.data_dir = data_dir
         self.store = ImageStore(data_dir / "images")
         self._volumes = data_dir / "volumes"
+        self._incoming = data_dir / "incoming"  # disks copied here by a cold migration
         base = data_dir / "instances"
         if runtimes is None:
             runtimes = ((RuntimeKind.CONTAINER, RuntimeKind.PROCESS)
@@ -88,10 +96,20 @@ class LocalAgent:
             # Its own runc root per agent: `runc list` there is this host's containers only
             # (several simulated hosts share one machine's /run).
             self._runtimes[RuntimeKind.CONTAINER] = ContainerRuntime(
-                base, self.host, runc_root, volumes=self._volumes)
+                base, self.host, runc_root, volumes=self._volumes, incoming=self._incoming)
         self._runtimes[RuntimeKind.PROCESS] = ProcessRuntime(base, self.host)
         self._order = runtimes
         self._image_lock = threading.Lock()
+        self._disk_locks: dict[str, threading.Lock] = {}  # by instance id: receive, discard
+        self._disk_locks_lock = threading.Lock()
+        # Layers from the controller (a joined host; None on the controller's own host).
+        self._layer_source = layer_source
+        self._layer_grace = layer_grace
+        # collect_layers decides and removes under this lock, and every use of a layer is
+        # recorded under it first, so a layer is never collected between its ensure_layer
+        # and the create that writes it into the instance's meta.
+        self._layers_lock = threading.Lock()
+        self._layer_used: dict[str, float] = {}  # digest -> when last ensured or used here
 
     def info(self) -> HostInfo:
         return HostInfo(self.host, self._order)
@@ -105,6 +123,8 @@ class LocalAgent:
         return [f for f in facts if stack is None or f.key.stack == stack]
 
     def create(self, req: InstanceRequest) -> None:
+        if req.adopt_disks:
+            self._containers()  # only containers have disks to adopt
         self._carry_out(req, "create")
 
     def reconfigure(self, req: InstanceRequest) -> None:
@@ -120,6 +140,7 @@ class LocalAgent:
                 and meta.get("phase") == "created":
             return
         runtime = self._runtime(req.runtime)
+        self._layers_touched(req.image_digest, req.app_digest)
         # The runtime says whether it can take a release layer (and that it is the one).
         app = self.store.by_digest(req.app_digest) if req.app_digest else None
         getattr(runtime, verb)(req, self._image(req), self._hosts(req.key.stack), app=app)
@@ -176,6 +197,9 @@ class LocalAgent:
         # nobody's reservation, so it is not free either.
         held = sum(stats.allocated(d.disk_image) + stats.allocated(self._volume(key))
                    for key, d in list_instance_dirs(self.data_dir / "instances"))
+        # Disks received for an instance moving here (being received, or not yet adopted)
+        # are that instance's already.
+        held += sum(stats.allocated(p) for p in self._incoming.glob("*/*.img"))
         return HostCapacity(
             cpus=float(os.cpu_count() or 1),
             memory=max(0, memory - max(HOST_MEMORY_RESERVE, memory // 20)),
@@ -198,6 +222,43 @@ class LocalAgent:
                            hint="`rackfire ps` lists the instances")
         return self._runtime_of(key).exec(key, argv, tty)
 
+    # cold migration: an instance's disks from host to host ------------------------------
+
+    def send_disks(self, key: InstanceKey) -> Iterator[bytes]:
+        """The stopped instance's disks as a stream (runtime/diskcopy.py); refused, before
+        any byte, while it runs."""
+        _check_key(key)
+        return self._containers().send_disks(key)
+
+    def receive_disks(self, key: InstanceKey, chunks: Iterable[bytes]) -> None:
+        """Keep the disks of `key` streamed from another host in <data-dir>/incoming/<id>/,
+        verified and whole, for a create with `adopt_disks`."""
+        _check_key(key)
+        self._containers()  # a host without containers could not adopt them
+        with self._disks_lock(key):
+            diskcopy.write_disks(self._incoming / key.id, chunks)
+
+    def discard_disks(self, key: InstanceKey) -> None:
+        """Remove the instance's data disk and what was received of its disks on this host:
+        on the source after a migration, on the target when one is rolled back. Refused
+        while the instance exists here (they are its disks)."""
+        _check_key(key)
+        if self._dir(key).root.exists():
+            raise PrereqError(f"instance {key} exists on host {self.host}: its disks are "
+                              "discarded only after it is destroyed here")
+        with self._disks_lock(key):
+            diskcopy.discard(self._incoming / key.id, self._volume(key))
+
+    def _disks_lock(self, key: InstanceKey) -> threading.Lock:
+        with self._disk_locks_lock:
+            return self._disk_locks.setdefault(key.id, threading.Lock())
+
+    def _containers(self) -> ContainerRuntime:
+        runtime = self._runtime(RuntimeKind.CONTAINER)
+        if not isinstance(runtime, ContainerRuntime):
+            raise PrereqError(f"host {self.host} has no container runtime")
+        return runtime
+
     # the stack's network, names and ports -----------------------------------------------
 
     def ensure_network(self, net: NetworkConfig) -> None:
@@ -210,6 +271,10 @@ class LocalAgent:
             resolv.write_text(RESOLV_TEXT)
         if RuntimeKind.CONTAINER in self._runtimes:
             links.ensure_bridge(net.stack, net.gateway, net.prefix)
+            if net.vni and net.local_ip:
+                vxlan.ensure_vxlan(net.stack, net.vni, net.local_ip,
+                                   vxlan.underlay_device(net.local_ip))
+                vxlan.set_vxlan_peers(net.stack, list(net.peers))
 
     def set_hosts(self, stack: str, entries: list[tuple[str, list[str]]]) -> None:
         path = self._hosts(stack)
@@ -241,6 +306,7 @@ class LocalAgent:
             raise PrereqError(f"stack {stack} still has {len(leftovers)} instance(s)")
         Proxy(self._stack_dir(stack), stack).stop()
         if RuntimeKind.CONTAINER in self._runtimes:
+            vxlan.remove_vxlan(stack)
             links.delete_bridge(stack)
         shutil.rmtree(self._stack_dir(stack), ignore_errors=True)
         if not keep_data:
@@ -294,6 +360,59 @@ class LocalAgent:
         # builds of one release apart itself (the store's build lock).
         return _summary(build_release(self.store, source_digest, image_digest))
 
+    # layers from the controller ---------------------------------------------------------
+
+    def ensure_layer(self, digest: str) -> None:
+        """The layer is in this host's store: there already, or fetched from the controller
+        and verified by its digest (images/transfer.py). NotFound if neither; on the
+        controller's own host (no layer source) nothing is fetched."""
+        check_digest(digest)
+        self._layers_touched(digest)  # before the lookup: collect_layers now keeps it
+        if self.store.by_digest(digest) is not None:
+            return
+        if self._layer_source is None:
+            raise NotFound(f"image layer {digest[:12]} is not on host {self.host}",
+                           hint="build or import the image on this host")
+        # Not under _layers_lock: a fetch may take minutes. receive_layer keeps two fetches
+        # of one layer apart itself, and a collection cannot see a layer before it is in
+        # the store, which then counts as just used.
+        receive_layer(self.store, digest, self._layer_source(digest))
+        self._layers_touched(digest)
+
+    def collect_layers(self) -> list[str]:
+        """Remove the fetched layers that no instance dir on this host names (as its image or
+        release layer, whatever its state) and that were not ensured or used in the last
+        `layer_grace` seconds; the digests removed. Layers built or imported here, and any
+        layer a name points at, are never removed."""
+        removed = []
+        with self._layers_lock:
+            used: set[str] = set()
+            for _key, d in list_instance_dirs(self.data_dir / "instances"):
+                meta = read_meta(d) or {}
+                used.update(v for v in (meta.get("image"), meta.get("app"))
+                            if isinstance(v, str) and v)
+            now = time.time()
+            for info in self.store.fetched_layers():
+                last = max(info.created, self._layer_used.get(info.digest, 0.0))
+                if info.digest in used or now - last < self._layer_grace:
+                    continue
+                if self.store.remove_layer(info.digest):
+                    removed.append(info.digest)
+                self._layer_used.pop(info.digest, None)
+        return removed
+
+    def layer_stream(self, digest: str) -> Iterator[bytes]:
+        """A layer of this host's store as a tar stream, for a joined host's ensure_layer
+        (the server sends it; not an Agent call). NotFound before any byte if it is not here."""
+        return pack_layer(self.store, digest)
+
+    def _layers_touched(self, *digests: str) -> None:
+        now = time.time()
+        with self._layers_lock:
+            for d in digests:
+                if d:
+                    self._layer_used[d] = now
+
     # helpers ----------------------------------------------------------------------------
 
     def _runtime(self, kind: RuntimeKind) -> Runtime:
@@ -330,6 +449,13 @@ class LocalAgent:
 
     def _hosts(self, stack: str) -> Path:
         return self._stack_dir(stack) / "hosts"
+
+
+def _check_key(key: InstanceKey) -> None:
+    """A key names dirs and files these calls write and delete: only real names."""
+    if not (re.fullmatch(NAME_PATTERN, key.stack) and re.fullmatch(NAME_PATTERN, key.role)
+            and key.index >= 0):
+        raise PrereqError(f"invalid instance {key}")
 
 
 def _can_bind(host: str, port: int) -> bool:

@@ -5,12 +5,14 @@ have them."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any, NoReturn
 
-from rackfire.agent.rpc import RemoteCall
+from rackfire.agent.rpc import RemoteCall, disks_path
 from rackfire.errors import PrereqError
 from rackfire.model.agent import (
     Agent,
+    DiskMover,
     ExecHandle,
     HostCapacity,
     HostInfo,
@@ -64,6 +66,17 @@ class RemoteAgent:
     def reload(self, req: InstanceRequest) -> None:
         self._c("reload", req=req)
 
+    def discard_disks(self, key: InstanceKey) -> None:
+        self._c("discard_disks", key=key)
+
+    # A cold migration's disks: streamed, not JSON calls (agent/rpc.py).
+
+    def send_disks(self, key: InstanceKey) -> Iterator[bytes]:
+        return self._call.download(disks_path(key))
+
+    def receive_disks(self, key: InstanceKey, chunks: Iterable[bytes]) -> None:
+        self._call.upload(disks_path(key), chunks)
+
     def stats(self, stack: str) -> list[InstanceStats]:
         return self._c("stats", stack=stack)  # type: ignore[no-any-return]
 
@@ -110,6 +123,12 @@ class RemoteAgent:
     def remove_image(self, name: str) -> bool:
         return self._c("remove_image", name=name)  # type: ignore[no-any-return]
 
+    def ensure_layer(self, digest: str) -> None:
+        self._c("ensure_layer", digest=digest)
+
+    def collect_layers(self) -> list[str]:
+        return self._c("collect_layers")  # type: ignore[no-any-return]
+
     # Not over a JSON call: they stream, or name a file on the controller's machine.
 
     def exec(self, key: InstanceKey, argv: list[str], tty: bool) -> ExecHandle:
@@ -131,3 +150,7 @@ class RemoteAgent:
 
 def _conforms(agent: RemoteAgent) -> Agent:
     return agent  # mypy checks here that RemoteAgent is a whole Agent
+
+
+def _moves(agent: RemoteAgent) -> DiskMover:
+    return agent  # and that it moves disks

@@ -5,22 +5,35 @@ from `model/agent.py`'s declared signatures, so both sides agree by construction
 answered with `{"result": ...}` or the error shape the API uses. Calls that stream or name
 files on the caller's machine (exec, log paths, imports and uploads from a local file) are
 not in the table: they need transfers of their own, not a JSON call.
+
+An instance's disks (a cold migration) are such a transfer: `GET /agent/v1/disks/<stack>/
+<role>/<index>` streams them out of a host, `PUT` to the same path streams them into one
+(runtime/diskcopy.py's format, read as it arrives, never whole in memory), behind the same
+agent key.
 """
 
 from __future__ import annotations
 
 import hmac
 import inspect
+import re
 import typing
+from collections.abc import Iterable, Iterator
+from contextlib import suppress
 from typing import Any
 
+import anyio.from_thread
+import anyio.to_thread
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.requests import ClientDisconnect
 
 from rackfire import errors
 from rackfire.errors import AgentOffline, RackfireError
 from rackfire.model import agent as agent_model
-from rackfire.model.agent import Agent
+from rackfire.model.agent import Agent, HostAgent
+from rackfire.model.instance import InstanceKey
+from rackfire.model.stack import NAME_PATTERN
 from rackfire.model.wire import decode, encode
 
 NOT_REMOTE = frozenset({"exec", "log_path", "import_image", "store_source"})
@@ -61,7 +74,18 @@ def error_from(body: dict[str, Any], status: int) -> RackfireError:
                hint=str(err.get("hint", "")))
 
 
-def serve_agent(agent: Agent, key: str) -> FastAPI:
+def disks_path(key: InstanceKey) -> str:
+    return f"/agent/v1/disks/{key.stack}/{key.role}/{key.index}"
+
+
+def _disks_key(stack: str, role: str, index: int) -> InstanceKey:
+    if not (re.fullmatch(NAME_PATTERN, stack) and re.fullmatch(NAME_PATTERN, role)
+            and index >= 0):
+        raise errors.PrereqError(f"invalid instance {stack}/{role}/{index}")
+    return InstanceKey(stack, role, index)
+
+
+def serve_agent(agent: HostAgent, key: str) -> FastAPI:
     """The agent's API: every call of the table, for whoever holds `key` (the controller)."""
     app = FastAPI(title="rackfire agent", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -88,6 +112,56 @@ def serve_agent(agent: Agent, key: str) -> FastAPI:
             raise errors.PrereqError(f"{call}: {e}") from None
         return {"result": encode(getattr(agent, call)(**args))}
 
+    def denied(request: Request) -> JSONResponse | None:
+        given = request.headers.get("authorization", "")
+        if hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+            return None
+        return JSONResponse(status_code=401, content={"error": {
+            "code": "unauthorized", "message": "wrong agent key", "hint": ""}})
+
+    @app.get("/agent/v1/disks/{stack}/{role}/{index}")
+    def send_disks(stack: str, role: str, index: int, request: Request) -> Response:
+        refused = denied(request)
+        if refused is not None:
+            return refused
+        # Refusals (running, no such instance) are raised here, as errors, before any byte.
+        stream = agent.send_disks(_disks_key(stack, role, index))
+        return StreamingResponse(stream, media_type="application/octet-stream")
+
+    @app.put("/agent/v1/disks/{stack}/{role}/{index}")
+    async def receive_disks(stack: str, role: str, index: int, request: Request) -> Response:
+        refused = denied(request)
+        if refused is not None:
+            return refused
+        disk_key = _disks_key(stack, role, index)
+        body = request.stream()
+
+        async def next_chunk() -> bytes | None:
+            try:
+                return await body.__anext__()
+            except StopAsyncIteration:
+                return None
+
+        def chunks() -> Iterator[bytes]:
+            # On the worker thread: each chunk is fetched from the event loop as needed,
+            # so the body is written as it arrives, and a slow disk slows the sender.
+            while (chunk := anyio.from_thread.run(next_chunk)) is not None:
+                if chunk:
+                    yield chunk
+
+        try:
+            await anyio.to_thread.run_sync(agent.receive_disks, disk_key, chunks())
+        except ClientDisconnect:  # the sender went away; nothing was kept, no one to tell
+            return Response(status_code=400)
+        except RackfireError:
+            # Read the rest, so that the caller, still sending, gets this answer and not a
+            # connection closed under it.
+            with suppress(ClientDisconnect):
+                async for _ in body:
+                    pass
+            raise
+        return JSONResponse({"result": None})
+
     return app
 
 
@@ -99,12 +173,45 @@ class RemoteCall:
         import httpx
 
         self.address = address
-        self._http = httpx.Client(base_url=f"http://{address}", timeout=timeout,
+        # A host that is gone must not hold a caller for the whole of a long call's timeout.
+        self._http = httpx.Client(base_url=f"http://{address}",
+                                  timeout=httpx.Timeout(timeout, connect=5.0),
                                   headers={"Authorization": f"Bearer {key}"})
         self._transport_error = httpx.TransportError
 
     def close(self) -> None:
         self._http.close()
+
+    def download(self, path: str) -> Iterator[bytes]:
+        """GET `path` as a byte stream. The agent's refusal is raised here, before any byte;
+        a connection lost on the way raises AgentOffline from the iterator."""
+        def stream() -> Iterator[bytes]:
+            try:
+                with self._http.stream("GET", path) as r:
+                    if r.status_code != 200:
+                        r.read()
+                        raise error_from(_body(r), r.status_code)
+                    yield b""  # the request is answered: the caller gets the iterator now
+                    yield from r.iter_bytes()
+            except self._transport_error as e:
+                raise self._offline(e) from None
+
+        it = stream()
+        next(it)
+        return it
+
+    def upload(self, path: str, chunks: Iterable[bytes]) -> None:
+        """PUT `chunks` to `path` as they come (chunked encoding, never whole in memory)."""
+        try:
+            r = self._http.put(path, content=chunks)
+        except self._transport_error as e:
+            raise self._offline(e) from None
+        if r.status_code != 200:
+            raise error_from(_body(r), r.status_code)
+
+    def _offline(self, e: Exception) -> AgentOffline:
+        return AgentOffline(f"host agent at {self.address} cannot be reached "
+                            f"({type(e).__name__})")
 
     def __call__(self, call: str, **kwargs: Any) -> Any:
         types_ = hints(call)
@@ -119,3 +226,14 @@ class RemoteCall:
         if r.status_code != 200:
             raise error_from(body, r.status_code)
         return decode(types_["return"], body.get("result"))
+
+
+def _body(r: Any) -> dict[str, Any]:
+    """An answer's JSON object (the error shape), or {} if it is none."""
+    if not r.headers.get("content-type", "").startswith("application/json"):
+        return {}
+    try:
+        body = r.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}

@@ -270,7 +270,9 @@ def instance_json(controller: Controller, v: InstanceView) -> dict[str, Any]:
         "restarts": st.restarts if st else 0,
         "stopped_by_operator": bool(st and st.stopped),
         "failed": st.failed if st else "",
-        "log": controller.agent.log_path(f.key),
+        # A path on the host that runs it: only the server's own host's are readable here.
+        "log": controller.agent.log_path(f.key) if f.host == controller.fleet.local_name
+        else None,
     }
 
 

@@ -196,6 +196,20 @@ class Client:
     def hosts(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/v1/hosts"))
 
+    def drain(self, name: str) -> dict[str, Any]:
+        return dict(self._call("POST", f"/v1/hosts/{name}/drain"))
+
+    def migrate(self, instance: str, to: str | None) -> dict[str, Any]:
+        return dict(self._call("POST", "/v1/migrations", json={"instance": instance, "to": to}))
+
+    def migrations(self, stack: str | None = None) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/v1/migrations",
+                               params={"stack": stack} if stack else {}))
+
+    def placements(self, stack: str | None = None) -> dict[str, str]:
+        return dict(self._call("GET", "/v1/placements",
+                               params={"stack": stack} if stack else {}))
+
     def remove_host(self, name: str) -> dict[str, Any]:
         return dict(self._call("DELETE", f"/v1/hosts/{name}"))
 

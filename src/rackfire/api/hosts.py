@@ -1,22 +1,27 @@
-"""Routes for hosts: join tokens, an agent's join and heartbeats, the host list.
+"""Routes for hosts: join tokens, an agent's join, heartbeats and layer fetches, the host list.
 
 `/v1/agent/*` is authenticated by the route itself (a join token, or the host's own
 credential), not by the admin token the other routes want."""
 
 from __future__ import annotations
 
+import re
 import time
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Protocol, runtime_checkable
 
 from fastapi import FastAPI, Header
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from rackfire.control.controller import Controller
-from rackfire.control.hosts import HostView, capacity_report, host_views
-from rackfire.errors import PrereqError
+from rackfire.control.hosts import HostView, capacity_report
+from rackfire.errors import ExecError, PrereqError
 from rackfire.model.host import HostFacts
+from rackfire.model.instance import InstanceKey, Target
 from rackfire.model.stack import StackSpec
 from rackfire.store.hosts import HostRegistry
+from rackfire.store.placements import Migration
 
 
 class TokenRequest(BaseModel):
@@ -37,11 +42,52 @@ class Heartbeat(BaseModel):
     address: str = Field("", max_length=120, description="HOST:PORT of the agent's API")
 
 
+class MigrateRequest(BaseModel):
+    instance: str = Field(max_length=200, description="STACK/ROLE/INDEX")
+    to: str | None = Field(None, max_length=63, description="the target host; default: the "
+                           "scheduler's choice")
+
+
+def _key(text: str) -> InstanceKey:
+    try:
+        target = Target.parse(text)
+    except ValueError as e:
+        raise PrereqError(str(e)) from None
+    if target.role is None or target.index is None:
+        raise PrereqError(f"{text!r} names no one instance", hint="give STACK/ROLE/INDEX")
+    return InstanceKey(target.stack, target.role, target.index)
+
+
+def _migration(m: Migration) -> dict[str, Any]:
+    return {"instance": str(m.key), "source": m.source, "target": m.target, "step": m.step,
+            "started": m.started, "actor": m.actor}
+
+
 def _facts(raw: dict[str, Any]) -> HostFacts:
     try:
         return HostFacts.from_json(raw)
     except (ValueError, TypeError) as e:
         raise PrereqError(f"invalid host facts: {e}") from None
+
+
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+
+
+@runtime_checkable
+class _LayerStore(Protocol):
+    """The server's own host's agent, which holds the image store (api/ may not import
+    agent/ or images/: see the dependency rule)."""
+
+    def layer_stream(self, digest: str) -> Iterator[bytes]: ...
+
+
+def _local_store(controller: Controller) -> _LayerStore:
+    """The agent of the server's own host: `controller.agent` itself, or its `.local` when
+    the controller's agent is the fleet of hosts."""
+    agent = getattr(controller.agent, "local", controller.agent)
+    if not isinstance(agent, _LayerStore):
+        raise ExecError("this server's own agent cannot send image layers")
+    return agent
 
 
 def add_host_routes(app: FastAPI, controller: Controller, actor: Any) -> None:
@@ -71,10 +117,23 @@ def add_host_routes(app: FastAPI, controller: Controller, actor: Any) -> None:
         registry.heartbeat(name, body.labels, _facts(body.facts), body.address)
         return {"name": name, "time": time.time()}
 
+    @app.get("/v1/agent/layers/{digest}", response_class=StreamingResponse,
+             responses={200: {"content": {"application/x-tar": {}}}})
+    def layer(digest: str,
+              authorization: str = Header("", alias="Authorization")) -> StreamingResponse:
+        """An image layer of the server's store as a tar stream, for a joined host (its
+        credential as bearer) to verify by its digest and keep: `ensure_layer`."""
+        registry.authenticate(authorization.removeprefix("Bearer "))
+        if not _DIGEST.match(digest):
+            raise PrereqError(f"invalid layer digest {digest[:80]!r}",
+                              hint="expected 64 lowercase hex digits")
+        # Looked up before the response starts, so a missing layer is a 404, not a cut stream.
+        chunks = _local_store(controller).layer_stream(digest)
+        return StreamingResponse(chunks, media_type="application/x-tar",
+                                 headers={"Cache-Control": "no-store"})
+
     def views() -> list[HostView]:
-        agent = controller.agent
-        return host_views(agent.info().name, agent.facts(), registry.hosts(), stacks(),
-                          time.time())
+        return [m.view for m in controller.fleet.members(stacks())]
 
     def stacks() -> list[StackSpec]:
         return [r.spec for r in controller.store.stacks() if not r.deleting]
@@ -88,7 +147,29 @@ def add_host_routes(app: FastAPI, controller: Controller, actor: Any) -> None:
     def capacity() -> dict[str, Any]:
         """Reserved and free per host; whether every instance could run again after losing
         any one host (N+1) or any one rack; how many more instances of each role fit."""
-        return capacity_report(views(), stacks())
+        return capacity_report(views(), stacks(), controller.fleet.placements.all())
+
+    @app.post("/v1/hosts/{name}/drain")
+    def drain(name: str, who: str = actor) -> dict[str, Any]:
+        """Move every instance off the host, each role keeping its availability."""
+        return {"name": name, "moving": controller.drain(name, who)}
+
+    @app.post("/v1/migrations")
+    def migrate(body: MigrateRequest, who: str = actor) -> dict[str, Any]:
+        """Move one instance to another host (cold): it is checked now, carried out by
+        the stack's reconcile; `GET /v1/migrations` shows it until it is over."""
+        return _migration(controller.migrate(_key(body.instance), body.to, who))
+
+    @app.get("/v1/migrations")
+    def migrations(stack: str | None = None) -> list[dict[str, Any]]:
+        return [_migration(m) for m in controller.fleet.placements.migrations(stack)]
+
+    @app.get("/v1/placements")
+    def placements(stack: str | None = None) -> dict[str, str]:
+        """Instance -> the host it is placed on."""
+        placed = (controller.fleet.placements.of_stack(stack) if stack
+                  else controller.fleet.placements.all())
+        return {str(k): h for k, h in sorted(placed.items())}
 
     @app.delete("/v1/hosts/{name}")
     def remove_host(name: str, who: str = actor) -> dict[str, Any]:

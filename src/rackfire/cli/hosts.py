@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
 from rackfire.api.client import Client
 from rackfire.cli.common import Json, Url
-from rackfire.cli.output import out, print_json
+from rackfire.cli.output import err, out, print_json
 from rackfire.errors import PrereqError
 from rackfire.model.units import format_size_approx, parse_duration
 
@@ -27,6 +28,7 @@ def register(app: typer.Typer) -> None:
     app.command("hosts")(hosts)
     app.command("capacity")(capacity)
     app.command("agent")(agent)
+    app.command("migrate")(migrate)
 
 
 @token_app.command("create")
@@ -139,3 +141,59 @@ def host_rm(name: str, url: Url = None) -> None:
     """Forget a joined host: its credential stops working (its agent stops)."""
     Client(url).remove_host(name)
     out.print(f"host {name} removed")
+
+
+@host_app.command("drain")
+def host_drain(name: str, url: Url = None, wait: Annotated[bool, typer.Option(
+        help="wait until the host is empty")] = True,
+        timeout: Annotated[float, typer.Option(help="seconds to wait")] = 1800) -> None:
+    """Move every instance off HOST (it gets nothing new), each role keeping its
+    availability (`update.max_unavailable`, at least one at a time)."""
+    client = Client(url)
+    total = client.drain(name)["moving"]
+    if not wait:
+        out.print(f"host {name} is draining: {total} instance(s) to move")
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err) as bar:
+        task = bar.add_task(f"draining {name}", total=total)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = [k for k, h in client.placements().items() if h == name]
+            moving = [m for m in client.migrations() if m["source"] == name]
+            bar.update(task, completed=total - len(left), description=f"draining {name}" + (
+                f": {moving[0]['instance']} {moving[0]['step']}" if moving else ""))
+            if not left:
+                break
+            if time.monotonic() > deadline:
+                raise PrereqError(f"host {name} still holds {len(left)} instance(s)",
+                                  hint="see `rackfire events` for why")
+            time.sleep(0.5)
+    out.print(f"host {name} is drained: {total} instance(s) moved")
+
+
+def migrate(instance: Annotated[str, typer.Argument(help="STACK/ROLE/INDEX")],
+            to: Annotated[str | None, typer.Option(help="target host (default: the "
+                                                        "scheduler picks)")] = None,
+            url: Url = None, timeout: Annotated[float, typer.Option(
+                help="seconds to wait")] = 900) -> None:
+    """Move an instance to another host, cold: stop it, copy its disks, start it there with
+    the same name and IP; the old copy goes once the new one is healthy."""
+    client = Client(url)
+    m = client.migrate(instance, to)
+    key = m["instance"]
+    deadline = time.monotonic() + timeout
+    with Progress(TextColumn("{task.description}"), TimeElapsedColumn(), console=err) as bar:
+        task = bar.add_task(f"{key}: {m['source']} -> {m['target']}: {m['step']}")
+        while (now := next((x for x in client.migrations() if x["instance"] == key), None)):
+            bar.update(task, description=f"{key}: {m['source']} -> {m['target']}: "
+                                         f"{now['step']}")
+            if time.monotonic() > deadline:
+                raise PrereqError(f"the migration of {key} is still at {now['step']}",
+                                  hint="it carries on; see `rackfire events`")
+            time.sleep(0.3)
+    host = client.placements().get(key)
+    if host != m["target"]:
+        raise PrereqError(f"the migration of {key} failed; it stays on {host}",
+                          hint="see `rackfire events` for why")
+    out.print(f"{key} moved {m['source']} -> {m['target']}")

@@ -69,12 +69,15 @@ def _print_urls(spec: StackSpec) -> None:
 # stacks -------------------------------------------------------------------------------------
 
 @app.command()
-def plan(file: File, json: Json = False, url: Url = None) -> None:
+def plan(file: File, json: Json = False, url: Url = None,
+         explain: Annotated[bool, typer.Option(
+             "--explain", help="show where each instance goes and why not elsewhere")] = False,
+         ) -> None:
     """Show what apply would change. Exit 0: no changes, 2: changes, 1: error."""
     spec, text, name, base = _read(file)
     client = Client(url)
     result = client.plan(text, name, base, _upload_sources(client, spec))
-    print_json(result) if json else output.print_plan(result)
+    print_json(result) if json else output.print_plan(result, explain=explain)
     raise typer.Exit(2 if result["actions"] else 0)
 
 
@@ -186,13 +189,15 @@ def server(
     subnet_pool: Annotated[str, typer.Option(help="stack networks come from here")] =
     "10.88.0.0/16",
     runtime: Annotated[RuntimeKind | None, typer.Option(help="force one runtime")] = None,
+    local_host: Annotated[bool, typer.Option(
+        help="run instances on this machine too, not only on joined hosts")] = True,
 ) -> None:
     """Run the server in the foreground."""
     if ctx.invoked_subcommand is not None:
         return
     from rackfire.server import serve  # the CLI's other commands need none of this
 
-    serve(data_dir, listen, port, subnet_pool, runtime)
+    serve(data_dir, listen, port, subnet_pool, runtime, local_host)
 
 
 @server_app.command("stop")

@@ -30,11 +30,18 @@ def print_json(data: Any, indent: int | None = 2) -> None:
     sys.stdout.flush()
 
 
-def print_plan(plan: dict[str, Any], unchanged: str = "it matches the file") -> None:
+def print_plan(plan: dict[str, Any], unchanged: str = "it matches the file", *,
+               explain: bool = False) -> None:
     actions = plan["actions"]
     for note in plan.get("notes", ()):
         err.print("[yellow]note:[/] ", end="")
         err.print(note, markup=False)
+    if explain:
+        out.print("[bold]Placement[/] (chosen host; why each other host ranked lower or "
+                  "was rejected):")
+        for line in plan.get("placement", ()):
+            out.print("  " + line, markup=False, highlight=False)
+        out.print()
     if not actions:
         out.print(Text.assemble("stack ", (plan["stack"], "bold"), f": no changes; {unchanged}."))
         return

@@ -8,6 +8,7 @@ executes. It is safe to run at any time, any number of times, after any crash.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator
@@ -16,12 +17,15 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
-from rackfire.control import capacity, overrides, releases
+from rackfire.control import capacity, migrate, overrides, releases
 from rackfire.control.executor import CONTROLLER, Executor
+from rackfire.control.fleet import Fleet
 from rackfire.control.health import HealthMonitor, health_of
+from rackfire.control.hosts import asks_of, pool
 from rackfire.control.workqueue import WorkQueue
 from rackfire.errors import Conflict, ExecError, NotFound, PrereqError, RackfireError
 from rackfire.model.agent import Agent, InstanceStats, PublishedPort
+from rackfire.model.host import HostState
 from rackfire.model.instance import (
     Health,
     InstanceFacts,
@@ -37,7 +41,9 @@ from rackfire.plan import ActionKind, Plan, plan_stack, render_stack
 from rackfire.plan.ipam import DEFAULT_POOL, allocate_ip, allocate_subnet, gateway_of
 from rackfire.plan.planner import reloadable
 from rackfire.plan.render import role_keys
+from rackfire.schedule import Ask, Placement, explain, explain_decision, move, schedule
 from rackfire.store import InstanceStatus, Release, ReleaseStatus, StackRecord, Store
+from rackfire.store.placements import Migration
 
 log = logging.getLogger("rackfire.controller")
 
@@ -79,20 +85,22 @@ class InstanceView:
 
 
 class Controller:
-    def __init__(self, store: Store, agent: Agent, *, subnet_pool: str = DEFAULT_POOL,
+    def __init__(self, store: Store, fleet: Fleet, *, subnet_pool: str = DEFAULT_POOL,
                  workers: int = 4, clock: Callable[[], float] = time.time) -> None:
         self.store = store
-        self.agent = agent
+        self.fleet = fleet
+        self.agent: Agent = fleet  # every host, as one agent: calls go where instances are
         self.subnet_pool = subnet_pool
         self.clock = clock
         self.queue = WorkQueue()
-        self.health = HealthMonitor(store, agent, on_change=self.queue.add)
+        self.health = HealthMonitor(store, fleet, on_change=self.queue.add)
         self.started = clock()
-        self.executor = Executor(store, agent, self.health)
+        self.executor = Executor(store, fleet, self.health)
         self._workers = workers
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self._apply_lock = threading.Lock()
+        self.failpoints = migrate.Failpoints(os.environ.get("RACKFIRE_FAILPOINTS", ""))
 
     # lifecycle --------------------------------------------------------------------------
 
@@ -131,7 +139,8 @@ class Controller:
         rec = self.store.get_stack(spec.name)
         plan = self._plan_change(spec, rec)
         notes = overrides.disagreements(spec, self.store.overrides(spec.name)) if rec else []
-        return replace(plan, notes=tuple(notes))
+        placement = self._place(spec, self.agent.observe(spec.name))
+        return replace(plan, notes=tuple(notes), placement=tuple(explain(placement)))
 
     def apply(self, spec: StackSpec, expected_generation: int | None,
               actor: str = CONTROLLER) -> tuple[int, Plan]:
@@ -280,6 +289,54 @@ class Controller:
         self.queue.add(target.stack)
         return generation, keys
 
+    def migrate(self, key: InstanceKey, to: str | None, actor: str) -> Migration:
+        """Move one instance to another host (cold: stopped, its disks copied, started
+        there). Checked before any change; carried out by the stack's reconcile."""
+        with self._audited(actor, key.stack, str(key), "migrate"):
+            rec = self._record(key.stack)
+            if key not in _desired_keys(rec.spec):
+                raise NotFound(f"stack {key.stack} has no instance {key}",
+                               hint=f"see `rackfire ps {key.stack}`")
+            if any(m.key == key for m in self.fleet.placements.migrations(key.stack)):
+                raise Conflict(f"{key} is being migrated already")
+            source = next((f.host for f in self.agent.observe(key.stack) if f.key == key),
+                          None)
+            if source is None:
+                raise PrereqError(f"{key} does not exist yet", hint="wait for the stack to "
+                                  "converge (`rackfire ps`)")
+            if to == source:
+                raise PrereqError(f"{key} is on {to} already")
+            target = self._target(rec.spec, key, source, to)
+        self.fleet.placements.start_migration(key, source, target, actor)
+        self._event(actor, key.stack, str(key), "migrate", f"{source} -> {target}: started")
+        self.queue.add(key.stack)
+        return next(m for m in self.fleet.placements.migrations(key.stack) if m.key == key)
+
+    def drain(self, host: str, actor: str) -> int:
+        """Move every instance off `host`, each role keeping its availability; the host
+        gets nothing new meanwhile. How many instances are to move."""
+        with self._audited(actor, "", f"host/{host}", "drain"):
+            self.fleet.registry.set_state(host, HostState.DRAINING)
+        placed = self.fleet.placements.all()
+        leaving = [k for k, h in placed.items() if h == host]
+        self._event(actor, "", f"host/{host}", "drain", f"{len(leaving)} instance(s) to move")
+        for stack in {k.stack for k in leaving}:
+            self.queue.add(stack)
+        return len(leaving)
+
+    def _target(self, spec: StackSpec, key: InstanceKey, source: str,
+                to: str | None) -> str:
+        others = [r.spec for r in self.store.stacks() if r.name != spec.name and not r.deleting]
+        placed = self.fleet.placements.all()
+        placed[key] = source
+        d = move(pool(m.view for m in self.fleet.members()), placed,
+                 asks_of([*others, spec]), key, to)
+        if d.host is None:
+            why = "; ".join(str(r) for r in d.rejected) or "no other host"
+            raise PrereqError(f"no host can take {key}: {why}",
+                              hint="`rackfire capacity` shows what each host has free")
+        return d.host
+
     def stats(self, target: Target) -> list[tuple[InstanceView, InstanceStats | None]]:
         self._record(target.stack)
         views = [v for v in self.instances(target.stack) if target.matches(v.facts.key)]
@@ -357,10 +414,15 @@ class Controller:
                                   "container runtime", hint="run the server as root with runc")
         for image in spec.images:
             self.agent.check_image(image)
-        capacity.check_no_shrink(spec, self.agent.observe(spec.name))
-        others = [r.spec for r in self.store.stacks() if r.name != spec.name and not r.deleting]
-        capacity.check_fits(self.agent.info().name, self.agent.capacity(), spec,
-                            rec.spec if rec and not rec.deleting else None, others)
+        observed = self.agent.observe(spec.name)
+        capacity.check_no_shrink(spec, observed)
+        if self.fleet.multi_host():
+            _refuse_unplaced(spec, self._place(spec, observed))
+        else:  # one host: a change that reserves no more than before always passes
+            others = [r.spec for r in self.store.stacks()
+                      if r.name != spec.name and not r.deleting]
+            capacity.check_fits(self.agent.info().name, self.agent.capacity(), spec,
+                                rec.spec if rec and not rec.deleting else None, others)
 
     # reconcile --------------------------------------------------------------------------
 
@@ -393,9 +455,16 @@ class Controller:
                 return
             raise ExecError(f"the release of {role} could not be built: {why}",
                             hint="fix the app (its requirements.txt) and push it again")
+        if self._migrate(rec, desired):
+            desired = self._desired(rec.spec, rec, build=True)  # hosts changed: look again
+        moving = {m.key for m in self.fleet.placements.migrations(name)}
+        desired = replace(desired, requests=[r for r in desired.requests if r.key not in moving],
+                          observed=[f for f in desired.observed if f.key not in moving])
+        plan = self._plan(name, rec.generation, rec.spec, desired)
+        self._place_new(rec.spec, desired, {a.key for a in plan.actions
+                                            if a.kind is ActionKind.CREATE})
         self.agent.ensure_network(desired.network)
         self.store.save_ips(desired.ips)
-        plan = self._plan(name, rec.generation, rec.spec, desired)
         if not plan.empty:
             self.store.set_stack_status(name, rec.generation, "progressing",
                                         f"{len(plan.actions)} action(s)")
@@ -403,6 +472,7 @@ class Controller:
             plan, self.clock, lambda down: self._publish(rec, desired, exclude=down))
         for key in outcome.released:
             self.store.release_ip(key)
+            self.fleet.placements.drop(key)
         observed = self.agent.observe(name)
         self._publish(rec, desired, observed)
         failing = dict(outcome.rollout_failed)
@@ -451,6 +521,7 @@ class Controller:
 
     def _reconcile_deleted(self, rec: StackRecord) -> None:
         observed = self.agent.observe(rec.name)
+        self._remove_strays(rec.name, all_copies=True)
         plan = plan_stack(rec.name, rec.generation, None, [], observed, {}, self.clock())
         outcome = self.executor.run(plan, self.clock)
         if outcome.failed:
@@ -458,7 +529,7 @@ class Controller:
             self.queue.add(rec.name, delay=5.0)
             return
         self.agent.teardown_stack(rec.name, keep_data=rec.keep_data)
-        self.store.forget_stack(rec.name)
+        self.store.forget_stack(rec.name)  # its placements, VNI and migrations too
 
     def _settle(self, rec: StackRecord, unready: dict[InstanceKey, str]) -> None:
         """Converged when every desired instance runs and passes its check, or is stopped
@@ -576,6 +647,144 @@ class Controller:
         """The stack's subnet, or the one a new stack would get."""
         return rec.subnet if rec else allocate_subnet(self.subnet_pool, self.store.used_subnets())
 
+    def _migrate(self, rec: StackRecord, desired: Desired) -> bool:
+        """Start the moves a draining host needs, carry on every migration of the stack,
+        and remove copies that ones interrupted before left behind. Whether any ended."""
+        self._start_drains(rec, desired)
+        requests = {r.key: r for r in desired.requests}
+        ended = False
+        for m in self.fleet.placements.migrations(rec.name):
+            req = requests.get(m.key)
+            if req is None:  # scaled away meanwhile: it stays where it was, to be removed
+                self.fleet.placements.end_migration(m.key, m.source)
+                continue
+            if migrate.run(m, req, self.fleet, self.store, self._wait_on,
+                           failpoints=self.failpoints):
+                ended = True
+            else:
+                self.queue.add(rec.name, delay=5.0)
+        return self._remove_strays(rec.name) or ended
+
+    def _remove_strays(self, stack: str, *, all_copies: bool = False) -> bool:
+        """Remove the copies an interrupted migration left on a host other than the
+        instance's placement (with `all_copies`, a migration's target copy too: the stack
+        is going). Whether any was removed."""
+        moving = {m.key: m for m in self.fleet.placements.migrations(stack)}
+        self.agent.observe(stack)  # strays are judged on what every host has now
+        copies = self.fleet.strays(stack)
+        if all_copies:
+            copies += [(m.key, m.target) for m in moving.values()]
+        removed = False
+        for key, host in copies:
+            if key in moving and not all_copies:
+                continue
+            try:
+                agent = self.fleet.agent_for(host)
+                agent.destroy(key)
+                agent.discard_disks(key)
+            except RackfireError as e:
+                log.warning("removing the stray copy of %s on %s: %s", key, host, e.message)
+                continue
+            self._event(CONTROLLER, stack, str(key), "cleanup",
+                        f"removed a stray copy on {host}")
+            removed = True
+        return removed
+
+    def _start_drains(self, rec: StackRecord, desired: Desired) -> None:
+        """Migrations off draining hosts, no more at once per role than its update policy
+        lets be unavailable (at least one: a cold move takes an instance down)."""
+        draining = {h.name for h in self.fleet.registry.hosts()
+                    if h.state is HostState.DRAINING}
+        if not draining:
+            return
+        placed = self.fleet.placements.of_stack(rec.name)
+        ready = self._ready_keys(rec.spec, desired.observed)
+        moving = {m.key for m in self.fleet.placements.migrations(rec.name)}
+        for role in rec.spec.roles:
+            mine = [InstanceKey(rec.name, role.name, i) for i in range(role.count)]
+            down = sum(1 for k in mine if k not in ready or k in moving)
+            for key in mine:
+                if down >= max(1, role.update.max_unavailable):
+                    break
+                if placed.get(key) not in draining or key in moving:
+                    continue
+                try:
+                    target = self._target(rec.spec, key, placed[key], None)
+                except PrereqError as e:
+                    self.store.add_event(CONTROLLER, rec.name, str(key), "drain", "failed",
+                                         e.message)
+                    continue
+                self.fleet.placements.start_migration(key, placed[key], target, CONTROLLER)
+                down += 1
+
+    def _wait_on(self, req: InstanceRequest, host: str) -> str:
+        """Wait until the instance runs and passes its check on `host` (not yet its
+        placement): '' or why not."""
+        role = next((r for r in self._record(req.key.stack).spec.roles
+                     if r.name == req.key.role), None)
+        check = role.health if role else None
+        timeout = role.update.health_timeout if role else 60.0
+        if check is not None:
+            timeout = max(timeout, check.grace + check.interval * check.retries + 5)
+        agent = self.fleet.agent_for(host)
+        deadline = time.monotonic() + timeout
+        why = "it did not start"
+        while time.monotonic() < deadline:
+            f = next((f for f in agent.observe(req.key.stack) if f.key == req.key), None)
+            if f is not None and f.state is InstanceState.STOPPED:
+                return "it stopped"
+            if f is not None and f.state is InstanceState.RUNNING:
+                if check is None:
+                    return ""
+                ok, why = agent.probe(req.key, req.ip, check)
+                if ok:
+                    return ""
+            time.sleep(0.5)
+        return f"not healthy after {timeout:.0f}s ({why})"
+
+    def _place(self, spec: StackSpec, observed: list[InstanceFacts],
+               surge: Collection[InstanceKey] = ()) -> Placement:
+        """Where each instance of `spec` would run: the scheduler over the hosts as they
+        are now, every other stack's instances held where they are placed. An instance
+        stays where it runs; only `migrate` and `drain` move one."""
+        others = [r.spec for r in self.store.stacks() if r.name != spec.name and not r.deleting]
+        placed = self.fleet.placements.all()
+        for f in observed:
+            placed.setdefault(f.key, f.host)
+        wanted = asks_of([*others, spec])
+        roles = {r.name: r for r in spec.roles}
+        for key in surge:
+            wanted[key] = Ask.of_role(roles[key.role])
+        return schedule(pool(m.view for m in self.fleet.members()), placed, wanted)
+
+    def _place_new(self, spec: StackSpec, desired: Desired,
+                   creating: Collection[InstanceKey]) -> None:
+        """Keep the host of each instance to be created that has none yet, before it is
+        created there. A surge instance (it lives for minutes) that fits nowhere goes beside
+        its role's first one, as on one host; any other that fits nowhere fails the
+        reconcile."""
+        have = self.fleet.placements.of_stack(spec.name)
+        wanted = set(_desired_keys(spec))
+        surge = [k for k in creating if k not in wanted]
+        placement = self._place(spec, desired.observed, surge)
+        new: dict[InstanceKey, str] = {}
+        for d in placement.decisions:
+            key = d.key
+            if key.stack != spec.name or key in have or key not in creating:
+                continue
+            if d.host is not None:
+                new[key] = d.host
+            elif key in wanted:
+                _refuse_unplaced(spec, placement)
+            else:
+                new[key] = have.get(InstanceKey(key.stack, key.role, 0),
+                                    self.fleet.local_name)
+        for f in desired.observed:  # running before placements were kept: where they are
+            if f.key not in have:
+                new[f.key] = f.host
+        if new:
+            self.fleet.placements.put(new)
+
     def _plan(self, name: str, generation: int, spec: StackSpec, desired: Desired) -> Plan:
         statuses = self.store.statuses(name)
         controls = {k: s.control for k, s in statuses.items()}
@@ -680,6 +889,18 @@ def _ready(f: InstanceFacts | None, st: InstanceStatus | None, health: HealthSpe
 
 def _address(f: InstanceFacts, ip: str) -> str:
     return f.ip or ip
+
+
+def _refuse_unplaced(spec: StackSpec, placement: Placement) -> None:
+    """Refuse, with the scheduler's reasons, a stack some instance of which fits nowhere."""
+    unplaced = [d for d in placement.unplaced if d.key.stack == spec.name]
+    if unplaced:
+        why = "; ".join(line.strip() for line in explain_decision(unplaced[0]))
+        raise PrereqError(
+            f"stack {spec.name} does not fit: {len(unplaced)} instance(s) cannot be placed "
+            f"({why})", hint="rackfire reserves what each instance asks for and never "
+            "overcommits; lower the role's resources or count, or add hosts "
+            "(`rackfire capacity` shows what is free)")
 
 
 def _role(spec: StackSpec, name: str) -> RoleSpec:

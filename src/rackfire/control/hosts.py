@@ -3,11 +3,10 @@ joined, with what they can reserve, what stacks reserve on them and what is in u
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from rackfire.control.capacity import reserved_by
 from rackfire.model.host import Host, HostFacts, HostState, Reservation
 from rackfire.model.instance import InstanceKey
 from rackfire.model.stack import StackSpec
@@ -51,44 +50,62 @@ class HostView:
 
 
 def host_views(local_name: str, local_facts: HostFacts, joined: Iterable[HostRecord],
-               stacks: Iterable[StackSpec], now: float) -> list[HostView]:
-    """Every stack runs on the local host for now (placement across hosts comes with the
-    scheduler's wiring), so it holds every reservation."""
-    reserved = Reservation()
-    for spec in stacks:
-        reserved += reserved_by(spec)
-    views = [HostView(local_name, "ready", True, (), local_facts, reserved, None)]
+               stacks: Iterable[StackSpec], placed: Mapping[InstanceKey, str], now: float,
+               *, local_pool: bool = True) -> list[HostView]:
+    """The server's own host (when it runs instances) and the joined ones, each with what
+    the instances placed on it reserve (one not placed yet counts on the server's own)."""
+    reserved: dict[str, Reservation] = {}
+    for key, ask in asks_of(stacks).items():
+        host = placed.get(key, local_name)
+        reserved[host] = reserved.get(host, Reservation()) + ask.need
+    views = [HostView(local_name, "ready", True, (), local_facts,
+                      reserved.get(local_name, Reservation()), None)] if local_pool else []
     for h in joined:
-        silent = now - h.last_seen > max(MIN_SILENCE, MISSED_BEATS * h.facts.interval)
-        state = "unreachable" if silent and h.state.value == "ready" else h.state.value
-        views.append(HostView(h.name, state, False, h.labels, h.facts, Reservation(),
-                              h.last_seen, h.address))
+        state = "unreachable" if silent(h, now) and h.state.value == "ready" else h.state.value
+        views.append(HostView(h.name, state, False, h.labels, h.facts,
+                              reserved.get(h.name, Reservation()), h.last_seen, h.address))
     return views
 
 
-def capacity_report(views: list[HostView], stacks: Iterable[StackSpec]) -> dict[str, Any]:
-    """`rackfire capacity`: per host reserved and free, whether every instance could run
-    again after losing any one host (N+1) or rack, and how many more of each role fit.
-    Every instance is on the local host for now; the answers come from the scheduler."""
-    local = next(v.name for v in views if v.local)
-    hosts = [Host(v.name, v.facts.capacity,
-                  HostState.DOWN if v.state == "unreachable" else HostState(v.state),
-                  v.labels, v.facts.runtimes) for v in views]
+def silent(h: HostRecord, now: float) -> bool:
+    """It missed its last heartbeats: taken for unreachable."""
+    return now - h.last_seen > max(MIN_SILENCE, MISSED_BEATS * h.facts.interval)
+
+
+def asks_of(stacks: Iterable[StackSpec]) -> dict[InstanceKey, Ask]:
     asks: dict[InstanceKey, Ask] = {}
     for spec in stacks:
         asks.update(wanted_for(spec))
-    placed = dict.fromkeys(asks, local)
-    red = redundancy(hosts, placed, asks)
+    return asks
+
+
+def pool(views: Iterable[HostView]) -> list[Host]:
+    """The hosts as the scheduler sees them: an unreachable one is down."""
+    return [Host(v.name, v.facts.capacity,
+                 HostState.DOWN if v.state == "unreachable" else HostState(v.state),
+                 v.labels, v.facts.runtimes) for v in views]
+
+
+def capacity_report(views: list[HostView], stacks: Iterable[StackSpec],
+                    placed: Mapping[InstanceKey, str]) -> dict[str, Any]:
+    """`rackfire capacity`: per host reserved and free, whether every instance could run
+    again after losing any one host (N+1) or rack, and how many more of each role fit.
+    The answers come from the scheduler itself."""
+    hosts = pool(views)
+    asks = asks_of(stacks)
+    default = hosts[0].name if hosts else ""
+    where = {k: placed.get(k, default) for k in asks}
+    red = redundancy(hosts, where, asks)
     roles = sorted({role_of(k) for k in asks})
     return {
         "hosts": [{"name": u.host, "state": u.state.value, "labels": dict(u.labels),
                    "capacity": _res(u.capacity), "reserved": _res(u.reserved),
                    "free": _res(u.free), "instances": len(u.instances)}
-                  for u in usage(hosts, placed, asks)],
+                  for u in usage(hosts, where, asks)],
         "n_plus_1": {"ok": red.n_plus_1, "losses": [_loss(x) for x in red.hosts]},
         "racks": {"ok": red.rack_safe, "losses": [_loss(x) for x in red.racks],
                   "unracked": list(red.unracked)},
-        "headroom": [_headroom(headroom(hosts, placed, asks, role)) for role in roles],
+        "headroom": [_headroom(headroom(hosts, where, asks, role)) for role in roles],
     }
 
 

@@ -6,6 +6,8 @@
     safe_tar.py   import_tarball, extract_tarball: safe extraction of an untrusted tarball
     sources.py    store_source, source_dir: uploaded app sources (api/pack.py packs them)
     release.py    build_release: an app source plus its Python deps, as a layer
+    transfer.py   pack_layer, receive_layer: a layer from the controller to a joined host,
+                  verified by its digest
     tree.py       walking, hashing, sizing, copying and removing trees without following
                   symlinks
 """

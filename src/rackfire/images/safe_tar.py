@@ -17,6 +17,12 @@ Extraction is our own loop over the members, never `extractall`. Invariants:
 - ownership is kept as uid/gid numbers only (and only when we are root); setuid/setgid bits are
   stripped from directories; modes and mtimes are kept;
 - the digest is the sha256 of the whole decompressed tar stream.
+
+`exact=True` is for image layers sent by the controller (images/transfer.py), which the
+receiver verifies by their tree digest before keeping them: those must come out exactly as
+they were, so device nodes, FIFOs, setuid/setgid bits and relative symlinks that climb out
+of the root (no worse than the absolute ones kept anyway) are kept instead of refused. Paths
+are checked and symlinks never followed just the same.
 """
 
 from __future__ import annotations
@@ -80,17 +86,18 @@ def import_tarball(store: ImageStore, name: str, tar_path: Path,
         return store.commit(name, rootfs, digest, ImageSource.TARBALL, build_key=key)
 
 
-def extract_tarball(tar_path: Path, dest: Path, limits: ImportLimits, space_root: Path) -> str:
+def extract_tarball(tar_path: Path, dest: Path, limits: ImportLimits, space_root: Path, *,
+                    exact: bool = False) -> str:
     """Extract tar_path safely into dest, an empty private directory that the caller removes
     on failure; space_root is where min_free_bytes is checked. Returns the sha256 of the
-    whole decompressed stream."""
+    whole decompressed stream. `exact`: keep what only a verified layer may have (above)."""
     tar_path = Path(tar_path)
     if not tar_path.is_file():
         raise PrereqError(f"tarball {tar_path} does not exist or is not a file")
     with _open_decompressed(tar_path) as raw:
         reader = _HashingReader(raw, limits.max_stream_bytes, tar_path)
         try:
-            _Extractor(dest, limits, space_root).run(reader)
+            _Extractor(dest, limits, space_root, exact=exact).run(reader)
             while reader.read(1024 * 1024):  # the digest covers the stream to its very end
                 pass
         except (tarfile.TarError, EOFError, lzma.LZMAError, zlib.error, gzip.BadGzipFile) as e:
@@ -146,8 +153,11 @@ class _DirMeta:
 
 
 class _Extractor:
-    def __init__(self, rootfs: Path, limits: ImportLimits, store_root: Path) -> None:
+    def __init__(self, rootfs: Path, limits: ImportLimits, store_root: Path, *,
+                 exact: bool = False) -> None:
         self.rootfs = rootfs
+        self.exact = exact
+        self.mode_mask = 0o7777 if exact else 0o1777
         self.limits = limits
         self.store_root = store_root
         self.as_root = os.geteuid() == 0
@@ -173,18 +183,17 @@ class _Extractor:
         if self.entries > self.limits.max_entries:
             _refuse(m, f"more than {self.limits.max_entries} entries (ImportLimits.max_entries)")
         parts = _split(m, m.name)
-        if m.ischr() or m.isblk():
-            _refuse(m, "device nodes are not allowed")
-        if m.isfifo():
-            _refuse(m, "FIFOs are not allowed")
-        if not (m.isreg() or m.isdir() or m.issym() or m.islnk()):
+        special = m.ischr() or m.isblk() or m.isfifo()
+        if special and not self.exact:
+            _refuse(m, "FIFOs are not allowed" if m.isfifo() else "device nodes are not allowed")
+        if not (m.isreg() or m.isdir() or m.issym() or m.islnk() or special):
             _refuse(m, f"unsupported member type {m.type!r}")
-        if m.isreg() and m.mode & (stat.S_ISUID | stat.S_ISGID):
+        if m.isreg() and m.mode & (stat.S_ISUID | stat.S_ISGID) and not self.exact:
             _refuse(m, "setuid/setgid files are not allowed")
         if not parts:  # "./": the root itself
             if not m.isdir():
                 _refuse(m, "the archive root must be a directory")
-            self.dirs[()] = _dir_meta(m)
+            self.dirs[()] = self._dir_meta(m)
             return
         if m.isreg():
             self._check_size(m)
@@ -199,7 +208,7 @@ class _Extractor:
                 os.mkdir(leaf, 0o700, dir_fd=dfd)  # real mode applied at the end
             elif not stat.S_ISDIR(existing.st_mode):
                 _refuse(m, "a directory would replace an earlier non-directory member")
-            self.dirs[parts] = _dir_meta(m)
+            self.dirs[parts] = self._dir_meta(m)
             return
         if existing is not None:
             if stat.S_ISDIR(existing.st_mode):
@@ -211,6 +220,8 @@ class _Extractor:
             self.files.add(parts)
         elif m.issym():
             self._symlink(m, parts, dfd, leaf)
+        elif special:
+            self._special(m, dfd, leaf)
         else:
             self._hardlink(m, dfd, leaf)
             self.files.add(parts)
@@ -242,14 +253,27 @@ class _Extractor:
             out.flush()
             if self.as_root:
                 os.fchown(fd, m.uid, m.gid)
-            os.fchmod(fd, m.mode & 0o1777)  # after chown, which would clear mode bits
+            os.fchmod(fd, m.mode & self.mode_mask)  # after chown, which would clear mode bits
             _set_mtime(m.mtime, fd)
+
+    def _special(self, m: tarfile.TarInfo, dfd: int, leaf: str) -> None:
+        """A device node or FIFO (exact mode only). Created 0600 in our private tree and
+        never opened; its real mode comes after the chown, which would clear it."""
+        if m.isfifo():
+            os.mkfifo(leaf, 0o600, dir_fd=dfd)
+        else:
+            kind = stat.S_IFCHR if m.ischr() else stat.S_IFBLK
+            os.mknod(leaf, kind | 0o600, os.makedev(m.devmajor, m.devminor), dir_fd=dfd)
+        if self.as_root:
+            os.chown(leaf, m.uid, m.gid, dir_fd=dfd, follow_symlinks=False)
+        os.chmod(leaf, m.mode & self.mode_mask, dir_fd=dfd)  # no symlink: we just made it
+        _set_mtime(m.mtime, leaf, dfd)
 
     def _symlink(self, m: tarfile.TarInfo, parts: tuple[str, ...], dfd: int, leaf: str) -> None:
         target = m.linkname
         if not target or "\0" in target:
             _refuse(m, "empty or invalid symlink target")
-        if not target.startswith("/"):
+        if not target.startswith("/") and not self.exact:
             depth = len(parts) - 1  # the link resolves relative to its own directory
             for c in target.split("/"):
                 if c == "..":
@@ -314,6 +338,9 @@ class _Extractor:
             raise
         return fd
 
+    def _dir_meta(self, m: tarfile.TarInfo) -> _DirMeta:
+        return _DirMeta(mode=m.mode & self.mode_mask, uid=m.uid, gid=m.gid, mtime=m.mtime)
+
     def _apply_dir_meta(self) -> None:
         # Deepest first, so setting a parent's mtime comes after its children are done.
         for parts, meta in sorted(self.dirs.items(), key=lambda kv: len(kv[0]), reverse=True):
@@ -337,10 +364,6 @@ def _split(m: tarfile.TarInfo, path: str) -> tuple[str, ...]:
     if any("\0" in c for c in parts):
         _refuse(m, "NUL byte in path")
     return parts
-
-
-def _dir_meta(m: tarfile.TarInfo) -> _DirMeta:
-    return _DirMeta(mode=m.mode & 0o1777, uid=m.uid, gid=m.gid, mtime=m.mtime)
 
 
 def _set_mtime(mtime: float, target: int | str, dir_fd: int | None = None) -> None:

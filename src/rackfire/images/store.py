@@ -3,7 +3,9 @@
 Layout under the store's root:
 
     layers/<digest>/rootfs/      the layer; never written after commit
-    layers/<digest>/meta.json    source, created, size_bytes, host_binds
+    layers/<digest>/meta.json    source, created, size_bytes, host_binds; `fetched: true` on a
+                                 layer received from the controller (images/transfer.py),
+                                 which no name points at until a build here names it
     names/<name>.json            name -> digest, with a copy of the layer's metadata;
                                  `rel-<12 hex>` names are reserved for release layers
     sources/<digest>/            uploaded app sources, by tree digest (images/sources.py)
@@ -49,6 +51,7 @@ class ImageInfo:
     host_binds: tuple[str, ...]  # host paths the runtime bind-mounts read-only at the same place
     rootfs: Path
     build_key: str = ""  # what the image was built from; ensure_image rebuilds when it changes
+    fetched: bool = False  # received from the controller, not built here
 
 
 def check_name(name: str) -> None:
@@ -97,6 +100,16 @@ class ImageStore:
                 return info
         return self._info("", {**meta, "digest": digest})
 
+    def fetched_layers(self) -> list[ImageInfo]:
+        """The layers received from the controller that no name points at."""
+        named = {i.digest for i in self.list()}
+        out = []
+        for p in sorted(self.layers.iterdir()):
+            meta = _read_json(p / "meta.json") if _HEX64.match(p.name) else None
+            if meta is not None and meta.get("fetched") and p.name not in named:
+                out.append(self._info("", {**meta, "digest": p.name}))
+        return out
+
     def list(self) -> list[ImageInfo]:
         out = []
         for p in sorted(self.names.glob("*.json")):
@@ -131,43 +144,49 @@ class ImageStore:
         it. If the layer already exists, staging_dir is discarded and the name reuses it."""
         check_name(name)
         check_digest(digest)
-        try:
-            source = ImageSource(source).value
-        except ValueError:
-            raise PrereqError(f"invalid image source {source!r}") from None
+        source = self._check_commit(staging_dir, source, host_binds)
         # A user image under a release's name would repoint it, and `image rm` of a user
         # image must never take a release with it.
         if name.startswith(RELEASE_PREFIX) != (source == ImageSource.RELEASE):
             raise PrereqError(f"image name {name!r}: names starting with {RELEASE_PREFIX!r} "
                               "are reserved for release layers, and only for them",
                               hint="choose another image name")
-        for b in host_binds:
-            if not b.startswith("/") or os.path.normpath(b) != b:
-                raise PrereqError(f"invalid host bind {b!r}", hint="use a normalized absolute path")
-        staging_dir = Path(staging_dir)
-        # Same filesystem as layers/, so the move into place is one atomic rename.
-        if (staging_dir.is_symlink() or not staging_dir.is_dir()
-                or not staging_dir.resolve().is_relative_to(self.tmp.resolve())
-                or staging_dir.resolve() == self.tmp.resolve()):
-            raise PrereqError(f"staging dir {staging_dir} is not a directory inside {self.tmp}",
-                              hint="build the rootfs in a directory from ImageStore.staging()")
-        size = tree_size(staging_dir)
-        layer = self.layers / digest
+        size = tree_size(staging_dir)  # before the lock: it reads the whole tree
         with self._lock():
-            if not (layer / "rootfs").is_dir():
-                # The staging rootfs may be half-written if we crash here, so sync it to disk
-                # before it becomes visible under layers/.
-                os.sync()
-                shell = Path(tempfile.mkdtemp(prefix="layer-", dir=self.tmp))
-                staging_dir.rename(shell / "rootfs")
-                meta = {"source": source, "created": time.time(), "size_bytes": size,
-                        "host_binds": list(host_binds)}
-                _write_json(shell / "meta.json", meta, self.tmp)
-                os.chmod(shell, 0o755)  # noqa: S103 - layers are world-readable, like /usr
-                shell.rename(layer)
+            self._place(Path(staging_dir), digest, source, host_binds, size)
             info = self._point(name, digest, build_key)
         remove_tree(staging_dir)  # only still there if the layer already existed
         return info
+
+    def add_fetched(self, staging_dir: Path, digest: str, source: str,
+                    host_binds: tuple[str, ...] = ()) -> ImageInfo:
+        """Like commit, for a layer received from the controller and verified by the caller:
+        no name points at it (by_digest finds it, list() does not show it) and its meta says
+        `fetched`, which is what remove_layer's callers look for."""
+        check_digest(digest)
+        source = self._check_commit(staging_dir, source, host_binds)
+        size = tree_size(staging_dir)
+        with self._lock():
+            self._place(Path(staging_dir), digest, source, host_binds, size, fetched=True)
+        remove_tree(staging_dir)
+        info = self.by_digest(digest)
+        if info is None:  # a layer is never removed while it is still being placed
+            raise NotFound(f"no image layer {digest}")
+        return info
+
+    def remove_layer(self, digest: str) -> bool:
+        """Remove a layer that no name points at (the caller has checked that no instance
+        uses it). False if it is not there or a name points at it."""
+        check_digest(digest)
+        with self._lock():
+            if not (self.layers / digest).is_dir() or any(
+                    i.digest == digest for i in self.list()):
+                return False
+            self._drop_cache(digest)
+            trash = Path(tempfile.mkdtemp(prefix="trash-", dir=self.tmp))
+            (self.layers / digest).rename(trash / "layer")
+        remove_tree(trash)
+        return True
 
     def tag(self, name: str, digest: str, *, build_key: str = "") -> ImageInfo:
         """Point `name` at an existing layer."""
@@ -200,10 +219,7 @@ class ImageStore:
             digest = rec["digest"]
             if any(i.digest == digest for i in self.list()):
                 return True
-            for p in self.cache.glob("*.json"):
-                c = _read_json(p)
-                if c is not None and c.get("digest") == digest:
-                    p.unlink()
+            self._drop_cache(digest)
             # Renamed out of layers/ under the lock, deleted after: the layer vanishes at once.
             trash = Path(tempfile.mkdtemp(prefix="trash-", dir=self.tmp))
             with suppress(FileNotFoundError):
@@ -220,6 +236,50 @@ class ImageStore:
 
     # -- internals ---------------------------------------------------------------------
 
+    def _check_commit(self, staging_dir: Path, source: str,
+                      host_binds: tuple[str, ...]) -> str:
+        """Refuse what a layer may not be made of; the source, normalized."""
+        try:
+            source = ImageSource(source).value
+        except ValueError:
+            raise PrereqError(f"invalid image source {source!r}") from None
+        for b in host_binds:
+            if not b.startswith("/") or os.path.normpath(b) != b:
+                raise PrereqError(f"invalid host bind {b!r}", hint="use a normalized absolute path")
+        staging_dir = Path(staging_dir)
+        # Same filesystem as layers/, so the move into place is one atomic rename.
+        if (staging_dir.is_symlink() or not staging_dir.is_dir()
+                or not staging_dir.resolve().is_relative_to(self.tmp.resolve())
+                or staging_dir.resolve() == self.tmp.resolve()):
+            raise PrereqError(f"staging dir {staging_dir} is not a directory inside {self.tmp}",
+                              hint="build the rootfs in a directory from ImageStore.staging()")
+        return source
+
+    def _place(self, staging_dir: Path, digest: str, source: str,
+               host_binds: tuple[str, ...], size: int, *, fetched: bool = False) -> None:
+        """Move staging_dir into layers/<digest> unless that layer exists. Under the lock."""
+        layer = self.layers / digest
+        if (layer / "rootfs").is_dir():
+            return
+        # The staging rootfs may be half-written if we crash here, so sync it to disk
+        # before it becomes visible under layers/.
+        os.sync()
+        shell = Path(tempfile.mkdtemp(prefix="layer-", dir=self.tmp))
+        staging_dir.rename(shell / "rootfs")
+        meta: dict[str, Any] = {"source": source, "created": time.time(), "size_bytes": size,
+                                "host_binds": list(host_binds)}
+        if fetched:
+            meta["fetched"] = True
+        _write_json(shell / "meta.json", meta, self.tmp)
+        os.chmod(shell, 0o755)  # noqa: S103 - layers are world-readable, like /usr
+        shell.rename(layer)
+
+    def _drop_cache(self, digest: str) -> None:
+        for p in self.cache.glob("*.json"):
+            c = _read_json(p)
+            if c is not None and c.get("digest") == digest:
+                p.unlink()
+
     def _point(self, name: str, digest: str, build_key: str) -> ImageInfo:
         meta = _read_json(self.layers / digest / "meta.json") or {}
         rec = {**meta, "digest": digest, "build_key": build_key}
@@ -233,6 +293,7 @@ class ImageStore:
             created=float(rec.get("created", 0.0)), size_bytes=int(rec.get("size_bytes", 0)),
             host_binds=tuple(rec.get("host_binds", ())),
             rootfs=self.layers / digest / "rootfs", build_key=str(rec.get("build_key", "")),
+            fetched=bool(rec.get("fetched", False)),
         )
 
     @contextmanager

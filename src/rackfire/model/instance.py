@@ -133,6 +133,9 @@ class NetworkConfig:
     subnet: str  # e.g. 10.88.3.0/24
     gateway: str  # the bridge's address on the host
     prefix: int
+    vni: int = 0  # across hosts: the stack's VXLAN id (0: one host, no VXLAN)
+    local_ip: str = ""  # this host's underlay address, which VXLAN sends from
+    peers: tuple[str, ...] = ()  # underlay IPs of every host of the pool (own one ignored)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,3 +161,6 @@ class InstanceRequest:
     reload: ReloadSpec | None = None  # how new files reach it without a restart
     files_layout: str = ""  # digest of the files' paths (and hostname)
     surge: bool = False  # an extra instance while the role rolls to a new release
+    # Cold migration: start from the disks copied to this host (<data-dir>/incoming/<id>/)
+    # instead of a new one. Not part of any digest: how it got here, not what it runs.
+    adopt_disks: bool = False

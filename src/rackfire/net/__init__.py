@@ -5,6 +5,7 @@
     nsenter  namespace syscalls on the calling thread: create/remove a netns, sockets inside one
     links    bridges, veth pairs and instance namespaces through netlink (pyroute2)
     vxlan    a stack's bridge joined to the other hosts' (one VNI per stack)
+    garp     an instance announces its IP and MAC (gratuitous ARP and a broadcast frame)
 
-Only the agent imports `links`, `vxlan` and `nsenter`; `names` has no I/O.
+Only the agent imports `links`, `vxlan`, `garp` and `nsenter`; `names` has no I/O.
 """

@@ -174,6 +174,18 @@ def ensure_vxlan(stack: str, vni: int | None, local_ip: str, underlay_dev: str) 
     return name
 
 
+def underlay_device(local_ip: str) -> str:
+    """The device that holds `local_ip`: the host's underlay, for `ensure_vxlan`."""
+    local_ip = _ipv4(local_ip, "local address")
+    with _rtnl() as ipr:
+        for a in ipr.get_addr(family=socket.AF_INET):
+            if a.get("address") == local_ip:
+                (msg,) = ipr.link("get", index=a["index"])
+                return str(msg.get("IFLA_IFNAME"))
+    raise PrereqError(f"{local_ip} is not an address of this host",
+                      hint="the agent's --listen address must be its underlay address")
+
+
 def _disable_ipv6(ifname: str) -> None:
     # No netlink attribute for this; /proc/sys/net follows the calling thread's netns.
     path = f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"

@@ -60,6 +60,7 @@ class Plan:
     generation: int
     actions: tuple[Action, ...]
     notes: tuple[str, ...] = ()  # what the operator should know before applying
+    placement: tuple[str, ...] = ()  # where each instance goes and why (`plan --explain`)
 
     @property
     def empty(self) -> bool:
@@ -72,4 +73,5 @@ class Plan:
             "changes": len(self.actions),
             "actions": [a.to_json() for a in self.actions],
             "notes": list(self.notes),
+            "placement": list(self.placement),
         }

@@ -8,11 +8,16 @@ finds all of them again; `destroy` removes each one whether or not the others ex
 A data disk is named from the key too, `<volumes>/<stack>/<role>-<index>.img`, outside the
 instance dir: `destroy` leaves it (a replace or a later create of the key reuses it), and only
 `remove_volumes` (the stack's teardown) deletes it.
+
+Cold migration: `send_disks` streams a stopped instance's root disk and data disk
+(`diskcopy`); the target host keeps them in `<incoming>/<id>/`, and `create` with
+`req.adopt_disks` starts from them instead of a new disk.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -20,12 +25,13 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from rackfire.errors import ExecError, NotFound, PrereqError
+from rackfire.errors import ExecError, NotFound, PrereqError, RackfireError
 from rackfire.images.store import ImageInfo
 from rackfire.model.agent import ExecHandle, InstanceStats
 from rackfire.model.instance import (
@@ -36,8 +42,8 @@ from rackfire.model.instance import (
 )
 from rackfire.model.stack import DEFAULT_STOP_TIMEOUT, Resources, RuntimeKind
 from rackfire.model.units import format_size_approx
-from rackfire.net import links, names
-from rackfire.runtime import mounts, stats
+from rackfire.net import garp, links, names
+from rackfire.runtime import diskcopy, mounts, stats
 from rackfire.runtime.base import Capabilities
 from rackfire.runtime.execproc import RuncExecProcess, start_on_pty
 from rackfire.runtime.layout import (
@@ -65,6 +71,8 @@ from rackfire.runtime.reload import (
     write_beneath,
 )
 
+log = logging.getLogger("rackfire.runtime")
+
 RUNC_ROOT = Path("/run/rackfire/runc")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # Mount points runc (or the image) owns: a data disk over one would hide it.
@@ -84,12 +92,14 @@ class ContainerRuntime:
     caps = Capabilities(isolated=True, disk_limit=True, own_ip=True)
 
     def __init__(self, base: Path, host: str, runc_root: Path = RUNC_ROOT,
-                 volumes: Path | None = None) -> None:
+                 volumes: Path | None = None, incoming: Path | None = None) -> None:
         self.base = base
         self.host = host
         self.runc_root = runc_root
         # Data disks: beside the instance dirs (`<data-dir>/volumes`), not inside them.
         self.volumes = volumes if volumes is not None else base.parent / "volumes"
+        # Disks copied here from another host, to be adopted (`<data-dir>/incoming`).
+        self.incoming = incoming if incoming is not None else base.parent / "incoming"
         self._cpu = stats.CpuSampler()
         # destroy vs check_resize (API threads): a disk mounted to be measured between
         # destroy's unmount and its rmtree would be emptied by it.
@@ -110,10 +120,13 @@ class ContainerRuntime:
         check_paths(req.files, image)
         check_data_path(req, image)
         _app_layer(req, app, self.host)
-        if d.root.exists():
-            self.destroy(req.key)  # a half-made earlier try: start clean
-        write_meta(d, req, phase="creating")  # intent first: a crash from here is PARTIAL
-        mounts.make_disk(d.disk_image, req.resources.disk)
+        if req.adopt_disks:
+            self._adopt_disks(d, req)
+        else:
+            if d.root.exists():
+                self.destroy(req.key)  # a half-made earlier try: start clean
+            write_meta(d, req, phase="creating")  # intent first: a crash from here is PARTIAL
+            mounts.make_disk(d.disk_image, req.resources.disk)
         write_config_layer(d.config, req.files, req.key.name)
         self._start(d, req, image, hosts_file, app)
         update_meta(d, phase="created")
@@ -184,6 +197,81 @@ class ContainerRuntime:
 
     def volume(self, key: InstanceKey) -> Path:
         return volume_path(self.volumes, key)
+
+    def send_disks(self, key: InstanceKey) -> Iterator[bytes]:
+        """The stream of the stopped instance's root disk and data disk (`diskcopy`). Its
+        overlay and disks are unmounted first, which writes back what the kernel still holds
+        of them: then the image files are the whole disks (its next start mounts them again).
+        Refused while it runs."""
+        d = instance_dir(self.base, key)
+        meta = read_meta(d)
+        if meta is None or meta.get("runtime") != self.kind.value or not d.disk_image.exists():
+            raise NotFound(f"instance {key} has no disks on host {self.host}")
+        with self._disk_lock(key):
+            state = self._state(key.id)
+            if state not in (None, "stopped"):
+                raise PrereqError(f"instance {key} is {state} on host {self.host}: its disks "
+                                  "are copied only while it is stopped", hint="stop it first")
+            for path in (d.rootfs, d.disk, d.data):
+                mounts.unmount(path)
+            return diskcopy.read_disks(d, self.volume(key))
+
+    def _adopt_disks(self, d: InstanceDir, req: InstanceRequest) -> None:
+        """Make the disks received for `req.key` (`<incoming>/<id>/`) the instance's, in
+        place of new ones: the root disk moves into its dir, the data disk to its volume path.
+        Repeatable after a crash at any point: meta.json records the adoption (by action id)
+        before anything moves, and the received dir moves into the instance dir in one
+        rename, so a retried create of the same action carries on with what it moved already
+        rather than starting clean, which would delete it."""
+        arrived = self.incoming / req.key.id
+        staged = d.root / "adopting"
+        meta = read_meta(d)
+        if meta is not None and meta.get("adopted") == req.action_id:
+            # The same create again: its disks stay; what it had started goes.
+            self._stop(req.key, req.stop_timeout)
+            for path in (d.rootfs, d.disk, d.data):
+                mounts.unmount(path)
+        else:
+            if not (arrived / diskcopy.ROOT_DISK).is_file():
+                raise NotFound(f"the disks of {req.key} have not arrived on host {self.host}",
+                               hint="copy them from the host it ran on first")
+            if d.root.exists():
+                self.destroy(req.key)  # an earlier instance or try: these disks replace it
+            write_meta(d, req, phase="creating", adopted=req.action_id)
+        if arrived.is_dir():  # (again, on a retry: a copy sent again is the newer one)
+            shutil.rmtree(staged, ignore_errors=True)
+            os.rename(arrived, staged)
+            diskcopy.fsync_path(arrived.parent)
+        if staged.is_dir():
+            self._place_disks(d, req, staged)
+        if not d.disk_image.is_file():
+            raise NotFound(f"the disks of {req.key} have not arrived on host {self.host}")
+        # As a reconfigure does: copies of rendered files in the upper dir (written by a
+        # reload on the source) would hide the config layer this create writes.
+        mounts.mount_disk(d.disk_image, d.disk)
+        for file in rendered_paths(req):
+            unlink_beneath(d.disk / "upper", file)
+
+    def _place_disks(self, d: InstanceDir, req: InstanceRequest, staged: Path) -> None:
+        manifest = json.loads((staged / diskcopy.MANIFEST).read_text())
+        root, data = staged / diskcopy.ROOT_DISK, staged / diskcopy.DATA_DISK
+        if root.exists():
+            os.replace(root, d.disk_image)
+        volume = self.volume(req.key)
+        if data.exists():
+            # Moved even if the role has no data disk now: as on the source, it is kept.
+            if volume.exists():
+                diskcopy.check_unused(volume)
+            volume.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(data, volume)
+            diskcopy.fsync_path(volume.parent)
+        elif diskcopy.DATA_DISK not in manifest["disks"]:
+            # It had none on the source: one left here from an earlier time is not its.
+            if volume.exists():
+                diskcopy.check_unused(volume)
+            volume.unlink(missing_ok=True)
+        shutil.rmtree(staged)
+        diskcopy.fsync_path(d.root)
 
     def stop(self, key: InstanceKey, stop_timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         # Only the container (and its cgroup) goes: disk, overlay, config layer and netns
@@ -347,6 +435,7 @@ class ContainerRuntime:
             raise ExecError(f"runc could not start {req.key}: {_tail(d.log)}",
                             hint=f"see {d.log}")
         update_meta(d, started_at=time.time())
+        _announce(req)
 
     def _stop(self, key: InstanceKey, timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         """SIGTERM, then SIGKILL after `timeout`; then remove the container (and cgroup)."""
@@ -500,6 +589,19 @@ def _app_layer(req: InstanceRequest, app: ImageInfo | None, host: str) -> Path |
         raise NotFound(f"release layer {req.app_digest[:12]} is not on host {host}",
                        hint="the release is built before its instances are created")
     return app.rootfs
+
+
+def _announce(req: InstanceRequest) -> None:
+    """Gratuitous ARP from the instance, so that every host's bridge learns where its MAC is
+    now (after a move, at once). Best effort, on a thread of its own: the start does not
+    wait for it, and a failure only costs the time until the bridges learn it anyway."""
+    def send() -> None:
+        try:
+            garp.announce(names.netns_name(req.key.id), links.PEER_NAME, req.ip)
+        except (RackfireError, OSError) as e:
+            log.warning("gratuitous ARP for %s (%s): %s", req.key, req.ip, e)
+
+    threading.Thread(target=send, name=f"garp-{req.key.id}", daemon=True).start()
 
 
 def _update_args(r: Resources) -> list[str]:

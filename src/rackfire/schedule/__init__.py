@@ -17,7 +17,7 @@ from rackfire.schedule.explain import explain, explain_decision
 from rackfire.schedule.feasibility import Check, Rejection
 from rackfire.schedule.placement import Decision, Placement
 from rackfire.schedule.ranking import Candidate, Score
-from rackfire.schedule.scheduler import placement_order, schedule
+from rackfire.schedule.scheduler import move, placement_order, schedule
 
 __all__ = [
     "Ask",
@@ -38,6 +38,7 @@ __all__ = [
     "explain_decision",
     "headroom",
     "lose",
+    "move",
     "placement_order",
     "redundancy",
     "role_of",

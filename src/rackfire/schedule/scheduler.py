@@ -65,6 +65,35 @@ def schedule(hosts: Iterable[Host], placed: Mapping[InstanceKey, str],
     return Placement(tuple(decided[k] for k in order))
 
 
+def move(hosts: Iterable[Host], placed: Mapping[InstanceKey, str],
+         wanted: Mapping[InstanceKey, Ask], key: InstanceKey, to: str | None = None) -> Decision:
+    """Where `key` goes when it leaves its host (`placed[key]`), every other instance held
+    where it is placed (one on a draining host too: it keeps its reservation there until it
+    moves itself): the best other ready host, or only `to` when it is given."""
+    by_name = hosts_by_name(hosts)
+    ledger = Ledger(by_name)
+    for k in placement_order(wanted):
+        where = placed.get(k)
+        if k != key and where in by_name:
+            ledger.add(k, where, wanted[k].need)
+    ask, source = wanted[key], placed.get(key)
+    rejected: list[Rejection] = []
+    fits: list[Candidate] = []
+    for name in sorted(by_name):
+        if name == source or (to is not None and name != to):
+            continue
+        why = check(by_name[name], key, ask, ledger)
+        if why:
+            rejected.extend(why)
+        else:
+            fits.append(Candidate(name, score(by_name[name], key, ask, ledger)))
+    if to is not None and to not in by_name:
+        rejected.append(Rejection(to, Check.HOST, "not known"))
+    best = ranked(fits)
+    return Decision(key, ask, best[0].host if best else None, previous=source, ranked=best,
+                    rejected=tuple(rejected))
+
+
 def placement_order(wanted: Iterable[InstanceKey]) -> list[InstanceKey]:
     """Role order (as roles first appear in `wanted`: a stack file's order), then index."""
     roles: dict[RoleRef, int] = {}

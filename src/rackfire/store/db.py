@@ -90,6 +90,17 @@ CREATE TABLE IF NOT EXISTS hosts (
     facts TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'ready',
     joined REAL NOT NULL, last_seen REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS placements (
+    stack TEXT NOT NULL, role TEXT NOT NULL, idx INTEGER NOT NULL, host TEXT NOT NULL,
+    PRIMARY KEY (stack, role, idx)
+);
+CREATE TABLE IF NOT EXISTS vnis (stack TEXT PRIMARY KEY, vni INTEGER NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS migrations (
+    stack TEXT NOT NULL, role TEXT NOT NULL, idx INTEGER NOT NULL,
+    source TEXT NOT NULL, target TEXT NOT NULL, step TEXT NOT NULL,
+    started REAL NOT NULL, actor TEXT NOT NULL,
+    PRIMARY KEY (stack, role, idx)
+);
 CREATE TABLE IF NOT EXISTS overrides (
     stack TEXT NOT NULL, role TEXT NOT NULL, field TEXT NOT NULL,
     value TEXT NOT NULL, actor TEXT NOT NULL, time REAL NOT NULL,
@@ -334,7 +345,8 @@ class Store:
     def forget_stack(self, name: str) -> None:
         """After a destroy: only reached while `deleting` is set, which put_stack refuses."""
         with self.tx() as db:
-            for table in ("stacks", "ips", "instance_status", "overrides", "releases"):
+            for table in ("stacks", "ips", "instance_status", "overrides", "releases",
+                          "placements", "vnis", "migrations"):
                 col = "name" if table == "stacks" else "stack"
                 db.execute(f"DELETE FROM {table} WHERE {col}=?", (name,))  # noqa: S608
 

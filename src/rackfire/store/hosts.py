@@ -116,6 +116,12 @@ class HostRegistry:
                        "name=?", (json.dumps(check_labels(labels)),
                                   json.dumps(facts.to_json()), time.time(), address, name))
 
+    def set_state(self, name: str, state: HostState) -> None:
+        with self.store.tx() as db:
+            if db.execute("UPDATE hosts SET state=? WHERE name=?",
+                          (state.value, name)).rowcount == 0:
+                raise NotFound(f"no host named {name}", hint="see `rackfire hosts`")
+
     def remove(self, name: str) -> None:
         with self.store.tx() as db:
             if db.execute("DELETE FROM hosts WHERE name=?", (name,)).rowcount == 0:

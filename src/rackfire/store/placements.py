@@ -1,0 +1,100 @@
+"""Where each instance runs (the scheduler's decision, kept), each stack's VNI, and the
+cold migrations under way.
+
+A placement is written before the instance is created on its host, so a crash between the
+two leaves an instance the next reconcile creates where it was meant to be. A migration
+row is the whole state of a move: the reconcile that finds one completes it or rolls it
+back (control/migrate.py)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from rackfire.model.instance import InstanceKey
+from rackfire.store.db import Store
+
+FIRST_VNI = 4096  # below: left to whatever else the underlay runs
+VNI_MAX = (1 << 24) - 1  # VXLAN network ids are 24 bits
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    key: InstanceKey
+    source: str
+    target: str
+    step: str  # stopping | copying | starting | cleaning: the step under way
+    started: float
+    actor: str
+
+
+class Placements:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def of_stack(self, stack: str) -> dict[InstanceKey, str]:
+        with self.store.tx() as db:
+            rows = db.execute("SELECT role, idx, host FROM placements WHERE stack=?",
+                              (stack,)).fetchall()
+        return {InstanceKey(stack, r["role"], r["idx"]): r["host"] for r in rows}
+
+    def all(self) -> dict[InstanceKey, str]:
+        with self.store.tx() as db:
+            rows = db.execute("SELECT stack, role, idx, host FROM placements").fetchall()
+        return {InstanceKey(r["stack"], r["role"], r["idx"]): r["host"] for r in rows}
+
+    def host_of(self, key: InstanceKey) -> str | None:
+        with self.store.tx() as db:
+            row = db.execute("SELECT host FROM placements WHERE stack=? AND role=? AND idx=?",
+                             (key.stack, key.role, key.index)).fetchone()
+        return None if row is None else str(row["host"])
+
+    def put(self, assignments: dict[InstanceKey, str]) -> None:
+        with self.store.tx() as db:
+            db.executemany("INSERT INTO placements VALUES (?, ?, ?, ?) ON CONFLICT (stack, "
+                           "role, idx) DO UPDATE SET host=excluded.host",
+                           [(k.stack, k.role, k.index, h) for k, h in assignments.items()])
+
+    def drop(self, key: InstanceKey) -> None:
+        with self.store.tx() as db:
+            db.execute("DELETE FROM placements WHERE stack=? AND role=? AND idx=?",
+                       (key.stack, key.role, key.index))
+
+    def vni(self, stack: str) -> int:
+        """The stack's VXLAN network id: handed out once, the lowest one free."""
+        with self.store.tx() as db:
+            row = db.execute("SELECT vni FROM vnis WHERE stack=?", (stack,)).fetchone()
+            if row is not None:
+                return int(row["vni"])
+            used = {int(r["vni"]) for r in db.execute("SELECT vni FROM vnis")}
+            vni = next(v for v in range(FIRST_VNI, VNI_MAX) if v not in used)
+            db.execute("INSERT INTO vnis VALUES (?, ?)", (stack, vni))
+            return vni
+
+    # migrations ---------------------------------------------------------------------------
+
+    def migrations(self, stack: str | None = None) -> list[Migration]:
+        with self.store.tx() as db:
+            rows = db.execute("SELECT * FROM migrations WHERE ? IS NULL OR stack=? ORDER BY "
+                              "started", (stack, stack)).fetchall()
+        return [Migration(InstanceKey(r["stack"], r["role"], r["idx"]), r["source"],
+                          r["target"], r["step"], r["started"], r["actor"]) for r in rows]
+
+    def start_migration(self, key: InstanceKey, source: str, target: str, actor: str) -> None:
+        with self.store.tx() as db:
+            db.execute("INSERT INTO migrations VALUES (?, ?, ?, ?, ?, 'stopping', ?, ?)",
+                       (key.stack, key.role, key.index, source, target, time.time(), actor))
+
+    def set_step(self, key: InstanceKey, step: str) -> None:
+        with self.store.tx() as db:
+            db.execute("UPDATE migrations SET step=? WHERE stack=? AND role=? AND idx=?",
+                       (step, key.stack, key.role, key.index))
+
+    def end_migration(self, key: InstanceKey, host: str) -> None:
+        """The move is over, one way or the other: the instance is placed on `host`."""
+        with self.store.tx() as db:
+            db.execute("DELETE FROM migrations WHERE stack=? AND role=? AND idx=?",
+                       (key.stack, key.role, key.index))
+            db.execute("INSERT INTO placements VALUES (?, ?, ?, ?) ON CONFLICT (stack, role, "
+                       "idx) DO UPDATE SET host=excluded.host",
+                       (key.stack, key.role, key.index, host))
