@@ -26,6 +26,7 @@ class BenchServer:
     data_dir: Path
     pool: str
     port: int = field(default_factory=free_port)
+    args: tuple[str, ...] = ()  # more `rackfire server` options
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -42,7 +43,7 @@ class BenchServer:
         with open(self.data_dir / "server.log", "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "rackfire", "server", "--data-dir", str(self.data_dir),
-                 "--port", str(self.port), "--subnet-pool", self.pool],
+                 "--port", str(self.port), "--subnet-pool", self.pool, *self.args],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         deadline = time.monotonic() + 30
         while not self.alive():

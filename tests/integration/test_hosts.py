@@ -13,15 +13,18 @@ from typing import Any
 
 import pytest
 
-from harness import Server, unique, wait_for, write_stack
+from harness import Server, host_traces, unique, wait_for, write_stack
 
 pytestmark = pytest.mark.root
 
 
 def start_agent(server: Server, data_dir: Path, *args: str) -> subprocess.Popen[bytes]:
     log = open(data_dir.parent / f"{data_dir.name}.log", "ab")  # noqa: SIM115
+    # Its own runc root: on the server's machine it must not see the server's containers.
     proc = subprocess.Popen([sys.executable, "-m", "rackfire", "agent", "--data-dir",
-                             str(data_dir), "--interval", "0.5", *args],
+                             str(data_dir), "--interval", "0.5", "--runc-root",
+                             str(data_dir.parent / "runc"),
+                             *args],
                             stdout=log, stderr=log, stdin=subprocess.DEVNULL)
     log.close()
     return proc
@@ -32,6 +35,18 @@ def hosts(server: Server) -> dict[str, dict[str, Any]]:
 
 
 def test_join_heartbeat_and_credential(server: Server, tmp_path: Path) -> None:
+    # Placed before h1 joins, the stack's instances stay on this host.
+    stack = unique("cap")
+    server.cli("apply", "-y", "-f", str(write_stack(tmp_path, f"""\
+stack: {stack}
+images: {{base: {{from: host}}}}
+roles:
+  web:
+    image: base
+    count: 2
+    command: ["sleep", "100000"]
+    resources: {{cpu: 0.25, memory: 32M, disk: 32M}}
+""")))
     token = server.cli("token", "create", "--uses", "1", "--ttl", "10m").stdout.split()[0]
     assert token.startswith("rft_")
     agent_dir = tmp_path / "agent1"
@@ -52,17 +67,6 @@ def test_join_heartbeat_and_credential(server: Server, tmp_path: Path) -> None:
         wait_for(lambda: hosts(server)["h1"]["last_seen"] > seen, 10, "a heartbeat")
 
         # Capacity: with h1 up, losing this host would strand nothing (h1 can take it all).
-        stack = unique("cap")
-        server.cli("apply", "-y", "-f", str(write_stack(tmp_path, f"""\
-stack: {stack}
-images: {{base: {{from: host}}}}
-roles:
-  web:
-    image: base
-    count: 2
-    command: ["sleep", "100000"]
-    resources: {{cpu: 0.25, memory: 32M, disk: 32M}}
-""")))
         report = json.loads(server.cli("capacity", "--json").stdout)
         assert sorted(h["name"] for h in report["hosts"]) == sorted([local[0]["name"], "h1"])
         assert report["n_plus_1"]["ok"], report["n_plus_1"]
@@ -102,6 +106,8 @@ roles:
     assert proc.wait(30) == 1
     assert "refused this host" in (tmp_path / "agent1.log").read_text()
     assert "h1" not in hosts(server)
+    server.cli("destroy", stack, "-y")
+    wait_for(lambda: not host_traces(stack), 60, "the stack to be gone")
     # Nothing of the agents is left running.
     assert not [p for p in os.listdir("/proc") if p.isdigit() and _is_agent(p, tmp_path)]
 

@@ -19,7 +19,7 @@ from rackfire.model.agent import HostCapacity
 from rackfire.model.host import Host, HostState, Reservation
 from rackfire.model.instance import InstanceKey
 from rackfire.model.stack import RuntimeKind
-from rackfire.schedule import Ask, Placement, Strategy, headroom, schedule
+from rackfire.schedule import Ask, Placement, Strategy, headroom, move, schedule
 
 M = 1 << 20
 CHECKS = settings(max_examples=120, deadline=None, database=None)
@@ -194,3 +194,25 @@ def test_headroom_is_exactly_what_the_scheduler_then_places(
     p = schedule(hs, placed, {**current, **more})
     left = [d.key for d in p.unplaced if d.key.stack == "x"]
     assert left == [InstanceKey("x", "more", room.total)]
+
+
+@CHECKS
+@given(situations(), st.integers(0, 30), st.randoms(use_true_random=False))
+def test_a_move_lands_only_where_the_instance_fits_beside_everything_that_stays(
+        s: tuple[list[Host], dict[InstanceKey, str], dict[InstanceKey, Ask]], pick: int,
+        rnd: random.Random) -> None:
+    hs, placed, want = s
+    if not want:
+        return
+    key = sorted(want)[pick % len(want)]
+    d = move(hs, placed, want, key)
+    shuffled = hs[:]
+    rnd.shuffle(shuffled)
+    assert move(shuffled, placed, want, key) == d  # deterministic, whatever the order
+    others = {k: h for k, h in placed.items() if k != key and h in {x.name for x in hs}}
+    feasible = {h.name for h in hs if h.name != placed.get(key)
+                and fits_now(h, key, want[key], others, want)}
+    if d.host is None:
+        assert not feasible  # it says no only when no other host could take it
+    else:
+        assert d.host in feasible and d.host != placed.get(key)

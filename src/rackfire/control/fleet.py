@@ -32,7 +32,13 @@ from rackfire.model.agent import (
     PublishedPort,
 )
 from rackfire.model.host import HostFacts
-from rackfire.model.instance import InstanceFacts, InstanceKey, InstanceRequest, NetworkConfig
+from rackfire.model.instance import (
+    InstanceFacts,
+    InstanceKey,
+    InstanceRequest,
+    InstanceState,
+    NetworkConfig,
+)
 from rackfire.model.stack import DEFAULT_STOP_TIMEOUT, HealthSpec, ImageSpec, PortMap, StackSpec
 from rackfire.store import Store
 from rackfire.store.hosts import HostRegistry
@@ -139,11 +145,13 @@ class Fleet:
         return self.agent_for(host).observe(stack)
 
     def strays(self, stack: str) -> list[tuple[InstanceKey, str]]:
-        """Copies of the stack's instances, as last observed, on a host other than their
-        placement: what an interrupted migration (or a lost host's return) left behind."""
+        """Stopped copies of the stack's instances, as last observed, on a host other than
+        their placement: what an interrupted migration left behind. A running one is never
+        taken for a leftover (it may be what a lost host still runs: issue 7's fencing)."""
         placed = self.placements.of_stack(stack)
         return sorted((f.key, host) for host, facts in self._seen.items() for f in facts
-                      if f.key.stack == stack and placed.get(f.key, host) != host)
+                      if f.key.stack == stack and placed.get(f.key, host) != host
+                      and f.state is not InstanceState.RUNNING)
 
     def create(self, req: InstanceRequest) -> None:
         host = self.host_of(req.key)
