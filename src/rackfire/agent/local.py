@@ -238,6 +238,13 @@ class LocalAgent:
         with self._disks_lock(key):
             diskcopy.write_disks(self._incoming / key.id, chunks)
 
+    def set_aside(self, key: InstanceKey) -> None:
+        """Remove the stopped instance, keeping its disks in <data-dir>/incoming/<id>/ as if
+        received (moved, not copied): a migration's way back to this host."""
+        _check_key(key)
+        with self._disks_lock(key):
+            self._containers().set_aside(key)
+
     def discard_disks(self, key: InstanceKey) -> None:
         """Remove the instance's data disk and what was received of its disks on this host:
         on the source after a migration, on the target when one is rolled back. Refused

@@ -1,28 +1,37 @@
 """A joined host's agent, seen from the controller: the same Agent protocol, each call made
 over HTTP to the agent process on that host (agent/rpc.py). The calls that need transfers
-of their own (exec, logs, uploads of a local file) are refused here, clearly, until they
-have them."""
+of their own are refused here, clearly: uploads of a local file, and exec and logs as a
+local process or path. Those two are streams instead (`StreamSource`): the API relays an
+instance's log and exec websocket from the agent (agent/rpc.py)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from rackfire.agent.rpc import RemoteCall, disks_path
+from rackfire.agent.rpc import RemoteCall, disks_path, exec_path, logs_path
 from rackfire.errors import PrereqError
 from rackfire.model.agent import (
     Agent,
     DiskMover,
     ExecHandle,
+    ExecStream,
     HostCapacity,
     HostInfo,
     ImageSummary,
     InstanceStats,
+    LogStream,
     PublishedPort,
+    StreamSource,
 )
 from rackfire.model.host import HostFacts
 from rackfire.model.instance import InstanceFacts, InstanceKey, InstanceRequest, NetworkConfig
 from rackfire.model.stack import DEFAULT_STOP_TIMEOUT, HealthSpec, ImageSpec, PortMap
+from rackfire.streaming import HISTORY_HEADER
+
+if TYPE_CHECKING:
+    from websockets.asyncio.client import ClientConnection
 
 
 class RemoteAgent:
@@ -68,6 +77,9 @@ class RemoteAgent:
 
     def discard_disks(self, key: InstanceKey) -> None:
         self._c("discard_disks", key=key)
+
+    def set_aside(self, key: InstanceKey) -> None:
+        self._c("set_aside", key=key)
 
     # A cold migration's disks: streamed, not JSON calls (agent/rpc.py).
 
@@ -129,6 +141,20 @@ class RemoteAgent:
     def collect_layers(self) -> list[str]:
         return self._c("collect_layers")  # type: ignore[no-any-return]
 
+    # Logs and exec as streams, relayed by the API.
+
+    async def log_stream(self, key: InstanceKey, tail: int, follow: bool) -> LogStream:
+        got = await self._call.open_download(
+            logs_path(key), {"tail": tail, "follow": str(follow).lower()})
+        try:
+            history = int(got.headers.get(HISTORY_HEADER.lower(), "0"))
+        except ValueError:
+            history = 0  # only the order of history and new lines depends on it
+        return LogStream(history, got.chunks, got.close)
+
+    async def exec_stream(self, key: InstanceKey) -> ExecStream:
+        return _RemoteExec(await self._call.open_websocket(exec_path(key)))
+
     # Not over a JSON call: they stream, or name a file on the controller's machine.
 
     def exec(self, key: InstanceKey, argv: list[str], tty: bool) -> ExecHandle:
@@ -148,9 +174,35 @@ class RemoteAgent:
                           hint="they work on the server's own host")
 
 
+class _RemoteExec:
+    def __init__(self, conn: ClientConnection) -> None:
+        self._conn = conn
+
+    async def send(self, frame: str | bytes) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        with contextlib.suppress(ConnectionClosed):
+            await self._conn.send(frame)
+
+    async def receive(self) -> str | bytes | None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            return await self._conn.recv()
+        except ConnectionClosed:
+            return None
+
+    async def close(self) -> None:
+        await self._conn.close()  # the agent sees its client gone: it kills the command
+
+
 def _conforms(agent: RemoteAgent) -> Agent:
     return agent  # mypy checks here that RemoteAgent is a whole Agent
 
 
 def _moves(agent: RemoteAgent) -> DiskMover:
     return agent  # and that it moves disks
+
+
+def _streams(agent: RemoteAgent) -> StreamSource:
+    return agent  # and that it streams logs and exec

@@ -10,21 +10,31 @@ An instance's disks (a cold migration) are such a transfer: `GET /agent/v1/disks
 <role>/<index>` streams them out of a host, `PUT` to the same path streams them into one
 (runtime/diskcopy.py's format, read as it arrives, never whole in memory), behind the same
 agent key.
+
+So are an instance's console log and exec, for `rackfire logs` and `rackfire exec` (the API
+relays them): `GET /agent/v1/logs/<stack>/<role>/<index>?tail=N&follow=bool` streams the
+log's last N lines (0: all; the `X-Rackfire-History` header says how many bytes they are),
+then, following, what it writes next, until the instance is gone from this host;
+`WS /agent/v1/exec/<stack>/<role>/<index>` speaks streaming.py's exec protocol, the agent
+key as the handshake's bearer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import inspect
 import re
 import typing
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import suppress
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import anyio.from_thread
 import anyio.to_thread
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request, WebSocket
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.requests import ClientDisconnect
 
@@ -35,6 +45,19 @@ from rackfire.model.agent import Agent, HostAgent
 from rackfire.model.instance import InstanceKey
 from rackfire.model.stack import NAME_PATTERN
 from rackfire.model.wire import decode, encode
+from rackfire.streaming import (
+    HISTORY_HEADER,
+    ExecSession,
+    LogFile,
+    finish,
+    follow_log,
+    parse_start,
+    start_exec,
+)
+from rackfire.streaming import authorized as ws_authorized
+
+if TYPE_CHECKING:
+    from websockets.asyncio.client import ClientConnection
 
 NOT_REMOTE = frozenset({"exec", "log_path", "import_image", "store_source"})
 
@@ -78,7 +101,18 @@ def disks_path(key: InstanceKey) -> str:
     return f"/agent/v1/disks/{key.stack}/{key.role}/{key.index}"
 
 
-def _disks_key(stack: str, role: str, index: int) -> InstanceKey:
+def logs_path(key: InstanceKey) -> str:
+    return f"/agent/v1/logs/{key.stack}/{key.role}/{key.index}"
+
+
+def exec_path(key: InstanceKey) -> str:
+    return f"/agent/v1/exec/{key.stack}/{key.role}/{key.index}"
+
+
+WRONG_KEY = {"code": "unauthorized", "message": "wrong agent key", "hint": ""}
+
+
+def _instance_key(stack: str, role: str, index: int) -> InstanceKey:
     if not (re.fullmatch(NAME_PATTERN, stack) and re.fullmatch(NAME_PATTERN, role)
             and index >= 0):
         raise errors.PrereqError(f"invalid instance {stack}/{role}/{index}")
@@ -125,7 +159,7 @@ def serve_agent(agent: HostAgent, key: str) -> FastAPI:
         if refused is not None:
             return refused
         # Refusals (running, no such instance) are raised here, as errors, before any byte.
-        stream = agent.send_disks(_disks_key(stack, role, index))
+        stream = agent.send_disks(_instance_key(stack, role, index))
         return StreamingResponse(stream, media_type="application/octet-stream")
 
     @app.put("/agent/v1/disks/{stack}/{role}/{index}")
@@ -133,7 +167,7 @@ def serve_agent(agent: HostAgent, key: str) -> FastAPI:
         refused = denied(request)
         if refused is not None:
             return refused
-        disk_key = _disks_key(stack, role, index)
+        disk_key = _instance_key(stack, role, index)
         body = request.stream()
 
         async def next_chunk() -> bytes | None:
@@ -162,6 +196,45 @@ def serve_agent(agent: HostAgent, key: str) -> FastAPI:
             raise
         return JSONResponse({"result": None})
 
+    def here(inst: InstanceKey) -> bool:
+        return any(f.key == inst for f in agent.observe(inst.stack))
+
+    @app.get("/agent/v1/logs/{stack}/{role}/{index}")
+    async def logs(stack: str, role: str, index: int, request: Request,
+                   tail: int = Query(100, ge=0), follow: bool = False) -> Response:
+        refused = denied(request)
+        if refused is not None:
+            return refused
+        inst = _instance_key(stack, role, index)
+        if not await asyncio.to_thread(here, inst):
+            raise errors.NotFound(f"no instance {inst} on this host")
+        lf = LogFile(inst, Path(agent.log_path(inst)), b"")
+        history = lf.begin(tail)  # known before the headers go: the caller splits on it
+        return StreamingResponse(follow_log(lf, follow, lambda: here(inst)),
+                                 media_type="application/octet-stream",
+                                 headers={HISTORY_HEADER: str(history),
+                                          "Cache-Control": "no-store"})
+
+    @app.websocket("/agent/v1/exec/{stack}/{role}/{index}")
+    async def exec_ws(ws: WebSocket, stack: str, role: str, index: int) -> None:
+        if not await ws_authorized(ws, key, WRONG_KEY):
+            return
+        msg = await ws.receive()
+        if msg["type"] == "websocket.disconnect":
+            return
+        try:
+            inst = _instance_key(stack, role, index)
+            start = parse_start(msg.get("text") or "")
+        except RackfireError as e:
+            await finish(ws, {"error": e.to_dict()})
+            return
+        handle = await start_exec(ws, start, lambda: agent.exec(inst, start.argv, start.tty))
+        if handle is None:
+            return
+        code = await ExecSession(ws, handle, start).run()
+        if code is not None:  # None: the controller went away, the command is killed
+            await finish(ws, {"exit": code})
+
     return app
 
 
@@ -173,10 +246,11 @@ class RemoteCall:
         import httpx
 
         self.address = address
+        self._auth = {"Authorization": f"Bearer {key}"}
         # A host that is gone must not hold a caller for the whole of a long call's timeout.
         self._http = httpx.Client(base_url=f"http://{address}",
                                   timeout=httpx.Timeout(timeout, connect=5.0),
-                                  headers={"Authorization": f"Bearer {key}"})
+                                  headers=self._auth)
         self._transport_error = httpx.TransportError
 
     def close(self) -> None:
@@ -199,6 +273,59 @@ class RemoteCall:
         it = stream()
         next(it)
         return it
+
+    async def open_download(self, path: str, params: dict[str, str | int]) -> AsyncDownload:
+        """GET `path` as a byte stream on the running event loop (for the API's streams, which
+        a client going away cancels). No read timeout: a followed log may be silent for long.
+        The agent's refusal is raised here, before any byte; a connection lost on the way
+        raises AgentOffline from the iterator."""
+        import httpx
+
+        client = httpx.AsyncClient(base_url=f"http://{self.address}", headers=self._auth,
+                                   timeout=httpx.Timeout(30.0, connect=5.0, read=None))
+        try:
+            r = await client.send(client.build_request("GET", path, params=params),
+                                  stream=True)
+        except httpx.TransportError as e:
+            await client.aclose()
+            raise self._offline(e) from None
+        if r.status_code != 200:
+            with suppress(httpx.TransportError):
+                await r.aread()
+            await r.aclose()
+            await client.aclose()
+            raise error_from(_body(r), r.status_code)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in r.aiter_raw():
+                    yield chunk
+            except httpx.TransportError as e:
+                raise self._offline(e) from None
+
+        async def close() -> None:
+            await r.aclose()
+            await client.aclose()
+
+        return AsyncDownload(dict(r.headers), chunks(), close)
+
+    async def open_websocket(self, path: str) -> ClientConnection:
+        """A websocket to `path`, the agent key as the handshake's bearer."""
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import InvalidHandshake, InvalidStatus
+
+        try:
+            # proxy=None: the agent is reached directly, whatever *_proxy says.
+            return await connect(f"ws://{self.address}{path}", additional_headers=self._auth,
+                                 proxy=None, compression=None, open_timeout=10,
+                                 close_timeout=2, max_size=None)
+        except InvalidStatus as e:
+            raise errors.ExecError(f"host agent at {self.address} refused the websocket "
+                                   f"(HTTP {e.response.status_code})",
+                                   hint="is that host's rackfire older than the server's?"
+                                   ) from None
+        except (OSError, TimeoutError, InvalidHandshake) as e:
+            raise self._offline(e) from None
 
     def upload(self, path: str, chunks: Iterable[bytes]) -> None:
         """PUT `chunks` to `path` as they come (chunked encoding, never whole in memory)."""
@@ -226,6 +353,13 @@ class RemoteCall:
         if r.status_code != 200:
             raise error_from(body, r.status_code)
         return decode(types_["return"], body.get("result"))
+
+
+@dataclass(frozen=True, slots=True)
+class AsyncDownload:
+    headers: dict[str, str]  # lower-case names
+    chunks: AsyncIterator[bytes]
+    close: Callable[[], Awaitable[None]]  # to be awaited once it is no longer read
 
 
 def _body(r: Any) -> dict[str, Any]:

@@ -217,6 +217,9 @@ class Fleet:
     def discard_disks(self, key: InstanceKey) -> None:
         self.agent_for(self.host_of(key)).discard_disks(key)
 
+    def set_aside(self, key: InstanceKey) -> None:
+        self.agent_for(self.host_of(key)).set_aside(key)
+
     # the stack's network, names and ports -------------------------------------------------
 
     def _network(self, net: NetworkConfig, host: str) -> NetworkConfig:

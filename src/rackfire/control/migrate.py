@@ -7,7 +7,7 @@ controller or of either agent) carries on from that step:
 
     stopping   stop the source copy                                  -> copying
     copying    stream the disks source -> target                     -> releasing
-    releasing  the source keeps its disks aside (as if received) and removes the instance
+    releasing  the source moves its disks aside (as if received) and removes the instance
                (its netns, veth and cgroup: names that must be free where it starts next)
                                                                      -> starting
     starting   create on the target from the copied disks, wait for its check -> cleaning
@@ -21,9 +21,8 @@ time: the source is stopped before the target starts, and the target is removed 
 source starts again. A host that cannot be reached leaves the row where it is, for the next
 reconcile; one unreachable for longer than GIVE_UP is given up on (reverted).
 
-Setting the source's disks aside copies them (sparse, verified) into its own `incoming/`:
-twice the disk space on the source for the length of the move, bought for a revert that
-needs nothing from the target.
+The source's disks set aside (moved into its own `incoming/`, as if received) make a
+revert that needs nothing from the target.
 """
 
 from __future__ import annotations
@@ -85,8 +84,7 @@ def run(m: Migration, req: InstanceRequest, fleet: Fleet, store: Store,
             points.hit("migrate.releasing")
             source = fleet.agent_for(m.source)
             if _exists(source, key):  # else it was released before a crash
-                source.receive_disks(key, source.send_disks(key))
-                source.destroy(key, req.stop_timeout)
+                source.set_aside(key)
             step = _next(places, m, "starting")
         if step == "starting":
             points.hit("migrate.starting")

@@ -7,9 +7,9 @@ raises AgentOffline when the host could not be asked at all: offline is not fail
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # model/host.py builds on HostCapacity from here
     from rackfire.model.host import HostFacts
@@ -117,6 +117,8 @@ class Agent(Protocol):
     def ensure_layer(self, digest: str) -> None: ...
     # Remove fetched layers that no instance on this host uses; the digests removed.
     def collect_layers(self) -> list[str]: ...
+    # Remove the stopped instance, keeping its disks as if received (for adopt_disks).
+    def set_aside(self, key: InstanceKey) -> None: ...
 
 
 class DiskMover(Protocol):
@@ -133,3 +135,37 @@ class DiskMover(Protocol):
 
 class HostAgent(Agent, DiskMover, Protocol):
     """A whole host's agent, the server's own or a joined one's: every call, and disks."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogStream:
+    """An instance's console log as its host streams it: its last lines first (`history`
+    bytes of them), then, when following, what it writes next, until it is gone there.
+    `close` must be awaited once it is no longer read (it ends the transfer)."""
+
+    history: int
+    chunks: AsyncIterator[bytes]
+    close: Callable[[], Awaitable[None]]
+
+
+class ExecStream(Protocol):
+    """A command in an instance on another host, as the frames of the exec websocket
+    (streaming.py's protocol), to be relayed as they are."""
+
+    # A connection the host already closed takes nothing more: receive() says it ended.
+    async def send(self, frame: str | bytes) -> None: ...
+    # The next frame; None once the host closed the connection.
+    async def receive(self) -> str | bytes | None: ...
+    # Ends the connection; a command still running there is killed.
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class StreamSource(Protocol):
+    """A joined host's logs and exec, streamed to the controller: a log path or a local
+    process handle would mean nothing on the controller's machine."""
+
+    # Refusals (no such instance there, host unreachable) are raised here, before any byte.
+    async def log_stream(self, key: InstanceKey, tail: int, follow: bool) -> LogStream: ...
+    # Connected, before the first frame (`{"argv": ...}`) is sent.
+    async def exec_stream(self, key: InstanceKey) -> ExecStream: ...

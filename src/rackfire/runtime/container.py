@@ -216,6 +216,38 @@ class ContainerRuntime:
                 mounts.unmount(path)
             return diskcopy.read_disks(d, self.volume(key))
 
+    def set_aside(self, key: InstanceKey) -> None:
+        """Remove the stopped instance but keep its disks in `<incoming>/<id>/`, as if
+        received, for a later create with `adopt_disks` (a migration's way back). Moved, not
+        copied; repeatable after a crash at any point (a disk already moved into the staging
+        dir stays there)."""
+        d = instance_dir(self.base, key)
+        final = self.incoming / key.id
+        staging = diskcopy.staging_dir(final)
+        with self._disk_lock(key):
+            state = self._state(key.id)
+            if state not in (None, "stopped"):
+                raise PrereqError(f"instance {key} is {state} on host {self.host}: only a "
+                                  "stopped instance's disks are set aside", hint="stop it first")
+            for path in (d.rootfs, d.disk, d.data):
+                mounts.unmount(path)
+            if d.disk_image.exists() or staging.is_dir():
+                staging.mkdir(parents=True, exist_ok=True)
+                disks: dict[str, object] = {}
+                for src, name in ((d.disk_image, diskcopy.ROOT_DISK),
+                                  (self.volume(key), diskcopy.DATA_DISK)):
+                    if src.exists():
+                        os.replace(src, staging / name)
+                    if (staging / name).exists():
+                        disks[name] = {"size": (staging / name).stat().st_size}
+                (staging / diskcopy.MANIFEST).write_text(json.dumps({"id": key.id,
+                                                                      "disks": disks}))
+                diskcopy.fsync_path(staging)
+                shutil.rmtree(final, ignore_errors=True)
+                os.rename(staging, final)
+                diskcopy.fsync_path(final.parent)
+        self.destroy(key)
+
     def _adopt_disks(self, d: InstanceDir, req: InstanceRequest) -> None:
         """Make the disks received for `req.key` (`<incoming>/<id>/`) the instance's, in
         place of new ones: the root disk moves into its dir, the data disk to its volume path.
