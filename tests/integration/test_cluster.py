@@ -327,8 +327,8 @@ def test_a_controller_killed_mid_migration_leaves_one_running_copy(cluster: Clus
     assert len(where) == 1, where
     assert _placements(c.server, stack)[f"{stack}/db/0"] == where[0]
     # Whichever way it went, the data came along and the other host holds no copy.
-    assert c.runc(where[0], "exec", f"{stack}.db.0", "cat", "/data/born").stdout.strip() \
-        == "db-0"
+    born = c.runc(where[0], "exec", f"{stack}.db.0", "cat", "/data/born")
+    assert born.stdout.strip() == "db-0", (born.stderr, where, source, target)
     other = target if where[0] == source else source
     assert not list((c.agent_dir(other) / "instances").glob(f"{stack}.*"))
     destroy(c, stack)

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from rackfire.api import streams
-from rackfire.api.streams import _LogFile, _tail_offset
+from rackfire import streaming
 from rackfire.model.instance import InstanceKey
+from rackfire.streaming import LogFile, _tail_offset
 
 KEY = InstanceKey("shop", "web", 0)
 
 
 def history(path: Path, tail: int, prefix: bytes = b"") -> bytes:
-    log = _LogFile(KEY, path, prefix)
+    log = LogFile(KEY, path, prefix)
     try:
         return b"".join(log.history(tail, keep_partial=False))
     finally:
@@ -39,7 +39,7 @@ def test_tail(tmp_path: Path, text: bytes, n: int, want: bytes) -> None:
 
 
 def test_tail_across_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(streams, "CHUNK", 7)  # lines straddle the blocks read backwards
+    monkeypatch.setattr(streaming, "CHUNK", 7)  # lines straddle the blocks read backwards
     f = tmp_path / "log"
     f.write_bytes(b"".join(b"line%d\n" % i for i in range(100)))
     assert history(f, 3) == b"line97\nline98\nline99\n"
@@ -50,7 +50,7 @@ def test_prefix_whole_lines_and_partial(tmp_path: Path) -> None:
     f = tmp_path / "log"
     f.write_bytes(b"one\ntwo\nthr")
     assert history(f, 0, b"w | ") == b"w | one\nw | two\nw | thr\n"
-    log = _LogFile(KEY, f, b"w | ")
+    log = LogFile(KEY, f, b"w | ")
     assert b"".join(log.history(0, keep_partial=True)) == b"w | one\nw | two\n"
     with open(f, "ab") as fh:
         fh.write(b"ee\nfour\n")
@@ -61,7 +61,7 @@ def test_prefix_whole_lines_and_partial(tmp_path: Path) -> None:
 def test_follow_appends_truncation_and_replacement(tmp_path: Path) -> None:
     f = tmp_path / "log"
     f.write_bytes(b"old\n")
-    log = _LogFile(KEY, f, b"")
+    log = LogFile(KEY, f, b"")
     assert b"".join(log.history(10, keep_partial=True)) == b"old\n"
     assert log.poll() == b""
     with open(f, "ab") as fh:

@@ -22,7 +22,7 @@ from typing import Any
 from rackfire import __version__
 from rackfire.agent.probe import probe, probe_exec
 from rackfire.agent.proxy import Proxy
-from rackfire.errors import NotFound, PrereqError
+from rackfire.errors import Conflict, NotFound, PrereqError
 from rackfire.images.build import ensure_image
 from rackfire.images.safe_tar import import_tarball
 from rackfire.images.store import ImageInfo, ImageStore, check_digest
@@ -139,6 +139,11 @@ class LocalAgent:
         if req.action_id and meta.get("action_id") == req.action_id \
                 and meta.get("phase") == "created":
             return
+        if verb == "create" and meta.get("phase") == "created" and not req.adopt_disks:
+            # A whole instance is never made over: whoever asks has not seen it (a host it
+            # could not reach), and its disk would be lost.
+            raise Conflict(f"instance {req.key} exists on host {self.host} already",
+                           hint="it is observed again at the next reconcile")
         runtime = self._runtime(req.runtime)
         self._layers_touched(req.image_digest, req.app_digest)
         # The runtime says whether it can take a release layer (and that it is the one).
@@ -318,6 +323,9 @@ class LocalAgent:
         shutil.rmtree(self._stack_dir(stack), ignore_errors=True)
         if not keep_data:
             remove_volumes(self._volumes / stack)
+            # Disks received or set aside by a migration that did not finish.
+            for copy in self._incoming.glob(f"{stack}.*"):
+                shutil.rmtree(copy, ignore_errors=True)
 
     # images -----------------------------------------------------------------------------
 

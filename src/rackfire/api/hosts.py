@@ -173,7 +173,15 @@ def add_host_routes(app: FastAPI, controller: Controller, actor: Any) -> None:
 
     @app.delete("/v1/hosts/{name}")
     def remove_host(name: str, who: str = actor) -> dict[str, Any]:
-        """Forget a joined host: its credential stops working."""
+        """Forget a joined host: its credential stops working. Refused while instances are
+        placed on it or move from or to it."""
+        held = [k for k, h in controller.fleet.placements.all().items() if h == name]
+        moving = [m for m in controller.fleet.placements.migrations()
+                  if name in (m.source, m.target)]
+        if held or moving:
+            raise PrereqError(f"host {name} still holds {len(held)} instance(s)"
+                              + (f" and {len(moving)} migration(s)" if moving else ""),
+                              hint=f"move them away first: `rackfire host drain {name}`")
         registry.remove(name)
         controller.store.add_event(who, "", f"host/{name}", "remove", "ok", "")
         return {"name": name, "removed": True}

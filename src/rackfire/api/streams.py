@@ -21,7 +21,7 @@ import shlex
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import anyio
 from fastapi import FastAPI, Query, WebSocket
@@ -56,6 +56,7 @@ UNAUTHORIZED = {"code": "unauthorized", "message": "missing or wrong API token",
 
 def add_stream_routes(app: FastAPI, controller: Controller, token: str) -> None:
     agent: Agent = controller.agent
+    fleet = controller.fleet
 
     @app.get("/v1/instances/{instance_id}/logs", response_class=StreamingResponse,
              responses={200: {"content": {"text/plain": {}}}})
@@ -68,8 +69,14 @@ def add_stream_routes(app: FastAPI, controller: Controller, token: str) -> None:
         key = _parse_id(instance_id)
         if not any(f.key == key for f in await run_in_threadpool(agent.observe, key.stack)):
             raise NotFound(f"no instance {key}", hint=f"`rackfire ps {key.stack}`")
-        logs = [_LogFile(key, Path(agent.log_path(key)), b"")]
-        return _text(_stream(agent, logs, tail, follow, None))
+        host = await run_in_threadpool(fleet.host_of, key)
+        if host == fleet.local_name:
+            logs: list[_Log] = [LogFile(key, Path(agent.log_path(key)), b"")]
+        else:
+            remote = _RemoteLog(fleet, key, host, b"")
+            await remote.open(tail, follow)  # a refusal is this request's error
+            logs = [remote]
+        return _text(_stream(controller, logs, tail, follow, None))
 
     @app.get("/v1/stacks/{stack}/logs", response_class=StreamingResponse,
              responses={200: {"content": {"text/plain": {}}}})
@@ -82,7 +89,7 @@ def add_stream_routes(app: FastAPI, controller: Controller, token: str) -> None:
         """Every instance's console log, each line prefixed `web-0 | `. Console logs carry
         no timestamps, so the history cannot be merged in time order: it comes instance by
         instance (the last `tail` lines of each). Lines written while following are
-        interleaved in the order they arrive (to within a poll, 0.25 s)."""
+        interleaved in the order they arrive (to within a poll, 0.25 s), from every host."""
         facts = await run_in_threadpool(agent.observe, stack)
         keys = sorted(f.key for f in facts if role in (None, f.key.role))
         if not keys:
@@ -90,44 +97,42 @@ def add_stream_routes(app: FastAPI, controller: Controller, token: str) -> None:
                 raise NotFound(f"no stack named {stack}", hint="see `rackfire ps`")
             if role is not None:
                 raise NotFound(f"stack {stack} has no instances of role {role}")
-        logs = _prefixed(agent, keys)
-        return _text(_stream(agent, logs, tail, follow, (stack, role)))
+        hosts = await run_in_threadpool(_hosts_of, fleet, keys)
+        logs = [_new_log(controller, k, hosts[k], p) for k, p in _prefixes(keys).items()]
+        return _text(_stream(controller, logs, tail, follow, (stack, role)))
 
     @app.websocket("/v1/instances/{instance_id}/exec")
     async def exec_ws(ws: WebSocket, instance_id: str) -> None:
-        await ws.accept()
-        given = ws.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            await _finish(ws, {"error": UNAUTHORIZED}, code=4401)
+        if not await authorized(ws, token, UNAUTHORIZED):
             return
         msg = await ws.receive()
         if msg["type"] == "websocket.disconnect":
             return
         try:
-            start = ExecStart.model_validate_json(msg.get("text") or "")
+            start = parse_start(msg.get("text") or "")
             key = _parse_id(instance_id)
-            handle = await run_in_threadpool(agent.exec, key, start.argv, start.tty)
-        except ValidationError as e:
-            err = PrereqError("the first message must be JSON text "
-                              '{"argv": [...], "tty": bool, "rows": int, "cols": int}: '
-                              + "; ".join(str(x["msg"]) for x in e.errors()))
-            await _finish(ws, {"error": err.to_dict()})
-            return
+            host = await run_in_threadpool(fleet.host_of, key)
         except RackfireError as e:
-            await _finish(ws, {"error": e.to_dict()})
+            await finish(ws, {"error": e.to_dict()})
             return
-        except OSError as e:  # could not even start runc (or the process)
-            await _finish(ws, {"error": ExecError(f"cannot start {start.argv[0]!r}: {e}")
-                               .to_dict()})
-            return
-        who = ws.headers.get("x-rackfire-actor", "api")
-        code = await _ExecSession(ws, handle, start).run()
+        if host == fleet.local_name:
+            handle = await start_exec(ws, start, lambda: agent.exec(key, start.argv, start.tty))
+            if handle is None:
+                return
+            code = await ExecSession(ws, handle, start).run()
+            why = f"exit {code}" if code is not None else "client left"
+        else:
+            relayed = await _relay_exec(ws, fleet, host, key, start)
+            if relayed is None:
+                return  # refused: the reason was sent
+            code, why = relayed
         # Who ran what inside an instance is an event: an operator's action, audited.
-        result, why = ("ok", f"exit {code}") if code is not None else ("failed", "client left")
+        who = ws.headers.get("x-rackfire-actor", "api")
         await run_in_threadpool(controller.store.add_event, who, key.stack, str(key), "exec",
-                                result, f"{shlex.join(start.argv)}: {why}")
+                                "ok" if code is not None else "failed",
+                                f"{shlex.join(start.argv)}: {why}")
         if code is not None:
-            await _finish(ws, {"exit": code})
+            await finish(ws, {"exit": code})
 
 
 # logs -----------------------------------------------------------------------------------------
@@ -145,18 +150,38 @@ def _parse_id(instance_id: str) -> InstanceKey:
                           hint="STACK.ROLE.INDEX, e.g. shop.web.0") from None
 
 
-def _prefixed(agent: Agent, keys: list[InstanceKey]) -> list[_LogFile]:
+def _prefixes(keys: list[InstanceKey]) -> dict[InstanceKey, bytes]:
     width = max((len(k.name) for k in keys), default=0)
-    return [_LogFile(k, Path(agent.log_path(k)), f"{k.name:<{width}} | ".encode())
-            for k in keys]
+    return {k: f"{k.name:<{width}} | ".encode() for k in keys}
 
 
-async def _stream(agent: Agent, logs: list[_LogFile], tail: int, follow: bool,
+def _hosts_of(fleet: Fleet, keys: list[InstanceKey]) -> dict[InstanceKey, str]:
+    return {k: fleet.host_of(k) for k in keys}
+
+
+def _new_log(controller: Controller, key: InstanceKey, host: str, prefix: bytes) -> _Log:
+    """A log not read yet: a file on the server's own host, a stream from a joined one."""
+    if host == controller.fleet.local_name:
+        return LogFile(key, Path(controller.agent.log_path(key)), prefix)
+    return _RemoteLog(controller.fleet, key, host, prefix)
+
+
+def _host(fleet: Fleet, lf: _Log) -> str:
+    return lf.host if isinstance(lf, _RemoteLog) else fleet.local_name
+
+
+async def _stream(controller: Controller, logs: list[_Log], tail: int, follow: bool,
                   stack: tuple[str, str | None] | None) -> AsyncIterator[bytes]:
     """The history of each log, then (follow) what each gets next, until the client goes
     (the response's task is cancelled) or the instance is gone (stack: every instance)."""
+    agent, fleet = controller.agent, controller.fleet
     try:
         for lf in logs:
+            if isinstance(lf, _RemoteLog):
+                async for chunk in lf.history(tail, follow):
+                    if chunk:
+                        yield chunk
+                continue
             for chunk in lf.history(tail, keep_partial=follow):
                 if chunk:
                     yield chunk
@@ -172,31 +197,259 @@ async def _stream(agent: Agent, logs: list[_LogFile], tail: int, follow: bool,
                 continue
             checked = time.monotonic()
             if stack is None:
-                if logs[0].missing() and not await _exists(agent, logs[0].key):
+                lf = logs[0]
+                if not lf.missing():
+                    continue
+                if not await _exists(agent, lf.key):
                     return
+                if isinstance(lf, _RemoteLog) and lf.failed:
+                    return  # its host could not be read on: said in the last line
+                # Replaced on its joined host (a new log there), or moved to another host.
+                host = await run_in_threadpool(fleet.host_of, lf.key)
+                if isinstance(lf, _RemoteLog) or host != fleet.local_name:
+                    await _close(lf)
+                    logs = [_new_log(controller, lf.key, host, b"")]
+                    _follow_from_start(logs[0])
                 continue
-            # A stack follows its instances as they come and go (scale, replace).
+            # A stack follows its instances as they come and go (scale, replace, migrate).
             facts = await run_in_threadpool(agent.observe, stack[0])
             keys = sorted(f.key for f in facts if stack[1] in (None, f.key.role))
             if not keys:
                 return
-            if keys != [lf.key for lf in logs]:
-                old = {lf.key: lf for lf in logs}
+            hosts = await run_in_threadpool(_hosts_of, fleet, keys)
+            # A joined host's stream ends when its instance is gone there; if it is back (a
+            # replace), or moved, its log is read again from its start, as a new file is.
+            stale = {lf.key for lf in logs if lf.key in hosts and (
+                _host(fleet, lf) != hosts[lf.key]
+                or (isinstance(lf, _RemoteLog) and lf.ended and not lf.failed))}
+            if keys != [lf.key for lf in logs] or stale:
+                old = {lf.key: lf for lf in logs if lf.key in hosts and lf.key not in stale}
                 for lf in logs:
-                    if lf.key not in keys:
-                        lf.close()
-                fresh = {lf.key: lf for lf in _prefixed(agent, keys)}
-                logs = [old.get(k) or fresh[k] for k in keys]
+                    if lf.key not in old:
+                        await _close(lf)
+                prefixes = _prefixes(keys)
+                logs = [old.get(k) or _new_log(controller, k, hosts[k], prefixes[k])
+                        for k in keys]
                 for lf in logs:
-                    lf.prefix = fresh[lf.key].prefix  # the common width may have changed
+                    lf.prefix = prefixes[lf.key]  # the common width may have changed
+                    if lf.key not in old:
+                        _follow_from_start(lf)
     finally:
         for lf in logs:
-            lf.close()
+            await _close(lf)
 
 
 async def _exists(agent: Agent, key: InstanceKey) -> bool:
     return any(f.key == key for f in await run_in_threadpool(agent.observe, key.stack))
 
 
+def _follow_from_start(lf: _Log) -> None:
+    # A file is read from its start by its first poll; a stream has to be asked for it.
+    if isinstance(lf, _RemoteLog):
+        lf.start(tail=0)
+
+
+async def _close(lf: _Log) -> None:
+    if isinstance(lf, _RemoteLog):
+        # Also when the response is cancelled (anyio cancels every await under it again).
+        with anyio.CancelScope(shield=True):
+            await lf.aclose()
+    else:
+        lf.close()
+
+
+class _RemoteLog:
+    """An instance's console log streamed from the joined host it runs on, read by a task
+    into a bounded buffer so that it is polled as a LogFile is. A stream that fails (the host
+    is gone) ends with a line saying so."""
+
+    LIMIT = CHUNK * 16  # bytes read and not yet polled: reading waits above this
+
+    def __init__(self, fleet: Fleet, key: InstanceKey, host: str, prefix: bytes) -> None:
+        self.fleet = fleet
+        self.key = key
+        self.host = host
+        self.lines = Lines(prefix)
+        self.ended = False  # nothing more comes: its instance is gone from there, or failed
+        self.failed = False
+        self._stream: LogStream | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._buf = bytearray()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._notice = b""
+
+    @property
+    def prefix(self) -> bytes:
+        return self.lines.prefix
+
+    @prefix.setter
+    def prefix(self, value: bytes) -> None:
+        self.lines.prefix = value
+
+    async def open(self, tail: int, follow: bool) -> None:
+        """Ask its host for the stream; its refusal is raised."""
+        source = await _stream_source(self.fleet, self.host)
+        self._stream = await source.log_stream(self.key, tail, follow)
+
+    async def history(self, tail: int, follow: bool) -> AsyncIterator[bytes]:
+        """Its last `tail` lines; then, following, a task reads on for `poll`."""
+        if self._stream is None:
+            try:
+                await self.open(tail, follow)
+            except RackfireError as e:
+                self._fail(e)
+                yield self.poll()
+                return
+        assert self._stream is not None
+        # Not following, everything is history; following, the host says where it ends.
+        left = self._stream.history if follow else -1
+        try:
+            while left:
+                chunk = await anext(self._stream.chunks, None)
+                if chunk is None:
+                    self.ended = True
+                    break
+                if left > 0:
+                    chunk, rest = chunk[:left], chunk[left:]
+                    left -= len(chunk)
+                    self._buf += rest
+                yield self.lines.feed(chunk)
+        except RackfireError as e:
+            self._fail(e)
+        if not follow or self.ended:
+            yield self.poll()
+        else:
+            self._task = asyncio.create_task(self._pump())
+
+    def start(self, tail: int) -> None:
+        """Follow from its last `tail` lines (0: all of it), all of it through `poll`."""
+        self._task = asyncio.create_task(self._pump(tail))
+
+    async def _pump(self, tail: int | None = None) -> None:
+        try:
+            if self._stream is None:
+                await self.open(tail or 0, True)
+            assert self._stream is not None
+            async for chunk in self._stream.chunks:
+                self._buf += chunk
+                if len(self._buf) >= self.LIMIT:  # the client is slower than the log
+                    self._room.clear()
+                    await self._room.wait()
+        except RackfireError as e:
+            self._fail(e)
+        finally:
+            self.ended = True
+
+    def _fail(self, e: RackfireError) -> None:
+        log.warning("log of %s from host %s: %s", self.key, self.host, e.message)
+        self.failed = self.ended = True
+        self._notice = (f"--- rackfire: the log of {self.key.name} on host {self.host} "
+                        f"cannot be read on: {e.message}\n").encode()
+
+    def poll(self) -> bytes:
+        data = bytes(self._buf)
+        self._buf.clear()
+        self._room.set()
+        out = self.lines.feed(data)
+        if not self.ended:
+            return out + self.lines.flush_if_stale()
+        out += self.lines.flush()
+        if self._notice:
+            out += self.lines.prefix + self._notice
+            self._notice = b""
+        return out
+
+    def missing(self) -> bool:
+        """Ended, and everything it got was polled."""
+        return self.ended and not self._buf and not self._notice
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._stream is not None:
+            with contextlib.suppress(Exception):  # the transfer is over either way
+                await self._stream.close()
+
+
+_Log: TypeAlias = LogFile | _RemoteLog
+
+
+async def _stream_source(fleet: Fleet, host: str) -> StreamSource:
+    """The joined host's agent, as a streamer of logs and exec."""
+    agent = await run_in_threadpool(fleet.agent_for, host)
+    if not isinstance(agent, StreamSource):
+        raise PrereqError(f"the agent of host {host} cannot stream logs or exec")
+    return agent
+
+
 # exec -----------------------------------------------------------------------------------------
 
+
+async def _relay_exec(ws: WebSocket, fleet: Fleet, host: str, key: InstanceKey,
+                      start: ExecStart) -> tuple[int | None, str] | None:
+    """Run the command through the agent of the joined host the instance is on, relaying
+    frames both ways: (its exit code, or None when it did not finish, and why), or None
+    when it was refused (the reason was sent)."""
+    try:
+        conn = await (await _stream_source(fleet, host)).exec_stream(key)
+    except RackfireError as e:
+        await finish(ws, {"error": e.to_dict()})
+        return None
+    try:
+        await conn.send(start.model_dump_json())
+        up = asyncio.create_task(_client_to_host(ws, conn))
+        down = asyncio.create_task(_host_to_client(ws, conn))
+        try:
+            await asyncio.wait([up, down], return_when=asyncio.FIRST_COMPLETED)
+            if not down.done() or down.cancelled() or down.exception() is not None:
+                return None, "client left"  # or cannot be written to: the command is killed
+            last = down.result()
+        finally:
+            for t in (up, down):
+                t.cancel()
+            await asyncio.gather(up, down, return_exceptions=True)
+    finally:
+        await conn.close()  # a command still running there is killed
+    if last is None:
+        lost = AgentOffline(f"the connection to host {host} was lost before the command "
+                            "exited", hint="`rackfire hosts` shows whether it is reachable")
+        await finish(ws, {"error": lost.to_dict()})
+        return None, f"host {host} lost"
+    code = last.get("exit")
+    if isinstance(code, int) and not isinstance(code, bool):
+        return code, f"exit {code}"
+    err = last.get("error")
+    if not isinstance(err, dict) or err.get("code") == "unauthorized":
+        # The controller's agent key, refused: not the client's token, so not its error.
+        err = ExecError(f"the agent of host {host} refused the controller's call",
+                        hint="if the host joined again, see `rackfire hosts`").to_dict()
+    await finish(ws, {"error": err})
+    return None
+
+
+async def _client_to_host(ws: WebSocket, conn: ExecStream) -> None:
+    """Until the client goes away."""
+    while True:
+        msg = await ws.receive()
+        if msg["type"] == "websocket.disconnect":
+            return
+        if msg.get("bytes") is not None:
+            await conn.send(msg["bytes"])
+        elif msg.get("text") is not None:
+            await conn.send(msg["text"])
+
+
+async def _host_to_client(ws: WebSocket, conn: ExecStream) -> dict[str, Any] | None:
+    """Output frames as they come; the last frame (`exit` or `error`), or None if the host
+    closed the connection without one."""
+    while (frame := await conn.receive()) is not None:
+        if isinstance(frame, bytes):
+            await ws.send_bytes(frame)
+            continue
+        with contextlib.suppress(ValueError):
+            data = json.loads(frame)
+            if isinstance(data, dict) and ("exit" in data or "error" in data):
+                return data
+    return None

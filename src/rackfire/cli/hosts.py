@@ -19,6 +19,7 @@ from rackfire.model.units import format_size_approx, parse_duration
 
 token_app = typer.Typer(no_args_is_help=True, help="Join tokens for new hosts.")
 host_app = typer.Typer(no_args_is_help=True, help="Manage one host.")
+STUCK = 60.0  # seconds a drain may see no move under way before it gives up waiting
 STATE_STYLE = {"ready": "green", "unreachable": "red", "draining": "yellow", "down": "red"}
 
 
@@ -158,16 +159,24 @@ def host_drain(name: str, url: Url = None, wait: Annotated[bool, typer.Option(
                   TimeElapsedColumn(), console=err) as bar:
         task = bar.add_task(f"draining {name}", total=total)
         deadline = time.monotonic() + timeout
+        idle_since = time.monotonic()
         while True:
             left = [k for k, h in client.placements().items() if h == name]
             moving = [m for m in client.migrations() if m["source"] == name]
-            bar.update(task, completed=total - len(left), description=f"draining {name}" + (
-                f": {moving[0]['instance']} {moving[0]['step']}" if moving else ""))
+            bar.update(task, completed=max(0, total - len(left)),
+                       description=f"draining {name}" + (
+                           f": {moving[0]['instance']} {moving[0]['step']}" if moving else ""))
             if not left:
                 break
-            if time.monotonic() > deadline:
-                raise PrereqError(f"host {name} still holds {len(left)} instance(s)",
-                                  hint="see `rackfire events` for why")
+            if moving:
+                idle_since = time.monotonic()
+            # Nothing on the move for a while: the rest waits for a role to be available
+            # again, or could not move (a failed move is tried again after 2 minutes).
+            if time.monotonic() > deadline or time.monotonic() - idle_since > STUCK:
+                raise PrereqError(f"host {name} still holds {len(left)} instance(s) "
+                                  f"({', '.join(sorted(left)[:3])}); it stays draining",
+                                  hint="see `rackfire events` for why; `rackfire host drain "
+                                  f"{name}` again follows it on")
             time.sleep(0.5)
     out.print(f"host {name} is drained: {total} instance(s) moved")
 
@@ -194,6 +203,7 @@ def migrate(instance: Annotated[str, typer.Argument(help="STACK/ROLE/INDEX")],
             time.sleep(0.3)
     host = client.placements().get(key)
     if host != m["target"]:
-        raise PrereqError(f"the migration of {key} failed; it stays on {host}",
+        where = f"it stays on {host}" if host else "it is no longer placed"
+        raise PrereqError(f"the migration of {key} failed; {where}",
                           hint="see `rackfire events` for why")
     out.print(f"{key} moved {m['source']} -> {m['target']}")

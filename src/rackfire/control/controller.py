@@ -25,7 +25,7 @@ from rackfire.control.hosts import asks_of, pool
 from rackfire.control.workqueue import WorkQueue
 from rackfire.errors import Conflict, ExecError, NotFound, PrereqError, RackfireError
 from rackfire.model.agent import Agent, InstanceStats, PublishedPort
-from rackfire.model.host import HostState
+from rackfire.model.host import Host, HostState, Reservation
 from rackfire.model.instance import (
     Health,
     InstanceFacts,
@@ -52,6 +52,7 @@ UNBUILT = "0" * 64  # the digest a plan shows for an image that apply will build
 
 
 RELOAD_SETTLE = 0.5  # after a reload signal, before the drained instance is stopped
+DRAIN_RETRY = 120.0  # seconds before a drain tries again to move an instance that failed to
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +102,7 @@ class Controller:
         self._stop = threading.Event()
         self._apply_lock = threading.Lock()
         self.failpoints = migrate.Failpoints(os.environ.get("RACKFIRE_FAILPOINTS", ""))
+        self._move_failed: dict[InstanceKey, float] = {}  # a drain retries them later
 
     # lifecycle --------------------------------------------------------------------------
 
@@ -299,11 +301,18 @@ class Controller:
                                hint=f"see `rackfire ps {key.stack}`")
             if any(m.key == key for m in self.fleet.placements.migrations(key.stack)):
                 raise Conflict(f"{key} is being migrated already")
-            source = next((f.host for f in self.agent.observe(key.stack) if f.key == key),
-                          None)
-            if source is None:
+            found = next((f for f in self.agent.observe(key.stack) if f.key == key), None)
+            if found is None:
                 raise PrereqError(f"{key} does not exist yet", hint="wait for the stack to "
                                   "converge (`rackfire ps`)")
+            if found.runtime is not RuntimeKind.CONTAINER:
+                raise PrereqError(f"{key} runs as a process: it has no disks to move",
+                                  hint="only container instances migrate")
+            st = self.store.statuses(key.stack).get(key)
+            if st is not None and st.stopped:
+                raise PrereqError(f"{key} is stopped by an operator",
+                                  hint=f"start it first (`rackfire start {key}`)")
+            source = found.host
             if to == source:
                 raise PrereqError(f"{key} is on {to} already")
             target = self._target(rec.spec, key, source, to)
@@ -316,6 +325,10 @@ class Controller:
         """Move every instance off `host`, each role keeping its availability; the host
         gets nothing new meanwhile. How many instances are to move."""
         with self._audited(actor, "", f"host/{host}", "drain"):
+            if host == self.fleet.local_name:
+                raise PrereqError(f"{host} is the server's own host: it cannot be drained",
+                                  hint="run the server with --no-local-host to keep "
+                                  "instances off it")
             self.fleet.registry.set_state(host, HostState.DRAINING)
         placed = self.fleet.placements.all()
         leaving = [k for k, h in placed.items() if h == host]
@@ -326,11 +339,9 @@ class Controller:
 
     def _target(self, spec: StackSpec, key: InstanceKey, source: str,
                 to: str | None) -> str:
-        others = [r.spec for r in self.store.stacks() if r.name != spec.name and not r.deleting]
-        placed = self.fleet.placements.all()
+        placed = self.fleet.placements.of_stack(spec.name)
         placed[key] = source
-        d = move(pool(m.view for m in self.fleet.members()), placed,
-                 asks_of([*others, spec]), key, to)
+        d = move(self._pool(spec), placed, asks_of([spec]), key, to)
         if d.host is None:
             why = "; ".join(str(r) for r in d.rejected) or "no other host"
             raise PrereqError(f"no host can take {key}: {why}",
@@ -414,6 +425,12 @@ class Controller:
                                   "container runtime", hint="run the server as root with runc")
         for image in spec.images:
             self.agent.check_image(image)
+        keys = set(_desired_keys(spec))
+        for m in self.fleet.placements.migrations(spec.name):
+            if m.key not in keys:
+                raise Conflict(f"{m.key} is being migrated ({m.source} -> {m.target}, "
+                               f"{m.step}): it cannot go away meanwhile",
+                               hint="try again when it has moved (`rackfire events`)")
         observed = self.agent.observe(spec.name)
         capacity.check_no_shrink(spec, observed)
         if self.fleet.multi_host():
@@ -457,7 +474,8 @@ class Controller:
                             hint="fix the app (its requirements.txt) and push it again")
         if self._migrate(rec, desired):
             desired = self._desired(rec.spec, rec, build=True)  # hosts changed: look again
-        moving = {m.key for m in self.fleet.placements.migrations(name)}
+        moving = migrate.migrating(self.fleet.placements.migrations(name))
+        moving |= self.fleet.unknown(name)
         desired = replace(desired, requests=[r for r in desired.requests if r.key not in moving],
                           observed=[f for f in desired.observed if f.key not in moving])
         plan = self._plan(name, rec.generation, rec.spec, desired)
@@ -521,7 +539,7 @@ class Controller:
 
     def _reconcile_deleted(self, rec: StackRecord) -> None:
         observed = self.agent.observe(rec.name)
-        self._remove_strays(rec.name, all_copies=True)
+        self._remove_strays(rec.name, all_copies=True, keep_data=rec.keep_data)
         plan = plan_stack(rec.name, rec.generation, None, [], observed, {}, self.clock())
         outcome = self.executor.run(plan, self.clock)
         if outcome.failed:
@@ -655,25 +673,33 @@ class Controller:
         ended = False
         for m in self.fleet.placements.migrations(rec.name):
             req = requests.get(m.key)
-            if req is None:  # scaled away meanwhile: it stays where it was, to be removed
-                self.fleet.placements.end_migration(m.key, m.source)
+            if req is None:  # no longer wanted (changes that remove it are refused)
+                if m.step in ("stopping", "copying"):  # whole on the source still
+                    self.fleet.placements.end_migration(m.key, m.source)
+                else:
+                    log.warning("migration of %s: the instance is no longer wanted", m.key)
                 continue
             if migrate.run(m, req, self.fleet, self.store, self._wait_on,
                            failpoints=self.failpoints):
                 ended = True
+                if self.fleet.placements.host_of(m.key) == m.source:  # reverted
+                    self._move_failed[m.key] = time.monotonic()
             else:
                 self.queue.add(rec.name, delay=5.0)
         return self._remove_strays(rec.name) or ended
 
-    def _remove_strays(self, stack: str, *, all_copies: bool = False) -> bool:
+    def _remove_strays(self, stack: str, *, all_copies: bool = False,
+                       keep_data: bool = False) -> bool:
         """Remove the copies an interrupted migration left on a host other than the
         instance's placement (with `all_copies`, a migration's target copy too: the stack
         is going). Whether any was removed."""
-        moving = {m.key: m for m in self.fleet.placements.migrations(stack)}
+        moving = {m.key: m for m in self.fleet.placements.migrations(stack)
+                  if m.key in migrate.migrating([m])}
         self.agent.observe(stack)  # strays are judged on what every host has now
         copies = self.fleet.strays(stack)
-        if all_copies:
-            copies += [(m.key, m.target) for m in moving.values()]
+        if all_copies:  # the stack goes: a move's target copy too, unless it is the instance
+            copies += [(m.key, m.target) for m in moving.values()
+                       if self.fleet.placements.host_of(m.key) != m.target]
         removed = False
         for key, host in copies:
             if key in moving and not all_copies:
@@ -681,7 +707,8 @@ class Controller:
             try:
                 agent = self.fleet.agent_for(host)
                 agent.destroy(key)
-                agent.discard_disks(key)
+                if not keep_data:
+                    agent.discard_disks(key)
             except RackfireError as e:
                 log.warning("removing the stray copy of %s on %s: %s", key, host, e.message)
                 continue
@@ -700,22 +727,26 @@ class Controller:
         placed = self.fleet.placements.of_stack(rec.name)
         ready = self._ready_keys(rec.spec, desired.observed)
         moving = {m.key for m in self.fleet.placements.migrations(rec.name)}
+        now = time.monotonic()
         for role in rec.spec.roles:
             mine = [InstanceKey(rec.name, role.name, i) for i in range(role.count)]
-            down = sum(1 for k in mine if k not in ready or k in moving)
+            down = {k for k in mine if k not in ready or k in moving}
             for key in mine:
-                if down >= max(1, role.update.max_unavailable):
-                    break
                 if placed.get(key) not in draining or key in moving:
+                    continue
+                if len(down - {key}) >= max(1, role.update.max_unavailable):
+                    break  # moving it now would take the role below its availability
+                if now - self._move_failed.get(key, -DRAIN_RETRY) < DRAIN_RETRY:
                     continue
                 try:
                     target = self._target(rec.spec, key, placed[key], None)
                 except PrereqError as e:
                     self.store.add_event(CONTROLLER, rec.name, str(key), "drain", "failed",
                                          e.message)
+                    self._move_failed[key] = now
                     continue
                 self.fleet.placements.start_migration(key, placed[key], target, CONTROLLER)
-                down += 1
+                down.add(key)
 
     def _wait_on(self, req: InstanceRequest, host: str) -> str:
         """Wait until the instance runs and passes its check on `host` (not yet its
@@ -745,43 +776,61 @@ class Controller:
     def _place(self, spec: StackSpec, observed: list[InstanceFacts],
                surge: Collection[InstanceKey] = ()) -> Placement:
         """Where each instance of `spec` would run: the scheduler over the hosts as they
-        are now, every other stack's instances held where they are placed. An instance
-        stays where it runs; only `migrate` and `drain` move one."""
-        others = [r.spec for r in self.store.stacks() if r.name != spec.name and not r.deleting]
-        placed = self.fleet.placements.all()
+        are now. An instance stays where it runs; only `migrate` and `drain` move one."""
+        placed = self.fleet.placements.of_stack(spec.name)
         for f in observed:
             placed.setdefault(f.key, f.host)
-        wanted = asks_of([*others, spec])
+        wanted = asks_of([spec])
         roles = {r.name: r for r in spec.roles}
         for key in surge:
             wanted[key] = Ask.of_role(roles[key.role])
-        return schedule(pool(m.view for m in self.fleet.members()), placed, wanted)
+        return schedule(self._pool(spec), placed, wanted)
+
+    def _pool(self, spec: StackSpec) -> list[Host]:
+        """The hosts as the scheduler sees them for `spec`: every other stack's instances
+        hold their reservation on the host they are placed on (a draining one too, until
+        they move), and an instance on the move holds one on its target as well."""
+        others = [r.spec for r in self.store.stacks() if r.name != spec.name and not r.deleting]
+        theirs, mine = asks_of(others), asks_of([spec])
+        placed = self.fleet.placements.all()
+        held: dict[str, Reservation] = {}
+        for key, ask in theirs.items():
+            if key in placed:
+                held[placed[key]] = held.get(placed[key], Reservation()) + ask.need
+        for m in self.fleet.placements.migrations():
+            moving = theirs.get(m.key) or mine.get(m.key)
+            if moving is not None:
+                held[m.target] = held.get(m.target, Reservation()) + moving.need
+        return [replace(h, reserved=h.reserved + held.get(h.name, Reservation()))
+                for h in pool(m.view for m in self.fleet.members())]
 
     def _place_new(self, spec: StackSpec, desired: Desired,
                    creating: Collection[InstanceKey]) -> None:
         """Keep the host of each instance to be created that has none yet, before it is
-        created there. A surge instance (it lives for minutes) that fits nowhere goes beside
-        its role's first one, as on one host; any other that fits nowhere fails the
-        reconcile."""
+        created there. A surge instance (it lives for minutes, and is not reserved) that
+        fits nowhere goes beside its role's first one; any other that fits nowhere fails
+        the reconcile."""
         have = self.fleet.placements.of_stack(spec.name)
-        wanted = set(_desired_keys(spec))
-        surge = [k for k in creating if k not in wanted]
-        placement = self._place(spec, desired.observed, surge)
-        new: dict[InstanceKey, str] = {}
-        for d in placement.decisions:
-            key = d.key
-            if key.stack != spec.name or key in have or key not in creating:
-                continue
-            if d.host is not None:
-                new[key] = d.host
-            elif key in wanted:
-                _refuse_unplaced(spec, placement)
-            else:
-                new[key] = have.get(InstanceKey(key.stack, key.role, 0),
-                                    self.fleet.local_name)
-        for f in desired.observed:  # running before placements were kept: where they are
-            if f.key not in have:
-                new[f.key] = f.host
+        new = {f.key: f.host for f in desired.observed  # running before placements were kept
+               if f.key not in have}
+        todo = [k for k in creating if k not in have and k not in new]
+        if todo and not self.fleet.multi_host():  # one host: the apply's check was enough
+            new.update(dict.fromkeys(todo, self.fleet.local_name))
+        elif todo:
+            wanted = set(_desired_keys(spec))
+            placement = self._place(spec, desired.observed, [k for k in todo
+                                                             if k not in wanted])
+            for key in todo:
+                d = placement.decision(key)
+                if d.host is not None:
+                    new[key] = d.host
+                elif key in wanted:
+                    _refuse_unplaced(spec, placement)
+                else:
+                    first = have.get(InstanceKey(key.stack, key.role, 0))
+                    if first is None:
+                        raise PrereqError(f"no host can take the surge instance {key}")
+                    new[key] = first
         if new:
             self.fleet.placements.put(new)
 

@@ -7,20 +7,23 @@ from (`ensure_layer`). With no joined host this is the local agent, call for cal
 
 `observe` merges what every host reports. A host that cannot be asked (unreachable, its
 agent restarting) reports what it reported last: its instances are not taken for gone, so
-nothing is re-created elsewhere on a hiccup; an action on it fails as AgentOffline and is
-retried.
+nothing is re-created on a hiccup; an action on it fails as AgentOffline and is retried. One
+that has not answered since this server started is *blind*: its instances are `unknown`,
+and the reconcile leaves them alone until it answers.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
-from rackfire.control.hosts import HostView, host_views, silent
-from rackfire.errors import AgentOffline, NotFound
+from rackfire.control.hosts import HostView, host_views
+from rackfire.errors import AgentOffline
 from rackfire.model.agent import (
     Agent,
     ExecHandle,
@@ -43,6 +46,8 @@ from rackfire.model.stack import DEFAULT_STOP_TIMEOUT, HealthSpec, ImageSpec, Po
 from rackfire.store import Store
 from rackfire.store.hosts import HostRegistry
 from rackfire.store.placements import Placements
+
+QUIET = 5.0  # seconds a host that could not be reached is not asked again
 
 Connect = Callable[[str, str, str], HostAgent]
 """(host name, agent address, agent key) -> that host's agent."""
@@ -68,6 +73,8 @@ class Fleet:
         self._remotes: dict[str, tuple[str, str, HostAgent]] = {}  # name -> address, key, agent
         self._seen: dict[str, list[InstanceFacts]] = {}  # host -> its last observe()
         self._names: dict[str, list[tuple[str, list[str]]]] = {}  # stack -> hosts file
+        self._quiet: dict[str, float] = {}  # host -> not asked again before (monotonic)
+        self._blind: set[str] = set()  # hosts the last observe knew nothing of
 
     # the pool -----------------------------------------------------------------------------
 
@@ -76,7 +83,7 @@ class Fleet:
         joined = self.registry.hosts()
         views = host_views(self.local_name, self.local.facts(), joined, stacks,
                            self.placements.all(), time.time(), local_pool=self.local_pool)
-        ips = {h.name: h.address.rpartition(":")[0] for h in joined}
+        ips = {h.name: ip for h in joined if (ip := _ip_of(h.address))}
         local_ip = _route_source(next(iter(ips.values()))) if ips and self.local_pool else ""
         return [Member(v, local_ip if v.local else ips.get(v.name, "")) for v in views]
 
@@ -90,8 +97,8 @@ class Fleet:
         with self._lock:
             known = self._remotes.get(host)
         rec = next((h for h in self.registry.hosts() if h.name == host), None)
-        if rec is None:
-            raise NotFound(f"no host named {host}", hint="see `rackfire hosts`")
+        if rec is None:  # removed: to a fan-out as good as offline
+            raise AgentOffline(f"host {host} is no longer known", hint="see `rackfire hosts`")
         if not rec.address:
             raise AgentOffline(f"host {host} has not reported its agent's address yet")
         if known is None or known[:2] != (rec.address, rec.agent_key):
@@ -112,34 +119,70 @@ class Fleet:
         """The hosts the stack's network, names and ports are on: where it is placed, and
         the server's own when it runs instances (a stack with none placed yet)."""
         placed = set(self.placements.of_stack(stack).values())
-        placed |= {f.host for host in self._hosts() for f in self._seen.get(host, [])
+        placed |= {f.host for facts in self._last().values() for f in facts
                    if f.key.stack == stack}
-        if self.local_pool and (placed or not self.registry.hosts()):
+        if self.local_pool and not placed:
             placed.add(self.local_name)
         return sorted(placed)
 
     # instances ----------------------------------------------------------------------------
 
     def observe(self, stack: str | None = None) -> list[InstanceFacts]:
-        by_key: dict[InstanceKey, InstanceFacts] = {}
         placed = self.placements.all()
-        now = time.time()
-        gone = {h.name for h in self.registry.hosts() if silent(h, now)}
-        for host in self._hosts():
+        hosts = self._hosts()
+        now = time.monotonic()
+
+        def ask(host: str) -> list[InstanceFacts] | None:
+            with self._lock:
+                if now < self._quiet.get(host, 0.0):  # it just failed: not every call waits
+                    return None
             try:
-                if host in gone:  # not asked: a dead host's calls would wait for timeouts
-                    raise AgentOffline(f"host {host} is unreachable")
-                facts = self.agent_for(host).observe(None)
-                self._seen[host] = facts
+                return self.agent_for(host).observe(stack)
             except AgentOffline:
-                facts = self._seen.get(host, [])
+                with self._lock:
+                    self._quiet[host] = time.monotonic() + QUIET
+                return None
+
+        if len(hosts) > 2:  # side by side: each joined host is a round trip
+            with ThreadPoolExecutor(max_workers=min(8, len(hosts))) as workers:
+                answers = list(workers.map(ask, hosts))
+        else:
+            answers = [ask(h) for h in hosts]
+        by_key: dict[InstanceKey, InstanceFacts] = {}
+        blind = set()
+        for host, facts in zip(hosts, answers, strict=True):
+            with self._lock:
+                if facts is not None:
+                    self._quiet.pop(host, None)
+                    old = self._seen.get(host, [])
+                    self._seen[host] = facts if stack is None else [
+                        f for f in old if f.key.stack != stack] + facts
+                elif host in self._seen:
+                    facts = self._seen[host]
+                else:
+                    blind.add(host)
+                    facts = []
             for f in facts:
                 if stack is not None and f.key.stack != stack:
                     continue
                 # Mid-migration an instance exists on two hosts: its placement is the one.
                 if f.key not in by_key or placed.get(f.key) == host:
                     by_key[f.key] = f
+        with self._lock:
+            self._blind = blind
         return list(by_key.values())
+
+    def unknown(self, stack: str) -> set[InstanceKey]:
+        """Instances placed on a host that could not be asked and never answered this server
+        (just restarted): nothing is known of them, so nothing may be done to them."""
+        with self._lock:
+            blind = set(self._blind)
+        return {k for k, h in self.placements.of_stack(stack).items() if h in blind}
+
+    def _last(self) -> dict[str, list[InstanceFacts]]:
+        """What each host reported last (a copy: observers run in other threads)."""
+        with self._lock:
+            return dict(self._seen)
 
     def observe_on(self, host: str, stack: str) -> list[InstanceFacts]:
         return self.agent_for(host).observe(stack)
@@ -149,7 +192,7 @@ class Fleet:
         their placement: what an interrupted migration left behind. A running one is never
         taken for a leftover (it may be what a lost host still runs: issue 7's fencing)."""
         placed = self.placements.of_stack(stack)
-        return sorted((f.key, host) for host, facts in self._seen.items() for f in facts
+        return sorted((f.key, host) for host, facts in self._last().items() for f in facts
                       if f.key.stack == stack and placed.get(f.key, host) != host
                       and f.state is not InstanceState.RUNNING)
 
@@ -179,7 +222,8 @@ class Fleet:
                 if digest:
                     agent.ensure_layer(digest)
         agent.ensure_network(self._network(req.network, host))
-        agent.set_hosts(req.key.stack, self._names.get(req.key.stack, []))
+        if req.key.stack in self._names:  # (after a restart, _publish sets them first)
+            agent.set_hosts(req.key.stack, self._names[req.key.stack])
 
     def destroy(self, key: InstanceKey, stop_timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         self.agent_for(self.host_of(key)).destroy(key, stop_timeout)
@@ -197,7 +241,10 @@ class Fleet:
         self.agent_for(self.host_of(req.key)).reload(req)
 
     def probe(self, key: InstanceKey, ip: str, health: HealthSpec) -> tuple[bool, str]:
-        return self.agent_for(self.host_of(key)).probe(key, ip, health)
+        """Where it was seen running: mid-migration, its new copy before it is placed."""
+        seen = next((host for host, facts in self._last().items() for f in facts
+                     if f.key == key and f.state is InstanceState.RUNNING), None)
+        return self.agent_for(seen or self.host_of(key)).probe(key, ip, health)
 
     def stats(self, stack: str) -> list[InstanceStats]:
         out: list[InstanceStats] = []
@@ -225,6 +272,8 @@ class Fleet:
     def _network(self, net: NetworkConfig, host: str) -> NetworkConfig:
         """The stack's network as `host` sees it: across hosts, with the stack's VNI, the
         host's own underlay address and every host as a peer (the same list everywhere)."""
+        if not self.multi_host():
+            return net
         ips = {m.view.name: m.ip for m in self.members() if m.ip}
         if not ips:
             return net
@@ -233,7 +282,10 @@ class Fleet:
 
     def ensure_network(self, net: NetworkConfig) -> None:
         for host in self._stack_hosts(net.stack):
-            self.agent_for(host).ensure_network(self._network(net, host))
+            try:
+                self.agent_for(host).ensure_network(self._network(net, host))
+            except AgentOffline:
+                continue  # an instance gets it before it starts there (prepare)
 
     def set_hosts(self, stack: str, entries: list[tuple[str, list[str]]]) -> None:
         """The same names everywhere: instances reach each other across hosts."""
@@ -250,7 +302,7 @@ class Fleet:
         if not self.multi_host():
             self.local.publish(stack, ports)
             return
-        host_of_ip = {f.ip: f.host for facts in self._seen.values() for f in facts
+        host_of_ip = {f.ip: f.host for facts in self._last().values() for f in facts
                       if f.key.stack == stack and f.ip}
         for host in self._stack_hosts(stack):
             mine = [PublishedPort(p.port, tuple(b for b in p.backends
@@ -331,7 +383,21 @@ class Fleet:
 
 
 def _route_source(peer_ip: str) -> str:
-    """This machine's address toward `peer_ip` (no packet is sent: it only picks a route)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.connect((peer_ip, 9))
-        return str(s.getsockname()[0])
+    """This machine's address toward `peer_ip` (no packet is sent: it only picks a route);
+    "" when there is none."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((peer_ip, 9))
+            return str(s.getsockname()[0])
+    except OSError:
+        return ""
+
+
+def _ip_of(address: str) -> str:
+    """The IPv4 address of an agent's HOST:PORT, for VXLAN; "" if it is none (VXLAN here
+    runs over IPv4 only)."""
+    host = address.rpartition(":")[0]
+    try:
+        return str(ipaddress.IPv4Address(host))
+    except ValueError:
+        return ""

@@ -46,6 +46,13 @@ GIVE_UP = 300.0  # seconds a migration waits for an unreachable host before it i
 STEPS = ("stopping", "copying", "releasing", "starting", "cleaning", "reverting")
 
 
+def migrating(rows: list[Migration]) -> set[InstanceKey]:
+    """The instances a migration holds: left alone by the planner (neither created nor
+    restarted elsewhere). From `cleaning` on the instance is placed on its target and
+    managed as any other; the row only waits to drop the source's disks."""
+    return {m.key for m in rows if m.step != "cleaning"}
+
+
 class Failpoints:
     """Test hooks: RACKFIRE_FAILPOINTS=migrate.copying=exit makes the server die at the
     start of that step (as a crash would), to check that the next one carries on."""
@@ -109,15 +116,16 @@ def run(m: Migration, req: InstanceRequest, fleet: Fleet, store: Store,
         if step == "reverting":
             return _revert(m, req, fleet, store, "")
     except AgentOffline as e:
-        if time.time() - m.started < GIVE_UP or step == "cleaning":
+        if time.time() - m.started < GIVE_UP or step in ("cleaning", "reverting"):
             log.warning("migration of %s waits at %s: %s", key, step, e.message)
             return False
         return _start_revert(m, req, fleet, store, f"gave up at {step}: {e.message}")
-    except RackfireError as e:
+    except (RackfireError, OSError) as e:  # OSError: the server's own disks (ENOSPC, ...)
+        why = e.message if isinstance(e, RackfireError) else str(e)
         if step in ("cleaning", "reverting"):  # the instance is whole on one host: carry on
-            log.warning("migration of %s at %s: %s", key, step, e.message)
+            log.warning("migration of %s at %s: %s", key, step, why)
             return False
-        return _start_revert(m, req, fleet, store, f"{step} failed: {e.message}")
+        return _start_revert(m, req, fleet, store, f"{step} failed: {why}")
     return True
 
 
@@ -133,8 +141,8 @@ def _start_revert(m: Migration, req: InstanceRequest, fleet: Fleet, store: Store
                     f"{m.source} -> {m.target}: {why}; going back to {m.source}")
     try:
         return _revert(m, req, fleet, store, why)
-    except RackfireError as e:
-        log.warning("reverting the migration of %s: %s", m.key, e.message)
+    except (RackfireError, OSError) as e:
+        log.warning("reverting the migration of %s: %s", m.key, e)
         return False
 
 

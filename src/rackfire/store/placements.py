@@ -8,9 +8,11 @@ back (control/migrate.py)."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import dataclass
 
+from rackfire.errors import Conflict
 from rackfire.model.instance import InstanceKey
 from rackfire.store.db import Store
 
@@ -82,8 +84,12 @@ class Placements:
 
     def start_migration(self, key: InstanceKey, source: str, target: str, actor: str) -> None:
         with self.store.tx() as db:
-            db.execute("INSERT INTO migrations VALUES (?, ?, ?, ?, ?, 'stopping', ?, ?)",
-                       (key.stack, key.role, key.index, source, target, time.time(), actor))
+            try:
+                db.execute("INSERT INTO migrations VALUES (?, ?, ?, ?, ?, 'stopping', ?, ?)",
+                           (key.stack, key.role, key.index, source, target, time.time(),
+                            actor))
+            except sqlite3.IntegrityError:
+                raise Conflict(f"{key} is being migrated already") from None
 
     def set_step(self, key: InstanceKey, step: str) -> None:
         with self.store.tx() as db:
