@@ -307,29 +307,17 @@ def test_drain_empties_a_host_keeping_every_role_available(cluster: Cluster) -> 
 def test_a_controller_killed_mid_migration_leaves_one_running_copy(cluster: Cluster,
                                                                    step: str) -> None:
     c = cluster
-    stack = unique("crash")
-    c.server.cli("apply", "-f", str(write_stack(c.tmp, DB.format(stack=stack))), "-y",
-                 timeout=300)
-    [before] = json.loads(c.server.cli("ps", stack, "--json").stdout)
-    source = before["host"]
-    target = next(h.name for h in c.bed.hosts if h.name != source)
-    c.server.stop()
-    c.server.server_env = {"RACKFIRE_FAILPOINTS": f"migrate.{step}=exit"}
-    c.server.start()
+    stack, source, target = db_with_failpoint(c, "crash", f"migrate.{step}=exit")
     c.server.cli("migrate", f"{stack}/db/0", "--to", target, check=False, timeout=120)
     assert c.server.proc is not None
     c.server.proc.wait(60)  # it died at the step, as in a crash
     c.server.server_env = {}
     c.server.start()
-    wait_for(lambda: not _migrations(c.server), 180, "the migration to end")
-    where = wait_for(lambda: (r := c.running_on(f"{stack}.db.0")) and r, 60,
-                     "a running copy")
-    assert len(where) == 1, where
-    assert _placements(c.server, stack)[f"{stack}/db/0"] == where[0]
+    where = one_running_copy(c, stack)
     # Whichever way it went, the data came along and the other host holds no copy.
-    born = c.runc(where[0], "exec", f"{stack}.db.0", "cat", "/data/born")
+    born = c.runc(where, "exec", f"{stack}.db.0", "cat", "/data/born")
     assert born.stdout.strip() == "db-0", (born.stderr, where, source, target)
-    other = target if where[0] == source else source
+    other = target if where == source else source
     assert not list((c.agent_dir(other) / "instances").glob(f"{stack}.*"))
     destroy(c, stack)
 
@@ -338,17 +326,9 @@ def test_a_controller_killed_mid_migration_leaves_one_running_copy(cluster: Clus
 def test_an_agent_killed_mid_migration_leaves_one_running_copy(cluster: Cluster,
                                                                party: str) -> None:
     c = cluster
-    stack = unique("agentdies")
-    c.server.cli("apply", "-f", str(write_stack(c.tmp, DB.format(stack=stack))), "-y",
-                 timeout=300)
-    [before] = json.loads(c.server.cli("ps", stack, "--json").stdout)
-    source = before["host"]
-    target = next(h.name for h in c.bed.hosts if h.name != source)
     # The source dies before the copy is made; the target once it has the disks.
-    c.server.stop()
     step = "copying" if party == "source" else "starting"
-    c.server.server_env = {"RACKFIRE_FAILPOINTS": f"migrate.{step}=sleep:4"}
-    c.server.start()
+    stack, source, target = db_with_failpoint(c, "agentdies", f"migrate.{step}=sleep:4")
     proc = subprocess.Popen([sys.executable, "-m", "rackfire", "migrate", f"{stack}/db/0",
                              "--to", target], env=c.server.env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -359,12 +339,36 @@ def test_an_agent_killed_mid_migration_leaves_one_running_copy(cluster: Cluster,
     time.sleep(6)
     c.start_agent(victim)
     proc.wait(300)
+    where = one_running_copy(c, stack)
+    born = c.runc(where, "exec", f"{stack}.db.0", "cat", "/data/born")
+    assert born.stdout.strip() == "db-0", (born.stderr, where, source, target)
+    destroy(c, stack)
+
+
+def db_with_failpoint(c: Cluster, prefix: str, failpoint: str) -> tuple[str, str, str]:
+    """A stack of one instance with a data disk, and the server restarted with `failpoint`:
+    the stack, the instance's host and another host."""
+    stack = unique(prefix)
+    c.server.cli("apply", "-f", str(write_stack(c.tmp, DB.format(stack=stack))), "-y",
+                 timeout=300)
+    [before] = json.loads(c.server.cli("ps", stack, "--json").stdout)
+    source = before["host"]
+    target = next(h.name for h in c.bed.hosts if h.name != source)
+    c.server.stop()
+    c.server.server_env = {"RACKFIRE_FAILPOINTS": failpoint}
+    c.server.start()
+    return stack, source, target
+
+
+def one_running_copy(c: Cluster, stack: str) -> str:
+    """Once the migration is over, exactly one host runs the instance, and it is placed
+    there; that host."""
     wait_for(lambda: not _migrations(c.server), 300, "the migration to end")
     where = wait_for(lambda: (r := c.running_on(f"{stack}.db.0")) and r, 60,
                      "a running copy")
     assert len(where) == 1, where
     assert _placements(c.server, stack)[f"{stack}/db/0"] == where[0]
-    destroy(c, stack)
+    return str(where[0])
 
 
 def _migrations(server: Server) -> list[dict[str, Any]]:

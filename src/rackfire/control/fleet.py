@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
-from rackfire.control.hosts import HostView, host_views
+from rackfire.control.hosts import HostView, host_views, silent
 from rackfire.errors import AgentOffline
 from rackfire.model.agent import (
     Agent,
@@ -129,12 +129,16 @@ class Fleet:
 
     def observe(self, stack: str | None = None) -> list[InstanceFacts]:
         placed = self.placements.all()
-        hosts = self._hosts()
+        joined = self.registry.hosts()
+        hosts = [self.local_name] + [h.name for h in joined]
+        silent_ = {h.name for h in joined if silent(h, time.time())}
         now = time.monotonic()
 
         def ask(host: str) -> list[InstanceFacts] | None:
             with self._lock:
-                if now < self._quiet.get(host, 0.0):  # it just failed: not every call waits
+                # It failed just now and sends no heartbeats: not every call waits for it.
+                # (One that heartbeats again, restarted, is asked at once.)
+                if host in silent_ and now < self._quiet.get(host, 0.0):
                     return None
             try:
                 return self.agent_for(host).observe(stack)
@@ -171,6 +175,12 @@ class Fleet:
         with self._lock:
             self._blind = blind
         return list(by_key.values())
+
+    def heard_from(self, *hosts: str) -> None:
+        """A call to these hosts just went through: the next observe asks them again."""
+        with self._lock:
+            for host in hosts:
+                self._quiet.pop(host, None)
 
     def unknown(self, stack: str) -> set[InstanceKey]:
         """Instances placed on a host that could not be asked and never answered this server

@@ -110,6 +110,7 @@ def run(m: Migration, req: InstanceRequest, fleet: Fleet, store: Store,
             source.destroy(key, req.stop_timeout)  # nothing left there unless not released
             source.discard_disks(key)
             places.end_migration(key, m.target)
+            fleet.heard_from(m.source, m.target)
             store.add_event(m.actor, key.stack, str(key), "migrate", "ok",
                             f"{m.source} -> {m.target}")
             return True
@@ -162,6 +163,7 @@ def _revert(m: Migration, req: InstanceRequest, fleet: Fleet, store: Store, why:
         fleet.prepare(m.source, source, req)
         source.restart(req)
     fleet.placements.end_migration(m.key, m.source)
+    fleet.heard_from(m.source, m.target)
     return True
 
 

@@ -208,13 +208,18 @@ class ContainerRuntime:
         if meta is None or meta.get("runtime") != self.kind.value or not d.disk_image.exists():
             raise NotFound(f"instance {key} has no disks on host {self.host}")
         with self._disk_lock(key):
-            state = self._state(key.id)
-            if state not in (None, "stopped"):
-                raise PrereqError(f"instance {key} is {state} on host {self.host}: its disks "
-                                  "are copied only while it is stopped", hint="stop it first")
-            for path in (d.rootfs, d.disk, d.data):
-                mounts.unmount(path)
+            self._release_disks(key, d, "copied")
             return diskcopy.read_disks(d, self.volume(key))
+
+    def _release_disks(self, key: InstanceKey, d: InstanceDir, what: str) -> None:
+        """Unmount a stopped instance's overlay and disks (which writes back what the kernel
+        still holds of them); refused while it runs."""
+        state = self._state(key.id)
+        if state not in (None, "stopped"):
+            raise PrereqError(f"instance {key} is {state} on host {self.host}: its disks are "
+                              f"{what} only while it is stopped", hint="stop it first")
+        for path in (d.rootfs, d.disk, d.data):
+            mounts.unmount(path)
 
     def set_aside(self, key: InstanceKey) -> None:
         """Remove the stopped instance but keep its disks in `<incoming>/<id>/`, as if
@@ -225,12 +230,7 @@ class ContainerRuntime:
         final = self.incoming / key.id
         staging = diskcopy.staging_dir(final)
         with self._disk_lock(key):
-            state = self._state(key.id)
-            if state not in (None, "stopped"):
-                raise PrereqError(f"instance {key} is {state} on host {self.host}: only a "
-                                  "stopped instance's disks are set aside", hint="stop it first")
-            for path in (d.rootfs, d.disk, d.data):
-                mounts.unmount(path)
+            self._release_disks(key, d, "set aside")
             if d.disk_image.exists() or staging.is_dir():
                 staging.mkdir(parents=True, exist_ok=True)
                 disks: dict[str, object] = {}
