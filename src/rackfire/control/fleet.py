@@ -251,10 +251,10 @@ class Fleet:
         self.agent_for(self.host_of(req.key)).reload(req)
 
     def probe(self, key: InstanceKey, ip: str, health: HealthSpec) -> tuple[bool, str]:
-        """Where it was seen running: mid-migration, its new copy before it is placed."""
-        seen = next((host for host, facts in self._last().items() for f in facts
-                     if f.key == key and f.state is InstanceState.RUNNING), None)
-        return self.agent_for(seen or self.host_of(key)).probe(key, ip, health)
+        """On its placement; while a migration starts it on its target, there."""
+        starting = next((m.target for m in self.placements.migrations(key.stack)
+                         if m.key == key and m.step == "starting"), None)
+        return self.agent_for(starting or self.host_of(key)).probe(key, ip, health)
 
     def stats(self, stack: str) -> list[InstanceStats]:
         out: list[InstanceStats] = []
