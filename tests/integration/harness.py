@@ -165,3 +165,42 @@ def host_traces(stack: str) -> list[str]:
     found += [f"process {line.strip()}" for line in procs.splitlines()
               if f"stacks/{stack}/" in line]
     return found
+
+
+def start_agent(data_dir: Path, *args: str,
+                env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """A `rackfire agent` process on this machine (a heartbeat every 0.5 s), its log beside
+    its data dir (`<data_dir>.log`); the test stops it, by its pid."""
+    with open(data_dir.parent / f"{data_dir.name}.log", "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "rackfire", "agent", "--data-dir",
+                                 str(data_dir), "--interval", "0.5", *args],
+                                stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                env={**os.environ, **(env or {})})
+
+
+def reported_address(server: Server, name: str) -> str:
+    """The API address the host `name` reported in its heartbeats, once it has."""
+    def address() -> str:
+        rows = json.loads(server.cli("hosts", "--json").stdout)
+        return next((h["address"] for h in rows if h["name"] == name), "")
+    return str(wait_for(address, 30, f"{name} to join and report"))
+
+
+def agent_client(name: str, address: str, data_dir: Path) -> Any:
+    """The agent that joined with `data_dir`, as the controller calls it (with the agent
+    key it keeps there), once its API answers. A RemoteAgent; the test closes it."""
+    from rackfire.agent.remote import RemoteAgent
+    from rackfire.errors import RackfireError
+
+    key = json.loads((data_dir / "credential.json").read_text())["agent_key"]
+    remote = RemoteAgent(name, address, key)
+
+    def answers() -> bool:
+        try:
+            remote.info()
+        except RackfireError:
+            return False
+        return True
+
+    wait_for(answers, 30, f"{name}'s agent API")
+    return remote

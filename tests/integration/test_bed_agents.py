@@ -11,14 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from rackfire.agent.remote import RemoteAgent
-from rackfire.errors import RackfireError
 from rackfire.model.instance import InstanceKey, InstanceRequest, InstanceState, NetworkConfig
 from rackfire.model.stack import ImageSource, ImageSpec, Resources, RuntimeKind
 from rackfire.net import names
 from rackfire.testbed import Bed
 
-from harness import Server, host_traces, unique, wait_for
+from harness import Server, agent_client, host_traces, unique, wait_for
 
 pytestmark = pytest.mark.root
 AGENT_PORT = 7481
@@ -63,11 +61,9 @@ def test_agents_on_simulated_hosts(bed_server: tuple[Bed, Server], tmp_path: Pat
 
     # The controller's calls reach host 2's agent and run an instance inside host 2.
     h2 = bed.hosts[1]
-    key = json.loads((tmp_path / f"agent-{h2.name}" / "credential.json").read_text())
-    remote = RemoteAgent(h2.name, f"{h2.ip}:{AGENT_PORT}", key["agent_key"])
+    remote = agent_client(h2.name, f"{h2.ip}:{AGENT_PORT}", tmp_path / f"agent-{h2.name}")
     stack = unique("bedag")
     try:
-        wait_for(lambda: _answers(remote), 30, "host 2's agent API")
         image = remote.ensure_image(ImageSpec("base", ImageSource.HOST))
         net = NetworkConfig(stack, "10.89.252.0/24", "10.89.252.1", 24)
         remote.ensure_network(net)
@@ -87,8 +83,7 @@ def test_agents_on_simulated_hosts(bed_server: tuple[Bed, Server], tmp_path: Pat
                                                           ).stdout
         # The other hosts' agents do not see it: each has its own runc root.
         h1 = bed.hosts[0]
-        key1 = json.loads((tmp_path / f"agent-{h1.name}" / "credential.json").read_text())
-        other = RemoteAgent(h1.name, f"{h1.ip}:{AGENT_PORT}", key1["agent_key"])
+        other = agent_client(h1.name, f"{h1.ip}:{AGENT_PORT}", tmp_path / f"agent-{h1.name}")
         assert other.observe(stack) == []
         other.close()
         remote.destroy(box, 2.0)
@@ -98,10 +93,3 @@ def test_agents_on_simulated_hosts(bed_server: tuple[Bed, Server], tmp_path: Pat
         remote.close()
     assert host_traces(stack) == []
 
-
-def _answers(remote: RemoteAgent) -> bool:
-    try:
-        remote.info()
-    except RackfireError:
-        return False
-    return True

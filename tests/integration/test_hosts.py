@@ -13,21 +13,15 @@ from typing import Any
 
 import pytest
 
-from harness import Server, host_traces, unique, wait_for, write_stack
+from harness import Server, host_traces, start_agent, unique, wait_for, write_stack
 
 pytestmark = pytest.mark.root
 
 
-def start_agent(server: Server, data_dir: Path, *args: str) -> subprocess.Popen[bytes]:
-    log = open(data_dir.parent / f"{data_dir.name}.log", "ab")  # noqa: SIM115
-    # Its own runc root: on the server's machine it must not see the server's containers.
-    proc = subprocess.Popen([sys.executable, "-m", "rackfire", "agent", "--data-dir",
-                             str(data_dir), "--interval", "0.5", "--runc-root",
-                             str(data_dir.parent / "runc"),
-                             *args],
-                            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-    log.close()
-    return proc
+def own_runc(tmp: Path) -> list[str]:
+    """Its own runc root: on the server's machine an agent must not see the server's
+    containers."""
+    return ["--runc-root", str(tmp / "runc")]
 
 
 def hosts(server: Server) -> dict[str, dict[str, Any]]:
@@ -50,7 +44,8 @@ roles:
     token = server.cli("token", "create", "--uses", "1", "--ttl", "10m").stdout.split()[0]
     assert token.startswith("rft_")
     agent_dir = tmp_path / "agent1"
-    proc = start_agent(server, agent_dir, "--join", server.url, "--token", token,
+    proc = start_agent(agent_dir, *own_runc(tmp_path), "--join", server.url, "--token",
+                       token,
                        "--name", "h1", "--label", "rack=r1", "--label", "site=lab")
     try:
         h1 = wait_for(lambda: hosts(server).get("h1"), 30, "h1 to join")
@@ -93,7 +88,7 @@ roles:
     assert not report["n_plus_1"]["ok"]
     out = server.cli("capacity").stdout
     assert "strands 2 of 2" in out, out
-    proc = start_agent(server, agent_dir)
+    proc = start_agent(agent_dir, *own_runc(tmp_path))
     try:
         wait_for(lambda: hosts(server)["h1"]["state"] == "ready", 20, "heartbeats again")
     finally:
@@ -102,7 +97,7 @@ roles:
 
     # Removed, the host's credential stops working: its agent says so and stops.
     server.cli("host", "rm", "h1")
-    proc = start_agent(server, agent_dir)
+    proc = start_agent(agent_dir, *own_runc(tmp_path))
     assert proc.wait(30) == 1
     assert "refused this host" in (tmp_path / "agent1.log").read_text()
     assert "h1" not in hosts(server)

@@ -8,20 +8,26 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from rackfire.agent.remote import RemoteAgent
-from rackfire.errors import ExecError, NotFound, RackfireError
+from rackfire.errors import ExecError, NotFound
 from rackfire.images.store import ImageStore
 from rackfire.images.tree import tree_digest
 from rackfire.model.instance import InstanceKey, InstanceRequest, InstanceState, NetworkConfig
 from rackfire.model.stack import Resources, RuntimeKind
 
-from harness import Server, free_port, host_traces, unique, wait_for
+from harness import (
+    Server,
+    agent_client,
+    free_port,
+    host_traces,
+    reported_address,
+    start_agent,
+    unique,
+)
 
 pytestmark = pytest.mark.root
 
@@ -37,24 +43,14 @@ def test_a_joined_host_fetches_verifies_keeps_and_collects_a_layer(server: Serve
     token = server.cli("token", "create").stdout.split()[0]
     port = free_port()
     agent_dir = tmp_path / "agent"
-    log = open(tmp_path / "agent.log", "ab")  # noqa: SIM115
     # No grace: collect_layers may take a fetched layer as soon as nothing uses it.
-    proc = subprocess.Popen([sys.executable, "-m", "rackfire", "agent", "--join", server.url,
-                             "--token", token, "--name", "far", "--data-dir", str(agent_dir),
-                             "--interval", "0.5", "--listen", f"127.0.0.1:{port}"],
-                            stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                            env={**os.environ, "RACKFIRE_LAYER_GRACE": "0"})
-    log.close()
+    proc = start_agent(agent_dir, "--join", server.url, "--token", token, "--name", "far",
+                       "--listen", f"127.0.0.1:{port}", env={"RACKFIRE_LAYER_GRACE": "0"})
     stack = unique("lf")
     remote: RemoteAgent | None = None
     try:
-        def reported() -> str:
-            rows = json.loads(server.cli("hosts", "--json").stdout)
-            return next((h["address"] for h in rows if h["name"] == "far"), "")
-        assert wait_for(reported, 30, "the agent to join and report") == f"127.0.0.1:{port}"
-        key = json.loads((agent_dir / "credential.json").read_text())["agent_key"]
-        remote = RemoteAgent("far", f"127.0.0.1:{port}", key)
-        wait_for(lambda: _answers(remote), 30, "the agent's API")
+        assert reported_address(server, "far") == f"127.0.0.1:{port}"
+        remote = agent_client("far", f"127.0.0.1:{port}", agent_dir)
 
         # The joined host's own store, read from outside (one machine): empty at first.
         store = ImageStore(agent_dir / "images")
@@ -105,10 +101,3 @@ def test_a_joined_host_fetches_verifies_keeps_and_collects_a_layer(server: Serve
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
 
-
-def _answers(remote: RemoteAgent) -> bool:
-    try:
-        remote.info()
-    except RackfireError:
-        return False
-    return True

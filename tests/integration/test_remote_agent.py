@@ -5,10 +5,7 @@ the same errors."""
 
 from __future__ import annotations
 
-import json
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +15,15 @@ from rackfire.errors import PrereqError, RackfireError
 from rackfire.model.instance import InstanceKey, InstanceRequest, InstanceState, NetworkConfig
 from rackfire.model.stack import ImageSource, ImageSpec, Resources, RuntimeKind
 
-from harness import Server, free_port, host_traces, unique, wait_for
+from harness import (
+    Server,
+    agent_client,
+    free_port,
+    host_traces,
+    reported_address,
+    start_agent,
+    unique,
+)
 
 pytestmark = pytest.mark.root
 
@@ -28,22 +33,13 @@ def test_a_joined_agent_runs_an_instance_for_the_controller(server: Server,
     token = server.cli("token", "create").stdout.split()[0]
     port = free_port()
     agent_dir = tmp_path / "agent"
-    log = open(tmp_path / "agent.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "rackfire", "agent", "--join", server.url,
-                             "--token", token, "--name", "far", "--data-dir", str(agent_dir),
-                             "--interval", "0.5", "--listen", f"127.0.0.1:{port}"],
-                            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-    log.close()
+    proc = start_agent(agent_dir, "--join", server.url, "--token", token, "--name", "far",
+                       "--listen", f"127.0.0.1:{port}")
     stack = unique("ra")
     remote: RemoteAgent | None = None
     try:
-        def reported() -> str:
-            rows = json.loads(server.cli("hosts", "--json").stdout)
-            return next((h["address"] for h in rows if h["name"] == "far"), "")
-        assert wait_for(reported, 30, "the agent to join and report") == f"127.0.0.1:{port}"
-        key = json.loads((agent_dir / "credential.json").read_text())["agent_key"]
-        remote = RemoteAgent("far", f"127.0.0.1:{port}", key)
-        wait_for(lambda: _answers(remote), 30, "the agent's API")
+        assert reported_address(server, "far") == f"127.0.0.1:{port}"
+        remote = agent_client("far", f"127.0.0.1:{port}", agent_dir)
 
         assert remote.info().name == "far"
         assert remote.capacity().cpus >= 1
@@ -82,10 +78,3 @@ def test_a_joined_agent_runs_an_instance_for_the_controller(server: Server,
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
 
-
-def _answers(remote: RemoteAgent) -> bool:
-    try:
-        remote.info()
-    except RackfireError:
-        return False
-    return True

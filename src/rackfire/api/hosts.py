@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from fastapi import FastAPI, Header
 from fastapi.responses import StreamingResponse
@@ -16,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from rackfire.control.controller import Controller
 from rackfire.control.hosts import HostView, capacity_report
-from rackfire.errors import ExecError, PrereqError
+from rackfire.errors import PrereqError
 from rackfire.model.host import HostFacts
 from rackfire.model.instance import InstanceKey, Target
 from rackfire.model.stack import StackSpec
@@ -73,23 +72,6 @@ def _facts(raw: dict[str, Any]) -> HostFacts:
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
 
-@runtime_checkable
-class _LayerStore(Protocol):
-    """The server's own host's agent, which holds the image store (api/ may not import
-    agent/ or images/: see the dependency rule)."""
-
-    def layer_stream(self, digest: str) -> Iterator[bytes]: ...
-
-
-def _local_store(controller: Controller) -> _LayerStore:
-    """The agent of the server's own host: `controller.agent` itself, or its `.local` when
-    the controller's agent is the fleet of hosts."""
-    agent = getattr(controller.agent, "local", controller.agent)
-    if not isinstance(agent, _LayerStore):
-        raise ExecError("this server's own agent cannot send image layers")
-    return agent
-
-
 def add_host_routes(app: FastAPI, controller: Controller, actor: Any) -> None:
     registry = HostRegistry(controller.store)
 
@@ -128,12 +110,12 @@ def add_host_routes(app: FastAPI, controller: Controller, actor: Any) -> None:
             raise PrereqError(f"invalid layer digest {digest[:80]!r}",
                               hint="expected 64 lowercase hex digits")
         # Looked up before the response starts, so a missing layer is a 404, not a cut stream.
-        chunks = _local_store(controller).layer_stream(digest)
+        chunks = controller.fleet.local.layer_stream(digest)
         return StreamingResponse(chunks, media_type="application/x-tar",
                                  headers={"Cache-Control": "no-store"})
 
     def views() -> list[HostView]:
-        return [m.view for m in controller.fleet.members(stacks())]
+        return controller.fleet.views(stacks())
 
     def stacks() -> list[StackSpec]:
         return [r.spec for r in controller.store.stacks() if not r.deleting]

@@ -378,10 +378,7 @@ _Log: TypeAlias = LogFile | _RemoteLog
 
 async def _stream_source(fleet: Fleet, host: str) -> StreamSource:
     """The joined host's agent, as a streamer of logs and exec."""
-    agent = await run_in_threadpool(fleet.agent_for, host)
-    if not isinstance(agent, StreamSource):
-        raise PrereqError(f"the agent of host {host} cannot stream logs or exec")
-    return agent
+    return await run_in_threadpool(fleet.joined_agent, host)
 
 
 # exec -----------------------------------------------------------------------------------------

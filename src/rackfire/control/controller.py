@@ -20,7 +20,7 @@ from typing import Any
 from rackfire.control import capacity, migrate, overrides, releases
 from rackfire.control.executor import CONTROLLER, Executor
 from rackfire.control.fleet import Fleet
-from rackfire.control.health import HealthMonitor, health_of
+from rackfire.control.health import HealthMonitor, health_of, ready_timeout
 from rackfire.control.hosts import asks_of, pool
 from rackfire.control.workqueue import WorkQueue
 from rackfire.errors import Conflict, ExecError, NotFound, PrereqError, RackfireError
@@ -141,8 +141,9 @@ class Controller:
         rec = self.store.get_stack(spec.name)
         plan = self._plan_change(spec, rec)
         notes = overrides.disagreements(spec, self.store.overrides(spec.name)) if rec else []
-        placement = self._place(spec, self.agent.observe(spec.name))
-        return replace(plan, notes=tuple(notes), placement=tuple(explain(placement)))
+        explained = plan.placement or tuple(explain(self._place(spec,
+                                                               self.agent.observe(spec.name))))
+        return replace(plan, notes=tuple(notes), placement=explained)
 
     def apply(self, spec: StackSpec, expected_generation: int | None,
               actor: str = CONTROLLER) -> tuple[int, Plan]:
@@ -374,15 +375,18 @@ class Controller:
 
     def _plan_change(self, spec: StackSpec, rec: StackRecord | None) -> Plan:
         """Check that `spec` can be applied, then plan it: a refusal changes nothing."""
-        self._check_prereqs(spec, rec)
+        placement = self._check_prereqs(spec, rec)
         desired = self._desired(spec, rec, build=False)
         plan = self._plan(spec.name, rec.generation if rec else 0, spec, desired)
         for action in plan.actions:  # live limits and online growth have limits of their own
             if action.kind is ActionKind.RESIZE and action.request is not None:
                 self.agent.check_resize(action.request)
-        return plan
+        return replace(plan, placement=tuple(explain(placement))) if placement else plan
 
-    def _check_prereqs(self, spec: StackSpec, rec: StackRecord | None = None) -> None:
+    def _check_prereqs(self, spec: StackSpec,
+                       rec: StackRecord | None = None) -> Placement | None:
+        """Refuse, before any change, what cannot be applied; across hosts, the placement
+        the check made."""
         taken = {
             p.host_port: rec.name
             for rec in self.store.stacks() if rec.name != spec.name and not rec.deleting
@@ -434,12 +438,14 @@ class Controller:
         observed = self.agent.observe(spec.name)
         capacity.check_no_shrink(spec, observed)
         if self.fleet.multi_host():
-            _refuse_unplaced(spec, self._place(spec, observed))
-        else:  # one host: a change that reserves no more than before always passes
-            others = [r.spec for r in self.store.stacks()
-                      if r.name != spec.name and not r.deleting]
-            capacity.check_fits(self.agent.info().name, self.agent.capacity(), spec,
-                                rec.spec if rec and not rec.deleting else None, others)
+            placement = self._place(spec, observed)
+            _refuse_unplaced(spec, placement)
+            return placement
+        # One host: a change that reserves no more than before always passes.
+        others = [r.spec for r in self.store.stacks() if r.name != spec.name and not r.deleting]
+        capacity.check_fits(self.agent.info().name, self.agent.capacity(), spec,
+                            rec.spec if rec and not rec.deleting else None, others)
+        return None
 
     # reconcile --------------------------------------------------------------------------
 
@@ -668,6 +674,8 @@ class Controller:
     def _migrate(self, rec: StackRecord, desired: Desired) -> bool:
         """Start the moves a draining host needs, carry on every migration of the stack,
         and remove copies that ones interrupted before left behind. Whether any ended."""
+        if not self.fleet.multi_host():  # one host: nothing moves, nothing strays
+            return False
         self._start_drains(rec, desired)
         requests = {r.key: r for r in desired.requests}
         ended = False
@@ -693,6 +701,8 @@ class Controller:
         """Remove the copies an interrupted migration left on a host other than the
         instance's placement (with `all_copies`, a migration's target copy too: the stack
         is going). Whether any was removed."""
+        if not self.fleet.multi_host():
+            return False
         moving = {m.key: m for m in self.fleet.placements.migrations(stack)
                   if m.key in migrate.migrating([m])}
         self.agent.observe(stack)  # strays are judged on what every host has now
@@ -754,9 +764,7 @@ class Controller:
         role = next((r for r in self._record(req.key.stack).spec.roles
                      if r.name == req.key.role), None)
         check = role.health if role else None
-        timeout = role.update.health_timeout if role else 60.0
-        if check is not None:
-            timeout = max(timeout, check.grace + check.interval * check.retries + 5)
+        timeout = ready_timeout(check, role.update.health_timeout if role else 60.0)
         agent = self.fleet.agent_for(host)
         deadline = time.monotonic() + timeout
         why = "it did not start"
@@ -802,7 +810,7 @@ class Controller:
             if moving is not None:
                 held[m.target] = held.get(m.target, Reservation()) + moving.need
         return [replace(h, reserved=h.reserved + held.get(h.name, Reservation()))
-                for h in pool(m.view for m in self.fleet.members())]
+                for h in pool(self.fleet.views())]
 
     def _place_new(self, spec: StackSpec, desired: Desired,
                    creating: Collection[InstanceKey]) -> None:

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from rackfire.control.hosts import HostView, host_views, silent
 from rackfire.errors import AgentOffline
@@ -32,7 +32,9 @@ from rackfire.model.agent import (
     HostInfo,
     ImageSummary,
     InstanceStats,
+    JoinedHostAgent,
     PublishedPort,
+    ServerHostAgent,
 )
 from rackfire.model.host import HostFacts
 from rackfire.model.instance import (
@@ -44,23 +46,17 @@ from rackfire.model.instance import (
 )
 from rackfire.model.stack import DEFAULT_STOP_TIMEOUT, HealthSpec, ImageSpec, PortMap, StackSpec
 from rackfire.store import Store
-from rackfire.store.hosts import HostRegistry
+from rackfire.store.hosts import HostRecord, HostRegistry
 from rackfire.store.placements import Placements
 
 QUIET = 5.0  # seconds a host that could not be reached is not asked again
 
-Connect = Callable[[str, str, str], HostAgent]
+Connect = Callable[[str, str, str], JoinedHostAgent]
 """(host name, agent address, agent key) -> that host's agent."""
 
 
-@dataclass(frozen=True, slots=True)
-class Member:
-    view: HostView
-    ip: str  # its underlay address ("" for the server's own when nothing has joined)
-
-
 class Fleet:
-    def __init__(self, local: HostAgent, store: Store, connect: Connect, *,
+    def __init__(self, local: ServerHostAgent, store: Store, connect: Connect, *,
                  local_pool: bool = True) -> None:
         self.local = local
         self.local_name = local.info().name
@@ -70,7 +66,8 @@ class Fleet:
         self.placements = Placements(store)
         self._connect = connect
         self._lock = threading.Lock()
-        self._remotes: dict[str, tuple[str, str, HostAgent]] = {}  # name -> address, key, agent
+        # name -> its address, key and agent
+        self._remotes: dict[str, tuple[str, str, JoinedHostAgent]] = {}
         self._seen: dict[str, list[InstanceFacts]] = {}  # host -> its last observe()
         self._names: dict[str, list[tuple[str, list[str]]]] = {}  # stack -> hosts file
         self._quiet: dict[str, float] = {}  # host -> not asked again before (monotonic)
@@ -78,14 +75,18 @@ class Fleet:
 
     # the pool -----------------------------------------------------------------------------
 
-    def members(self, stacks: Iterable[StackSpec] = ()) -> list[Member]:
+    def views(self, stacks: Iterable[StackSpec] = ()) -> list[HostView]:
         """Every host: the server's own first (when it runs instances), then the joined."""
-        joined = self.registry.hosts()
-        views = host_views(self.local_name, self.local.facts(), joined, stacks,
-                           self.placements.all(), time.time(), local_pool=self.local_pool)
-        ips = {h.name: ip for h in joined if (ip := _ip_of(h.address))}
-        local_ip = _route_source(next(iter(ips.values()))) if ips and self.local_pool else ""
-        return [Member(v, local_ip if v.local else ips.get(v.name, "")) for v in views]
+        return host_views(self.local_name, self.local.facts(), self.registry.hosts(), stacks,
+                          self.placements.all(), time.time(), local_pool=self.local_pool)
+
+    def underlay_ips(self) -> dict[str, str]:
+        """Host -> the IPv4 address VXLAN reaches it at: a joined one's from the address its
+        agent reports, the server's own (when it runs instances) the route toward those."""
+        ips = {h.name: ip for h in self.registry.hosts() if (ip := _ip_of(h.address))}
+        if ips and self.local_pool and (mine := _route_source(next(iter(ips.values())))):
+            ips[self.local_name] = mine
+        return ips
 
     def multi_host(self) -> bool:
         """Instances may run elsewhere than on the server's own host."""
@@ -94,9 +95,17 @@ class Fleet:
     def agent_for(self, host: str) -> HostAgent:
         if host == self.local_name:
             return self.local
+        return self.joined_agent(host)
+
+    def joined_agent(self, host: str) -> JoinedHostAgent:
+        """The agent of a joined host (not the server's own)."""
+        return self._remote(host, next((h for h in self.registry.hosts() if h.name == host),
+                                       None))
+
+    def _remote(self, host: str, rec: HostRecord | None) -> JoinedHostAgent:
+        """The agent of a joined host, as its record says to reach it."""
         with self._lock:
             known = self._remotes.get(host)
-        rec = next((h for h in self.registry.hosts() if h.name == host), None)
         if rec is None:  # removed: to a fan-out as good as offline
             raise AgentOffline(f"host {host} is no longer known", hint="see `rackfire hosts`")
         if not rec.address:
@@ -130,7 +139,8 @@ class Fleet:
     def observe(self, stack: str | None = None) -> list[InstanceFacts]:
         placed = self.placements.all()
         joined = self.registry.hosts()
-        hosts = [self.local_name] + [h.name for h in joined]
+        records = {h.name: h for h in joined}
+        hosts = [self.local_name, *records]
         silent_ = {h.name for h in joined if silent(h, time.time())}
         now = time.monotonic()
 
@@ -141,7 +151,9 @@ class Fleet:
                 if host in silent_ and now < self._quiet.get(host, 0.0):
                     return None
             try:
-                return self.agent_for(host).observe(stack)
+                agent = self.local if host == self.local_name else self._remote(
+                    host, records.get(host))
+                return agent.observe(stack)
             except AgentOffline:
                 with self._lock:
                     self._quiet[host] = time.monotonic() + QUIET
@@ -193,9 +205,6 @@ class Fleet:
         """What each host reported last (a copy: observers run in other threads)."""
         with self._lock:
             return dict(self._seen)
-
-    def observe_on(self, host: str, stack: str) -> list[InstanceFacts]:
-        return self.agent_for(host).observe(stack)
 
     def strays(self, stack: str) -> list[tuple[InstanceKey, str]]:
         """Stopped copies of the stack's instances, as last observed, on a host other than
@@ -282,9 +291,7 @@ class Fleet:
     def _network(self, net: NetworkConfig, host: str) -> NetworkConfig:
         """The stack's network as `host` sees it: across hosts, with the stack's VNI, the
         host's own underlay address and every host as a peer (the same list everywhere)."""
-        if not self.multi_host():
-            return net
-        ips = {m.view.name: m.ip for m in self.members() if m.ip}
+        ips = self.underlay_ips() if self.multi_host() else {}
         if not ips:
             return net
         return replace(net, vni=self.placements.vni(net.stack), local_ip=ips.get(host, ""),

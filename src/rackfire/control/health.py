@@ -27,6 +27,13 @@ def health_of(f: InstanceFacts | None, st: InstanceStatus | None) -> tuple[Healt
     return st.health, st.message
 
 
+def ready_timeout(check: HealthSpec | None, timeout: float) -> float:
+    """How long a new instance may take to pass its check: a rollout's `timeout`, but never
+    shorter than the check's own grace and retries."""
+    least = check.grace + check.interval * check.retries + 5 if check else 10
+    return max(timeout, least)
+
+
 class HealthMonitor:
     def __init__(self, store: Store, agent: Agent, on_change: Callable[[str], None]) -> None:
         self.store = store
@@ -115,9 +122,7 @@ class HealthMonitor:
         role = rec.spec.role(key.role) if rec and key.role in {
             r.name for r in rec.spec.roles} else None
         spec = role.health if role else None
-        # A rollout's health_timeout, but never shorter than the check's own grace.
-        least = spec.grace + spec.interval * spec.retries + 5 if spec else 10
-        timeout = max(timeout or 0.0, least)
+        timeout = ready_timeout(spec, timeout or 0.0)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             f = next((f for f in self.agent.observe(key.stack) if f.key == key), None)

@@ -43,7 +43,6 @@ from rackfire.store.placements import Migration, Placements
 log = logging.getLogger("rackfire.migrate")
 
 GIVE_UP = 300.0  # seconds a migration waits for an unreachable host before it is reverted
-STEPS = ("stopping", "copying", "releasing", "starting", "cleaning", "reverting")
 
 
 def migrating(rows: list[Migration]) -> set[InstanceKey]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:  # model/host.py builds on HostCapacity from here
     from rackfire.model.host import HostFacts
@@ -160,7 +160,6 @@ class ExecStream(Protocol):
     async def close(self) -> None: ...
 
 
-@runtime_checkable
 class StreamSource(Protocol):
     """A joined host's logs and exec, streamed to the controller: a log path or a local
     process handle would mean nothing on the controller's machine."""
@@ -169,3 +168,14 @@ class StreamSource(Protocol):
     async def log_stream(self, key: InstanceKey, tail: int, follow: bool) -> LogStream: ...
     # Connected, before the first frame (`{"argv": ...}`) is sent.
     async def exec_stream(self, key: InstanceKey) -> ExecStream: ...
+
+
+class ServerHostAgent(HostAgent, Protocol):
+    """The server's own host's agent: its image store is where joined hosts fetch layers."""
+
+    # A layer of the store as a tar stream; NotFound, before any byte, if it is not there.
+    def layer_stream(self, digest: str) -> Iterator[bytes]: ...
+
+
+class JoinedHostAgent(HostAgent, StreamSource, Protocol):
+    """A joined host's agent, seen from the server: every call, disks, logs and exec."""
