@@ -150,7 +150,7 @@ def test_a_host_already_over_says_so() -> None:
 
 def test_runtime_must_be_available() -> None:
     hosts = [host("a"), host("b", runtimes=(RuntimeKind.CONTAINER, RuntimeKind.PROCESS))]
-    p = schedule(hosts, {}, want("web", 2, ask(runtime=RuntimeKind.PROCESS)))
+    p = schedule(hosts, {}, want("web", 2, ask(runtime=RuntimeKind.PROCESS)), explain=True)
     assert per_host(p) == {"b": 2}
     assert [str(r) for r in p.decision(key("web", 0)).rejected] == [
         "runtime: needs process, host has container"]
@@ -158,7 +158,7 @@ def test_runtime_must_be_available() -> None:
 
 def test_label_constraints() -> None:
     hosts = [host("a", rack="r1"), host("b", rack="r2"), host("c"), host("d", rack="r2")]
-    p = schedule(hosts, {}, want("web", 4, ask(labels=(("rack", "r2"),))))
+    p = schedule(hosts, {}, want("web", 4, ask(labels=(("rack", "r2"),))), explain=True)
     assert per_host(p) == {"b": 2, "d": 2}
     assert [str(r) for r in p.decision(key("web", 0)).rejected] == [
         "label: needs rack=r2, host has rack=r1", "label: needs rack=r2, host has no rack"]
@@ -244,7 +244,7 @@ def test_explain_says_why_each_host_was_chosen_ranked_lower_or_rejected() -> Non
     wanted = {**want("web", 2, ask()), **want("db", 1, ask(memory=4 * G)),
               **want("cache", 1, ask(cpu=0.0, memory=0))}
     placed = {key("web", 1): "d", key("cache", 0): "c"}
-    assert explain(schedule(hosts, placed, wanted)) == [
+    assert explain(schedule(hosts, placed, wanted, explain=True)) == [
         "s/web/0 -> a (spread: 0 web on host, 0 on rack r1, 80.0% free after)",
         "  b: ranked 2: same score; a sorts first",
         "  c: rejected: memory: needs 512M, 256M free",
@@ -266,14 +266,14 @@ def test_explain_says_why_each_host_was_chosen_ranked_lower_or_rejected() -> Non
 def test_explain_ranks_on_rack_then_free_and_binpack_on_fit() -> None:
     hosts = [host("a", rack="r1"), host("b", rack="r1"), host("c", rack="r2"),
              host("d", rack="r2", memory=4 * G)]
-    p = schedule(hosts, {key("web", 0): "a"}, want("web", 2, ask()))
+    p = schedule(hosts, {key("web", 0): "a"}, want("web", 2, ask()), explain=True)
     assert explain(p)[1:] == [
         "s/web/1 -> d (spread: 0 web on host, 0 on rack r2, 84.2% free after)",
         "  c: ranked 2: 80.0% free after (vs 84.2%)",
         "  b: ranked 3: 1 web on rack r1 (vs 0)",
         "  a: ranked 4: 1 web on host (vs 0)",
     ]
-    p = schedule(hosts, {}, want("web", 1, ask(strategy=Strategy.BINPACK)))
+    p = schedule(hosts, {}, want("web", 1, ask(strategy=Strategy.BINPACK)), explain=True)
     assert explain(p) == [
         "s/web/0 -> a (binpack: 80.0% free after)",
         "  b: ranked 2: same score; a sorts first",

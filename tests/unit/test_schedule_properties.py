@@ -164,7 +164,7 @@ def test_placements_change_only_for_instances_whose_host_became_infeasible(
 def test_every_host_is_accounted_for_and_nothing_placeable_is_left_out(
         s: tuple[list[Host], dict[InstanceKey, str], dict[InstanceKey, Ask]]) -> None:
     hs, placed, want = s
-    p: Placement = schedule(hs, placed, want)
+    p: Placement = schedule(hs, placed, want, explain=True)
     got = p.assignments()
     names = sorted(h.name for h in hs)
     for d in p.decisions:
@@ -216,3 +216,40 @@ def test_a_move_lands_only_where_the_instance_fits_beside_everything_that_stays(
         assert not feasible  # it says no only when no other host could take it
     else:
         assert d.host in feasible and d.host != placed.get(key)
+
+
+@CHECKS
+@given(situations(), st.lists(asks, max_size=3), st.randoms(use_true_random=False))
+def test_the_index_chooses_what_asking_every_host_ranks_first(
+        s: tuple[list[Host], dict[InstanceKey, str], dict[InstanceKey, Ask]],
+        others: list[Ask], rnd: random.Random) -> None:
+    hs, placed, want = s
+    for k in list(want):  # a role may mix asks (its surge instances ask what the new spec does)
+        if others and rnd.random() < 0.3:
+            want[k] = rnd.choice(others)
+    fast, full = schedule(hs, placed, want), schedule(hs, placed, want, explain=True)
+    assert [d.host for d in fast.decisions] == [d.host for d in full.decisions]
+    for a, b in zip(fast.decisions, full.decisions, strict=True):
+        assert a.ranked[:1] == b.ranked[:1]  # the same score for the chosen host
+        if a.host is None:
+            assert a.rejected == b.rejected
+
+
+def test_the_index_agrees_on_a_large_mixed_fleet() -> None:
+    rnd = random.Random(7)
+    hs = [Host(f"h{i:03}", HostCapacity(rnd.choice([2.0, 4.0, 8.0]),
+                                        rnd.choice([4, 8, 16]) * 1024 * M, 64 * 1024 * M),
+               HostState.READY if rnd.random() < 0.9 else HostState.DRAINING,
+               (("rack", f"r{i % 7}"),) if i % 5 else ())
+          for i in range(80)]
+    want: dict[InstanceKey, Ask] = {}
+    for role, n, strategy in [("web", 300, Strategy.SPREAD), ("db", 40, Strategy.BINPACK),
+                              ("mem", 150, Strategy.SPREAD), ("job", 1500, Strategy.BINPACK)]:
+        for i in range(n):
+            want[InstanceKey("s", role, i)] = Ask(
+                Reservation(rnd.choice([0.0, 0.25, 0.5]), rnd.choice([1, 2, 4]) * 128 * M,
+                            512 * M), strategy=strategy, distinct_hosts=role == "db")
+    placed = {k: f"h{rnd.randrange(90):03}" for k in want if rnd.random() < 0.2}
+    fast, full = schedule(hs, placed, want), schedule(hs, placed, want, explain=True)
+    assert fast.assignments() == full.assignments()
+    assert len(full.unplaced) > 0 and len(fast.assignments()) > 500  # both paths exercised

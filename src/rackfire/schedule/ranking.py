@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rackfire.model.host import Host
+from rackfire.model.host import Host, Reservation
 from rackfire.model.instance import InstanceKey
 from rackfire.schedule.ask import Ask, Strategy, role_of
 from rackfire.schedule.feasibility import Ledger
@@ -33,15 +33,21 @@ class Candidate:
 
 
 def score(host: Host, key: InstanceKey, ask: Ask, ledger: Ledger) -> Score:
-    total, after = ledger.total(host.name), ledger.free(host.name) - ask.need
-    shares = [left / cap for left, cap in ((after.cpus, total.cpus),
-                                           (after.memory, total.memory),
-                                           (after.disk, total.disk)) if cap > 0]
-    # Rounded so that equal hosts score exactly equal whatever the float noise.
-    free = round(sum(shares) / len(shares), 9) if shares else 0.0
     role = role_of(key)
     return Score(ask.strategy, ledger.count_on_host(host.name, role),
-                 ledger.count_on_rack(host.name, role), host.rack, free)
+                 ledger.count_on_rack(host.name, role), host.rack,
+                 free_after(ledger, host.name, ask.need))
+
+
+def free_after(ledger: Ledger, host: str, need: Reservation) -> float:
+    """The mean share of cpu, memory and disk left on `host` once `need` is placed there."""
+    total, used = ledger.total(host), ledger.used(host)
+    # Scalar arithmetic, not Reservation sums: the index calls this a million times a run.
+    shares = [((t - u) - n) / t for t, u, n in ((total.cpus, used.cpus, need.cpus),
+                                                (total.memory, used.memory, need.memory),
+                                                (total.disk, used.disk, need.disk)) if t > 0]
+    # Rounded so that equal hosts score exactly equal whatever the float noise.
+    return round(sum(shares) / len(shares), 9) if shares else 0.0
 
 
 def ranked(candidates: list[Candidate]) -> tuple[Candidate, ...]:

@@ -10,16 +10,21 @@ from rackfire.model.instance import InstanceKey
 from rackfire.schedule.ask import Ask, RoleRef, role_of
 from rackfire.schedule.feasibility import Check, Ledger, Rejection, check
 from rackfire.schedule.placement import Decision, Placement
-from rackfire.schedule.ranking import Candidate, ranked, score
+from rackfire.schedule.search import Exhaustive, Indexed, Search
 
 
 def schedule(hosts: Iterable[Host], placed: Mapping[InstanceKey, str],
-             wanted: Mapping[InstanceKey, Ask]) -> Placement:
+             wanted: Mapping[InstanceKey, Ask], *, explain: bool = False) -> Placement:
     """Place every instance of `wanted` (instance -> what it asks) on `hosts`.
 
     `placed` says where instances run now: one stays on its host while that host is ready
     and can still hold it (never moved to rebalance). `Host.reserved` must not count the
     instances given here; `placed` entries not in `wanted` are ignored (they are going).
+
+    With `explain`, each decision ranks every host that could take the instance and keeps
+    every other host's failed checks (what `plan --explain` prints): that is hosts x
+    instances of work. Without it the same hosts are chosen from an index, and a decision
+    keeps only its chosen host (and, when nothing fits, every host's failed checks).
     """
     by_name = hosts_by_name(hosts)
     ledger = Ledger(by_name)
@@ -42,26 +47,15 @@ def schedule(hosts: Iterable[Host], placed: Mapping[InstanceKey, str],
             ledger.add(key, where, wanted[key].need)
             decided[key] = Decision(key, wanted[key], where, kept=True)
 
-    names = sorted(by_name)
+    pick: Search = Exhaustive(by_name, ledger) if explain else Indexed(by_name, ledger)
     for key in order:
         if key in decided:
             continue
         ask = wanted[key]
-        rejected: list[Rejection] = []
-        fits: list[Candidate] = []
-        for name in names:
-            why = check(by_name[name], key, ask, ledger)
-            if why:
-                rejected.extend(why)
-            else:
-                fits.append(Candidate(name, score(by_name[name], key, ask, ledger)))
-        best = ranked(fits)
-        chosen = best[0].host if best else None
-        if chosen is not None:
-            ledger.add(key, chosen, ask.need)
-        decided[key] = Decision(key, ask, chosen, previous=placed.get(key),
-                                left=leaving.get(key, ()), ranked=best,
-                                rejected=tuple(rejected))
+        best, rejected = pick.place(key, ask)
+        decided[key] = Decision(key, ask, best[0].host if best else None,
+                                previous=placed.get(key), left=leaving.get(key, ()),
+                                ranked=best, rejected=rejected)
     return Placement(tuple(decided[k] for k in order))
 
 
@@ -77,21 +71,12 @@ def move(hosts: Iterable[Host], placed: Mapping[InstanceKey, str],
         if k != key and where in by_name:
             ledger.add(k, where, wanted[k].need)
     ask, source = wanted[key], placed.get(key)
-    rejected: list[Rejection] = []
-    fits: list[Candidate] = []
-    for name in sorted(by_name):
-        if name == source or (to is not None and name != to):
-            continue
-        why = check(by_name[name], key, ask, ledger)
-        if why:
-            rejected.extend(why)
-        else:
-            fits.append(Candidate(name, score(by_name[name], key, ask, ledger)))
+    names = [n for n in sorted(by_name) if n != source and (to is None or n == to)]
+    best, rejected = Exhaustive(by_name, ledger).find(key, ask, names)
     if to is not None and to not in by_name:
-        rejected.append(Rejection(to, Check.HOST, "not known"))
-    best = ranked(fits)
+        rejected += (Rejection(to, Check.HOST, "not known"),)
     return Decision(key, ask, best[0].host if best else None, previous=source, ranked=best,
-                    rejected=tuple(rejected))
+                    rejected=rejected)
 
 
 def placement_order(wanted: Iterable[InstanceKey]) -> list[InstanceKey]:
