@@ -7,7 +7,14 @@ import ipaddress
 import pytest
 
 from rackfire.errors import PrereqError
-from rackfire.plan.ipam import DEFAULT_POOL, allocate_ip, allocate_subnet, gateway_of
+from rackfire.plan.ipam import (
+    DEFAULT_POOL,
+    allocate_ip,
+    allocate_ips,
+    allocate_subnet,
+    gateway_of,
+    subnet_prefix,
+)
 
 
 def test_first_subnet_of_an_empty_pool() -> None:
@@ -81,3 +88,17 @@ def test_every_address_is_a_host_of_the_subnet() -> None:
             break
     hosts = [str(h) for h in net.hosts()]
     assert given == hosts[1:]  # every host but the gateway, in order, no duplicates
+
+
+def test_a_stack_subnet_is_a_24_or_larger_with_room_to_double() -> None:
+    assert [subnet_prefix(n) for n in (1, 126, 127, 500, 10_000)] == [24, 24, 23, 22, 17]
+    for n in (1, 127, 500, 10_000):  # twice the instances fit beside gateway and broadcast
+        assert 2 ** (32 - subnet_prefix(n)) - 3 >= 2 * n
+
+
+def test_many_addresses_at_once_are_the_lowest_free_ones() -> None:
+    got = allocate_ips("10.88.0.0/17", ["10.88.0.3", "10.88.0.5/17"], 10_000)
+    assert got[:3] == ["10.88.0.2", "10.88.0.4", "10.88.0.6"] and len(set(got)) == 10_000
+    assert got[-1] == "10.88.39.19"  # offset 2 + 10,000 - 1 + the 2 taken
+    with pytest.raises(PrereqError, match=r"full: 254 more address\(es\) needed, 253 free"):
+        allocate_ips("10.88.3.0/24", [], 254)

@@ -112,8 +112,8 @@ def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Pa
         return stack_json_schema()
 
     @app.post("/v1/plan")
-    def plan(src: StackSource) -> dict[str, Any]:
-        return controller.plan(parse(src)).to_json()
+    def plan(src: StackSource, explain: bool = False) -> dict[str, Any]:
+        return controller.plan(parse(src), explain_placement=explain).to_json()
 
     @app.post("/v1/apply")
     def apply(src: StackSource, actor: str = ACTOR) -> dict[str, Any]:

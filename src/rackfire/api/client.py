@@ -97,10 +97,10 @@ class Client:
         return dict(self._call("GET", "/v1/health"))
 
     def plan(self, text: str, filename: str, base_dir: str | None,
-             sources: dict[str, str] | None = None) -> dict[str, Any]:
+             sources: dict[str, str] | None = None, *, explain: bool = False) -> dict[str, Any]:
         return dict(self._call("POST", "/v1/plan", json={
             "yaml": text, "filename": filename, "base_dir": base_dir,
-            "sources": sources or {}}))
+            "sources": sources or {}}, params={"explain": "true"} if explain else None))
 
     def apply(self, text: str, filename: str, base_dir: str | None,
               expected_generation: int | None,

@@ -76,7 +76,7 @@ def plan(file: File, json: Json = False, url: Url = None,
     """Show what apply would change. Exit 0: no changes, 2: changes, 1: error."""
     spec, text, name, base = _read(file)
     client = Client(url)
-    result = client.plan(text, name, base, _upload_sources(client, spec))
+    result = client.plan(text, name, base, _upload_sources(client, spec), explain=explain)
     print_json(result) if json else output.print_plan(result, explain=explain)
     raise typer.Exit(2 if result["actions"] else 0)
 

@@ -38,7 +38,13 @@ from rackfire.model.instance import (
 from rackfire.model.stack import AppSource, HealthSpec, RoleSpec, RuntimeKind, StackSpec
 from rackfire.model.units import show_value as _show
 from rackfire.plan import ActionKind, Plan, plan_stack, render_stack
-from rackfire.plan.ipam import DEFAULT_POOL, allocate_ip, allocate_subnet, gateway_of
+from rackfire.plan.ipam import (
+    DEFAULT_POOL,
+    allocate_ips,
+    allocate_subnet,
+    gateway_of,
+    subnet_prefix,
+)
 from rackfire.plan.planner import reloadable
 from rackfire.plan.render import role_keys
 from rackfire.schedule import Ask, Placement, explain, explain_decision, move, schedule
@@ -134,16 +140,20 @@ class Controller:
 
     # requests from the API --------------------------------------------------------------
 
-    def plan(self, spec: StackSpec) -> Plan:
+    def plan(self, spec: StackSpec, *, explain_placement: bool = False) -> Plan:
         """What apply would do now. Changes no desired state (IPs are chosen but not kept;
         the sources the CLI uploaded for it are kept, by content). Notes say
-        where the file sets back what `scale` or `resize` set."""
+        where the file sets back what `scale` or `resize` set. With `explain_placement`,
+        where each instance goes and why no other host (every host checked for each new
+        one: hosts x new instances of work, so only when asked)."""
         rec = self.store.get_stack(spec.name)
         plan = self._plan_change(spec, rec)
         notes = overrides.disagreements(spec, self.store.overrides(spec.name)) if rec else []
-        explained = plan.placement or tuple(explain(self._place(spec,
-                                                               self.agent.observe(spec.name))))
-        return replace(plan, notes=tuple(notes), placement=explained)
+        placement: tuple[str, ...] = ()
+        if explain_placement:
+            placement = tuple(explain(self._place(spec, self.agent.observe(spec.name),
+                                                  explain=True)))
+        return replace(plan, notes=tuple(notes), placement=placement)
 
     def apply(self, spec: StackSpec, expected_generation: int | None,
               actor: str = CONTROLLER) -> tuple[int, Plan]:
@@ -151,7 +161,7 @@ class Controller:
         Every check runs before the store is touched: if this raises, nothing changed."""
         with self._apply_lock, self._audited(actor, spec.name, spec.name, "apply"):
             plan = self.plan(spec)  # the lock: two new stacks must not take one free subnet
-            subnet = self._subnet(self.store.get_stack(spec.name))
+            subnet = self._subnet(self.store.get_stack(spec.name), spec)
             generation = self.store.put_stack(spec, subnet, expected_generation, actor)
             for role in spec.roles:
                 if role.app is not None:
@@ -375,18 +385,16 @@ class Controller:
 
     def _plan_change(self, spec: StackSpec, rec: StackRecord | None) -> Plan:
         """Check that `spec` can be applied, then plan it: a refusal changes nothing."""
-        placement = self._check_prereqs(spec, rec)
+        self._check_prereqs(spec, rec)
         desired = self._desired(spec, rec, build=False)
         plan = self._plan(spec.name, rec.generation if rec else 0, spec, desired)
         for action in plan.actions:  # live limits and online growth have limits of their own
             if action.kind is ActionKind.RESIZE and action.request is not None:
                 self.agent.check_resize(action.request)
-        return replace(plan, placement=tuple(explain(placement))) if placement else plan
+        return plan
 
-    def _check_prereqs(self, spec: StackSpec,
-                       rec: StackRecord | None = None) -> Placement | None:
-        """Refuse, before any change, what cannot be applied; across hosts, the placement
-        the check made."""
+    def _check_prereqs(self, spec: StackSpec, rec: StackRecord | None = None) -> None:
+        """Refuse, before any change, what cannot be applied."""
         taken = {
             p.host_port: rec.name
             for rec in self.store.stacks() if rec.name != spec.name and not rec.deleting
@@ -438,14 +446,12 @@ class Controller:
         observed = self.agent.observe(spec.name)
         capacity.check_no_shrink(spec, observed)
         if self.fleet.multi_host():
-            placement = self._place(spec, observed)
-            _refuse_unplaced(spec, placement)
-            return placement
+            _refuse_unplaced(spec, self._place(spec, observed))
+            return
         # One host: a change that reserves no more than before always passes.
         others = [r.spec for r in self.store.stacks() if r.name != spec.name and not r.deleting]
         capacity.check_fits(self.agent.info().name, self.agent.capacity(), spec,
                             rec.spec if rec and not rec.deleting else None, others)
-        return None
 
     # reconcile --------------------------------------------------------------------------
 
@@ -613,16 +619,13 @@ class Controller:
     def _desired(self, spec: StackSpec, rec: StackRecord | None, *, build: bool) -> Desired:
         """Every desired instance, rendered with the instances that are ready now. With
         `build`, missing images and release layers are built first."""
-        subnet = self._subnet(rec)
+        subnet = self._subnet(rec, spec)
         network = NetworkConfig(spec.name, subnet, gateway_of(subnet),
                                 int(subnet.rsplit("/", 1)[1]))
         ips = self.store.ips(spec.name) if rec else {}
-        used = set(ips.values())
-        for role in spec.roles:
-            for key in role_keys(spec.name, role, surge=True):
-                if key not in ips:
-                    ips[key] = allocate_ip(subnet, used)
-                    used.add(ips[key])
+        missing = [k for role in spec.roles for k in role_keys(spec.name, role, surge=True)
+                   if k not in ips]
+        ips.update(zip(missing, allocate_ips(subnet, ips.values(), len(missing)), strict=True))
         digests = {}
         for image_name in {r.image for r in spec.roles}:
             summary = self.agent.image(image_name)
@@ -667,9 +670,13 @@ class Controller:
         return {f.key for f in facts if f.key.role in checks and f.key not in exclude
                 and _ready(f, statuses.get(f.key), checks[f.key.role])}
 
-    def _subnet(self, rec: StackRecord | None) -> str:
-        """The stack's subnet, or the one a new stack would get."""
-        return rec.subnet if rec else allocate_subnet(self.subnet_pool, self.store.used_subnets())
+    def _subnet(self, rec: StackRecord | None, spec: StackSpec) -> str:
+        """The stack's subnet, or the one a new stack would get: sized for it."""
+        if rec:
+            return rec.subnet
+        wanted = sum(len(role_keys(spec.name, r, surge=True)) for r in spec.roles)
+        return allocate_subnet(self.subnet_pool, self.store.used_subnets(),
+                               subnet_prefix(wanted))
 
     def _migrate(self, rec: StackRecord, desired: Desired) -> bool:
         """Start the moves a draining host needs, carry on every migration of the stack,
@@ -782,7 +789,7 @@ class Controller:
         return f"not healthy after {timeout:.0f}s ({why})"
 
     def _place(self, spec: StackSpec, observed: list[InstanceFacts],
-               surge: Collection[InstanceKey] = ()) -> Placement:
+               surge: Collection[InstanceKey] = (), *, explain: bool = False) -> Placement:
         """Where each instance of `spec` would run: the scheduler over the hosts as they
         are now. An instance stays where it runs; only `migrate` and `drain` move one."""
         placed = self.fleet.placements.of_stack(spec.name)
@@ -792,7 +799,7 @@ class Controller:
         roles = {r.name: r for r in spec.roles}
         for key in surge:
             wanted[key] = Ask.of_role(roles[key.role])
-        return schedule(self._pool(spec), placed, wanted)
+        return schedule(self._pool(spec), placed, wanted, explain=explain)
 
     def _pool(self, spec: StackSpec) -> list[Host]:
         """The hosts as the scheduler sees them for `spec`: every other stack's instances

@@ -58,19 +58,39 @@ def gateway_of(subnet: str) -> str:
     return str(_subnet(subnet).network_address + 1)
 
 
+def subnet_prefix(instances: int) -> int:
+    """The prefix of a new stack's subnet: a /24, or larger when the stack needs it, with
+    room for twice its instances (it can scale up or surge without running out)."""
+    return min(24, 32 - (2 * instances + 2).bit_length())
+
+
 def allocate_ip(subnet: str, used: Collection[str]) -> str:
     """The lowest host address of `subnet` that is not the gateway and not in `used`.
 
     `used` holds addresses, with or without a /prefix; ones outside the subnet are ignored.
     """
+    return allocate_ips(subnet, used, 1)[0]
+
+
+def allocate_ips(subnet: str, used: Collection[str], count: int) -> list[str]:
+    """The `count` lowest free host addresses of `subnet`, in one pass (a stack of 10,000
+    instances gets its addresses at once, not one scan each)."""
     net = _subnet(subnet)
     taken = {int(a) for a in map(_address, used) if a.version == 4}
     first = int(net.network_address) + 2  # +1 is the gateway
     last = int(net.broadcast_address) - 1
+    out: list[str] = []
     for candidate in range(first, last + 1):
+        if len(out) == count:
+            break
         if candidate not in taken:
-            return str(IPv4Address(candidate))
-    raise PrereqError(f"subnet {subnet} full", hint="use a larger subnet for this stack")
+            out.append(str(IPv4Address(candidate)))
+    if len(out) < count:
+        raise PrereqError(f"subnet {subnet} full: {count} more address(es) needed, "
+                          f"{len(out)} free",
+                          hint="a stack's subnet is sized when the stack is created (room "
+                          "for twice its instances); scale less, or destroy and apply it again")
+    return out
 
 
 def _address(text: str) -> IPv4Address | IPv6Address:
