@@ -101,3 +101,28 @@ def test_golden(path: Path) -> None:
 
 def test_there_are_golden_cases() -> None:
     assert len(_cases()) >= 23
+
+
+def test_files_that_read_their_instance_differ_and_the_rest_are_alike() -> None:
+    reqs, _ = _render("""\
+stack: s
+roles:
+  web:
+    image: base
+    command: [sh]
+    count: 3
+  lb:
+    image: base
+    command: [sh]
+    count: 2
+    uses: [web]
+    files:
+      /etc/me: "{{ instance.name }} {% for w in roles.web.instances %}{{ w.ip }} {% endfor %}"
+      /etc/all: "{% for w in roles.web.instances %}{{ w.name }} {% endfor %}"
+""", {"base": "a" * 64})
+    lb = [dict(r.files) for r in reqs if r.key.role == "lb"]
+    assert lb[0]["/etc/me"] == "lb-0 10.1.0.2 10.1.0.3 10.1.0.4 "
+    assert lb[1]["/etc/me"] == "lb-1 10.1.0.2 10.1.0.3 10.1.0.4 "
+    assert lb[0]["/etc/all"] == lb[1]["/etc/all"] == "web-0 web-1 web-2 "
+    hashes = [r.config_hash for r in reqs if r.key.role == "lb"]
+    assert hashes[0] != hashes[1]

@@ -138,7 +138,7 @@ def test_wrong_type() -> None:
 @pytest.mark.parametrize(
     ("value", "expected"),
     [("3.0", "expected an integer, got 3.0"), ("true", "expected an integer, got true"),
-     ("1001", "must be less than or equal to 1000, got 1001")],
+     ("10001", "must be less than or equal to 10000, got 10001")],
 )
 def test_count_must_be_a_plain_int_in_range(value: str, expected: str) -> None:
     p = only_problem(f"stack: s\nroles:\n  web: {{image: b, command: [sh], count: {value}}}\n")

@@ -314,7 +314,7 @@ def _check_data_path(value: str) -> str:
 
 
 class UpdateModel(_Strict):
-    max_unavailable: int | None = Field(None, ge=0, le=1000,
+    max_unavailable: int | None = Field(None, ge=0, le=10_000,
                                         description="instances out of service at a time")
     max_surge: int | None = Field(None, ge=0, le=100,
                                   description="extra instances while rolling")
@@ -350,7 +350,7 @@ class DataModel(_Strict):
 
 class RoleModel(_Strict):
     image: Name
-    count: int = Field(1, ge=0, le=1000)
+    count: int = Field(1, ge=0, le=10_000)
     command: list[str] = Field(min_length=1)
     resources: ResourcesModel | None = None
     ports: list[PortEntry] = []
