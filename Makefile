@@ -7,7 +7,7 @@ RF     := $(VENV)/bin/rackfire
 DATA   ?= /var/lib/rackfire
 DEB_PKGS := runc haproxy debootstrap iproute2 e2fsprogs util-linux python3-venv python3
 
-.PHONY: deps venv demo demo-cluster test lint typecheck unit integration clean-demo clean-cluster
+.PHONY: deps venv demo demo-cluster test bench lint typecheck unit integration clean-demo clean-cluster
 
 deps:
 	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -47,6 +47,14 @@ lint: venv
 
 test: deps venv lint
 	$(VENV)/bin/pytest -q tests
+
+# Every benchmark, side by side with the peers it installs and starts (LXC, podman, dockerd),
+# then docs/benchmarks.md rewritten from the results. `make bench BENCH="plan schedule"` for
+# some; RUNS=N repetitions (default 5).
+BENCH ?=
+RUNS  ?= 5
+bench: deps venv
+	$(PY) -m bench $(BENCH) --runs $(RUNS)
 
 clean-demo: venv
 	-$(RF) destroy shop -y

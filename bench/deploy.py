@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Zero-downtime deploys of the shop stack (examples/shop), timed under load.
 
-    .venv/bin/python bench/deploy.py [--pushes 3] [--baseline 10] [--json] [--out FILE]
+    .venv/bin/python -m bench.deploy [--pushes 3] [--baseline 10] [--json] [--out FILE]
 
 Needs root, runc and debootstrap (the shop's image is built once and cached host-wide in
 /var/cache/rackfire; a cold build takes minutes and needs the network). It starts its own
@@ -54,8 +54,8 @@ from typing import Any
 
 import httpx
 import yaml
-from rfserver import BenchServer, free_port
 
+from bench.rfserver import BenchServer, free_port
 from rackfire.agent.proxy import Proxy
 from rackfire.images.build import debootstrap_key
 from rackfire.images.hostcache import HostCache

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How long N idle instances take to come and go, and what they cost, next to bare runc and LXC.
 
-    .venv/bin/python bench/instances.py [--count N] [--runs R] [--no-lxc] [--out FILE]
+    .venv/bin/python -m bench.instances [--count N] [--runs R] [--no-lxc] [--out FILE]
 
 Needs root, runc, and (for the LXC peer) the `lxc` package. Everything it makes carries one
 random prefix (`rfb<6 hex>`) and lives under its own data dir (/var/tmp/<prefix>), API port,
@@ -45,8 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from rfserver import BenchServer
-
+from bench.rfserver import BenchServer
 from rackfire.images.store import ImageInfo, ImageStore
 from rackfire.model.instance import InstanceKey, InstanceRequest, NetworkConfig
 from rackfire.model.stack import Resources, RuntimeKind
@@ -609,7 +608,7 @@ def leftovers(prefix: str) -> list[str]:
                           if p.is_dir() and prefix in p.name]
     procs = run(["ps", "-eo", "pid,args"], check=False).stdout
     found += [f"process {line.strip()}" for line in procs.splitlines()
-              if prefix in line and "bench/instances.py" not in line]
+              if prefix in line and "bench.instances" not in line]
     return sorted(set(found))
 
 

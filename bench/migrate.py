@@ -6,7 +6,7 @@ agent in each, a server that runs no instances itself. One instance with a 2 GiB
 for each size, that much is written into the data disk (random bytes: nothing to compress
 or skip), then the instance is moved to the other host and back. Run as root:
 
-    python bench/migrate.py [--sizes 0,64,256,1024] [--out bench/results/migrate.json]
+    python -m bench.migrate [--sizes 0,64,256,1024] [--out bench/results/migrate.json]
 """
 
 from __future__ import annotations
@@ -21,9 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from rfserver import BenchServer
-
+from bench.rfserver import BenchServer
 from rackfire.testbed import Bed
 
 STACK = """\

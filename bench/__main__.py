@@ -1,0 +1,66 @@
+"""`python -m bench [MEASURE ...] [--runs N]`: run measurements, keep each result in
+bench/results/MEASURE.json, and rewrite the generated part of docs/benchmarks.md from every
+result kept there (so one measurement can be run again alone)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import time
+
+from bench import report
+
+MEASURES = {
+    "start": "instance start: rackfire vs bare runc, LXC, podman, docker",
+    "bringup": "stack bring-up: the shop stack, the hello stack with 50 web instances",
+    "plan": "planning 10,000 instances on 1,000 hosts with 1% drift",
+    "schedule": "placements per second: 100,000 instances on 5,000 simulated hosts",
+    "footprint": "controller and agent memory, idle and with 500 instances",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("measures", nargs="*", metavar="MEASURE",
+                   help="any of: " + ", ".join(MEASURES) + " (default: all)")
+    p.add_argument("--runs", type=int, default=5, help="repetitions of each measurement")
+    p.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
+    args = p.parse_args(argv)
+    unknown = [m for m in args.measures if m not in MEASURES]
+    if unknown:
+        p.error(f"unknown measure(s): {', '.join(unknown)}; choose from {', '.join(MEASURES)}")
+    if args.runs < 1:
+        p.error("--runs must be at least 1")
+    chosen = args.measures or list(MEASURES)
+    privileged = {"start", "bringup", "footprint"} & set(chosen)
+    if privileged and os.geteuid() != 0:
+        p.error(f"{', '.join(sorted(privileged))} need root (containers, netns, cgroups)")
+    machine = report.machine()
+    failed = []
+    for name in chosen:
+        print(f"== {name}: {MEASURES[name]}", flush=True)
+        module = importlib.import_module(f"bench.{name}")
+        t0, load0, started = time.monotonic(), report.loadavg(), report.now()
+        try:
+            result: report.Result = module.run(args.runs)
+        except Exception as e:  # one failed measurement must not lose the others
+            print(f"   {name} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            failed.append(name)
+            continue
+        result.command = f"python -m bench {name} --runs {args.runs}"
+        result.started, result.machine = started, machine
+        result.seconds, result.load = time.monotonic() - t0, (load0, report.loadavg())
+        print(f"   kept in {result.save().relative_to(report.ROOT)}", flush=True)
+        print("\n".join(report.render_result(result)), flush=True)
+    if not args.no_doc:
+        report.write_doc(report.load_all())
+        print(f"wrote {report.DOC.relative_to(report.ROOT)}")
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
