@@ -131,8 +131,10 @@ never overcommits) and the poller.""")
     r.add("shop: to converged", "rackfire", samples["shop converged"], "s")
     r.add(f"hello x{WEB}: to the first answer", "rackfire", samples["hello first"], "s")
     r.add(f"hello x{WEB}: to converged", "rackfire", samples["hello converged"], "s")
-    r.notes.append("Peers: a like-for-like bring-up needs an orchestrator on top of the "
-                   "container engines (docker compose, a Nomad job, Kamal); none of them is "
-                   "packaged for Debian 12 here, so there is no peer figure. The instance "
-                   "start measurement compares the engines themselves.")
+    r.notes.append("Peers: a like-for-like bring-up needs an orchestrator over the engines. "
+                   "Nomad and Kamal are not packaged for Debian 12 and cannot be fetched "
+                   "here; Debian's docker-compose 1.29 is, but it would need the shop's "
+                   "image built as a Docker image with its own Dockerfiles, which this bench "
+                   "does not have: no peer figure. The instance start measurement compares "
+                   "the engines themselves.")
     return r

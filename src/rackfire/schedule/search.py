@@ -64,6 +64,10 @@ class Indexed:
     def __init__(self, hosts: Mapping[str, Host], ledger: Ledger) -> None:
         self.hosts, self.ledger = hosts, ledger
         self.heaps: dict[tuple[RoleRef, Ask], list[Rank]] = {}
+        # Why nothing fits, per kind, and how many instances were placed when it was asked:
+        # thousands that fit nowhere must not each check every host again.
+        self.refused: dict[tuple[RoleRef, Ask], tuple[int, Found]] = {}
+        self.added = 0
         # Binpack heaps, with the hosts each may hold.
         self.binpack: list[tuple[RoleRef, Ask, list[Rank], set[str]]] = []
 
@@ -73,10 +77,15 @@ class Indexed:
         if heap is None:
             heap = self._build(role, ask)
         chosen = self._top(heap, role, ask)
-        if chosen is None:  # nothing fits: say why for every host
-            return Exhaustive(self.hosts, self.ledger).find(key, ask, sorted(self.hosts))
+        if chosen is None:  # nothing fits: say why for every host, once per ledger state
+            seen = self.refused.get((role, ask))
+            if seen is None or seen[0] != self.added:
+                found = Exhaustive(self.hosts, self.ledger).find(key, ask, sorted(self.hosts))
+                seen = self.refused[role, ask] = (self.added, found)
+            return seen[1]
         best = Candidate(chosen, score(self.hosts[chosen], key, ask, self.ledger))
         self.ledger.add(key, chosen, ask.need)
+        self.added += 1
         for r, a, h, members in self.binpack:
             if chosen in members and self._fits(chosen, r, a):
                 heapq.heappush(h, self._rank(chosen, r, a))
