@@ -5,7 +5,7 @@ instances on 5,000 hosts in seconds rather than hours)."""
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 from rackfire.model.host import CPU_SLACK, Host
@@ -51,32 +51,36 @@ Rank = tuple[float | str, ...]  # a host's rank for one kind of instance, its na
 
 
 class Indexed:
-    """Per kind of instance (role and ask), a heap of the hosts that pass the checks that
-    never change within one run (state, runtime, labels), ordered by rank.
+    """Per kind of instance (role and ask), the hosts that pass the checks that never change
+    within one run (state, runtime, labels), in heaps ordered by rank.
 
     Within one run the ledger only grows, so a host that stops fitting never fits again (it
     is dropped), and a spread rank only gets worse (fewer free, more of the role): a heap
-    entry is a lower bound, re-ranked when it reaches the top. A binpack rank only gets
-    better, and only on the host that took an instance: that host is pushed again with its
-    new rank into every binpack heap. Either way the top entry whose rank is still exact
-    is the best host, the same one `Exhaustive` ranks first (ties go to the name)."""
+    entry is a lower bound, re-ranked when it reaches the top. Spread ranks the rack before
+    the host's free share, so its heap holds racks, each with a heap of its hosts: one
+    placement re-ranks one rack, not every host of it. A binpack rank only gets better,
+    and only on the host that took an instance: that host is pushed again with its new rank
+    into every binpack heap. Either way the top entry whose rank is still exact is the
+    best host, the same one `Exhaustive` ranks first (ties go to the name)."""
 
     def __init__(self, hosts: Mapping[str, Host], ledger: Ledger) -> None:
         self.hosts, self.ledger = hosts, ledger
-        self.heaps: dict[tuple[RoleRef, Ask], list[Rank]] = {}
+        self.binpacks: dict[tuple[RoleRef, Ask], list[Rank]] = {}
+        # Spread: racks by the rank of their best host, and each rack's hosts.
+        self.spreads: dict[tuple[RoleRef, Ask], tuple[list[Rank], dict[str, list[Rank]]]] = {}
         # Why nothing fits, per kind, and how many instances were placed when it was asked:
         # thousands that fit nowhere must not each check every host again.
         self.refused: dict[tuple[RoleRef, Ask], tuple[int, Found]] = {}
         self.added = 0
         # Binpack heaps, with the hosts each may hold.
-        self.binpack: list[tuple[RoleRef, Ask, list[Rank], set[str]]] = []
+        self.members: list[tuple[RoleRef, Ask, list[Rank], set[str]]] = []
 
     def place(self, key: InstanceKey, ask: Ask) -> Found:
         role = role_of(key)
-        heap = self.heaps.get((role, ask))
-        if heap is None:
-            heap = self._build(role, ask)
-        chosen = self._top(heap, role, ask)
+        if ask.strategy is Strategy.BINPACK:
+            chosen = self._top(self._binpack(role, ask), role, ask, self._binpack_rank)
+        else:
+            chosen = self._top_rack(role, ask)
         if chosen is None:  # nothing fits: say why for every host, once per ledger state
             seen = self.refused.get((role, ask))
             if seen is None or seen[0] != self.added:
@@ -86,30 +90,65 @@ class Indexed:
         best = Candidate(chosen, score(self.hosts[chosen], key, ask, self.ledger))
         self.ledger.add(key, chosen, ask.need)
         self.added += 1
-        for r, a, h, members in self.binpack:
+        for r, a, h, members in self.members:
             if chosen in members and self._fits(chosen, r, a):
-                heapq.heappush(h, self._rank(chosen, r, a))
+                heapq.heappush(h, self._binpack_rank(chosen, r, a))
         return (best,), ()
 
-    def _build(self, role: RoleRef, ask: Ask) -> list[Rank]:
+    def _eligible(self, role: RoleRef, ask: Ask) -> list[str]:
         probe = InstanceKey(role[0], role[1], 0)
-        heap = [self._rank(name, role, ask) for name, host in self.hosts.items()
+        return [name for name, host in self.hosts.items()
                 if not _static(check(host, probe, ask, self.ledger))
                 and self._fits(name, role, ask)]
-        heapq.heapify(heap)
-        self.heaps[role, ask] = heap
-        if ask.strategy is Strategy.BINPACK:
-            self.binpack.append((role, ask, heap, {str(r[-1]) for r in heap}))
+
+    def _binpack(self, role: RoleRef, ask: Ask) -> list[Rank]:
+        heap = self.binpacks.get((role, ask))
+        if heap is None:
+            names = self._eligible(role, ask)
+            heap = self.binpacks[role, ask] = [self._binpack_rank(n, role, ask) for n in names]
+            heapq.heapify(heap)
+            self.members.append((role, ask, heap, set(names)))
         return heap
 
-    def _top(self, heap: list[Rank], role: RoleRef, ask: Ask) -> str | None:
+    def _top_rack(self, role: RoleRef, ask: Ask) -> str | None:
+        found = self.spreads.get((role, ask))
+        if found is None:
+            racks: dict[str, list[Rank]] = {}
+            for name in self._eligible(role, ask):
+                rack = self.hosts[name].rack
+                # A host with no rack is a rack of its own (NUL: no label value has one).
+                racks.setdefault("\0" + name if rack is None else rack, []).append(
+                    self._host_rank(name, role, ask))
+            for heap in racks.values():
+                heapq.heapify(heap)
+            # (-1, rack): below any real rank, so each rack is ranked when it first comes up.
+            found = self.spreads[role, ask] = ([(-1, rack) for rack in racks], racks)
+            heapq.heapify(found[0])
+        outer, racks = found
+        while outer:
+            stored = outer[0]
+            rack = str(stored[-1])
+            heap = racks[rack]
+            best = self._top(heap, role, ask, self._host_rank)
+            if best is None:
+                heapq.heappop(outer)
+                continue
+            on_host, free = heap[0][0], heap[0][1]  # exact: _top just checked it
+            now = (on_host, self.ledger.count_on_rack(best, role), free, best, rack)
+            if now == stored:
+                return best
+            heapq.heapreplace(outer, now)  # worse than it was (or first seen)
+        return None
+
+    def _top(self, heap: list[Rank], role: RoleRef, ask: Ask,
+             rank: Callable[[str, RoleRef, Ask], Rank]) -> str | None:
         while heap:
             stored = heap[0]
             name = str(stored[-1])
             if not self._fits(name, role, ask):
                 heapq.heappop(heap)
                 continue
-            now = self._rank(name, role, ask)
+            now = rank(name, role, ask)
             if now == stored:
                 return name
             heapq.heappop(heap)
@@ -126,12 +165,13 @@ class Indexed:
                 and need.memory <= total.memory - used.memory
                 and need.disk <= total.disk - used.disk)
 
-    def _rank(self, name: str, role: RoleRef, ask: Ask) -> Rank:
-        free = free_after(self.ledger, name, ask.need)
-        if ask.strategy is Strategy.BINPACK:
-            return (free, name)
-        return (self.ledger.count_on_host(name, role), self.ledger.count_on_rack(name, role),
-                -free, name)
+    def _binpack_rank(self, name: str, role: RoleRef, ask: Ask) -> Rank:
+        return (free_after(self.ledger, name, ask.need), name)
+
+    def _host_rank(self, name: str, role: RoleRef, ask: Ask) -> Rank:
+        """Spread within one rack, where every host has the same count on the rack."""
+        return (self.ledger.count_on_host(name, role), -free_after(self.ledger, name, ask.need),
+                name)
 
 
 _DYNAMIC = frozenset({Check.DISTINCT, Check.CPU, Check.MEMORY, Check.DISK})
