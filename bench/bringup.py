@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -47,6 +48,28 @@ def hello_copy(work: Path, stack: str, port: int) -> Path:
     return out
 
 
+def timeline(srv: Server, stack: str, since: float) -> str:
+    """When each role's creates began and ended, and the release layer was built, in
+    seconds from the apply (from the server's own SQLite: actions, releases)."""
+    db = sqlite3.connect(f"file:{srv.data_dir / 'rackfire.db'}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT instance, created, finished FROM actions WHERE stack=? AND "
+                          "kind='create' ORDER BY created", (stack,)).fetchall()
+        built = db.execute("SELECT role, created FROM releases WHERE stack=?",
+                           (stack,)).fetchall()
+    finally:
+        db.close()
+    roles: dict[str, list[float]] = {}
+    for instance, created, finished in rows:
+        role = instance.split("/")[1] if "/" in instance else instance.split(".")[1]
+        span = roles.setdefault(role, [created, finished or created])
+        span[0], span[1] = min(span[0], created), max(span[1], finished or created)
+    parts = [f"release layer of {role} built +{t - since:.1f} s" for role, t in built]
+    parts += [f"{role} created +{a - since:.1f} to +{b - since:.1f} s"
+              for role, (a, b) in roles.items()]
+    return "; ".join(parts)
+
+
 def bring_up(srv: Server, stack_file: Path, port: int) -> tuple[float, float]:
     """`rackfire apply -f FILE -y` from the call: seconds to the first answer (any HTTP
     status below 500) on the published port, and to the CLI's return (all converged)."""
@@ -82,7 +105,7 @@ def srv_env(srv: Server) -> dict[str, str]:
             "COLUMNS": "200"}
 
 
-def one_run(i: int) -> dict[str, float]:
+def one_run(i: int, timelines: dict[str, str]) -> dict[str, float]:
     """A fresh server (empty data dir: images and release layers built again; the host's
     debootstrap cache is used) for each stack, so each starts from nothing."""
     tag = uuid.uuid4().hex[:6]
@@ -96,8 +119,9 @@ def one_run(i: int) -> dict[str, float]:
             srv.start()
             file = (make(work, stack, port) / "stack.yaml" if make
                     else hello_copy(work, stack, port))
-            applied = True
+            applied, since = True, time.time()
             first, converged = bring_up(srv, file, port)
+            timelines[name] = timeline(srv, stack, since)
             out[f"{name} first"], out[f"{name} converged"] = first, converged
             print(f"   run {i + 1}: {name}: first answer {first:.1f} s, converged "
                   f"{converged:.1f} s", flush=True)
@@ -124,13 +148,16 @@ every 2 s, behind the published port; no cpu reservation and 64M of memory each,
 the example asks 0.5 cores and 128M: 50 x 0.5 cores do not fit on 2 cores, and rackfire
 never overcommits) and the poller.""")
     samples: dict[str, list[float]] = {}
+    timelines: dict[str, str] = {}
     for i in range(runs):
-        for k, v in one_run(i).items():
+        for k, v in one_run(i, timelines).items():
             samples.setdefault(k, []).append(v)
     r.add("shop: to the first answer", "rackfire", samples["shop first"], "s")
     r.add("shop: to converged", "rackfire", samples["shop converged"], "s")
     r.add(f"hello x{WEB}: to the first answer", "rackfire", samples["hello first"], "s")
     r.add(f"hello x{WEB}: to converged", "rackfire", samples["hello converged"], "s")
+    for name, line in timelines.items():
+        r.notes.append(f"{name}, last run, from the server's actions and releases: {line}.")
     r.notes.append("Peers: a like-for-like bring-up needs an orchestrator over the engines. "
                    "Nomad and Kamal are not packaged for Debian 12 and cannot be fetched "
                    "here; Debian's docker-compose 1.29 is, but it would need the shop's "
