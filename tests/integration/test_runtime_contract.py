@@ -3,6 +3,10 @@ container runtime (runc) and the process runtime alike, called directly (no serv
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +23,7 @@ from rackfire.model.instance import (
 )
 from rackfire.model.stack import Resources, RuntimeKind
 from rackfire.net import links
+from rackfire.runtime import runcstate
 from rackfire.runtime.base import Runtime
 from rackfire.runtime.container import ContainerRuntime
 from rackfire.runtime.process import ProcessRuntime
@@ -130,3 +135,31 @@ def test_capabilities_are_declared(runtime: Runtime) -> None:
         assert runtime.netns(InstanceKey("s", "r", 0)) == "rf-s.r.0"
     else:
         assert not runtime.caps.isolated and runtime.netns(InstanceKey("s", "r", 0)) is None
+
+
+def test_container_states_read_from_runc_state_files_agree_with_runc(
+        stack: str, image: ImageInfo, tmp_path: Path) -> None:
+    rt = ContainerRuntime(tmp_path / "instances", "h")
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n")
+    req = request_for(rt, stack, image)
+    rt.create(req, image, hosts)
+    try:
+        def runc_says() -> tuple[str, int | None]:
+            out = subprocess.run(["runc", "--root", str(rt.runc_root), "state", req.key.id],
+                                 capture_output=True, text=True, check=True).stdout
+            state = json.loads(out)
+            return state["status"], state["pid"] or None
+
+        c = runcstate.container(rt.runc_root, req.key.id)
+        assert c is not None and (c.status, c.pid) == runc_says() == ("running", c.pid)
+        assert runcstate.containers(rt.runc_root)[req.key.id] == c
+        os.kill(c.pid, signal.SIGKILL)  # PID 1 of its namespace: the container stops
+        wait_for(lambda: runc_says()[0] == "stopped", 10, "runc to see it stopped")
+        assert runcstate.container(rt.runc_root, req.key.id) == runcstate.RuncContainer(
+            req.key.id, "stopped", None)
+        [f] = only(rt, stack)
+        assert f.state is InstanceState.STOPPED  # what observe reports from it
+        assert runcstate.container(rt.runc_root, "no-such-container") is None
+    finally:
+        rt.destroy(req.key)

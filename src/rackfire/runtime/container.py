@@ -43,7 +43,7 @@ from rackfire.model.instance import (
 from rackfire.model.stack import DEFAULT_STOP_TIMEOUT, Resources, RuntimeKind
 from rackfire.model.units import format_size_approx
 from rackfire.net import garp, links, names
-from rackfire.runtime import diskcopy, mounts, stats
+from rackfire.runtime import diskcopy, mounts, runcstate, stats
 from rackfire.runtime.base import Capabilities
 from rackfire.runtime.execproc import RuncExecProcess, start_on_pty
 from rackfire.runtime.layout import (
@@ -380,7 +380,7 @@ class ContainerRuntime:
         return [_stats_of(key, d, cpu.get(token)) for key, d, token in found]
 
     def observe(self) -> list[InstanceFacts]:
-        containers = self._runc_list()
+        containers = runcstate.containers(self.runc_root)
         facts = []
         for key, d in list_instance_dirs(self.base):
             meta = read_meta(d)
@@ -389,7 +389,7 @@ class ContainerRuntime:
                     facts.append(InstanceFacts(key, InstanceState.PARTIAL, self.kind, self.host))
                 continue
             c = containers.get(key.id)
-            running = c is not None and c.get("status") == "running"
+            running = c is not None and c.status == "running"
             if meta.get("phase") != "created":
                 state = InstanceState.PARTIAL
             else:
@@ -401,7 +401,7 @@ class ContainerRuntime:
                 config_hash=meta.get("config_hash", ""),
                 files_layout=meta.get("files_layout", ""),
                 started_at=meta.get("started_at"), resources=resources_of(meta),
-                pid=c.get("pid") if running and c else None,
+                pid=c.pid if running and c else None,
                 oom_killed=state is InstanceState.STOPPED and _oom_killed(key),
             ))
         return facts
@@ -454,7 +454,8 @@ class ContainerRuntime:
         config = oci_config(req, image.host_binds, hosts_file, netns_path,
                             d.data if data else None)
         (d.bundle / "config.json").write_text(json.dumps(config))
-        self._runc("delete", "--force", req.key.id, check=False)  # a stopped leftover
+        if (self.runc_root / req.key.id).exists():  # a stopped leftover
+            self._runc("delete", "--force", req.key.id, check=False)
         with open(d.log, "ab") as log:
             log.write(f"--- rackfire: starting {req.key} at {time.ctime()}\n".encode())
             log.flush()
@@ -546,21 +547,8 @@ class ContainerRuntime:
         return self._state_pid(cid)[0]
 
     def _state_pid(self, cid: str) -> tuple[str | None, int | None]:
-        proc = self._runc("state", cid, check=False)
-        if proc.returncode != 0:
-            return None, None
-        state = json.loads(proc.stdout)
-        return str(state.get("status", "")), state.get("pid") or None
-
-    def _runc_list(self) -> dict[str, dict[str, Any]]:
-        # runc list fails now and then while another container is being deleted. "No
-        # containers" would be a lie that makes every instance look stopped: retry, then fail.
-        for attempt in range(5):
-            proc = self._runc("list", "--format", "json", check=False)
-            if proc.returncode == 0:
-                return {c["id"]: c for c in json.loads(proc.stdout or "null") or []}
-            time.sleep(0.02 * (attempt + 1))
-        raise ExecError(f"runc list failed: {proc.stderr.strip()}")
+        c = runcstate.container(self.runc_root, cid)
+        return (c.status, c.pid) if c else (None, None)
 
     def _runc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         # Only for commands that start no container: those may use pipes safely.

@@ -38,9 +38,15 @@ def _run(args: list[str]) -> None:
 
 
 def mounted(path: Path) -> bool:
-    target = os.path.realpath(path)
+    # The target escaped as mountinfo writes it, not every line unescaped: a host with a
+    # thousand mounts reads this file several times per instance created.
+    target = _escape(os.path.realpath(path))
     with open("/proc/self/mountinfo") as f:
-        return any(_unescape(line.split()[4]) == target for line in f)
+        return any(line.split(" ", 5)[4] == target for line in f)
+
+
+def _escape(path: str) -> str:
+    return "".join(f"\\{ord(c):03o}" if c in " \t\n\\" else c for c in path)
 
 
 def _unescape(field: str) -> str:
