@@ -55,8 +55,8 @@ def timeline(srv: Server, stack: str, since: float) -> str:
     try:
         rows = db.execute("SELECT instance, created, finished FROM actions WHERE stack=? AND "
                           "kind='create' ORDER BY created", (stack,)).fetchall()
-        built = db.execute("SELECT role, created FROM releases WHERE stack=?",
-                           (stack,)).fetchall()
+        built = db.execute("SELECT role, created FROM releases WHERE stack=? AND layer != ''",
+                           (stack,)).fetchall()  # a role with no app has no layer to build
     finally:
         db.close()
     roles: dict[str, list[float]] = {}

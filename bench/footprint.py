@@ -434,9 +434,10 @@ class Layout:
 
 
 def time_runc_list(root: Path) -> tuple[float, int, int]:
-    """How long one `runc list` takes (rackfire's observe runs it for every reconcile and
-    every `ps`), how many containers it listed, and how many tries failed before (it fails
-    when a container in the root is deleted while it lists)."""
+    """How long one `runc list` takes (what rackfire's observe ran for every reconcile and
+    every `ps` before it read runc's state files itself; kept as a measure of the root), how
+    many containers it listed, and how many tries failed before (it fails when a container
+    in the root is deleted while it lists)."""
     for failures in range(50):
         t0 = time.monotonic()
         proc = subprocess.run(["runc", "--root", str(root), "list", "--format", "json"],

@@ -240,9 +240,8 @@ def _breakdown(rf: Rackfire) -> list[str]:
             "4 at a time).")
     if rf.polls:
         out.append(f"A `GET /v1/instances` poll took {_median(rf.polls) * 1000:.0f} ms "
-                   f"(median; max {max(rf.polls) * 1000:.0f} ms): for it the server runs `runc "
-                   "list` over the runc root every rackfire server on the host shares, and "
-                   "reads every instance's meta.json.")
+                   f"(median; max {max(rf.polls) * 1000:.0f} ms): for it the server reads runc's "
+                   "state file and the meta.json of every instance, while it creates them.")
     return out
 
 
