@@ -45,6 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.peers import sh
 from bench.rfserver import BenchServer
 from rackfire.images.store import ImageInfo, ImageStore
 from rackfire.model.instance import InstanceKey, InstanceRequest, NetworkConfig
@@ -81,14 +82,7 @@ roles:
 # -- small helpers ----------------------------------------------------------------------------
 
 
-def run(args: list[str], *, check: bool = True, timeout: float = 120,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=timeout, env=env, check=False)
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} exited {proc.returncode}: "
-                           f"{proc.stderr.strip() or proc.stdout.strip()}")
-    return proc
+run = sh  # a command that starts nothing long-lived
 
 
 def timed(fn: Callable[[], object]) -> float:

@@ -24,7 +24,7 @@ from rackfire.control.controller import Controller, InstanceView
 from rackfire.errors import NotFound, PrereqError, RackfireError
 from rackfire.model.agent import InstanceStats
 from rackfire.model.instance import Target
-from rackfire.model.stack import ImageSource, ImageSpec, StackSpec
+from rackfire.model.stack import MAX_COUNT, ImageSource, ImageSpec, StackSpec
 from rackfire.spec import load_stack_text, stack_json_schema
 from rackfire.spec.schema import ResourcesModel
 
@@ -51,7 +51,7 @@ class ImageBuild(BaseModel):
 
 
 class Scale(BaseModel):
-    count: int = Field(ge=0, le=1000)
+    count: int = Field(ge=0, le=MAX_COUNT)
 
 
 class Selector(BaseModel):

@@ -35,7 +35,14 @@ from rackfire.model.instance import (
     NetworkConfig,
     Target,
 )
-from rackfire.model.stack import AppSource, HealthSpec, RoleSpec, RuntimeKind, StackSpec
+from rackfire.model.stack import (
+    MAX_COUNT,
+    AppSource,
+    HealthSpec,
+    RoleSpec,
+    RuntimeKind,
+    StackSpec,
+)
 from rackfire.model.units import show_value as _show
 from rackfire.plan import ActionKind, Plan, plan_stack, render_stack
 from rackfire.plan.ipam import (
@@ -186,8 +193,8 @@ class Controller:
 
     def scale(self, stack: str, role: str, count: int, actor: str) -> tuple[int, Plan]:
         """Set a role's instance count as the stack's desired state."""
-        if not 0 <= count <= 1000:
-            raise PrereqError(f"count must be 0 to 1000, got {count}")
+        if not 0 <= count <= MAX_COUNT:
+            raise PrereqError(f"count must be 0 to {MAX_COUNT}, got {count}")
         return self._change(stack, role, {"count": count}, actor, "scale")
 
     def resize(self, stack: str, role: str, changes: dict[str, float | int | None],

@@ -10,6 +10,7 @@ from typing import Any
 
 DEFAULT_STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL, unless a role says
 NAME_PATTERN = r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$|^[a-z]$"
+MAX_COUNT = 10_000  # instances of one role (a stack's subnet is sized for twice its own)
 """Stack, role and image names: they end up in file, netns, cgroup and container names."""
 
 

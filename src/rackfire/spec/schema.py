@@ -31,7 +31,7 @@ from pydantic import (
     model_validator,
 )
 
-from rackfire.model.stack import NAME_PATTERN, ImageSource, PortMap, RuntimeKind
+from rackfire.model.stack import MAX_COUNT, NAME_PATTERN, ImageSource, PortMap, RuntimeKind
 from rackfire.model.units import format_size, parse_duration, parse_size
 
 MiB = 1024 * 1024
@@ -314,7 +314,7 @@ def _check_data_path(value: str) -> str:
 
 
 class UpdateModel(_Strict):
-    max_unavailable: int | None = Field(None, ge=0, le=10_000,
+    max_unavailable: int | None = Field(None, ge=0, le=MAX_COUNT,
                                         description="instances out of service at a time")
     max_surge: int | None = Field(None, ge=0, le=100,
                                   description="extra instances while rolling")
@@ -350,7 +350,7 @@ class DataModel(_Strict):
 
 class RoleModel(_Strict):
     image: Name
-    count: int = Field(1, ge=0, le=10_000)
+    count: int = Field(1, ge=0, le=MAX_COUNT)
     command: list[str] = Field(min_length=1)
     resources: ResourcesModel | None = None
     ports: list[PortEntry] = []
