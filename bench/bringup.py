@@ -3,7 +3,6 @@ stack with 50 web instances, each on a server of its own started for the run."""
 
 from __future__ import annotations
 
-import os
 import re
 import sqlite3
 import subprocess
@@ -19,12 +18,12 @@ from bench.deploy import (
     ROOT,
     Server,
     cleanup,
-    free_port,
     host_cache_has_image,
     leftovers,
     shop_copy,
 )
 from bench.report import Result
+from bench.rfserver import free_port
 
 POOL = "10.93.0.0/16"
 HELLO = ROOT / "examples" / "hello" / "stack.yaml"
@@ -76,7 +75,7 @@ def bring_up(srv: Server, stack_file: Path, port: int) -> tuple[float, float]:
     cmd = [sys.executable, "-m", "rackfire", "apply", "-f", str(stack_file), "-y",
            "--timeout", "900"]
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, env=srv_env(srv), stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, env=srv.env(), stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     first = None
     with httpx.Client(timeout=2) as http:
@@ -98,11 +97,6 @@ def bring_up(srv: Server, stack_file: Path, port: int) -> tuple[float, float]:
     if proc.returncode != 0:
         raise RuntimeError(f"apply exited {proc.returncode}: {out[-1500:]}")
     return first, time.monotonic() - t0
-
-
-def srv_env(srv: Server) -> dict[str, str]:
-    return {**os.environ, "RACKFIRE_URL": srv.url, "RACKFIRE_DATA_DIR": str(srv.data_dir),
-            "COLUMNS": "200"}
 
 
 def one_run(i: int, timelines: dict[str, str]) -> dict[str, float]:

@@ -40,7 +40,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bench.report import SELF, Result, Target
 from bench.rfserver import BenchServer
@@ -57,6 +57,7 @@ MEMORY_LIMIT, DISK = "16M", "16M"
 SETTLE = 10.0  # seconds between convergence and the samples: the reconcile goes quiet
 TARGET_BYTES = 2 * 1024 * 1024  # "≤ 2 MB" read as 2 MiB (the rows are MiB)
 CGROUP = Path("/sys/fs/cgroup")
+T = TypeVar("T")
 MiB = 1024 * 1024
 MEMINFO = ("MemAvailable", "MemFree", "Buffers", "Cached", "Slab", "SReclaimable",
            "SUnreclaim", "KernelStack", "PageTables", "Percpu", "AnonPages", "Shmem",
@@ -323,15 +324,8 @@ class Layout:
         c = self.client
         failed_since: dict[str, float] = {}
         while True:
-            try:
-                states = [c.stack(s) for s in stacks]
-                rows = [r for s in stacks for r in c.instances(s)]
-            except ApiError as e:
-                if e.status < 500:
-                    raise
-                self.api_errors.append(("apply", str(e)))
-                time.sleep(1.0)
-                continue
+            states, rows = self._read("apply", lambda: (
+                [c.stack(s) for s in stacks], [r for s in stacks for r in c.instances(s)]))
             # A failed reconcile is retried 5 s later by the server: a stack that fails now and
             # then (`runc list` racing a delete) is recorded; one failed for 2 min is not
             # coming back.
@@ -366,14 +360,7 @@ class Layout:
             c.destroy(s)
         last = 0.0
         while True:
-            try:
-                left = sum(self._left(s) for s in stacks)
-            except ApiError as e:
-                if e.status < 500:
-                    raise
-                self.api_errors.append(("destroy", str(e)))
-                time.sleep(1.0)
-                continue
+            left = self._read("destroy", lambda: sum(self._left(s) for s in stacks))
             if not left or time.monotonic() - last >= 15:
                 last = time.monotonic()
                 say(f"{self.kind}: destroying, {left} left after {time.monotonic() - t0:.0f} s")
@@ -382,6 +369,17 @@ class Layout:
             if time.monotonic() - t0 > timeout:
                 raise RuntimeError(f"destroy: {left} instances left after {timeout:.0f} s")
             time.sleep(2.0)
+
+    def _read(self, what: str, fn: Callable[[], T]) -> T:
+        """`fn()`, asked again a second later while the server answers 5xx (recorded)."""
+        while True:
+            try:
+                return fn()
+            except ApiError as e:
+                if e.status < 500:
+                    raise
+                self.api_errors.append((what, str(e)))
+                time.sleep(1.0)
 
     def _left(self, stack: str) -> int:
         """Instances the server still shows of a stack being destroyed (1 while it still

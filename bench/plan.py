@@ -13,7 +13,13 @@ from bench.report import Result, Target
 from rackfire.control.hosts import asks_of
 from rackfire.model.agent import HostCapacity
 from rackfire.model.host import Host
-from rackfire.model.instance import InstanceFacts, InstanceKey, InstanceState, NetworkConfig
+from rackfire.model.instance import (
+    InstanceFacts,
+    InstanceKey,
+    InstanceRequest,
+    InstanceState,
+    NetworkConfig,
+)
 from rackfire.model.stack import RuntimeKind
 from rackfire.plan import Plan, plan_stack, render_stack
 from rackfire.plan.ipam import allocate_ips, gateway_of, subnet_prefix
@@ -108,14 +114,14 @@ class Scenario:
         for k in self.missing:  # the host it was on died: it is placed again
             del self.placed[k]
 
-    def render(self) -> list:  # type: ignore[type-arg]
+    def render(self) -> list[InstanceRequest]:
         return render_stack(self.spec, self.ips, self.digests, self.network,
                             RuntimeKind.CONTAINER)
 
     def place(self) -> Placement:
         return schedule(self.hosts, self.placed, asks_of([self.spec]))
 
-    def plan(self, desired: list) -> Plan:  # type: ignore[type-arg]
+    def plan(self, desired: list[InstanceRequest]) -> Plan:
         return plan_stack("big", 2, self.spec, desired, self.observed, {}, 2000.0)
 
 

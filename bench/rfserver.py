@@ -71,9 +71,12 @@ class BenchServer:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
 
+    def env(self) -> dict[str, str]:
+        """The environment a CLI that talks to this server runs in."""
+        return {**os.environ, "RACKFIRE_URL": self.url, "COLUMNS": "200",
+                "RACKFIRE_DATA_DIR": str(self.data_dir)}
+
     def cli(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "RACKFIRE_URL": self.url, "COLUMNS": "200",
-               "RACKFIRE_DATA_DIR": str(self.data_dir)}
-        return subprocess.run([sys.executable, "-m", "rackfire", *args], env=env,
+        return subprocess.run([sys.executable, "-m", "rackfire", *args], env=self.env(),
                               stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               timeout=timeout, check=False)

@@ -9,12 +9,15 @@ import pytest
 from rackfire.errors import PrereqError
 from rackfire.plan.ipam import (
     DEFAULT_POOL,
-    allocate_ip,
     allocate_ips,
     allocate_subnet,
     gateway_of,
     subnet_prefix,
 )
+
+
+def allocate_ip(subnet: str, used: list[str]) -> str:
+    return allocate_ips(subnet, used, 1)[0]
 
 
 def test_first_subnet_of_an_empty_pool() -> None:

@@ -64,17 +64,10 @@ def subnet_prefix(instances: int) -> int:
     return min(24, 32 - (2 * instances + 2).bit_length())
 
 
-def allocate_ip(subnet: str, used: Collection[str]) -> str:
-    """The lowest host address of `subnet` that is not the gateway and not in `used`.
-
-    `used` holds addresses, with or without a /prefix; ones outside the subnet are ignored.
-    """
-    return allocate_ips(subnet, used, 1)[0]
-
-
 def allocate_ips(subnet: str, used: Collection[str], count: int) -> list[str]:
-    """The `count` lowest free host addresses of `subnet`, in one pass (a stack of 10,000
-    instances gets its addresses at once, not one scan each)."""
+    """The `count` lowest free host addresses of `subnet` (never the gateway), in one pass:
+    a stack of 10,000 instances gets its addresses at once, not one scan each. `used` holds
+    addresses, with or without a /prefix; ones outside the subnet are ignored."""
     net = _subnet(subnet)
     taken = {int(a) for a in map(_address, used) if a.version == 4}
     first = int(net.network_address) + 2  # +1 is the gateway

@@ -65,15 +65,14 @@ class Indexed:
 
     def __init__(self, hosts: Mapping[str, Host], ledger: Ledger) -> None:
         self.hosts, self.ledger = hosts, ledger
-        self.binpacks: dict[tuple[RoleRef, Ask], list[Rank]] = {}
+        # Bin-pack: hosts by rank, and which hosts the heap may hold at all.
+        self.binpacks: dict[tuple[RoleRef, Ask], tuple[list[Rank], set[str]]] = {}
         # Spread: racks by the rank of their best host, and each rack's hosts.
         self.spreads: dict[tuple[RoleRef, Ask], tuple[list[Rank], dict[str, list[Rank]]]] = {}
         # Why nothing fits, per kind, and how many instances were placed when it was asked:
         # thousands that fit nowhere must not each check every host again.
         self.refused: dict[tuple[RoleRef, Ask], tuple[int, Found]] = {}
         self.added = 0
-        # Binpack heaps, with the hosts each may hold.
-        self.members: list[tuple[RoleRef, Ask, list[Rank], set[str]]] = []
 
     def place(self, key: InstanceKey, ask: Ask) -> Found:
         role = role_of(key)
@@ -90,7 +89,7 @@ class Indexed:
         best = Candidate(chosen, score(self.hosts[chosen], key, ask, self.ledger))
         self.ledger.add(key, chosen, ask.need)
         self.added += 1
-        for r, a, h, members in self.members:
+        for (r, a), (h, members) in self.binpacks.items():
             if chosen in members and self._fits(chosen, r, a):
                 heapq.heappush(h, self._binpack_rank(chosen, r, a))
         return (best,), ()
@@ -102,13 +101,13 @@ class Indexed:
                 and self._fits(name, role, ask)]
 
     def _binpack(self, role: RoleRef, ask: Ask) -> list[Rank]:
-        heap = self.binpacks.get((role, ask))
-        if heap is None:
+        found = self.binpacks.get((role, ask))
+        if found is None:
             names = self._eligible(role, ask)
-            heap = self.binpacks[role, ask] = [self._binpack_rank(n, role, ask) for n in names]
+            heap = [self._binpack_rank(n, role, ask) for n in names]
             heapq.heapify(heap)
-            self.members.append((role, ask, heap, set(names)))
-        return heap
+            found = self.binpacks[role, ask] = (heap, set(names))
+        return found[0]
 
     def _top_rack(self, role: RoleRef, ask: Ask) -> str | None:
         found = self.spreads.get((role, ask))
