@@ -38,7 +38,8 @@ def unique(prefix: str) -> str:
 class Server:
     data_dir: Path
     port: int = field(default_factory=free_port)
-    pool: str = "10.89.0.0/16"
+    # several suites may run side by side on one machine, each with a pool of its own
+    pool: str = field(default_factory=lambda: os.environ.get("RACKFIRE_TEST_POOL", "10.89.0.0/16"))
     runtime: str | None = None
     listen: str = "127.0.0.1"  # the test bed's agents reach it on the underlay: 0.0.0.0
     args: tuple[str, ...] = ()  # more `rackfire server` options

@@ -130,3 +130,48 @@ def test_push_rollback_and_refusals(server: Server, tmp_path: Path) -> None:
     server.cli("destroy", stack, "-y")
     assert not volume.exists() and not volume.parent.exists()
     assert host_traces(stack) == []
+
+
+def test_failed_push_with_nothing_live_and_restarts_per_release(server: Server,
+                                                                 tmp_path: Path) -> None:
+    stack, port = unique("rnl"), free_port()
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "other.html").write_text("no index: fails its check\n")
+    f = write_stack(tmp_path, f"""\
+stack: {stack}
+images: {{base: {{from: host}}}}
+roles:
+  web:
+    image: base
+    app: ./app
+    command: ["python3", "-m", "http.server", "8000", "--directory", "/app"]
+    resources: {{memory: 64M, disk: 32M}}
+    ports: ["{port}:8000"]
+    health: {{http: "http://127.0.0.1:8000/index.html", interval: 300ms, timeout: 1s,
+              retries: 1, grace: 2s}}
+    restart: {{attempts: 100, window: 1m}}
+    update: {{health_timeout: 8s}}
+""")
+    res = server.cli("apply", "-f", str(f), "-y", "--timeout", "5", check=False)
+    assert res.returncode == 1, res.stdout + res.stderr  # v1 never goes live
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "other.html").write_text("still no index\n")
+    res = server.cli("push", f"{stack}/web", str(v2), "--timeout", "120", check=False)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "rolled back" not in res.stderr and "runs v2 again" not in res.stderr, res.stderr
+    assert "no release that was ever live" in res.stderr, res.stderr
+    assert "stays on v2" in res.stderr, res.stderr
+    ps = {r["name"]: r for r in json.loads(server.cli("ps", stack, "--json").stdout)}
+    assert ps["web-0"]["restarts"] >= 1  # the restart policy restarted the failing release
+
+    good = tmp_path / "good"
+    good.mkdir()
+    (good / "index.html").write_text("good\n")
+    out = server.cli("push", f"{stack}/web", str(good), "--timeout", "120")
+    assert "runs v3 (live)" in out.stdout, out.stdout
+    ps = {r["name"]: r for r in json.loads(server.cli("ps", stack, "--json").stdout)}
+    assert ps["web-0"]["restarts"] == 0, ps  # a failed release's restarts are not the new one's
+    server.cli("destroy", stack, "-y")
+    assert host_traces(stack) == []

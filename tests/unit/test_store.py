@@ -78,6 +78,21 @@ def test_failures_count_until_a_fresh_start_or_an_operator(tmp_path: Path) -> No
     assert store.statuses("s")[k].control.failures == ()
 
 
+def test_a_new_release_starts_its_restart_count_afresh(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db")
+    k = InstanceKey("s", "web", 0)
+    store.note_restart(k, fresh=True, new=True, now=1.0)  # made by a create
+    for t in (2.0, 3.0, 4.0):  # a bad release crashes; the restart policy restarts it
+        store.note_restart(k, fresh=False, now=t)
+    store.note_restart(k, fresh=True, now=5.0)  # an operator's start: the same instance
+    assert store.statuses("s")[k].restarts == 3
+    store.note_restart(k, fresh=True, new=True, now=6.0)  # replaced by the next release
+    store.note_started(k, ok=True, now=6.5)
+    assert store.statuses("s")[k].restarts == 0
+    store.note_restart(k, fresh=False, now=7.0)
+    assert store.statuses("s")[k].restarts == 1
+
+
 def test_events_are_kept_in_order_and_filtered(tmp_path: Path) -> None:
     store = Store(tmp_path / "db")
     store.add_event("me@host", "a", "a/web", "scale", "ok", "count 2 → 5")

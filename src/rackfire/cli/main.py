@@ -288,10 +288,16 @@ from rackfire.cli import streams  # noqa: E402 - logs, exec
 streams.register(app)
 
 
+# Usage errors are click's, but typer >= 0.29 raises those of a click it vendors: take the
+# base class from what typer itself raises, so either typer's usage errors are shown as usage.
+_ClickException: type[Exception] = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
 def main() -> None:
     try:
         # Without standalone mode, click returns an Exit's code instead of exiting.
-        rc = app(standalone_mode=False)
+        rc = app(standalone_mode=False, prog_name="rackfire")
         sys.exit(rc if isinstance(rc, int) else 0)
     except RackfireError as e:
         output.print_error(e)
@@ -304,17 +310,13 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+    except _ClickException as e:  # usage: what was wrong, the command's usage line, exit 2
+        e.show()  # type: ignore[attr-defined]
+        sys.exit(e.exit_code)  # type: ignore[attr-defined]
     except Exception as e:
-        import click
-
-        if isinstance(e, click.ClickException):  # usage errors
-            e.show()
-            sys.exit(e.exit_code)
         if os.environ.get("RACKFIRE_DEBUG"):
             raise
         err.print("[red]internal error:[/] ", end="")
         err.print(f"{e.__class__.__name__}: {e}", markup=False)
         err.print("this is a bug in rackfire; rerun with RACKFIRE_DEBUG=1 for the traceback")
         sys.exit(1)
-
-

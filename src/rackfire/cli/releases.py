@@ -111,9 +111,13 @@ def _report(client: Client, stack: str, role: str, what: Pushed) -> bool:
                   and (image is None or r["image"] == image) and (source or image)),
                  key=lambda r: r["version"], default=None)
     if pushed is not None and pushed["status"] == "failed":
-        back = f"; {role} runs v{current['version']} again" if current else ""
-        err.print(f"[red]release v{pushed['version']} failed and was rolled back{back}:[/] ",
-                  end="")
+        if current is None or current["version"] == pushed["version"]:
+            err.print(f"[red]release v{pushed['version']} failed, and {role} has no release "
+                      "that was ever live to go back to: it stays on "
+                      f"v{pushed['version']}:[/] ", end="")
+        else:
+            err.print(f"[red]release v{pushed['version']} failed and was rolled back; {role} "
+                      f"runs v{current['version']} again:[/] ", end="")
         err.print(pushed["reason"], markup=False)
         return True
     if current is not None:

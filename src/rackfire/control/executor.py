@@ -112,7 +112,8 @@ class Executor:
         fresh = starts and not action.after_failure
         try:
             if starts:
-                self.store.note_restart(action.key, fresh=fresh)
+                self.store.note_restart(action.key, fresh=fresh, new=action.kind in (
+                    ActionKind.CREATE, ActionKind.REPLACE))
             if action.kind is ActionKind.DESTROY:
                 self.agent.destroy(action.key, action.stop_timeout)
             elif action.kind is ActionKind.STOP:

@@ -188,7 +188,7 @@ class InstanceStatus:
     run: float | None  # the started_at of the run the health belongs to
     fails: int  # consecutive failed checks of this run
     checked: float | None
-    restarts: int  # restarts after a failure, ever (shown by `ps`)
+    restarts: int  # restarts after a failure since it was made from its spec (`ps`)
     last_restart: float | None
     message: str  # the last check's error
     failures: tuple[float, ...] = ()  # when it was restarted after failing (recent ones)
@@ -443,10 +443,13 @@ class Store:
                 (key.stack, key.role, key.index, health.value, run, fails, time.time(),
                  message))
 
-    def note_restart(self, key: InstanceKey, fresh: bool, now: float | None = None) -> None:
+    def note_restart(self, key: InstanceKey, fresh: bool, now: float | None = None,
+                     new: bool = False) -> None:
         """A new run starts. After a failure (`fresh` False) it counts towards the restart
         policy; a fresh one (create, replace, reconfigure, an operator's start) clears
-        `failed`, and its failures once it has started (`note_started`)."""
+        `failed`, and its failures once it has started (`note_started`). A `new` instance
+        (made from its spec again: a create or replace) starts its restart count at 0, as a
+        new pod does: what an earlier release's runs did is not this one's."""
         now = time.time() if now is None else now
         with self.tx() as db:
             row = self._status_row(db, key)
@@ -454,9 +457,9 @@ class Store:
                 [*json.loads(row["failures"]), now][-100:]
             db.execute(
                 "UPDATE instance_status SET health='starting', run=NULL, fails=0, message='', "
-                "restarts=restarts+?, last_restart=?, failures=?, failed=CASE WHEN ? THEN '' "
-                "ELSE failed END WHERE stack=? AND role=? AND idx=?",
-                (0 if fresh else 1, now, json.dumps(failures), fresh, key.stack, key.role,
+                "restarts=CASE WHEN ? THEN 0 ELSE restarts+? END, last_restart=?, failures=?, "
+                "failed=CASE WHEN ? THEN '' ELSE failed END WHERE stack=? AND role=? AND idx=?",
+                (new, 0 if fresh else 1, now, json.dumps(failures), fresh, key.stack, key.role,
                  key.index))
 
     def note_started(self, key: InstanceKey, ok: bool, now: float | None = None) -> None:
