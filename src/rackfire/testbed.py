@@ -36,12 +36,24 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import httpx
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from rackfire.net.nsenter import create_netns, netns_path, remove_netns, socket_in_netns
+from rackfire.errors import RackfireError
+from rackfire.model.instance import InstanceKey
+from rackfire.net.names import netns_name
+from rackfire.net.nsenter import (
+    create_netns,
+    is_netns,
+    netns_path,
+    remove_netns,
+    socket_in_netns,
+)
+from rackfire.runtime import mounts, runcstate
 
 HOST_NETNS_PREFIX = "rfh-"
 UNDERLAY_PREFIX = "rfu"
@@ -315,98 +327,317 @@ def _await_echo(sock: socket.socket, dst: str, ident: int, seq: int, sent: float
 STATE = "/run/rackfire/testbed.json"  # what `up` made, for `down`
 CLUSTER_DATA = "/var/lib/rackfire-cluster"
 CLUSTER_PORT = 7490
+CGROUP_ROOT = "/sys/fs/cgroup"
 
 
-def _cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "RACKFIRE_URL": url, "RACKFIRE_DATA_DIR": CLUSTER_DATA}
+def _cli(url: str, data_dir: str, *args: str,
+         timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "RACKFIRE_URL": url, "RACKFIRE_DATA_DIR": data_dir}
     return subprocess.run([sys.executable, "-m", "rackfire", *args], env=env, text=True,
-                          capture_output=True, check=True, timeout=120)
+                          capture_output=True, check=True, timeout=timeout)
 
 
-def up(n: int) -> None:
+def up(n: int, *, data_dir: str = CLUSTER_DATA, port: int = CLUSTER_PORT,
+       pool: str | None = None, state_path: str = STATE) -> None:
     """A bed of `n` hosts, a server listening on every address (port 7490, its own data
     dir) and an agent in each host (label rack=r<i>), left running until `down`."""
-    if os.path.exists(STATE):
-        raise SystemExit(f"a demo cluster is up already ({STATE}); `make clean-cluster` first")
+    if os.path.exists(state_path):
+        raise SystemExit(f"a demo cluster is up already ({state_path}); "
+                         "`make clean-cluster` first")
+    data_dir = os.path.realpath(data_dir)  # as `down` compares it with command lines
     bed = Bed(n).create()
     atexit.unregister(bed.destroy)  # it outlives this process; `down` removes it
-    url = f"http://127.0.0.1:{CLUSTER_PORT}"
-    os.makedirs(CLUSTER_DATA, exist_ok=True)
-    with open(os.path.join(CLUSTER_DATA, "server.log"), "ab") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "rackfire", "server", "--data-dir", CLUSTER_DATA,
-             "--listen", "0.0.0.0", "--port", str(CLUSTER_PORT), "--no-local-host"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    os.makedirs(data_dir, exist_ok=True)
+    args = [sys.executable, "-m", "rackfire", "server", "--data-dir", data_dir,
+            "--listen", "0.0.0.0", "--port", str(port), "--no-local-host"]
+    if pool:
+        args += ["--subnet-pool", pool]
+    with open(os.path.join(data_dir, "server.log"), "ab") as log:
+        server = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                  start_new_session=True)
     state: dict[str, Any] = {"bed": bed.id, "n": n, "subnet": str(bed.subnet),
                              "hosts": [h.name for h in bed.hosts], "server": server.pid,
-                             "agents": []}
-    _save(state)
+                             "agents": [], "data_dir": data_dir, "port": port}
+    _save(state, state_path)
     for _ in range(100):
-        if _cli_ok(url, "hosts"):
+        if _cli_ok(url, data_dir, "hosts"):
             break
         time.sleep(0.3)
-    token = _cli(url, "token", "create", "--uses", str(n)).stdout.split()[0]
-    join = f"http://{bed.controller_ip}:{CLUSTER_PORT}"
+    token = _cli(url, data_dir, "token", "create", "--uses", str(n)).stdout.split()[0]
+    join = f"http://{bed.controller_ip}:{port}"
     for i, h in enumerate(bed.hosts, 1):
-        agent_dir = os.path.join(CLUSTER_DATA, f"agent-{h.name}")
+        agent_dir = os.path.join(data_dir, f"agent-{h.name}")
         os.makedirs(agent_dir, exist_ok=True)
         proc = bed.start_agent(h, join, token, agent_dir, {"rack": f"r{i}"}, interval=2.0,
                                log=os.path.join(agent_dir, "agent.log"))
         state["agents"].append(proc.pid)
-        _save(state)
+        _save(state, state_path)
     for _ in range(100):
-        hosts = json.loads(_cli(url, "hosts", "--json").stdout)
+        hosts = json.loads(_cli(url, data_dir, "hosts", "--json").stdout)
         if sum(1 for h in hosts if not h["local"] and h["state"] == "ready") == n:
             break
         time.sleep(0.3)
-    print(_cli(url, "hosts").stdout)
+    print(_cli(url, data_dir, "hosts").stdout)
     print(f"{n} simulated hosts joined the server at {url}.\n"
-          f"  export RACKFIRE_URL={url} RACKFIRE_DATA_DIR={CLUSTER_DATA}\n"
+          f"  export RACKFIRE_URL={url} RACKFIRE_DATA_DIR={data_dir}\n"
           "  rackfire hosts; rackfire capacity\n"
           "Stacks applied to it run on those hosts only (the server runs --no-local-host). "
           "`make clean-cluster` removes it all.")
 
 
-def down() -> None:
-    """Stop the agents and the server by pid, remove the bed, the agents' runc roots and
-    the cluster's data dir."""
-    if not os.path.exists(STATE):
+def down(state_path: str = STATE) -> None:
+    """Remove the demo cluster and everything its stacks made, in the order that leaves
+    nothing behind: (1) every stack destroyed through the server, as a user would; (2) the
+    agents and the server stopped; (3) on each host, whatever an instance or stack still
+    has (a destroy that failed, an agent that had died) removed by the agent's own code;
+    (4) any process of the bed still running (each host's HAProxies, an instance's), its
+    runc state and cgroups; (5) the hosts' namespaces and links; (6) the data dirs and
+    runc roots, unmounted before they are removed, never deleted through a mount.
+
+    Exits non-zero, naming them, if some parts could not be removed; the state file is
+    then kept, so `down` can be run again."""
+    if not os.path.exists(state_path):
         print("no demo cluster is up")
         return
-    with open(STATE) as f:
+    with open(state_path) as f:
         state = json.load(f)
-    for pid in [*state["agents"], state["server"]]:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    for pid in [*state["agents"], state["server"]]:
-        for _ in range(100):
-            if not os.path.exists(f"/proc/{pid}"):
-                break
-            time.sleep(0.1)
+    data_dir = os.path.realpath(state.get("data_dir", CLUSTER_DATA))
+    port = int(state.get("port", CLUSTER_PORT))
     bed = Bed(state["n"], id=state["bed"])
     bed.hosts = [Host(name, f"{HOST_NETNS_PREFIX}{state['bed']}-{i}", "")
                  for i, name in enumerate(state["hosts"], 1)]
+    runc_roots = [bed.runc_root(h) for h in bed.hosts]
+    problems: list[str] = []
+
+    if _ours(state["server"], data_dir):
+        # A failure here is not fatal: step (3) removes what a host's agent could not (its
+        # agent had died, say); what is really left is judged at the end.
+        for note in _destroy_stacks(f"http://127.0.0.1:{port}", data_dir):
+            print(f"{note}\n  (removing it on the hosts instead)", file=sys.stderr)
+    _terminate([p for p in [*state["agents"], state["server"]] if _ours(p, data_dir)])
+
+    for h in bed.hosts:
+        agent_dir = os.path.join(data_dir, f"agent-{h.name}")
+        if os.path.isdir(agent_dir) and is_netns(netns_path(h.netns)):
+            result = run_in_netns(h.netns, [sys.executable, "-m", "rackfire.testbed", "reap",
+                                            agent_dir, h.name, bed.runc_root(h)],
+                                  check=False, timeout=300)
+            problems += [f"{h.name}: {line}" for line in result.stdout.splitlines()]
+            if result.returncode != 0 and not result.stdout:
+                problems.append(f"{h.name}: reap failed: {result.stderr.strip()[-500:]}")
+
+    ids = _instance_ids(data_dir, runc_roots)
+    spaces = [netns_path(h.netns) for h in bed.hosts]
+    spaces += [netns_path(netns_name(i)) for i in ids]
+    # Short grace: an instance's PID 1 without a handler never acts on SIGTERM.
+    _terminate(_bed_processes(spaces, data_dir, runc_roots), timeout=2)
+    for root in runc_roots:
+        for cid in runcstate.containers(Path(root)):
+            subprocess.run(["runc", "--root", root, "delete", "--force", cid],
+                           stdin=subprocess.DEVNULL, capture_output=True, check=False)
+    for i in ids:
+        problems += _remove_cgroups(i)
+        remove_netns(netns_name(i))
     bed.destroy()
-    for name in state["hosts"]:
-        subprocess.run(["rm", "-rf", "--", bed.runc_root(name)], check=False)
-    subprocess.run(["rm", "-rf", "--", CLUSTER_DATA], check=False)
-    os.unlink(STATE)
+
+    # Every mount under the dirs, deepest first (an overlay root before the disk under its
+    # upper dir), then the disks of images under the data dir wherever else they are
+    # mounted; only then the dirs' removal, which refuses while anything is mounted there.
+    for d in [data_dir, *runc_roots]:
+        for target in mounts.mounts_under(Path(d)):
+            with contextlib.suppress(RackfireError):
+                mounts.unmount(Path(target))
+    try:
+        mounts.release_under(Path(data_dir))
+    except RackfireError as e:
+        problems.append(str(e))
+    for d in [data_dir, *runc_roots]:
+        try:
+            mounts.remove_tree(Path(d))
+        except (RackfireError, OSError) as e:
+            problems.append(str(e))
+    problems += [f"left over: {x}" for x in bed.leftovers()]
+    if problems:
+        print("demo cluster not wholly removed:\n  " + "\n  ".join(problems), file=sys.stderr)
+        print(f"(kept {state_path}: fix what is named above, then `make clean-cluster` again)",
+              file=sys.stderr)
+        raise SystemExit(1)
+    os.unlink(state_path)
     print("demo cluster removed")
 
 
-def _cli_ok(url: str, *args: str) -> bool:
+def _destroy_stacks(url: str, data_dir: str) -> list[str]:
+    """Destroy every stack the server holds, each waited for (the CLI's own destroy)."""
     try:
-        _cli(url, *args)
+        token = Path(data_dir, "token").read_text().strip()
+        resp = httpx.get(url + "/v1/stacks", headers={"Authorization": f"Bearer {token}"},
+                         timeout=10)
+        resp.raise_for_status()
+        stacks = [str(s["name"]) for s in resp.json()]
+    except (OSError, httpx.HTTPError, ValueError, KeyError, TypeError) as e:
+        return [f"could not list the server's stacks: {e}"]
+    problems = []
+    for name in stacks:
+        print(f"destroying stack {name}", flush=True)
+        try:
+            _cli(url, data_dir, "destroy", name, "-y", timeout=300)
+        except subprocess.CalledProcessError as e:
+            said = [ln for ln in (e.stderr or e.stdout or "").splitlines() if ln.strip()]
+            error = next((ln for ln in said if ln.startswith("error:")), said[-1] if said else "")
+            problems.append(f"the server could not destroy {name}: {error.removeprefix('error: ')}")
+        except subprocess.TimeoutExpired:
+            problems.append(f"the server did not finish destroying {name} in 300 s")
+    return problems
+
+
+def reap(agent_dir: str, host: str, runc_root: str) -> list[str]:
+    """Run inside a host's netns: destroy every instance the agent's data dir still holds
+    and tear down every stack it has parts of, with the agent's own code (so its veths,
+    bridges, netns, mounts, disks, cgroups and HAProxy go as a destroy removes them)."""
+    from rackfire.agent.local import LocalAgent
+
+    agent = LocalAgent(Path(agent_dir), host=host, runc_root=Path(runc_root))
+    problems = []
+    for f in agent.observe():
+        try:
+            agent.destroy(f.key, stop_timeout=2.0)
+        except (RackfireError, OSError) as e:
+            problems.append(f"destroy {f.key}: {e}")
+    stacks = {p.name for sub in ("stacks", "volumes") if (Path(agent_dir) / sub).is_dir()
+              for p in (Path(agent_dir) / sub).iterdir()}
+    for stack in sorted(stacks):
+        try:
+            agent.teardown_stack(stack)
+        except (RackfireError, OSError) as e:
+            problems.append(f"teardown {stack}: {e}")
+    return problems
+
+
+def _ours(pid: int, data_dir: str) -> bool:
+    """Whether `pid` is still the rackfire process `up` started (pids are reused)."""
+    args = _cmdline(pid)
+    return "rackfire" in args and any(_under(a, data_dir) for a in args)
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def _under(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+def _bed_processes(spaces: list[str], data_dir: str, runc_roots: list[str]) -> list[int]:
+    """Processes of the bed: in one of its hosts' or instances' network namespaces, or a
+    HAProxy or rackfire process named with a path of its data dir or runc roots (an
+    HAProxy left by an earlier run, whose host's netns is gone, is still found so)."""
+    inodes = set()
+    for path in spaces:
+        with contextlib.suppress(OSError):
+            if is_netns(path):
+                inodes.add(os.stat(path).st_ino)
+    mine = {os.getpid()}
+    pid = os.getpid()
+    while pid > 1:  # never ourselves, nor what runs us
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+            mine.add(pid)
+            continue
+        break
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in mine:
+            continue
+        pid = int(entry)
+        try:
+            in_bed = os.stat(f"/proc/{pid}/ns/net").st_ino in inodes
+        except OSError:
+            continue
+        args = _cmdline(pid)
+        named = bool(args) and (os.path.basename(args[0]) == "haproxy"
+                                or "rackfire" in " ".join(args)) and any(
+            _under(a, d) for a in args for d in (data_dir, *runc_roots))
+        if in_bed or named:
+            found.append(pid)
+    return found
+
+
+def _terminate(pids: list[int], timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL for what is left after `timeout`; waits until they are gone."""
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while (pids := [p for p in pids if _alive(p)]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not pids:
+            return
+
+
+def _alive(pid: int) -> bool:
+    with contextlib.suppress(OSError, IndexError):
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        return state != "Z"  # a zombie is gone but for its reaper (PID 1 here, and late)
+    return False
+
+
+def _instance_ids(data_dir: str, runc_roots: list[str]) -> set[str]:
+    """Every instance the bed's agents made that may have parts left: by its dir under an
+    agent's data dir, its runc state, or a mount of it whose dir is already gone."""
+    ids = set()
+    for d in Path(data_dir).glob("agent-*/instances/*"):
+        ids.add(d.name)
+    for root in runc_roots:
+        ids.update(runcstate.containers(Path(root)))
+    for target in mounts.mounts_under(Path(data_dir)):
+        rel = Path(target).relative_to(data_dir).parts
+        if len(rel) > 2 and rel[1] == "instances":
+            ids.add(rel[2])
+    out = set()
+    for i in ids:
+        with contextlib.suppress(ValueError):
+            out.add(InstanceKey.parse_id(i).id)
+    return out
+
+
+def _remove_cgroups(instance_id: str) -> list[str]:
+    """The instance's cgroup (`/rackfire/<id>`) in every hierarchy, its processes killed."""
+    problems = []
+    for cg in [*Path(CGROUP_ROOT).glob(f"*/rackfire/{instance_id}"),
+               Path(CGROUP_ROOT, "rackfire", instance_id)]:
+        if not cg.is_dir():
+            continue
+        procs = cg / "cgroup.procs"
+        with contextlib.suppress(OSError, ValueError):
+            _terminate([int(p) for p in procs.read_text().split()], timeout=2)
+        try:
+            cg.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            problems.append(f"cgroup {cg}: {e.strerror}")
+    return problems
+
+
+def _cli_ok(url: str, data_dir: str, *args: str) -> bool:
+    try:
+        _cli(url, data_dir, *args)
     except subprocess.CalledProcessError:
         return False
     return True
 
 
-def _save(state: dict[str, Any]) -> None:
-    os.makedirs(os.path.dirname(STATE), exist_ok=True)
-    with open(STATE + ".new", "w") as f:
+def _save(state: dict[str, Any], path: str = STATE) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".new", "w") as f:
         json.dump(state, f)
-    os.replace(STATE + ".new", STATE)
+    os.replace(path + ".new", path)
 
 
 if __name__ == "__main__":
@@ -414,7 +645,22 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(prog="python -m rackfire.testbed")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("up").add_argument("--hosts", type=int, default=3)
-    sub.add_parser("down")
+    p_up = sub.add_parser("up")
+    p_up.add_argument("--hosts", type=int, default=3)
+    p_up.add_argument("--data-dir", default=CLUSTER_DATA)
+    p_up.add_argument("--port", type=int, default=CLUSTER_PORT)
+    p_up.add_argument("--subnet-pool", default=None, help="the server's stack networks")
+    p_up.add_argument("--state", default=STATE, help="where `down` finds what was made")
+    sub.add_parser("down").add_argument("--state", default=STATE)
+    p_reap = sub.add_parser("reap", help="(run by `down` inside a host's netns)")
+    for a in ("agent_dir", "host", "runc_root"):
+        p_reap.add_argument(a)
     args = parser.parse_args()
-    up(args.hosts) if args.cmd == "up" else down()
+    if args.cmd == "up":
+        up(args.hosts, data_dir=os.path.realpath(args.data_dir), port=args.port,
+           pool=args.subnet_pool, state_path=args.state)
+    elif args.cmd == "down":
+        down(args.state)
+    else:
+        for problem in reap(args.agent_dir, args.host, args.runc_root):
+            print(problem)

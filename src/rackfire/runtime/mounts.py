@@ -20,6 +20,7 @@ import errno
 import fcntl
 import os
 import re
+import shutil
 import struct
 import subprocess
 import time
@@ -145,6 +146,35 @@ def release_under(directory: Path) -> None:
         raise ExecError(f"disks under {directory} are still in use: "
                         + ", ".join(f"{d} ({p})" for d, p in sorted(left.items())),
                         hint="an instance (or another mount namespace) may still hold them")
+
+
+def mounts_under(directory: Path) -> list[str]:
+    """Mount points at or below `directory` in this mount namespace, deepest first."""
+    root = os.path.realpath(directory)
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            target = _unescape(line.split(" ", 5)[4])
+            if target == root or target.startswith(root.rstrip("/") + "/"):
+                found.append(target)
+    return sorted(set(found), key=lambda t: (t.count("/"), len(t)), reverse=True)
+
+
+def remove_tree(directory: Path) -> None:
+    """rmtree that never deletes through a mount: every mount under `directory` is
+    unmounted first (deepest first), and if one stays the tree is kept and this raises.
+    shutil.rmtree alone descends into mount points: into an instance's data disk or its
+    overlay root it would delete what they hold."""
+    if not os.path.lexists(directory):
+        return
+    for target in mounts_under(directory):
+        with contextlib.suppress(ExecError):
+            unmount(Path(target))
+    left = mounts_under(directory)
+    if left:
+        raise ExecError(f"not removing {directory}: still mounted under it: {', '.join(left)}",
+                        hint="a process (or another mount namespace) may still hold them")
+    shutil.rmtree(directory)
 
 
 def _mounts_of(dev: str) -> list[str]:

@@ -30,6 +30,13 @@ _BASE_MOUNTS: list[dict[str, Any]] = [
      "options": ["nosuid", "noexec", "nodev", "ro"]},
     {"destination": "/run", "type": "tmpfs", "source": "tmpfs",
      "options": ["nosuid", "nodev", "mode=755", "size=16384k"]},
+    # The instance's own cgroups, read-only, so a runtime that sizes itself from its limits
+    # (a JVM, Go's GOMAXPROCS, Node) reads the instance's and not the host's. With the cgroup
+    # namespace below, runc mounts the host's kind: cgroup2 (memory.max, cpu.max at the top)
+    # on a unified host; on a v1 or hybrid one a tmpfs with one hierarchy per controller
+    # (memory/memory.limit_in_bytes, cpu/cpu.cfs_quota_us), each rooted at the instance's.
+    {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+     "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
 ]
 
 
@@ -109,6 +116,7 @@ def oci_config(
             "resources": resources,
             "namespaces": [
                 {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
+                {"type": "cgroup"},  # /proc/self/cgroup and the mount above start at "/"
                 {"type": "network", "path": netns_path},
             ],
             "maskedPaths": [
@@ -118,6 +126,9 @@ def oci_config(
             ],
             "readonlyPaths": [
                 "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
+                # runc 1.1 leaves the tmpfs under a v1 cgroup mount writable ("ro" reaches
+                # only the hierarchies in it): bound read-only again here.
+                "/sys/fs/cgroup",
             ],
         },
     }
