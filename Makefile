@@ -7,7 +7,7 @@ RF     := $(VENV)/bin/rackfire
 DATA   ?= /var/lib/rackfire
 DEB_PKGS := runc haproxy debootstrap iproute2 e2fsprogs util-linux python3-venv python3
 
-.PHONY: deps venv demo demo-cluster test bench lint typecheck unit integration clean-demo clean-cluster
+.PHONY: deps venv lock demo demo-cluster test bench lint typecheck unit integration clean-demo clean-cluster
 
 deps:
 	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -16,11 +16,23 @@ deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-$(VENV)/.installed: pyproject.toml
+# Every Python package at the version in constraints.txt, the versions CI passed with: a new
+# release upstream changes nothing here without a commit. `make lock` writes it anew after a
+# change of dependencies in pyproject.toml.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
+
+LOCK_VENV := .lock-venv
+lock:
+	rm -rf $(LOCK_VENV) && python3 -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install -q -e '.[dev]'
+	{ echo "# The versions CI passed with (make lock writes this file; make venv installs it)."; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable | grep -v '^setuptools=='; } > constraints.txt
+	rm -rf $(LOCK_VENV)
 
 venv: $(VENV)/.installed
 

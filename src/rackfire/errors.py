@@ -4,7 +4,9 @@
     ├── SpecError                 a stack file is wrong: file, line, column, field path
     ├── PrereqError               a request was refused before anything changed
     │   ├── NotFound
-    │   └── Conflict              e.g. the stack changed since the plan was made
+    │   ├── Conflict              e.g. the stack changed since the plan was made
+    │   ├── TooLarge              a request body over its limit
+    │   └── Unauthorized          a wrong credential (a host's, a join token)
     ├── ExecError                 an action failed while running (something may have changed;
     │                             the next reconcile repairs it)
     └── AgentOffline              the agent could not be reached (offline is not failed)
@@ -77,6 +79,16 @@ class NotFound(PrereqError):
 class Conflict(PrereqError):
     code = "conflict"
     http_status = 409
+
+
+class TooLarge(PrereqError):
+    code = "too_large"
+    http_status = 413
+
+
+class Unauthorized(PrereqError):
+    code = "unauthorized"
+    http_status = 401
 
 
 class ExecError(RackfireError):

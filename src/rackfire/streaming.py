@@ -33,16 +33,21 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, Any, BinaryIO, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocket, WebSocketState
 
 from rackfire.errors import ExecError, PrereqError, RackfireError
 from rackfire.model.agent import ExecHandle
 from rackfire.model.instance import InstanceKey
+from rackfire.model.logs import Record, rotated
+from rackfire.model.logs import parse as parse_record
+from rackfire.model.stack import MAX_LOG_FILES
 
 log = logging.getLogger("rackfire.streaming")
+_T = TypeVar("_T")
 
 POLL = 0.25  # how often a follow looks for new log lines
 GONE_CHECK = 2.0  # how often a follow whose log is missing asks whether its instance is gone
@@ -85,19 +90,36 @@ class Lines:
         return b""
 
 
-class LogFile:
-    """One console log, read on from where it was left; copes with the file being truncated
-    or replaced. Lines are prefixed as `Lines` does."""
+class _Held:
+    """A stream's line so far, from its partial records."""
 
-    def __init__(self, key: InstanceKey, path: Path, prefix: bytes) -> None:
-        self.key = key
-        self.path = path
+    __slots__ = ("since", "text", "time")
+
+    def __init__(self, stamp: bytes | None) -> None:
+        self.time = stamp  # its first part's
+        self.text = bytearray()
+        self.since = time.monotonic()
+
+
+class Display:
+    """Console log records (model/logs.py) as `rackfire logs` shows them: each line as
+    written, after its stamp with `timestamps`; then prefixed as `Lines` does. Partial
+    records are held and shown with the rest of their line, which the same stream's next
+    records bring (the other stream's lines meanwhile are shown first); a line held past
+    PARTIAL_FLUSH or HOLD is shown as far as it goes, and ended by the other stream's next
+    line. `raw` passes the records through unchanged: an agent sends them so, and the
+    server shows them."""
+
+    HOLD = 1 << 20  # bytes of a line held at most
+
+    def __init__(self, prefix: bytes, *, timestamps: bool = False, raw: bool = False) -> None:
         self.lines = Lines(prefix)
-        self._f: BinaryIO | None = None
-        self._ino = -1
-        self._pos = 0
-        self._end = 0
-        self._gone = False
+        self.timestamps = timestamps
+        self.raw = raw
+        self._rest = b""  # a record not yet whole (being written, or an old untimed log)
+        self._rest_since = 0.0
+        self._held: dict[bytes, _Held] = {}  # streams in the middle of a line, not shown
+        self._open: bytes | None = None  # the stream whose line is shown in part
 
     @property
     def prefix(self) -> bytes:
@@ -107,84 +129,308 @@ class LogFile:
     def prefix(self, value: bytes) -> None:
         self.lines.prefix = value
 
+    def feed(self, data: bytes) -> bytes:
+        if self.raw or not data:
+            return data
+        records = (self._rest + data).split(b"\n")
+        if records[-1] and (len(records) > 1 or not self._rest):
+            self._rest_since = time.monotonic()
+        self._rest = records.pop()
+        return self.lines.feed(b"".join(self.show(r) for r in records))
+
+    def feed_record(self, r: Record, line: bytes) -> bytes:
+        """`feed` for one record parsed already (`r` is `line` parsed)."""
+        if self.raw or self._rest or not line.endswith(b"\n"):
+            return self.feed(line)
+        return self.lines.feed(self.show_record(r))
+
+    def show(self, line: bytes) -> bytes:
+        """One record (its newline stripped or not) as shown, before the prefix."""
+        return self.show_record(parse_record(line))
+
+    def show_record(self, r: Record) -> bytes:
+        held = self._held.pop(r.stream, None) or _Held(r.time)
+        held.text += r.content
+        if r.partial and len(held.text) < self.HOLD:
+            self._held[r.stream] = held
+            return b""
+        return self._show(r.stream, held, whole=not r.partial)
+
+    def _show(self, stream: bytes, held: _Held, *, whole: bool) -> bytes:
+        text = bytes(held.text) + (b"\n" if whole else b"")
+        if self._open != stream:  # else the rest of a line shown in part: no stamp again
+            if self.timestamps and held.time is not None:
+                text = held.time + b" " + text
+            if self._open is not None:
+                text = b"\n" + text  # the other stream's line shown in part ends here
+        self._open = None if whole else stream
+        return text
+
+    def _show_held(self, stale_only: bool) -> bytes:
+        now = time.monotonic()
+        out = b""
+        for stream, held in list(self._held.items()):
+            if not stale_only or now - held.since > PARTIAL_FLUSH:
+                del self._held[stream]
+                out += self._show(stream, held, whole=False)
+        return out
+
+    def end_of_file(self) -> bytes:
+        """A file ended: a record left without its newline is whole (an untimed log)."""
+        if self.raw or not self._rest:
+            return b""
+        rest, self._rest = self._rest, b""
+        r = parse_record(rest)
+        return self.lines.feed(self.show(rest) if r.time is not None else r.content)
+
+    def flush(self) -> bytes:
+        out = self.end_of_file()
+        if not self.raw:
+            out += self.lines.feed(self._show_held(stale_only=False))
+        return out + self.lines.flush()
+
+    def flush_if_stale(self) -> bytes:
+        out = b""
+        if self._rest and time.monotonic() - self._rest_since > PARTIAL_FLUSH:
+            # An old untimed log's prompt: as it is (the next bytes go on with it).
+            out, self._rest = self.lines.feed(parse_record(self._rest).content), b""
+        if self._held:  # a prompt, a progress bar: shown as far as it goes
+            out += self.lines.feed(self._show_held(stale_only=True))
+        return out + self.lines.flush_if_stale()
+
+
+class _Open:
+    """One file of a log, by its inode: held open while it is read (a rotation renames or
+    drops it; what was read on stays readable). The rotated files of a history are opened
+    one at a time as they are read (a stack's history would hold up to MAX_LOG_FILES of
+    every instance open at once), found again by inode: a rotation meanwhile gives one the
+    next index, or drops it."""
+
+    def __init__(self, f: BinaryIO | None, ino: int, index: int = 0, end: int = 0) -> None:
+        self.f = f
+        self.ino = ino
+        self.index = index  # where it was last seen: rotated(path, index)
+        self.pos = 0
+        self.end = end  # its size when the history was taken
+
+    @staticmethod
+    def of(path: Path) -> _Open | None:
+        try:
+            return _Open._held_open(open(path, "rb"))
+        except OSError:
+            return None
+
+    @staticmethod
+    def _held_open(f: BinaryIO) -> _Open:
+        return _Open(f, os.fstat(f.fileno()).st_ino)
+
+    def reopen(self, log: Path) -> bool:
+        """Open it again (if it is not): whether it is still there."""
+        if self.f is not None:
+            return True
+        for i in range(self.index, MAX_LOG_FILES + 1):
+            o = _Open.of(rotated(log, i))
+            if o is None:
+                continue
+            assert o.f is not None
+            if o.ino == self.ino:
+                self.f, self.index = o.f, i
+                return True
+            o.f.close()
+        return False
+
+    def shut(self) -> None:
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+
+
+class LogFile:
+    """One console log: its rotated files (`console.log.N` ... `.1`) and the current one,
+    read on from where it was left. Follows it across rotations as `tail -F` does (a new
+    inode at the path: the rest of the old file, then every file written since, then the
+    new one) and copes with the file being truncated or replaced. Shown as `Display` does."""
+
+    def __init__(self, key: InstanceKey, path: Path, prefix: bytes, *,
+                 timestamps: bool = False, raw: bool = False) -> None:
+        self.key = key
+        self.path = path
+        self.display = Display(prefix, timestamps=timestamps, raw=raw)
+        self._files: list[_Open] = []  # oldest first; the last is the current file
+        self._gone = False
+
+    @property
+    def prefix(self) -> bytes:
+        return self.display.prefix
+
+    @prefix.setter
+    def prefix(self, value: bytes) -> None:
+        self.display.prefix = value
+
     def begin(self, tail: int) -> int:
-        """Open the log at its last `tail` lines (0: all) as of now: how many bytes they
-        are (what `rest_of_history` yields, unprefixed)."""
-        if not self._open():
+        """Open the log at its last `tail` records (0: all) as of now, across its rotated
+        files: how many bytes they are (what `raw_history` yields)."""
+        self.close()
+        current = _Open.of(self.path)
+        if current is None:
+            self._gone = True
             return 0
-        assert self._f is not None
-        self._end = os.fstat(self._f.fileno()).st_size
-        self._pos = _tail_offset(self._f, self._end, tail) if tail else 0
-        return self._end - self._pos
+        assert current.f is not None
+        current.end = os.fstat(current.f.fileno()).st_size
+        # The current file first: a rotation meanwhile shows up as a file seen twice.
+        files, seen = [current], {current.ino}
+        for i in range(1, MAX_LOG_FILES + 1):
+            try:
+                st = rotated(self.path, i).stat()
+            except OSError:
+                break
+            if st.st_ino not in seen:
+                seen.add(st.st_ino)
+                files.append(_Open(None, st.st_ino, i, st.st_size))
+        files.reverse()
+        if tail:
+            need = tail
+            for k in range(len(files) - 1, -1, -1):
+                o = files[k]
+                if not o.reopen(self.path):
+                    o.end = 0  # dropped by a rotation meanwhile
+                    continue
+                assert o.f is not None
+                o.pos, found = _tail_scan(o.f, o.end, need)
+                if o is not current:
+                    o.shut()
+                need -= found
+                if need <= 0:
+                    files = files[k:]
+                    break
+        self._files = files
+        return sum(o.end - o.pos for o in files)
 
     def history(self, tail: int, *, keep_partial: bool) -> Iterator[bytes]:
         """The last `tail` lines (0: all) as of now, in chunks."""
         self.begin(tail)
         yield from self.rest_of_history(keep_partial=keep_partial)
 
+    def raw_history(self) -> Iterator[bytes]:
+        """What `begin` marked, as records, in chunks; the older files are closed."""
+        while self._files:
+            o = self._files[0]
+            while o.pos < o.end and o.reopen(self.path):
+                assert o.f is not None
+                o.f.seek(o.pos)
+                data = o.f.read(min(CHUNK * 16, o.end - o.pos))
+                if not data:
+                    break
+                o.pos += len(data)
+                yield data
+            if len(self._files) == 1:
+                break
+            o.shut()
+            self._files.pop(0)
+
+    def parsed_history(self, tail: int) -> Iterator[list[tuple[Record, bytes]]]:
+        """`begin(tail)`, then what it marked in batches of records, each parsed and as it
+        is (with its newline, but perhaps the last); blocking: run on a worker thread."""
+        self.begin(tail)
+        rest = b""
+        for chunk in self.raw_history():
+            lines = (rest + chunk).split(b"\n")
+            rest = lines.pop()
+            yield parsed(lines)
+        if rest:
+            yield [(parse_record(rest), rest)]
+
     def rest_of_history(self, *, keep_partial: bool) -> Iterator[bytes]:
         """What `begin` marked, in chunks."""
-        while self._f is not None and self._pos < self._end:
-            self._f.seek(self._pos)
-            data = self._f.read(min(CHUNK * 16, self._end - self._pos))
-            if not data:
-                break
-            self._pos += len(data)
-            yield self.lines.feed(data)
+        for data in self.raw_history():
+            yield self.display.feed(data)
         if not keep_partial:
-            yield self.lines.flush()
+            yield self.display.flush()
 
     def poll(self) -> bytes:
         """What was written since the last call."""
+        self._follow_path()
+        out = bytearray()
+        budget = CHUNK * 64  # a bound per poll: the next poll reads on
+        while self._files and budget > 0:
+            o = self._files[0]
+            if not o.reopen(self.path):  # dropped before it was read
+                self._files.pop(0)
+                continue
+            assert o.f is not None
+            o.f.seek(o.pos)
+            data = o.f.read(budget)
+            o.pos += len(data)
+            budget -= len(data)
+            out += self.display.feed(data)
+            if len(self._files) == 1:
+                break
+            if not data:  # a file rotated away, read to its end
+                out += self.display.end_of_file()
+                o.shut()
+                self._files.pop(0)
+        return bytes(out) + self.display.flush_if_stale()
+
+    def _follow_path(self) -> None:
         try:
             st = self.path.stat()
         except OSError:
-            self._gone = True
-            return self.lines.flush_if_stale()
+            self._gone = True  # gone, or between a rotation's rename and its new file
+            return
         self._gone = False
-        out = b""
-        if self._f is None or st.st_ino != self._ino:
-            if self._f is not None:  # replaced: the rest of the old file, then the new one
-                out += self._read_rest()
-                out += self.lines.flush()
-                self.close()
-            if not self._open():
-                return out
-            self._pos = 0
-        elif st.st_size < self._pos:  # truncated: start over
-            out += self.lines.flush()
-            self._pos = 0
-        out += self._read_rest()
-        return out + self.lines.flush_if_stale()
+        if not self._files:  # it had no log yet: every file there is new
+            self._files = self._newer_than(-1)
+            self._gone = not self._files
+            return
+        live = self._files[-1]
+        if st.st_ino != live.ino:
+            # Rotated (or replaced): ours is read to its end, then the ones after it.
+            self._files.extend(self._newer_than(live.ino))
+        elif st.st_size < live.pos:  # truncated: start over
+            live.pos = 0
+
+    def _newer_than(self, ino: int) -> list[_Open]:
+        """The files written after the one with inode `ino`, oldest first, the current one
+        last: the rotated files up to ours (all of them if ours was dropped already)."""
+        current = _Open.of(self.path)
+        newer: list[_Open] = []
+        for i in range(1, MAX_LOG_FILES + 1):
+            o = _Open.of(rotated(self.path, i))
+            if o is None:
+                break
+            if o.ino == ino or (current is not None and o.ino == current.ino) \
+                    or any(o.ino == n.ino for n in newer):
+                o.shut()
+                if o.ino == ino:
+                    break
+                continue
+            newer.append(o)
+        newer.reverse()
+        return newer + ([current] if current is not None else [])
 
     def missing(self) -> bool:
         return self._gone
 
     def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
-
-    def _open(self) -> bool:
-        try:
-            self._f = open(self.path, "rb")  # noqa: SIM115 - kept open across polls
-        except OSError:
-            self._gone = True
-            return False
-        self._ino = os.fstat(self._f.fileno()).st_ino
-        return True
-
-    def _read_rest(self, limit: int = CHUNK * 64) -> bytes:
-        assert self._f is not None
-        self._f.seek(self._pos)
-        data = self._f.read(limit)  # a bound per poll: the next poll reads on
-        self._pos += len(data)
-        return self.lines.feed(data)
+        for o in self._files:
+            o.shut()
+        self._files = []
 
 
-def _tail_offset(f: BinaryIO, size: int, lines: int) -> int:
-    """Where the last `lines` lines of the file start (a last line without its newline
-    counts)."""
+def step(it: Iterator[_T]) -> _T | None:
+    """The next of `it`, or None at its end (for a worker thread: a StopIteration cannot
+    cross into the event loop)."""
+    return next(it, None)
+
+
+def parsed(lines: list[bytes]) -> list[tuple[Record, bytes]]:
+    """Whole records, their newlines stripped: each parsed, and with its newline."""
+    return [(parse_record(line), line + b"\n") for line in lines]
+
+
+def _tail_scan(f: BinaryIO, size: int, lines: int) -> tuple[int, int]:
+    """Where the last `lines` lines of the first `size` bytes start (a last line without
+    its newline counts), and how many lines that is (fewer: the file has no more)."""
     end = size
     if size:
         f.seek(size - 1)
@@ -200,17 +446,19 @@ def _tail_offset(f: BinaryIO, size: int, lines: int) -> int:
         while (i := block.rfind(b"\n", 0, i)) >= 0:
             seen += 1
             if seen == lines:
-                return pos + i + 1
-    return 0
+                return pos + i + 1, seen
+    return 0, seen + (1 if end > 0 else 0)
 
 
 async def follow_log(lf: LogFile, follow: bool,
                      exists: Callable[[], bool]) -> AsyncIterator[bytes]:
     """One log after `lf.begin(...)`: the history, then (follow) what it gets next, until the
     client goes (the task is cancelled) or the instance is gone (`exists`, asked on a
-    worker thread while the log is missing)."""
+    worker thread while the log is missing). The file is read on worker threads, off the
+    event loop (not abandoned when cancelled: the file is closed after the read)."""
     try:
-        for chunk in lf.rest_of_history(keep_partial=follow):
+        history = lf.rest_of_history(keep_partial=follow)
+        while (chunk := await run_in_threadpool(step, history)) is not None:
             if chunk:
                 yield chunk
         if not follow:
@@ -218,7 +466,7 @@ async def follow_log(lf: LogFile, follow: bool,
         checked = time.monotonic()
         while True:
             await asyncio.sleep(POLL)
-            data = lf.poll()
+            data = await run_in_threadpool(lf.poll)
             if data:
                 yield data
             if time.monotonic() - checked < GONE_CHECK:

@@ -316,7 +316,7 @@ roles:
 
     table = server.cli("stats", stack).stdout.splitlines()
     header = table[0]
-    assert header.split() == ["NAME", "STATE", "HEALTH", "CPU", "MEMORY", "DISK", "NET", "RX",
-                              "/", "TX", "PIDS", "UPTIME", "HOST"]
+    assert header.split() == ["NAME", "STATE", "HEALTH", "CPU", "MEMORY", "DISK", "LOG", "NET",
+                              "RX", "/", "TX", "PIDS", "UPTIME", "HOST"]
     assert [line.split()[0] for line in table[1:]] == ["burn-0", "hog-0"]
     assert len({line.index("running") for line in table[1:]}) == 1  # the columns line up

@@ -171,13 +171,20 @@ def test_logs_tail_prefixes_and_follow(server: Server, tmp_path: Path) -> None:
     everything = server.cli("logs", f"{stack}/web-0", "-n", "0").stdout.splitlines()
     assert everything[0].startswith("--- rackfire: starting") and everything[1:] == [
         f"line{i}" for i in range(1, 6)]
-    assert server.cli("logs", f"{stack}/web", "-n", "1").stdout == (
-        "web-0 | line5\nweb-1 | line5\n")
-    assert server.cli("logs", stack, "-n", "2").stdout == (
-        "web-0 | line4\nweb-0 | line5\nweb-1 | line4\nweb-1 | line5\n")
+    # A role's history is merged in the order its lines were written (by their stamps).
+    assert sorted(server.cli("logs", f"{stack}/web", "-n", "1").stdout.splitlines()) == [
+        "web-0 | line5", "web-1 | line5"]
+    merged = server.cli("logs", stack, "-n", "2", "-t").stdout.splitlines()
+    stamps = [line.split(" | ")[1].split(" ")[0] for line in merged]
+    assert stamps == sorted(stamps) and all(s.endswith("Z") for s in stamps), merged
+    assert sorted(line.split(" | ")[0] + " " + line.split(" ", 3)[3] for line in merged) == [
+        "web-0 line4", "web-0 line5", "web-1 line4", "web-1 line5"]
     as_json = server.cli("logs", f"{stack}/web", "-n", "1", "--json").stdout.splitlines()
-    assert [json.loads(line) for line in as_json] == [
+    assert sorted((json.loads(line) for line in as_json), key=lambda o: o["instance"]) == [
         {"instance": "web-0", "line": "line5"}, {"instance": "web-1", "line": "line5"}]
+    [stamped] = server.cli("logs", f"{stack}/web/1", "-n", "1", "-t", "--json").stdout \
+        .splitlines()
+    assert json.loads(stamped)["line"] == "line5" and json.loads(stamped)["time"] in stamps
     assert json.loads(server.cli("logs", f"{stack}/web/1", "-n", "1", "--json").stdout) == {
         "instance": "web-1", "line": "line5"}
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import getpass
 import gzip
 import hashlib
 import io
 import json
 import re
+import socket
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -131,3 +133,88 @@ roles:
     server.cli("destroy", stack, "-y")
     server.cli("image", "rm", "base")
     assert images(server) == {}
+
+
+# -- hostile and broken tarballs (issue 13) ------------------------------------------------
+
+def make_plain_rootfs_tarball(tmp: Path) -> tuple[Path, int]:
+    """An uncompressed rootfs tarball, and where its last member's header starts."""
+    path = make_rootfs_tarball(tmp, "rootfs.tar.gz")
+    plain = tmp / "rootfs.tar"
+    plain.write_bytes(gzip.decompress(path.read_bytes()))
+    with tarfile.open(plain) as tf:
+        last = tf.getmembers()[-1].offset
+    return plain, last
+
+
+def image_events(server: Server) -> list[dict[str, Any]]:
+    return [e for e in json.loads(server.cli("events", "--json").stdout)
+            if e["target"].startswith("image/")]
+
+
+@pytest.mark.parametrize("codec", ["plain", "gz"])
+def test_import_refuses_a_truncated_tarball(server: Server, tmp_path: Path, codec: str) -> None:
+    plain, last = make_plain_rootfs_tarball(tmp_path)
+    raw = plain.read_bytes()
+    cut = tmp_path / f"cut.{codec}"
+    # plain: cut where the last member's header should start, so every member before it is
+    # whole (tarfile alone took that for the end); gz: a stream that lost its trailer.
+    cut.write_bytes(raw[:last] if codec == "plain" else gzip.compress(raw)[:-8])
+    name = unique("cut")
+    proc = server.cli("image", "import", name, str(cut), check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "the uploaded tarball is truncated" in proc.stderr, proc.stderr
+    assert ".upload" not in proc.stderr  # not the server's spool file
+    assert images(server) == {}
+    assert list((server.data_dir / "images" / "tmp").iterdir()) == []
+    assert list((server.data_dir / "images" / "layers").iterdir()) == []
+    # The whole archive imports.
+    server.cli("image", "import", name, str(plain))
+    assert set(images(server)) == {name}
+
+
+def test_image_import_and_rm_are_events(server: Server, tmp_path: Path) -> None:
+    name = unique("ev")
+    good = make_rootfs_tarball(tmp_path)
+    server.cli("image", "import", name, str(good))
+    digest = images(server)[name]["digest"]
+    evil = unique("evil")
+    assert server.cli("image", "import", evil, str(make_evil_tarball(tmp_path, "../x")),
+                      check=False).returncode == 1
+    server.cli("image", "rm", name)
+    server.cli("image", "rm", name)  # nothing left: still asked for
+    host = unique("host")
+    server.cli("image", "build", host, "--from", "host")
+    got = [(e["target"], e["action"], e["result"]) for e in image_events(server)]
+    assert got == [(f"image/{name}", "import", "ok"), (f"image/{evil}", "import", "refused"),
+                   (f"image/{name}", "remove", "ok"), (f"image/{name}", "remove", "ok"),
+                   (f"image/{host}", "build", "ok")]
+    events = image_events(server)
+    assert {e["actor"] for e in events} == {f"{getpass.getuser()}@{socket.gethostname()}"}
+    assert {e["stack"] for e in events} == {""}
+    assert digest[:12] in events[0]["reason"]
+    assert "'../x'" in events[1]["reason"] and "refused" in events[1]["reason"]
+    assert events[3]["reason"] == "no such image"
+    # The table shows them too.
+    table = server.cli("events").stdout
+    assert f"image/{evil}" in table and "refused" in table
+
+
+def test_refused_image_rm_is_an_event(server: Server, tmp_path: Path) -> None:
+    stack = unique("ir")
+    f = write_stack(tmp_path, f"""\
+stack: {stack}
+images: {{base: {{from: host}}}}
+roles:
+  app:
+    image: base
+    resources: {{memory: 32M, disk: 32M}}
+    command: ["sleep", "100000"]
+""")
+    server.cli("apply", "-f", str(f), "-y")
+    assert server.cli("image", "rm", "base", check=False).returncode == 1
+    [event] = image_events(server)
+    assert (event["target"], event["action"], event["result"]) == (
+        "image/base", "remove", "refused")
+    assert f"{stack}/app/0" in event["reason"]

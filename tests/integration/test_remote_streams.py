@@ -56,12 +56,16 @@ def test_logs_and_exec_of_instances_on_joined_hosts(cluster: Cluster) -> None:  
     # --tail: the last lines of the instance's console, from its host's agent.
     assert c.server.cli("logs", f"{stack}/talk/0", "--tail", "5").stdout == "".join(
         f"talk-0 line{i}\n" for i in range(3, 8))
-    # A role across two hosts: each line prefixed, instance by instance.
-    assert c.server.cli("logs", f"{stack}/talk", "-n", "2").stdout == (
-        "talk-0 | talk-0 line6\ntalk-0 | talk-0 line7\n"
-        "talk-1 | talk-1 line6\ntalk-1 | talk-1 line7\n")
+    # A role across two hosts: each line prefixed, merged in the order they were written
+    # (the agents send the stamped records; the server merges them).
+    merged = c.server.cli("logs", f"{stack}/talk", "-n", "2", "-t").stdout.splitlines()
+    stamps = [line.split(" | ")[1].split(" ")[0] for line in merged]
+    assert stamps == sorted(stamps) and all(s.endswith("Z") for s in stamps), merged
+    assert sorted(line.split(" | ")[0] + " | " + line.split(" ", 3)[3] for line in merged) == [
+        "talk-0 | talk-0 line6", "talk-0 | talk-0 line7",
+        "talk-1 | talk-1 line6", "talk-1 | talk-1 line7"]
     as_json = c.server.cli("logs", stack, "-n", "1", "--json").stdout.splitlines()
-    assert [json.loads(line) for line in as_json] == [
+    assert sorted((json.loads(line) for line in as_json), key=lambda o: o["instance"]) == [
         {"instance": "talk-0", "line": "talk-0 line7"},
         {"instance": "talk-1", "line": "talk-1 line7"}]
 

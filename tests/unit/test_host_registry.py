@@ -57,3 +57,9 @@ def test_refusals(tmp_path: Path) -> None:
         reg.join(expired, "h4", {}, FACTS)
     with pytest.raises(PrereqError):
         reg.create_token(60, 0, "ann@h")
+
+
+def test_facts_of_a_newer_agent_keep_the_runtimes_this_server_knows() -> None:
+    facts = HostFacts.from_json({"cpus": 2, "memory": 1 << 30, "disk": 1 << 30,
+                                 "runtimes": ["container", "firecracker"], "gpus": 1})
+    assert facts.runtimes == (RuntimeKind.CONTAINER,)

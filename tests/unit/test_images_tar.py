@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from rackfire.errors import PrereqError
-from rackfire.images.safe_tar import ImportLimits, import_tarball
+from rackfire.images.safe_tar import ImportLimits, check_tarball, import_tarball
 from rackfire.images.store import ImageStore
 
 MTIME = 1_600_000_000
@@ -227,4 +227,132 @@ def test_invalid_image_name(store: ImageStore, tmp_path: Path, name: str) -> Non
     tar = make_tar(tmp_path / "root.tar", GOOD)
     with pytest.raises(PrereqError, match="invalid image name"):
         import_tarball(store, name, tar)
+    assert_clean(store)
+
+
+# -- links that lead out through other links (issue 13) -----------------------------------
+
+CHAIN = [dir_("a"), sym("a/l1", ".."), sym("a/l2", "l1/.."), sym("a/l3", "l2/..")]
+
+
+@pytest.mark.parametrize(("members", "match"), [
+    # a/l1 is the root, so a/l2 = root/.. is above it: no count of `..` in one target shows it.
+    (CHAIN, r"'a/l2': symlink target 'l1/\.\.' escapes the image root"),
+    ([dir_("a"), sym("a/l1", "."), sym("a/l2", "l1/../..")], r"'a/l2'.*escapes"),
+    # The order trick: a/l2 is made while l1 is not there yet; a/l1 then makes it lead out.
+    ([dir_("a"), sym("a/l2", "l1/.."), sym("a/l1", "..")], r"'a/l2'.*escapes"),
+    # An earlier harmless file is replaced by a link that makes an earlier link lead out.
+    ([dir_("a"), reg("a/l1"), sym("a/l2", "l1/.."), sym("a/l1", "..")], r"'a/l2'.*escapes"),
+    # Through a symlinked directory deeper down: d/s -> ../.. from d/e/ is the root.
+    ([dir_("d/e"), sym("d/e/s", "../.."), sym("d/x", "e/s/../..")], r"'d/x'.*escapes"),
+    # Hard links to symlinks, and members written through a link (however deep the chain).
+    ([sym("s", "etc"), hard("h", "s")], r"'h': hard link target 's' is not a regular file"),
+    ([dir_("a"), sym("a/l1", ".."), reg("a/l1/x")], r"'a/l1/x': its parent 'a/l1' is a symlink"),
+    ([dir_("a"), sym("a/l1", ".."), dir_("a/l1/d")], r"'a/l1/d': its parent 'a/l1' is a symlink"),
+    ([dir_("a"), sym("a/l1", ".."), hard("a/l1/h", "ok")], r"'a/l1/h': its parent 'a/l1'"),
+])
+def test_chained_symlinks_that_climb_out_are_refused(
+        store: ImageStore, tmp_path: Path, members: list[Member], match: str) -> None:
+    outside = tmp_path / "x"
+    refused(store, tmp_path, [dir_("./"), reg("ok"), *members], match)
+    assert not outside.exists()
+
+
+def test_links_that_stay_inside_through_other_links_are_kept(
+        store: ImageStore, tmp_path: Path) -> None:
+    """Real images chain links (/lib -> usr/lib, then ../lib/... from usr/bin)."""
+    members = [dir_("./"), dir_("usr/lib"), dir_("usr/bin"), reg("usr/lib/libc.so"),
+               sym("lib", "usr/lib"), sym("usr/bin/libc", "../../lib/libc.so"),
+               dir_("a"), sym("a/l1", ".."), sym("a/l2", "l1/a"), sym("a/l3", "l2/l1"),
+               sym("a/loop", "loop/x"),  # never resolves (ELOOP): leads nowhere
+               sym("a/abs", "/"), sym("a/via-abs", "abs/..")]  # no worse than the absolute one
+    info = import_tarball(store, "chain", make_tar(tmp_path / "ok.tar", members))
+    assert os.readlink(info.rootfs / "a/l3") == "l2/l1"
+    assert (info.rootfs / "usr/bin/libc").resolve() == (info.rootfs / "usr/lib/libc.so")
+
+
+# -- truncated and corrupt archives (issue 13) ---------------------------------------------
+
+def _three_files() -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        for i in range(3):
+            data = bytes([65 + i]) * 700
+            ti = tarfile.TarInfo(f"f{i}")
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    return buf.getvalue()
+
+
+# Member headers at 0, 1536 and 3072 (512 bytes each, then 700 bytes of data padded to 1024),
+# then the end-of-archive blocks from 4608.
+@pytest.mark.parametrize(("cut", "match"), [
+    (1536, "ends without its end-of-archive marker"),  # at a member boundary
+    (3072, "ends without its end-of-archive marker"),
+    (4608, "ends without its end-of-archive marker"),  # every member there, no end block
+    (1600, "ends inside a member header"),
+    (4700, "ends inside a member header"),  # in the end block itself
+    (2500, "ends inside a member's data"),  # inside a member's data
+])
+def test_truncated_plain_tar_is_refused(store: ImageStore, tmp_path: Path, cut: int,
+                                        match: str) -> None:
+    tar = tmp_path / "cut.tar"
+    tar.write_bytes(_three_files()[:cut])
+    for check in (lambda: import_tarball(store, "cut", tar), lambda: check_tarball(tar)):
+        with pytest.raises(PrereqError, match=match) as ei:
+            check()
+        assert f"{tar} is truncated" in ei.value.message, ei.value.message
+        assert ei.value.hint
+    assert_clean(store)
+
+
+def test_corrupt_header_is_refused(store: ImageStore, tmp_path: Path) -> None:
+    raw = bytearray(_three_files())
+    raw[1536:1546] = b"garbage!!!"  # the second member's header: its checksum fails
+    tar = tmp_path / "bad.tar"
+    tar.write_bytes(bytes(raw))
+    with pytest.raises(PrereqError, match="truncated or corrupt: a member header is corrupt"):
+        import_tarball(store, "bad", tar)
+    assert_clean(store)
+
+
+@pytest.mark.parametrize("codec", ["gz", "xz"])
+def test_truncated_compressed_stream_is_refused(store: ImageStore, tmp_path: Path,
+                                                codec: str) -> None:
+    raw = _three_files()
+    packed = gzip.compress(raw) if codec == "gz" else lzma.compress(raw)
+    tar = tmp_path / f"cut.tar.{codec}"
+    # Without its trailer (gzip: crc and size, 8 bytes), and cut in the middle.
+    for cut in (len(packed) - 8, len(packed) - 1, len(packed) // 2):
+        tar.write_bytes(packed[:cut])
+        for check in (lambda: import_tarball(store, "cut", tar), lambda: check_tarball(tar)):
+            with pytest.raises(PrereqError, match=r" is truncated"):
+                check()
+    assert_clean(store)
+
+
+def test_a_lone_end_block_is_enough(store: ImageStore, tmp_path: Path) -> None:
+    """GNU tar accepts an archive whose second end block or record padding is missing."""
+    tar = tmp_path / "short-end.tar"
+    tar.write_bytes(_three_files()[:4608 + 512])
+    assert import_tarball(store, "ok", tar).name == "ok"
+    check_tarball(tar)
+
+
+def test_check_tarball_refuses_what_import_would_and_writes_nothing(
+        store: ImageStore, tmp_path: Path) -> None:
+    check_tarball(make_tar(tmp_path / "good.tar.gz", GOOD))
+    for members in ([reg("../x")], CHAIN, [node("null", tarfile.CHRTYPE)],
+                    [sym("l", "/tmp"), reg("l/evil")]):
+        with pytest.raises(PrereqError, match="refused tarball member"):
+            check_tarball(make_tar(tmp_path / "bad.tar", members))
+    for bad, match in ((tmp_path / "missing.tar", "does not exist"),
+                       (tmp_path, "is not a regular file")):
+        with pytest.raises(PrereqError, match=match):
+            check_tarball(bad)
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"NOT A TAR\n" * 100)
+    with pytest.raises(PrereqError, match="not a readable tar archive"):
+        check_tarball(junk)
+    assert list(tmp_path.glob("**/x")) == [] and not (tmp_path / "l").exists()
     assert_clean(store)

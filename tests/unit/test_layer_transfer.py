@@ -179,8 +179,8 @@ def test_content_that_does_not_match_the_digest_is_refused(src: ImageStore,
     cut = data[:data.index(b"rootfs/tmp")] + b"\0" * 1024
     with pytest.raises(PrereqError, match="hashes to"):
         receive_layer(dst, info.digest, [cut])
-    # Cut inside a member: not even a tar archive.
-    with pytest.raises(PrereqError, match="not a readable tar archive"):
+    # Cut inside a member: a truncated archive.
+    with pytest.raises(PrereqError, match="is truncated"):
         receive_layer(dst, info.digest, [data[:len(data) // 2 + 100]])
     assert left_behind(dst) == []
 

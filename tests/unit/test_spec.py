@@ -466,3 +466,130 @@ def test_release_images_are_not_declared() -> None:
         roles: {}
     """)
     assert p.field == "images.mine" and "rackfire push" in p.message, p
+
+
+# -- hostile input: templates, cycles, size ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("template", "message"), [
+    ("{% include 'x' %}", "invalid Jinja2 template: {% include %} is not allowed"),
+    ("a\\n{% import 'x' as y %}",
+     "invalid Jinja2 template (template line 2): {% import %} is not allowed"),
+    ("{% extends 'x' %}", "invalid Jinja2 template: {% extends %} is not allowed"),
+    ("{{ 10 ** 5000 }}", "template failed: too much: 10 ** 5000 has more than 4096 bits"),
+    ("{{ range(10**9)|length }}", "template failed: OverflowError: Range too big"),
+    ("a\\n{{ 1 / 0 }}", "template failed: ZeroDivisionError: division by zero (template line 2)"),
+    ("{{ instance.port }}", "template failed: 'dict object' has no attribute 'port'"),
+    ("{{ 'x' * 300000000 }}", "template failed: too much: `*` would make about 300,000,000"),
+])
+def test_template_that_cannot_render_is_refused_at_its_line(template: str, message: str) -> None:
+    p = only_problem(f"""
+        stack: hello
+        roles:
+          web:
+            image: base
+            command: [sh]
+            files:
+              /etc/app.conf: "{template}"
+    """)
+    assert where(p) == (7, 22, 'roles.web.files["/etc/app.conf"]')
+    assert p.message.startswith(message), p.message
+
+
+def test_rendered_files_are_bounded_by_the_instances_disk() -> None:
+    found = problems("""
+        stack: hello
+        roles:
+          web:
+            image: base
+            command: [sh]
+            resources: {disk: 64M}
+            files:
+              /etc/huge: "{% for i in range(3) %}{{ 'x' * 500000 }}{% endfor %}"
+          api:
+            image: base
+            command: [sh]
+            resources: {disk: 16M}
+            files:
+              /etc/a: "{{ 'x' * 1000000 }}"
+              /etc/b: "{{ 'x' * 1000000 }}"
+              /etc/c: "{{ 'x' * 1000000 }}"
+              /etc/d: "{{ 'x' * 1000000 }}"
+              /etc/e: "{{ 'x' * 1000000 }}"
+    """)
+    assert [(p.line, p.field, p.message) for p in found] == [
+        (8, 'roles.web.files["/etc/huge"]',
+         "template failed: renders to more than 1M, the limit for one file"),
+        (18, 'roles.api.files["/etc/e"]',
+         "template failed: the instance's files would take more than 4M (a quarter of its "
+         "disk, at most 16M)"),
+    ]
+
+
+def test_templates_see_what_the_renderer_gives_them() -> None:
+    spec = load_stack_text(textwrap.dedent("""
+        stack: hello
+        roles:
+          db: {image: base, command: [sh], count: 2}
+          web:
+            image: base
+            command: [sh]
+            uses: [db]
+            env: {MODE: x}
+            files:
+              /etc/a: "{{ roles.db.ready[0].ip }} {{ roles.db.count }} {{ env.MODE }}
+                {{ instance.id }} {{ role.count }} {{ stack.name }}"
+    """), "stack.yaml")
+    assert spec.role("web").uses == ("db",)
+
+
+@pytest.mark.parametrize(("uses", "expected"), [
+    ({"a": ["b"], "b": ["c"], "c": ["a"]},
+     [(14, "roles.c.uses[0]", "roles use each other in a cycle: a -> b -> c -> a")]),
+    ({"a": ["b"], "b": ["a"], "c": ["a"]},
+     [(10, "roles.b.uses[0]", "roles use each other in a cycle: a -> b -> a")]),
+    ({"a": ["b", "c"], "b": ["c"], "c": []}, []),
+])
+def test_roles_that_use_each_other_in_a_cycle_are_refused(
+        uses: dict[str, list[str]], expected: list[tuple[int, str, str]]) -> None:
+    text = "stack: s\nroles:\n" + "".join(
+        f"  {name}:\n    image: base\n    command: [sh]\n    uses: [{', '.join(used)}]\n"
+        for name, used in uses.items())
+    if not expected:
+        assert load_stack_text(text, "stack.yaml").role("a").uses == ("b", "c")
+        return
+    with pytest.raises(SpecError) as info:
+        load_stack_text(text, "stack.yaml")
+    assert [(p.line, p.field, p.message) for p in info.value.problems] == expected
+
+
+def test_a_stack_file_over_one_mib_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    big = "stack: s\n" + "# padding\n" * 120_000  # 1.2 MB of comments: valid YAML
+    with pytest.raises(SpecError) as info:
+        load_stack_text(big, "big.yaml")
+    [p] = info.value.problems
+    assert p.render() == ("big.yaml:1:1: the stack file is larger than 1MiB, the limit for "
+                          "one stack file")
+    f = tmp_path / "big.yaml"
+    f.write_text("stack: s\n" + "# padding\n" * 5_000_000)  # 50 MB
+    with pytest.raises(SpecError) as info:
+        load_stack_file(f)
+    assert "larger than 1MiB" in info.value.problems[0].message
+    # Just under the limit is a stack file like any other.
+    assert load_stack_text("stack: s\n" + "#\n" * 500_000, "ok.yaml").name == "s"
+
+
+def test_loading_holds_the_stacks_budget_of_template_steps() -> None:
+    # Each file takes ~800,000 steps (under one file's million); thirty of them are more
+    # than a stack's 20 million: loading refuses the files past where the budget runs out.
+    loop = ('{% set s = "x" * 1000000 %}{% for i in range(800) %}{% if s == "" %}{% endif %}'
+            '{% endfor %}')
+    def stack(n: int) -> str:
+        return "stack: s\nroles:\n" + "".join(
+            f"  r{i}:\n    image: base\n    command: [sh]\n    files:\n"
+            f"      /etc/x: '{loop}'\n" for i in range(n))
+    assert len(load_stack_text(stack(2), "stack.yaml").roles) == 2
+    found = problems(stack(30))
+    assert [p.field for p in found] == [f'roles.r{i}.files["/etc/x"]' for i in range(25, 30)]
+    assert all("the stack's templates take more than 20,000,000 loop steps" in p.message
+               for p in found), found

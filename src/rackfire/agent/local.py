@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from rackfire import __version__
 from rackfire.agent.probe import probe, probe_exec
 from rackfire.agent.proxy import Proxy
 from rackfire.errors import Conflict, NotFound, PrereqError
-from rackfire.images.build import ensure_image
+from rackfire.images.build import check_image, ensure_image
 from rackfire.images.safe_tar import import_tarball
 from rackfire.images.store import ImageInfo, ImageStore, check_digest
 from rackfire.images.transfer import LayerSource, pack_layer, receive_layer
@@ -41,13 +42,12 @@ from rackfire.model.stack import (
     DEFAULT_STOP_TIMEOUT,
     NAME_PATTERN,
     HealthSpec,
-    ImageSource,
     ImageSpec,
     PortMap,
     RuntimeKind,
 )
 from rackfire.net import links, vxlan
-from rackfire.runtime import diskcopy, stats
+from rackfire.runtime import diskcopy, logwriter, stats
 from rackfire.runtime.base import Runtime
 from rackfire.runtime.container import (
     RUNC_ROOT,
@@ -184,7 +184,9 @@ class LocalAgent:
         # Each runtime waits once for its CPU window: side by side, the call waits once.
         with ThreadPoolExecutor(max_workers=max(1, len(keys))) as pool:
             found = pool.map(lambda kv: self._runtimes[kv[0]].stats(kv[1]), keys.items())
-        return sorted((s for part in found for s in part), key=lambda s: s.key)
+        # Its console log lives beside its disk, outside the `disk` limit: shown apart.
+        return sorted((replace(s, log_bytes=logwriter.size(self._dir(s.key).log))
+                       for part in found for s in part), key=lambda s: s.key)
 
     def facts(self, interval: float = 5.0) -> HostFacts:
         """What a heartbeat reports of this host."""
@@ -335,10 +337,7 @@ class LocalAgent:
 
     def check_image(self, spec: ImageSpec) -> None:
         """Refuse, before any change, an image that could not be built here."""
-        if (spec.source is ImageSource.TARBALL and self.store.get(spec.name) is None
-                and not (spec.path and Path(spec.path).is_file())):
-            raise PrereqError(f"images.{spec.name}.path: {spec.path} does not exist on host "
-                              f"{self.host}")
+        check_image(self.store, spec, f"on host {self.host}")
 
     def image(self, name: str) -> ImageSummary | None:
         info = self.store.get(name)
@@ -353,8 +352,8 @@ class LocalAgent:
             return False
         users = [str(f.key) for f in self.observe() if self._uses(f.key, info.digest)]
         if users:
-            raise PrereqError(f"image {name} is used by {', '.join(users)}",
-                              hint="destroy or change those stacks first")
+            raise Conflict(f"image {name} is used by {', '.join(users)}",
+                           hint="destroy or change those stacks first")
         return self.store.remove(name)
 
     def import_image(self, name: str, tarball: str) -> ImageSummary:

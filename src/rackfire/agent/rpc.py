@@ -208,8 +208,10 @@ def serve_agent(agent: HostAgent, key: str) -> FastAPI:
         inst = _instance_key(stack, role, index)
         if not await asyncio.to_thread(here, inst):
             raise errors.NotFound(f"no instance {inst} on this host")
-        lf = LogFile(inst, Path(agent.log_path(inst)), b"")
-        history = lf.begin(tail)  # known before the headers go: the caller splits on it
+        # The records as they are (stamps and all): the server merges and shows them.
+        lf = LogFile(inst, Path(agent.log_path(inst)), b"", raw=True)
+        # Known before the headers go (the caller splits on it); read off the event loop.
+        history = await asyncio.to_thread(lf.begin, tail)
         return StreamingResponse(follow_log(lf, follow, lambda: here(inst)),
                                  media_type="application/octet-stream",
                                  headers={HISTORY_HEADER: str(history),

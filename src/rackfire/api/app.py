@@ -7,28 +7,61 @@ import hmac
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Self
 
-from fastapi import FastAPI, Header, Request
+from fastapi import FastAPI, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.exceptions import HTTPException
 
 from rackfire import __version__
+from rackfire.api.limits import JSON_LIMIT, BodyLimit
+from rackfire.api.types import (
+    DB_INT,
+    Digest,
+    ImagePath,
+    Index,
+    Integral,
+    Name,
+    OptIndexQuery,
+    OptRoleQuery,
+    OptStackQuery,
+    RolePath,
+    StackPath,
+    StackQuery,
+    add_common_errors,
+    binary_body,
+    errors,
+    limits_for,
+    size_schema,
+)
 from rackfire.api.uploads import spool
 from rackfire.control.controller import Controller, InstanceView
 from rackfire.errors import NotFound, PrereqError, RackfireError
 from rackfire.model.agent import InstanceStats
 from rackfire.model.instance import Target
-from rackfire.model.stack import MAX_COUNT, ImageSource, ImageSpec, StackSpec
+from rackfire.model.stack import (
+    MAX_COUNT,
+    MAX_SOURCE_BYTES,
+    ImageSource,
+    ImageSpec,
+    StackSpec,
+)
 from rackfire.spec import load_stack_text, stack_json_schema
-from rackfire.spec.schema import ResourcesModel
+from rackfire.spec.schema import Disk, Memory, MiB, ResourcesModel
+from rackfire.spec.yamltree import read_yaml
 
 MAX_UPLOAD = 8 << 30
+# Request body limits by path suffix; "" is every other route's (JSON bodies).
+BODY_LIMITS = {"/tarball": MAX_UPLOAD, "/v1/sources": MAX_SOURCE_BYTES, "": JSON_LIMIT}
 
 
 class StackSource(BaseModel):
@@ -36,13 +69,13 @@ class StackSource(BaseModel):
     filename: str = Field("stack.yaml", description="named in error messages")
     base_dir: str | None = Field(None, description="resolves relative paths in the file")
     expected_generation: int | None = Field(
-        None, description="apply only if the stack is still at this generation (from plan)")
-    sources: dict[str, str] = Field(
+        None, ge=0, description="apply only if the stack is still at this generation (from plan)")
+    sources: dict[Name, Digest] = Field(
         {}, description="role -> digest of its uploaded `app` dir (POST /v1/sources)")
 
 
 class ImageBuild(BaseModel):
-    name: str
+    name: Name
     source: ImageSource = ImageSource.HOST
     suite: str = "bookworm"
     packages: list[str] = []
@@ -55,11 +88,47 @@ class Scale(BaseModel):
 
 
 class Selector(BaseModel):
-    role: str | None = None
-    index: int | None = Field(None, ge=0)
+    # An index needs its role: said in the schema too, so that a client sees it there.
+    model_config = ConfigDict(json_schema_extra={"anyOf": [
+        {"properties": {"index": {"type": "null"}}},
+        {"required": ["role"], "properties": {"role": {"type": "string"}}}]})
+
+    role: Name | None = None
+    index: Index | None = None
+
+    @model_validator(mode="after")
+    def _index_has_role(self) -> Self:
+        if self.index is not None and self.role is None:
+            raise ValueError('an index needs a role, e.g. {"role": "web", "index": 0}')
+        return self
 
 
-OPERATIONS = ("stop", "start", "restart")
+class Operation(StrEnum):
+    STOP = "stop"
+    START = "start"
+    RESTART = "restart"
+
+
+class Resize(ResourcesModel):
+    """The fields to change: at least one; a disk cannot become unlimited."""
+
+    # Not strict: JSON's 7.0 is an integer.
+    model_config = ConfigDict(strict=False, json_schema_extra={"minProperties": 1})
+
+    cpu: float | None = Field(None, gt=0, le=256, description="cores")
+    memory: Annotated[Memory, Integral, size_schema(4 * MiB)] | None = None
+    disk: Annotated[Disk | None, Integral, size_schema(16 * MiB)] = None  # unset, never null
+    pids: int | None = Field(None, ge=1, le=1 << 22)  # the kernel's pid_max at most
+
+    @model_validator(mode="after")
+    def _something_to_change(self) -> Self:
+        if not self.model_fields_set:
+            raise ValueError("nothing to resize: give cpu, memory, disk or pids")
+        if "disk" in self.model_fields_set and self.disk is None:
+            raise ValueError("disk: a disk cannot be unlimited; give a size, e.g. 2G")
+        return self
+
+
 ACTOR = Header("api", alias="X-Rackfire-Actor", description="who asks, for the event log")
 
 PUBLIC = {"/v1/health", "/docs", "/openapi.json", "/docs/oauth2-redirect"}
@@ -86,8 +155,9 @@ def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Pa
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: "
-                    f"{str(e['msg']).removeprefix('Value error, ')}" for e in exc.errors()]
+        problems = [": ".join(filter(None, (
+            ".".join(str(p) for p in e["loc"] if p != "body"),
+            str(e["msg"]).removeprefix("Value error, ")))) for e in exc.errors()]
         return JSONResponse(status_code=422, content={"error": {
             "code": "invalid_request", "message": "; ".join(problems),
             "hint": "see the API's schema at /docs"}})
@@ -95,6 +165,29 @@ def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Pa
     @app.exception_handler(RackfireError)
     async def rackfire_error(_: Request, exc: RackfireError) -> JSONResponse:
         return JSONResponse(status_code=exc.http_status, content={"error": exc.to_dict()})
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        # FastAPI's own (an unknown path, a body it cannot read): the one error shape too.
+        if exc.status_code == 400:  # FastAPI's only one: a body that is not JSON
+            return JSONResponse(status_code=422, content={"error": {
+                "code": "invalid_request", "message": "the request body is not valid JSON",
+                "hint": "see the API's schema at /docs"}})
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "refused")
+        return JSONResponse(status_code=exc.status_code, headers=exc.headers, content={
+            "error": {"code": code, "message": str(exc.detail), "hint": ""}})
+
+    app.add_middleware(BodyLimit, limit_of=lambda path: limits_for(path, BODY_LIMITS))
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version,
+                                 description=app.description, routes=app.routes)
+            add_common_errors(schema, PUBLIC, BODY_LIMITS)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     def parse(src: StackSource) -> StackSpec:
         spec = load_stack_text(src.yaml, src.filename,
@@ -111,101 +204,132 @@ def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Pa
     def schema() -> dict[str, Any]:
         return stack_json_schema()
 
-    @app.post("/v1/plan")
+    @app.post("/v1/plan", responses=errors(400))
     def plan(src: StackSource, explain: bool = False) -> dict[str, Any]:
-        return controller.plan(parse(src), explain_placement=explain).to_json()
+        with located(src):
+            return controller.plan(parse(src), explain_placement=explain).to_json()
 
-    @app.post("/v1/apply")
+    @app.post("/v1/apply", responses=errors(400, 409, 500, 503))
     def apply(src: StackSource, actor: str = ACTOR) -> dict[str, Any]:
-        generation, plan = controller.apply(parse(src), src.expected_generation, actor)
+        with located(src):
+            generation, plan = controller.apply(parse(src), src.expected_generation, actor)
         return plan.to_json() | {"generation": generation}
 
-    @app.post("/v1/stacks/{stack}/roles/{role}/scale")
-    def scale(stack: str, role: str, body: Scale, actor: str = ACTOR) -> dict[str, Any]:
+    @app.post("/v1/stacks/{stack}/roles/{role}/scale", responses=errors(400, 404, 409, 503))
+    def scale(stack: StackPath, role: RolePath, body: Scale,
+              actor: str = ACTOR) -> dict[str, Any]:
         """Set the role's instance count (0..N-1), stored as the stack's desired state."""
         generation, plan = controller.scale(stack, role, body.count, actor)
         return plan.to_json() | {"generation": generation}
 
-    @app.post("/v1/stacks/{stack}/roles/{role}/resize")
-    def resize(stack: str, role: str, body: ResourcesModel,
+    @app.post("/v1/stacks/{stack}/roles/{role}/resize",
+              responses=errors(400, 404, 409, 500, 503))
+    def resize(stack: StackPath, role: RolePath, body: Resize,
                actor: str = ACTOR) -> dict[str, Any]:
         """Change limits live (no restart) and grow disks online; refused before any
         change if a disk would shrink or the host could not hold it. Only the fields given
         change, as a stack file writes them (sizes take units: 256M, 2G)."""
         changes = body.model_dump(exclude_unset=True)
-        if "disk" in changes and changes["disk"] is None:
-            raise PrereqError("disk: a disk cannot be unlimited", hint="give a size, e.g. 2G")
         generation, plan = controller.resize(stack, role, changes, actor)
         return plan.to_json() | {"generation": generation}
 
-    @app.post("/v1/stacks/{stack}/{operation}")
-    def operate(stack: str, operation: str, body: Selector,
+    @app.post("/v1/stacks/{stack}/{operation}", responses=errors(404))
+    def operate(stack: StackPath, operation: Operation, body: Selector,
                 actor: str = ACTOR) -> dict[str, Any]:
         """stop, start or restart the stack's instances (or a role's, or one's)."""
-        if operation not in OPERATIONS:
-            raise NotFound(f"no operation {operation}", hint=f"use {', '.join(OPERATIONS)}")
-        if body.index is not None and body.role is None:
-            raise PrereqError("an index needs a role", hint='e.g. {"role": "web", "index": 0}')
         target = Target(stack, body.role, body.index)
-        generation, keys = controller.operate(target, operation, actor)
-        return {"stack": stack, "operation": operation, "generation": generation,
+        generation, keys = controller.operate(target, operation.value, actor)
+        return {"stack": stack, "operation": operation.value, "generation": generation,
                 "instances": [str(k) for k in keys]}
 
-    @app.get("/v1/stats")
-    def stats(stack: str, role: str | None = None, index: int | None = None,
+    @app.get("/v1/stats", responses=errors(404, 503))
+    def stats(stack: StackQuery, role: OptRoleQuery = None, index: OptIndexQuery = None,
               ) -> list[dict[str, Any]]:
         """Measured usage per instance: from its cgroups, its disk and its veth."""
         return [stats_json(v, s) for v, s in controller.stats(Target(stack, role, index))]
 
     @app.get("/v1/events")
-    def events(stack: str | None = None, after: int = 0, limit: int = 1000,
-               ) -> list[dict[str, Any]]:
+    def events(stack: OptStackQuery = None, after: Annotated[int, Query(ge=0, le=DB_INT)] = 0,
+               limit: Annotated[int, Query(ge=0, le=DB_INT)] = 1000) -> list[dict[str, Any]]:
         """What the controller did or was asked to do, oldest first: the last `limit`, or
-        with `after` (an event id) the first `limit` after it."""
+        with `after` (an event id) the first `limit` after it; at most 10000."""
         return [e.to_json() for e in controller.store.events(stack, after, min(limit, 10000))]
 
     @app.get("/v1/stacks")
     def stacks() -> list[dict[str, Any]]:
         return [stack_json(controller, r.name) for r in controller.store.stacks()]
 
-    @app.get("/v1/stacks/{name}")
-    def stack(name: str) -> dict[str, Any]:
+    @app.get("/v1/stacks/{name}", responses=errors(404))
+    def stack(name: StackPath) -> dict[str, Any]:
         return stack_json(controller, name)
 
-    @app.delete("/v1/stacks/{name}")
-    def destroy(name: str, keep_data: bool = False, actor: str = ACTOR) -> dict[str, Any]:
+    @app.delete("/v1/stacks/{name}", responses=errors(409))
+    def destroy(name: StackPath, keep_data: bool = False,
+                actor: str = ACTOR) -> dict[str, Any]:
         """Remove the stack; its data disks too unless `keep_data` (a new stack of the same
         name finds them again)."""
         return {"stack": name, "generation": controller.destroy(name, actor, keep_data)}
 
-    @app.get("/v1/instances")
-    def instances(stack: str | None = None) -> list[dict[str, Any]]:
+    @app.get("/v1/instances", responses=errors(503))
+    def instances(stack: OptStackQuery = None) -> list[dict[str, Any]]:
         return [instance_json(controller, v) for v in controller.instances(stack)]
 
     @app.get("/v1/images")
     def images() -> list[dict[str, Any]]:
         return [vars_of(i) for i in controller.agent.images()]
 
-    @app.post("/v1/images")
-    def build_image(req: ImageBuild) -> dict[str, Any]:
+    def image_event(actor: str, name: str, action: str, error: RackfireError | None,
+                    reason: str = "") -> None:
+        """Image changes are events like any other: who asked, the outcome, and why not."""
+        result = "ok" if error is None else \
+            "refused" if isinstance(error, PrereqError) else "failed"
+        controller.store.add_event(actor, "", f"image/{name}", action, result,
+                                   reason if error is None else error.message)
+
+    @app.post("/v1/images", responses=errors(400, 409, 500))
+    def build_image(req: ImageBuild, actor: str = ACTOR) -> dict[str, Any]:
         spec = ImageSpec(req.name, req.source, req.suite, tuple(req.packages), req.mirror,
                          req.path)
-        return vars_of(controller.agent.ensure_image(spec))
-
-    @app.put("/v1/images/{name}/tarball")
-    async def import_image(name: str, request: Request) -> dict[str, Any]:
-        """The request body is a rootfs tarball (.tar, .tar.gz, .tar.xz), streamed to disk
-        under a cap, then extracted safely."""
-        path = await spool(request, uploads, name, MAX_UPLOAD)
         try:
-            info = await run_in_threadpool(controller.agent.import_image, name, str(path))
-        finally:
-            path.unlink(missing_ok=True)
+            info = controller.agent.ensure_image(spec)
+        except RackfireError as e:
+            image_event(actor, req.name, "build", e)
+            raise
+        image_event(actor, req.name, "build", None, f"{info.digest[:12]} from {info.source}")
         return vars_of(info)
 
-    @app.delete("/v1/images/{name}")
-    def remove_image(name: str) -> dict[str, Any]:
-        return {"name": name, "removed": controller.agent.remove_image(name)}
+    @app.put("/v1/images/{name}/tarball", responses=errors(400, 409, 500),
+             openapi_extra=binary_body())
+    async def import_image(name: ImagePath, request: Request,
+                           actor: str = ACTOR) -> dict[str, Any]:
+        """The request body is a rootfs tarball (.tar, .tar.gz, .tar.xz), streamed to disk
+        under a cap, then extracted safely; a truncated or corrupt one is refused."""
+        try:
+            path = await spool(request, uploads, name, MAX_UPLOAD)
+            try:
+                info = await run_in_threadpool(controller.agent.import_image, name, str(path))
+            except RackfireError as e:
+                # The spool file's name means nothing to the one who sent it.
+                e.message = e.message.replace(str(path), "the uploaded tarball")
+                raise
+            finally:
+                path.unlink(missing_ok=True)
+        except RackfireError as e:
+            await run_in_threadpool(image_event, actor, name, "import", e)
+            raise
+        await run_in_threadpool(image_event, actor, name, "import", None,
+                                f"{info.digest[:12]}, {info.size_bytes >> 20} MiB")
+        return vars_of(info)
+
+    @app.delete("/v1/images/{name}", responses=errors(409))
+    def remove_image(name: ImagePath, actor: str = ACTOR) -> dict[str, Any]:
+        try:
+            removed = controller.agent.remove_image(name)
+        except RackfireError as e:
+            image_event(actor, name, "remove", e)
+            raise
+        image_event(actor, name, "remove", None, "" if removed else "no such image")
+        return {"name": name, "removed": removed}
 
     @app.post("/v1/server/stop")
     def stop() -> dict[str, Any]:
@@ -220,6 +344,26 @@ def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Pa
     add_release_routes(app, controller, uploads, ACTOR)
     add_host_routes(app, controller, ACTOR)
     return app
+
+
+_FIELD = re.compile(r"([A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)+): ")
+
+
+@contextmanager
+def located(src: StackSource) -> Iterator[None]:
+    """A refusal that names a field of the stack file (`images.base.path: ...`) says where
+    the file writes it (`stack.yaml:3:11: ...`), as the file's own problems do."""
+    try:
+        yield
+    except PrereqError as e:
+        m = _FIELD.match(e.message)
+        if m:
+            doc = read_yaml(src.yaml, src.filename)
+            path = tuple(m[1].split("."))
+            if path in doc.values or path in doc.keys:
+                mark = doc.mark(path)
+                e.message = f"{src.filename}:{mark.line}:{mark.column}: {e.message}"
+        raise
 
 
 def with_sources(spec: StackSpec, sources: dict[str, str]) -> StackSpec:

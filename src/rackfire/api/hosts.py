@@ -7,19 +7,28 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Header
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from rackfire.api.types import (
+    INSTANCE_PATTERN,
+    DigestPath,
+    HostName,
+    HostPath,
+    Labels,
+    OptStackQuery,
+    errors,
+)
 from rackfire.control.controller import Controller
 from rackfire.control.hosts import HostView, capacity_report
-from rackfire.errors import PrereqError
+from rackfire.errors import Conflict, PrereqError
 from rackfire.model.host import HostFacts
 from rackfire.model.instance import InstanceKey, Target
 from rackfire.model.stack import StackSpec
-from rackfire.store.hosts import HostRegistry
+from rackfire.store.hosts import JOIN_TOKEN, HostRegistry
 from rackfire.store.placements import Migration
 
 
@@ -28,23 +37,45 @@ class TokenRequest(BaseModel):
     uses: int = Field(1, ge=1, le=10_000, description="how many hosts may join with it")
 
 
+Amount = Annotated[float, Field(ge=0)]
+
+
+class Facts(BaseModel):
+    """What an agent reports of its host (HostFacts); other keys are ignored (a newer
+    agent may report more)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    cpus: Amount = 0
+    memory: Amount = Field(0, description="bytes")
+    disk: Amount = Field(0, description="bytes")
+    runtimes: list[str] = Field([], description="runtime kinds; unknown ones are ignored")
+    memory_used: Amount = 0
+    disk_used: Amount = 0
+    version: str = ""
+    interval: Amount = Field(0, description="seconds between heartbeats; 0: the default")
+
+
 class Join(BaseModel):
-    token: str = Field(max_length=200)
-    name: str = Field(max_length=63)
-    labels: dict[str, str] = {}
-    facts: dict[str, Any]
+    token: str = Field(pattern=JOIN_TOKEN.pattern,
+                       description="from `rackfire token create`")
+    name: HostName
+    labels: Labels = {}
+    facts: Facts
 
 
 class Heartbeat(BaseModel):
-    labels: dict[str, str] = {}
-    facts: dict[str, Any]
-    address: str = Field("", max_length=120, description="HOST:PORT of the agent's API")
+    labels: Labels = {}
+    facts: Facts
+    address: str = Field("", pattern=r"^$|^[0-9A-Za-z.:\[\]-]{1,100}:[0-9]{1,5}$",
+                         description="HOST:PORT of the agent's API")
 
 
 class MigrateRequest(BaseModel):
-    instance: str = Field(max_length=200, description="STACK/ROLE/INDEX")
-    to: str | None = Field(None, max_length=63, description="the target host; default: the "
-                           "scheduler's choice")
+    instance: str = Field(pattern=INSTANCE_PATTERN,
+                          description="STACK/ROLE/INDEX, STACK/ROLE-INDEX or STACK.ROLE.INDEX")
+    to: HostName | None = Field(None, description="the target host; default: the "
+                                "scheduler's choice")
 
 
 def _key(text: str) -> InstanceKey:
@@ -62,9 +93,9 @@ def _migration(m: Migration) -> dict[str, Any]:
             "started": m.started, "actor": m.actor}
 
 
-def _facts(raw: dict[str, Any]) -> HostFacts:
+def _facts(facts: Facts) -> HostFacts:
     try:
-        return HostFacts.from_json(raw)
+        return HostFacts.from_json(facts.model_dump(mode="json"))
     except (ValueError, TypeError) as e:
         raise PrereqError(f"invalid host facts: {e}") from None
 
@@ -83,7 +114,7 @@ def add_host_routes(app: FastAPI, controller: Controller, actor: Any) -> None:
                                    f"{body.uses} use(s), until {time.ctime(expires)}")
         return {"token": token, "expires": expires, "uses": body.uses}
 
-    @app.post("/v1/agent/join")
+    @app.post("/v1/agent/join", responses=errors(400, 401, 409))
     def join(body: Join) -> dict[str, Any]:
         """Trade a join token for this host's own credential (shown once)."""
         credential, key = registry.join(body.token, body.name, body.labels,
@@ -92,7 +123,7 @@ def add_host_routes(app: FastAPI, controller: Controller, actor: Any) -> None:
                                    ", ".join(f"{k}={v}" for k, v in sorted(body.labels.items())))
         return {"name": body.name, "credential": credential, "agent_key": key}
 
-    @app.post("/v1/agent/heartbeat")
+    @app.post("/v1/agent/heartbeat", responses=errors(400, 401))
     def heartbeat(body: Heartbeat,
                   authorization: str = Header("", alias="Authorization")) -> dict[str, Any]:
         name = registry.authenticate(authorization.removeprefix("Bearer "))
@@ -100,8 +131,8 @@ def add_host_routes(app: FastAPI, controller: Controller, actor: Any) -> None:
         return {"name": name, "time": time.time()}
 
     @app.get("/v1/agent/layers/{digest}", response_class=StreamingResponse,
-             responses={200: {"content": {"application/x-tar": {}}}})
-    def layer(digest: str,
+             responses={**errors(401, 404), 200: {"content": {"application/x-tar": {}}}})
+    def layer(digest: DigestPath,
               authorization: str = Header("", alias="Authorization")) -> StreamingResponse:
         """An image layer of the server's store as a tar stream, for a joined host (its
         credential as bearer) to verify by its digest and keep: `ensure_layer`."""
@@ -131,39 +162,39 @@ def add_host_routes(app: FastAPI, controller: Controller, actor: Any) -> None:
         any one host (N+1) or any one rack; how many more instances of each role fit."""
         return capacity_report(views(), stacks(), controller.fleet.placements.all())
 
-    @app.post("/v1/hosts/{name}/drain")
-    def drain(name: str, who: str = actor) -> dict[str, Any]:
+    @app.post("/v1/hosts/{name}/drain", responses=errors(404, 409))
+    def drain(name: HostPath, who: str = actor) -> dict[str, Any]:
         """Move every instance off the host, each role keeping its availability."""
         return {"name": name, "moving": controller.drain(name, who)}
 
-    @app.post("/v1/migrations")
+    @app.post("/v1/migrations", responses=errors(400, 404, 409, 503))
     def migrate(body: MigrateRequest, who: str = actor) -> dict[str, Any]:
         """Move one instance to another host (cold): it is checked now, carried out by
         the stack's reconcile; `GET /v1/migrations` shows it until it is over."""
         return _migration(controller.migrate(_key(body.instance), body.to, who))
 
     @app.get("/v1/migrations")
-    def migrations(stack: str | None = None) -> list[dict[str, Any]]:
+    def migrations(stack: OptStackQuery = None) -> list[dict[str, Any]]:
         return [_migration(m) for m in controller.fleet.placements.migrations(stack)]
 
     @app.get("/v1/placements")
-    def placements(stack: str | None = None) -> dict[str, str]:
+    def placements(stack: OptStackQuery = None) -> dict[str, str]:
         """Instance -> the host it is placed on."""
         placed = (controller.fleet.placements.of_stack(stack) if stack
                   else controller.fleet.placements.all())
         return {str(k): h for k, h in sorted(placed.items())}
 
-    @app.delete("/v1/hosts/{name}")
-    def remove_host(name: str, who: str = actor) -> dict[str, Any]:
+    @app.delete("/v1/hosts/{name}", responses=errors(404, 409))
+    def remove_host(name: HostPath, who: str = actor) -> dict[str, Any]:
         """Forget a joined host: its credential stops working. Refused while instances are
         placed on it or move from or to it."""
         held = [k for k, h in controller.fleet.placements.all().items() if h == name]
         moving = [m for m in controller.fleet.placements.migrations()
                   if name in (m.source, m.target)]
         if held or moving:
-            raise PrereqError(f"host {name} still holds {len(held)} instance(s)"
-                              + (f" and {len(moving)} migration(s)" if moving else ""),
-                              hint=f"move them away first: `rackfire host drain {name}`")
+            raise Conflict(f"host {name} still holds {len(held)} instance(s)"
+                           + (f" and {len(moving)} migration(s)" if moving else ""),
+                           hint=f"move them away first: `rackfire host drain {name}`")
         registry.remove(name)
         controller.store.add_event(who, "", f"host/{name}", "remove", "ok", "")
         return {"name": name, "removed": True}

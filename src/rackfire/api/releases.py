@@ -3,24 +3,42 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from rackfire.api.types import (
+    DIGEST_PATTERN,
+    Name,
+    OptRoleQuery,
+    RolePath,
+    StackPath,
+    binary_body,
+    errors,
+)
 from rackfire.api.uploads import spool
 from rackfire.control.controller import Controller
 from rackfire.model.stack import MAX_SOURCE_BYTES
 
-DIGEST = r"^[0-9a-f]{64}$"
-
 
 class Push(BaseModel):
-    source: str | None = Field(None, pattern=DIGEST,
+    # Something to push: said in the schema too, so that a client sees it there.
+    model_config = ConfigDict(json_schema_extra={"anyOf": [
+        {"required": ["source"], "properties": {"source": {"type": "string"}}},
+        {"required": ["image"], "properties": {"image": {"type": "string"}}}]})
+
+    source: str | None = Field(None, pattern=DIGEST_PATTERN,
                                description="an uploaded source's digest (POST /v1/sources)")
     label: str = Field("", max_length=4096, description="where it came from, for people")
-    image: str | None = Field(None, description="a built image for the role's base OS")
+    image: Name | None = Field(None, description="a built image for the role's base OS")
+
+    @model_validator(mode="after")
+    def _something_to_push(self) -> Self:
+        if self.source is None and self.image is None:
+            raise ValueError("nothing to push: give a source, an image, or both")
+        return self
 
 
 class Rollback(BaseModel):
@@ -29,7 +47,8 @@ class Rollback(BaseModel):
 
 def add_release_routes(app: FastAPI, controller: Controller, uploads: Path,
                        actor: Any) -> None:
-    @app.post("/v1/sources")
+    @app.post("/v1/sources", responses=errors(400, 500),
+              openapi_extra=binary_body())
     async def upload_source(request: Request) -> dict[str, Any]:
         """The body is a gzip tar of an app's source dir; it is extracted safely and kept by
         the digest of its content (the same dir uploaded twice is one source)."""
@@ -40,21 +59,22 @@ def add_release_routes(app: FastAPI, controller: Controller, uploads: Path,
             path.unlink(missing_ok=True)
         return {"digest": digest}
 
-    @app.post("/v1/stacks/{stack}/roles/{role}/push")
-    def push(stack: str, role: str, body: Push, who: str = actor) -> dict[str, Any]:
+    @app.post("/v1/stacks/{stack}/roles/{role}/push", responses=errors(400, 404, 409))
+    def push(stack: StackPath, role: RolePath, body: Push, who: str = actor) -> dict[str, Any]:
         """Make the source (and/or image) the role's next release and roll it out."""
         generation, plan = controller.push(stack, role, who, source=body.source,
                                            label=body.label, image=body.image)
         return plan.to_json() | {"generation": generation}
 
-    @app.post("/v1/stacks/{stack}/roles/{role}/rollback")
-    def rollback(stack: str, role: str, body: Rollback, who: str = actor) -> dict[str, Any]:
+    @app.post("/v1/stacks/{stack}/roles/{role}/rollback", responses=errors(400, 404, 409))
+    def rollback(stack: StackPath, role: RolePath, body: Rollback,
+                 who: str = actor) -> dict[str, Any]:
         """Go back to an earlier release: the one asked for, or the one live before."""
         generation, plan = controller.rollback(stack, role, body.version, who)
         return plan.to_json() | {"generation": generation}
 
-    @app.get("/v1/stacks/{stack}/releases")
-    def releases(stack: str, role: str | None = None) -> list[dict[str, Any]]:
+    @app.get("/v1/stacks/{stack}/releases", responses=errors(404))
+    def releases(stack: StackPath, role: OptRoleQuery = None) -> list[dict[str, Any]]:
         """Newest first; `current` marks what the role's desired spec runs."""
         return [rel.to_json() | {"current": cur}
                 for rel, cur in controller.releases(stack, role)]

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import json
 import logging
 import shlex
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -28,23 +30,28 @@ from fastapi import FastAPI, Query, WebSocket
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
+from rackfire.api.types import InstanceIdPath, OptRoleQuery, StackPath, errors
 from rackfire.control.controller import Controller
 from rackfire.control.fleet import Fleet
 from rackfire.errors import AgentOffline, ExecError, NotFound, PrereqError, RackfireError
 from rackfire.model.agent import Agent, ExecStream, LogStream, StreamSource
 from rackfire.model.instance import InstanceKey
+from rackfire.model.logs import Record
+from rackfire.model.logs import parse as parse_record
 from rackfire.streaming import (
     CHUNK,
     GONE_CHECK,
     POLL,
+    Display,
     ExecSession,
     ExecStart,
-    Lines,
     LogFile,
     authorized,
     finish,
     parse_start,
+    parsed,
     start_exec,
+    step,
 )
 
 log = logging.getLogger("rackfire.api.streams")
@@ -59,37 +66,43 @@ def add_stream_routes(app: FastAPI, controller: Controller, token: str) -> None:
     fleet = controller.fleet
 
     @app.get("/v1/instances/{instance_id}/logs", response_class=StreamingResponse,
-             responses={200: {"content": {"text/plain": {}}}})
+             responses={**errors(404, 503), 200: {"content": {"text/plain": {}}}})
     async def instance_logs(
-        instance_id: str,
+        instance_id: InstanceIdPath,
         tail: int = Query(100, ge=0, description="the last N lines first; 0: all of it"),
         follow: bool = Query(False, description="then keep sending new lines"),
+        timestamps: bool = Query(False, description="each line after the time it was "
+                                 "written (RFC 3339, UTC)"),
     ) -> StreamingResponse:
-        """The instance's console log (its stdout and stderr), as written."""
+        """The instance's console log (its stdout and stderr), as written: its rotated
+        files, then the current one."""
         key = _parse_id(instance_id)
         if not any(f.key == key for f in await run_in_threadpool(agent.observe, key.stack)):
             raise NotFound(f"no instance {key}", hint=f"`rackfire ps {key.stack}`")
         host = await run_in_threadpool(fleet.host_of, key)
         if host == fleet.local_name:
-            logs: list[_Log] = [LogFile(key, Path(agent.log_path(key)), b"")]
+            logs: list[_Log] = [LogFile(key, Path(agent.log_path(key)), b"",
+                                        timestamps=timestamps)]
         else:
-            remote = _RemoteLog(fleet, key, host, b"")
+            remote = _RemoteLog(fleet, key, host, b"", timestamps)
             await remote.open(tail, follow)  # a refusal is this request's error
             logs = [remote]
-        return _text(_stream(controller, logs, tail, follow, None))
+        return _text(_stream(controller, logs, tail, follow, None, timestamps))
 
     @app.get("/v1/stacks/{stack}/logs", response_class=StreamingResponse,
-             responses={200: {"content": {"text/plain": {}}}})
+             responses={**errors(404, 503), 200: {"content": {"text/plain": {}}}})
     async def stack_logs(
-        stack: str,
-        role: str | None = Query(None, description="only this role's instances"),
+        stack: StackPath,
+        role: OptRoleQuery = None,
         tail: int = Query(100, ge=0, description="the last N lines of each instance; 0: all"),
         follow: bool = Query(False, description="then keep sending new lines"),
+        timestamps: bool = Query(False, description="each line after the time it was "
+                                 "written (RFC 3339, UTC)"),
     ) -> StreamingResponse:
-        """Every instance's console log, each line prefixed `web-0 | `. Console logs carry
-        no timestamps, so the history cannot be merged in time order: it comes instance by
-        instance (the last `tail` lines of each). Lines written while following are
-        interleaved in the order they arrive (to within a poll, 0.25 s), from every host."""
+        """Every instance's console log, each line prefixed `web-0 | `. The history (the
+        last `tail` lines of each) is merged in the order the lines were written, by their
+        timestamps; lines written while following are interleaved in the order they arrive
+        (to within a poll, 0.25 s), from every host."""
         facts = await run_in_threadpool(agent.observe, stack)
         keys = sorted(f.key for f in facts if role in (None, f.key.role))
         if not keys:
@@ -98,8 +111,9 @@ def add_stream_routes(app: FastAPI, controller: Controller, token: str) -> None:
             if role is not None:
                 raise NotFound(f"stack {stack} has no instances of role {role}")
         hosts = await run_in_threadpool(_hosts_of, fleet, keys)
-        logs = [_new_log(controller, k, hosts[k], p) for k, p in _prefixes(keys).items()]
-        return _text(_stream(controller, logs, tail, follow, (stack, role)))
+        logs = [_new_log(controller, k, hosts[k], p, timestamps)
+                for k, p in _prefixes(keys).items()]
+        return _text(_stream(controller, logs, tail, follow, (stack, role), timestamps))
 
     @app.websocket("/v1/instances/{instance_id}/exec")
     async def exec_ws(ws: WebSocket, instance_id: str) -> None:
@@ -159,11 +173,13 @@ def _hosts_of(fleet: Fleet, keys: list[InstanceKey]) -> dict[InstanceKey, str]:
     return {k: fleet.host_of(k) for k in keys}
 
 
-def _new_log(controller: Controller, key: InstanceKey, host: str, prefix: bytes) -> _Log:
+def _new_log(controller: Controller, key: InstanceKey, host: str, prefix: bytes,
+             timestamps: bool) -> _Log:
     """A log not read yet: a file on the server's own host, a stream from a joined one."""
     if host == controller.fleet.local_name:
-        return LogFile(key, Path(controller.agent.log_path(key)), prefix)
-    return _RemoteLog(controller.fleet, key, host, prefix)
+        return LogFile(key, Path(controller.agent.log_path(key)), prefix,
+                       timestamps=timestamps)
+    return _RemoteLog(controller.fleet, key, host, prefix, timestamps)
 
 
 def _host(fleet: Fleet, lf: _Log) -> str:
@@ -171,26 +187,33 @@ def _host(fleet: Fleet, lf: _Log) -> str:
 
 
 async def _stream(controller: Controller, logs: list[_Log], tail: int, follow: bool,
-                  stack: tuple[str, str | None] | None) -> AsyncIterator[bytes]:
-    """The history of each log, then (follow) what each gets next, until the client goes
-    (the response's task is cancelled) or the instance is gone (stack: every instance)."""
+                  stack: tuple[str, str | None] | None,
+                  timestamps: bool) -> AsyncIterator[bytes]:
+    """The history of the logs (merged in time order), then (follow) what each gets next,
+    until the client goes (the response's task is cancelled) or the instance is gone
+    (stack: every instance)."""
     agent, fleet = controller.agent, controller.fleet
     try:
-        for lf in logs:
-            if isinstance(lf, _RemoteLog):
-                async for chunk in lf.history(tail, follow):
+        if len(logs) > 1:
+            async for chunk in _merged_history(logs, tail, follow):
+                yield chunk
+        elif logs:
+            one = logs[0]
+            if isinstance(one, _RemoteLog):
+                async for chunk in one.history(tail, follow):
                     if chunk:
                         yield chunk
-                continue
-            for chunk in lf.history(tail, keep_partial=follow):
-                if chunk:
-                    yield chunk
+            else:  # read on worker threads, as every local log is: off the event loop
+                history = one.history(tail, keep_partial=follow)
+                while (part := await run_in_threadpool(step, history)) is not None:
+                    if part:
+                        yield part
         if not follow:
             return
         checked = time.monotonic()
         while True:
             await asyncio.sleep(POLL)
-            data = b"".join(lf.poll() for lf in logs)
+            data = await _poll(logs)
             if data:
                 yield data
             if time.monotonic() - checked < GONE_CHECK:
@@ -208,7 +231,7 @@ async def _stream(controller: Controller, logs: list[_Log], tail: int, follow: b
                 host = await run_in_threadpool(fleet.host_of, lf.key)
                 if isinstance(lf, _RemoteLog) or host != fleet.local_name:
                     await _close(lf)
-                    logs = [_new_log(controller, lf.key, host, b"")]
+                    logs = [_new_log(controller, lf.key, host, b"", timestamps)]
                     _follow_from_start(logs[0])
                 continue
             # A stack follows its instances as they come and go (scale, replace, migrate).
@@ -228,7 +251,7 @@ async def _stream(controller: Controller, logs: list[_Log], tail: int, follow: b
                     if lf.key not in old:
                         await _close(lf)
                 prefixes = _prefixes(keys)
-                logs = [old.get(k) or _new_log(controller, k, hosts[k], prefixes[k])
+                logs = [old.get(k) or _new_log(controller, k, hosts[k], prefixes[k], timestamps)
                         for k in keys]
                 for lf in logs:
                     lf.prefix = prefixes[lf.key]  # the common width may have changed
@@ -237,6 +260,74 @@ async def _stream(controller: Controller, logs: list[_Log], tail: int, follow: b
     finally:
         for lf in logs:
             await _close(lf)
+
+
+async def _poll(logs: list[_Log]) -> bytes:
+    """What every log got since the last poll, in their order; the files read on a worker
+    thread."""
+    files = [lf for lf in logs if isinstance(lf, LogFile)]
+    polled = iter(await run_in_threadpool(lambda: [lf.poll() for lf in files]) if files else [])
+    return b"".join(next(polled) if isinstance(lf, LogFile) else lf.poll() for lf in logs)
+
+
+async def _merged_history(logs: list[_Log], tail: int,
+                          follow: bool) -> AsyncIterator[bytes]:
+    """The last `tail` records of every log, merged by their timestamps (a log's own order
+    kept: an untimed line goes with the record before it). One batch of records of each
+    log is held at a time (a local log's read and parsed on a worker thread, one of its
+    files open at a time)."""
+    sources = [_records(lf, tail, follow) for lf in logs]
+    pending: list[deque[tuple[Record, bytes]]] = [deque() for _ in logs]
+    heap: list[tuple[bytes, int, Record, bytes]] = []  # one record of each log at most
+    last = [b""] * len(logs)
+
+    async def take(i: int) -> None:
+        while not pending[i]:
+            batch = await anext(sources[i], None)
+            if batch is None:
+                return
+            pending[i].extend(batch)
+        record, line = pending[i].popleft()
+        last[i] = record.time or last[i]
+        heapq.heappush(heap, (last[i], i, record, line))
+
+    for i in range(len(sources)):
+        await take(i)
+    out = bytearray()
+    while heap:
+        _, i, record, line = heapq.heappop(heap)
+        out += logs[i].display.feed_record(record, line)
+        if len(out) >= CHUNK:
+            yield bytes(out)
+            out.clear()
+        await take(i)
+    for lf in logs:
+        if isinstance(lf, _RemoteLog):
+            if not follow or lf.ended:
+                out += lf.poll()  # what is left, and why a host could not be read
+        elif not follow:
+            out += lf.display.flush()
+    if out:
+        yield bytes(out)
+
+
+async def _records(lf: _Log, tail: int,
+                   follow: bool) -> AsyncIterator[list[tuple[Record, bytes]]]:
+    """A log's history in batches of records, each parsed and as it is (with its newline,
+    but perhaps the last); read and parsed on worker threads."""
+    if isinstance(lf, LogFile):
+        history = lf.parsed_history(tail)
+        while (batch := await run_in_threadpool(step, history)) is not None:
+            yield batch
+        return
+    rest = b""
+    async for chunk in lf.raw_history(tail, follow):
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop()
+        if lines:
+            yield await run_in_threadpool(parsed, lines)
+    if rest:
+        yield [(parse_record(rest), rest)]
 
 
 async def _exists(agent: Agent, key: InstanceKey) -> bool:
@@ -265,11 +356,12 @@ class _RemoteLog:
 
     LIMIT = CHUNK * 16  # bytes read and not yet polled: reading waits above this
 
-    def __init__(self, fleet: Fleet, key: InstanceKey, host: str, prefix: bytes) -> None:
+    def __init__(self, fleet: Fleet, key: InstanceKey, host: str, prefix: bytes,
+                 timestamps: bool = False) -> None:
         self.fleet = fleet
         self.key = key
         self.host = host
-        self.lines = Lines(prefix)
+        self.display = Display(prefix, timestamps=timestamps)  # its agent sends records
         self.ended = False  # nothing more comes: its instance is gone from there, or failed
         self.failed = False
         self._stream: LogStream | None = None
@@ -281,11 +373,11 @@ class _RemoteLog:
 
     @property
     def prefix(self) -> bytes:
-        return self.lines.prefix
+        return self.display.prefix
 
     @prefix.setter
     def prefix(self, value: bytes) -> None:
-        self.lines.prefix = value
+        self.display.prefix = value
 
     async def open(self, tail: int, follow: bool) -> None:
         """Ask its host for the stream; its refusal is raised."""
@@ -294,12 +386,19 @@ class _RemoteLog:
 
     async def history(self, tail: int, follow: bool) -> AsyncIterator[bytes]:
         """Its last `tail` lines; then, following, a task reads on for `poll`."""
+        async for chunk in self.raw_history(tail, follow):
+            yield self.display.feed(chunk)
+        if not follow or self.ended:
+            yield self.poll()
+
+    async def raw_history(self, tail: int, follow: bool) -> AsyncIterator[bytes]:
+        """Its last `tail` records, as its agent sent them; then, following, a task reads
+        on for `poll`."""
         if self._stream is None:
             try:
                 await self.open(tail, follow)
             except RackfireError as e:
                 self._fail(e)
-                yield self.poll()
                 return
         assert self._stream is not None
         # Not following, everything is history; following, the host says where it ends.
@@ -314,12 +413,10 @@ class _RemoteLog:
                     chunk, rest = chunk[:left], chunk[left:]
                     left -= len(chunk)
                     self._buf += rest
-                yield self.lines.feed(chunk)
+                yield chunk
         except RackfireError as e:
             self._fail(e)
-        if not follow or self.ended:
-            yield self.poll()
-        else:
+        if follow and not self.ended:
             self._task = asyncio.create_task(self._pump())
 
     def start(self, tail: int) -> None:
@@ -351,12 +448,12 @@ class _RemoteLog:
         data = bytes(self._buf)
         self._buf.clear()
         self._room.set()
-        out = self.lines.feed(data)
+        out = self.display.feed(data)
         if not self.ended:
-            return out + self.lines.flush_if_stale()
-        out += self.lines.flush()
+            return out + self.display.flush_if_stale()
+        out += self.display.flush()
         if self._notice:
-            out += self.lines.prefix + self._notice
+            out += self.display.prefix + self._notice
             self._notice = b""
         return out
 

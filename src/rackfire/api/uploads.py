@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fastapi import Request
 
-from rackfire.errors import PrereqError
+from rackfire.errors import TooLarge
 
 
 async def spool(request: Request, directory: Path, prefix: str, cap: int) -> Path:
@@ -20,8 +20,9 @@ async def spool(request: Request, directory: Path, prefix: str, cap: int) -> Pat
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > cap:
-                    raise PrereqError(f"upload larger than {cap >> 20} MiB",
-                                      hint="leave build output and data out of the dir")
+                    # BodyLimit stops it first; this is for a caller with a smaller cap.
+                    raise TooLarge(f"upload larger than {cap >> 20} MiB",
+                                   hint="leave build output and data out of the dir")
                 f.write(chunk)
     except BaseException:
         path.unlink(missing_ok=True)

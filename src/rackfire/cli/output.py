@@ -120,8 +120,8 @@ def stats_table(rows: list[dict[str, Any]]) -> Table | Text:
     if not rows:
         return Text("no instances")
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for c in ("NAME", "STATE", "HEALTH", "CPU", "MEMORY", "DISK", "NET RX / TX", "PIDS",
-              "UPTIME", "HOST"):
+    for c in ("NAME", "STATE", "HEALTH", "CPU", "MEMORY", "DISK", "LOG", "NET RX / TX",
+              "PIDS", "UPTIME", "HOST"):
         table.add_column(c, justify="right" if c in ("CPU", "PIDS") else "left")
     for r in rows:
         cpu = f"{r['cpu_percent']:.1f}%" if r.get("cpu_percent") is not None else "-"
@@ -129,7 +129,8 @@ def stats_table(rows: list[dict[str, Any]]) -> Table | Text:
                if r.get("net_rx") is not None else "-")
         table.add_row(r["name"], r["state"], r["health"], cpu,
                       _used_of(r.get("memory_used"), r.get("memory_limit")),
-                      _used_of(r.get("disk_used"), r.get("disk_limit")), net,
+                      _used_of(r.get("disk_used"), r.get("disk_limit")),
+                      _size(r.get("log_bytes")), net,
                       str(r["pids"]) if r.get("pids") is not None else "-",
                       fmt_uptime(r["uptime"]), r["host"])
     return table

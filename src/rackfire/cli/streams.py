@@ -45,14 +45,17 @@ def logs(
                                          help="keep printing new lines (Ctrl-C ends)")] = False,
     tail: Annotated[int, typer.Option("-n", "--tail", min=0,
                                       help="the last N lines (of each instance); 0: all")] = 100,
+    timestamps: Annotated[bool, typer.Option(
+        "-t", "--timestamps", help="show when each line was written (RFC 3339, UTC)")] = False,
     json: Json = False,
     url: Url = None,
 ) -> None:
     """Print an instance's console log, or every instance's of a role or stack (each line
-    prefixed with the instance's name). With --json, one object per line:
-    {"instance": ..., "line": ...}."""
+    prefixed with the instance's name; their history merged in time order). With --json,
+    one object per line: {"instance": ..., "line": ...} (and "time" with -t)."""
     t = parse_target(target)
-    params: dict[str, Any] = {"tail": tail, "follow": str(follow).lower()}
+    params: dict[str, Any] = {"tail": tail, "follow": str(follow).lower(),
+                              "timestamps": str(timestamps).lower()}
     if t.key is not None:
         path = f"/v1/instances/{t.key.id}/logs"
     elif t.role is not None:
@@ -61,7 +64,8 @@ def logs(
         path = f"/v1/stacks/{t.stack}/logs"
     chunks = _stream(_base_url(url), path, params)
     try:
-        for chunk in (_json_lines(chunks, t.key.name if t.key else None) if json else chunks):
+        for chunk in (_json_lines(chunks, t.key.name if t.key else None, timestamps) if json
+                      else chunks):
             sys.stdout.buffer.write(chunk)
             sys.stdout.buffer.flush()
     except KeyboardInterrupt:
@@ -70,23 +74,29 @@ def logs(
         _quiet_stdout()
 
 
-def _json_lines(chunks: Iterator[bytes], instance: str | None) -> Iterator[bytes]:
+def _json_lines(chunks: Iterator[bytes], instance: str | None,
+                timestamps: bool) -> Iterator[bytes]:
     """Log text as JSON lines; a role's or stack's lines carry `name | ` prefixes."""
     pending = b""
     for chunk in chunks:
         pending += chunk
         *lines, pending = pending.split(b"\n")
-        yield from (_json_line(raw, instance) for raw in lines)
+        yield from (_json_line(raw, instance, timestamps) for raw in lines)
     if pending:  # the last line, written without its newline yet
-        yield _json_line(pending, instance)
+        yield _json_line(pending, instance, timestamps)
 
 
-def _json_line(raw: bytes, instance: str | None) -> bytes:
+def _json_line(raw: bytes, instance: str | None, timestamps: bool) -> bytes:
     text = raw.decode(errors="replace")
     if instance is None:
         prefix, _, text = text.partition(" | ")
         instance = prefix.strip()
-    return json.dumps({"instance": instance, "line": text}).encode() + b"\n"
+    obj: dict[str, str | None] = {"instance": instance}
+    if timestamps:
+        when, _, rest = text.partition(" ")
+        # A line from before logs were stamped has none.
+        obj["time"], text = (when, rest) if when.endswith("Z") and "T" in when else (None, text)
+    return json.dumps(obj | {"line": text}).encode() + b"\n"
 
 
 def _stream(base: str, path: str, params: dict[str, Any]) -> Iterator[bytes]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from rackfire.errors import PrereqError
+from rackfire.errors import Conflict
 from rackfire.model.agent import HostCapacity
 from rackfire.model.host import Reservation
 from rackfire.model.instance import InstanceFacts
@@ -41,7 +41,7 @@ def check_fits(host: str, capacity: HostCapacity, new: StackSpec, current: Stack
     if want.disk > capacity.disk and want.disk > had.disk:
         problems.append(f"disk {format_size(want.disk)} of {format_size(capacity.disk)}")
     if problems:
-        raise PrereqError(
+        raise Conflict(
             f"host {host} cannot hold this: it would reserve {', '.join(problems)} "
             f"(stack {new.name}: {_show(reserved_by(new))})",
             hint="rackfire reserves what each instance asks for and never overcommits; "
@@ -54,7 +54,7 @@ def check_no_shrink(spec: StackSpec, observed: Iterable[InstanceFacts]) -> None:
     for f in sorted(observed, key=lambda f: f.key):
         want = disks.get(f.key.role)
         if want is not None and f.resources is not None and want < f.resources.disk:
-            raise PrereqError(
+            raise Conflict(
                 f"roles.{f.key.role}.resources.disk: {f.key.name}'s disk is "
                 f"{format_size(f.resources.disk)}; it cannot shrink to {format_size(want)}",
                 hint="disks only grow (online, with no restart); to start over with smaller "

@@ -166,13 +166,18 @@ class Controller:
               actor: str = CONTROLLER) -> tuple[int, Plan]:
         """Store the spec as the stack's next generation and start converging.
         Every check runs before the store is touched: if this raises, nothing changed."""
-        with self._apply_lock, self._audited(actor, spec.name, spec.name, "apply"):
-            plan = self.plan(spec)  # the lock: two new stacks must not take one free subnet
-            subnet = self._subnet(self.store.get_stack(spec.name), spec)
-            generation = self.store.put_stack(spec, subnet, expected_generation, actor)
-            for role in spec.roles:
-                if role.app is not None:
-                    self.store.retry_release(spec.name, role.name, role.app.digest)
+        with self._audited(actor, spec.name, spec.name, "apply"):
+            # A new tarball is read whole once, outside the lock (the plan's check under it
+            # is then free): a large one must not hold up every other apply meanwhile.
+            for image in spec.images:
+                self.agent.check_image(image)
+            with self._apply_lock:
+                plan = self.plan(spec)  # two new stacks must not take one free subnet
+                subnet = self._subnet(self.store.get_stack(spec.name), spec)
+                generation = self.store.put_stack(spec, subnet, expected_generation, actor)
+                for role in spec.roles:
+                    if role.app is not None:
+                        self.store.retry_release(spec.name, role.name, role.app.digest)
         self._event(actor, spec.name, spec.name, "apply", f"generation {generation}, "
                     f"{len(plan.actions)} change(s)")
         self.queue.add(spec.name)
@@ -181,8 +186,8 @@ class Controller:
     def destroy(self, name: str, actor: str = CONTROLLER, keep_data: bool = False) -> int:
         if self.store.get_stack(name) is None:
             if self.agent.observe(name):
-                raise PrereqError(f"stack {name} is unknown here but has instances on the host",
-                                  hint="see `rackfire ps`")
+                raise Conflict(f"stack {name} is unknown here but has instances on the host",
+                               hint="see `rackfire ps`")
             return 0  # not found on delete is success
         generation = self.store.mark_deleting(name, keep_data)
         self._event(actor, name, name, "destroy", "keeping data disks" if keep_data else "")
@@ -212,8 +217,8 @@ class Controller:
             if source is None and image is None:
                 raise PrereqError("nothing to push", hint="give a source dir or --image")
             if source is not None and _role(self._record(stack).spec, role).app is None:
-                raise PrereqError(f"role {role} has no app to push into",
-                                  hint="give the role `app: DIR` in the stack file")
+                raise Conflict(f"role {role} has no app to push into",
+                               hint="give the role `app: DIR` in the stack file")
         fields: dict[str, Any] = {"image_digest": ""}
         what = []
         if source is not None:
@@ -321,18 +326,18 @@ class Controller:
                 raise Conflict(f"{key} is being migrated already")
             found = next((f for f in self.agent.observe(key.stack) if f.key == key), None)
             if found is None:
-                raise PrereqError(f"{key} does not exist yet", hint="wait for the stack to "
-                                  "converge (`rackfire ps`)")
+                raise Conflict(f"{key} does not exist yet", hint="wait for the stack to "
+                               "converge (`rackfire ps`)")
             if found.runtime is not RuntimeKind.CONTAINER:
-                raise PrereqError(f"{key} runs as a process: it has no disks to move",
-                                  hint="only container instances migrate")
+                raise Conflict(f"{key} runs as a process: it has no disks to move",
+                               hint="only container instances migrate")
             st = self.store.statuses(key.stack).get(key)
             if st is not None and st.stopped:
-                raise PrereqError(f"{key} is stopped by an operator",
-                                  hint=f"start it first (`rackfire start {key}`)")
+                raise Conflict(f"{key} is stopped by an operator",
+                               hint=f"start it first (`rackfire start {key}`)")
             source = found.host
             if to == source:
-                raise PrereqError(f"{key} is on {to} already")
+                raise Conflict(f"{key} is on {to} already")
             target = self._target(rec.spec, key, source, to)
         self.fleet.placements.start_migration(key, source, target, actor)
         self._event(actor, key.stack, str(key), "migrate", f"{source} -> {target}: started")
@@ -344,9 +349,9 @@ class Controller:
         gets nothing new meanwhile. How many instances are to move."""
         with self._audited(actor, "", f"host/{host}", "drain"):
             if host == self.fleet.local_name:
-                raise PrereqError(f"{host} is the server's own host: it cannot be drained",
-                                  hint="run the server with --no-local-host to keep "
-                                  "instances off it")
+                raise Conflict(f"{host} is the server's own host: it cannot be drained",
+                               hint="run the server with --no-local-host to keep "
+                               "instances off it")
             self.fleet.registry.set_state(host, HostState.DRAINING)
         placed = self.fleet.placements.all()
         leaving = [k for k, h in placed.items() if h == host]
@@ -362,8 +367,8 @@ class Controller:
         d = move(self._pool(spec), placed, asks_of([spec]), key, to)
         if d.host is None:
             why = "; ".join(str(r) for r in d.rejected) or "no other host"
-            raise PrereqError(f"no host can take {key}: {why}",
-                              hint="`rackfire capacity` shows what each host has free")
+            raise Conflict(f"no host can take {key}: {why}",
+                           hint="`rackfire capacity` shows what each host has free")
         return d.host
 
     def stats(self, target: Target) -> list[tuple[InstanceView, InstanceStats | None]]:
@@ -422,7 +427,7 @@ class Controller:
         declared = {i.name for i in spec.images}
         for role in spec.roles:
             if role.image not in declared and self.agent.image(role.image) is None:
-                raise PrereqError(
+                raise NotFound(
                     f"roles.{role.name}.image: image {role.image!r} is neither declared under "
                     "images: nor built on this host",
                     hint=f"declare it (images: {{{role.image}: {{from: host}}}}) "

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from rackfire.errors import NotFound, PrereqError
+from rackfire.errors import Conflict, NotFound
 from rackfire.model.stack import AppSource, RoleSpec, StackSpec
 from rackfire.store import Release, ReleaseStatus, StackRecord, Store
 
@@ -62,11 +62,11 @@ def pick(history: list[Release], current: Release | None, version: int | None) -
         older = [r for r in history if current is None or r.version != current.version]
         good = [r for r in older if r.status in (ReleaseStatus.LIVE, ReleaseStatus.RETIRED)]
         if not good:
-            raise PrereqError("there is no earlier release to go back to",
-                              hint="see `rackfire releases`")
+            raise Conflict("there is no earlier release to go back to",
+                           hint="see `rackfire releases`")
         target = max(good, key=lambda r: r.updated)
     if current is not None and target.version == current.version:
-        raise PrereqError(f"the role already runs v{target.version}")
+        raise Conflict(f"the role already runs v{target.version}")
     return target
 
 

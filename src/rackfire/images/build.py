@@ -23,7 +23,7 @@ from pathlib import Path
 
 from rackfire.errors import ExecError, PrereqError
 from rackfire.images.hostcache import HostCache
-from rackfire.images.safe_tar import import_tarball, tarball_key
+from rackfire.images.safe_tar import check_tarball, import_tarball, tarball_key
 from rackfire.images.store import ImageInfo, ImageStore, check_name
 from rackfire.images.tree import copy_tree, mounts_under, tree_digest, walk
 from rackfire.model.stack import ImageSource, ImageSpec
@@ -275,6 +275,28 @@ def spec_build_key(spec: ImageSpec) -> str | None:
     if spec.path and os.path.isfile(spec.path):
         return tarball_key(Path(spec.path))
     return None
+
+
+def check_image(store: ImageStore, spec: ImageSpec, where: str = "") -> None:
+    """Refuse, before any change, a tarball image that ensure_image would fail to import:
+    missing, not a regular file, unreadable, not a tar, truncated, or with a member the
+    import refuses (check_tarball reads it once, writes nothing). Nothing to check when the
+    image exists and would be kept (same tarball version, or the tarball is gone)."""
+    if spec.source is not ImageSource.TARBALL:
+        return
+    existing = store.get(spec.name)
+    key = spec_build_key(spec)
+    if existing is not None and (key is None or existing.build_key == key):
+        return
+    if not spec.path:
+        raise PrereqError(f"images.{spec.name}.path: from: tarball needs a path")
+    try:
+        check_tarball(Path(spec.path))
+    except PrereqError as e:
+        on = f" ({where})" if where else ""
+        raise PrereqError(f"images.{spec.name}.path: image {spec.name!r}: {e.message}{on}",
+                          hint=e.hint.replace("nothing was imported", "nothing was changed")
+                          or "fix the path or the file; nothing was changed") from None
 
 
 def ensure_image(store: ImageStore, spec: ImageSpec,

@@ -67,6 +67,7 @@ class InstanceStats:
     net_rx: int | None  # bytes received by the instance
     net_tx: int | None
     pids: int | None
+    log_bytes: int | None = None  # its console log on the host, rotated files included
 
 
 @dataclass(slots=True)

@@ -9,6 +9,8 @@ from enum import StrEnum
 from rackfire.model.agent import HostCapacity
 from rackfire.model.stack import Resources, RuntimeKind
 
+_RUNTIMES = frozenset(k.value for k in RuntimeKind)
+
 CPU_SLACK = 1e-9
 """Cores. CPU quotas are floats: ten 0.1s must still fit exactly in one core."""
 
@@ -104,6 +106,7 @@ class HostFacts:
         if not isinstance(runtimes, list):
             raise ValueError("facts.runtimes: expected a list")
         return HostFacts(HostCapacity(num("cpus"), int(num("memory")), int(num("disk"))),
-                         tuple(RuntimeKind(str(r)) for r in runtimes),
+                         # one this server does not know (a newer agent's) is not offered
+                         tuple(RuntimeKind(r) for r in runtimes if r in _RUNTIMES),
                          int(num("memory_used")), int(num("disk_used")),
                          str(d.get("version", "")), num("interval") or 5.0)

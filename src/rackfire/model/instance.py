@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from rackfire.model.stack import (
     DEFAULT_STOP_TIMEOUT,
     NAME_PATTERN,
     DataDisk,
+    LogLimits,
     ReloadSpec,
     Resources,
     RuntimeKind,
@@ -161,6 +162,8 @@ class InstanceRequest:
     reload: ReloadSpec | None = None  # how new files reach it without a restart
     files_layout: str = ""  # digest of the files' paths (and hostname)
     surge: bool = False  # an extra instance while the role rolls to a new release
+    # Its console log's rotation: applied live (a resize), as resources are.
+    logs: LogLimits = field(default_factory=LogLimits)
     # Cold migration: start from the disks copied to this host (<data-dir>/incoming/<id>/)
     # instead of a new one. Not part of any digest: how it got here, not what it runs.
     adopt_disks: bool = False

@@ -100,6 +100,19 @@ class DataDisk:
     size: int
 
 
+@dataclass(frozen=True, slots=True)
+class LogLimits:
+    """How much console log an instance keeps on its host: the current file is rotated
+    (to .1, .2, ...) once it would pass `max_size`, and at most `max_files` files are kept,
+    the current one included (as docker's json-file `max-size` / `max-file`)."""
+
+    max_size: int = 10 * 1024 * 1024
+    max_files: int = 3
+
+
+MIN_LOG_SIZE = 64 * 1024  # a record (a line, split at 16 KiB) must fit a file
+MAX_LOG_FILES = 100
+
 MAX_SOURCE_BYTES = 256 * 1024 * 1024  # an app's source dir, packed for upload
 
 
@@ -132,6 +145,7 @@ class RoleSpec:
     reload: ReloadSpec | None = None
     data: DataDisk | None = None
     image_digest: str = ""  # pinned by a rollback to a release built on an older image
+    logs: LogLimits = field(default_factory=LogLimits)
 
     def uses_closure(self, roles: dict[str, RoleSpec]) -> set[str]:
         """Every role this one uses, directly or through others."""
@@ -200,6 +214,7 @@ def _role_from_json(r: dict[str, Any]) -> RoleSpec:
         reload=_reload_from_json(r["reload"]) if r.get("reload") else None,
         data=DataDisk(**r["data"]) if r.get("data") else None,
         image_digest=r.get("image_digest", ""),
+        logs=LogLimits(**r.get("logs", {})),
     )
 
 

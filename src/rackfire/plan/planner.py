@@ -22,7 +22,7 @@ from rackfire.model.instance import (
     InstanceState,
 )
 from rackfire.model.stack import DEFAULT_STOP_TIMEOUT, RestartPolicy, RoleSpec, StackSpec
-from rackfire.model.units import format_duration
+from rackfire.model.units import format_duration, format_size
 from rackfire.model.units import show_value as _show
 from rackfire.plan.actions import EXECUTION_ORDER, Action, ActionKind, Plan
 from rackfire.plan.render import max_unavailable
@@ -30,6 +30,7 @@ from rackfire.plan.render import max_unavailable
 BACKOFF_BASE = 1.0
 BACKOFF_MAX = 60.0
 WAIT_FOR_STARTING = 1.0  # a rollout behind a starting instance looks again this soon
+_LIVE_FIELDS = {"resources", "logs"}  # spec fields a resize applies to a running instance
 
 
 def restart_backoff(count: int) -> float:
@@ -169,7 +170,7 @@ def _compare(d: InstanceRequest, f: InstanceFacts, role: RoleSpec, c: Control,
         return _recover(ActionKind.REPLACE, d, "an interrupted or failed create left it "
                         "half-made", role.restart, c, now, timeout)
     changed = _changed_fields(d, f)
-    if changed and changed != ["resources"]:
+    if changed and not set(changed) <= _LIVE_FIELDS:
         return Action(ActionKind.REPLACE, d.key, f"{', '.join(changed)} changed", d,
                       stop_timeout=timeout)
     if f.config_hash != d.config_hash:
@@ -235,11 +236,17 @@ def _backoff(c: Control, policy: RestartPolicy, now: float) -> float | None:
 def _changed_fields(d: InstanceRequest, f: InstanceFacts) -> list[str]:
     if f.spec_hash == d.spec_hash:
         return []
-    was = dict(f.spec_fields)
-    return [name for name, h in d.spec_fields if was.get(name) != h] or ["spec"]
+    was, now = dict(f.spec_fields), dict(d.spec_fields)
+    changed = [name for name, h in d.spec_fields if was.get(name) != h]
+    # A field set before and left out now (`logs` back to its default) changed too.
+    return changed + [name for name in was if name not in now] or ["spec"]
 
 
 def _resize_reason(d: InstanceRequest, f: InstanceFacts) -> str:
+    if "resources" not in _changed_fields(d, f):
+        limits = d.logs
+        return (f"log limits changed: {format_size(limits.max_size)} x {limits.max_files} "
+                "files")
     old, new = f.resources, d.resources
     if old is None:  # made before rackfire recorded resources: the agent applies them all
         return "resources changed"

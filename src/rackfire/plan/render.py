@@ -10,18 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import asdict
-from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, Template, TemplateError, meta
-from jinja2.sandbox import SandboxedEnvironment
-
 from rackfire.errors import PrereqError
+from rackfire.model import templates
 from rackfire.model.instance import InstanceKey, InstanceRequest, NetworkConfig
-from rackfire.model.stack import RoleSpec, RuntimeKind, StackSpec, digest
-
-_JINJA = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False,
-                              keep_trailing_newline=True)
+from rackfire.model.stack import LogLimits, RoleSpec, RuntimeKind, StackSpec, digest
 
 
 def spec_fields(role: RoleSpec, image_digest: str, runtime: RuntimeKind) -> dict[str, str]:
@@ -40,6 +34,8 @@ def spec_fields(role: RoleSpec, image_digest: str, runtime: RuntimeKind) -> dict
         fields["app"] = role.app.digest[:16]
     if role.data is not None:
         fields["data"] = digest(role.data.path)
+    if role.logs != LogLimits():  # only when set: instances made before it keep their hash
+        fields["logs"] = digest(asdict(role.logs))  # applied live, as resources are
     return fields
 
 
@@ -88,7 +84,7 @@ def render_stack(
     app_digests = app_digests or {}
 
     def entry(k: InstanceKey) -> dict[str, Any]:
-        return {"name": k.name, "ip": ips[k], "index": k.index}
+        return templates.peer(k.name, ips[k], k.index)
 
     peers = {role.name: [entry(k) for k in role_keys(stack.name, role)]
              for role in stack.roles}
@@ -96,32 +92,27 @@ def render_stack(
                                if k in ready and k in ips]
                    for role in stack.roles}
     out: list[InstanceRequest] = []
+    steps = templates.Steps()
     for role in stack.roles:
         runtime = role.runtime or default_runtime
         env = app_env(role)
         app_digest = app_digests.get(role.name, "") if role.app else ""
         fields = spec_fields(role, role.image_digest or image_digests[role.image], runtime)
-        visible = {r: {"instances": peers[r], "count": len(peers[r]), "ready": ready_peers[r]}
+        visible = {r: templates.role_view(peers[r], ready_peers[r])
                    for r in (role.name, *role.uses)}
         keys = [k for k in role_keys(stack.name, role, surge=True) if k in ips]
-        shared: dict[str, str] = {}  # path -> a file that reads nothing of its instance
+        # path -> a file that reads nothing of its instance, and its size
+        shared: dict[str, tuple[str, int]] = {}
         # The same for every instance of the role: hashed once.
         spec_hash, spec_items = digest(fields), tuple(sorted(fields.items()))
         layout = digest([path for path, _ in role.files])
         config_hashes: dict[tuple[tuple[str, str], ...], str] = {}
         for key in keys:
             index = key.index
-            ctx = {
-                "instance": {"name": key.name, "ip": ips[key], "index": index, "id": key.id,
-                             "role": role.name},
-                "role": {"name": role.name, "count": role.count},
-                "stack": {"name": stack.name},
-                "roles": visible,
-                "env": dict(role.env),
-            }
-            files = tuple((path, shared[path] if path in shared
-                           else _render(role, path, tpl, ctx, shared))
-                          for path, tpl in role.files)
+            ctx = templates.context(stack=stack.name, role=role.name, count=role.count,
+                                    env=dict(role.env), name=key.name, ip=ips[key],
+                                    index=index, instance_id=key.id, roles=visible)
+            files = _render_files(role, ctx, shared, steps)
             request = InstanceRequest(
                 key=key,
                 action_id="",
@@ -143,33 +134,39 @@ def render_stack(
                 reload=role.reload,
                 files_layout=layout,
                 surge=index >= role.count,
+                logs=role.logs,
             )
             out.append(request)
     return out
 
 
-def _render(role: RoleSpec, path: str, template: str, ctx: dict[str, Any],
-            shared: dict[str, str]) -> str:
-    """Render one file; one that reads nothing of `instance` is the same for every instance
-    of the role: it goes into `shared`, rendered once (a role of thousands each listing
-    hundreds of peers renders in milliseconds rather than minutes)."""
-    try:
-        compiled, per_instance = _compiled(template)
-        out = compiled.render(ctx)
-    except TemplateError as e:
-        raise PrereqError(
-            f"roles.{role.name}.files.{path}: template failed: {e}",
-            hint="templates see instance.{name,ip,index}, role, stack, env, and "
-            "roles.<r>.instances, .ready and .count for the role itself and the roles it "
-            "`uses`",
-        ) from None
-    if not per_instance:
-        shared[path] = out
-    return out
+def _render_files(role: RoleSpec, ctx: dict[str, Any], shared: dict[str, tuple[str, int]],
+                  steps: templates.Steps) -> tuple[tuple[str, str], ...]:
+    """An instance's files, within the bounds of one file and of its disk. One that reads
+    nothing of `instance` is the same for every instance of the role: it goes into `shared`,
+    rendered once (a role of thousands each listing hundreds of peers renders in
+    milliseconds rather than minutes)."""
+    files, used = [], 0
+    for path, text in role.files:
+        limit, too_big = templates.file_limit(used, role.resources.disk)
+        if path in shared:
+            out, size = shared[path]
+            if size > limit:
+                raise _failed(role, path, templates.RenderError(too_big))
+        else:
+            try:
+                compiled, per_instance = templates.compile_template(text)
+                out = templates.render(compiled, ctx, limit, too_big, steps)
+            except templates.RenderError as e:
+                raise _failed(role, path, e) from None
+            size = len(out) if out.isascii() else len(out.encode())
+            if not per_instance:
+                shared[path] = out, size
+        used += size
+        files.append((path, out))
+    return tuple(files)
 
 
-@lru_cache(maxsize=1024)
-def _compiled(template: str) -> tuple[Template, bool]:
-    """Compiled once per text, and whether it reads `instance`."""
-    tree = _JINJA.parse(template)
-    return _JINJA.from_string(tree), "instance" in meta.find_undeclared_variables(tree)
+def _failed(role: RoleSpec, path: str, e: templates.RenderError) -> PrereqError:
+    return PrereqError(f"roles.{role.name}.files.{path}: template failed: {e}",
+                       hint=templates.HINT)

@@ -43,7 +43,7 @@ from rackfire.model.instance import (
 from rackfire.model.stack import DEFAULT_STOP_TIMEOUT, Resources, RuntimeKind
 from rackfire.model.units import format_size_approx
 from rackfire.net import garp, links, names
-from rackfire.runtime import diskcopy, mounts, runcstate, stats
+from rackfire.runtime import diskcopy, logwriter, mounts, runcstate, stats
 from rackfire.runtime.base import Capabilities
 from rackfire.runtime.execproc import RuncExecProcess, start_on_pty
 from rackfire.runtime.layout import (
@@ -51,6 +51,7 @@ from rackfire.runtime.layout import (
     instance_dir,
     list_instance_dirs,
     read_meta,
+    remove_instance_dir,
     rendered_paths,
     resources_of,
     swap_config,
@@ -163,7 +164,7 @@ class ContainerRuntime:
             # The data disk stays (in `volumes`); unmounted first, or rmtree would empty it.
             mounts.unmount(d.data)
             links.detach_instance(key.id)
-            shutil.rmtree(d.root, ignore_errors=True)
+            remove_instance_dir(d)
 
     def reload(self, req: InstanceRequest) -> None:
         """New contents for the same rendered files while it runs: written through the
@@ -364,6 +365,7 @@ class ContainerRuntime:
         if req.data is not None and grows.data is not mounts.Grow.NONE:
             self._grow_disk(self.volume(req.key), d.data, req.data.size, grows.data)
             changes["data"] = asdict(req.data)
+        logwriter.write_limits(d.log, req.logs)  # its writer takes them within a second
         update_meta(d, resources=asdict(new), spec_hash=req.spec_hash,
                     spec_fields=[list(p) for p in req.spec_fields], **changes)
 
@@ -456,16 +458,21 @@ class ContainerRuntime:
         (d.bundle / "config.json").write_text(json.dumps(config))
         if (self.runc_root / req.key.id).exists():  # a stopped leftover
             self._runc("delete", "--force", req.key.id, check=False)
-        with open(d.log, "ab") as log:
-            log.write(f"--- rackfire: starting {req.key} at {time.ctime()}\n".encode())
-            log.flush()
-            # Never a pipe: the container inherits runc's stdio and would hold it open.
+        # The container inherits runc's stdio: pipes to its own log writer, which stamps
+        # and rotates the console log and outlives this server (runtime/logwriter.py).
+        # runc's own errors go there too.
+        writer = logwriter.start(d.log, req.logs,
+                                 f"--- rackfire: starting {req.key} at {time.ctime()}")
+        try:
             proc = subprocess.run(
                 ["runc", "--root", str(self.runc_root), "run", "--detach",
                  "--bundle", str(d.bundle), "--", req.key.id],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, check=False)
+                stdin=subprocess.DEVNULL, stdout=writer.stdout, stderr=writer.stderr, check=False)
+        finally:
+            writer.close()
         if proc.returncode != 0:
-            raise ExecError(f"runc could not start {req.key}: {_tail(d.log)}",
+            writer.wait(2.0)  # no container holds the pipes: it ends soon
+            raise ExecError(f"runc could not start {req.key}: {logwriter.tail_text(d.log)}",
                             hint=f"see {d.log}")
         update_meta(d, started_at=time.time())
         _announce(req)
@@ -673,13 +680,6 @@ def _catches_sigterm(pid: int) -> bool:
     except (OSError, ValueError):
         pass
     return True  # unknown: be patient
-
-
-def _tail(path: Path, lines: int = 5) -> str:
-    try:
-        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 def ensure_dirs() -> None:

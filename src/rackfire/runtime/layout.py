@@ -157,6 +157,24 @@ def list_instance_dirs(base: Path) -> list[tuple[InstanceKey, InstanceDir]]:
     return out
 
 
+def remove_instance_dir(d: InstanceDir) -> None:
+    """Remove an instance's dir for good (its data disk unmounted first). Renamed away
+    before the rmtree: its log writer may still be draining the pipes, and one rotating in
+    the middle of an rmtree would make files again in the half-removed dir (found by a
+    listing as a PARTIAL instance with no meta); under the dir's old path it cannot make
+    anything any more. The name (a dot, more than three parts) is no instance id."""
+    for stale in d.root.parent.glob(f".{d.root.name}.removing-*"):  # a crash mid-rmtree
+        shutil.rmtree(stale, ignore_errors=True)
+    doomed = d.root.with_name(f".{d.root.name}.removing-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        os.rename(d.root, doomed)
+    except FileNotFoundError:
+        return
+    except OSError:  # cannot be renamed (its own mount point, say): removed where it is
+        doomed = d.root
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
 def volume_path(volumes: Path, key: InstanceKey) -> Path:
     """An instance's data disk: beside the instance dirs, so that it outlives its instance."""
     return volumes / key.stack / f"{key.name}.img"

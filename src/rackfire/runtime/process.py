@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -22,7 +21,7 @@ from rackfire.images.store import ImageInfo
 from rackfire.model.agent import ExecHandle, InstanceStats
 from rackfire.model.instance import InstanceFacts, InstanceKey, InstanceRequest, InstanceState
 from rackfire.model.stack import DEFAULT_STOP_TIMEOUT, RuntimeKind
-from rackfire.runtime import stats
+from rackfire.runtime import logwriter, stats
 from rackfire.runtime.base import Capabilities
 from rackfire.runtime.execproc import ExecProcess, start_on_pty
 from rackfire.runtime.layout import (
@@ -30,6 +29,7 @@ from rackfire.runtime.layout import (
     instance_dir,
     list_instance_dirs,
     read_meta,
+    remove_instance_dir,
     resources_of,
     swap_config,
     update_meta,
@@ -109,7 +109,7 @@ class ProcessRuntime:
     def destroy(self, key: InstanceKey, stop_timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         d = instance_dir(self.base, key)
         self._stop(d, timeout=stop_timeout)
-        shutil.rmtree(d.root, ignore_errors=True)
+        remove_instance_dir(d)
 
     def stop(self, key: InstanceKey, stop_timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         self._stop(instance_dir(self.base, key), timeout=stop_timeout)
@@ -122,6 +122,7 @@ class ProcessRuntime:
         d = instance_dir(self.base, req.key)
         if read_meta(d) is None:
             raise NotFound(f"instance {req.key} does not exist on host {self.host}")
+        logwriter.write_limits(d.log, req.logs)  # its writer takes them within a second
         update_meta(d, resources=asdict(req.resources), spec_hash=req.spec_hash,
                     spec_fields=[list(p) for p in req.spec_fields])
 
@@ -205,15 +206,18 @@ class ProcessRuntime:
             "RACKFIRE_INDEX": str(req.key.index), "RACKFIRE_IP": "127.0.0.1",
             "RACKFIRE_ROOT": str(d.workdir), **dict(req.env),
         }
-        with open(d.log, "ab") as log:
-            log.write(f"--- rackfire: starting {req.key} at {time.ctime()}\n".encode())
-            log.flush()
-            try:
-                proc = subprocess.Popen(
-                    list(req.command), cwd=d.workdir, env=env, stdin=subprocess.DEVNULL,
-                    stdout=log, stderr=log, start_new_session=True)
-            except OSError as e:
-                raise ExecError(f"cannot start {req.key}: {e}") from None
+        # Its stdout and stderr are pipes to a log writer of its own, which stamps and
+        # rotates the console log (runtime/logwriter.py).
+        writer = logwriter.start(d.log, req.logs,
+                                 f"--- rackfire: starting {req.key} at {time.ctime()}")
+        try:
+            proc = subprocess.Popen(
+                list(req.command), cwd=d.workdir, env=env, stdin=subprocess.DEVNULL,
+                stdout=writer.stdout, stderr=writer.stderr, start_new_session=True)
+        except OSError as e:
+            raise ExecError(f"cannot start {req.key}: {e}") from None
+        finally:
+            writer.close()
         self._children[proc.pid] = proc
         update_meta(d, pid=proc.pid, pid_start=_start_time(proc.pid), started_at=time.time(),
                     exit_code=None)

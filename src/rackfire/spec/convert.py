@@ -16,6 +16,7 @@ from rackfire.model.stack import (
     DataDisk,
     HealthSpec,
     ImageSpec,
+    LogLimits,
     ReloadSpec,
     Resources,
     RestartPolicy,
@@ -26,6 +27,7 @@ from rackfire.model.stack import (
 from rackfire.spec.schema import (
     HealthModel,
     ImageModel,
+    LogsModel,
     ReloadModel,
     ResourcesModel,
     RestartModel,
@@ -74,8 +76,15 @@ def _role(name: str, m: RoleModel, base_dir: Path) -> RoleSpec:
         data=DataDisk(m.data.path, m.data.size) if m.data else None,
         # The CLI uploads the dir and fills in its digest (api: StackSource.sources).
         app=AppSource(os.path.abspath(os.path.join(base_dir, m.app))) if m.app else None,
+        logs=_logs(m.logs),
         **_given(stop_timeout=m.stop_timeout),
     )
+
+
+def _logs(m: LogsModel | None) -> LogLimits:
+    if m is None:
+        return LogLimits()
+    return LogLimits(**_given(max_size=m.max_size, max_files=m.max_files))
 
 
 def _update(m: UpdateModel | None) -> UpdatePolicy:

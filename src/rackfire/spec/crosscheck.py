@@ -6,13 +6,23 @@ points at the later of two clashing entries and names the earlier one.
 
 from __future__ import annotations
 
+from typing import Any
+
 from rackfire.errors import SpecProblem
+from rackfire.model import templates
+from rackfire.model.instance import InstanceKey
+from rackfire.model.stack import Resources
 from rackfire.spec.schema import StackModel, normalize_file_path
 from rackfire.spec.yamltree import Document, Path, format_path
 
 
 def crosscheck(model: StackModel, doc: Document) -> list[SpecProblem]:
-    return [*_check_uses(model, doc), *_check_host_ports(model, doc), *_check_files(model, doc)]
+    uses = _check_uses(model, doc)
+    problems = [*uses, *_check_cycles(model, doc), *_check_host_ports(model, doc),
+                *_check_files(model, doc)]
+    if not uses:  # a template sees the roles it uses: they must exist
+        problems += _check_renders(model, doc)
+    return problems
 
 
 def _check_uses(model: StackModel, doc: Document) -> list[SpecProblem]:
@@ -29,6 +39,73 @@ def _check_uses(model: StackModel, doc: Document) -> list[SpecProblem]:
             elif used in seen:
                 problems.append(doc.problem(path, f"{used!r} is listed twice"))
             seen.add(used)
+    return problems
+
+
+def _check_cycles(model: StackModel, doc: Document) -> list[SpecProblem]:
+    """Roles that use each other in a ring (a -> b -> c -> a): none could start or roll
+    first. Reported once per ring, at the use that closes it, from its first role in file
+    order."""
+    graph = {name: [u for u in role.uses if u in model.roles and u != name]
+             for name, role in model.roles.items()}
+    problems: list[SpecProblem] = []
+    reported: set[frozenset[str]] = set()
+    for start in model.roles:
+        # Depth-first from `start`, looking for a way back to it.
+        stack: list[tuple[str, list[str]]] = [(start, [start])]
+        seen: set[str] = set()
+        while stack:
+            name, trail = stack.pop()
+            for used in graph[name]:
+                if used == start:
+                    ring = frozenset(trail)
+                    if ring not in reported and min(ring, key=list(model.roles).index) == start:
+                        reported.add(ring)
+                        last = trail[-1]
+                        path = ("roles", last, "uses", model.roles[last].uses.index(start))
+                        problems.append(doc.problem(path, "roles use each other in a cycle: "
+                                                    + " -> ".join([*trail, start])))
+                elif used not in seen:
+                    seen.add(used)
+                    stack.append((used, [*trail, used]))
+    return problems
+
+
+def _check_renders(model: StackModel, doc: Document) -> list[SpecProblem]:
+    """Render each file once, for the role's first instance with every instance of the stack
+    ready, so that a template that fails or is too big (see model/templates.py) is refused
+    here, at its line, rather than when it is planned. The addresses are stand-ins."""
+    peers: dict[str, list[dict[str, Any]]] = {}
+    n = 0
+    for name, role in model.roles.items():
+        peers[name] = []
+        for i in range(role.count):
+            n += 1
+            peers[name].append(templates.peer(InstanceKey(model.stack, name, i).name,
+                                              f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}", i))
+    problems = []
+    steps = templates.Steps()  # the stack's budget, as at plan: not a million steps a file
+    for name, role in model.roles.items():
+        if not role.count or not role.files:
+            continue
+        first = InstanceKey(model.stack, name, 0)
+        visible = {r: templates.role_view(peers[r], peers[r]) for r in (name, *role.uses)}
+        ctx = templates.context(stack=model.stack, role=name, count=role.count, env=role.env,
+                                name=first.name, ip=peers[name][0]["ip"], index=0,
+                                instance_id=first.id, roles=visible)
+        disk = role.resources.disk if role.resources and role.resources.disk else None
+        disk = disk or Resources().disk
+        used = 0
+        # In the order the renderer takes them, so the instance's bound falls on the same one.
+        for key in sorted(role.files, key=normalize_file_path):
+            limit, too_big = templates.file_limit(used, disk)
+            try:
+                compiled, _ = templates.compile_template(role.files[key])
+                used += len(templates.render(compiled, ctx, limit, too_big, steps).encode())
+            except templates.RenderError as e:
+                problems.append(doc.problem(("roles", name, "files", key),
+                                            f"template failed: {e}"))
+                break  # the files after it would be measured against a wrong total
     return problems
 
 

@@ -17,6 +17,7 @@ from pydantic_core import ErrorDetails
 
 from rackfire.errors import SpecError, SpecProblem
 from rackfire.model.stack import StackSpec
+from rackfire.model.units import format_size
 from rackfire.spec.convert import to_stack_spec
 from rackfire.spec.crosscheck import crosscheck
 from rackfire.spec.schema import StackModel, allowed_keys, describe
@@ -33,17 +34,24 @@ _EXPECTED = {
 }
 
 
+MAX_STACK_FILE = 1024 * 1024
+"""A stack file is a few KB; one of many MB costs the server seconds and hundreds of MB."""
+
+
 def load_stack_file(path: str | Path) -> StackSpec:
     """Load a stack file; relative paths in it are relative to its directory."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as f:
+            raw = f.read(MAX_STACK_FILE + 1)  # never more than the limit, whatever it is
     except FileNotFoundError:
         raise _file_error(path, "file not found") from None
     except IsADirectoryError:
         raise _file_error(path, "is a directory, not a stack file") from None
     except OSError as e:
         raise _file_error(path, f"cannot read: {e.strerror or e}") from None
+    if len(raw) > MAX_STACK_FILE:
+        raise _too_large(str(path))
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -57,6 +65,9 @@ def load_stack_file(path: str | Path) -> StackSpec:
 def load_stack_text(text: str, filename: str, base_dir: Path | None = None) -> StackSpec:
     """Load a stack file's text; `filename` is for messages, `base_dir` (default: the
     current directory) anchors relative paths."""
+    # Characters are at most as many as bytes: encode only a text that may be under.
+    if len(text) > MAX_STACK_FILE or len(text.encode()) > MAX_STACK_FILE:
+        raise _too_large(filename)
     doc = read_yaml(text, filename)
     problems = list(doc.problems)
     if not isinstance(doc.data, dict):
@@ -75,6 +86,12 @@ def stack_json_schema() -> dict[str, Any]:
     """JSON Schema of the stack file, for editors."""
     schema = StackModel.model_json_schema(by_alias=True)
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+
+
+def _too_large(filename: str) -> SpecError:
+    return SpecError([SpecProblem(filename, 1, 1, "", "the stack file is larger than "
+                                  f"{format_size(MAX_STACK_FILE)}iB, the limit for one stack "
+                                  "file")])
 
 
 def _file_error(path: Path, message: str) -> SpecError:

@@ -31,7 +31,16 @@ from pydantic import (
     model_validator,
 )
 
-from rackfire.model.stack import MAX_COUNT, NAME_PATTERN, ImageSource, PortMap, RuntimeKind
+from rackfire.model.stack import (
+    MAX_COUNT,
+    MAX_LOG_FILES,
+    MIN_LOG_SIZE,
+    NAME_PATTERN,
+    ImageSource,
+    PortMap,
+    RuntimeKind,
+)
+from rackfire.model.templates import forbidden_message, forbidden_tag
 from rackfire.model.units import format_size, parse_duration, parse_size
 
 MiB = 1024 * 1024
@@ -114,10 +123,15 @@ def _check_file_path(value: str) -> str:
 
 def _check_template(value: str) -> str:
     try:
-        _JINJA.parse(value)
+        tree = _JINJA.parse(value)
     except jinja2.TemplateSyntaxError as e:
         where = f" (template line {e.lineno})" if e.lineno and e.lineno > 1 else ""
         raise ValueError(f"invalid Jinja2 template{where}: {e.message}") from None
+    forbidden = forbidden_tag(tree)
+    if forbidden is not None:
+        tag, line = forbidden
+        where = f" (template line {line})" if line > 1 else ""
+        raise ValueError(f"invalid Jinja2 template{where}: {forbidden_message(tag)}")
     return value
 
 
@@ -219,6 +233,7 @@ FilePath = Annotated[str, AfterValidator(_check_file_path),
 Template = Annotated[str, AfterValidator(_check_template)]
 Memory = Annotated[int, PlainValidator(_size_at_least(4 * MiB)), _SIZE_JSON]
 Disk = Annotated[int, PlainValidator(_size_at_least(16 * MiB)), _SIZE_JSON]
+LogSize = Annotated[int, PlainValidator(_size_at_least(MIN_LOG_SIZE)), _SIZE_JSON]
 Interval = Annotated[float, PlainValidator(_duration(positive=True)), _DURATION_JSON]
 Duration = Annotated[float, PlainValidator(_duration(positive=False)), _DURATION_JSON]
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -348,6 +363,12 @@ class DataModel(_Strict):
     size: Disk
 
 
+class LogsModel(_Strict):
+    max_size: LogSize | None = Field(None, description="rotate the console log past this")
+    max_files: int | None = Field(None, ge=1, le=MAX_LOG_FILES,
+                                  description="console log files kept, the current one too")
+
+
 class RoleModel(_Strict):
     image: Name
     count: int = Field(1, ge=0, le=MAX_COUNT)
@@ -368,6 +389,8 @@ class RoleModel(_Strict):
     reload: ReloadModel | None = Field(
         None, description="how the role re-reads changed files without a restart")
     data: DataModel | None = None
+    logs: LogsModel | None = Field(
+        None, description="how much console log its instances keep (default 10M x 3)")
 
 
 class StackModel(_Strict):

@@ -18,13 +18,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from rackfire.errors import Conflict, NotFound, PrereqError
+from rackfire.errors import Conflict, NotFound, PrereqError, Unauthorized
 from rackfire.model.host import HostFacts, HostState
 from rackfire.store.db import Store
 
 HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 LABEL_KEY = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
 LABEL_VALUE = re.compile(r"^[A-Za-z0-9_.-]{0,63}$")
+JOIN_TOKEN = re.compile(r"^rft_([0-9a-f]{8})\.([A-Za-z0-9_-]{16,64})$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +72,7 @@ class HostRegistry:
     def join(self, token: str, name: str, labels: dict[str, str],
              facts: HostFacts) -> tuple[str, str]:
         """Spend one use of `token` on host `name`: its credential and its agent key."""
-        m = re.fullmatch(r"rft_([0-9a-f]{8})\.([A-Za-z0-9_-]{16,64})", token)
+        m = JOIN_TOKEN.fullmatch(token)
         if not HOST_NAME.match(name):
             raise PrereqError(f"invalid host name {name!r}",
                               hint="lowercase letters, digits and '-', up to 63")
@@ -82,8 +83,8 @@ class HostRegistry:
                              (m.group(1) if m else "",)).fetchone()
             if (m is None or row is None or row["expires"] < now or row["uses_left"] <= 0
                     or not hmac.compare_digest(row["secret_hash"], _hash(m.group(2)))):
-                raise PrereqError("the join token is not valid (wrong, expired or used up)",
-                                  hint="make a new one with `rackfire token create`")
+                raise Unauthorized("the join token is not valid (wrong, expired or used up)",
+                                   hint="make a new one with `rackfire token create`")
             if db.execute("SELECT 1 FROM hosts WHERE name=?", (name,)).fetchone():
                 raise Conflict(f"a host named {name} has joined already",
                                hint="give this one another --name, or remove the old one "
@@ -103,8 +104,8 @@ class HostRegistry:
                           m.group(1) if m else "")
         if m is None or not rows or not hmac.compare_digest(rows[0]["credential_hash"],
                                                             _hash(m.group(2))):
-            raise PrereqError("unknown host credential",
-                              hint="join again with a new token (`rackfire token create`)")
+            raise Unauthorized("unknown host credential",
+                               hint="join again with a new token (`rackfire token create`)")
         return str(rows[0]["name"])
 
     def heartbeat(self, name: str, labels: dict[str, str], facts: HostFacts,
