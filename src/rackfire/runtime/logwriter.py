@@ -38,8 +38,7 @@ def start(log: Path, limits: LogLimits, banner: str) -> Writer:
     """Start a writer for `log`, its first record `banner`. The caller gives the instance
     the write ends of its pipes, then closes them here (`Writer.close`)."""
     write_limits(log, limits)
-    with open(log, "ab"):
-        pass  # there from the start, as the runtime returns (the writer appends to it)
+    log.touch()  # there from the start, as the runtime returns (the writer appends to it)
     r_out, w_out = os.pipe()
     r_err, w_err = os.pipe()
     argv = [sys.executable, "-I", "-S", str(SHIM), str(log), str(limits_path(log)),
