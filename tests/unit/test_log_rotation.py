@@ -20,7 +20,7 @@ from rackfire import streaming
 from rackfire.errors import SpecError
 from rackfire.model import logs
 from rackfire.model.instance import InstanceKey
-from rackfire.model.logs import MAX_LINE, parse, rotated
+from rackfire.model.logs import parse, rotated
 from rackfire.model.stack import MAX_LOG_FILES, LogLimits
 from rackfire.runtime import logshim, logwriter
 from rackfire.runtime.layout import InstanceDir, list_instance_dirs, remove_instance_dir
@@ -101,7 +101,7 @@ def test_writer_process_stamps_splits_and_rotates_a_fast_writer(tmp_path: Path) 
         "    out.write(b'line %06d\\n' % i)\n"
         "out.flush()\n"
         "sys.stderr.write('to stderr\\n'); sys.stderr.flush()\n"
-        f"out.write(b'x' * {MAX_LINE * 2 + 5} + b'\\n')\n"
+        f"out.write(b'x' * {logshim.MAX_LINE * 2 + 5} + b'\\n')\n"
         "out.write(b'no newline'); out.flush()\n")
     run_writer(log, CAP, script)
     files = files_of(log)
@@ -116,7 +116,7 @@ def test_writer_process_stamps_splits_and_rotates_a_fast_writer(tmp_path: Path) 
     parts = [r for r in every if r.content.startswith(b"xxx")]
     assert [r.partial for r in parts] == [True, True, False]
     shown = Display(b"").feed(b"".join(p.read_bytes() for p in reversed(files))).splitlines()
-    assert b"x" * (MAX_LINE * 2 + 5) in shown and shown[-1] == b"no newline"
+    assert b"x" * (logshim.MAX_LINE * 2 + 5) in shown and shown[-1] == b"no newline"
     assert logwriter.size(log) == sum(p.stat().st_size for p in files)
 
 
@@ -217,7 +217,7 @@ def test_follow_the_real_writer_across_rotations(tmp_path: Path) -> None:
 
 def test_the_writer_writes_the_format_readers_read() -> None:
     # The writer process imports nothing of rackfire (it runs beside every instance).
-    assert (logshim.MAX_LINE, logshim.MAX_FILES) == (logs.MAX_LINE, MAX_LOG_FILES)
+    assert logshim.MAX_FILES == MAX_LOG_FILES
     ns = time.time_ns()
     assert STAMP.match(timestamp(ns)) and timestamp(ns) < timestamp(ns + 1)
     record = encode(timestamp(ns), b"stderr", b"a b  c", partial=True)

@@ -6,9 +6,10 @@ logging format, which log shippers such as fluent-bit and promtail read as it is
     2026-12-06T20:31:47.123456789Z stdout F the line as written
 
 RFC 3339 in UTC with nanoseconds, always 9 digits, so records sort as text in time order;
-`F` is a whole line, `P` a part of one (a line longer than MAX_LINE, or one left without
-its newline for a while), continued by the next record of that stream. The current file is
-`console.log`; rotated ones are `console.log.1` (the newest) to `console.log.<max_files-1>`.
+`F` is a whole line, `P` a part of one (a line longer than logshim's MAX_LINE, 16 KiB, or
+one left without its newline for a while), continued by the next record of that stream. The
+current file is `console.log`; rotated ones are `console.log.1` (the newest) to
+`console.log.<max_files-1>`.
 A line that does not parse (a log written before records) is shown as it is, untimed.
 The writer (runtime/logshim.py, standard library only) holds the encoder.
 """
@@ -19,7 +20,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-MAX_LINE = 16 * 1024  # a longer line is split into partial records (as docker does)
 STDOUT, STDERR = b"stdout", b"stderr"
 
 _RECORD = re.compile(

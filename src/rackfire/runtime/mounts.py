@@ -24,6 +24,7 @@ import shutil
 import struct
 import subprocess
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,13 +152,8 @@ def release_under(directory: Path) -> None:
 def mounts_under(directory: Path) -> list[str]:
     """Mount points at or below `directory` in this mount namespace, deepest first."""
     root = os.path.realpath(directory)
-    found = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            target = _unescape(line.split(" ", 5)[4])
-            if target == root or target.startswith(root.rstrip("/") + "/"):
-                found.append(target)
-    return sorted(set(found), key=lambda t: (t.count("/"), len(t)), reverse=True)
+    return _deepest_first({t for t, _ in _mount_table()
+                           if t == root or t.startswith(root.rstrip("/") + "/")})
 
 
 def remove_tree(directory: Path) -> None:
@@ -179,13 +175,21 @@ def remove_tree(directory: Path) -> None:
 
 def _mounts_of(dev: str) -> list[str]:
     """Where `dev` is mounted in this mount namespace, deepest first."""
-    found = []
+    return _deepest_first(t for t, source in _mount_table() if source == dev)
+
+
+def _mount_table() -> Iterator[tuple[str, str]]:
+    """(mount point, source) of every mount in this mount namespace, from mountinfo."""
     with open("/proc/self/mountinfo") as f:
         for line in f:
             fields = line.split()
-            if fields[fields.index("-") + 2] == dev:
-                found.append(_unescape(fields[4]))
-    return sorted(found, key=len, reverse=True)
+            # after the " - " separator: fstype, source, super options
+            yield _unescape(fields[4]), fields[fields.index("-") + 2]
+
+
+def _deepest_first(targets: Iterable[str]) -> list[str]:
+    """Mount points in the order they can be unmounted: one below another goes first."""
+    return sorted(targets, key=lambda t: (t.count("/"), len(t)), reverse=True)
 
 
 # growing a disk -----------------------------------------------------------------------------
@@ -382,15 +386,11 @@ def _round_up(n: int, unit: int) -> int:
 def loop_device(target: Path) -> str:
     """The device mounted at `target` (a loop device, for a disk mounted with -o loop)."""
     path = os.path.realpath(target)
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if _unescape(fields[4]) == path:
-                # after the " - " separator: fstype, source, super options
-                source = fields[fields.index("-") + 2]
-                if source.startswith("/dev/loop"):
-                    return source
-                raise ExecError(f"{target} is mounted from {source}, not a loop device")
+    for where, source in _mount_table():
+        if where == path:
+            if source.startswith("/dev/loop"):
+                return source
+            raise ExecError(f"{target} is mounted from {source}, not a loop device")
     raise ExecError(f"{target} is not mounted")
 
 
