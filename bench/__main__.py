@@ -18,6 +18,8 @@ MEASURES = {
     "plan": "planning 10,000 instances on 1,000 hosts with 1% drift",
     "schedule": "placements per second: 100,000 instances on 5,000 simulated hosts",
     "footprint": "controller and agent memory, idle and with 500 instances",
+    "agent_calls": "agent calls per second at rest (3 bed hosts, 10 stacks), per reconcile",
+    "cli_start": "CLI start time: `rackfire --help`, `rackfire ps` against a server",
 }
 
 
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs < 1:
         p.error("--runs must be at least 1")
     chosen = args.measures or list(MEASURES)
-    privileged = {"start", "bringup", "footprint"} & set(chosen)
+    privileged = {"start", "bringup", "footprint", "agent_calls"} & set(chosen)
     if privileged and os.geteuid() != 0:
         p.error(f"{', '.join(sorted(privileged))} need root (containers, netns, cgroups)")
     machine = report.machine()

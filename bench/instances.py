@@ -53,6 +53,7 @@ from rackfire.model.stack import Resources, RuntimeKind
 from rackfire.net import links, names
 from rackfire.runtime import container as container_mod
 from rackfire.runtime import mounts
+from rackfire.runtime.base import inputs
 from rackfire.runtime.container import ContainerRuntime
 from rackfire.runtime.oci import oci_config
 
@@ -373,7 +374,8 @@ def step_round(prefix: str, count: int, image: ImageInfo, work: Path,
     try:
         for i, key in enumerate(keys):
             req = _request(key, f"10.90.250.{i + 2}", net, image)
-            total = timed(lambda req=req: rt.create(req, image, hosts))  # type: ignore[misc]
+            total = timed(lambda req=req: rt.create(  # type: ignore[misc]
+                req, *inputs(rt, req, image, hosts)))
             steps = timer.take()
             # _start = mount overlay + runc delete (a stopped leftover) + config.json + runc run
             start = steps.pop("_start", 0.0)

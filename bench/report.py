@@ -144,7 +144,7 @@ def loadavg() -> float:
 
 # -- docs/benchmarks.md --------------------------------------------------------------------
 
-ORDER = ["start", "bringup", "plan", "schedule", "footprint"]
+ORDER = ["start", "bringup", "plan", "schedule", "footprint", "agent_calls", "cli_start"]
 
 
 def _num(x: float) -> str:

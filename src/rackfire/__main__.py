@@ -1,3 +1,3 @@
-from rackfire.cli.main import main
+from rackfire.entry import main
 
 main()

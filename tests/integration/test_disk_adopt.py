@@ -34,6 +34,7 @@ from rackfire.model.instance import InstanceKey, InstanceRequest, InstanceState,
 from rackfire.model.stack import DataDisk, ImageSource, ImageSpec, Resources, RuntimeKind
 from rackfire.net import garp, links, names
 from rackfire.runtime import diskcopy
+from rackfire.runtime.base import inputs
 from rackfire.runtime.container import ContainerRuntime
 from rackfire.testbed import Bed, run_in_netns
 
@@ -199,7 +200,7 @@ def test_an_interrupted_adopt_carries_on_and_keeps_the_disks(
     b.receive_disks(key, a.send_disks(key))
     a.destroy(key, 1.0)
 
-    ct = b._containers()
+    ct = b.runtime(RuntimeKind.CONTAINER)
     start = ContainerRuntime._start
 
     def crash(self: ContainerRuntime, *args: object, **kw: object) -> None:
@@ -218,8 +219,9 @@ def test_an_interrupted_adopt_carries_on_and_keeps_the_disks(
     assert _sh(b, key, "cat /var/lib/db/data") == "kept\n"
     # Another action with nothing received is refused, and changes nothing.
     with pytest.raises(NotFound, match="have not arrived"):
-        ct.create(replace(moved, action_id="m2"), b.store.by_digest(pair.image_digest),
-                  b.data_dir / "stacks" / pair.stack / "hosts")  # type: ignore[arg-type]
+        ct.create(replace(moved, action_id="m2"), *inputs(
+            ct, moved, b.store.by_digest(pair.image_digest),  # type: ignore[arg-type]
+            b.data_dir / "stacks" / pair.stack / "hosts"))
     assert _sh(b, key, "cat /var/lib/db/data") == "kept\n"
 
     # Rolled back: the target's copy goes, with its disks.

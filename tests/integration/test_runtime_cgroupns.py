@@ -15,6 +15,7 @@ from rackfire.images.store import ImageInfo, ImageStore
 from rackfire.model.instance import InstanceKey, InstanceRequest, NetworkConfig
 from rackfire.model.stack import Resources
 from rackfire.net import links
+from rackfire.runtime.base import inputs
 from rackfire.runtime.container import ContainerRuntime
 
 from harness import unique
@@ -79,7 +80,7 @@ def test_an_instance_reads_its_own_limits_read_only(ct: ContainerRuntime, stack:
         resources=Resources(cpu=0.5, memory=64 * MiB, disk=32 * MiB, pids=50), files=(),
         ip="10.89.248.2", network=NetworkConfig(stack, NET.subnet, NET.gateway, NET.prefix),
         spec_hash="s1", spec_fields=(("resources", "s1"),), config_hash="c")
-    ct.create(req, image, hosts)
+    ct.create(req, *inputs(ct, req, image, hosts))
 
     assert limits_inside(ct, req.key) == (str(64 * MiB), "50000 100000")
     # Its own cgroup namespace: the instance sees itself at the root, not the host's tree.

@@ -27,7 +27,7 @@ from rackfire.model.instance import (
 from rackfire.model.stack import Resources, RuntimeKind
 from rackfire.net import links
 from rackfire.runtime import mounts
-from rackfire.runtime.base import Runtime
+from rackfire.runtime.base import Runtime, inputs
 from rackfire.runtime.container import ContainerRuntime
 from rackfire.runtime.layout import instance_dir
 from rackfire.runtime.process import ProcessRuntime
@@ -121,7 +121,7 @@ def fill(path: Path) -> int:
 def test_resize_changes_limits_live(ct: ContainerRuntime, stack: str, image: ImageInfo,
                                     hosts: Path) -> None:
     req = request_for(ct, stack, image, "exec sleep 100000")
-    ct.create(req, image, hosts)
+    ct.create(req, *inputs(ct, req, image, hosts))
     pid = pid_of(ct, req.key)
     assert cgroup(req.key, "memory", "memory.limit_in_bytes") == str(64 * MiB)
 
@@ -148,7 +148,7 @@ def test_memory_below_usage_is_refused_and_old_limits_stay(
         ct: ContainerRuntime, stack: str, image: ImageInfo, hosts: Path) -> None:
     req = request_for(ct, stack, image,
                       "exec python3 -c 'import time; b = b\"x\" * (40 << 20); time.sleep(1e6)'")
-    ct.create(req, image, hosts)
+    ct.create(req, *inputs(ct, req, image, hosts))
     pid = pid_of(ct, req.key)
     wait_for(lambda: (ct.stats([req.key])[0].memory_used or 0) > 40 * MiB, 20, "allocation")
 
@@ -212,7 +212,7 @@ def without_headroom(ct: ContainerRuntime, key: InstanceKey, size: int) -> None:
 def test_disk_grows_online(ct: ContainerRuntime, stack: str, image: ImageInfo, hosts: Path,
                            tmp_path: Path) -> None:
     req = request_for(ct, stack, image, "exec sleep 100000")
-    ct.create(req, image, hosts)
+    ct.create(req, *inputs(ct, req, image, hosts))
     d = instance_dir(ct.base, req.key)
     pid = pid_of(ct, req.key)
     ceiling = d.disk_image.stat().st_size
@@ -256,7 +256,7 @@ def test_disk_grows_online(ct: ContainerRuntime, stack: str, image: ImageInfo, h
 def test_disk_grows_past_its_headroom(ct: ContainerRuntime, stack: str, image: ImageInfo,
                                       hosts: Path, tmp_path: Path) -> None:
     req = request_for(ct, stack, image, "exec sleep 100000")
-    ct.create(req, image, hosts)
+    ct.create(req, *inputs(ct, req, image, hosts))
     d = instance_dir(ct.base, req.key)
     ceiling = d.disk_image.stat().st_size
     huge = replace(req, resources=replace(LIMITS, disk=ceiling), spec_hash="s2")
@@ -270,7 +270,7 @@ def test_disk_grows_past_its_headroom(ct: ContainerRuntime, stack: str, image: I
         assert ct.stats([req.key])[0].disk_limit == 32 * MiB
         ct.stop(req.key, stop_timeout=1.0)
     ct.resize(huge)
-    ct.restart(huge, image, hosts)
+    ct.restart(huge, *inputs(ct, huge, image, hosts))
     assert d.disk_image.stat().st_size == mounts.disk_ceiling(ceiling)
     assert held(d.disk_image) < 4 * MiB
     [s] = ct.stats([req.key])
@@ -289,7 +289,7 @@ def test_stopped_disk_grows_offline(ct: ContainerRuntime, stack: str, image: Ima
     req = request_for(ct, stack, image, (
         "if [ -e /fill ]; then dd if=/dev/zero of=/more bs=1M count=16 && echo ok > /more.ok;"
         " else dd if=/dev/zero of=/fill bs=1M; fi; exec sleep 100000"))
-    ct.create(req, image, hosts)
+    ct.create(req, *inputs(ct, req, image, hosts))
     d = instance_dir(ct.base, req.key)
     wait_for(lambda: "No space left" in d.log.read_text(), 20, "the disk to fill")
     filled = (d.disk / "upper" / "fill").stat().st_size
@@ -299,7 +299,7 @@ def test_stopped_disk_grows_offline(ct: ContainerRuntime, stack: str, image: Ima
     bigger = replace(req, resources=replace(LIMITS, disk=64 * MiB), spec_hash="s2")
     ct.resize(bigger)
     assert d.disk_image.stat().st_size == mounts.disk_ceiling(32 * MiB)  # within headroom
-    ct.restart(bigger, image, hosts)
+    ct.restart(bigger, *inputs(ct, bigger, image, hosts))
     wait_for(lambda: (d.disk / "upper" / "more.ok").exists(), 20, "16 MiB more to fit")
     assert (d.disk / "upper" / "fill").stat().st_size == filled  # the old data is kept
     [s] = ct.stats([req.key])
@@ -309,10 +309,10 @@ def test_stopped_disk_grows_offline(ct: ContainerRuntime, stack: str, image: Ima
 def test_a_disk_without_headroom_grows_as_before(ct: ContainerRuntime, stack: str,
                                                  image: ImageInfo, hosts: Path) -> None:
     req = request_for(ct, stack, image, "exec sleep 100000")
-    ct.create(req, image, hosts)
+    ct.create(req, *inputs(ct, req, image, hosts))
     ct.stop(req.key, stop_timeout=1.0)
     without_headroom(ct, req.key, 32 * MiB)
-    ct.restart(req, image, hosts)
+    ct.restart(req, *inputs(ct, req, image, hosts))
     d = instance_dir(ct.base, req.key)
     again = replace(req, resources=replace(LIMITS, disk=48 * MiB), spec_hash="s2")
     if not mounts.can_grow_online():
@@ -323,7 +323,7 @@ def test_a_disk_without_headroom_grows_as_before(ct: ContainerRuntime, stack: st
     unmount_disk(ct, req.key)
     os.truncate(d.disk_image, 48 * MiB)  # the file grew, then resize2fs never ran
     ct.resize(again)
-    ct.restart(again, image, hosts)
+    ct.restart(again, *inputs(ct, again, image, hosts))
     assert not mounts.has_headroom(d.disk_image)
     [s] = ct.stats([req.key])
     assert s.disk_limit is not None and s.disk_limit > 36 * MiB  # 48 MiB of ext4: ~39 MiB
@@ -334,7 +334,7 @@ def test_a_disk_without_headroom_grows_as_before(ct: ContainerRuntime, stack: st
 def test_shrinking_the_disk_is_refused_before_any_change(
         ct: ContainerRuntime, stack: str, image: ImageInfo, hosts: Path) -> None:
     req = request_for(ct, stack, image, "exec sleep 100000")
-    ct.create(req, image, hosts)
+    ct.create(req, *inputs(ct, req, image, hosts))
     pid = pid_of(ct, req.key)
     smaller = replace(req, resources=replace(LIMITS, disk=16 * MiB, memory=128 * MiB),
                       spec_hash="s2")
@@ -358,8 +358,8 @@ def test_stats_measure_cpu_and_memory(ct: ContainerRuntime, stack: str, image: I
         "exec python3 -c 'import time; time.sleep(2); b = b\"x\" * (50 << 20); "
         "time.sleep(1e6)'"), role="hog", ip="10.89.249.3",
         resources=replace(LIMITS, memory=128 * MiB))
-    ct.create(busy, image, hosts)
-    ct.create(hog, image, hosts)
+    ct.create(busy, *inputs(ct, busy, image, hosts))
+    ct.create(hog, *inputs(ct, hog, image, hosts))
     before = {s.key: s for s in ct.stats([busy.key, hog.key])}[hog.key].memory_used
     assert before is not None
 
@@ -396,7 +396,7 @@ TRAP = ("trap 'echo bye > {marker}; exit 0' TERM; [ -e {data} ] || date +%s%N > 
 def test_stop_is_graceful_and_keeps_the_disk(ct: ContainerRuntime, stack: str,
                                              image: ImageInfo, hosts: Path) -> None:
     req = request_for(ct, stack, image, TRAP.format(marker="/marker", data="/data"))
-    ct.create(req, image, hosts)
+    ct.create(req, *inputs(ct, req, image, hosts))
     d = instance_dir(ct.base, req.key)
     data = d.disk / "upper" / "data"
     written = wait_for(lambda: data.exists() and data.read_text(), 10, "data written")
@@ -409,7 +409,7 @@ def test_stop_is_graceful_and_keeps_the_disk(ct: ContainerRuntime, stack: str,
     [f] = ct.observe()
     assert f.state is InstanceState.STOPPED and d.disk_image.exists()
 
-    ct.restart(req, image, hosts)
+    ct.restart(req, *inputs(ct, req, image, hosts))
     [after] = ct.observe()
     assert after.state is InstanceState.RUNNING and after.pid != before.pid
     assert after.ip == before.ip and data.read_text() == written
@@ -418,7 +418,7 @@ def test_stop_is_graceful_and_keeps_the_disk(ct: ContainerRuntime, stack: str,
 def test_process_runtime_stop_resize_stats(pr: ProcessRuntime, image: ImageInfo,
                                            hosts: Path) -> None:
     req = request_for(pr, unique("pd"), image, TRAP.format(marker="marker", data="data"))
-    pr.create(req, image, hosts)
+    pr.create(req, *inputs(pr, req, image, hosts))
     d = instance_dir(pr.base, req.key)
     wait_for(lambda: (d.workdir / "data").exists(), 10, "data written")
 
@@ -455,7 +455,7 @@ def test_agent_dispatches_stop_and_destroy(ct: ContainerRuntime, stack: str,
                                            image: ImageInfo, hosts: Path,
                                            tmp_path: Path) -> None:
     req = request_for(ct, stack, image, "exec sleep 100000")
-    ct.create(req, image, hosts)
+    ct.create(req, *inputs(ct, req, image, hosts))
     agent = LocalAgent(tmp_path / "data", runtimes=(RuntimeKind.CONTAINER,))
     agent.stop(req.key, stop_timeout=1.0)
     assert ct.observe()[0].state is InstanceState.STOPPED

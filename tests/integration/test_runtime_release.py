@@ -27,7 +27,7 @@ from rackfire.model.instance import (
 from rackfire.model.stack import DataDisk, ReloadSpec, Resources
 from rackfire.net import links
 from rackfire.runtime import mounts
-from rackfire.runtime.base import Runtime
+from rackfire.runtime.base import Runtime, inputs
 from rackfire.runtime.container import ContainerRuntime
 from rackfire.runtime.layout import instance_dir, read_meta
 from rackfire.runtime.process import ProcessRuntime
@@ -135,7 +135,7 @@ def test_data_disk_outlives_instance_until_teardown(
         ct: ContainerRuntime, stack: str, image: ImageInfo, hosts: Path, data: Path) -> None:
     disk = DataDisk("/var/lib/app", 48 * MiB)
     req = request_for(ct, stack, image, "exec sleep 100000", data=disk)
-    ct.create(req, image, hosts)
+    ct.create(req, *inputs(ct, req, image, hosts))
     volume = data / "volumes" / stack / "box-0.img"
     assert volume.is_file()
     sh_in(ct, req.key, "echo kept > /var/lib/app/f")
@@ -144,26 +144,26 @@ def test_data_disk_outlives_instance_until_teardown(
     assert abs(mounts.room(volume, d.data).granted - disk.size) < MiB
     assert "/var/lib/app" in sh_in(ct, req.key, "cat /proc/self/mountinfo")
 
-    ct.restart(req, image, hosts)
+    ct.restart(req, *inputs(ct, req, image, hosts))
     assert sh_in(ct, req.key, "cat /var/lib/app/f") == "kept\n"
     ct.stop(req.key, stop_timeout=1)
-    ct.restart(req, image, hosts)
+    ct.restart(req, *inputs(ct, req, image, hosts))
     # A restarted server (a new runtime) after a host reboot (nothing mounted) finds it.
     ct.stop(req.key, stop_timeout=1)
     for path in (d.rootfs, d.disk, d.data):
         mounts.unmount(path)
     again = ContainerRuntime(ct.base, "h", volumes=ct.volumes)
-    again.restart(req, image, hosts)
+    again.restart(req, *inputs(again, req, image, hosts))
     assert sh_in(ct, req.key, "cat /var/lib/app/f") == "kept\n"
     ct.reconfigure(replace(req, files=(("/etc/app.conf", "two"),), config_hash="two"),
-                   image, hosts)
+                   *inputs(ct, req, image, hosts))
     assert sh_in(ct, req.key, "cat /var/lib/app/f") == "kept\n"
 
     # Replace (and scale-down): the instance goes, its disk stays, unmounted.
     ct.destroy(req.key, stop_timeout=1)
     assert volume.is_file() and not d.root.exists()
     assert leaks(data) == []
-    ct.create(req, image, hosts)
+    ct.create(req, *inputs(ct, req, image, hosts))
     assert sh_in(ct, req.key, "cat /var/lib/app/f") == "kept\n"
     ct.destroy(req.key, stop_timeout=1)
 
@@ -180,7 +180,7 @@ def test_teardown_frees_a_disk_left_mounted(ct: ContainerRuntime, stack: str,
     """An interrupted destroy can leave the disk mounted: teardown unmounts it before it
     deletes the file (an unlinked image held by a loop device would leak its space)."""
     req = request_for(ct, stack, image, "exec sleep 100000", data=DataDisk("/srv", 16 * MiB))
-    ct.create(req, image, hosts)
+    ct.create(req, *inputs(ct, req, image, hosts))
     ct.stop(req.key, stop_timeout=1)
     d = instance_dir(ct.base, req.key)
     stray = data / "stray"
@@ -198,7 +198,7 @@ def test_teardown_frees_a_disk_left_mounted(ct: ContainerRuntime, stack: str,
 def test_data_disk_grows(ct: ContainerRuntime, stack: str, image: ImageInfo,
                          hosts: Path) -> None:
     req = request_for(ct, stack, image, "exec sleep 100000", data=DataDisk("/srv", 16 * MiB))
-    ct.create(req, image, hosts)
+    ct.create(req, *inputs(ct, req, image, hosts))
     pid = facts(ct, req.key).pid
     d = instance_dir(ct.base, req.key)
     bigger = replace(req, data=DataDisk("/srv", 40 * MiB), spec_hash="s2")
@@ -211,10 +211,10 @@ def test_data_disk_grows(ct: ContainerRuntime, stack: str, image: ImageInfo,
     # A new instance of the key asking for more grows the disk it reuses; asking for less
     # keeps it as it is.
     ct.destroy(req.key, stop_timeout=1)
-    ct.create(replace(req, data=DataDisk("/srv", 56 * MiB)), image, hosts)
+    ct.create(replace(req, data=DataDisk("/srv", 56 * MiB)), *inputs(ct, req, image, hosts))
     assert abs(mounts.room(ct.volume(req.key), d.data).granted - 56 * MiB) < MiB
     ct.destroy(req.key, stop_timeout=1)
-    ct.create(req, image, hosts)
+    ct.create(req, *inputs(ct, req, image, hosts))
     assert abs(mounts.room(ct.volume(req.key), d.data).granted - 56 * MiB) < MiB
 
 
@@ -224,7 +224,7 @@ def test_reload_signal_keeps_the_process(ct: ContainerRuntime, stack: str, image
                                          hosts: Path) -> None:
     req = request_for(ct, stack, image, f"cd / && {ECHO_ON_HUP}",
                       reload=ReloadSpec(signal="HUP"))
-    ct.create(req, image, hosts)
+    ct.create(req, *inputs(ct, req, image, hosts))
     log = ct.log_path(req.key)
     wait_for(lambda: "conf=one" in log.read_text(), 20, "the first read")
     pid = facts(ct, req.key).pid
@@ -249,7 +249,7 @@ def test_reload_signal_keeps_the_process(ct: ContainerRuntime, stack: str, image
 
     # A reconfigure after it: the config layer's new file wins over the reload's upper copy.
     ct.reconfigure(replace(req, files=(("/etc/app.conf", "three"),), config_hash="three"),
-                   image, hosts)
+                   *inputs(ct, req, image, hosts))
     wait_for(lambda: "conf=three" in log.read_text(), 20, "the reconfigured start")
     assert sh_in(ct, req.key, "cat /etc/app.conf") == "three"
     assert facts(ct, req.key).pid != pid
@@ -259,7 +259,7 @@ def test_reload_exec_and_its_failure(ct: ContainerRuntime, stack: str, image: Im
                                      hosts: Path) -> None:
     good = ReloadSpec(exec=("sh", "-c", "cp /etc/app.conf /tmp/seen"))
     req = request_for(ct, stack, image, "exec sleep 100000", reload=good)
-    ct.create(req, image, hosts)
+    ct.create(req, *inputs(ct, req, image, hosts))
     ct.reload(replace(req, files=(("/etc/app.conf", "two"),), config_hash="two"))
     assert sh_in(ct, req.key, "cat /tmp/seen") == "two"
 
@@ -276,7 +276,7 @@ def test_reload_exec_and_its_failure(ct: ContainerRuntime, stack: str, image: Im
     mounts.unmount(instance_dir(ct.base, req.key).rootfs)
     ct.reload(replace(req, files=(("/etc/app.conf", "four"),), config_hash="four"))
     assert facts(ct, req.key).config_hash == "four"
-    ct.restart(req, image, hosts)
+    ct.restart(req, *inputs(ct, req, image, hosts))
     assert sh_in(ct, req.key, "cat /etc/app.conf") == "four"
 
     # A reload cannot add a file.
@@ -294,21 +294,21 @@ def test_reload_never_follows_the_instances_symlinks(
     req = replace(request_for(ct, stack, image, "exec sleep 100000",
                               reload=ReloadSpec(signal="HUP")),
                   files=(("/opt/app/app.conf", "one"),))
-    ct.create(req, image, hosts)
+    ct.create(req, *inputs(ct, req, image, hosts))
     sh_in(ct, req.key, f"rm -r /opt/app && ln -s {canary} /opt/app")
     with pytest.raises(ExecError, match=r"cannot write /opt/app/app\.conf"):
         ct.reload(replace(req, files=(("/opt/app/app.conf", "two"),), config_hash="two"))
     assert list(canary.iterdir()) == []
     # Nor does a reconfigure follow it, clearing the upper dir (the link is the instance's).
     ct.reconfigure(replace(req, files=(("/opt/app/app.conf", "three"),),
-                           config_hash="three"), image, hosts)
+                           config_hash="three"), *inputs(ct, req, image, hosts))
     assert list(canary.iterdir()) == []
 
 
 def test_reload_through_local_agent_and_process_runtime(
         pr: ProcessRuntime, stack: str, image: ImageInfo, hosts: Path, data: Path) -> None:
     req = request_for(pr, stack, image, ECHO_ON_HUP, reload=ReloadSpec(signal="SIGHUP"))
-    pr.create(req, image, hosts)
+    pr.create(req, *inputs(pr, req, image, hosts))
     log = pr.log_path(req.key)
     wait_for(lambda: "conf=one" in log.read_text(), 20, "the first read")
     pid = facts(pr, req.key).pid
@@ -326,7 +326,7 @@ def test_process_runtime_refuses_data_and_app(pr: ProcessRuntime, stack: str,
     for req in (request_for(pr, stack, image, "true", data=DataDisk("/srv", MiB)),
                 request_for(pr, stack, image, "true", app_digest="ab" * 32)):
         with pytest.raises(PrereqError, match="needs the container runtime"):
-            pr.create(req, image, hosts)
+            pr.create(req, *inputs(pr, req, image, hosts))
         assert pr.observe() == []
 
 
@@ -343,15 +343,15 @@ def test_app_layer_sits_between_config_and_image(
 
     req = request_for(ct, stack, image, "exec sleep 100000", app_digest=app.digest)
     with pytest.raises(NotFound, match="release layer"):
-        ct.create(req, image, hosts)  # the layer must be given: refused before any change
-    assert ct.observe() == []
+        ct.create(req, *inputs(ct, req, image, hosts))  # the layer must be given: refused
+    assert ct.observe() == []  # before any change
 
-    ct.create(req, image, hosts, app=app)
+    ct.create(req, *inputs(ct, req, image, hosts, app))
     assert sh_in(ct, req.key, "cat /app/hello.txt") == "hello from the release\n"
     assert (read_meta(instance_dir(ct.base, req.key)) or {})["app"] == app.digest
-    ct.restart(req, image, hosts, app=app)
+    ct.restart(req, *inputs(ct, req, image, hosts, app))
     assert sh_in(ct, req.key, "cat /app/hello.txt") == "hello from the release\n"
     ct.reconfigure(replace(req, files=(("/etc/app.conf", "two"),), config_hash="two"),
-                   image, hosts, app=app)
+                   *inputs(ct, req, image, hosts, app))
     assert sh_in(ct, req.key, "cat /app/hello.txt /etc/app.conf") == \
         "hello from the release\ntwo"

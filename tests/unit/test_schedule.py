@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import ast
 import random
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -363,21 +361,3 @@ def test_headroom_of_a_role_that_reserves_nothing_has_no_end() -> None:
 def test_headroom_needs_an_ask_for_a_role_with_no_instances() -> None:
     with pytest.raises(KeyError):
         headroom([host("a")], {}, {}, ("s", "web"))
-
-
-def test_the_scheduler_is_pure() -> None:
-    """It imports rackfire.model and the standard library only, and nothing of the latter
-    that reads the clock, draws random numbers or does I/O."""
-    impure = {"os", "io", "time", "datetime", "random", "subprocess", "socket", "pathlib",
-              "shutil", "threading", "asyncio", "sqlite3", "logging", "secrets", "uuid"}
-    src = Path(__file__).parents[2] / "src" / "rackfire" / "schedule"
-    for path in sorted(src.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            for name in names:
-                top = name.split(".")[0]
-                assert top not in impure, (path.name, name)
-                if top == "rackfire":
-                    assert name.startswith(("rackfire.model", "rackfire.schedule")), (
-                        path.name, name)

@@ -47,14 +47,9 @@ from rackfire.model.stack import (
     RuntimeKind,
 )
 from rackfire.net import links, vxlan
-from rackfire.runtime import diskcopy, logwriter, stats
-from rackfire.runtime.base import Runtime
-from rackfire.runtime.container import (
-    RUNC_ROOT,
-    ContainerRuntime,
-    ensure_dirs,
-    remove_volumes,
-)
+from rackfire.runtime import diskcopy, logwriter, registry, stats
+from rackfire.runtime.base import DiskMover, Runtime, inputs
+from rackfire.runtime.container import RUNC_ROOT, remove_volumes
 from rackfire.runtime.layout import (
     InstanceDir,
     instance_dir,
@@ -64,16 +59,11 @@ from rackfire.runtime.layout import (
     volume_path,
 )
 from rackfire.runtime.oci import RESOLV_CONF, RESOLV_TEXT
-from rackfire.runtime.process import ProcessRuntime
 
 HOST_MEMORY_RESERVE = 512 << 20  # at least; or 5 % of the host's memory, if more
 # A fetched layer ensured or used this recently is kept by collect_layers even with no
 # instance on it: the create it was fetched for may not have written its meta yet.
 LAYER_GRACE = 600.0
-
-
-def container_runtime_usable() -> bool:
-    return os.geteuid() == 0 and shutil.which("runc") is not None
 
 
 class LocalAgent:
@@ -86,19 +76,13 @@ class LocalAgent:
         self.store = ImageStore(data_dir / "images")
         self._volumes = data_dir / "volumes"
         self._incoming = data_dir / "incoming"  # disks copied here by a cold migration
-        base = data_dir / "instances"
-        if runtimes is None:
-            runtimes = ((RuntimeKind.CONTAINER, RuntimeKind.PROCESS)
-                        if container_runtime_usable() else (RuntimeKind.PROCESS,))
-        self._runtimes: dict[RuntimeKind, Runtime] = {}
-        if RuntimeKind.CONTAINER in runtimes:
-            ensure_dirs()
-            # Its own runc root per agent: `runc list` there is this host's containers only
-            # (several simulated hosts share one machine's /run).
-            self._runtimes[RuntimeKind.CONTAINER] = ContainerRuntime(
-                base, self.host, runc_root, volumes=self._volumes, incoming=self._incoming)
-        self._runtimes[RuntimeKind.PROCESS] = ProcessRuntime(base, self.host)
-        self._order = runtimes
+        # `runtimes`: the kinds it offers, best first (default: runtime/registry.py's).
+        self._order = registry.offered(runtimes)
+        # Its own runc root per agent: `runc list` there is this host's containers only
+        # (several simulated hosts share one machine's /run).
+        self._runtimes: dict[RuntimeKind, Runtime] = registry.build(
+            self._order, registry.HostDirs(self.host, data_dir / "instances", self._volumes,
+                                           self._incoming, runc_root))
         self._image_lock = threading.Lock()
         self._disk_locks: dict[str, threading.Lock] = {}  # by instance id: receive, discard
         self._disk_locks_lock = threading.Lock()
@@ -124,7 +108,7 @@ class LocalAgent:
 
     def create(self, req: InstanceRequest) -> None:
         if req.adopt_disks:
-            self._containers()  # only containers have disks to adopt
+            self._mover(self._runtime(req.runtime))  # only a runtime that moves disks adopts
         self._carry_out(req, "create")
 
     def reconfigure(self, req: InstanceRequest) -> None:
@@ -148,7 +132,8 @@ class LocalAgent:
         self._layers_touched(req.image_digest, req.app_digest)
         # The runtime says whether it can take a release layer (and that it is the one).
         app = self.store.by_digest(req.app_digest) if req.app_digest else None
-        getattr(runtime, verb)(req, self._image(req), self._hosts(req.key.stack), app=app)
+        rootfs, net = inputs(runtime, req, self._image(req), self._hosts(req.key.stack), app)
+        getattr(runtime, verb)(req, rootfs, net)
         update_meta(self._dir(req.key), action_id=req.action_id)
 
     def reload(self, req: InstanceRequest) -> None:
@@ -193,7 +178,9 @@ class LocalAgent:
         fs = os.statvfs(self.data_dir)
         return HostFacts(self.capacity(), self.info().runtimes,
                          stats.memory_total() - stats.memory_available(),
-                         (fs.f_blocks - fs.f_bfree) * fs.f_frsize, __version__, interval)
+                         (fs.f_blocks - fs.f_bfree) * fs.f_frsize, __version__, interval,
+                         tuple((k, self._runtimes[k].caps) for k in self._order
+                               if k in self._runtimes))
 
     def capacity(self) -> HostCapacity:
         memory = stats.memory_total()
@@ -235,13 +222,15 @@ class LocalAgent:
         """The stopped instance's disks as a stream (runtime/diskcopy.py); refused, before
         any byte, while it runs."""
         _check_key(key)
-        return self._containers().send_disks(key)
+        return self._mover(self._runtime_of(key)).send_disks(key)
 
     def receive_disks(self, key: InstanceKey, chunks: Iterable[bytes]) -> None:
         """Keep the disks of `key` streamed from another host in <data-dir>/incoming/<id>/,
         verified and whole, for a create with `adopt_disks`."""
         _check_key(key)
-        self._containers()  # a host without containers could not adopt them
+        if not any(rt.caps.cold_migrate for rt in self._runtimes.values()):
+            raise PrereqError(f"host {self.host} has no runtime that adopts disks",
+                              hint="cold migration needs the container runtime")
         with self._disks_lock(key):
             diskcopy.write_disks(self._incoming / key.id, chunks)
 
@@ -250,7 +239,7 @@ class LocalAgent:
         received (moved, not copied): a migration's way back to this host."""
         _check_key(key)
         with self._disks_lock(key):
-            self._containers().set_aside(key)
+            self._mover(self._runtime_of(key)).set_aside(key)
 
     def discard_disks(self, key: InstanceKey) -> None:
         """Remove the instance's data disk and what was received of its disks on this host:
@@ -267,10 +256,12 @@ class LocalAgent:
         with self._disk_locks_lock:
             return self._disk_locks.setdefault(key.id, threading.Lock())
 
-    def _containers(self) -> ContainerRuntime:
-        runtime = self._runtime(RuntimeKind.CONTAINER)
-        if not isinstance(runtime, ContainerRuntime):
-            raise PrereqError(f"host {self.host} has no container runtime")
+    def _mover(self, runtime: Runtime) -> DiskMover:
+        """`runtime`, as one that moves its instances' disks; refused if it cannot."""
+        if not runtime.caps.cold_migrate or not isinstance(runtime, DiskMover):
+            raise PrereqError(f"the {runtime.kind} runtime on host {self.host} cannot move "
+                              "an instance's disks", hint="cold migration needs the "
+                              "container runtime")
         return runtime
 
     # the stack's network, names and ports -----------------------------------------------
@@ -283,7 +274,7 @@ class LocalAgent:
         resolv = hosts.with_name(RESOLV_CONF)
         if not resolv.exists():
             resolv.write_text(RESOLV_TEXT)
-        if RuntimeKind.CONTAINER in self._runtimes:
+        if self._bridged():
             links.ensure_bridge(net.stack, net.gateway, net.prefix)
             if net.vni and net.local_ip:
                 vxlan.ensure_vxlan(net.stack, net.vni, net.local_ip,
@@ -319,7 +310,7 @@ class LocalAgent:
         if leftovers:
             raise PrereqError(f"stack {stack} still has {len(leftovers)} instance(s)")
         Proxy(self._stack_dir(stack), stack).stop()
-        if RuntimeKind.CONTAINER in self._runtimes:
+        if self._bridged():
             vxlan.remove_vxlan(stack)
             links.delete_bridge(stack)
         shutil.rmtree(self._stack_dir(stack), ignore_errors=True)
@@ -428,6 +419,14 @@ class LocalAgent:
                     self._layer_used[d] = now
 
     # helpers ----------------------------------------------------------------------------
+
+    def runtime(self, kind: RuntimeKind) -> Runtime:
+        """The `kind` runtime this agent made (a test reaches its FakeRuntime so)."""
+        return self._runtime(kind)
+
+    def _bridged(self) -> bool:
+        """A runtime here puts instances on the stack's bridge (they have IPs of their own)."""
+        return any(rt.caps.own_ip for rt in self._runtimes.values())
 
     def _runtime(self, kind: RuntimeKind) -> Runtime:
         try:

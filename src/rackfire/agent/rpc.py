@@ -17,6 +17,11 @@ log's last N lines (0: all; the `X-Rackfire-History` header says how many bytes 
 then, following, what it writes next, until the instance is gone from this host;
 `WS /agent/v1/exec/<stack>/<role>/<index>` speaks streaming.py's exec protocol, the agent
 key as the handshake's bearer.
+
+`GET /agent/v1/_calls` (the same key) says what the controller has cost this host: how many
+times each call (and each stream: `logs`, `exec`, `send_disks`, `receive_disks`) was served
+since the agent started, and when that was; calls that name a stack, by stack too
+(`CallCounts`; bench/agent_calls.py reads it).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import asyncio
 import hmac
 import inspect
 import re
+import threading
+import time
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import suppress
@@ -110,6 +117,34 @@ def exec_path(key: InstanceKey) -> str:
 
 
 WRONG_KEY = {"code": "unauthorized", "message": "wrong agent key", "hint": ""}
+CALL_COUNTS_PATH = "/agent/v1/_calls"
+
+
+class CallCounts:
+    """Calls served, by name, since `started` (epoch seconds): only those that presented
+    the key and named a call that exists, so what it counts is the controller's doing.
+    Calls with a `stack` argument are also counted by that stack: what one stack's
+    reconcile asks stands out from what the controller asks of every stack."""
+
+    def __init__(self) -> None:
+        self.started = time.time()
+        self._lock = threading.Lock()  # sync routes run on a thread pool
+        self._counts: dict[str, int] = {}
+        self._by_stack: dict[str, dict[str, int]] = {}
+
+    def add(self, name: str, stack: str | None = None) -> None:
+        with self._lock:
+            self._counts[name] = self._counts.get(name, 0) + 1
+            if stack is not None:
+                mine = self._by_stack.setdefault(stack, {})
+                mine[name] = mine.get(name, 0) + 1
+
+    def to_json(self) -> dict[str, Any]:
+        with self._lock:
+            calls = dict(sorted(self._counts.items()))
+            by_stack = {s: dict(sorted(c.items())) for s, c in sorted(self._by_stack.items())}
+        return {"started": self.started, "now": time.time(), "calls": calls,
+                "by_stack": by_stack}
 
 
 def _instance_key(stack: str, role: str, index: int) -> InstanceKey:
@@ -122,6 +157,7 @@ def _instance_key(stack: str, role: str, index: int) -> InstanceKey:
 def serve_agent(agent: HostAgent, key: str) -> FastAPI:
     """The agent's API: every call of the table, for whoever holds `key` (the controller)."""
     app = FastAPI(title="rackfire agent", docs_url=None, redoc_url=None, openapi_url=None)
+    counts = app.state.call_counts = CallCounts()
 
     @app.exception_handler(RackfireError)
     async def failed(_: Request, exc: RackfireError) -> JSONResponse:
@@ -144,6 +180,8 @@ def serve_agent(agent: HostAgent, key: str) -> FastAPI:
             args = {k: decode(types_[k], v) for k, v in body.items()}
         except (TypeError, ValueError) as e:
             raise errors.PrereqError(f"{call}: {e}") from None
+        stack = args.get("stack")
+        counts.add(call, stack if isinstance(stack, str) else None)
         return {"result": encode(getattr(agent, call)(**args))}
 
     def denied(request: Request) -> JSONResponse | None:
@@ -153,11 +191,17 @@ def serve_agent(agent: HostAgent, key: str) -> FastAPI:
         return JSONResponse(status_code=401, content={"error": {
             "code": "unauthorized", "message": "wrong agent key", "hint": ""}})
 
+    @app.get(CALL_COUNTS_PATH)
+    def call_counts(request: Request) -> Any:
+        refused = denied(request)
+        return refused if refused is not None else counts.to_json()
+
     @app.get("/agent/v1/disks/{stack}/{role}/{index}")
     def send_disks(stack: str, role: str, index: int, request: Request) -> Response:
         refused = denied(request)
         if refused is not None:
             return refused
+        counts.add("send_disks")
         # Refusals (running, no such instance) are raised here, as errors, before any byte.
         stream = agent.send_disks(_instance_key(stack, role, index))
         return StreamingResponse(stream, media_type="application/octet-stream")
@@ -167,6 +211,7 @@ def serve_agent(agent: HostAgent, key: str) -> FastAPI:
         refused = denied(request)
         if refused is not None:
             return refused
+        counts.add("receive_disks")
         disk_key = _instance_key(stack, role, index)
         body = request.stream()
 
@@ -205,6 +250,7 @@ def serve_agent(agent: HostAgent, key: str) -> FastAPI:
         refused = denied(request)
         if refused is not None:
             return refused
+        counts.add("logs")
         inst = _instance_key(stack, role, index)
         if not await asyncio.to_thread(here, inst):
             raise errors.NotFound(f"no instance {inst} on this host")
@@ -221,6 +267,7 @@ def serve_agent(agent: HostAgent, key: str) -> FastAPI:
     async def exec_ws(ws: WebSocket, stack: str, role: str, index: int) -> None:
         if not await ws_authorized(ws, key, WRONG_KEY):
             return
+        counts.add("exec")
         msg = await ws.receive()
         if msg["type"] == "websocket.disconnect":
             return

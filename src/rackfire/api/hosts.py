@@ -13,7 +13,19 @@ from fastapi import FastAPI, Header
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from rackfire.api.answers import (
+    CapacityAnswer,
+    DrainAnswer,
+    HeartbeatAnswer,
+    HostAnswer,
+    JoinAnswer,
+    MigrationAnswer,
+    PlacementsAnswer,
+    RemovedAnswer,
+    TokenAnswer,
+)
 from rackfire.api.types import (
+    BINARY,
     INSTANCE_PATTERN,
     DigestPath,
     HostName,
@@ -27,9 +39,9 @@ from rackfire.control.hosts import HostView, capacity_report
 from rackfire.errors import Conflict, PrereqError
 from rackfire.model.host import HostFacts
 from rackfire.model.instance import InstanceKey, Target
+from rackfire.model.records import Migration
 from rackfire.model.stack import StackSpec
 from rackfire.store.hosts import JOIN_TOKEN, HostRegistry
-from rackfire.store.placements import Migration
 
 
 class TokenRequest(BaseModel):
@@ -88,9 +100,9 @@ def _key(text: str) -> InstanceKey:
     return InstanceKey(target.stack, target.role, target.index)
 
 
-def _migration(m: Migration) -> dict[str, Any]:
-    return {"instance": str(m.key), "source": m.source, "target": m.target, "step": m.step,
-            "started": m.started, "actor": m.actor}
+def _migration(m: Migration) -> MigrationAnswer:
+    return MigrationAnswer(instance=str(m.key), source=m.source, target=m.target,
+                           step=m.step, started=m.started, actor=m.actor)
 
 
 def _facts(facts: Facts) -> HostFacts:
@@ -107,31 +119,33 @@ def add_host_routes(app: FastAPI, controller: Controller, actor: Any) -> None:
     registry = HostRegistry(controller.store)
 
     @app.post("/v1/tokens")
-    def create_token(body: TokenRequest, who: str = actor) -> dict[str, Any]:
+    def create_token(body: TokenRequest, who: str = actor) -> TokenAnswer:
         """A join token for `rackfire agent --join`: shown once, kept only hashed."""
         token, expires = registry.create_token(body.ttl, body.uses, who)
         controller.store.add_event(who, "", "token", "create", "ok",
                                    f"{body.uses} use(s), until {time.ctime(expires)}")
-        return {"token": token, "expires": expires, "uses": body.uses}
+        return TokenAnswer(token=token, expires=expires, uses=body.uses)
 
     @app.post("/v1/agent/join", responses=errors(400, 401, 409))
-    def join(body: Join) -> dict[str, Any]:
+    def join(body: Join) -> JoinAnswer:
         """Trade a join token for this host's own credential (shown once)."""
         credential, key = registry.join(body.token, body.name, body.labels,
                                         _facts(body.facts))
         controller.store.add_event(body.name, "", f"host/{body.name}", "join", "ok",
                                    ", ".join(f"{k}={v}" for k, v in sorted(body.labels.items())))
-        return {"name": body.name, "credential": credential, "agent_key": key}
+        return JoinAnswer(name=body.name, credential=credential, agent_key=key)
 
     @app.post("/v1/agent/heartbeat", responses=errors(400, 401))
     def heartbeat(body: Heartbeat,
-                  authorization: str = Header("", alias="Authorization")) -> dict[str, Any]:
+                  authorization: str = Header("", alias="Authorization")) -> HeartbeatAnswer:
         name = registry.authenticate(authorization.removeprefix("Bearer "))
         registry.heartbeat(name, body.labels, _facts(body.facts), body.address)
-        return {"name": name, "time": time.time()}
+        return HeartbeatAnswer(name=name, time=time.time())
 
     @app.get("/v1/agent/layers/{digest}", response_class=StreamingResponse,
-             responses={**errors(401, 404), 200: {"content": {"application/x-tar": {}}}})
+             responses={**errors(401, 404), 200: {"description": "the layer's tar stream",
+                                                  "content": {"application/x-tar": {
+                                                      "schema": BINARY}}}})
     def layer(digest: DigestPath,
               authorization: str = Header("", alias="Authorization")) -> StreamingResponse:
         """An image layer of the server's store as a tar stream, for a joined host (its
@@ -152,40 +166,41 @@ def add_host_routes(app: FastAPI, controller: Controller, actor: Any) -> None:
         return [r.spec for r in controller.store.stacks() if not r.deleting]
 
     @app.get("/v1/hosts")
-    def hosts() -> list[dict[str, Any]]:
+    def hosts() -> list[HostAnswer]:
         """Every host: state, labels, what it can reserve, what is reserved, what is used."""
-        return [v.to_json() for v in views()]
+        return [HostAnswer.model_validate(v.to_json()) for v in views()]
 
     @app.get("/v1/capacity")
-    def capacity() -> dict[str, Any]:
+    def capacity() -> CapacityAnswer:
         """Reserved and free per host; whether every instance could run again after losing
         any one host (N+1) or any one rack; how many more instances of each role fit."""
-        return capacity_report(views(), stacks(), controller.fleet.placements.all())
+        return CapacityAnswer.model_validate(
+            capacity_report(views(), stacks(), controller.fleet.placements.all()))
 
     @app.post("/v1/hosts/{name}/drain", responses=errors(404, 409))
-    def drain(name: HostPath, who: str = actor) -> dict[str, Any]:
+    def drain(name: HostPath, who: str = actor) -> DrainAnswer:
         """Move every instance off the host, each role keeping its availability."""
-        return {"name": name, "moving": controller.drain(name, who)}
+        return DrainAnswer(name=name, moving=controller.drain(name, who))
 
     @app.post("/v1/migrations", responses=errors(400, 404, 409, 503))
-    def migrate(body: MigrateRequest, who: str = actor) -> dict[str, Any]:
+    def migrate(body: MigrateRequest, who: str = actor) -> MigrationAnswer:
         """Move one instance to another host (cold): it is checked now, carried out by
         the stack's reconcile; `GET /v1/migrations` shows it until it is over."""
         return _migration(controller.migrate(_key(body.instance), body.to, who))
 
     @app.get("/v1/migrations")
-    def migrations(stack: OptStackQuery = None) -> list[dict[str, Any]]:
+    def migrations(stack: OptStackQuery = None) -> list[MigrationAnswer]:
         return [_migration(m) for m in controller.fleet.placements.migrations(stack)]
 
     @app.get("/v1/placements")
-    def placements(stack: OptStackQuery = None) -> dict[str, str]:
+    def placements(stack: OptStackQuery = None) -> PlacementsAnswer:
         """Instance -> the host it is placed on."""
         placed = (controller.fleet.placements.of_stack(stack) if stack
                   else controller.fleet.placements.all())
-        return {str(k): h for k, h in sorted(placed.items())}
+        return PlacementsAnswer({str(k): h for k, h in sorted(placed.items())})
 
     @app.delete("/v1/hosts/{name}", responses=errors(404, 409))
-    def remove_host(name: HostPath, who: str = actor) -> dict[str, Any]:
+    def remove_host(name: HostPath, who: str = actor) -> RemovedAnswer:
         """Forget a joined host: its credential stops working. Refused while instances are
         placed on it or move from or to it."""
         held = [k for k, h in controller.fleet.placements.all().items() if h == name]
@@ -197,4 +212,4 @@ def add_host_routes(app: FastAPI, controller: Controller, actor: Any) -> None:
                            hint=f"move them away first: `rackfire host drain {name}`")
         registry.remove(name)
         controller.store.add_event(who, "", f"host/{name}", "remove", "ok", "")
-        return {"name": name, "removed": True}
+        return RemovedAnswer(name=name, removed=True)

@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from rackfire.api.answers import ChangeAnswer, ReleaseAnswer, SourceAnswer, change_answer
 from rackfire.api.types import (
     DIGEST_PATTERN,
     Name,
@@ -49,7 +50,7 @@ def add_release_routes(app: FastAPI, controller: Controller, uploads: Path,
                        actor: Any) -> None:
     @app.post("/v1/sources", responses=errors(400, 500),
               openapi_extra=binary_body())
-    async def upload_source(request: Request) -> dict[str, Any]:
+    async def upload_source(request: Request) -> SourceAnswer:
         """The body is a gzip tar of an app's source dir; it is extracted safely and kept by
         the digest of its content (the same dir uploaded twice is one source)."""
         path = await spool(request, uploads, "source", MAX_SOURCE_BYTES)
@@ -57,24 +58,24 @@ def add_release_routes(app: FastAPI, controller: Controller, uploads: Path,
             digest = await run_in_threadpool(controller.agent.store_source, str(path))
         finally:
             path.unlink(missing_ok=True)
-        return {"digest": digest}
+        return SourceAnswer(digest=digest)
 
-    @app.post("/v1/stacks/{stack}/roles/{role}/push", responses=errors(400, 404, 409))
-    def push(stack: StackPath, role: RolePath, body: Push, who: str = actor) -> dict[str, Any]:
+    # Both plan the change as scale does: its checks may ask a joined host (503).
+    @app.post("/v1/stacks/{stack}/roles/{role}/push", responses=errors(400, 404, 409, 503))
+    def push(stack: StackPath, role: RolePath, body: Push, who: str = actor) -> ChangeAnswer:
         """Make the source (and/or image) the role's next release and roll it out."""
-        generation, plan = controller.push(stack, role, who, source=body.source,
-                                           label=body.label, image=body.image)
-        return plan.to_json() | {"generation": generation}
+        return change_answer(*controller.push(stack, role, who, source=body.source,
+                                              label=body.label, image=body.image))
 
-    @app.post("/v1/stacks/{stack}/roles/{role}/rollback", responses=errors(400, 404, 409))
+    @app.post("/v1/stacks/{stack}/roles/{role}/rollback",
+              responses=errors(400, 404, 409, 503))
     def rollback(stack: StackPath, role: RolePath, body: Rollback,
-                 who: str = actor) -> dict[str, Any]:
+                 who: str = actor) -> ChangeAnswer:
         """Go back to an earlier release: the one asked for, or the one live before."""
-        generation, plan = controller.rollback(stack, role, body.version, who)
-        return plan.to_json() | {"generation": generation}
+        return change_answer(*controller.rollback(stack, role, body.version, who))
 
     @app.get("/v1/stacks/{stack}/releases", responses=errors(404))
-    def releases(stack: StackPath, role: OptRoleQuery = None) -> list[dict[str, Any]]:
+    def releases(stack: StackPath, role: OptRoleQuery = None) -> list[ReleaseAnswer]:
         """Newest first; `current` marks what the role's desired spec runs."""
-        return [rel.to_json() | {"current": cur}
+        return [ReleaseAnswer.model_validate(rel.to_json() | {"current": cur})
                 for rel, cur in controller.releases(stack, role)]

@@ -30,7 +30,7 @@ from fastapi import FastAPI, Query, WebSocket
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from rackfire.api.types import InstanceIdPath, OptRoleQuery, StackPath, errors
+from rackfire.api.types import InstanceIdPath, OptRoleQuery, StackPath, errors, text_stream
 from rackfire.control.controller import Controller
 from rackfire.control.fleet import Fleet
 from rackfire.errors import AgentOffline, ExecError, NotFound, PrereqError, RackfireError
@@ -66,7 +66,7 @@ def add_stream_routes(app: FastAPI, controller: Controller, token: str) -> None:
     fleet = controller.fleet
 
     @app.get("/v1/instances/{instance_id}/logs", response_class=StreamingResponse,
-             responses={**errors(404, 503), 200: {"content": {"text/plain": {}}}})
+             responses={**errors(404, 503), **text_stream("the log's lines, as they come")})
     async def instance_logs(
         instance_id: InstanceIdPath,
         tail: int = Query(100, ge=0, description="the last N lines first; 0: all of it"),
@@ -90,7 +90,8 @@ def add_stream_routes(app: FastAPI, controller: Controller, token: str) -> None:
         return _text(_stream(controller, logs, tail, follow, None, timestamps))
 
     @app.get("/v1/stacks/{stack}/logs", response_class=StreamingResponse,
-             responses={**errors(404, 503), 200: {"content": {"text/plain": {}}}})
+             responses={**errors(404, 503),
+                        **text_stream("every instance's lines, prefixed, as they come")})
     async def stack_logs(
         stack: StackPath,
         role: OptRoleQuery = None,

@@ -4,6 +4,7 @@ allows is a bug in the schema) and each error an operation can answer."""
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Any
 
 from fastapi import Path, Query
@@ -70,12 +71,28 @@ def size_schema(minimum: int) -> WithJsonSchema:
          "description": "100M to 9999999M, or 1G to 999999T"}]})
 
 
+class Operation(StrEnum):
+    STOP = "stop"
+    START = "start"
+    RESTART = "restart"
+
+
+class Problem(BaseModel):
+    """One problem of a stack file (errors.SpecProblem)."""
+
+    file: str
+    line: int
+    column: int
+    field: str = Field(description="the field's path, e.g. roles.web.count; '' for the file")
+    message: str
+
+
 class ErrorDetail(BaseModel):
     code: str = Field(description="machine-readable: refused, not_found, conflict, ...")
     message: str
     hint: str = ""
-    problems: list[dict[str, Any]] | None = Field(
-        None, description="invalid_spec: each problem's file, line, column and field")
+    problems: list[Problem] = Field(
+        [], description="invalid_spec only: every problem of the file, all at once")
 
 
 class ErrorBody(BaseModel):
@@ -101,11 +118,20 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": ErrorBody, "description": _MEANING[s]} for s in statuses}
 
 
+BINARY: dict[str, Any] = {"type": "string", "format": "binary"}
+
+
 def binary_body() -> dict[str, Any]:
     """The OpenAPI of a route that reads its body itself, as a stream (of any media type:
     the content is checked, not the header)."""
     return {"requestBody": {"required": True, "content": {
-        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
+        "application/octet-stream": {"schema": BINARY}}}}
+
+
+def text_stream(description: str) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for the 200 of a route that streams text (a log) as it comes."""
+    return {200: {"description": description,
+                  "content": {"text/plain": {"schema": {"type": "string"}}}}}
 
 
 def add_common_errors(schema: dict[str, Any], public: set[str], limits: dict[str, int]) -> None:

@@ -1,17 +1,27 @@
-"""What several command modules share: option types, target parsing, waiting for a stack."""
+"""What several command modules share: option types, target parsing, waiting for a stack.
+
+The CLI starts fast by importing only what the command that runs needs: a command module
+imports typer and its option types at the top, and the API client (httpx), the stack file
+loader (pydantic, YAML, Jinja) and rich's live displays inside the commands that use them.
+`rackfire --help` builds every command, so it imports every command module, and no more
+(tests/unit/test_cli_imports.py checks it).
+"""
 
 from __future__ import annotations
 
+import os
 import time
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from rackfire.api.client import Client
 from rackfire.cli.output import err
 from rackfire.errors import PrereqError, RackfireError
-from rackfire.model.instance import Target
+
+if TYPE_CHECKING:
+    from rackfire.api.client import Client
+    from rackfire.model.instance import Target
 
 Json = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 Yes = Annotated[bool, typer.Option("-y", "--yes", help="do not ask for confirmation")]
@@ -21,7 +31,22 @@ Timeout = Annotated[float, typer.Option(help="seconds to wait for convergence")]
 NoWait = Annotated[bool, typer.Option("--no-wait", help="return once the change is stored")]
 
 
+def connect(url: str | None = None, data_dir: Path | None = None) -> Client:
+    """The API client of the server at `url`."""
+    from rackfire.api.client import Client
+
+    return Client(url, data_dir=data_dir)
+
+
+def default_data_dir() -> Path:
+    """api.client.default_data_dir, here so that a default in --help needs no httpx (the
+    test of the CLI's imports checks that the two agree)."""
+    return Path(os.environ.get("RACKFIRE_DATA_DIR") or "/var/lib/rackfire")
+
+
 def parse_target(text: str, *, need_role: bool = False) -> Target:
+    from rackfire.model.instance import Target
+
     try:
         target = Target.parse(text)
     except ValueError as e:
@@ -35,6 +60,8 @@ def wait_converged(client: Client, stack: str, generation: int, total: int,
                    timeout: float) -> None:
     """A progress bar until the stack reaches `generation`; an error that names the failing
     instance and why if it cannot."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     deadline = time.monotonic() + timeout
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
                "{task.total}"), TimeElapsedColumn())

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.live import Live
 
-from rackfire.api.client import Client
 from rackfire.cli import output
-from rackfire.cli.common import Json, NoWait, Timeout, Url, parse_target, wait_converged
+from rackfire.cli.common import Json, NoWait, Timeout, Url, connect, parse_target, wait_converged
 from rackfire.cli.output import err, out, print_json
 from rackfire.errors import PrereqError
 from rackfire.model.units import parse_size
+
+if TYPE_CHECKING:
+    from rackfire.api.client import Client
 
 PAGE = 500  # events per request under -f
 Target = Annotated[str, typer.Argument(help="STACK, STACK/ROLE or STACK/ROLE/INDEX")]
@@ -37,7 +38,7 @@ def scale(role: Annotated[str, typer.Argument(help="STACK/ROLE")],
     """Set a role's instance count: up creates the missing indexes, down removes the highest
     first (out of names and ports, then a graceful stop). Stored as the desired state."""
     t = parse_target(role, need_role=True)
-    client = Client(url)
+    client = connect(url)
     result = client.scale(t.stack, str(t.role), count)
     _follow(client, result, no_wait, timeout)
 
@@ -66,7 +67,7 @@ def resize(
         changes["pids"] = pids
     if not changes:
         raise PrereqError("nothing to resize", hint="give --cpu, --memory, --disk or --pids")
-    client = Client(url)
+    client = connect(url)
     _follow(client, client.resize(t.stack, str(t.role), **changes), no_wait, timeout)
 
 
@@ -89,7 +90,7 @@ def _operation(verb: str) -> Callable[..., None]:
     def command(target: Target, no_wait: NoWait = False, timeout: Timeout = 600,
                 url: Url = None) -> None:
         t = parse_target(target)
-        client = Client(url)
+        client = connect(url)
         result = client.operate(t.stack, verb, t.role, t.index)
         err.print(f"{verb}: {', '.join(result['instances'])}")
         if not no_wait:
@@ -106,11 +107,13 @@ def stats(target: Target, watch: Annotated[bool, typer.Option(
           json: Json = False, url: Url = None) -> None:
     """CPU, memory, disk, network, pids, uptime, state and health per instance, measured."""
     t = parse_target(target)
-    client = Client(url)
+    client = connect(url)
     if not watch:
         rows = client.stats(t.stack, t.role, t.index)
         print_json(rows) if json else out.print(output.stats_table(rows))
         return
+    from rich.live import Live
+
     with Live(output.stats_table(client.stats(t.stack, t.role, t.index)), console=out,
               auto_refresh=False) as live:
         try:
@@ -128,7 +131,7 @@ def events(stack: Annotated[str | None, typer.Argument(help="only this stack")] 
            limit: Annotated[int, typer.Option("-n", "--limit", help="how many to show")] = 50,
            json: Json = False, url: Url = None) -> None:
     """What the controller did or was asked to do: time, actor, target, action, result."""
-    client = Client(url)
+    client = connect(url)
     rows = client.events(stack, limit=limit)
     if not follow:
         print_json(rows) if json else output.print_events(rows, header=True)

@@ -1,18 +1,16 @@
-"""Host commands: join tokens, the agent itself, the host list."""
+"""Host commands: join tokens, the host list. (`rackfire agent`, which runs one, is
+rackfire/entry.py's: cli/ imports no agent code.)"""
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from rackfire.api.client import Client
-from rackfire.cli.common import Json, Url
+from rackfire.cli.common import Json, Url, connect
 from rackfire.cli.output import err, out, print_json
 from rackfire.errors import PrereqError
 from rackfire.model.units import format_size_approx, parse_duration
@@ -28,7 +26,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(host_app, name="host")
     app.command("hosts")(hosts)
     app.command("capacity")(capacity)
-    app.command("agent")(agent)
     app.command("migrate")(migrate)
 
 
@@ -37,46 +34,16 @@ def token_create(ttl: Annotated[str, typer.Option(help="how long it can be used"
                  uses: Annotated[int, typer.Option(help="how many hosts may join")] = 1,
                  url: Url = None) -> None:
     """A join token, shown once: `rackfire agent --join URL --token TOKEN` on the new host."""
-    client = Client(url)
+    client = connect(url)
     result = client.create_token(parse_duration(ttl), uses)
     out.print(result["token"])
     out.print(f"[dim]valid until {time.ctime(result['expires'])} for {uses} host(s); on "
               f"each: rackfire agent --join {client.url} --token <token> [--label rack=r1][/]")
 
 
-def agent(join: Annotated[str | None, typer.Option("--join", help="the controller's URL")]
-          = None,
-          token: Annotated[str | None, typer.Option(help="a join token (first time only)")]
-          = None,
-          name: Annotated[str | None, typer.Option(help="this host's name [default: its "
-                                                   "hostname]")] = None,
-          label: Annotated[list[str] | None, typer.Option(
-              help="KEY=VALUE, e.g. rack=r1 (repeatable)")] = None,
-          data_dir: Annotated[Path, typer.Option(help="the agent's state")] =
-          Path("/var/lib/rackfire-agent"),
-          interval: Annotated[float, typer.Option(help="seconds between heartbeats")] = 5.0,
-          listen: Annotated[str, typer.Option(help="HOST:PORT of this agent's API (the "
-                                              "controller calls it)")] = "0.0.0.0:7481",
-          runc_root: Annotated[Path, typer.Option(help="runc's state dir for this agent")] =
-          Path("/run/rackfire/runc"),
-          ) -> None:
-    """Run this host's agent: join the controller once (with a token), then report."""
-    from rackfire.agent.daemon import run  # the CLI's other commands need none of this
-
-    labels = {}
-    for item in label or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise PrereqError(f"--label {item!r} is not KEY=VALUE", hint="e.g. --label rack=r1")
-        labels[key] = value
-    if not 0.2 <= interval <= 300:
-        raise PrereqError("--interval must be 0.2 to 300 seconds")
-    run(join, token, name, labels, data_dir, interval, listen, runc_root)
-
-
 def hosts(json: Json = False, url: Url = None) -> None:
     """Every host: state, labels, what it can reserve, what stacks reserve, what is used."""
-    rows = Client(url).hosts()
+    rows = connect(url).hosts()
     if json:
         print_json(rows)
         return
@@ -101,7 +68,7 @@ def hosts(json: Json = False, url: Url = None) -> None:
 def capacity(json: Json = False, url: Url = None) -> None:
     """Reserved and free per host; whether every instance could run again after losing any
     one host (N+1) or rack; how many more instances of each role fit."""
-    report = Client(url).capacity()
+    report = connect(url).capacity()
     if json:
         print_json(report)
         return
@@ -140,7 +107,7 @@ def capacity(json: Json = False, url: Url = None) -> None:
 @host_app.command("rm")
 def host_rm(name: str, url: Url = None) -> None:
     """Forget a joined host: its credential stops working (its agent stops)."""
-    Client(url).remove_host(name)
+    connect(url).remove_host(name)
     out.print(f"host {name} removed")
 
 
@@ -150,7 +117,9 @@ def host_drain(name: str, url: Url = None, wait: Annotated[bool, typer.Option(
         timeout: Annotated[float, typer.Option(help="seconds to wait")] = 1800) -> None:
     """Move every instance off HOST (it gets nothing new), each role keeping its
     availability (`update.max_unavailable`, at least one at a time)."""
-    client = Client(url)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    client = connect(url)
     total = client.drain(name)["moving"]
     if not wait:
         out.print(f"host {name} is draining: {total} instance(s) to move")
@@ -188,7 +157,9 @@ def migrate(instance: Annotated[str, typer.Argument(help="STACK/ROLE/INDEX")],
                 help="seconds to wait")] = 900) -> None:
     """Move an instance to another host, cold: stop it, copy its disks, start it there with
     the same name and IP; the old copy goes once the new one is healthy."""
-    client = Client(url)
+    from rich.progress import Progress, TextColumn, TimeElapsedColumn
+
+    client = connect(url)
     m = client.migrate(instance, to)
     key = m["instance"]
     deadline = time.monotonic() + timeout

@@ -7,28 +7,46 @@ detailed exit codes).
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn
 
-from rackfire.api.client import Client, default_data_dir
 from rackfire.cli import day2, hosts, output, releases
-from rackfire.cli.common import Json, Url, Yes, wait_converged
+from rackfire.cli.common import Json, Url, Yes, connect, default_data_dir, wait_converged
 from rackfire.cli.output import err, out, print_json
 from rackfire.errors import PrereqError, RackfireError
-from rackfire.model.stack import ImageSource, RuntimeKind, StackSpec
-from rackfire.spec import load_stack_file, stack_json_schema
+
+
+# The choices of `image build --from` and of `server --runtime` (entry.py's), as the values
+# of model.stack's ImageSource and RuntimeKind: --help builds every option, and importing
+# model.stack (its dataclasses) for them would be a tenth of that start.
+# tests/unit/test_cli_imports.py checks that they agree.
+class ImageSource(StrEnum):
+    HOST = "host"
+    DEBOOTSTRAP = "debootstrap"
+    TARBALL = "tarball"
+    RELEASE = "release"
+
+
+class RuntimeKind(StrEnum):
+    CONTAINER = "container"
+    PROCESS = "process"
+    FAKE = "fake"
+
+
+if TYPE_CHECKING:
+    from rackfire.api.client import Client
+    from rackfire.model.stack import StackSpec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="rackfire: a fleet of virtual servers from one stack file.",
                   pretty_exceptions_enable=False)
 image_app = typer.Typer(no_args_is_help=True, help="Build, import, list and remove images.")
-server_app = typer.Typer(invoke_without_command=True,
+server_app = typer.Typer(no_args_is_help=True,  # running one: entry.py's callback
                          help="Run the server (API, store, reconcile loop, local agent).")
 app.add_typer(image_app, name="image")
 app.add_typer(server_app, name="server")
@@ -41,6 +59,8 @@ DataDir = Annotated[Path, typer.Option("--data-dir", help="where state lives")]
 
 def _read(file: Path) -> tuple[StackSpec, str, str, str]:
     """Validate locally first (the file's own line numbers, no server needed)."""
+    from rackfire.spec import load_stack_file  # pydantic, YAML, Jinja: only where a file is read
+
     return load_stack_file(file), file.read_text(), str(file), str(file.resolve().parent)
 
 
@@ -75,7 +95,7 @@ def plan(file: File, json: Json = False, url: Url = None,
          ) -> None:
     """Show what apply would change. Exit 0: no changes, 2: changes, 1: error."""
     spec, text, name, base = _read(file)
-    client = Client(url)
+    client = connect(url)
     result = client.plan(text, name, base, _upload_sources(client, spec), explain=explain)
     print_json(result) if json else output.print_plan(result, explain=explain)
     raise typer.Exit(2 if result["actions"] else 0)
@@ -86,7 +106,7 @@ def apply(file: File, yes: Yes = False, url: Url = None,
           timeout: Annotated[float, typer.Option(help="seconds to wait for convergence")] = 600,
           ) -> None:
     """Show the plan, apply it, and wait until the stack converges."""
-    _apply(Client(url), file, yes, timeout)
+    _apply(connect(url), file, yes, timeout)
 
 
 @app.command()
@@ -94,7 +114,7 @@ def up(file: File, url: Url = None, data_dir: DataDir = DEFAULT_DATA_DIR,
        timeout: Annotated[float, typer.Option(help="seconds to wait for convergence")] = 600,
        ) -> None:
     """Start a server if none answers, then apply the stack file without asking."""
-    client = Client(url, data_dir=data_dir)
+    client = connect(url, data_dir=data_dir)
     if not client.alive():
         _start_server(client, data_dir)
     _apply(client, file, True, timeout)
@@ -123,7 +143,7 @@ def destroy(stack: str, yes: Yes = False, url: Url = None,
                 "them again")] = False) -> None:
     """Remove every instance, the network and the published ports of a stack, and its data
     disks unless --keep-data."""
-    client = Client(url)
+    client = connect(url)
     rows = client.instances(stack)
     try:
         disks = int(client.stack(stack).get("data_disks", 0))
@@ -140,6 +160,8 @@ def destroy(stack: str, yes: Yes = False, url: Url = None,
     if result["generation"] == 0:
         out.print(f"stack {stack} does not exist; nothing to do")
         return
+    from rich.progress import BarColumn, Progress, TextColumn
+
     with Progress(TextColumn("{task.description}"), BarColumn(), console=err) as bar:
         task = bar.add_task(f"destroying {stack}", total=max(len(rows), 1))
         while True:
@@ -163,7 +185,7 @@ def destroy(stack: str, yes: Yes = False, url: Url = None,
 def ps(stack: Annotated[str | None, typer.Argument()] = None, json: Json = False,
        url: Url = None) -> None:
     """One row per instance: name, role, index, state, IP, host, uptime, health."""
-    rows = Client(url).instances(stack)
+    rows = connect(url).instances(stack)
     print_json(rows) if json else output.print_instances(rows, show_stack=stack is None)
 
 
@@ -175,35 +197,18 @@ hosts.register(app)  # hosts, host rm, token create, agent
 @app.command()
 def schema() -> None:
     """Print the stack file's JSON Schema (for editors)."""
+    from rackfire.spec import stack_json_schema
+
     print_json(stack_json_schema())
 
 
 # server -------------------------------------------------------------------------------------
 
-@server_app.callback()
-def server(
-    ctx: typer.Context,
-    data_dir: DataDir = DEFAULT_DATA_DIR,
-    listen: Annotated[str, typer.Option(help="address to serve the API on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="API port")] = 7480,
-    subnet_pool: Annotated[str, typer.Option(help="stack networks come from here")] =
-    "10.88.0.0/16",
-    runtime: Annotated[RuntimeKind | None, typer.Option(help="force one runtime")] = None,
-    local_host: Annotated[bool, typer.Option(
-        help="run instances on this machine too, not only on joined hosts")] = True,
-) -> None:
-    """Run the server in the foreground."""
-    if ctx.invoked_subcommand is not None:
-        return
-    from rackfire.server import serve  # the CLI's other commands need none of this
-
-    serve(data_dir, listen, port, subnet_pool, runtime, local_host)
-
-
+# `rackfire server` itself (running one) is rackfire/entry.py's: cli/ imports no server code.
 @server_app.command("stop")
 def server_stop(url: Url = None) -> None:
     """Stop the server. Instances keep running; a new server re-adopts them."""
-    client = Client(url)
+    client = connect(url)
     client.stop_server()
     deadline = time.monotonic() + 20
     while client.alive() and time.monotonic() < deadline:
@@ -212,6 +217,8 @@ def server_stop(url: Url = None) -> None:
 
 
 def _start_server(client: Client, data_dir: Path) -> None:
+    import subprocess
+
     data_dir.mkdir(parents=True, exist_ok=True)
     port = client.url.rsplit(":", 1)[-1].split("/")[0]
     log = open(data_dir / "server.log", "ab")  # noqa: SIM115 - handed to the child
@@ -244,7 +251,7 @@ def image_build(
 ) -> None:
     """Build an image from the host's OS directories or with debootstrap."""
     err.print(f"building image {name} from {source} ...")
-    info = Client(url).build_image(name=name, source=source.value, suite=suite,
+    info = connect(url).build_image(name=name, source=source.value, suite=suite,
                                    packages=package or [], mirror=mirror)
     out.print(f"image {info['name']} {info['digest'][:12]} ({info['size_bytes'] >> 20} MiB)")
 
@@ -254,14 +261,14 @@ def image_import(name: str, tarball: Path, url: Url = None) -> None:
     """Import a root filesystem tarball (.tar, .tar.gz, .tar.xz), extracted safely."""
     if not tarball.is_file():
         raise PrereqError(f"{tarball}: no such file")
-    info = Client(url).import_image(name, tarball)
+    info = connect(url).import_image(name, tarball)
     out.print(f"image {info['name']} {info['digest'][:12]} ({info['size_bytes'] >> 20} MiB)")
 
 
 @image_app.command("ls")
 def image_ls(json: Json = False, url: Url = None) -> None:
     """List images."""
-    rows = Client(url).images()
+    rows = connect(url).images()
     if json:
         print_json(rows)
         return
@@ -279,7 +286,7 @@ def image_ls(json: Json = False, url: Url = None) -> None:
 @image_app.command("rm")
 def image_rm(name: str, url: Url = None) -> None:
     """Remove an image no instance uses."""
-    removed = Client(url).remove_image(name)["removed"]
+    removed = connect(url).remove_image(name)["removed"]
     out.print(f"image {name} removed" if removed else f"no image named {name}; nothing to do")
 
 

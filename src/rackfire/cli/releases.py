@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
-from rackfire.api.client import Client
-from rackfire.cli.common import Json, NoWait, Timeout, Url, parse_target, wait_converged
+from rackfire.cli.common import Json, NoWait, Timeout, Url, connect, parse_target, wait_converged
 from rackfire.cli.output import err, out, print_json
 from rackfire.errors import PrereqError, RackfireError
+
+if TYPE_CHECKING:
+    from rackfire.api.client import Client
 
 Role = Annotated[str, typer.Argument(help="STACK/ROLE")]
 STATUS_STYLE = {"live": "green", "deploying": "yellow", "failed": "red", "retired": "dim"}
@@ -39,7 +41,7 @@ def push(role: Role,
         raise PrereqError("nothing to push", hint="give a source dir, --image NAME, or both")
     if src is not None and not src.is_dir():
         raise PrereqError(f"{src} is not a directory", hint="push the app's source dir")
-    client = Client(url)
+    client = connect(url)
     source = client.upload_source(src) if src is not None else None
     result = client.push(t.stack, t.role, source, str(src.resolve()) if src else "", image)
     _follow(client, t.stack, t.role, result, no_wait, timeout, (source, image))
@@ -52,7 +54,7 @@ def rollback(role: Role,
     """Go back to an earlier release of a role, rolling out like a push."""
     t = parse_target(role, need_role=True)
     assert t.role is not None
-    client = Client(url)
+    client = connect(url)
     result = client.rollback(t.stack, t.role, version)
     _follow(client, t.stack, t.role, result, no_wait, timeout)
 
@@ -60,7 +62,7 @@ def rollback(role: Role,
 def releases(role: Role, json: Json = False, url: Url = None) -> None:
     """A role's releases, newest first: version, status, source hash, image, when, who."""
     t = parse_target(role)
-    rows = Client(url).releases(t.stack, t.role)
+    rows = connect(url).releases(t.stack, t.role)
     if json:
         print_json(rows)
         return

@@ -1,5 +1,6 @@
 """`rackfire logs` and `rackfire exec`: the commands that stream. Logs are a chunked HTTP
-response (httpx); exec is a websocket (see api/streams.py for its protocol)."""
+response (httpx); exec is a websocket (see api/streams.py for its protocol). Both are
+imported by the functions that use them: `--help` needs neither."""
 
 from __future__ import annotations
 
@@ -12,17 +13,18 @@ import termios
 import threading
 import tty as ttymod
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import httpx
 import typer
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
-from websockets.sync.client import ClientConnection, connect
 
-from rackfire.api.client import DEFAULT_URL, ApiError, ServerUnreachable, actor, read_token
 from rackfire.cli.common import Json, Url, parse_target
 from rackfire.errors import PrereqError, RackfireError
-from rackfire.model.instance import InstanceKey
+
+if TYPE_CHECKING:
+    from websockets.sync.client import ClientConnection
+
+    from rackfire.api.client import ServerUnreachable
+    from rackfire.model.instance import InstanceKey
 
 TargetArg = Annotated[str, typer.Argument(
     metavar="TARGET", help="a stack (shop), a role (shop/web) or an instance (shop/web/0, "
@@ -100,6 +102,10 @@ def _json_line(raw: bytes, instance: str | None, timestamps: bool) -> bytes:
 
 
 def _stream(base: str, path: str, params: dict[str, Any]) -> Iterator[bytes]:
+    import httpx
+
+    from rackfire.api.client import ApiError
+
     got = False
     try:
         with httpx.Client(base_url=base, timeout=httpx.Timeout(10.0, read=None)) as http, \
@@ -135,6 +141,8 @@ def exec_(
 ) -> None:
     """Run a command inside a running instance, with its environment; exits with the
     command's exit code."""
+    from websockets.exceptions import ConnectionClosed
+
     key = parse_target(instance).key
     if key is None:
         raise PrereqError(f"{instance!r} is not one instance",
@@ -166,6 +174,9 @@ def exec_(
 
 
 def _connect(base: str, key: InstanceKey) -> ClientConnection:
+    from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
+    from websockets.sync.client import connect
+
     ws_url = "ws" + base.removeprefix("http") + f"/v1/instances/{key.id}/exec"
     try:
         # proxy=None: the server is reached directly, whatever *_proxy says.
@@ -180,6 +191,10 @@ def _connect(base: str, key: InstanceKey) -> ClientConnection:
 
 
 def _receive(conn: ClientConnection) -> int:
+    from websockets.exceptions import ConnectionClosed
+
+    from rackfire.api.client import ApiError
+
     try:
         for msg in conn:
             if isinstance(msg, bytes):
@@ -202,6 +217,8 @@ def _receive(conn: ClientConnection) -> int:
 
 
 def _forward_stdin(conn: ClientConnection) -> None:
+    from websockets.exceptions import ConnectionClosed
+
     fd = sys.stdin.fileno()
     # The command ending, or the connection, ends the copy: nothing more to send.
     with contextlib.suppress(OSError, ConnectionClosed):
@@ -214,6 +231,8 @@ def _forward_stdin(conn: ClientConnection) -> None:
 def _raw_terminal(conn: ClientConnection) -> Iterator[None]:
     """Keys go to the remote terminal as typed (Ctrl-C included); a resize of this window
     resizes it."""
+    from websockets.exceptions import ConnectionClosed
+
     fd = sys.stdin.fileno()
     saved = termios.tcgetattr(fd)
 
@@ -239,14 +258,20 @@ def _raw_terminal(conn: ClientConnection) -> Iterator[None]:
 # shared -----------------------------------------------------------------------------------
 
 def _base_url(url: str | None) -> str:
+    from rackfire.api.client import DEFAULT_URL
+
     return (url or os.environ.get("RACKFIRE_URL") or DEFAULT_URL).rstrip("/")
 
 
 def _auth() -> dict[str, str]:
+    from rackfire.api.client import actor, read_token
+
     return {"Authorization": f"Bearer {read_token()}", "X-Rackfire-Actor": actor()}
 
 
 def _unreachable(base: str, e: Exception) -> ServerUnreachable:
+    from rackfire.api.client import ServerUnreachable
+
     return ServerUnreachable(
         f"no rackfire server answers at {base} ({e.__class__.__name__})",
         hint="start one with `rackfire server` (or use `rackfire up`), or set RACKFIRE_URL")

@@ -1,11 +1,15 @@
 """The executor: runs a Plan's actions, recording each one's intent before its side effect,
-and an event for each one's outcome.
+and an event for each one's outcome. It never waits for an instance.
 
 Destroys, stops, creates, restarts, resizes, reloads and reconfigures run first, a few side
 by side; rolling actions (replaces, surge creates, an operator's restarts) go a batch at a
-time (the role's `max_unavailable`, plus its ready surge instances), each waiting for its
-instances to pass their check within the role's `health_timeout`, and the rollout stops at
-the first that does not (a bad release takes down one batch, or only its surge instance).
+time (the role's `max_unavailable`; with 0, one per ready surge instance): one batch a pass. What
+the batch made is written down as a *rollout wait* (store/rollouts.py) and the pass ends;
+the stack's next reconcile (on the health change, or soon) finds whether it passed its
+check within the role's `health_timeout` (control/rollouts.py) and, if so, plans the next
+batch. Instances are drained from the published ports before they go down; a drain that
+needs a moment to take (a load balancer reloaded) ends the pass too, and the next one runs
+the actions.
 """
 
 from __future__ import annotations
@@ -17,42 +21,67 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from itertools import groupby
+from typing import Protocol
 
-from rackfire.control.health import HealthMonitor
 from rackfire.errors import RackfireError
 from rackfire.model.agent import Agent
 from rackfire.model.instance import InstanceKey
+from rackfire.model.records import ActionState, RolloutWait
 from rackfire.plan import Action, ActionKind, Plan
 from rackfire.store import ActionRecord, Store
+from rackfire.store.rollouts import RolloutWaits
 
 log = logging.getLogger("rackfire.executor")
 PARALLEL = 4
 CONTROLLER = "controller"  # the actor of what the controller does on its own
 # Actions that start a run: health starts over, and the restart policy counts them.
 STARTS = (ActionKind.CREATE, ActionKind.REPLACE, ActionKind.RECONFIGURE, ActionKind.RESTART)
+# Actions that take an instance out of service: drained from the ports first.
+TAKE_DOWN = frozenset(ActionKind) - {ActionKind.CREATE, ActionKind.RESIZE, ActionKind.RELOAD}
+LOOK_AGAIN = 0.5  # a pass that made a batch (or began a drain) looks again this soon
+
+
+class Ports(Protocol):
+    """Where the executor drains instances from before they go down."""
+
+    def drain(self, keys: set[InstanceKey]) -> bool:
+        """Leave `keys` out of the ports and names; True once that has taken effect."""
+        ...
+
+    def restore(self, keys: set[InstanceKey], *, repoint: bool = True) -> None:
+        """`keys` went down (or came back): forget their drain, and with `repoint` point
+        the ports at who is ready now."""
+        ...
+
+
+class _NoPorts:
+    def drain(self, keys: set[InstanceKey]) -> bool:
+        return True
+
+    def restore(self, keys: set[InstanceKey], *, repoint: bool = True) -> None:
+        pass
 
 
 @dataclass(slots=True)
 class Outcome:
     failed: str = ""  # why the plan stopped, for the operator
     held: bool = False  # a rollout waits for an operator: no point retrying soon
-    deferred: float | None = None  # a backed-off restart is due then
+    deferred: float | None = None  # something is due then: a backed-off restart, a batch
     released: list[InstanceKey] = field(default_factory=list)  # destroyed for good
     rollout_failed: dict[str, str] = field(default_factory=dict)  # role -> why it stopped
 
+    def defer(self, when: float) -> None:
+        self.deferred = when if self.deferred is None else min(self.deferred, when)
+
 
 class Executor:
-    def __init__(self, store: Store, agent: Agent, health: HealthMonitor) -> None:
+    def __init__(self, store: Store, agent: Agent) -> None:
         self.store = store
         self.agent = agent
-        self.health = health
+        self.waits = RolloutWaits(store)
 
-    def run(self, plan: Plan, clock: Callable[[], float],
-            publish: Callable[[set[InstanceKey]], None] | None = None) -> Outcome:
-        """`publish(down)` re-points the published ports, leaving out `down`: instances are
-        drained before they go down, and a replaced one is back in as soon as it is healthy
-        (not when the whole rollout ends)."""
-        drain = publish or (lambda _: None)
+    def run(self, plan: Plan, clock: Callable[[], float], ports: Ports | None = None) -> Outcome:
+        ports = ports or _NoPorts()
         out = Outcome()
         due = []
         held = [a.held for a in plan.actions if a.held]
@@ -60,37 +89,43 @@ class Executor:
             if action.held:
                 continue
             if action.not_before is not None and action.not_before > clock():
-                out.deferred = min(out.deferred or action.not_before, action.not_before)
+                out.defer(action.not_before)
             else:
                 due.append(action)
-        # Independent instances of one kind run side by side; rolling ones go one by one.
+        rolled = False
+        # Independent instances of one kind run side by side; rolling ones a batch a pass.
         for (kind, rolling), batch in groupby(due, key=_rolls):
             actions = list(batch)
+            if rolling and rolled:
+                continue  # the next batch, once this one passes its checks
             if rolling:
-                for chunk in _batches(actions):
-                    drain({a.key for a in chunk})
-                    with ThreadPoolExecutor(PARALLEL, thread_name_prefix="action") as pool:
-                        errors = list(pool.map(lambda a: self._run_one(plan, a), chunk))
-                        if not any(errors):
-                            errors = list(pool.map(
-                                lambda a: self.health.wait_ready(a.key, a.health_timeout),
-                                chunk))
-                    for a, error in zip(chunk, errors, strict=True):
-                        if error:
-                            out.failed = f"{kind} {a.key.name}: {error}; rollout stopped"
-                            if kind is ActionKind.REPLACE or kind is ActionKind.CREATE:
-                                out.rollout_failed[a.key.role] = out.failed  # a new spec's
-                            drain(set())
-                            return out
-                    drain(set())
-                continue
-            if kind not in (ActionKind.CREATE, ActionKind.RESIZE, ActionKind.RELOAD):
-                drain({a.key for a in actions})
+                actions = _batches(actions)[0]
+            down = {a.key for a in actions} if kind in TAKE_DOWN else set()
+            if down and not ports.drain(down):
+                out.defer(clock() + LOOK_AGAIN)
+                return out  # the drain takes a moment: the next pass runs them
+            ids = [uuid.uuid4().hex[:12] for _ in actions]
             with ThreadPoolExecutor(PARALLEL, thread_name_prefix="action") as pool:
-                errors = list(pool.map(lambda a: self._run_one(plan, a), actions))
+                errors = list(pool.map(lambda a, i: self._run_one(plan, a, i), actions, ids))
             out.released += [a.key for a, e in zip(actions, errors, strict=True)
                              if kind is ActionKind.DESTROY and not e]
             failed = [(a, e) for a, e in zip(actions, errors, strict=True) if e]
+            if rolling:
+                rolled = True
+                for a, action_id, error in zip(actions, ids, errors, strict=True):
+                    if not error:
+                        self.waits.put(RolloutWait(a.key, kind.value, action_id, clock(),
+                                                   a.health_timeout or 0.0))
+                ports.restore(down)
+                out.defer(clock() + LOOK_AGAIN)
+                if failed:
+                    a, e = failed[0]
+                    out.failed = f"{kind} {a.key.name}: {e}; rollout stopped"
+                    if kind is ActionKind.REPLACE or kind is ActionKind.CREATE:
+                        out.rollout_failed[a.key.role] = out.failed  # a new spec's
+                    return out
+                continue
+            ports.restore(down, repoint=False)  # the pass re-points the ports at its end
             if failed:
                 a, e = failed[0]
                 more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
@@ -100,11 +135,10 @@ class Executor:
             out.failed, out.held = f"rollout held: {held[0]}", True
         return out
 
-    def _run_one(self, plan: Plan, action: Action) -> str:
-        action_id = uuid.uuid4().hex[:12]
+    def _run_one(self, plan: Plan, action: Action, action_id: str) -> str:
         self.store.record_action(ActionRecord(
             id=action_id, stack=plan.stack, generation=plan.generation, kind=action.kind.value,
-            instance=str(action.key), reason=action.reason, state="running",
+            instance=str(action.key), reason=action.reason, state=ActionState.RUNNING,
             created=time.time(), finished=None, error=""))
         log.info("%s %s (%s) [%s]", action.kind, action.key, action.reason, action_id)
         req = replace(action.request, action_id=action_id) if action.request else None
@@ -142,13 +176,13 @@ class Executor:
                 log.exception("%s %s crashed", action.kind, action.key)
             if fresh:
                 self.store.note_started(action.key, ok=False)  # the next try backs off
-            self.store.finish_action(action_id, "failed", message)
+            self.store.finish_action(action_id, ActionState.FAILED, message)
             self.store.add_event(CONTROLLER, plan.stack, str(action.key), action.kind.value,
                                  "failed", f"{action.reason}: {message}")
             return message
         if fresh:
             self.store.note_started(action.key, ok=True)
-        self.store.finish_action(action_id, "done")
+        self.store.finish_action(action_id, ActionState.DONE)
         self.store.add_event(CONTROLLER, plan.stack, str(action.key), action.kind.value, "ok",
                              action.reason)
         return ""

@@ -365,6 +365,15 @@ class Fleet:
     def facts(self, interval: float = 5.0) -> HostFacts:
         return self.local.facts(interval)
 
+    def facts_of(self, host: str) -> HostFacts:
+        """What `host` last reported of itself (the server's own: now)."""
+        if host == self.local_name:
+            return self.local.facts()
+        rec = next((h for h in self.registry.hosts() if h.name == host), None)
+        if rec is None:
+            raise AgentOffline(f"host {host} is no longer known", hint="see `rackfire hosts`")
+        return rec.facts
+
     def capacity(self) -> HostCapacity:
         return self.local.capacity()
 

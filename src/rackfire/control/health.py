@@ -16,7 +16,8 @@ from rackfire.model.stack import HealthSpec
 from rackfire.store import InstanceStatus, Store
 
 log = logging.getLogger("rackfire.health")
-TICK = 0.5
+TICK = 0.5  # a starting instance (one not yet passing this run) is probed this often too,
+# so a rollout's next batch goes as soon as this one is ready, not a check interval later
 
 
 def health_of(f: InstanceFacts | None, st: InstanceStatus | None) -> tuple[Health, str]:
@@ -65,8 +66,10 @@ class HealthMonitor:
                 if spec is None or f.state is not InstanceState.RUNNING:
                     continue
                 st = statuses.get(f.key)
+                starting = health_of(f, st)[0] is Health.STARTING
                 if (st is None or st.checked is None or st.run != f.started_at
-                        or st.checked + spec.interval <= now):
+                        or st.checked + (min(spec.interval, TICK) if starting
+                                         else spec.interval) <= now):
                     due.append((f, spec))
         for f, spec in due:
             with self._lock:
@@ -114,30 +117,3 @@ class HealthMonitor:
                                      message)
             self.on_change(f.key.stack)
         return health
-
-    def wait_ready(self, key: InstanceKey, timeout: float | None = None) -> str:
-        """Block until the new instance passes its check (within `timeout`, else its grace
-        and retries); '' or why not."""
-        rec = self.store.get_stack(key.stack)
-        role = rec.spec.role(key.role) if rec and key.role in {
-            r.name for r in rec.spec.roles} else None
-        spec = role.health if role else None
-        timeout = ready_timeout(spec, timeout or 0.0)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            f = next((f for f in self.agent.observe(key.stack) if f.key == key), None)
-            if f is None or f.state is not InstanceState.RUNNING:
-                state = f.state if f else "missing"
-                if f is not None and f.state is InstanceState.STOPPED:
-                    return f"it stopped ({'OOM-killed' if f.oom_killed else 'exited'})"
-                if state == "missing":
-                    return "it disappeared"
-            elif spec is None or (health := self._check(f, spec)) is Health.HEALTHY:
-                return ""
-            elif health is Health.UNHEALTHY:  # failing past its grace: no need to wait more
-                why = health_of(f, self.store.statuses(key.stack).get(key))[1]
-                return f"unhealthy ({why})" if why else "unhealthy"
-            time.sleep(min(spec.interval, 0.5) if spec else 0.2)
-        st = self.store.statuses(key.stack).get(key)
-        return f"not healthy after {timeout:.0f}s" + (
-            f" ({st.message})" if st and st.message else "")

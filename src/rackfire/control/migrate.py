@@ -37,12 +37,15 @@ from rackfire.control.fleet import Fleet
 from rackfire.errors import AgentOffline, ExecError, RackfireError
 from rackfire.model.agent import HostAgent
 from rackfire.model.instance import InstanceKey, InstanceRequest, InstanceState
+from rackfire.model.records import Migration
 from rackfire.store import Store
-from rackfire.store.placements import Migration, Placements
+from rackfire.store.placements import Placements
 
 log = logging.getLogger("rackfire.migrate")
 
 GIVE_UP = 300.0  # seconds a migration waits for an unreachable host before it is reverted
+LOOK_AGAIN = 0.5  # the target copy is starting: its check is looked at again this soon
+UNREACHABLE_AGAIN = 5.0  # a host could not be reached: tried again this soon
 
 
 def migrating(rows: list[Migration]) -> set[InstanceKey]:
@@ -69,10 +72,12 @@ class Failpoints:
 
 
 def run(m: Migration, req: InstanceRequest, fleet: Fleet, store: Store,
-        wait_ready: Callable[[InstanceRequest, str], str], *,
-        failpoints: Failpoints | None = None) -> bool:
-    """Carry the migration on from its step; True when it is over (done or reverted),
-    False when a host could not be reached and it is to be tried again later."""
+        ready_on: Callable[[InstanceRequest, str], str | None], *,
+        failpoints: Failpoints | None = None) -> float | None:
+    """Carry the migration on from its step, as far as it goes without waiting; None when
+    it is over (done or reverted), else in how many seconds to look again (the target
+    copy is still starting, or a host could not be reached). `ready_on(req, host)`: ''
+    once the copy there passes its check, None while it may still, else why it failed."""
     places = fleet.placements
     key, step = m.key, m.step
     points = failpoints or Failpoints()
@@ -96,9 +101,12 @@ def run(m: Migration, req: InstanceRequest, fleet: Fleet, store: Store,
             points.hit("migrate.starting")
             agent = fleet.agent_for(m.target)
             moved = replace(req, adopt_disks=True, action_id=f"migrate-{int(m.started)}")
-            fleet.prepare(m.target, agent, moved)
-            agent.create(moved)
-            why = wait_ready(moved, m.target)
+            if not _running(agent, key):  # else made by an earlier pass, starting there
+                fleet.prepare(m.target, agent, moved)
+                agent.create(moved)
+            why = ready_on(moved, m.target)
+            if why is None:
+                return LOOK_AGAIN
             if why:
                 raise ExecError(f"{key} did not become healthy on {m.target}: {why}")
             step = _next(places, m, "cleaning")
@@ -112,21 +120,22 @@ def run(m: Migration, req: InstanceRequest, fleet: Fleet, store: Store,
             fleet.heard_from(m.source, m.target)
             store.add_event(m.actor, key.stack, str(key), "migrate", "ok",
                             f"{m.source} -> {m.target}")
-            return True
+            return None
         if step == "reverting":
-            return _revert(m, req, fleet, store, "")
+            _revert(m, req, fleet, store, "")
+            return None
     except AgentOffline as e:
         if time.time() - m.started < GIVE_UP or step in ("cleaning", "reverting"):
             log.warning("migration of %s waits at %s: %s", key, step, e.message)
-            return False
+            return UNREACHABLE_AGAIN
         return _start_revert(m, req, fleet, store, f"gave up at {step}: {e.message}")
     except (RackfireError, OSError) as e:  # OSError: the server's own disks (ENOSPC, ...)
         why = e.message if isinstance(e, RackfireError) else str(e)
         if step in ("cleaning", "reverting"):  # the instance is whole on one host: carry on
             log.warning("migration of %s at %s: %s", key, step, why)
-            return False
+            return UNREACHABLE_AGAIN
         return _start_revert(m, req, fleet, store, f"{step} failed: {why}")
-    return True
+    return None
 
 
 def _next(places: Placements, m: Migration, step: str) -> str:
@@ -135,18 +144,20 @@ def _next(places: Placements, m: Migration, step: str) -> str:
 
 
 def _start_revert(m: Migration, req: InstanceRequest, fleet: Fleet, store: Store,
-                  why: str) -> bool:
+                  why: str) -> float | None:
     fleet.placements.set_step(m.key, "reverting")
     store.add_event(m.actor, m.key.stack, str(m.key), "migrate", "failed",
                     f"{m.source} -> {m.target}: {why}; going back to {m.source}")
     try:
-        return _revert(m, req, fleet, store, why)
+        _revert(m, req, fleet, store, why)
+        return None
     except (RackfireError, OSError) as e:
         log.warning("reverting the migration of %s: %s", m.key, e)
-        return False
+        return UNREACHABLE_AGAIN
 
 
-def _revert(m: Migration, req: InstanceRequest, fleet: Fleet, store: Store, why: str) -> bool:
+def _revert(m: Migration, req: InstanceRequest, fleet: Fleet, store: Store,
+            why: str) -> None:
     """Remove the target's copy (running or half made) and its disks, then start the source
     copy again, from its disks set aside if it was released: never two running."""
     target = fleet.agent_for(m.target)
@@ -163,8 +174,12 @@ def _revert(m: Migration, req: InstanceRequest, fleet: Fleet, store: Store, why:
         source.restart(req)
     fleet.placements.end_migration(m.key, m.source)
     fleet.heard_from(m.source, m.target)
-    return True
 
 
 def _exists(agent: HostAgent, key: InstanceKey) -> bool:
     return any(f.key == key for f in agent.observe(key.stack))
+
+
+def _running(agent: HostAgent, key: InstanceKey) -> bool:
+    return any(f.key == key and f.state is InstanceState.RUNNING
+               for f in agent.observe(key.stack))

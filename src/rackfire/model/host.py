@@ -3,10 +3,12 @@ and what is reserved on them. Pure data."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
 from rackfire.model.agent import HostCapacity
+from rackfire.model.runtime import ASSUMED, Capabilities, Need, missing
 from rackfire.model.stack import Resources, RuntimeKind
 
 _RUNTIMES = frozenset(k.value for k in RuntimeKind)
@@ -87,12 +89,31 @@ class HostFacts:
     disk_used: int  # bytes used on the file system of its data dir
     version: str = ""
     interval: float = 5.0  # seconds between its heartbeats
+    # Per runtime it offers, what that runtime can do; () from an agent that predates them.
+    capabilities: tuple[tuple[RuntimeKind, Capabilities], ...] = ()
+
+    def caps_of(self, kind: RuntimeKind) -> Capabilities | None:
+        """What the host's `kind` runtime can do; None if the host does not offer it. An
+        agent that reported no capabilities is assumed to have its kind's `ASSUMED` ones."""
+        if kind not in self.runtimes:
+            return None
+        reported = dict(self.capabilities)
+        if kind in reported:
+            return reported[kind]
+        return ASSUMED.get(kind, Capabilities()) if not self.capabilities else Capabilities()
+
+    def lacks(self, kind: RuntimeKind, needs: Iterable[Need]) -> tuple[Need, ...]:
+        """The `needs` the host's `kind` runtime does not meet (all of them if the host does
+        not offer `kind`): () when it can run what asks them."""
+        caps = self.caps_of(kind)
+        return missing(caps if caps is not None else Capabilities(), needs)
 
     def to_json(self) -> dict[str, object]:
         return {"cpus": self.capacity.cpus, "memory": self.capacity.memory,
                 "disk": self.capacity.disk, "runtimes": [r.value for r in self.runtimes],
                 "memory_used": self.memory_used, "disk_used": self.disk_used,
-                "version": self.version, "interval": self.interval}
+                "version": self.version, "interval": self.interval,
+                "capabilities": {k.value: c.to_json() for k, c in self.capabilities}}
 
     @staticmethod
     def from_json(d: dict[str, object]) -> HostFacts:
@@ -105,8 +126,13 @@ class HostFacts:
         runtimes = d.get("runtimes", [])
         if not isinstance(runtimes, list):
             raise ValueError("facts.runtimes: expected a list")
+        caps = d.get("capabilities", {})
+        if not isinstance(caps, dict):
+            raise ValueError("facts.capabilities: expected an object")
         return HostFacts(HostCapacity(num("cpus"), int(num("memory")), int(num("disk"))),
                          # one this server does not know (a newer agent's) is not offered
                          tuple(RuntimeKind(r) for r in runtimes if r in _RUNTIMES),
                          int(num("memory_used")), int(num("disk_used")),
-                         str(d.get("version", "")), num("interval") or 5.0)
+                         str(d.get("version", "")), num("interval") or 5.0,
+                         tuple((RuntimeKind(k), Capabilities.from_json(c))
+                               for k, c in caps.items() if k in _RUNTIMES))

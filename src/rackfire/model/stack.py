@@ -24,6 +24,7 @@ class ImageSource(StrEnum):
 class RuntimeKind(StrEnum):
     CONTAINER = "container"
     PROCESS = "process"
+    FAKE = "fake"  # tests only (runtime/fake.py): offered only by an agent told to
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,10 +79,17 @@ def plan_stack(
         if action is not None:
             actions.append(replace(action, reason=f"surge instance: {action.reason}"))
 
+    # A rollout's surge instances serve until the instances that replaced the old ones are
+    # ready: destroyed while one still starts, the role would be short of them meanwhile.
+    still_starting = {k.role for k in starting if k in want}
     for key in sorted(have.keys() - want.keys(), key=lambda k: (k.role, -k.index)):
         role = roles.get(key.role)
-        actions.append(Action(ActionKind.DESTROY, key, _destroy_reason(key, spec),
-                              stop_timeout=role.stop_timeout if role else DEFAULT_STOP_TIMEOUT))
+        action = Action(ActionKind.DESTROY, key, _destroy_reason(key, spec),
+                        stop_timeout=role.stop_timeout if role else DEFAULT_STOP_TIMEOUT)
+        if role is not None and key.role in still_starting \
+                and key.index < role.count + role.update.max_surge:
+            action = replace(action, not_before=now + WAIT_FOR_STARTING)
+        actions.append(action)
 
     for key in sorted(want.keys() - have.keys()):
         if key in surge:
@@ -149,7 +156,10 @@ def _hold(a: Action, stuck: Mapping[str, str], waiting: Mapping[str, str], now: 
         return replace(a, not_before=max(a.not_before or 0.0, now + WAIT_FOR_STARTING))
     if role is None or a.kind is not ActionKind.REPLACE:
         return a
-    batch = max_unavailable(role) + ready_surge.get(role.name, 0)
+    # A ready surge instance lets a role with max_unavailable 0 go on; it does not widen a
+    # batch past max_unavailable: a load balancer's old workers still send a while to what
+    # a batch takes down, and with two of three down at once a request found none.
+    batch = max_unavailable(role) or ready_surge.get(role.name, 0)
     if batch == 0:
         return replace(a, not_before=max(a.not_before or 0.0, now + WAIT_FOR_STARTING))
     return replace(a, batch=batch)

@@ -1,39 +1,79 @@
-"""The runtime seam: one Protocol, capabilities as data, one contract suite for all."""
+"""The runtime seam: one Protocol, capabilities as data, one contract suite for all.
+
+A runtime is given neutral inputs: the request (what to run), a `RootFs` (the read-only
+layers its root is made of, resolved by the agent from its image store) and an `Attachment`
+(how it is on the stack's network, made by net/attach.py for the runtime's
+`Capabilities.network`). What is the instance's own (its config layer, writable disk, log,
+meta.json) the runtime keeps in its instance dir. Which runtimes a host has is
+runtime/registry.py's; what each can do is its `caps` (model/runtime.py), which the agent
+reports in its host's facts.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from rackfire.images.store import ImageInfo
 from rackfire.model.agent import ExecHandle, InstanceStats
 from rackfire.model.instance import InstanceFacts, InstanceKey, InstanceRequest
+from rackfire.model.runtime import Capabilities
 from rackfire.model.stack import DEFAULT_STOP_TIMEOUT, RuntimeKind
+from rackfire.net import attach
+from rackfire.net.attach import Attachment
+
+__all__ = ["Attachment", "Capabilities", "DiskMover", "Layer", "RootFs", "Runtime", "inputs"]
 
 
 @dataclass(frozen=True, slots=True)
-class Capabilities:
-    isolated: bool  # own namespaces, cgroup limits
-    disk_limit: bool  # a real cap on what it can write
-    own_ip: bool  # its own network namespace and address on the stack network
+class Layer:
+    """A read-only layer of the image store: never written after it is committed."""
+
+    digest: str
+    path: Path  # its tree
+    name: str = ""  # for messages; "" when no name points at it
+
+
+@dataclass(frozen=True, slots=True)
+class RootFs:
+    """The read-only part of an instance's root: `layers` top first (its release layer, if
+    the request names one, then its image's, last), the host paths the image binds read-only
+    at the same place, and the stack's hosts file (rewritten in place, bound at /etc/hosts;
+    its `resolv.conf` beside it)."""
+
+    layers: tuple[Layer, ...]
+    host_binds: tuple[str, ...]
+    hosts_file: Path
+
+    @property
+    def image(self) -> Layer:
+        return self.layers[-1]
+
+    def layer(self, digest: str) -> Layer | None:
+        return next((x for x in self.layers if x.digest == digest), None)
+
+    @staticmethod
+    def of(image: ImageInfo, hosts_file: Path, app: ImageInfo | None = None) -> RootFs:
+        """From the store's layers: `app` (the release layer) above `image`."""
+        layers = [Layer(i.digest, i.rootfs, i.name) for i in (app, image) if i is not None]
+        return RootFs(tuple(layers), image.host_binds, hosts_file)
 
 
 class Runtime(Protocol):
     kind: RuntimeKind
     caps: Capabilities
 
-    def create(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path,
-               app: ImageInfo | None = None) -> None:
+    def create(self, req: InstanceRequest, rootfs: RootFs, net: Attachment) -> None:
         """Make every part of the instance and start it. Repairs a half-made earlier try.
-        `app`: the release layer `req.app_digest` names (None if it names none)."""
+        Refusals (what it cannot run, a release layer `rootfs` lacks) come before any part
+        exists."""
 
-    def reconfigure(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path,
-                    app: ImageInfo | None = None) -> None:
+    def reconfigure(self, req: InstanceRequest, rootfs: RootFs, net: Attachment) -> None:
         """Stop it, swap its config layer for `req.files`, start it; same disk and IP."""
 
-    def restart(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path,
-                app: ImageInfo | None = None) -> None:
+    def restart(self, req: InstanceRequest, rootfs: RootFs, net: Attachment) -> None:
         """Start a stopped instance again on its own disk."""
 
     def reload(self, req: InstanceRequest) -> None:
@@ -41,7 +81,8 @@ class Runtime(Protocol):
         paths), record `req.config_hash`, and have it re-read them (`req.reload`)."""
 
     def destroy(self, key: InstanceKey, stop_timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
-        """Stop it gracefully, then remove every part; missing parts are fine."""
+        """Stop it gracefully, then remove every part (its attachment too); missing parts
+        are fine."""
 
     def stop(self, key: InstanceKey, stop_timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         """SIGTERM, SIGKILL after `stop_timeout`; keeps its disk, config and IP."""
@@ -67,3 +108,25 @@ class Runtime(Protocol):
 
     def log_path(self, key: InstanceKey) -> Path:
         """Where the instance's stdout and stderr go."""
+
+
+@runtime_checkable
+class DiskMover(Protocol):
+    """What a runtime with `caps.cold_migrate` has besides: its stopped instances' disks out
+    to another host, and back in with `InstanceRequest.adopt_disks` (create)."""
+
+    def send_disks(self, key: InstanceKey) -> Iterator[bytes]:
+        """The stopped instance's disks as a stream (runtime/diskcopy.py); refused, before
+        any byte, while it runs."""
+
+    def set_aside(self, key: InstanceKey) -> None:
+        """Remove the stopped instance, keeping its disks as if received."""
+
+
+def inputs(runtime: Runtime, req: InstanceRequest, image: ImageInfo, hosts_file: Path,
+           app: ImageInfo | None = None) -> tuple[RootFs, Attachment]:
+    """What `runtime` is given for `req`: its root's layers and its network attachment.
+    `app`: the release layer `req.app_digest` names, if this host has it (a runtime refuses
+    a request whose release layer is missing)."""
+    return (RootFs.of(image, hosts_file, app if req.app_digest else None),
+            attach.attachment(runtime.caps.network, req))

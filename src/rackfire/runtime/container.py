@@ -12,12 +12,15 @@ instance dir: `destroy` leaves it (a replace or a later create of the key reuses
 Cold migration: `send_disks` streams a stopped instance's root disk and data disk
 (`diskcopy`); the target host keeps them in `<incoming>/<id>/`, and `create` with
 `req.adopt_disks` starts from them instead of a new disk.
+
+Its inputs are neutral (runtime/base.py): the root's read-only layers as a `RootFs`, and a
+`VethAttachment` that net/attach.py wires (made sure of at each start, removed by
+`destroy`); this module only says when.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import shutil
@@ -31,8 +34,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from rackfire.errors import ExecError, NotFound, PrereqError, RackfireError
-from rackfire.images.store import ImageInfo
+from rackfire.errors import ExecError, NotFound, PrereqError
 from rackfire.model.agent import ExecHandle, InstanceStats
 from rackfire.model.instance import (
     InstanceFacts,
@@ -40,11 +42,13 @@ from rackfire.model.instance import (
     InstanceRequest,
     InstanceState,
 )
+from rackfire.model.runtime import Capabilities, NetworkMode
 from rackfire.model.stack import DEFAULT_STOP_TIMEOUT, Resources, RuntimeKind
 from rackfire.model.units import format_size_approx
-from rackfire.net import garp, links, names
+from rackfire.net import attach, names
+from rackfire.net.attach import Attachment, VethAttachment, expect_veth
 from rackfire.runtime import diskcopy, logwriter, mounts, runcstate, stats
-from rackfire.runtime.base import Capabilities
+from rackfire.runtime.base import RootFs
 from rackfire.runtime.execproc import RuncExecProcess, start_on_pty
 from rackfire.runtime.layout import (
     InstanceDir,
@@ -72,8 +76,6 @@ from rackfire.runtime.reload import (
     write_beneath,
 )
 
-log = logging.getLogger("rackfire.runtime")
-
 RUNC_ROOT = Path("/run/rackfire/runc")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # Mount points runc (or the image) owns: a data disk over one would hide it.
@@ -90,7 +92,9 @@ class Grows:
 
 class ContainerRuntime:
     kind = RuntimeKind.CONTAINER
-    caps = Capabilities(isolated=True, disk_limit=True, own_ip=True)
+    caps = Capabilities(isolated=True, disk_limit=True, network=NetworkMode.VETH, disks=True,
+                        app_layers=True, reload=True, exec=True, live_resize=True,
+                        cold_migrate=True)
 
     def __init__(self, base: Path, host: str, runc_root: Path = RUNC_ROOT,
                  volumes: Path | None = None, incoming: Path | None = None) -> None:
@@ -114,13 +118,13 @@ class ContainerRuntime:
 
     # the Runtime protocol ---------------------------------------------------------------
 
-    def create(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path,
-               app: ImageInfo | None = None) -> None:
+    def create(self, req: InstanceRequest, rootfs: RootFs, net: Attachment) -> None:
         d = instance_dir(self.base, req.key)
         # Before any part exists: a refusal changes nothing.
-        check_paths(req.files, image)
-        check_data_path(req, image)
-        _app_layer(req, app, self.host)
+        check_paths(req.files, rootfs)
+        check_data_path(req, rootfs)
+        _app_layer(req, rootfs, self.host)
+        veth = expect_veth(net, self.kind)
         if req.adopt_disks:
             self._adopt_disks(d, req)
         else:
@@ -129,14 +133,14 @@ class ContainerRuntime:
             write_meta(d, req, phase="creating")  # intent first: a crash from here is PARTIAL
             mounts.make_disk(d.disk_image, req.resources.disk)
         write_config_layer(d.config, req.files, req.key.name)
-        self._start(d, req, image, hosts_file, app)
+        self._start(d, req, rootfs, veth)
         update_meta(d, phase="created")
 
-    def reconfigure(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path,
-                    app: ImageInfo | None = None) -> None:
-        check_paths(req.files, image)
-        check_data_path(req, image)
-        _app_layer(req, app, self.host)
+    def reconfigure(self, req: InstanceRequest, rootfs: RootFs, net: Attachment) -> None:
+        check_paths(req.files, rootfs)
+        check_data_path(req, rootfs)
+        _app_layer(req, rootfs, self.host)
+        veth = expect_veth(net, self.kind)
         d = instance_dir(self.base, req.key)
         self._stop(req.key, req.stop_timeout)
         mounts.unmount(d.rootfs)  # the lower layer may not change under a mounted overlay
@@ -147,13 +151,13 @@ class ContainerRuntime:
             # changed the file) would hide the config layer's new one.
             unlink_beneath(d.disk / "upper", path)
         swap_config(d, d.config, req, replace_all=True)  # the layer holds nothing else
-        self._start(d, req, image, hosts_file, app)
+        self._start(d, req, rootfs, veth)
 
-    def restart(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path,
-                app: ImageInfo | None = None) -> None:
-        _app_layer(req, app, self.host)
+    def restart(self, req: InstanceRequest, rootfs: RootFs, net: Attachment) -> None:
+        _app_layer(req, rootfs, self.host)
+        veth = expect_veth(net, self.kind)
         self._stop(req.key, req.stop_timeout)
-        self._start(instance_dir(self.base, req.key), req, image, hosts_file, app)
+        self._start(instance_dir(self.base, req.key), req, rootfs, veth)
 
     def destroy(self, key: InstanceKey, stop_timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         d = instance_dir(self.base, key)
@@ -163,7 +167,7 @@ class ContainerRuntime:
             mounts.unmount(d.disk)
             # The data disk stays (in `volumes`); unmounted first, or rmtree would empty it.
             mounts.unmount(d.data)
-            links.detach_instance(key.id)
+            attach.remove(self.caps.network, key.id)
             remove_instance_dir(d)
 
     def reload(self, req: InstanceRequest) -> None:
@@ -437,23 +441,22 @@ class ContainerRuntime:
 
     # parts ------------------------------------------------------------------------------
 
-    def _start(self, d: InstanceDir, req: InstanceRequest, image: ImageInfo,
-               hosts_file: Path, app: ImageInfo | None) -> None:
+    def _start(self, d: InstanceDir, req: InstanceRequest, rootfs: RootFs,
+               net: VethAttachment) -> None:
         # Every part it runs on, made sure of each start: after a host reboot /run (its
         # netns) is empty and its disks unmounted. Each step keeps what is already intact.
-        app_rootfs = _app_layer(req, app, self.host)
+        _app_layer(req, rootfs, self.host)
         mounts.mount_disk(d.disk_image, d.disk)
         data = self._ensure_data(d, req)
-        net = req.network
-        links.attach_instance(req.key.id, net.stack, req.ip, net.prefix, net.gateway)
+        attach.ensure(net)
         upper, work = d.disk / "upper", d.disk / "work"
         if (read_meta(d) or {}).get("app", "") != req.app_digest:
             mounts.unmount(d.rootfs)  # mounted on another release's layer
-        lower = [d.config, *([app_rootfs] if app_rootfs else []), image.rootfs]
+        # The config layer on top, then the read-only ones: release layer, image.
+        lower = [d.config, *(layer.path for layer in rootfs.layers)]
         mounts.mount_overlay(d.rootfs, lower, upper, work)
         update_meta(d, app=req.app_digest, data=asdict(req.data) if req.data else None)
-        netns_path = f"/run/netns/{names.netns_name(req.key.id)}"
-        config = oci_config(req, image.host_binds, hosts_file, netns_path,
+        config = oci_config(req, rootfs.host_binds, rootfs.hosts_file, net.netns_path,
                             d.data if data else None)
         (d.bundle / "config.json").write_text(json.dumps(config))
         if (self.runc_root / req.key.id).exists():  # a stopped leftover
@@ -475,7 +478,7 @@ class ContainerRuntime:
             raise ExecError(f"runc could not start {req.key}: {logwriter.tail_text(d.log)}",
                             hint=f"see {d.log}")
         update_meta(d, started_at=time.time())
-        _announce(req)
+        attach.announce(net)
 
     def _stop(self, key: InstanceKey, timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         """SIGTERM, then SIGKILL after `timeout`; then remove the container (and cgroup)."""
@@ -567,17 +570,18 @@ class ContainerRuntime:
         return proc
 
 
-def check_paths(files: tuple[tuple[str, str], ...], image: ImageInfo) -> None:
+def check_paths(files: tuple[tuple[str, str], ...], rootfs: RootFs) -> None:
     """Refuse rendered files that would land on a symlink of the image (a real dir in the
     config layer hides `/bin -> usr/bin`, and `/bin/sh` with it) or under a host bind."""
+    image = rootfs.image
     for path, _ in files:
-        for bind in image.host_binds:
+        for bind in rootfs.host_binds:
             if path == bind or path.startswith(bind.rstrip("/") + "/"):
                 raise PrereqError(f"files: {path} is under {bind}, which this image takes "
                                   "read-only from the host", hint="put it elsewhere, e.g. /etc")
         parts = Path(path.lstrip("/")).parts
         for i in range(1, len(parts)):
-            parent = image.rootfs.joinpath(*parts[:i])
+            parent = image.path.joinpath(*parts[:i])
             if parent.is_symlink():
                 target = os.readlink(parent)
                 raise PrereqError(f"files: {path}: /{'/'.join(parts[:i])} is a symlink to "
@@ -585,14 +589,14 @@ def check_paths(files: tuple[tuple[str, str], ...], image: ImageInfo) -> None:
                                   hint="write the file at its real path")
 
 
-def check_data_path(req: InstanceRequest, image: ImageInfo) -> None:
+def check_data_path(req: InstanceRequest, rootfs: RootFs) -> None:
     """Refuse a data disk mount point that would hide what runc or the image mounts."""
     if req.data is None:
         return
     path = req.data.path
     if not path.startswith("/") or os.path.normpath(path) != path or path == "/":
         raise PrereqError(f"data.path: {path!r} is not a normalized absolute path below /")
-    for taken in (*_SYSTEM_PATHS, *image.host_binds):
+    for taken in (*_SYSTEM_PATHS, *rootfs.host_binds):
         if path == taken or path.startswith(taken.rstrip("/") + "/") \
                 or taken.startswith(path + "/"):
             raise PrereqError(f"data.path: {path} would cover {taken}, which the container "
@@ -608,27 +612,11 @@ def remove_volumes(directory: Path) -> None:
     shutil.rmtree(directory)
 
 
-def _app_layer(req: InstanceRequest, app: ImageInfo | None, host: str) -> Path | None:
-    """The release layer's rootfs, checked to be the one `req` names."""
-    if not req.app_digest:
-        return None
-    if app is None or app.digest != req.app_digest:
+def _app_layer(req: InstanceRequest, rootfs: RootFs, host: str) -> None:
+    """Refuse a request whose release layer `rootfs` does not have."""
+    if req.app_digest and rootfs.layer(req.app_digest) is None:
         raise NotFound(f"release layer {req.app_digest[:12]} is not on host {host}",
                        hint="the release is built before its instances are created")
-    return app.rootfs
-
-
-def _announce(req: InstanceRequest) -> None:
-    """Gratuitous ARP from the instance, so that every host's bridge learns where its MAC is
-    now (after a move, at once). Best effort, on a thread of its own: the start does not
-    wait for it, and a failure only costs the time until the bridges learn it anyway."""
-    def send() -> None:
-        try:
-            garp.announce(names.netns_name(req.key.id), links.PEER_NAME, req.ip)
-        except (RackfireError, OSError) as e:
-            log.warning("gratuitous ARP for %s (%s): %s", req.key, req.ip, e)
-
-    threading.Thread(target=send, name=f"garp-{req.key.id}", daemon=True).start()
 
 
 def _update_args(r: Resources) -> list[str]:

@@ -17,12 +17,13 @@ from functools import partial
 from pathlib import Path
 
 from rackfire.errors import ExecError, NotFound, PrereqError
-from rackfire.images.store import ImageInfo
 from rackfire.model.agent import ExecHandle, InstanceStats
 from rackfire.model.instance import InstanceFacts, InstanceKey, InstanceRequest, InstanceState
+from rackfire.model.runtime import Capabilities, NetworkMode
 from rackfire.model.stack import DEFAULT_STOP_TIMEOUT, RuntimeKind
+from rackfire.net.attach import Attachment
 from rackfire.runtime import logwriter, stats
-from rackfire.runtime.base import Capabilities
+from rackfire.runtime.base import RootFs
 from rackfire.runtime.execproc import ExecProcess, start_on_pty
 from rackfire.runtime.layout import (
     InstanceDir,
@@ -49,7 +50,8 @@ from rackfire.runtime.reload import (
 
 class ProcessRuntime:
     kind = RuntimeKind.PROCESS
-    caps = Capabilities(isolated=False, disk_limit=False, own_ip=False)
+    # A resize records what was asked (there is no limit to apply): live, as far as it goes.
+    caps = Capabilities(network=NetworkMode.HOST, reload=True, exec=True, live_resize=True)
 
     def __init__(self, base: Path, host: str) -> None:
         self.base = base
@@ -58,8 +60,9 @@ class ProcessRuntime:
         self._cpu = stats.CpuSampler()
         base.mkdir(parents=True, exist_ok=True)
 
-    def create(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path,
-               app: ImageInfo | None = None) -> None:
+    # Its root is the host's: the RootFs is not used, nor the attachment (the host network).
+
+    def create(self, req: InstanceRequest, rootfs: RootFs, net: Attachment) -> None:
         _refuse_unsupported(req)
         d = instance_dir(self.base, req.key)
         if d.root.exists():
@@ -69,8 +72,7 @@ class ProcessRuntime:
         self._start(d, req)
         update_meta(d, phase="created")
 
-    def reconfigure(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path,
-                    app: ImageInfo | None = None) -> None:
+    def reconfigure(self, req: InstanceRequest, rootfs: RootFs, net: Attachment) -> None:
         _refuse_unsupported(req)
         d = instance_dir(self.base, req.key)
         self._stop(d, req.stop_timeout)
@@ -78,8 +80,7 @@ class ProcessRuntime:
         swap_config(d, d.workdir, req, replace_all=False)
         self._start(d, req)
 
-    def restart(self, req: InstanceRequest, image: ImageInfo, hosts_file: Path,
-                app: ImageInfo | None = None) -> None:
+    def restart(self, req: InstanceRequest, rootfs: RootFs, net: Attachment) -> None:
         _refuse_unsupported(req)
         d = instance_dir(self.base, req.key)
         self._stop(d, req.stop_timeout)

@@ -7,7 +7,7 @@ and files are sorted by key so that equal stacks compare (and digest) equal.
 
 from __future__ import annotations
 
-import os
+import os.path  # path arithmetic only (tests/unit/test_layering.py)
 from pathlib import Path
 from typing import Any
 

@@ -13,14 +13,26 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from rackfire.errors import Conflict
-from rackfire.model.instance import Control, Health, InstanceKey
+from rackfire.model.instance import Health, InstanceKey
+from rackfire.model.records import (
+    ActionRecord,
+    ActionState,
+    Event,
+    InstanceStatus,
+    Override,
+    Release,
+    ReleaseStatus,
+    StackRecord,
+    StackStatus,
+)
 from rackfire.model.stack import StackSpec
+
+__all__ = ["ActionRecord", "ActionState", "Event", "InstanceStatus", "Override", "Release",
+           "ReleaseStatus", "StackRecord", "StackStatus", "Store"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS stacks (
@@ -101,6 +113,11 @@ CREATE TABLE IF NOT EXISTS migrations (
     started REAL NOT NULL, actor TEXT NOT NULL,
     PRIMARY KEY (stack, role, idx)
 );
+CREATE TABLE IF NOT EXISTS rollout_waits (
+    stack TEXT NOT NULL, role TEXT NOT NULL, idx INTEGER NOT NULL,
+    kind TEXT NOT NULL, action_id TEXT NOT NULL, since REAL NOT NULL, timeout REAL NOT NULL,
+    PRIMARY KEY (stack, role, idx)
+);
 CREATE TABLE IF NOT EXISTS overrides (
     stack TEXT NOT NULL, role TEXT NOT NULL, field TEXT NOT NULL,
     value TEXT NOT NULL, actor TEXT NOT NULL, time REAL NOT NULL,
@@ -121,110 +138,6 @@ ADDED_COLUMNS = [
     ("hosts", "address", "TEXT NOT NULL DEFAULT ''"),
 ]
 EVENTS_KEPT = 100_000  # older events are pruned
-
-
-@dataclass(frozen=True, slots=True)
-class StackRecord:
-    name: str
-    spec: StackSpec
-    generation: int
-    observed_generation: int
-    deleting: bool
-    subnet: str
-    status: str
-    message: str
-    updated: float
-    actor: str = ""  # who set the current generation's spec
-    keep_data: bool = False  # a destroy that keeps the data disks
-
-
-class ReleaseStatus(StrEnum):
-    DEPLOYING = "deploying"  # rolling out now
-    LIVE = "live"  # what the role runs
-    RETIRED = "retired"  # was live; a rollback can go back to it
-    FAILED = "failed"  # its instances failed their check; rolled back
-
-
-@dataclass(frozen=True, slots=True)
-class Release:
-    """One version of what a role runs: an image, plus the pushed app (if any)."""
-
-    stack: str
-    role: str
-    version: int
-    source: str  # the app's uploaded source tree digest; "" for an image-only role
-    label: str  # where the source came from, as the file or `push` named it
-    layer: str  # the release layer built from it (its digest); "" until built
-    image: str
-    image_digest: str
-    actor: str
-    created: float
-    status: ReleaseStatus
-    reason: str
-    updated: float
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self) | {"status": self.status.value}
-
-
-@dataclass(frozen=True, slots=True)
-class ActionRecord:
-    id: str
-    stack: str
-    generation: int
-    kind: str
-    instance: str
-    reason: str
-    state: str  # pending | running | done | failed
-    created: float
-    finished: float | None
-    error: str
-
-
-@dataclass(frozen=True, slots=True)
-class InstanceStatus:
-    key: InstanceKey
-    health: Health
-    run: float | None  # the started_at of the run the health belongs to
-    fails: int  # consecutive failed checks of this run
-    checked: float | None
-    restarts: int  # restarts after a failure since it was made from its spec (`ps`)
-    last_restart: float | None
-    message: str  # the last check's error
-    failures: tuple[float, ...] = ()  # when it was restarted after failing (recent ones)
-    stopped: bool = False  # an operator stopped it
-    failed: str = ""  # the restart policy gave up on it: why
-    restart_requested: float | None = None
-
-    @property
-    def control(self) -> Control:
-        return Control(self.failures, self.stopped, self.failed, self.restart_requested)
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    id: int
-    time: float
-    actor: str  # who: `controller`, `health`, or the operator as the CLI names them
-    stack: str
-    target: str  # a stack, role or instance (`shop/web/0`)
-    action: str
-    result: str  # ok | failed | refused | started
-    reason: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__slots__}
-
-
-@dataclass(frozen=True, slots=True)
-class Override:
-    """A desired value a day-2 command set (scale, resize) rather than the stack file."""
-
-    role: str
-    field: str
-    value: Any
-    actor: str
-    time: float
 
 
 class Store:
@@ -346,7 +259,7 @@ class Store:
         """After a destroy: only reached while `deleting` is set, which put_stack refuses."""
         with self.tx() as db:
             for table in ("stacks", "ips", "instance_status", "overrides", "releases",
-                          "placements", "vnis", "migrations"):
+                          "placements", "vnis", "migrations", "rollout_waits"):
                 col = "name" if table == "stacks" else "stack"
                 db.execute(f"DELETE FROM {table} WHERE {col}=?", (name,))  # noqa: S608
 
@@ -357,7 +270,7 @@ class Store:
     def stacks(self) -> list[StackRecord]:
         return [_stack(r) for r in self._all("SELECT * FROM stacks ORDER BY name")]
 
-    def set_stack_status(self, name: str, generation: int, status: str, message: str,
+    def set_stack_status(self, name: str, generation: int, status: StackStatus, message: str,
                          *, converged: bool = False) -> None:
         """Only for `generation`: a reconcile of an older spec that ends after a newer apply
         must not report on the newer one."""
@@ -399,7 +312,7 @@ class Store:
                 (rec.id, rec.stack, rec.generation, rec.kind, rec.instance, rec.reason,
                  rec.state, rec.created))
 
-    def finish_action(self, action_id: str, state: str, error: str = "") -> None:
+    def finish_action(self, action_id: str, state: ActionState, error: str = "") -> None:
         with self.tx() as db:
             db.execute("UPDATE actions SET state=?, finished=?, error=? WHERE id=?",
                        (state, time.time(), error, action_id))
@@ -418,7 +331,7 @@ class Store:
         else:
             rows = self._all("SELECT * FROM actions WHERE stack=? AND generation=? "
                              "ORDER BY created", stack, generation)
-        return [ActionRecord(**dict(r)) for r in rows]
+        return [ActionRecord(**(dict(r) | {"state": ActionState(r["state"])})) for r in rows]
 
     # instance status --------------------------------------------------------------------
 
@@ -602,6 +515,6 @@ def _stack(r: sqlite3.Row) -> StackRecord:
     return StackRecord(
         name=r["name"], spec=StackSpec.from_json(json.loads(r["spec"])),
         generation=r["generation"], observed_generation=r["observed_generation"],
-        deleting=bool(r["deleting"]), subnet=r["subnet"], status=r["status"],
+        deleting=bool(r["deleting"]), subnet=r["subnet"], status=StackStatus(r["status"]),
         message=r["message"], updated=r["updated"], actor=r["actor"],
         keep_data=bool(r["keep_data"]))

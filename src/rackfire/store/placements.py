@@ -10,24 +10,14 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from dataclasses import dataclass
 
 from rackfire.errors import Conflict
 from rackfire.model.instance import InstanceKey
+from rackfire.model.records import Migration
 from rackfire.store.db import Store
 
 FIRST_VNI = 4096  # below: left to whatever else the underlay runs
 VNI_MAX = (1 << 24) - 1  # VXLAN network ids are 24 bits
-
-
-@dataclass(frozen=True, slots=True)
-class Migration:
-    key: InstanceKey
-    source: str
-    target: str
-    step: str  # stopping | copying | starting | cleaning: the step under way
-    started: float
-    actor: str
 
 
 class Placements:

@@ -1,0 +1,370 @@
+"""What the API answers: one pydantic model per response body, so that the OpenAPI states
+the shape of every answer (tests/unit/test_api_answers.py checks that every JSON route has
+one) and a client can read an answer as a typed value.
+
+The models describe the JSON the routes have always sent, field for field and in the same
+order (the CLI prints answers as they come with --json). A number that may be whole
+(`cpus: 2.0` or `2`, a time) is a `Number`: it keeps the type it has, as `json` writes it,
+where a `float` field would turn 2 into 2.0. Secrets are in no answer but those that make
+them, once (`TokenAnswer`, `JoinAnswer`): they are kept only hashed.
+
+A constraint is stated only where it holds by construction (a digest is sha256 hex): an
+answer its own model refuses is a 500. Imports stay clear of control/ and of I/O, so that
+a client can use these without pulling in the server."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel, WithJsonSchema
+
+from rackfire.api.types import DIGEST_PATTERN, Operation
+from rackfire.model.host import HostState
+from rackfire.model.instance import Health
+from rackfire.model.stack import RuntimeKind
+from rackfire.plan.actions import ActionKind, Plan
+from rackfire.store.db import ReleaseStatus
+
+Number = Annotated[int | float, WithJsonSchema({"type": "number"})]
+Seconds = Annotated[int | float, WithJsonSchema({"type": "number",
+                                                 "description": "Unix time, seconds"})]
+Bytes = Annotated[int, Field(description="bytes")]
+InstanceName = Annotated[str, Field(description="STACK/ROLE/INDEX, e.g. shop/web/0")]
+
+
+class HealthAnswer(BaseModel):
+    """`GET /v1/health`: the server is up."""
+
+    ok: bool
+    version: str = Field(description="the server's rackfire version")
+    host: str = Field(description="the server's own host")
+    runtimes: list[RuntimeKind] = Field(description="what the server's host runs, best first")
+
+
+# `properties` and `$defs` of a JSON Schema: names -> subschemas (an object or a boolean).
+_SUBSCHEMAS: dict[str, Any] = {"type": "object",
+                               "additionalProperties": {"type": ["object", "boolean"]}}
+
+
+class StackFileSchema(RootModel[dict[str, Any]]):
+    """The JSON Schema of a stack file (draft 2020-12)."""
+
+    model_config = ConfigDict(json_schema_extra={
+        "required": ["type", "properties"],
+        "properties": {"type": {"const": "object"}, "properties": _SUBSCHEMAS,
+                       "$defs": _SUBSCHEMAS}})
+
+
+# Plans and changes ------------------------------------------------------------------------
+
+class ActionAnswer(BaseModel):
+    """One action of a plan."""
+
+    kind: ActionKind
+    instance: InstanceName
+    role: str
+    index: int
+    reason: str = Field(description="why, for people")
+    not_before: Seconds | None = Field(description="a restart's backoff: not before then")
+    held: str = Field(description="why a rolling action may not go on yet; '' if it may")
+    rolling: bool = Field(description="a batch at a time, each healthy before the next")
+    batch: int = Field(description="how many of the role's rolling actions go together")
+
+
+class PlanAnswer(BaseModel):
+    """What `apply` would change now (`POST /v1/plan`)."""
+
+    stack: str
+    generation: int = Field(
+        description="the stack's generation the plan was made from: give it to apply as "
+        "`expected_generation` to apply only this plan")
+    changes: int = Field(description="how many actions")
+    actions: list[ActionAnswer]
+    notes: list[str] = Field(description="what to know before applying (e.g. where the "
+                             "file sets back what `scale` or `resize` set)")
+    placement: list[str] = Field(description="with `explain`: where each new instance goes, "
+                                 "and why no other host")
+
+
+class ChangeAnswer(PlanAnswer):
+    """A change was made: the stack's new desired state is stored and rolling out, as this
+    plan says."""
+
+    generation: int = Field(description="the stack's new generation")
+
+
+def change_answer(generation: int, plan: Plan) -> ChangeAnswer:
+    return ChangeAnswer.model_validate(plan.to_json() | {"generation": generation})
+
+
+class OperateAnswer(BaseModel):
+    """stop, start or restart: recorded for each instance as its desired state."""
+
+    stack: str
+    operation: Operation
+    generation: int = Field(description="the stack's new generation")
+    instances: list[InstanceName]
+
+
+class DestroyAnswer(BaseModel):
+    stack: str
+    generation: int = Field(description="the generation that deletes it")
+
+
+# Stacks and instances ---------------------------------------------------------------------
+
+class JournalAction(BaseModel):
+    """An action of the stack's current generation, as the action journal has it."""
+
+    id: str
+    generation: int
+    kind: str = Field(description="an action kind (see ActionAnswer)")
+    instance: str
+    reason: str
+    state: str = Field(description="pending | running | done | failed")
+    error: str
+
+
+class StackAnswer(BaseModel):
+    """A stack: its desired generation, what the controller made of it, and what is not
+    ready yet."""
+
+    name: str
+    generation: int = Field(description="the desired state's generation")
+    observed_generation: int = Field(description="the generation the status is about")
+    status: str = Field(description="progressing | converged | degraded | failed | deleting")
+    message: str
+    deleting: bool
+    subnet: str
+    converged: bool = Field(description="the status is converged or degraded, and of the "
+                            "current generation")
+    actions: list[JournalAction]
+    unready: list[str] = Field(description="instances not running and passing their check, "
+                               "each with why")
+    data_disks: int = Field(description="how many data disks its instances have")
+
+
+class InstanceAnswer(BaseModel):
+    """One instance, as `ps` shows it: what its host sees and what the controller decided."""
+
+    stack: str
+    name: str = Field(description="ROLE-INDEX")
+    role: str
+    index: int
+    id: str = Field(description="STACK.ROLE.INDEX")
+    state: str = Field(description="running | stopped | failed | partial")
+    ip: str | None
+    host: str
+    runtime: RuntimeKind
+    isolated: bool = Field(description="it runs in a container")
+    started_at: Seconds | None
+    uptime: Number | None = Field(description="seconds, while it runs")
+    health: Health
+    health_message: str = Field(description="why it is unhealthy or failed")
+    pid: int | None
+    oom_killed: bool
+    exit_code: int | None
+    restarts: int = Field(description="restarts after a failure since it was made from its "
+                          "spec")
+    stopped_by_operator: bool
+    failed: str = Field(description="why the restart policy gave up on it; '' if it did not")
+    log: str | None = Field(description="its console log's path on the server's host; "
+                            "null on a joined host")
+
+
+class StatsAnswer(BaseModel):
+    """Measured usage of one instance; null where its runtime cannot tell."""
+
+    stack: str
+    name: str
+    role: str
+    index: int
+    id: str = Field(description="STACK.ROLE.INDEX")
+    state: str = Field(description="running | stopped | failed | partial")
+    health: Health
+    host: str
+    uptime: Number | None = Field(description="seconds, while it runs")
+    cpu_percent: Number | None = Field(description="100 is one core, over the last sample")
+    memory_used: int | None = Field(description="bytes, without reclaimable page cache")
+    memory_limit: int | None = Field(description="bytes")
+    disk_used: int | None = Field(description="bytes")
+    disk_limit: int | None = Field(description="bytes")
+    net_rx: int | None = Field(description="bytes received")
+    net_tx: int | None = Field(description="bytes sent")
+    pids: int | None
+    log_bytes: int | None = Field(description="its console log, rotated files included")
+
+
+class EventAnswer(BaseModel):
+    """Something the controller did or was asked to do."""
+
+    id: int
+    time: Seconds
+    actor: str = Field(description="controller, health, or the operator as the CLI names them")
+    stack: str
+    target: str = Field(description="a stack, role, instance (shop/web/0), image/NAME or "
+                        "host/NAME")
+    action: str
+    result: str = Field(description="ok | failed | refused | started")
+    reason: str
+
+
+# Images and releases ----------------------------------------------------------------------
+
+class ImageAnswer(BaseModel):
+    name: str
+    digest: str = Field(pattern=DIGEST_PATTERN)
+    source: str = Field(description="what it was made from: host, debootstrap, tarball, "
+                        "release")
+    created: Seconds
+    size_bytes: Bytes
+
+
+class RemovedAnswer(BaseModel):
+    name: str
+    removed: bool = Field(description="false: there was nothing of that name")
+
+
+class SourceAnswer(BaseModel):
+    digest: str = Field(pattern=DIGEST_PATTERN, description="the source tree's digest: "
+                        "give it to apply (`sources`) or push")
+
+
+class ReleaseAnswer(BaseModel):
+    """One version of what a role runs: an image, plus the pushed app (if any)."""
+
+    stack: str
+    role: str
+    version: int
+    source: str = Field(description="the app's source digest; '' for an image-only role")
+    label: str = Field(description="where the source came from")
+    layer: str = Field(description="the release layer's digest; '' until built")
+    image: str
+    image_digest: str
+    actor: str
+    created: Seconds
+    status: ReleaseStatus
+    reason: str
+    updated: Seconds
+    current: bool = Field(description="the role's desired spec runs it")
+
+
+# Hosts ------------------------------------------------------------------------------------
+
+class TokenAnswer(BaseModel):
+    token: str = Field(description="the join token: shown only now, kept only hashed")
+    expires: Seconds
+    uses: int
+
+
+class JoinAnswer(BaseModel):
+    """The joined host's own secrets: shown only now, kept only hashed."""
+
+    name: str
+    credential: str = Field(description="the host's bearer credential for /v1/agent/*")
+    agent_key: str = Field(description="what the server presents to the host's agent")
+
+
+class HeartbeatAnswer(BaseModel):
+    name: str
+    time: Seconds = Field(description="the server's clock")
+
+
+class Amounts(BaseModel):
+    cpus: Number = Field(description="cores")
+    memory: Bytes
+    disk: Bytes
+
+
+class UsedAmounts(BaseModel):
+    memory: Bytes
+    disk: Bytes
+
+
+class HostAnswer(BaseModel):
+    """A host: what it can reserve, what stacks reserve on it, what is used."""
+
+    name: str
+    state: str = Field(description="ready | unreachable | draining | down")
+    local: bool = Field(description="the server's own host")
+    labels: dict[str, str]
+    runtimes: list[RuntimeKind]
+    capacity: Amounts = Field(description="what it can hard-reserve")
+    reserved: Amounts = Field(description="what the instances placed on it reserve")
+    used: UsedAmounts = Field(description="what is in use, as it reports")
+    last_seen: Seconds | None = Field(description="its last heartbeat; null for the server's")
+    version: str
+    address: str = Field(description="its agent's HOST:PORT; '' for the server's own")
+
+
+class HostUsage(BaseModel):
+    name: str
+    state: HostState
+    labels: dict[str, str]
+    capacity: Amounts
+    reserved: Amounts
+    free: Amounts = Field(description="negative where the host holds more than it can now")
+    instances: int
+
+
+class Stranded(BaseModel):
+    instance: InstanceName
+    why: dict[str, str] = Field(description="host -> why it cannot run there")
+
+
+class Loss(BaseModel):
+    """One failure scenario: `hosts` go down at once."""
+
+    lost: str = Field(description="the host's name, or the rack's")
+    hosts: list[str]
+    displaced: int = Field(description="how many instances ran there")
+    stranded: list[Stranded] = Field(description="those that would fit nowhere else")
+
+
+class HostLosses(BaseModel):
+    ok: bool = Field(description="every instance could run again after losing any one host")
+    losses: list[Loss]
+
+
+class RackLosses(BaseModel):
+    ok: bool = Field(description="every instance could run again after losing any one rack")
+    losses: list[Loss]
+    unracked: list[str] = Field(description="hosts without a rack label")
+
+
+class RoleHeadroom(BaseModel):
+    role: str = Field(description="STACK/ROLE")
+    more: int | None = Field(description="how many more instances fit; null: no end")
+    hosts: dict[str, int | None] = Field(description="host -> how many more fit there")
+    then: dict[str, list[str]] = Field(description="host -> why one more would not fit")
+
+
+class CapacityAnswer(BaseModel):
+    """Reserved and free per host, N+1 for hosts and racks, and each role's headroom."""
+
+    hosts: list[HostUsage]
+    n_plus_1: HostLosses
+    racks: RackLosses
+    headroom: list[RoleHeadroom]
+
+
+class DrainAnswer(BaseModel):
+    name: str
+    moving: int = Field(description="how many instances are to move")
+
+
+class MigrationAnswer(BaseModel):
+    instance: InstanceName
+    source: str
+    target: str
+    step: str = Field(description="stopping | copying | starting | cleaning")
+    started: Seconds
+    actor: str
+
+
+class PlacementsAnswer(RootModel[dict[str, str]]):
+    """Instance (STACK/ROLE/INDEX) -> the host it is placed on."""
+
+
+class StopAnswer(BaseModel):
+    stopping: bool

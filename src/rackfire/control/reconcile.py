@@ -1,0 +1,250 @@
+"""The reconcile: `reconcile(stack) -> Result`. One pass takes one snapshot (desired and
+observed), makes the pure plan, journals and dispatches its actions, and returns what it
+asks of the queue. It never sleeps or waits inside: a rollout's batch waiting for its
+check, a drain letting a reload take, a migration's target copy starting are state in the
+store (or the pass's own memory) plus a requeue, so slow checks hold no worker. A spec or
+prerequisite problem (only a change fixes it) and any other failure are apart, and each
+stack backs off on its own (control/workqueue.py)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from rackfire.control import migrate, releases, rollouts
+from rackfire.control.commands import Commands
+from rackfire.control.desired import DesiredState, desired_keys
+from rackfire.control.executor import CONTROLLER, Executor
+from rackfire.control.fleet import Fleet
+from rackfire.control.health import health_of
+from rackfire.control.moves import Moves
+from rackfire.control.placement import Placer
+from rackfire.control.publish import Publisher
+from rackfire.control.workqueue import WorkQueue
+from rackfire.errors import Conflict, ExecError, PrereqError, RackfireError, SpecError
+from rackfire.model.agent import Agent
+from rackfire.model.instance import Health, InstanceFacts, InstanceKey, InstanceState
+from rackfire.model.records import StackStatus
+from rackfire.plan import ActionKind, plan_stack
+from rackfire.store import Release, ReleaseStatus, StackRecord, Store
+from rackfire.store.rollouts import RolloutWaits
+
+log = logging.getLogger("rackfire.reconcile")
+
+TERMINAL_RETRY = 5.0  # a spec or prerequisite problem: first look again after this long
+RETRY_FAILED = 5.0  # a plan that stopped at a failed action is tried again this soon
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What a reconcile pass asks of the queue: look again after `requeue_after` seconds
+    (None: only on the next event or resync)."""
+
+    requeue_after: float | None = None
+
+    @staticmethod
+    def soonest(*delays: float | None) -> Result:
+        given = [d for d in delays if d is not None]
+        return Result(max(0.05, min(given)) if given else None)
+
+
+class Reconciler:
+    def __init__(self, store: Store, fleet: Fleet, clock: Callable[[], float],
+                 queue: WorkQueue, *, desired: DesiredState, placer: Placer,
+                 publisher: Publisher, moves: Moves, commands: Commands) -> None:
+        self.store, self.fleet, self.clock, self.queue = store, fleet, clock, queue
+        self.agent: Agent = fleet
+        self.desired, self.placer, self.publisher = desired, placer, publisher
+        self.moves, self.commands = moves, commands
+        self.executor = Executor(store, fleet)
+        self.waits = RolloutWaits(store)
+
+    def reconcile_safely(self, name: str) -> None:
+        """One pass for the queue: a spec or prerequisite problem (only a change fixes it)
+        is looked at again after a long backoff, any other failure after a short one that
+        grows; each stack backs off on its own."""
+        rec = self.store.get_stack(name)
+        generation = rec.generation if rec else 0
+        try:
+            result = self.reconcile(name)
+        except (SpecError, PrereqError) as e:
+            log.warning("reconcile %s: %s", name, e.message)
+            self.store.set_stack_status(name, generation, StackStatus.FAILED, e.message)
+            self.queue.retry(name, first=TERMINAL_RETRY)
+            return
+        except RackfireError as e:
+            log.warning("reconcile %s: %s", name, e.message)
+            self.store.set_stack_status(name, generation, StackStatus.FAILED, e.message)
+            self.queue.retry(name)
+            return
+        except Exception as e:
+            log.exception("reconcile %s crashed", name)
+            self.store.set_stack_status(name, generation, StackStatus.FAILED,
+                                        f"internal error: {e}")
+            self.queue.retry(name)
+            return
+        self.queue.forget(name)
+        if result.requeue_after is not None:
+            self.queue.add(name, delay=result.requeue_after)
+
+    def reconcile(self, name: str) -> Result:
+        """One pass: look, plan, act, and return. It never waits for an instance: a
+        rollout's batch, a drain or a migration step that needs time is state in the store,
+        and the pass asks to be run again (or is, by the health change)."""
+        rec = self.store.get_stack(name)
+        if rec is None:
+            self.publisher.forget_stack(name)
+            return Result()
+        if rec.deleting:
+            return self._reconcile_deleted(rec)
+        desired = self.desired.make(rec.spec, rec, build=True)
+        current = releases.note(self.store, rec, desired.images, desired.layers)
+        for role, why in desired.unbuilt.items():  # the old release runs on, untouched
+            if current[role].status is not ReleaseStatus.FAILED and self._roll_back(
+                    rec, current[role], f"its build failed: {why}"):
+                return Result()
+            raise ExecError(f"the release of {role} could not be built: {why}",
+                            hint="fix the app (its requirements.txt) and push it again")
+        migrating_again = self.moves.carry_on(rec, desired)
+        if migrating_again is not None and migrating_again <= 0:
+            desired = self.desired.make(rec.spec, rec, build=True)  # hosts changed: look again
+            migrating_again = None
+        moving = migrate.migrating(self.fleet.placements.migrations(name))
+        moving |= self.fleet.unknown(name)
+        desired = replace(desired, requests=[r for r in desired.requests if r.key not in moving],
+                          observed=[f for f in desired.observed if f.key not in moving])
+        verdict = rollouts.judge(self.waits.of_stack(name), rec.spec,
+                                 {f.key: f for f in desired.observed},
+                                 self.store.statuses(name), self.clock())
+        for key in verdict.over:
+            self.waits.drop(key)
+        plan = self.desired.plan(name, rec.generation, rec.spec, desired, verdict.timed_out)
+        self.publisher.forget_drains(name, plan)
+        self.placer.place_new(rec.spec, desired, {a.key for a in plan.actions
+                                            if a.kind is ActionKind.CREATE})
+        self.agent.ensure_network(desired.network)
+        self.store.save_ips(desired.ips)
+        if not plan.empty:
+            self.store.set_stack_status(name, rec.generation, StackStatus.PROGRESSING,
+                                        f"{len(plan.actions)} action(s)")
+        outcome = self.executor.run(plan, self.clock, self.publisher.ports(rec, desired))
+        for key in outcome.released:
+            self.store.release_ip(key)
+            self.fleet.placements.drop(key)
+        observed = self.agent.observe(name)
+        self.publisher.publish(rec, desired, observed)
+        failing = dict(verdict.rollout_failed) | outcome.rollout_failed
+        for a in plan.actions:
+            if a.held and a.kind is ActionKind.REPLACE:
+                failing.setdefault(a.key.role, f"rollout held: {a.held}")
+        for role, why in failing.items():
+            if current[role].status is ReleaseStatus.DEPLOYING and self._roll_back(
+                    rec, current[role], why):
+                return Result()
+        unready = self._unready(rec, observed)
+        failed = next(iter(verdict.failed.values()), "") or outcome.failed
+        if not failed:  # a role whose every instance runs and passes: its release
+            settled = {r.name for r in rec.spec.roles} - {k.role for k in unready}
+            releases.settle(self.store, [current[r] for r in settled])
+        waiting = (None if verdict.due is None else verdict.due - self.clock(),
+                   migrating_again)
+        if failed:
+            self.store.set_stack_status(name, rec.generation, StackStatus.FAILED, failed)
+            if outcome.held and not verdict.failed:  # a health change or resync looks again
+                return Result.soonest(*waiting)
+            return Result.soonest(RETRY_FAILED, *waiting)
+        if outcome.deferred is not None:
+            return Result.soonest(outcome.deferred - self.clock(), *waiting)
+        return Result.soonest(self._settle(rec, unready), *waiting)
+
+    def _roll_back(self, rec: StackRecord, bad: Release, why: str) -> bool:
+        """A release failed its rollout: put the role back on the release that was live, as
+        a new generation, and mark this one failed. False if there is none to go back to,
+        or the stack moved on meanwhile (a newer push or apply wins; it is looked at anew)."""
+        target = releases.fallback(self.store.releases(rec.name, bad.role), bad)
+        try:
+            if target is None:
+                raise PrereqError("no earlier release to go back to")
+            self.commands.change(rec.name, bad.role, releases.fields_of(target), CONTROLLER,
+                                 "rollback", f"v{bad.version} failed ({why}); back to "
+                                 f"v{target.version}", generation=rec.generation)
+        except Conflict:
+            return False
+        except RackfireError as e:  # failed, and left so: no rollback attempt every pass
+            self.store.set_release_status(rec.name, bad.role, bad.version,
+                                          ReleaseStatus.FAILED, why)
+            self.store.add_event(CONTROLLER, rec.name, f"{rec.name}/{bad.role}", "rollback",
+                                 "failed", f"v{bad.version} failed ({why}): {e.message}")
+            return False
+        self.store.set_release_status(rec.name, bad.role, bad.version, ReleaseStatus.FAILED,
+                                      why)
+        return True
+
+    def _reconcile_deleted(self, rec: StackRecord) -> Result:
+        observed = self.agent.observe(rec.name)
+        self.moves.remove_strays(rec.name, all_copies=True, keep_data=rec.keep_data)
+        plan = plan_stack(rec.name, rec.generation, None, [], observed, {}, self.clock())
+        outcome = self.executor.run(plan, self.clock)
+        if outcome.failed:
+            self.store.set_stack_status(rec.name, rec.generation, StackStatus.FAILED,
+                                        outcome.failed)
+            return Result(RETRY_FAILED)
+        self.agent.teardown_stack(rec.name, keep_data=rec.keep_data)
+        self.store.forget_stack(rec.name)  # its placements, VNI and migrations too
+        self.publisher.forget_stack(rec.name)
+        return Result()
+
+    def _settle(self, rec: StackRecord, unready: dict[InstanceKey, str]) -> float | None:
+        """Converged when every desired instance runs and passes its check, or is stopped
+        by an operator, and no other is left (`unready` is empty). Failed instances make it
+        degraded, which only an operator (or a new spec) changes: no fast re-check for
+        them. When to look again."""
+        statuses = self.store.statuses(rec.name)
+        failed = [why for k, why in unready.items()
+                  if (st := statuses.get(k)) is not None and st.failed]
+        waiting = [why for k, why in unready.items() if why not in failed]
+        if waiting:
+            self.store.set_stack_status(rec.name, rec.generation, StackStatus.PROGRESSING,
+                                        "waiting for " + waiting[0])
+            return 1.0
+        if failed:
+            self.store.set_stack_status(rec.name, rec.generation, StackStatus.DEGRADED,
+                                        f"{len(failed)} failed: {failed[0]}", converged=True)
+        else:
+            self.store.set_stack_status(rec.name, rec.generation, StackStatus.CONVERGED, "",
+                                        converged=True)
+        return None
+
+    def unready(self, name: str, facts: list[InstanceFacts] | None = None) -> list[str]:
+        rec = self.store.get_stack(name)
+        if rec is None:
+            return []
+        return list(self._unready(rec, facts).values())
+
+    def _unready(self, rec: StackRecord,
+                 facts: list[InstanceFacts] | None = None) -> dict[InstanceKey, str]:
+        """Desired instances that are not running and passing their check, and why."""
+        observed = {f.key: f for f in (self.agent.observe(rec.name) if facts is None else facts)}
+        statuses = self.store.statuses(rec.name)
+        out = {}
+        for role in rec.spec.roles:
+            for i in range(role.count):
+                key = InstanceKey(rec.name, role.name, i)
+                f = observed.get(key)
+                st = statuses.get(key)
+                if st is not None and st.stopped and (f is None or f.state is not
+                                                      InstanceState.RUNNING):
+                    continue  # stopped by an operator: as desired
+                if st is not None and st.failed:
+                    out[key] = f"{key.name} (failed: {st.failed})"
+                elif f is None or f.state is not InstanceState.RUNNING:
+                    out[key] = f"{key.name} ({f.state if f else 'missing'})"
+                elif role.health is not None:
+                    health, why = health_of(f, statuses.get(key))
+                    if health is not Health.HEALTHY:
+                        out[key] = f"{key.name} ({health}{': ' + why if why else ''})"
+        wanted = set(desired_keys(rec.spec))
+        for key in sorted(observed.keys() - wanted):  # a surge or scaled-away instance
+            out[key] = f"{key.name} (to be removed)"
+        return out

@@ -1,0 +1,152 @@
+"""What the store keeps, as values: the records of stacks, releases, actions, instance
+statuses, events, overrides, migrations and rollout waits, with their states as enums. Any
+store (SQLite today, store/db.py) reads and writes these; control/ and api/ see only them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any
+
+from rackfire.model.instance import Control, Health, InstanceKey
+from rackfire.model.stack import StackSpec
+
+
+class StackStatus(StrEnum):
+    PENDING = "pending"  # stored, not reconciled yet
+    PROGRESSING = "progressing"  # actions under way, or waiting for instances to be ready
+    CONVERGED = "converged"  # every desired instance runs and passes its check
+    DEGRADED = "degraded"  # converged but for instances the restart policy gave up on
+    FAILED = "failed"  # the last pass stopped at an error; it is retried
+    DELETING = "deleting"  # destroyed, its instances going
+
+
+class ActionState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"  # journalled before the host is asked
+    DONE = "done"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"  # the server stopped (a crash) while it ran
+
+
+@dataclass(frozen=True, slots=True)
+class StackRecord:
+    name: str
+    spec: StackSpec
+    generation: int
+    observed_generation: int
+    deleting: bool
+    subnet: str
+    status: StackStatus
+    message: str
+    updated: float
+    actor: str = ""  # who set the current generation's spec
+    keep_data: bool = False  # a destroy that keeps the data disks
+
+
+class ReleaseStatus(StrEnum):
+    DEPLOYING = "deploying"  # rolling out now
+    LIVE = "live"  # what the role runs
+    RETIRED = "retired"  # was live; a rollback can go back to it
+    FAILED = "failed"  # its instances failed their check; rolled back
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """One version of what a role runs: an image, plus the pushed app (if any)."""
+
+    stack: str
+    role: str
+    version: int
+    source: str  # the app's uploaded source tree digest; "" for an image-only role
+    label: str  # where the source came from, as the file or `push` named it
+    layer: str  # the release layer built from it (its digest); "" until built
+    image: str
+    image_digest: str
+    actor: str
+    created: float
+    status: ReleaseStatus
+    reason: str
+    updated: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self) | {"status": self.status.value}
+
+
+@dataclass(frozen=True, slots=True)
+class ActionRecord:
+    id: str
+    stack: str
+    generation: int
+    kind: str
+    instance: str
+    reason: str
+    state: ActionState
+    created: float
+    finished: float | None
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceStatus:
+    key: InstanceKey
+    health: Health
+    run: float | None  # the started_at of the run the health belongs to
+    fails: int  # consecutive failed checks of this run
+    checked: float | None
+    restarts: int  # restarts after a failure since it was made from its spec (`ps`)
+    last_restart: float | None
+    message: str  # the last check's error
+    failures: tuple[float, ...] = ()  # when it was restarted after failing (recent ones)
+    stopped: bool = False  # an operator stopped it
+    failed: str = ""  # the restart policy gave up on it: why
+    restart_requested: float | None = None
+
+    @property
+    def control(self) -> Control:
+        return Control(self.failures, self.stopped, self.failed, self.restart_requested)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    id: int
+    time: float
+    actor: str  # who: `controller`, `health`, or the operator as the CLI names them
+    stack: str
+    target: str  # a stack, role or instance (`shop/web/0`)
+    action: str
+    result: str  # ok | failed | refused | started
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """A desired value a day-2 command set (scale, resize) rather than the stack file."""
+
+    role: str
+    field: str
+    value: Any
+    actor: str
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    key: InstanceKey
+    source: str
+    target: str
+    step: str  # stopping | copying | starting | cleaning: the step under way
+    started: float
+    actor: str
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutWait:
+    key: InstanceKey
+    kind: str  # the rolling action that made it: replace | create | restart
+    action_id: str
+    since: float  # when the action finished
+    timeout: float  # the role's health_timeout when it ran (at least the check's grace)
