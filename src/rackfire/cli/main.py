@@ -33,9 +33,11 @@ class ImageSource(StrEnum):
 
 
 class RuntimeKind(StrEnum):
+    """The runtimes a user may force (`server --runtime`): not the tests' fake, which an agent
+    offers only when RACKFIRE_RUNTIMES names it."""
+
     CONTAINER = "container"
     PROCESS = "process"
-    FAKE = "fake"
 
 
 if TYPE_CHECKING:
