@@ -36,10 +36,10 @@ from rackfire.errors import SpecError, SpecProblem
 from rackfire.model.agent import HostCapacity, ImageSummary, InstanceStats
 from rackfire.model.host import HostFacts, Reservation
 from rackfire.model.instance import InstanceKey
+from rackfire.model.records import ActionRecord, Event, Release, ReleaseStatus
 from rackfire.model.stack import RuntimeKind
 from rackfire.plan.actions import Action, ActionKind, Plan
 from rackfire.spec import load_stack_text
-from rackfire.store.db import ActionRecord, Event, Release, ReleaseStatus
 from rackfire.store.placements import Migration
 
 # Routes whose answer is a stream, not a JSON document: (method, path) -> media type.

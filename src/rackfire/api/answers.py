@@ -21,9 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, WithJsonSchema
 from rackfire.api.types import DIGEST_PATTERN, Operation
 from rackfire.model.host import HostState
 from rackfire.model.instance import Health
+from rackfire.model.records import ReleaseStatus
 from rackfire.model.stack import RuntimeKind
 from rackfire.plan.actions import ActionKind, Plan
-from rackfire.store.db import ReleaseStatus
 
 Number = Annotated[int | float, WithJsonSchema({"type": "number"})]
 Seconds = Annotated[int | float, WithJsonSchema({"type": "number",

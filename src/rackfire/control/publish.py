@@ -38,12 +38,16 @@ class Publisher:
         # each stack's map is only touched by the worker that has the stack
         self._draining: dict[str, dict[InstanceKey, tuple[float, bool]]] = {}
 
+    def drained(self, stack: str) -> dict[InstanceKey, tuple[float, bool]]:
+        """The stack's drained instances: when, and whether a reload must settle first."""
+        return self._draining.setdefault(stack, {})
+
     def ready_keys(self, spec: StackSpec, facts: list[InstanceFacts]) -> set[InstanceKey]:
         """The instances that run and pass their check (a role without one: that run),
         but not those drained on their way down."""
         statuses = self.store.statuses(spec.name)
         checks = {r.name: r.health for r in spec.roles}
-        drained = self._draining.get(spec.name, {})
+        drained = self.drained(spec.name)
         return {f.key for f in facts if f.key.role in checks and f.key not in drained
                 and ready(f, statuses.get(f.key), checks[f.key.role])}
 
@@ -51,7 +55,7 @@ class Publisher:
         """A drain ends with the action it was for: one this plan no longer takes (the
         change was undone, the instance went meanwhile) puts the instance back."""
         down = {a.key for a in plan.actions if a.kind in TAKE_DOWN and not a.held}
-        drained = self._draining.setdefault(stack, {})
+        drained = self.drained(stack)
         for key in [k for k in drained if k not in down]:
             del drained[key]
 
@@ -70,7 +74,7 @@ class Publisher:
         facts = self.agent.observe(rec.name) if facts is None else facts
         observed = {f.key: f for f in facts}
         statuses = self.store.statuses(rec.name)
-        exclude = self._draining.get(rec.name, {})
+        exclude = self.drained(rec.name)
         ready_keys = self.ready_keys(rec.spec, facts)
         reloaded = self._reload_changed(rec, desired.render(ready_keys), observed)
         ports = []
@@ -122,7 +126,7 @@ class Ports:
 
     def __init__(self, publisher: Publisher, rec: StackRecord, desired: Desired) -> None:
         self.publisher, self.rec, self.desired = publisher, rec, desired
-        self.drained = publisher._draining.setdefault(rec.name, {})
+        self.drained = publisher.drained(rec.name)
 
     def drain(self, keys: set[InstanceKey]) -> bool:
         now = self.publisher.clock()

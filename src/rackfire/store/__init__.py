@@ -1,6 +1,7 @@
-"""Persistence: the controller's SQLite database (WAL) on disk."""
+"""Persistence: the controller's SQLite database (WAL) on disk. What it keeps are the
+records of model/records.py."""
 
-from rackfire.store.db import (
+from rackfire.model.records import (
     ActionRecord,
     Event,
     InstanceStatus,
@@ -8,8 +9,8 @@ from rackfire.store.db import (
     Release,
     ReleaseStatus,
     StackRecord,
-    Store,
 )
+from rackfire.store.db import Store
 
 __all__ = ["ActionRecord", "Event", "InstanceStatus", "Override", "Release", "ReleaseStatus",
            "StackRecord", "Store"]

@@ -31,9 +31,6 @@ from rackfire.model.records import (
 )
 from rackfire.model.stack import StackSpec
 
-__all__ = ["ActionRecord", "ActionState", "Event", "InstanceStatus", "Override", "Release",
-           "ReleaseStatus", "StackRecord", "StackStatus", "Store"]
-
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS stacks (
     name TEXT PRIMARY KEY,
