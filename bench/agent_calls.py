@@ -257,7 +257,7 @@ def _ours_left(bed: str) -> list[str]:
 
 
 def run(runs: int) -> Result:
-    from rackfire import testbed
+    from rackfire.testbed import cluster
 
     if STATE.exists():
         raise RuntimeError(f"{STATE} exists: a bed of this bench is up; remove it with "
@@ -269,7 +269,7 @@ def run(runs: int) -> Result:
     notes: list[str] = [f"rackfire measured: {_tree()}."]
     bed_id = ""
     try:
-        testbed.up(HOSTS, data_dir=str(DATA), port=PORT, pool=POOL, state_path=str(STATE))
+        cluster.up(HOSTS, data_dir=str(DATA), port=PORT, pool=POOL, state_path=str(STATE))
         state = json.loads(STATE.read_text())
         bed_id = state["bed"]
         imported = {_imports_from(pid) for pid in [state["server"], *state["agents"]]}
@@ -313,10 +313,10 @@ def run(runs: int) -> Result:
 
 
 def _down(state: str) -> None:
-    from rackfire import testbed
+    from rackfire.testbed import cluster
 
     try:
-        testbed.down(state)
+        cluster.down(state)
     except SystemExit as e:  # it names what it could not remove, and keeps the state file
         raise RuntimeError(f"testbed down failed ({e.code}): see above; run "
                            f"`python -m rackfire.testbed down --state {state}` again") from None

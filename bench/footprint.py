@@ -5,7 +5,7 @@ running per container for comparison.
 Two layouts, each started afresh in every run:
 
 - *split*: `rackfire server --no-local-host` (the controller) in the root netns and one real
-  `rackfire agent` joined to it from a simulated host (`rackfire.testbed.Bed`, a netns on an
+  `rackfire agent` joined to it from a simulated host (`rackfire.testbed.bed.Bed`, a netns on an
   underlay bridge), so the two processes are measured apart;
 - *single*: one `rackfire server` that also runs the instances (its local agent).
 
@@ -48,7 +48,7 @@ from rackfire.api.client import ApiError, Client
 from rackfire.model.instance import InstanceKey
 from rackfire.net import links, names
 from rackfire.runtime.container import RUNC_ROOT, ContainerRuntime
-from rackfire.testbed import Bed
+from rackfire.testbed.bed import Bed
 
 N = int(os.environ.get("RACKFIRE_BENCH_FOOTPRINT_N", "500"))  # smaller only for trying it out
 PER_STACK = 250  # if one stack of N is refused: a /24 (before 4506ec3) holds 252 and a surge
@@ -451,7 +451,7 @@ def plan_error(lay: Layout, stack: str, count: int) -> str:
     """What the server says to one stack of `count` (only planned, nothing applied)."""
     text = STACK_YAML.format(stack=stack, count=count, memory=MEMORY_LIMIT, disk=DISK)
     try:
-        lay.client.plan(text, f"{stack}.yaml", str(lay.work))
+        lay.client.plan(text, f"{stack}.yaml")
     except ApiError as e:
         return f"refused: {e}"
     return "accepted"

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from bench.rfserver import BenchServer
-from rackfire.testbed import Bed
+from rackfire.testbed.bed import Bed
 
 STACK = """\
 stack: mig

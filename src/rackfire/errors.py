@@ -5,6 +5,7 @@
     ├── PrereqError               a request was refused before anything changed
     │   ├── NotFound
     │   ├── Conflict              e.g. the stack changed since the plan was made
+    │   │   └── StaleEpoch        a call meant for a host's earlier incarnation
     │   ├── TooLarge              a request body over its limit
     │   └── Unauthorized          a wrong credential (a host's, a join token)
     ├── ExecError                 an action failed while running (something may have changed;
@@ -79,6 +80,13 @@ class NotFound(PrereqError):
 class Conflict(PrereqError):
     code = "conflict"
     http_status = 409
+
+
+class StaleEpoch(Conflict):
+    """A mutating call stamped with an epoch older than the host's: it was meant for an
+    incarnation of the host that the controller has since given up on (fenced)."""
+
+    code = "stale_epoch"
 
 
 class TooLarge(PrereqError):

@@ -12,8 +12,11 @@ from pathlib import Path
 
 import uvicorn
 
+from rackfire.agent.hostside import HostSide
+from rackfire.agent.inprocess import InProcessLink
 from rackfire.agent.local import LocalAgent
 from rackfire.agent.remote import RemoteAgent
+from rackfire.agent.streams import InProcessStreams
 from rackfire.api.app import create_app
 from rackfire.control.controller import Controller
 from rackfire.control.fleet import Fleet
@@ -53,7 +56,9 @@ def serve(data_dir: Path, host: str = "127.0.0.1", port: int = 7480,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     store = Store(data_dir / "rackfire.db")
     agent = LocalAgent(data_dir, runtimes=(runtime,) if runtime else None)
-    fleet = Fleet(agent, store, RemoteAgent, local_pool=local_host)
+    # The server's own host through the same call table as a joined one, in-process.
+    home = InProcessLink(HostSide(agent, data_dir), streams=InProcessStreams(agent))
+    fleet = Fleet(home, agent, store, RemoteAgent, local_pool=local_host)
     controller = Controller(store, fleet, subnet_pool=subnet_pool)
     stopping = threading.Event()
     app = create_app(controller, stopping.set, data_dir / "uploads", token)

@@ -187,6 +187,13 @@ def reported_address(server: Server, name: str) -> str:
     return str(wait_for(address, 30, f"{name} to join and report"))
 
 
+def _epoch(data_dir: Path) -> int:
+    try:
+        return int((data_dir / "epoch").read_text())
+    except (OSError, ValueError):
+        return 0
+
+
 def agent_client(name: str, address: str, data_dir: Path) -> Any:
     """The agent that joined with `data_dir`, as the controller calls it (with the agent
     key it keeps there), once its API answers. A RemoteAgent; the test closes it."""
@@ -194,7 +201,8 @@ def agent_client(name: str, address: str, data_dir: Path) -> Any:
     from rackfire.errors import RackfireError
 
     key = json.loads((data_dir / "credential.json").read_text())["agent_key"]
-    remote = RemoteAgent(name, address, key)
+    # As the controller does: stamped with the epoch the agent was last told.
+    remote = RemoteAgent(name, address, key, epoch=lambda: _epoch(data_dir))
 
     def answers() -> bool:
         try:

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from rackfire.model.instance import InstanceKey, InstanceRequest, InstanceState, NetworkConfig
-from rackfire.model.stack import ImageSource, ImageSpec, Resources, RuntimeKind
+from rackfire.model.stack import Resources, RuntimeKind
 from rackfire.net import names
-from rackfire.testbed import Bed
+from rackfire.testbed.bed import Bed
 
 from harness import Server, agent_client, host_traces, unique, wait_for
 
@@ -64,12 +64,16 @@ def test_agents_on_simulated_hosts(bed_server: tuple[Bed, Server], tmp_path: Pat
     remote = agent_client(h2.name, f"{h2.ip}:{AGENT_PORT}", tmp_path / f"agent-{h2.name}")
     stack = unique("bedag")
     try:
-        image = remote.ensure_image(ImageSpec("base", ImageSource.HOST))
+        # The server's image, fetched by the host as an instance's layer.
+        server.cli("image", "build", "base", "--from", "host")
+        [image] = [i for i in json.loads(server.cli("image", "ls", "--json").stdout)
+                   if i["name"] == "base"]
+        remote.ensure_layer(image["digest"])
         net = NetworkConfig(stack, "10.89.252.0/24", "10.89.252.1", 24)
         remote.ensure_network(net)
         box = InstanceKey(stack, "box", 0)
         remote.create(InstanceRequest(
-            key=box, action_id="a1", runtime=RuntimeKind.CONTAINER, image_digest=image.digest,
+            key=box, action_id="a1", runtime=RuntimeKind.CONTAINER, image_digest=image["digest"],
             command=("sleep", "100000"), env=(), resources=Resources(memory=32 << 20,
                                                                       disk=32 << 20),
             files=(), ip="10.89.252.2", network=net, spec_hash="s", spec_fields=(),

@@ -30,7 +30,8 @@ from rackfire.net import links, vxlan
 from rackfire.net.names import bridge_name, netns_name, stack_vni, veth_name, vxlan_name
 from rackfire.net.nsenter import run_in_netns as call_in_netns
 from rackfire.net.nsenter import socket_in_netns
-from rackfire.testbed import Bed, Host, icmp_ping, run_in_netns
+from rackfire.testbed.bed import Bed, Host, run_in_netns
+from rackfire.testbed.ping import icmp_ping
 
 pytestmark = [
     pytest.mark.root,

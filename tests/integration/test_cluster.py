@@ -21,7 +21,7 @@ import pytest
 
 from rackfire.net import names
 from rackfire.net.nsenter import remove_netns
-from rackfire.testbed import Bed
+from rackfire.testbed.bed import Bed
 
 from harness import Server, host_traces, unique, wait_for, write_stack
 
@@ -383,3 +383,49 @@ def _migrations(server: Server) -> list[dict[str, Any]]:
                   timeout=10)
     r.raise_for_status()
     return list(r.json())
+
+
+def test_a_host_whose_lease_lapsed_is_lost_and_comes_back_at_a_new_epoch(
+        cluster: Cluster) -> None:
+    """Its agent killed (its instance runs on), the host misses its heartbeats: its
+    instance is reported lost by `plan` and `ps`, and nothing is done to it. When the agent
+    heartbeats again the host's epoch rises, and a call stamped with the old one is refused
+    there before it touches anything."""
+    from rackfire.agent.remote import RemoteAgent
+    from rackfire.errors import StaleEpoch
+    from rackfire.model.instance import InstanceKey
+
+    c = cluster
+    stack = unique("lease")
+    file = write_stack(c.tmp, DB.format(stack=stack))
+    c.server.cli("apply", "-f", str(file), "-y", timeout=300)
+    [db] = json.loads(c.server.cli("ps", stack, "--json").stdout)
+    host = db["host"]
+    assert c.hosts()[host]["epoch"] == 1
+    c.kill_agent(host)
+    wait_for(lambda: c.hosts()[host]["state"] == "unreachable", 30, f"{host}'s lease to lapse")
+    plan = json.loads(c.server.cli("plan", "-f", str(file), "--json").stdout)
+    assert plan["lost"] == [{"instance": f"{stack}/db/0", "host": host}]
+    assert plan["actions"] == []  # not re-created elsewhere, not touched: that is issue 15's
+    [lost] = json.loads(c.server.cli("ps", stack, "--json").stdout)
+    assert lost["state"] == "lost"
+    assert c.running_on(f"{stack}.db.0") == [host]
+    c.start_agent(host)
+    wait_for(lambda: c.hosts()[host]["state"] == "ready" and c.hosts()[host]["epoch"] == 2,
+             60, f"{host} back at epoch 2")
+    wait_for(lambda: (c.agent_dir(host) / "epoch").exists()
+             and (c.agent_dir(host) / "epoch").read_text().strip() == "2", 30,
+             "the agent to adopt epoch 2")
+    wait_for(lambda: json.loads(c.server.cli("ps", stack, "--json").stdout)[0]["state"]
+             == "running", 30, "the instance seen running again")
+    key = json.loads((c.agent_dir(host) / "credential.json").read_text())["agent_key"]
+    stale = RemoteAgent(host, c.hosts()[host]["address"], key, epoch=lambda: 1)
+    try:
+        with pytest.raises(StaleEpoch):
+            stale.stop(InstanceKey(stack, "db", 0), 1)
+    finally:
+        stale.close()
+    assert c.running_on(f"{stack}.db.0") == [host]  # the stale stop did nothing
+    events = c.server.cli("events", "--json").stdout
+    assert "lease lapsed: epoch 2" in events
+    destroy(c, stack)

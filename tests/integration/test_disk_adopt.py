@@ -25,18 +25,18 @@ from pathlib import Path
 import pytest
 import uvicorn
 
+from rackfire.agent.hostside import HostSide
 from rackfire.agent.local import LocalAgent
 from rackfire.agent.remote import RemoteAgent
 from rackfire.agent.rpc import serve_agent
 from rackfire.errors import ExecError, NotFound, PrereqError, RackfireError
-from rackfire.model.agent import Agent
 from rackfire.model.instance import InstanceKey, InstanceRequest, InstanceState, NetworkConfig
 from rackfire.model.stack import DataDisk, ImageSource, ImageSpec, Resources, RuntimeKind
 from rackfire.net import garp, links, names
 from rackfire.runtime import diskcopy
 from rackfire.runtime.base import inputs
 from rackfire.runtime.container import ContainerRuntime
-from rackfire.testbed import Bed, run_in_netns
+from rackfire.testbed.bed import Bed, run_in_netns
 
 from harness import free_port, host_traces, unique, wait_for
 
@@ -96,7 +96,7 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
     yield from _agents(tmp_path, 246)
 
 
-def _sh(agent: Agent, key: InstanceKey, script: str) -> str:
+def _sh(agent: LocalAgent, key: InstanceKey, script: str) -> str:
     handle = agent.exec(key, ["sh", "-c", script], tty=False)
     out, err = handle.proc.communicate(timeout=30)
     assert handle.proc.returncode == 0, err
@@ -241,8 +241,9 @@ class _Served:
 
     def __init__(self, agent: LocalAgent, key: str) -> None:
         self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(serve_agent(agent, key), host="127.0.0.1",
-                                                    port=self.port, log_level="warning"))
+        app = serve_agent(HostSide(agent), key)
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
+                                                    log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         wait_for(lambda: self.server.started, 10, "the agent API to listen")

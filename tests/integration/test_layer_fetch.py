@@ -59,7 +59,7 @@ def test_a_joined_host_fetches_verifies_keeps_and_collects_a_layer(server: Serve
         got = store.by_digest(digest)
         assert got is not None and got.fetched and got.name == "" and got.source == "host"
         assert tree_digest(got.rootfs, [f"bind:{b}" for b in got.host_binds]) == digest
-        assert remote.images() == []  # unnamed: the host's image list does not show it
+        assert store.list() == []  # unnamed: the host's image list does not show it
         assert os.listdir(store.tmp) == []
 
         # A second call does not fetch again: it succeeds with the server down, and a layer

@@ -1,19 +1,21 @@
-"""The Agent protocol over HTTP: a real `rackfire agent` process, joined to a real server,
-driven through RemoteAgent as the controller will drive a joined host: an image, a network,
-an instance made, observed, measured and removed, with the agent's errors coming back as
-the same errors."""
+"""The call table over HTTP: a real `rackfire agent` process, joined to a real server,
+driven through RemoteAgent as the controller drives a joined host: the server's image
+fetched, a network, an instance made, observed, measured and removed, with the agent's
+errors coming back as the same errors."""
 
 from __future__ import annotations
 
+import json
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from rackfire.agent.remote import RemoteAgent
-from rackfire.errors import PrereqError, RackfireError
+from rackfire.errors import Conflict, PrereqError, RackfireError
 from rackfire.model.instance import InstanceKey, InstanceRequest, InstanceState, NetworkConfig
-from rackfire.model.stack import ImageSource, ImageSpec, Resources, RuntimeKind
+from rackfire.model.stack import Resources, RuntimeKind
 
 from harness import (
     Server,
@@ -43,13 +45,17 @@ def test_a_joined_agent_runs_an_instance_for_the_controller(server: Server,
 
         assert remote.info().name == "far"
         assert remote.capacity().cpus >= 1
-        image = remote.ensure_image(ImageSpec("base", ImageSource.HOST))
+        # Images are the server's: a joined host fetches the layer an instance needs.
+        server.cli("image", "build", "base", "--from", "host")
+        [image] = [i for i in json.loads(server.cli("image", "ls", "--json").stdout)
+                   if i["name"] == "base"]
+        remote.ensure_layer(image["digest"])
         net = NetworkConfig(stack, "10.89.251.0/24", "10.89.251.1", 24)
         remote.ensure_network(net)
         key0 = InstanceKey(stack, "box", 0)
         req = InstanceRequest(
             key=key0, action_id="a1", runtime=RuntimeKind.CONTAINER,
-            image_digest=image.digest, command=("sleep", "100000"), env=(("A", "1"),),
+            image_digest=image["digest"], command=("sleep", "100000"), env=(("A", "1"),),
             resources=Resources(memory=32 << 20, disk=32 << 20, pids=20),
             files=(("/etc/box.conf", "hi"),), ip="10.89.251.2", network=net,
             spec_hash="s1", spec_fields=(("command", "c1"),), config_hash="c1")
@@ -60,10 +66,10 @@ def test_a_joined_agent_runs_an_instance_for_the_controller(server: Server,
         [st] = remote.stats(stack)
         assert st.memory_limit == 32 << 20 and (st.memory_used or 0) > 0
         # Its errors come back as the same errors, with their messages.
-        with pytest.raises(PrereqError, match="invalid image name"):
-            remote.image("Not A Name")
-        with pytest.raises(PrereqError, match="not supported yet"):
-            remote.exec(key0, ["true"], tty=False)
+        with pytest.raises(PrereqError, match="invalid digest"):
+            remote.ensure_layer("not-a-digest")
+        with pytest.raises(Conflict, match="exists on host far already"):
+            remote.create(replace(req, action_id="a2"))
         wrong = RemoteAgent("far", f"127.0.0.1:{port}", "not-the-key")
         with pytest.raises(RackfireError, match="wrong agent key"):
             wrong.info()

@@ -48,7 +48,8 @@ def test_logs_and_exec_of_instances_on_joined_hosts(cluster: Cluster) -> None:  
     rows = {r["name"]: r for r in json.loads(c.server.cli("ps", stack, "--json").stdout)}
     hosts = {rows[n]["host"] for n in ("talk-0", "talk-1")}
     assert len(hosts) == 2 and hosts <= {h.name for h in c.bed.hosts}, rows
-    assert all(r["log"] is None for r in rows.values())  # not a path on the server's host
+    # Its log's path on its own host, as that host's agent reports it.
+    assert all(r["log"].endswith(f"/instances/{r['id']}/console.log") for r in rows.values())
     for i in (0, 1):
         wait_for(lambda i=i: f"talk-{i} line7" in c.server.cli(
             "logs", f"{stack}/talk/{i}").stdout, 30, f"talk-{i}'s seventh line")

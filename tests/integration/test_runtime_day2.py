@@ -26,7 +26,7 @@ from rackfire.model.instance import (
 )
 from rackfire.model.stack import Resources, RuntimeKind
 from rackfire.net import links
-from rackfire.runtime import mounts
+from rackfire.runtime import disks, mounts
 from rackfire.runtime.base import Runtime, inputs
 from rackfire.runtime.container import ContainerRuntime
 from rackfire.runtime.layout import instance_dir
@@ -206,7 +206,7 @@ def without_headroom(ct: ContainerRuntime, key: InstanceKey, size: int) -> None:
         f.truncate(size)
     subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", "-E",
                     "lazy_itable_init=1,lazy_journal_init=1", str(d.disk_image)], check=True)
-    assert not mounts.has_headroom(d.disk_image)
+    assert not disks.has_headroom(d.disk_image)
 
 
 def test_disk_grows_online(ct: ContainerRuntime, stack: str, image: ImageInfo, hosts: Path,
@@ -216,7 +216,7 @@ def test_disk_grows_online(ct: ContainerRuntime, stack: str, image: ImageInfo, h
     d = instance_dir(ct.base, req.key)
     pid = pid_of(ct, req.key)
     ceiling = d.disk_image.stat().st_size
-    assert ceiling == mounts.disk_ceiling(32 * MiB) >= 8 * 32 * MiB
+    assert ceiling == disks.disk_ceiling(32 * MiB) >= 8 * 32 * MiB
     assert held(d.disk_image) < 2 * MiB  # sparse: the ceiling costs (almost) nothing
     [s] = ct.stats([req.key])
     assert s.disk_limit == 32 * MiB
@@ -261,7 +261,7 @@ def test_disk_grows_past_its_headroom(ct: ContainerRuntime, stack: str, image: I
     ceiling = d.disk_image.stat().st_size
     huge = replace(req, resources=replace(LIMITS, disk=ceiling), spec_hash="s2")
 
-    if not mounts.can_grow_online():
+    if not disks.can_grow_online():
         # Past the ceiling the filesystem itself grows, which needs CAP_SYS_RESOURCE while
         # it is mounted: refused before any change; a stopped instance's grows offline.
         with pytest.raises(PrereqError, match="CAP_SYS_RESOURCE"):
@@ -271,7 +271,7 @@ def test_disk_grows_past_its_headroom(ct: ContainerRuntime, stack: str, image: I
         ct.stop(req.key, stop_timeout=1.0)
     ct.resize(huge)
     ct.restart(huge, *inputs(ct, huge, image, hosts))
-    assert d.disk_image.stat().st_size == mounts.disk_ceiling(ceiling)
+    assert d.disk_image.stat().st_size == disks.disk_ceiling(ceiling)
     assert held(d.disk_image) < 4 * MiB
     [s] = ct.stats([req.key])
     assert s.disk_limit == ceiling
@@ -298,7 +298,7 @@ def test_stopped_disk_grows_offline(ct: ContainerRuntime, stack: str, image: Ima
     unmount_disk(ct, req.key)  # as after a reboot: resize mounts it to measure it
     bigger = replace(req, resources=replace(LIMITS, disk=64 * MiB), spec_hash="s2")
     ct.resize(bigger)
-    assert d.disk_image.stat().st_size == mounts.disk_ceiling(32 * MiB)  # within headroom
+    assert d.disk_image.stat().st_size == disks.disk_ceiling(32 * MiB)  # within headroom
     ct.restart(bigger, *inputs(ct, bigger, image, hosts))
     wait_for(lambda: (d.disk / "upper" / "more.ok").exists(), 20, "16 MiB more to fit")
     assert (d.disk / "upper" / "fill").stat().st_size == filled  # the old data is kept
@@ -315,7 +315,7 @@ def test_a_disk_without_headroom_grows_as_before(ct: ContainerRuntime, stack: st
     ct.restart(req, *inputs(ct, req, image, hosts))
     d = instance_dir(ct.base, req.key)
     again = replace(req, resources=replace(LIMITS, disk=48 * MiB), spec_hash="s2")
-    if not mounts.can_grow_online():
+    if not disks.can_grow_online():
         with pytest.raises(PrereqError, match="CAP_SYS_RESOURCE"):
             ct.resize(again)
         assert d.disk_image.stat().st_size == 32 * MiB
@@ -324,7 +324,7 @@ def test_a_disk_without_headroom_grows_as_before(ct: ContainerRuntime, stack: st
     os.truncate(d.disk_image, 48 * MiB)  # the file grew, then resize2fs never ran
     ct.resize(again)
     ct.restart(again, *inputs(ct, again, image, hosts))
-    assert not mounts.has_headroom(d.disk_image)
+    assert not disks.has_headroom(d.disk_image)
     [s] = ct.stats([req.key])
     assert s.disk_limit is not None and s.disk_limit > 36 * MiB  # 48 MiB of ext4: ~39 MiB
     with pytest.raises(PrereqError, match="grow"):
@@ -342,7 +342,7 @@ def test_shrinking_the_disk_is_refused_before_any_change(
         ct.resize(smaller)
     assert err.value.hint
     d = instance_dir(ct.base, req.key)
-    assert d.disk_image.stat().st_size == mounts.disk_ceiling(32 * MiB)
+    assert d.disk_image.stat().st_size == disks.disk_ceiling(32 * MiB)
     assert ct.stats([req.key])[0].disk_limit == 32 * MiB
     assert cgroup(req.key, "memory", "memory.limit_in_bytes") == str(64 * MiB)
     [f] = ct.observe()

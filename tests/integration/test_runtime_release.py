@@ -26,7 +26,7 @@ from rackfire.model.instance import (
 )
 from rackfire.model.stack import DataDisk, ReloadSpec, Resources
 from rackfire.net import links
-from rackfire.runtime import mounts
+from rackfire.runtime import disks, mounts
 from rackfire.runtime.base import Runtime, inputs
 from rackfire.runtime.container import ContainerRuntime
 from rackfire.runtime.layout import instance_dir, read_meta
@@ -141,7 +141,7 @@ def test_data_disk_outlives_instance_until_teardown(
     sh_in(ct, req.key, "echo kept > /var/lib/app/f")
     # Its own ext4, with its own limit (not the 32 MiB root disk's).
     d = instance_dir(ct.base, req.key)
-    assert abs(mounts.room(volume, d.data).granted - disk.size) < MiB
+    assert abs(disks.room(volume, d.data).granted - disk.size) < MiB
     assert "/var/lib/app" in sh_in(ct, req.key, "cat /proc/self/mountinfo")
 
     ct.restart(req, *inputs(ct, req, image, hosts))
@@ -203,7 +203,7 @@ def test_data_disk_grows(ct: ContainerRuntime, stack: str, image: ImageInfo,
     d = instance_dir(ct.base, req.key)
     bigger = replace(req, data=DataDisk("/srv", 40 * MiB), spec_hash="s2")
     ct.resize(bigger)  # within its headroom: at once, running
-    assert abs(mounts.room(ct.volume(req.key), d.data).granted - 40 * MiB) < MiB
+    assert abs(disks.room(ct.volume(req.key), d.data).granted - 40 * MiB) < MiB
     assert (read_meta(d) or {})["data"]["size"] == 40 * MiB
     assert facts(ct, req.key).pid == pid
     with pytest.raises(PrereqError, match="never shrink"):
@@ -212,10 +212,10 @@ def test_data_disk_grows(ct: ContainerRuntime, stack: str, image: ImageInfo,
     # keeps it as it is.
     ct.destroy(req.key, stop_timeout=1)
     ct.create(replace(req, data=DataDisk("/srv", 56 * MiB)), *inputs(ct, req, image, hosts))
-    assert abs(mounts.room(ct.volume(req.key), d.data).granted - 56 * MiB) < MiB
+    assert abs(disks.room(ct.volume(req.key), d.data).granted - 56 * MiB) < MiB
     ct.destroy(req.key, stop_timeout=1)
     ct.create(req, *inputs(ct, req, image, hosts))
-    assert abs(mounts.room(ct.volume(req.key), d.data).granted - 56 * MiB) < MiB
+    assert abs(disks.room(ct.volume(req.key), d.data).granted - 56 * MiB) < MiB
 
 
 # reload -----------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import pytest
 
 from rackfire.net.names import netns_name
 from rackfire.runtime import mounts
-from rackfire.testbed import HOST_NETNS_PREFIX, leftovers
+from rackfire.testbed.bed import HOST_NETNS_PREFIX, leftovers
 
 from harness import free_port, unique, write_stack
 

@@ -9,8 +9,8 @@ from typing import Any, cast
 
 import httpx
 
+from rackfire.agent.hostside import HostSide, Served
 from rackfire.agent.rpc import CALL_COUNTS_PATH, serve_agent
-from rackfire.model.agent import HostAgent
 from rackfire.model.instance import InstanceFacts
 
 KEY = "k3y"
@@ -22,7 +22,7 @@ class ObserveOnly:
 
 
 async def _exercise() -> tuple[list[int], dict[str, Any]]:
-    app = serve_agent(cast(HostAgent, ObserveOnly()), KEY)
+    app = serve_agent(HostSide(cast(Served, ObserveOnly())), KEY)
     auth = {"Authorization": f"Bearer {KEY}"}
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url="http://agent") as client:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rackfire.runtime import mounts
+from rackfire.runtime import disks, ext4
 
 MiB, GiB = 1 << 20, 1 << 30
 
@@ -18,16 +18,16 @@ MiB, GiB = 1 << 20, 1 << 30
     (3 * GiB + 1, 24 * GiB + 128 * MiB), (2 << 40, 8 << 40), (16 << 40, (17 << 40) + 128 * MiB),
 ])
 def test_ceiling(size: int, ceiling: int) -> None:
-    assert mounts.disk_ceiling(size) == ceiling
+    assert disks.disk_ceiling(size) == ceiling
 
 
 def test_a_new_disk_reserves_all_but_its_size_for_no_one(tmp_path: Path) -> None:
     image = tmp_path / "disk.img"
-    mounts.make_disk(image, 32 * MiB)
+    disks.make_disk(image, 32 * MiB)
     assert image.stat().st_size == 4 * GiB
     assert image.stat().st_blocks * 512 < 1 * MiB  # sparse
-    sb = mounts.read_super(image)
-    assert mounts.has_headroom(image) and sb.resuid == mounts.NO_UID
+    sb = ext4.read_super(image)
+    assert disks.has_headroom(image) and sb.resuid == ext4.NO_UID
     # What the kernel will leave the instance: all but the metadata, its own 2 % (at most
     # 4096 blocks) and the reservation.
     usable = sb.blocks - sb.overhead - min(sb.blocks // 50, 4096) - sb.reserved
@@ -41,7 +41,7 @@ def test_a_new_disk_reserves_all_but_its_size_for_no_one(tmp_path: Path) -> None
 
     # e2fsck takes a reservation of over half the disk for corruption; without it, clean.
     assert sb.reserved > sb.blocks // 2
-    mounts._write_super(image, reserved=0)
+    ext4.write_super(image, reserved=0)
     check = subprocess.run(["e2fsck", "-fn", str(image)], capture_output=True, text=True,
                            check=False)
     assert check.returncode == 0, check.stdout + check.stderr

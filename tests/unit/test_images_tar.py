@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from rackfire.errors import PrereqError
-from rackfire.images.safe_tar import ImportLimits, check_tarball, import_tarball
+from rackfire.images.safe_tar import check_tarball, import_tarball
 from rackfire.images.store import ImageStore
+from rackfire.images.tar_checks import ImportLimits
 
 MTIME = 1_600_000_000
 

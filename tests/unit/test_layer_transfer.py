@@ -19,9 +19,10 @@ from rackfire.agent.local import LocalAgent
 from rackfire.errors import NotFound, PrereqError
 from rackfire.images.build import build_host
 from rackfire.images.release import build_release
-from rackfire.images.safe_tar import ImportLimits, import_tarball
+from rackfire.images.safe_tar import import_tarball
 from rackfire.images.sources import store_source
 from rackfire.images.store import ImageInfo, ImageStore
+from rackfire.images.tar_checks import ImportLimits
 from rackfire.images.transfer import HEADER, pack_layer, receive_layer
 from rackfire.images.tree import tree_digest, walk
 from rackfire.model.stack import RuntimeKind

@@ -98,9 +98,6 @@ GUARDS = (
 )
 
 EXCEPTIONS: Mapping[tuple[str, str], str] = {
-    ("rackfire.model.agent", "subprocess"):
-        "ExecHandle.proc is a Popen: a host-local handle still in model/ (issue 14's host "
-        "seam moves exec's host side under agent/); the module only names the type",
     ("rackfire.testbed", "rackfire.net"):
         "the simulated hosts of the tests and `make demo-cluster` are network namespaces it "
         "makes with net/nsenter.py and names with net/names.py; no part of the server "

@@ -1,5 +1,6 @@
 """Reading console logs for `rackfire logs`: tails, and following a file that is appended
-to, truncated or replaced."""
+to, truncated or replaced (the host's half, agent/logfile.py), shown as the API shows the
+records its host streams (streaming.py's Display)."""
 
 from __future__ import annotations
 
@@ -7,23 +8,49 @@ import asyncio
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from rackfire import streaming
-from rackfire.api.streams import _Log, _merged_history
-from rackfire.model.instance import InstanceKey
+from rackfire.agent import logfile
+from rackfire.agent.logfile import LogFile
+from rackfire.agent.streams import InProcessStreams
+from rackfire.api.hostlogs import HostLog, merged_history
+from rackfire.model.instance import InstanceFacts, InstanceKey, InstanceState
 from rackfire.model.logs import rotated
+from rackfire.model.stack import RuntimeKind
 from rackfire.runtime.logshim import RotatingLog, encode, timestamp
-from rackfire.streaming import LogFile
+from rackfire.streaming import Display
 
 KEY = InstanceKey("shop", "web", 0)
 
 
+class Shown:
+    """A LogFile's records as the API shows them."""
+
+    def __init__(self, path: Path, prefix: bytes = b"") -> None:
+        self.file = LogFile(path)
+        self.display = Display(prefix)
+
+    def history(self, tail: int, *, keep_partial: bool) -> bytes:
+        self.file.begin(tail)
+        out = b"".join(self.display.feed(c) for c in self.file.history())
+        return out if keep_partial else out + self.display.flush()
+
+    def poll(self) -> bytes:
+        return self.display.feed(self.file.poll()) + self.display.flush_if_stale()
+
+    def missing(self) -> bool:
+        return self.file.missing()
+
+    def close(self) -> None:
+        self.file.close()
+
+
 def history(path: Path, tail: int, prefix: bytes = b"") -> bytes:
-    log = LogFile(KEY, path, prefix)
+    log = Shown(path, prefix)
     try:
-        return b"".join(log.history(tail, keep_partial=False))
+        return log.history(tail, keep_partial=False)
     finally:
         log.close()
 
@@ -42,7 +69,7 @@ def test_tail(tmp_path: Path, text: bytes, n: int, want: bytes) -> None:
 
 
 def test_tail_across_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(streaming, "CHUNK", 7)  # lines straddle the blocks read backwards
+    monkeypatch.setattr(logfile, "CHUNK", 7)  # lines straddle the blocks read backwards
     f = tmp_path / "log"
     f.write_bytes(b"".join(b"line%d\n" % i for i in range(100)))
     assert history(f, 3) == b"line97\nline98\nline99\n"
@@ -53,8 +80,8 @@ def test_prefix_whole_lines_and_partial(tmp_path: Path) -> None:
     f = tmp_path / "log"
     f.write_bytes(b"one\ntwo\nthr")
     assert history(f, 0, b"w | ") == b"w | one\nw | two\nw | thr\n"
-    log = LogFile(KEY, f, b"w | ")
-    assert b"".join(log.history(0, keep_partial=True)) == b"w | one\nw | two\n"
+    log = Shown(f, b"w | ")
+    assert log.history(0, keep_partial=True) == b"w | one\nw | two\n"
     with open(f, "ab") as fh:
         fh.write(b"ee\nfour\n")
     assert log.poll() == b"w | three\nw | four\n"
@@ -64,8 +91,8 @@ def test_prefix_whole_lines_and_partial(tmp_path: Path) -> None:
 def test_follow_appends_truncation_and_replacement(tmp_path: Path) -> None:
     f = tmp_path / "log"
     f.write_bytes(b"old\n")
-    log = LogFile(KEY, f, b"")
-    assert b"".join(log.history(10, keep_partial=True)) == b"old\n"
+    log = Shown(f)
+    assert log.history(10, keep_partial=True) == b"old\n"
     assert log.poll() == b""
     with open(f, "ab") as fh:
         fh.write(b"new\n")
@@ -104,17 +131,38 @@ def test_history_opens_one_rotated_file_at_a_time(tmp_path: Path) -> None:
     log = tmp_path / "console.log"
     _rotated_log(log, 40, 60_000)
     assert rotated(log, 39).exists()
-    lf = LogFile(KEY, log, b"")
+    lf = LogFile(log)
     before = _open_fds()
     lf.begin(0)
     assert _open_fds() <= before + 1  # the current file alone
     most, got = 0, bytearray()
-    for chunk in lf.raw_history():
+    for chunk in lf.history():
         most = max(most, _open_fds() - before)
         got += chunk
     assert most <= 2
     assert got.count(b"\n") == sum(rotated(log, i).read_bytes().count(b"\n") for i in range(40))
     lf.close()
+
+
+class LogsHost:
+    """A host with these instances' logs, streamed as the server's own host streams them
+    (agent/streams.py InProcessStreams); it runs no command."""
+
+    def __init__(self, logs: dict[InstanceKey, Path]) -> None:
+        self.logs = logs
+
+    def observe(self, stack: str | None = None) -> list[InstanceFacts]:
+        return [InstanceFacts(k, InstanceState.RUNNING, RuntimeKind.PROCESS, "h")
+                for k in self.logs if stack in (None, k.stack)]
+
+    def log_path(self, key: InstanceKey) -> str:
+        return str(self.logs[key])
+
+    def exec(self, key: InstanceKey, argv: list[str], tty: bool) -> Any:
+        raise NotImplementedError
+
+    def link(self, host: str) -> InProcessStreams:
+        return InProcessStreams(self)
 
 
 def test_stack_history_is_read_off_the_event_loop(tmp_path: Path) -> None:
@@ -124,8 +172,8 @@ def test_stack_history_is_read_off_the_event_loop(tmp_path: Path) -> None:
     for p in paths:
         p.parent.mkdir()
         _rotated_log(p, 100, 60_000)
-    files = [LogFile(InstanceKey("shop", "web", i), p, b"w | ") for i, p in enumerate(paths)]
-    logs: list[_Log] = list(files)
+    host = LogsHost({InstanceKey("shop", "web", i): p for i, p in enumerate(paths)})
+    logs = [HostLog(host, k, "h", b"w | ") for k in host.logs]
 
     async def read() -> tuple[int, float, float]:
         done = False
@@ -141,17 +189,17 @@ def test_stack_history_is_read_off_the_event_loop(tmp_path: Path) -> None:
 
         ticks = asyncio.create_task(ticker())
         start, lines = time.monotonic(), 0
-        async for chunk in _merged_history(logs, 0, False):
-            lines += chunk.count(b"\n")
+        try:
+            async for chunk in merged_history(logs, 0, False):
+                lines += chunk.count(b"\n")
+        finally:
+            for lf in logs:
+                await lf.aclose()
         took = time.monotonic() - start
         done = True
         await ticks
         return lines, took, longest
 
-    try:
-        lines, took, longest = asyncio.run(read())
-    finally:
-        for lf in files:
-            lf.close()
+    lines, took, longest = asyncio.run(read())
     assert lines == 3 * 60_000
     assert longest < max(0.3, took / 4), (longest, took)  # the whole read took ~1 s

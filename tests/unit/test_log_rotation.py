@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from rackfire import streaming
+from rackfire.agent.logfile import LogFile
 from rackfire.errors import SpecError
 from rackfire.model import logs
 from rackfire.model.instance import InstanceKey
@@ -26,7 +27,7 @@ from rackfire.runtime import logshim, logwriter
 from rackfire.runtime.layout import InstanceDir, list_instance_dirs, remove_instance_dir
 from rackfire.runtime.logshim import RotatingLog, encode, timestamp
 from rackfire.spec import load_stack_text
-from rackfire.streaming import Display, LogFile
+from rackfire.streaming import Display
 
 KEY = InstanceKey("shop", "web", 0)
 STAMP = re.compile(rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z$")
@@ -45,6 +46,12 @@ def numbered(first: int, last: int) -> list[bytes]:
 
 def numbers(text: bytes) -> list[int]:
     return [int(m) for m in re.findall(rb"line (\d+)", text)]
+
+
+def history(lf: LogFile, tail: int) -> bytes:
+    """Its last `tail` records (0: all), as they are."""
+    lf.begin(tail)
+    return b"".join(lf.history())
 
 
 def run_writer(log: Path, limits: LogLimits, script: str) -> float:
@@ -148,29 +155,28 @@ def test_tail_and_history_read_across_rotated_files(tmp_path: Path) -> None:
     w = RotatingLog(str(log), CAP.max_size, CAP.max_files)
     w.write(numbered(0, 12_000))  # three files
     w.close()
-    lf = LogFile(KEY, log, b"")
+    lf = LogFile(log)
     on_disk = numbers(b"".join(p.read_bytes() for p in reversed(files_of(log))))
-    assert numbers(b"".join(lf.history(0, keep_partial=False))) == on_disk
+    assert numbers(history(lf, 0)) == on_disk
     in_current = len(log.read_bytes().splitlines())
-    tail = numbers(b"".join(lf.history(in_current + 10, keep_partial=False)))
+    tail = numbers(history(lf, in_current + 10))
     assert tail == list(range(12_000 - in_current - 10, 12_000))  # .1's last lines too
-    lf.close()
-    # With stamps on, or as records (an agent's stream, for the server to merge).
-    stamped = LogFile(KEY, log, b"w | ", timestamps=True)
-    line = b"".join(stamped.history(1, keep_partial=False))
+    # The records as they are (what a host streams, for the server to merge and show),
+    # and as shown with stamps on.
+    lf.begin(1)
+    record = b"".join(lf.history())
+    assert parse(record).content == b"line 011999"
+    line = Display(b"w | ", timestamps=True).feed(record)
     assert re.fullmatch(rb"w \| \S+Z line 011999\n", line), line
-    raw = LogFile(KEY, log, b"", raw=True)
-    assert parse(b"".join(raw.history(1, keep_partial=False))).content == b"line 011999"
-    for f in (stamped, raw):
-        f.close()
+    lf.close()
 
 
 def test_follow_across_rotations(tmp_path: Path) -> None:
     log = tmp_path / "console.log"
     w = RotatingLog(str(log), CAP.max_size, CAP.max_files)
     w.write(numbered(0, 10))
-    lf = LogFile(KEY, log, b"")
-    assert numbers(b"".join(lf.history(5, keep_partial=True))) == list(range(5, 10))
+    lf = LogFile(log)
+    assert numbers(history(lf, 5)) == list(range(5, 10))
     seen: list[int] = []
     # A rotation between two polls: the rest of the old file, then the new one.
     w.write(numbered(10, PER_FILE))
@@ -198,7 +204,7 @@ def test_follow_the_real_writer_across_rotations(tmp_path: Path) -> None:
         "    sys.stdout.write(''.join('line %06d\\n' % n for n in range(i * 100, i * 100 + 100)))\n"
         "    sys.stdout.flush(); time.sleep(0.02)\n")
     writer = logwriter.start(log, CAP, "")
-    lf = LogFile(KEY, log, b"")
+    lf = LogFile(log)
     try:
         proc = subprocess.Popen([sys.executable, "-c", script], stdout=writer.stdout,
                                 stderr=writer.stderr)

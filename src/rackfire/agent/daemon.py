@@ -1,14 +1,12 @@
 """`rackfire agent`: a host joins a controller once with a join token, keeps the credential
 and agent key it gets for it (`<data-dir>/credential.json`, 0600) and from then on reports
-its facts in a heartbeat, and serves the Agent protocol (agent/rpc.py) to whoever presents
-the agent key: the controller. Restarted, it carries on with the credential; the token is
-not needed again. Image layers it is asked to ensure come from the controller
-(`GET /v1/agent/layers/<digest>`, the credential as bearer), verified by their digest; a
-fetched layer that no instance uses is kept for `RACKFIRE_LAYER_GRACE` seconds (default
-600) before `collect_layers` may remove it.
-
-(The controller does not place instances on joined hosts yet: that comes with the
-scheduler's wiring.)
+its facts and its instances' in a heartbeat (at once when an instance changed), and serves
+the call table (agent/rpc.py) to whoever presents the agent key: the controller. Restarted,
+it carries on with the credential (the token is not needed again) and with the epoch it was
+last told (`<data-dir>/epoch`: agent/hostside.py). Image layers it is asked to ensure come
+from the controller (`GET /v1/agent/layers/<digest>`, the credential as bearer), verified
+by their digest; a fetched layer that no instance uses is kept for `RACKFIRE_LAYER_GRACE`
+seconds (default 600) before `collect_layers` may remove it.
 """
 
 from __future__ import annotations
@@ -19,6 +17,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,14 +25,18 @@ from pathlib import Path
 import httpx
 import uvicorn
 
+from rackfire.agent.hostside import HostSide
 from rackfire.agent.local import LAYER_GRACE, LocalAgent
 from rackfire.agent.rpc import serve_agent
 from rackfire.errors import ExecError, NotFound, PrereqError
+from rackfire.model.instance import InstanceFacts
+from rackfire.model.wire import encode
 from rackfire.runtime.container import RUNC_ROOT
 
 log = logging.getLogger("rackfire.agent")
 CREDENTIAL = "credential.json"
 BACKOFF_MAX = 30.0
+WATCH = 0.5  # seconds between looks at this host's instances
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,28 +89,38 @@ def join(url: str | None, token: str | None, name: str | None, labels: dict[str,
     return joined
 
 
-def heartbeat_loop(joined: Joined, labels: dict[str, str], agent: LocalAgent,
+def heartbeat_loop(joined: Joined, labels: dict[str, str], side: HostSide, agent: LocalAgent,
                    interval: float, stop: threading.Event, address: str = "") -> None:
-    """Report facts every `interval`; back off while the controller cannot be reached.
-    Returns (an error) when the controller no longer knows this host's credential."""
+    """Report the host's facts and its instances' every `interval`, and at once when an
+    instance changed (looked at every WATCH seconds: a crash is known within about that);
+    adopt the epoch the controller answers with. Back off while the controller cannot be
+    reached. Returns (an error) when the controller no longer knows this credential."""
     delay = interval
+    sent: tuple[InstanceFacts, ...] | None = None
+    next_beat = 0.0
     with httpx.Client(base_url=joined.url, timeout=10, headers={
             "Authorization": f"Bearer {joined.credential}"}) as http:
         while not stop.is_set():
-            try:
-                r = http.post("/v1/agent/heartbeat", json={
-                    "labels": labels, "facts": agent.facts(interval).to_json(),
-                    "address": address})
-            except httpx.TransportError as e:
-                log.warning("controller %s unreachable (%s); retrying in %.0fs",
-                            joined.url, type(e).__name__, delay)
-                delay = min(BACKOFF_MAX, delay * 2)
-            else:
-                if r.status_code != 200:
-                    raise PrereqError(f"the controller refused this host: {_message(r)}",
-                                      hint="join again with a new token")
-                delay = interval
-            stop.wait(delay)
+            observed = side.observed()
+            if observed.facts != sent or time.monotonic() >= next_beat:
+                try:
+                    r = http.post("/v1/agent/heartbeat", json={
+                        "labels": labels, "facts": agent.facts(interval).to_json(),
+                        "address": address, "observed": encode(observed)})
+                except httpx.TransportError as e:
+                    log.warning("controller %s unreachable (%s); retrying in %.0fs",
+                                joined.url, type(e).__name__, delay)
+                    next_beat = time.monotonic() + delay
+                    delay = min(BACKOFF_MAX, delay * 2)
+                    sent = observed.facts  # not again at each look: at the next beat
+                else:
+                    if r.status_code != 200:
+                        raise PrereqError(f"the controller refused this host: {_message(r)}",
+                                          hint="join again with a new token")
+                    side.adopt(int(r.json().get("epoch", 0)))
+                    delay, sent = interval, observed.facts
+                    next_beat = time.monotonic() + interval
+            stop.wait(min(WATCH, interval))
 
 
 def fetch_layer(data_dir: Path, digest: str) -> Iterator[bytes]:
@@ -189,7 +202,8 @@ def run(url: str | None, token: str | None, name: str | None, labels: dict[str, 
     log.info("host %s joined %s; heartbeat every %.1fs", joined.name, joined.url, interval)
     stop = threading.Event()
     host, _, port = listen.rpartition(":")
-    api = uvicorn.Server(uvicorn.Config(serve_agent(agent, joined.agent_key), host=host or
+    side = HostSide(agent, data_dir)
+    api = uvicorn.Server(uvicorn.Config(serve_agent(side, joined.agent_key), host=host or
                                         "0.0.0.0", port=int(port), log_level="warning",
                                         lifespan="off"))
     serving = threading.Thread(target=api.run, name="agent-api", daemon=True)
@@ -197,7 +211,7 @@ def run(url: str | None, token: str | None, name: str | None, labels: dict[str, 
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
-        heartbeat_loop(joined, labels, agent, interval, stop, address)
+        heartbeat_loop(joined, labels, side, agent, interval, stop, address)
     finally:
         api.should_exit = True
         serving.join(10)

@@ -29,7 +29,6 @@ from rackfire.images.safe_tar import import_tarball
 from rackfire.images.store import ImageInfo, ImageStore, check_digest
 from rackfire.images.transfer import LayerSource, pack_layer, receive_layer
 from rackfire.model.agent import (
-    ExecHandle,
     HostCapacity,
     HostInfo,
     ImageSummary,
@@ -48,7 +47,7 @@ from rackfire.model.stack import (
 )
 from rackfire.net import links, vxlan
 from rackfire.runtime import diskcopy, logwriter, registry, stats
-from rackfire.runtime.base import DiskMover, Runtime, inputs
+from rackfire.runtime.base import DiskMover, ExecHandle, Runtime, inputs
 from rackfire.runtime.container import RUNC_ROOT, remove_volumes
 from rackfire.runtime.layout import (
     InstanceDir,
@@ -104,7 +103,8 @@ class LocalAgent:
         facts: list[InstanceFacts] = []
         for rt in self._runtimes.values():
             facts += rt.observe()
-        return [f for f in facts if stack is None or f.key.stack == stack]
+        return [replace(f, log=self.log_path(f.key)) for f in facts
+                if stack is None or f.key.stack == stack]
 
     def create(self, req: InstanceRequest) -> None:
         if req.adopt_disks:

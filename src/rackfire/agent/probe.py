@@ -11,9 +11,9 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from rackfire.errors import RackfireError
-from rackfire.model.agent import ExecHandle
 from rackfire.model.stack import HealthSpec
 from rackfire.net.nsenter import socket_in_netns
+from rackfire.runtime.base import ExecHandle
 
 
 def probe(netns: str | None, health: HealthSpec) -> tuple[bool, str]:

@@ -26,7 +26,6 @@ since the agent started, and when that was; calls that name a stack, by stack to
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import inspect
 import re
@@ -36,49 +35,42 @@ import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio.from_thread
 import anyio.to_thread
 from fastapi import FastAPI, Query, Request, WebSocket
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect
 
 from rackfire import errors
+from rackfire.agent.execsession import WsFrames, serve_exec
+from rackfire.agent.hostside import HostSide
+from rackfire.agent.streams import open_log
 from rackfire.errors import AgentOffline, RackfireError
 from rackfire.model import agent as agent_model
-from rackfire.model.agent import Agent, HostAgent
+from rackfire.model.agent import CALLS, HostAgent, Stamp
 from rackfire.model.instance import InstanceKey
 from rackfire.model.stack import NAME_PATTERN
 from rackfire.model.wire import decode, encode
-from rackfire.streaming import (
-    HISTORY_HEADER,
-    ExecSession,
-    LogFile,
-    finish,
-    follow_log,
-    parse_start,
-    start_exec,
-)
+from rackfire.streaming import HISTORY_HEADER
 from rackfire.streaming import authorized as ws_authorized
 
 if TYPE_CHECKING:
     from websockets.asyncio.client import ClientConnection
 
-NOT_REMOTE = frozenset({"exec", "log_path", "import_image", "store_source"})
+EPOCH_HEADER = "X-Rackfire-Epoch"
+ACTION_HEADER = "X-Rackfire-Action"
 
 
-def _calls() -> dict[str, inspect.Signature]:
-    out = {}
-    for name, fn in inspect.getmembers(Agent, inspect.isfunction):
-        if name.startswith("_") or name in NOT_REMOTE:
-            continue
-        out[name] = inspect.signature(fn)
-    return out
+def _signatures() -> dict[str, inspect.Signature]:
+    return {name: inspect.signature(fn)
+            for name, fn in inspect.getmembers(HostAgent, inspect.isfunction)
+            if not name.startswith("_")}
 
 
-CALLS = _calls()
+SIGNATURES = _signatures()
 
 
 def hints(call: str) -> dict[str, Any]:
@@ -87,7 +79,7 @@ def hints(call: str) -> dict[str, Any]:
     import rackfire.model.host as host_model
 
     namespace = {**vars(agent_model), **vars(host_model)}
-    return typing.get_type_hints(getattr(Agent, call), globalns=namespace)
+    return typing.get_type_hints(getattr(HostAgent, call), globalns=namespace)
 
 
 _ERRORS: dict[str, type[RackfireError]] = {
@@ -154,8 +146,18 @@ def _instance_key(stack: str, role: str, index: int) -> InstanceKey:
     return InstanceKey(stack, role, index)
 
 
-def serve_agent(agent: HostAgent, key: str) -> FastAPI:
-    """The agent's API: every call of the table, for whoever holds `key` (the controller)."""
+def _stamp(request: Request | WebSocket) -> Stamp:
+    try:
+        epoch = int(request.headers.get(EPOCH_HEADER, "0"))
+    except ValueError:
+        epoch = 0
+    return Stamp(epoch, request.headers.get(ACTION_HEADER, "")[:100])
+
+
+def serve_agent(side: HostSide, key: str) -> FastAPI:
+    """The agent's API: every call of the table, for whoever holds `key` (the controller).
+    Each answer says the host's boot and `done` (agent/hostside.py)."""
+    agent = side.agent
     app = FastAPI(title="rackfire agent", docs_url=None, redoc_url=None, openapi_url=None)
     counts = app.state.call_counts = CallCounts()
 
@@ -169,10 +171,10 @@ def serve_agent(agent: HostAgent, key: str) -> FastAPI:
         if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
             return JSONResponse(status_code=401, content={"error": {
                 "code": "unauthorized", "message": "wrong agent key", "hint": ""}})
-        if call not in CALLS:
+        if call not in SIGNATURES:
             raise errors.NotFound(f"the agent has no call {call!r}")
         types_ = hints(call)
-        params = [p for p in CALLS[call].parameters if p != "self"]
+        params = [p for p in SIGNATURES[call].parameters if p != "self"]
         unknown = set(body) - set(params)
         if unknown:
             raise errors.PrereqError(f"{call}: unknown arguments {sorted(unknown)}")
@@ -182,7 +184,8 @@ def serve_agent(agent: HostAgent, key: str) -> FastAPI:
             raise errors.PrereqError(f"{call}: {e}") from None
         stack = args.get("stack")
         counts.add(call, stack if isinstance(stack, str) else None)
-        return {"result": encode(getattr(agent, call)(**args))}
+        result, done = side.call(call, args, _stamp(request))
+        return {"result": encode(result), "boot": side.boot, "done": done}
 
     def denied(request: Request) -> JSONResponse | None:
         given = request.headers.get("authorization", "")
@@ -229,7 +232,8 @@ def serve_agent(agent: HostAgent, key: str) -> FastAPI:
                     yield chunk
 
         try:
-            await anyio.to_thread.run_sync(agent.receive_disks, disk_key, chunks())
+            done = await anyio.to_thread.run_sync(side.receive_disks, disk_key, chunks(),
+                                                  _stamp(request))
         except ClientDisconnect:  # the sender went away; nothing was kept, no one to tell
             return Response(status_code=400)
         except RackfireError:
@@ -239,10 +243,7 @@ def serve_agent(agent: HostAgent, key: str) -> FastAPI:
                 async for _ in body:
                     pass
             raise
-        return JSONResponse({"result": None})
-
-    def here(inst: InstanceKey) -> bool:
-        return any(f.key == inst for f in agent.observe(inst.stack))
+        return JSONResponse({"result": None, "boot": side.boot, "done": done})
 
     @app.get("/agent/v1/logs/{stack}/{role}/{index}")
     async def logs(stack: str, role: str, index: int, request: Request,
@@ -251,45 +252,32 @@ def serve_agent(agent: HostAgent, key: str) -> FastAPI:
         if refused is not None:
             return refused
         counts.add("logs")
-        inst = _instance_key(stack, role, index)
-        if not await asyncio.to_thread(here, inst):
-            raise errors.NotFound(f"no instance {inst} on this host")
-        # The records as they are (stamps and all): the server merges and shows them.
-        lf = LogFile(inst, Path(agent.log_path(inst)), b"", raw=True)
-        # Known before the headers go (the caller splits on it); read off the event loop.
-        history = await asyncio.to_thread(lf.begin, tail)
-        return StreamingResponse(follow_log(lf, follow, lambda: here(inst)),
-                                 media_type="application/octet-stream",
-                                 headers={HISTORY_HEADER: str(history),
-                                          "Cache-Control": "no-store"})
+        # The records as they are (stamps and all): the server merges and shows them. Its
+        # history's size is known before the headers go (the caller splits on it).
+        stream = await open_log(agent, _instance_key(stack, role, index), tail, follow)
+        return StreamingResponse(stream.chunks, media_type="application/octet-stream",
+                                 headers={HISTORY_HEADER: str(stream.history),
+                                          "Cache-Control": "no-store"},
+                                 background=BackgroundTask(stream.close))
 
     @app.websocket("/agent/v1/exec/{stack}/{role}/{index}")
     async def exec_ws(ws: WebSocket, stack: str, role: str, index: int) -> None:
         if not await ws_authorized(ws, key, WRONG_KEY):
             return
         counts.add("exec")
-        msg = await ws.receive()
-        if msg["type"] == "websocket.disconnect":
-            return
-        try:
-            inst = _instance_key(stack, role, index)
-            start = parse_start(msg.get("text") or "")
-        except RackfireError as e:
-            await finish(ws, {"error": e.to_dict()})
-            return
-        handle = await start_exec(ws, start, lambda: agent.exec(inst, start.argv, start.tty))
-        if handle is None:
-            return
-        code = await ExecSession(ws, handle, start).run()
-        if code is not None:  # None: the controller went away, the command is killed
-            await finish(ws, {"exit": code})
+        frames = WsFrames(ws)
+        # An invalid key is refused as the command would be: in a last `error` frame.
+        await serve_exec(frames, lambda start: agent.exec(_instance_key(stack, role, index),
+                                                          start.argv, start.tty))
+        await frames.close()
 
     return app
 
 
 class RemoteCall:
-    """The client half: `call(name, **kwargs)` → the decoded result, or the agent's error
-    raised here; AgentOffline when the host cannot be reached at all."""
+    """The client half: `stamped(name, stamp, **kwargs)` → the decoded result (and the
+    host's boot and done), or the agent's error raised here; AgentOffline when the host
+    cannot be reached at all, or did not answer within the call's timeout (CALLS)."""
 
     def __init__(self, address: str, key: str, timeout: float = 600.0) -> None:
         import httpx
@@ -376,32 +364,44 @@ class RemoteCall:
         except (OSError, TimeoutError, InvalidHandshake) as e:
             raise self._offline(e) from None
 
-    def upload(self, path: str, chunks: Iterable[bytes]) -> None:
-        """PUT `chunks` to `path` as they come (chunked encoding, never whole in memory)."""
+    def upload(self, path: str, chunks: Iterable[bytes], stamp: Stamp) -> tuple[str, int]:
+        """PUT `chunks` to `path` as they come (chunked encoding, never whole in memory);
+        the host's boot and done after it."""
         try:
-            r = self._http.put(path, content=chunks)
+            r = self._http.put(path, content=chunks, headers=_headers(stamp))
         except self._transport_error as e:
             raise self._offline(e) from None
+        body = _body(r)
         if r.status_code != 200:
-            raise error_from(_body(r), r.status_code)
+            raise error_from(body, r.status_code)
+        return str(body.get("boot", "")), int(body.get("done", 0))
 
     def _offline(self, e: Exception) -> AgentOffline:
         return AgentOffline(f"host agent at {self.address} cannot be reached "
                             f"({type(e).__name__})")
 
-    def __call__(self, call: str, **kwargs: Any) -> Any:
+    def stamped(self, call: str, stamp: Stamp, **kwargs: Any) -> tuple[Any, str, int]:
+        import httpx
+
         types_ = hints(call)
+        spec = CALLS[call]
+        wait = spec.timeout + float(kwargs.get(spec.waits, 0) if spec.waits else 0)
         try:
-            r = self._http.post(f"/agent/v1/{call}", json={k: encode(v)
-                                                          for k, v in kwargs.items()})
+            r = self._http.post(f"/agent/v1/{call}",
+                                json={k: encode(v) for k, v in kwargs.items()},
+                                headers=_headers(stamp) if spec.mutating else None,
+                                timeout=httpx.Timeout(wait, connect=5.0))
         except self._transport_error as e:
-            raise AgentOffline(f"host agent at {self.address} cannot be reached "
-                               f"({type(e).__name__})") from None
-        body = r.json() if r.headers.get("content-type", "").startswith("application/json") \
-            else {}
+            raise self._offline(e) from None
+        body = _body(r)
         if r.status_code != 200:
             raise error_from(body, r.status_code)
-        return decode(types_["return"], body.get("result"))
+        return (decode(types_["return"], body.get("result")), str(body.get("boot", "")),
+                int(body.get("done", 0)))
+
+
+def _headers(stamp: Stamp) -> dict[str, str]:
+    return {EPOCH_HEADER: str(stamp.epoch), ACTION_HEADER: stamp.action}
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,17 +58,27 @@ class StackFileSchema(RootModel[dict[str, Any]]):
 # Plans and changes ------------------------------------------------------------------------
 
 class ActionAnswer(BaseModel):
-    """One action of a plan."""
+    """One action of a plan: an instance's own, or a stack action (a build, a migration's
+    next step, an appliance re-pointed at who is ready)."""
 
     kind: ActionKind
-    instance: InstanceName
-    role: str
-    index: int
+    instance: InstanceName | None = Field(description="the instance; null for a build")
+    role: str = Field(description="its role; '' for an image build")
+    index: int | None
     reason: str = Field(description="why, for people")
     not_before: Seconds | None = Field(description="a restart's backoff: not before then")
     held: str = Field(description="why a rolling action may not go on yet; '' if it may")
     rolling: bool = Field(description="a batch at a time, each healthy before the next")
     batch: int = Field(description="how many of the role's rolling actions go together")
+    subject: str = Field("", description="what it is about: the instance, `image/NAME`, "
+                         "or STACK/ROLE for a release")
+    by: str = Field("executor", description="who carries it out: executor | migration | "
+                    "publisher")
+
+
+class LostAnswer(BaseModel):
+    instance: str
+    host: str
 
 
 class PlanAnswer(BaseModel):
@@ -84,6 +94,8 @@ class PlanAnswer(BaseModel):
                              "file sets back what `scale` or `resize` set)")
     placement: list[str] = Field(description="with `explain`: where each new instance goes, "
                                  "and why no other host")
+    lost: list[LostAnswer] = Field([], description="instances on a host whose lease lapsed: "
+                                   "left as they are, nothing known of them")
 
 
 class ChangeAnswer(PlanAnswer):
@@ -168,8 +180,8 @@ class InstanceAnswer(BaseModel):
                           "spec")
     stopped_by_operator: bool
     failed: str = Field(description="why the restart policy gave up on it; '' if it did not")
-    log: str | None = Field(description="its console log's path on the server's host; "
-                            "null on a joined host")
+    log: str | None = Field(description="its console log's path on the host that runs it "
+                            "(`host`); null if its agent does not say")
 
 
 class StatsAnswer(BaseModel):
@@ -230,6 +242,12 @@ class SourceAnswer(BaseModel):
                         "give it to apply (`sources`) or push")
 
 
+class TarballAnswer(BaseModel):
+    digest: str = Field(pattern=DIGEST_PATTERN, description="the tarball's sha256: give it "
+                        "to plan and apply (`tarballs`)")
+    size: int = Field(ge=0, description="bytes")
+
+
 class ReleaseAnswer(BaseModel):
     """One version of what a role runs: an image, plus the pushed app (if any)."""
 
@@ -268,6 +286,8 @@ class JoinAnswer(BaseModel):
 class HeartbeatAnswer(BaseModel):
     name: str
     time: Seconds = Field(description="the server's clock")
+    epoch: int = Field(1, description="the host's epoch: its agent refuses mutating calls "
+                       "stamped with an older one")
 
 
 class Amounts(BaseModel):
@@ -295,6 +315,12 @@ class HostAnswer(BaseModel):
     last_seen: Seconds | None = Field(description="its last heartbeat; null for the server's")
     version: str
     address: str = Field(description="its agent's HOST:PORT; '' for the server's own")
+    epoch: int = Field(1, description="its incarnation: rises when it heartbeats again after "
+                       "its lease lapsed; its agent refuses calls stamped with an older one")
+    lease_until: Seconds | None = Field(None, description="its lease lapses then unless it "
+                                        "heartbeats; null for the server's own")
+    observed_at: Seconds | None = Field(None, description="when it last told of all its "
+                                        "instances (the observed cache)")
 
 
 class HostUsage(BaseModel):

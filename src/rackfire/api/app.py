@@ -41,6 +41,7 @@ from rackfire.api.answers import (
     change_answer,
 )
 from rackfire.api.limits import JSON_LIMIT, BodyLimit
+from rackfire.api.tarballs import MAX_TARBALL, add_tarball_routes, tarball_path
 from rackfire.api.types import (
     DB_INT,
     Digest,
@@ -79,17 +80,24 @@ from rackfire.spec.yamltree import read_yaml
 
 MAX_UPLOAD = 8 << 30
 # Request body limits by path suffix; "" is every other route's (JSON bodies).
-BODY_LIMITS = {"/tarball": MAX_UPLOAD, "/v1/sources": MAX_SOURCE_BYTES, "": JSON_LIMIT}
+BODY_LIMITS = {"/tarball": MAX_UPLOAD, "/v1/tarballs": MAX_TARBALL,
+               "/v1/sources": MAX_SOURCE_BYTES, "": JSON_LIMIT}
 
 
 class StackSource(BaseModel):
+    """A stack file and what its paths name, uploaded: the server reads no path of the
+    client's (it may be another machine), so every role with `app:` needs its `sources`
+    entry and every `from: tarball` image its `tarballs` entry; the paths in `yaml` are
+    only labels."""
+
     yaml: str = Field(description="the stack file's text")
     filename: str = Field("stack.yaml", description="named in error messages")
-    base_dir: str | None = Field(None, description="resolves relative paths in the file")
     expected_generation: int | None = Field(
         None, ge=0, description="apply only if the stack is still at this generation (from plan)")
     sources: dict[Name, Digest] = Field(
         {}, description="role -> digest of its uploaded `app` dir (POST /v1/sources)")
+    tarballs: dict[Name, Digest] = Field(
+        {}, description="image -> sha256 of its uploaded rootfs tarball (POST /v1/tarballs)")
 
 
 class ImageBuild(BaseModel):
@@ -202,9 +210,7 @@ def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Pa
     app.openapi = openapi  # type: ignore[method-assign]
 
     def parse(src: StackSource) -> StackSpec:
-        spec = load_stack_text(src.yaml, src.filename,
-                               Path(src.base_dir) if src.base_dir else None)
-        return with_sources(spec, src.sources)
+        return with_uploads(load_stack_text(src.yaml, src.filename), src, uploads)
 
     @app.get("/v1/health")
     def health() -> HealthAnswer:
@@ -220,13 +226,13 @@ def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Pa
     # cannot hold it or a disk that would shrink (409), a joined host it asks is away (503).
     @app.post("/v1/plan", responses=errors(400, 404, 409, 503))
     def plan(src: StackSource, explain: bool = False) -> PlanAnswer:
-        with located(src):
+        with located(src, uploads):
             plan = controller.plan(parse(src), explain_placement=explain)
         return PlanAnswer.model_validate(plan.to_json())
 
     @app.post("/v1/apply", responses=errors(400, 404, 409, 500, 503))
     def apply(src: StackSource, actor: str = ACTOR) -> ChangeAnswer:
-        with located(src):
+        with located(src, uploads):
             generation, plan = controller.apply(parse(src), src.expected_generation, actor)
         return change_answer(generation, plan)
 
@@ -291,7 +297,7 @@ def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Pa
     @app.get("/v1/images")
     def images() -> list[ImageAnswer]:
         return [ImageAnswer.model_validate(i, from_attributes=True)
-                for i in controller.agent.images()]
+                for i in controller.fleet.images.images()]
 
     def image_event(actor: str, name: str, action: str, error: RackfireError | None,
                     reason: str = "") -> None:
@@ -306,7 +312,7 @@ def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Pa
         spec = ImageSpec(req.name, req.source, req.suite, tuple(req.packages), req.mirror,
                          req.path)
         try:
-            info = controller.agent.ensure_image(spec)
+            info = controller.fleet.images.ensure_image(spec)
         except RackfireError as e:
             image_event(actor, req.name, "build", e)
             raise
@@ -322,7 +328,8 @@ def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Pa
         try:
             path = await spool(request, uploads, name, MAX_UPLOAD)
             try:
-                info = await run_in_threadpool(controller.agent.import_image, name, str(path))
+                info = await run_in_threadpool(controller.fleet.images.import_image, name,
+                                               str(path))
             except RackfireError as e:
                 # The spool file's name means nothing to the one who sent it.
                 e.message = e.message.replace(str(path), "the uploaded tarball")
@@ -339,7 +346,7 @@ def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Pa
     @app.delete("/v1/images/{name}", responses=errors(409))
     def remove_image(name: ImagePath, actor: str = ACTOR) -> RemovedAnswer:
         try:
-            removed = controller.agent.remove_image(name)
+            removed = controller.fleet.images.remove_image(name)
         except RackfireError as e:
             image_event(actor, name, "remove", e)
             raise
@@ -357,6 +364,7 @@ def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Pa
 
     add_stream_routes(app, controller, token)
     add_release_routes(app, controller, uploads, ACTOR)
+    add_tarball_routes(app, uploads)
     add_host_routes(app, controller, ACTOR)
     return app
 
@@ -365,15 +373,22 @@ _FIELD = re.compile(r"([A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)+): ")
 
 
 @contextmanager
-def located(src: StackSource) -> Iterator[None]:
+def located(src: StackSource, uploads: Path) -> Iterator[None]:
     """A refusal that names a field of the stack file (`images.base.path: ...`) says where
-    the file writes it (`stack.yaml:3:11: ...`), as the file's own problems do."""
+    the file writes it (`stack.yaml:3:11: ...`), as the file's own problems do; one about
+    an uploaded tarball does not name the server's copy, which means nothing to the client."""
     try:
         yield
     except PrereqError as e:
+        doc = read_yaml(src.yaml, src.filename)
+        images = doc.data.get("images") if isinstance(doc.data, dict) else None
+        for image, digest in src.tarballs.items():
+            written = images.get(image) if isinstance(images, dict) else None
+            label = written.get("path") if isinstance(written, dict) else None
+            e.message = e.message.replace(str(tarball_path(uploads, digest)),
+                                          f"{label or 'the tarball'} (uploaded: {digest[:12]})")
         m = _FIELD.match(e.message)
         if m:
-            doc = read_yaml(src.yaml, src.filename)
             path = tuple(m[1].split("."))
             if path in doc.values or path in doc.keys:
                 mark = doc.mark(path)
@@ -381,17 +396,37 @@ def located(src: StackSource) -> Iterator[None]:
         raise
 
 
-def with_sources(spec: StackSpec, sources: dict[str, str]) -> StackSpec:
-    """The roles' `app` dirs as uploaded by the client: their digests, checked."""
+_UPGRADE = ("the server reads no path of the client's: apply the file with a rackfire CLI "
+            "of this version, which resolves the paths itself and uploads what they name")
+
+
+def with_uploads(spec: StackSpec, src: StackSource, uploads: Path) -> StackSpec:
+    """What the file's paths name, as the client uploaded it: each `app` dir's source
+    digest, each tarball image's file as kept here. The paths themselves stay labels; one
+    without its upload (an older client's, which sent paths) is refused."""
     roles = []
     for role in spec.roles:
-        digest = sources.get(role.name, "")
-        if role.app is not None and digest:
-            if not re.fullmatch(r"[0-9a-f]{64}", digest):
-                raise PrereqError(f"sources.{role.name}: {digest!r} is not a source digest")
+        if role.app is not None:
+            digest = src.sources.get(role.name)
+            if digest is None:
+                raise PrereqError(f"roles.{role.name}.app: no source was uploaded for "
+                                  f"{role.app.path}", hint=_UPGRADE)
             role = replace(role, app=replace(role.app, digest=digest))
         roles.append(role)
-    return replace(spec, roles=tuple(roles))
+    images = []
+    for image in spec.images:
+        if image.source is ImageSource.TARBALL:
+            digest = src.tarballs.get(image.name)
+            if digest is None:
+                raise PrereqError(f"images.{image.name}.path: no tarball was uploaded for "
+                                  f"{image.path}", hint=_UPGRADE)
+            kept = tarball_path(uploads, digest)
+            if not kept.is_file():
+                raise NotFound(f"images.{image.name}.path: no tarball {digest[:12]} was "
+                               "uploaded", hint="upload it first (POST /v1/tarballs)")
+            image = replace(image, path=str(kept))
+        images.append(image)
+    return replace(spec, images=tuple(images), roles=tuple(roles))
 
 
 def stack_answer(controller: Controller, name: str) -> StackAnswer:
@@ -425,9 +460,7 @@ def instance_answer(controller: Controller, v: InstanceView) -> InstanceAnswer:
         restarts=st.restarts if st else 0,
         stopped_by_operator=bool(st and st.stopped),
         failed=st.failed if st else "",
-        # A path on the host that runs it: only the server's own host's are readable here.
-        log=controller.agent.log_path(f.key) if f.host == controller.fleet.local_name
-        else None,
+        log=f.log or None,  # on the host that runs it (`host`), as its agent reports it
     )
 
 

@@ -97,18 +97,21 @@ class Client:
     def health(self) -> dict[str, Any]:
         return dict(self._call("GET", "/v1/health"))
 
-    def plan(self, text: str, filename: str, base_dir: str | None,
-             sources: dict[str, str] | None = None, *, explain: bool = False) -> dict[str, Any]:
+    # A stack file goes with what its paths name, uploaded (`sources`: role -> app source
+    # digest, `tarballs`: image -> tarball sha256): the server reads no path of ours.
+    def plan(self, text: str, filename: str, sources: dict[str, str] | None = None,
+             tarballs: dict[str, str] | None = None, *,
+             explain: bool = False) -> dict[str, Any]:
         return dict(self._call("POST", "/v1/plan", json={
-            "yaml": text, "filename": filename, "base_dir": base_dir,
-            "sources": sources or {}}, params={"explain": "true"} if explain else None))
+            "yaml": text, "filename": filename, "sources": sources or {},
+            "tarballs": tarballs or {}}, params={"explain": "true"} if explain else None))
 
-    def apply(self, text: str, filename: str, base_dir: str | None,
-              expected_generation: int | None,
-              sources: dict[str, str] | None = None) -> dict[str, Any]:
+    def apply(self, text: str, filename: str, expected_generation: int | None = None,
+              sources: dict[str, str] | None = None,
+              tarballs: dict[str, str] | None = None) -> dict[str, Any]:
         return dict(self._call("POST", "/v1/apply", json={
-            "yaml": text, "filename": filename, "base_dir": base_dir,
-            "expected_generation": expected_generation, "sources": sources or {}}))
+            "yaml": text, "filename": filename, "expected_generation": expected_generation,
+            "sources": sources or {}, "tarballs": tarballs or {}}))
 
     def upload_source(self, src_dir: Path) -> str:
         """Pack an app's source dir and upload it; its digest on the server."""
@@ -116,8 +119,27 @@ class Client:
             from rackfire.api.pack import pack_source  # only `apply` and `push` pack
             pack_source(src_dir, f)
             f.seek(0)
-            body = self._call("POST", "/v1/sources", content=_chunks(f),
-                              headers={"content-type": "application/gzip"})
+            return self.upload_packed(f)
+
+    def upload_packed(self, packed: IO[bytes]) -> str:
+        """Upload a source packed by `api/pack.py` (from its start); its digest."""
+        body = self._call("POST", "/v1/sources", content=_chunks(packed),
+                          headers={"content-type": "application/gzip"})
+        return str(body["digest"])
+
+    def has_tarball(self, digest: str) -> bool:
+        try:
+            self._call("GET", f"/v1/tarballs/{digest}")
+        except ApiError as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
+
+    def upload_tarball(self, tarball: Path) -> str:
+        """Upload a rootfs tarball for a stack file's `from: tarball` image; its sha256."""
+        with open(tarball, "rb") as f:
+            body = self._call("POST", "/v1/tarballs", content=_chunks(f), timeout=3600)
         return str(body["digest"])
 
     def push(self, stack: str, role: str, source: str | None, label: str,

@@ -35,12 +35,14 @@ from rackfire.api.types import (
     errors,
 )
 from rackfire.control.controller import Controller
-from rackfire.control.hosts import HostView, capacity_report
+from rackfire.control.hosts import HostView, capacity_report, lease
 from rackfire.errors import Conflict, PrereqError
+from rackfire.model.agent import Observed
 from rackfire.model.host import HostFacts
 from rackfire.model.instance import InstanceKey, Target
 from rackfire.model.records import Migration
 from rackfire.model.stack import StackSpec
+from rackfire.model.wire import decode
 from rackfire.store.hosts import JOIN_TOKEN, HostRegistry
 
 
@@ -81,6 +83,9 @@ class Heartbeat(BaseModel):
     facts: Facts
     address: str = Field("", pattern=r"^$|^[0-9A-Za-z.:\[\]-]{1,100}:[0-9]{1,5}$",
                          description="HOST:PORT of the agent's API")
+    observed: dict[str, Any] | None = Field(
+        None, description="its instances as it saw them (model/agent.py Observed): the "
+        "observed cache reads them")
 
 
 class MigrateRequest(BaseModel):
@@ -112,6 +117,20 @@ def _facts(facts: Facts) -> HostFacts:
         raise PrereqError(f"invalid host facts: {e}") from None
 
 
+def _observed(host: str, data: dict[str, Any] | None) -> Observed | None:
+    """A heartbeat's instances, each of them on the host that sends it."""
+    if data is None:
+        return None
+    try:
+        observed: Observed = decode(Observed, data)
+    except (ValueError, TypeError) as e:
+        raise PrereqError(f"invalid observed instances: {e}") from None
+    strangers = [str(f.key) for f in observed.facts if f.host != host]
+    if strangers:
+        raise PrereqError(f"host {host} reports instances of another host: {strangers[:3]}")
+    return observed
+
+
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -139,8 +158,15 @@ def add_host_routes(app: FastAPI, controller: Controller, actor: Any) -> None:
     def heartbeat(body: Heartbeat,
                   authorization: str = Header("", alias="Authorization")) -> HeartbeatAnswer:
         name = registry.authenticate(authorization.removeprefix("Bearer "))
-        registry.heartbeat(name, body.labels, _facts(body.facts), body.address)
-        return HeartbeatAnswer(name=name, time=time.time())
+        facts = _facts(body.facts)
+        observed = _observed(name, body.observed)
+        epoch, back = registry.heartbeat(name, body.labels, facts, body.address,
+                                         lease(facts.interval))
+        if back:
+            controller.store.add_event(name, "", f"host/{name}", "lease", "ok",
+                                       f"heartbeats again after its lease lapsed: epoch {epoch}")
+        controller.fleet.heard(name, observed, facts)
+        return HeartbeatAnswer(name=name, time=time.time(), epoch=epoch)
 
     @app.get("/v1/agent/layers/{digest}", response_class=StreamingResponse,
              responses={**errors(401, 404), 200: {"description": "the layer's tar stream",
@@ -155,7 +181,7 @@ def add_host_routes(app: FastAPI, controller: Controller, actor: Any) -> None:
             raise PrereqError(f"invalid layer digest {digest[:80]!r}",
                               hint="expected 64 lowercase hex digits")
         # Looked up before the response starts, so a missing layer is a 404, not a cut stream.
-        chunks = controller.fleet.local.layer_stream(digest)
+        chunks = controller.fleet.images.layer_stream(digest)
         return StreamingResponse(chunks, media_type="application/x-tar",
                                  headers={"Cache-Control": "no-store"})
 

@@ -55,7 +55,7 @@ def add_release_routes(app: FastAPI, controller: Controller, uploads: Path,
         the digest of its content (the same dir uploaded twice is one source)."""
         path = await spool(request, uploads, "source", MAX_SOURCE_BYTES)
         try:
-            digest = await run_in_threadpool(controller.agent.store_source, str(path))
+            digest = await run_in_threadpool(controller.fleet.images.store_source, str(path))
         finally:
             path.unlink(missing_ok=True)
         return SourceAnswer(digest=digest)

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
 from fastapi import Request
 
 from rackfire.errors import TooLarge
 
 
-async def spool(request: Request, directory: Path, prefix: str, cap: int) -> Path:
-    """The body, in a new file in `directory`; the caller removes it."""
+async def spool(request: Request, directory: Path, prefix: str, cap: int,
+                hasher: Any | None = None) -> Path:
+    """The body, in a new file in `directory`; the caller removes it. `hasher` (a hashlib
+    object) is fed the body as it is written."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{prefix}.{uuid.uuid4().hex[:8]}.upload"
     size = 0
@@ -24,6 +27,8 @@ async def spool(request: Request, directory: Path, prefix: str, cap: int) -> Pat
                     raise TooLarge(f"upload larger than {cap >> 20} MiB",
                                    hint="leave build output and data out of the dir")
                 f.write(chunk)
+                if hasher is not None:
+                    hasher.update(chunk)
     except BaseException:
         path.unlink(missing_ok=True)
         raise

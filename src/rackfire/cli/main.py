@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from rackfire.cli import day2, hosts, output, releases
+from rackfire.cli import day2, hosts, output, releases, stackfile
 from rackfire.cli.common import Json, Url, Yes, connect, default_data_dir, wait_converged
 from rackfire.cli.output import err, out, print_json
 from rackfire.errors import PrereqError, RackfireError
@@ -59,27 +59,6 @@ File = Annotated[Path, typer.Option("-f", "--file", help="the stack file")]
 DataDir = Annotated[Path, typer.Option("--data-dir", help="where state lives")]
 
 
-def _read(file: Path) -> tuple[StackSpec, str, str, str]:
-    """Validate locally first (the file's own line numbers, no server needed)."""
-    from rackfire.spec import load_stack_file  # pydantic, YAML, Jinja: only where a file is read
-
-    return load_stack_file(file), file.read_text(), str(file), str(file.resolve().parent)
-
-
-def _upload_sources(client: Client, spec: StackSpec) -> dict[str, str]:
-    """Each role's `app` dir, uploaded (content-addressed: an unchanged dir is the same
-    source, and the same release)."""
-    sources = {}
-    for role in spec.roles:
-        if role.app is not None:
-            path = Path(role.app.path)
-            if not path.is_dir():
-                raise PrereqError(f"roles.{role.name}.app: {path} is not a directory",
-                                  hint="the path is relative to the stack file")
-            sources[role.name] = client.upload_source(path)
-    return sources
-
-
 def _print_urls(spec: StackSpec) -> None:
     for role in spec.roles:
         for p in role.ports:
@@ -96,9 +75,10 @@ def plan(file: File, json: Json = False, url: Url = None,
              "--explain", help="show where each instance goes and why not elsewhere")] = False,
          ) -> None:
     """Show what apply would change. Exit 0: no changes, 2: changes, 1: error."""
-    spec, text, name, base = _read(file)
     client = connect(url)
-    result = client.plan(text, name, base, _upload_sources(client, spec), explain=explain)
+    sent = stackfile.upload(client, file)
+    result = client.plan(sent.text, sent.filename, sent.sources, sent.tarballs,
+                         explain=explain)
     print_json(result) if json else output.print_plan(result, explain=explain)
     raise typer.Exit(2 if result["actions"] else 0)
 
@@ -123,19 +103,19 @@ def up(file: File, url: Url = None, data_dir: DataDir = DEFAULT_DATA_DIR,
 
 
 def _apply(client: Client, file: Path, yes: bool, timeout: float) -> None:
-    spec, text, name, base = _read(file)
-    sources = _upload_sources(client, spec)
-    planned = client.plan(text, name, base, sources)
+    sent = stackfile.upload(client, file)
+    planned = client.plan(sent.text, sent.filename, sent.sources, sent.tarballs)
     output.print_plan(planned)
     if not yes and planned["actions"]:
         if not sys.stdin.isatty():
             raise PrereqError("refusing to apply without confirmation", hint="pass -y")
         typer.confirm("Apply these changes?", abort=True)
-    result = client.apply(text, name, base, planned["generation"], sources)
+    result = client.apply(sent.text, sent.filename, planned["generation"], sent.sources,
+                          sent.tarballs)
     wait_converged(client, result["stack"], result["generation"], len(result["actions"]),
                    timeout)
     output.print_instances(client.instances(result["stack"]), show_stack=False)
-    _print_urls(spec)
+    _print_urls(sent.spec)
 
 
 @app.command()

@@ -20,9 +20,11 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 KIND_STYLE = {"create": "green", "destroy": "red", "replace": "yellow",
               "reconfigure": "cyan", "restart": "magenta", "stop": "red", "fail": "red",
-              "resize": "cyan", "reload": "cyan"}
+              "resize": "cyan", "reload": "cyan", "build-image": "blue",
+              "build-release": "blue", "migrate": "yellow", "publish": "cyan"}
 KIND_MARK = {"create": "+", "destroy": "-", "replace": "-/+", "reconfigure": "~",
-             "restart": "↻", "stop": "■", "fail": "✗", "resize": "↔", "reload": "⟳"}
+             "restart": "↻", "stop": "■", "fail": "✗", "resize": "↔", "reload": "⟳",
+             "build-image": "▲", "build-release": "▲", "migrate": "→", "publish": "⟳"}
 
 
 def print_json(data: Any, indent: int | None = 2) -> None:
@@ -36,6 +38,12 @@ def print_plan(plan: dict[str, Any], unchanged: str = "it matches the file", *,
     for note in plan.get("notes", ()):
         err.print("[yellow]note:[/] ", end="")
         err.print(note, markup=False)
+    lost = plan.get("lost", ())
+    for host in sorted({x["host"] for x in lost}):
+        names = ", ".join(x["instance"] for x in lost if x["host"] == host)
+        err.print("[red]lost:[/] ", end="")
+        err.print(f"host {host} missed its heartbeats (its lease lapsed); left as they are: "
+                  f"{names}", markup=False)
     if explain:
         out.print("[bold]Placement[/] (chosen host; why each other host ranked lower or "
                   "was rejected):")
@@ -46,18 +54,20 @@ def print_plan(plan: dict[str, Any], unchanged: str = "it matches the file", *,
         out.print(Text.assemble("stack ", (plan["stack"], "bold"), f": no changes; {unchanged}."))
         return
     table = Table(box=None, pad_edge=False, show_header=True, header_style="bold")
-    for col in ("", "ACTION", "INSTANCE", "REASON"):
+    for col in ("", "ACTION", "TARGET", "REASON"):
         table.add_column(col)
     for a in actions:
         style = KIND_STYLE.get(a["kind"], "")
+        by = a.get("by", "executor")
         table.add_row(Text(KIND_MARK.get(a["kind"], "?"), style), Text(a["kind"], style),
-                      Text(a["instance"]),
-                      Text(a["reason"] + (f" (held: {a['held']})" if a.get("held") else "")))
+                      Text(a.get("subject") or a["instance"] or ""),
+                      Text(a["reason"] + (f" (held: {a['held']})" if a.get("held") else "")
+                           + (f" [by the {by}]" if by != "executor" else "")))
     out.print(table)
     counts: dict[str, int] = {}
     for a in actions:
         counts[a["kind"]] = counts.get(a["kind"], 0) + 1
-    summary = ", ".join(f"{n} to {k}" for k, n in counts.items())
+    summary = ", ".join(f"{n} to {k.replace('-', ' ')}" for k, n in counts.items())
     out.print(f"\nPlan for stack [bold]{plan['stack']}[/]: {summary}.")
 
 

@@ -11,12 +11,11 @@ from dataclasses import replace
 from typing import Any
 
 from rackfire.control import capacity, overrides, releases
-from rackfire.control.desired import UNBUILT, DesiredState, desired_keys
+from rackfire.control.desired import DesiredState, desired_keys
 from rackfire.control.executor import CONTROLLER
 from rackfire.control.fleet import Fleet
 from rackfire.control.placement import Placer, refuse_unplaced
 from rackfire.errors import Conflict, NotFound, PrereqError, RackfireError
-from rackfire.model.agent import Agent
 from rackfire.model.host import HostState
 from rackfire.model.instance import InstanceKey, InstanceState, Target
 from rackfire.model.records import Migration
@@ -24,6 +23,7 @@ from rackfire.model.runtime import Need, describe, role_needs
 from rackfire.model.stack import MAX_COUNT, AppSource, RoleSpec, StackSpec
 from rackfire.model.units import show_value as _show
 from rackfire.plan import ActionKind, Plan
+from rackfire.plan.steps import UNBUILT
 from rackfire.schedule import explain
 from rackfire.store import Release, StackRecord, Store
 
@@ -33,7 +33,7 @@ class Commands:
                  desired: DesiredState, placer: Placer,
                  enqueue: Callable[[str], None]) -> None:
         self.store, self.fleet, self.clock = store, fleet, clock
-        self.agent: Agent = fleet  # every host, as one agent: calls go where instances are
+        self.agent: Fleet = fleet  # every host, as one agent: calls go where instances are
         self.desired, self.placer, self.enqueue = desired, placer, enqueue
         self._apply_lock = threading.Lock()  # two new stacks must not take one free subnet
 
@@ -60,7 +60,7 @@ class Commands:
             # A new tarball is read whole once, outside the lock (the plan's check under it
             # is then free): a large one must not hold up every other apply meanwhile.
             for image in spec.images:
-                self.agent.check_image(image)
+                self.agent.images.check_image(image)
             with self._apply_lock:
                 plan = self.plan(spec)  # two new stacks must not take one free subnet
                 subnet = self.desired.subnet(self.store.get_stack(spec.name), spec)
@@ -148,7 +148,7 @@ class Commands:
         """The image digest a role runs: pinned by a rollback, else its image's now."""
         if role.image_digest:
             return role.image_digest
-        summary = self.agent.image(role.image)
+        summary = self.agent.images.image(role.image)
         return summary.digest if summary else UNBUILT
 
     def change(self, stack: str, role: str, fields: dict[str, Any], actor: str,
@@ -239,7 +239,7 @@ class Commands:
         """Move every instance off `host`, each role keeping its availability; the host
         gets nothing new meanwhile. How many instances are to move."""
         with self.audited(actor, "", f"host/{host}", "drain"):
-            if host == self.fleet.local_name:
+            if host == self.fleet.server_host:
                 raise Conflict(f"{host} is the server's own host: it cannot be drained",
                                hint="run the server with --no-local-host to keep "
                                "instances off it")
@@ -300,14 +300,14 @@ class Commands:
                 "another program", hint="choose another host port, or stop that program")
         declared = {i.name for i in spec.images}
         for role in spec.roles:
-            if role.image not in declared and self.agent.image(role.image) is None:
+            if role.image not in declared and self.agent.images.image(role.image) is None:
                 raise NotFound(
                     f"roles.{role.name}.image: image {role.image!r} is neither declared under "
                     "images: nor built on this host",
                     hint=f"declare it (images: {{{role.image}: {{from: host}}}}) "
                     "or run `rackfire image build`")
         runtimes = self.agent.info().runtimes
-        facts = self.fleet.facts()
+        facts = self.fleet.facts_of(self.fleet.server_host)
         for role in spec.roles:
             if role.runtime is not None and role.runtime not in runtimes:
                 raise PrereqError(f"roles.{role.name}.runtime: {role.runtime} is not available "
@@ -326,7 +326,7 @@ class Commands:
                                   hint="run the server as root with runc (the container "
                                   "runtime)")
         for image in spec.images:
-            self.agent.check_image(image)
+            self.agent.images.check_image(image)
         keys = set(desired_keys(spec))
         for m in self.fleet.placements.migrations(spec.name):
             if m.key not in keys:
@@ -335,7 +335,7 @@ class Commands:
                                hint="try again when it has moved (`rackfire events`)")
         observed = self.agent.observe(spec.name)
         capacity.check_no_shrink(spec, observed)
-        if self.fleet.multi_host():
+        if self.fleet.sole_host() is None:
             refuse_unplaced(spec, self.placer.place(spec, observed))
             return
         # One host: a change that reserves no more than before always passes.

@@ -31,7 +31,7 @@ from rackfire.control.placement import Placer
 from rackfire.control.publish import Publisher
 from rackfire.control.reconcile import Reconciler
 from rackfire.control.workqueue import WorkQueue
-from rackfire.model.agent import Agent, InstanceStats
+from rackfire.model.agent import InstanceStats
 from rackfire.model.instance import Health, InstanceFacts, InstanceKey, InstanceState, Target
 from rackfire.plan.ipam import DEFAULT_POOL
 from rackfire.store import InstanceStatus, Store
@@ -49,10 +49,13 @@ class InstanceView:
     health: Health
     message: str  # why it is unhealthy or failed
     status: InstanceStatus | None
+    lost: bool = False  # on a host whose lease lapsed: these facts are its last word
 
     @property
     def state(self) -> str:
-        """running | stopped | failed | partial."""
+        """running | stopped | failed | partial | lost."""
+        if self.lost:
+            return "lost"
         if self.status is not None and self.status.failed \
                 and self.facts.state is not InstanceState.RUNNING:
             return "failed"
@@ -64,7 +67,7 @@ class Controller:
                  workers: int = 4, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.fleet = fleet
-        self.agent: Agent = fleet  # every host, as one agent: calls go where instances are
+        self.agent: Fleet = fleet  # every host, as one agent: calls go where instances are
         self.clock = clock
         self.queue = WorkQueue()
         self.health = HealthMonitor(store, fleet, on_change=self.queue.add)
@@ -100,6 +103,7 @@ class Controller:
                         lambda: self.queue.run_worker(self.reconciler.reconcile_safely))
         self._spawn("resync", self._resync)
         self._spawn("health", lambda: self.health.run(self._stop))
+        self._spawn("home-beat", lambda: self.fleet.beat_home(self._stop))
 
     def stop(self) -> None:
         self._stop.set()
@@ -128,6 +132,7 @@ class Controller:
 
     def instances(self, stack: str | None = None) -> list[InstanceView]:
         facts = sorted(self.agent.observe(stack), key=lambda f: f.key)
+        lost = self.fleet.lost(stack)
         stacks = {r.name: r for r in self.store.stacks()}
         statuses: dict[InstanceKey, InstanceStatus] = {}
         for name in {f.key.stack for f in facts}:
@@ -146,5 +151,5 @@ class Controller:
                 health = Health.NONE if not has_check else Health.UNKNOWN
             if st is not None and st.failed:
                 message = st.failed
-            out.append(InstanceView(f, health, message, st))
+            out.append(InstanceView(f, health, message, st, f.key in lost))
         return out

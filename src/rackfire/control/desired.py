@@ -1,6 +1,7 @@
 """A stack's desired instances, rendered, beside what runs: the snapshot a plan is made from,
-for `rackfire plan` (nothing built, nothing kept) and for a reconcile pass (missing images
-and release layers built first)."""
+for `rackfire plan` (nothing built, nothing kept) and for a reconcile pass. Nothing missing
+is built here: an image not built yet, a release never built, is a build action of the plan
+(plan/steps.py), which the executor runs before the rest."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
 
+from rackfire.control.fleet import Fleet
 from rackfire.control.health import health_of
 from rackfire.errors import NotFound, RackfireError
-from rackfire.model.agent import Agent
 from rackfire.model.instance import (
     Health,
     InstanceFacts,
@@ -20,14 +21,18 @@ from rackfire.model.instance import (
     InstanceState,
     NetworkConfig,
 )
-from rackfire.model.records import StackStatus
 from rackfire.model.stack import StackSpec
-from rackfire.plan import Plan, plan_stack, render_stack
+from rackfire.plan import Plan, StackAction, plan_stack, render_stack
 from rackfire.plan.ipam import allocate_ips, allocate_subnet, gateway_of, subnet_prefix
 from rackfire.plan.render import role_keys
+from rackfire.plan.steps import (
+    UNBUILT,
+    build_actions,
+    migration_actions,
+    publish_actions,
+    with_steps,
+)
 from rackfire.store import ReleaseStatus, StackRecord, Store
-
-UNBUILT = "0" * 64  # the digest a plan shows for an image that apply will build
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +45,7 @@ class Desired:
     unbuilt: dict[str, str]  # role -> why its release layer could not be built
     observed: list[InstanceFacts]  # what ran when it was rendered (the plan starts there)
     render: Callable[[Collection[InstanceKey]], list[InstanceRequest]]  # with other ready
+    builds: tuple[StackAction, ...] = ()  # images and releases to build before the rest
 
 
 class ReadyKeys(Protocol):
@@ -47,7 +53,7 @@ class ReadyKeys(Protocol):
 
 
 class DesiredState:
-    def __init__(self, store: Store, agent: Agent, clock: Callable[[], float],
+    def __init__(self, store: Store, agent: Fleet, clock: Callable[[], float],
                  subnet_pool: str, ready_keys: ReadyKeys) -> None:
         self.store, self.agent, self.clock = store, agent, clock
         self.subnet_pool = subnet_pool
@@ -55,7 +61,9 @@ class DesiredState:
 
     def make(self, spec: StackSpec, rec: StackRecord | None, *, build: bool) -> Desired:
         """Every desired instance, rendered with the instances that are ready now. With
-        `build`, missing images and release layers are built first."""
+        `build` (a reconcile), images and releases that exist are made current (an image
+        whose declared spec changed is rebuilt, a release layer looked up); what was never
+        built is left to the plan's build actions (`Desired.builds`), as without it."""
         subnet = self.subnet(rec, spec)
         network = NetworkConfig(spec.name, subnet, gateway_of(subnet),
                                 int(subnet.rsplit("/", 1)[1]))
@@ -64,42 +72,42 @@ class DesiredState:
                    if k not in ips]
         ips.update(zip(missing, allocate_ips(subnet, ips.values(), len(missing)), strict=True))
         digests = {}
+        declared = {i.name for i in spec.images}
         for image_name in {r.image for r in spec.roles}:
-            summary = self.agent.image(image_name)
-            if build and image_name in {i.name for i in spec.images}:
-                if summary is None and rec is not None:
-                    self.store.set_stack_status(spec.name, rec.generation,
-                                                StackStatus.PROGRESSING,
-                                                f"building image {image_name}")
-                summary = self.agent.ensure_image(spec.image(image_name))
-            if summary is None and build:
+            summary = self.agent.images.image(image_name)
+            if build and summary is not None and image_name in declared:
+                # Rebuilt here if its declared spec changed (other packages, a new tarball):
+                # only the image store knows what it was built from.
+                summary = self.agent.images.ensure_image(spec.image(image_name))
+            if summary is None and build and image_name not in declared:
                 raise NotFound(f"image {image_name} is not built", hint="rackfire image build")
-            digests[image_name] = summary.digest if summary else UNBUILT
+            digests[image_name] = summary.digest if summary else UNBUILT  # a BUILD_IMAGE
         images = {r.name: r.image_digest or digests[r.image] for r in spec.roles}
         layers, unbuilt = {}, {}
         for role in spec.roles:
-            if build and role.app is not None and rec is not None and any(
-                    r.status is ReleaseStatus.FAILED and not r.layer
-                    and r.source == role.app.digest and r.image_digest == images[role.name]
-                    for r in self.store.releases(spec.name, role.name)):
+            history = self.store.releases(spec.name, role.name) if role.app and rec else []
+            mine = [r for r in history if role.app is not None
+                    and r.source == role.app.digest and r.image_digest == images[role.name]]
+            built = next((r.layer for r in mine if r.layer), "")
+            if any(r.status is ReleaseStatus.FAILED and not r.layer for r in mine):
                 # Its build failed before: not again on every pass, only when pushed again.
                 unbuilt[role.name] = "it failed to build before; push it again to retry"
-            elif build and role.app is not None:
-                if rec is not None:
-                    self.store.set_stack_status(spec.name, rec.generation,
-                                                StackStatus.PROGRESSING,
-                                                f"building the release of {role.name}")
-                try:
-                    layers[role.name] = self.agent.ensure_release(role.app.digest,
-                                                                  images[role.name]).digest
+            elif role.app is not None and built and not build:
+                layers[role.name] = built
+            elif role.app is not None and built:
+                try:  # built before: a cache hit (a build again only if the layer went)
+                    layers[role.name] = self.agent.images.ensure_release(
+                        role.app.digest, images[role.name]).digest
                 except RackfireError as e:  # that release fails; the reconcile decides
                     unbuilt[role.name] = e.message
+            # else never built: a BUILD_RELEASE of the plan (steps.build_actions)
         render = partial(render_stack, spec, ips, digests, network,
                          self.agent.info().runtimes[0], app_digests=layers)
         observed = self.agent.observe(spec.name)
         requests = render(ready=self.ready_keys(spec, observed) if rec else ())
         return Desired(network, {r.key: r.ip for r in requests}, requests, images, layers,
-                       unbuilt, observed, lambda ready: render(ready=ready))
+                       unbuilt, observed, lambda ready: render(ready=ready),
+                       tuple(build_actions(spec, digests, layers, unbuilt)))
 
     def subnet(self, rec: StackRecord | None, spec: StackSpec) -> str:
         """The stack's subnet, or the one a new stack would get: sized for it."""
@@ -129,8 +137,12 @@ class DesiredState:
             unhealthy.setdefault(key, why)
             if key in starting:
                 starting.remove(key)
-        return plan_stack(name, generation, spec, desired.requests, desired.observed,
-                          controls, self.clock(), unhealthy, starting)
+        lost = self.agent.lost(name)
+        plan = plan_stack(name, generation, spec, desired.requests, desired.observed,
+                          controls, self.clock(), unhealthy, starting, lost)
+        return with_steps(plan, desired.builds,
+                          migration_actions(self.agent.placements.migrations(name)),
+                          publish_actions(spec, plan.actions, desired.observed, lost))
 
 
 def desired_keys(spec: StackSpec) -> list[InstanceKey]:

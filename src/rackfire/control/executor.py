@@ -23,11 +23,13 @@ from dataclasses import dataclass, field, replace
 from itertools import groupby
 from typing import Protocol
 
-from rackfire.errors import RackfireError
-from rackfire.model.agent import Agent
-from rackfire.model.instance import InstanceKey
+from rackfire.control.fleet import Fleet
+from rackfire.errors import ExecError, RackfireError
+from rackfire.model.agent import ACTION
+from rackfire.model.instance import InstanceKey, InstanceRequest
 from rackfire.model.records import ActionState, RolloutWait
-from rackfire.plan import Action, ActionKind, Plan
+from rackfire.model.stack import StackSpec
+from rackfire.plan import Action, ActionKind, Plan, StackAction
 from rackfire.store import ActionRecord, Store
 from rackfire.store.rollouts import RolloutWaits
 
@@ -37,7 +39,8 @@ CONTROLLER = "controller"  # the actor of what the controller does on its own
 # Actions that start a run: health starts over, and the restart policy counts them.
 STARTS = (ActionKind.CREATE, ActionKind.REPLACE, ActionKind.RECONFIGURE, ActionKind.RESTART)
 # Actions that take an instance out of service: drained from the ports first.
-TAKE_DOWN = frozenset(ActionKind) - {ActionKind.CREATE, ActionKind.RESIZE, ActionKind.RELOAD}
+TAKE_DOWN = frozenset({ActionKind.DESTROY, ActionKind.STOP, ActionKind.FAIL, ActionKind.RESTART,
+                       ActionKind.RECONFIGURE, ActionKind.REPLACE})
 LOOK_AGAIN = 0.5  # a pass that made a batch (or began a drain) looks again this soon
 
 
@@ -75,9 +78,10 @@ class Outcome:
 
 
 class Executor:
-    def __init__(self, store: Store, agent: Agent) -> None:
+    def __init__(self, store: Store, agent: Fleet, parallel: int = PARALLEL) -> None:
         self.store = store
         self.agent = agent
+        self.parallel = parallel  # 1: in plan order (the tests' harness, for determinism)
         self.waits = RolloutWaits(store)
 
     def run(self, plan: Plan, clock: Callable[[], float], ports: Ports | None = None) -> Outcome:
@@ -105,8 +109,9 @@ class Executor:
                 out.defer(clock() + LOOK_AGAIN)
                 return out  # the drain takes a moment: the next pass runs them
             ids = [uuid.uuid4().hex[:12] for _ in actions]
-            with ThreadPoolExecutor(PARALLEL, thread_name_prefix="action") as pool:
-                errors = list(pool.map(lambda a, i: self._run_one(plan, a, i), actions, ids))
+            with ThreadPoolExecutor(self.parallel, thread_name_prefix="action") as pool:
+                errors = list(pool.map(lambda a, i: self._run_one(plan, a, i, clock),
+                                       actions, ids))
             out.released += [a.key for a, e in zip(actions, errors, strict=True)
                              if kind is ActionKind.DESTROY and not e]
             failed = [(a, e) for a, e in zip(actions, errors, strict=True) if e]
@@ -135,19 +140,31 @@ class Executor:
             out.failed, out.held = f"rollout held: {held[0]}", True
         return out
 
-    def _run_one(self, plan: Plan, action: Action, action_id: str) -> str:
+    def _run_one(self, plan: Plan, action: Action, action_id: str,
+                 clock: Callable[[], float]) -> str:
         self.store.record_action(ActionRecord(
             id=action_id, stack=plan.stack, generation=plan.generation, kind=action.kind.value,
             instance=str(action.key), reason=action.reason, state=ActionState.RUNNING,
             created=time.time(), finished=None, error=""))
         log.info("%s %s (%s) [%s]", action.kind, action.key, action.reason, action_id)
         req = replace(action.request, action_id=action_id) if action.request else None
+        token = ACTION.set(action_id)  # each call to a host is stamped with it
+        try:
+            return self._carry_out(plan, action, action_id, req, clock)
+        finally:
+            ACTION.reset(token)
+
+    def _carry_out(self, plan: Plan, action: Action, action_id: str,
+                   req: InstanceRequest | None, clock: Callable[[], float]) -> str:
         starts = action.kind in STARTS
         fresh = starts and not action.after_failure
         try:
             if starts:
-                self.store.note_restart(action.key, fresh=fresh, new=action.kind in (
-                    ActionKind.CREATE, ActionKind.REPLACE))
+                # The planner's clock: the restart policy's backoff and window compare
+                # these times with its `now`.
+                self.store.note_restart(action.key, fresh=fresh, now=clock(),
+                                        new=action.kind in (ActionKind.CREATE,
+                                                            ActionKind.REPLACE))
             if action.kind is ActionKind.DESTROY:
                 self.agent.destroy(action.key, action.stop_timeout)
             elif action.kind is ActionKind.STOP:
@@ -175,17 +192,54 @@ class Executor:
             if not isinstance(e, RackfireError):
                 log.exception("%s %s crashed", action.kind, action.key)
             if fresh:
-                self.store.note_started(action.key, ok=False)  # the next try backs off
+                self.store.note_started(action.key, ok=False, now=clock())  # next: backs off
             self.store.finish_action(action_id, ActionState.FAILED, message)
             self.store.add_event(CONTROLLER, plan.stack, str(action.key), action.kind.value,
                                  "failed", f"{action.reason}: {message}")
             return message
         if fresh:
-            self.store.note_started(action.key, ok=True)
+            self.store.note_started(action.key, ok=True, now=clock())
         self.store.finish_action(action_id, ActionState.DONE)
         self.store.add_event(CONTROLLER, plan.stack, str(action.key), action.kind.value, "ok",
                              action.reason)
         return ""
+
+
+    def build(self, plan: Plan, spec: StackSpec, step: StackAction) -> str:
+        """Run one of the plan's builds (BUILD_IMAGE, BUILD_RELEASE), journalled and an
+        event as any action (target: `image/<name>`, `<stack>/<role>`): the digest it made.
+        A failure is journalled, then raised (as a RackfireError). Builds go one at a time:
+        they share the image store, and a release needs its image's digest."""
+        action_id = uuid.uuid4().hex[:12]
+        self.store.record_action(ActionRecord(
+            id=action_id, stack=plan.stack, generation=plan.generation, kind=step.kind.value,
+            instance=step.subject, reason=step.reason, state=ActionState.RUNNING,
+            created=time.time(), finished=None, error=""))
+        log.info("%s %s (%s) [%s]", step.kind, step.subject, step.reason, action_id)
+        token = ACTION.set(action_id)
+        try:
+            if step.kind is ActionKind.BUILD_IMAGE:
+                digest = self.agent.images.ensure_image(spec.image(step.image)).digest
+            elif step.kind is ActionKind.BUILD_RELEASE:
+                digest = self.agent.images.ensure_release(step.source, step.image).digest
+            else:
+                raise RackfireError(f"{step.kind} is not a build")
+        except Exception as e:  # the build's failure, recorded; the reconcile decides
+            message = e.message if isinstance(e, RackfireError) else f"{type(e).__name__}: {e}"
+            if not isinstance(e, RackfireError):
+                log.exception("%s %s crashed", step.kind, step.subject)
+            self.store.finish_action(action_id, ActionState.FAILED, message)
+            self.store.add_event(CONTROLLER, plan.stack, step.subject, step.kind.value,
+                                 "failed", f"{step.reason}: {message}")
+            if isinstance(e, RackfireError):
+                raise
+            raise ExecError(message) from e
+        finally:
+            ACTION.reset(token)
+        self.store.finish_action(action_id, ActionState.DONE)
+        self.store.add_event(CONTROLLER, plan.stack, step.subject, step.kind.value, "ok",
+                             step.reason)
+        return digest
 
 
 def _batches(actions: list[Action]) -> list[list[Action]]:

@@ -1,20 +1,29 @@
-"""The Agent the controller talks to: the server's own host and every joined one, as one.
+"""The hosts, as a directory: name -> its link (the call table through its transport), its
+state and its lease. The server's own host is one entry like any other, served in-process
+(agent/inprocess.py); a joined one over HTTP (agent/remote.py), its link made from what its
+record says. Each call about an instance goes to the host it is placed on
+(`store/placements.py`); calls about a stack's network, names and ports go to every host of
+the stack. Images, app sources and release builds are the image service's (`images`): the
+server's own store, which joined hosts fetch layers from (`ensure_layer`).
 
-Each call about an instance goes to the host it is placed on (`store/placements.py`); calls
-about a stack's network, names and ports go to every host of the stack; images, sources and
-release builds stay on the server's own host, whose store the joined hosts fetch layers
-from (`ensure_layer`). With no joined host this is the local agent, call for call.
+What runs is read from the observed cache (control/observed.py), which every host's
+heartbeat fills (the server's own every BEAT seconds, in-process). A host is asked directly
+only when the cache does not yet reflect the controller's own last call there (at most once
+per such call). A host that cannot be asked keeps what it reported last: its instances are
+not taken for gone, so nothing is re-created on a hiccup; an action on it fails as
+AgentOffline and is retried. One that has not answered since this server started is
+*blind*: its instances are `unknown`, and the reconcile leaves them alone until it answers.
 
-`observe` merges what every host reports. A host that cannot be asked (unreachable, its
-agent restarting) reports what it reported last: its instances are not taken for gone, so
-nothing is re-created on a hiccup; an action on it fails as AgentOffline and is retried. One
-that has not answered since this server started is *blind*: its instances are `unknown`,
-and the reconcile leaves them alone until it answers.
+Each joined host holds a lease, renewed by its heartbeats (control/hosts.py `silent`: a few
+missed beats); one whose lease lapsed is `lost`, and so are the instances placed on it: the
+planner reports them (the next issue restarts them elsewhere, fenced by the host's epoch,
+which rises when such a host comes back).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 import threading
 import time
@@ -23,18 +32,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from rackfire.control.hosts import HostView, host_views, silent
+from rackfire.control.observed import ObservedCache
 from rackfire.errors import AgentOffline
 from rackfire.model.agent import (
-    Agent,
-    ExecHandle,
-    HostAgent,
     HostCapacity,
     HostInfo,
-    ImageSummary,
+    HostLink,
+    ImageService,
     InstanceStats,
-    JoinedHostAgent,
+    Observed,
     PublishedPort,
-    ServerHostAgent,
 )
 from rackfire.model.host import HostFacts
 from rackfire.model.instance import (
@@ -44,66 +51,52 @@ from rackfire.model.instance import (
     InstanceState,
     NetworkConfig,
 )
-from rackfire.model.stack import DEFAULT_STOP_TIMEOUT, HealthSpec, ImageSpec, PortMap, StackSpec
+from rackfire.model.stack import DEFAULT_STOP_TIMEOUT, HealthSpec, PortMap, StackSpec
 from rackfire.store import Store
 from rackfire.store.hosts import HostRecord, HostRegistry
 from rackfire.store.placements import Placements
 
+log = logging.getLogger("rackfire.fleet")
 QUIET = 5.0  # seconds a host that could not be reached is not asked again
+BEAT = 0.5  # seconds between the server's own host's in-process heartbeats
 
-Connect = Callable[[str, str, str], JoinedHostAgent]
-"""(host name, agent address, agent key) -> that host's agent."""
+Connect = Callable[[str, str, str, Callable[[], int]], HostLink]
+"""(host name, agent address, agent key, its epoch) -> that host's link."""
 
 
 class Fleet:
-    def __init__(self, local: ServerHostAgent, store: Store, connect: Connect, *,
-                 local_pool: bool = True) -> None:
-        self.local = local
-        self.local_name = local.info().name
+    def __init__(self, home: HostLink, images: ImageService, store: Store, connect: Connect,
+                 *, local_pool: bool = True) -> None:
+        self.home = home  # the server's own host, in-process
+        self.server_host = home.info().name
+        self.images = images
         self.local_pool = local_pool  # the server's own host runs instances too
         self.store = store
         self.registry = HostRegistry(store)
         self.placements = Placements(store)
+        self.observed = ObservedCache()
         self._connect = connect
         self._lock = threading.Lock()
-        # name -> its address, key and agent
-        self._remotes: dict[str, tuple[str, str, JoinedHostAgent]] = {}
-        self._seen: dict[str, list[InstanceFacts]] = {}  # host -> its last observe()
+        # name -> its address, key and link
+        self._remotes: dict[str, tuple[str, str, HostLink]] = {}
+        self._facts: dict[str, HostFacts] = {self.server_host: home.facts()}
         self._names: dict[str, list[tuple[str, list[str]]]] = {}  # stack -> hosts file
         self._quiet: dict[str, float] = {}  # host -> not asked again before (monotonic)
         self._blind: set[str] = set()  # hosts the last observe knew nothing of
 
-    # the pool -----------------------------------------------------------------------------
+    # the directory ------------------------------------------------------------------------
 
-    def views(self, stacks: Iterable[StackSpec] = ()) -> list[HostView]:
-        """Every host: the server's own first (when it runs instances), then the joined."""
-        return host_views(self.local_name, self.local.facts(), self.registry.hosts(), stacks,
-                          self.placements.all(), time.time(), local_pool=self.local_pool)
+    def link(self, host: str) -> HostLink:
+        """The host's link, whichever transport carries it."""
+        if host == self.server_host:
+            return self.home
+        return self._remote(host, self._record(host))
 
-    def underlay_ips(self) -> dict[str, str]:
-        """Host -> the IPv4 address VXLAN reaches it at: a joined one's from the address its
-        agent reports, the server's own (when it runs instances) the route toward those."""
-        ips = {h.name: ip for h in self.registry.hosts() if (ip := _ip_of(h.address))}
-        if ips and self.local_pool and (mine := _route_source(next(iter(ips.values())))):
-            ips[self.local_name] = mine
-        return ips
+    def _record(self, host: str) -> HostRecord | None:
+        return next((h for h in self.registry.hosts() if h.name == host), None)
 
-    def multi_host(self) -> bool:
-        """Instances may run elsewhere than on the server's own host."""
-        return not self.local_pool or bool(self.registry.hosts())
-
-    def agent_for(self, host: str) -> HostAgent:
-        if host == self.local_name:
-            return self.local
-        return self.joined_agent(host)
-
-    def joined_agent(self, host: str) -> JoinedHostAgent:
-        """The agent of a joined host (not the server's own)."""
-        return self._remote(host, next((h for h in self.registry.hosts() if h.name == host),
-                                       None))
-
-    def _remote(self, host: str, rec: HostRecord | None) -> JoinedHostAgent:
-        """The agent of a joined host, as its record says to reach it."""
+    def _remote(self, host: str, rec: HostRecord | None) -> HostLink:
+        """The link of a joined host, as its record says to reach it."""
         with self._lock:
             known = self._remotes.get(host)
         if rec is None:  # removed: to a fan-out as good as offline
@@ -111,55 +104,107 @@ class Fleet:
         if not rec.address:
             raise AgentOffline(f"host {host} has not reported its agent's address yet")
         if known is None or known[:2] != (rec.address, rec.agent_key):
-            known = (rec.address, rec.agent_key, self._connect(host, rec.address,
-                                                               rec.agent_key))
+            link = self._connect(host, rec.address, rec.agent_key,
+                                 lambda: self.registry.epoch(host))
+            known = (rec.address, rec.agent_key, link)
             with self._lock:
                 self._remotes[host] = known
         return known[2]
 
+    def heard(self, host: str, observed: Observed | None, facts: HostFacts | None = None
+              ) -> None:
+        """A heartbeat: what the host says of its instances (and of itself) now."""
+        if observed is not None:
+            self.observed.put(host, observed)
+        if facts is not None:
+            with self._lock:
+                self._facts[host] = facts
+        self.heard_from(host)
+
+    def beat_home(self, stop: threading.Event) -> None:
+        """The server's own host's heartbeat, in-process: no lease to renew (it lives as
+        long as this process), its facts for the cache."""
+        while not stop.wait(BEAT):
+            try:
+                self.heard(self.server_host, self.home.observed(), self.home.facts())
+            except Exception:
+                log.exception("the server's own host's heartbeat failed; the next one "
+                              "tries again")
+
+    def views(self, stacks: Iterable[StackSpec] = ()) -> list[HostView]:
+        """Every host: the server's own first (when it runs instances), then the joined."""
+        return host_views(self.server_host, self.facts_of(self.server_host),
+                          self.registry.hosts(), stacks, self.placements.all(), time.time(),
+                          local_pool=self.local_pool,
+                          observed_at={h: self.observed.observed_at(h) for h in self._hosts()})
+
+    def underlay_ips(self) -> dict[str, str]:
+        """Host -> the IPv4 address VXLAN reaches it at: a joined one's from the address its
+        agent reports, the server's own (when it runs instances) the route toward those."""
+        ips = {h.name: ip for h in self.registry.hosts() if (ip := _ip_of(h.address))}
+        if ips and self.local_pool and (mine := _route_source(next(iter(ips.values())))):
+            ips[self.server_host] = mine
+        return ips
+
+    def multi_host(self) -> bool:
+        """Instances may run elsewhere than on the server's own host."""
+        return not self.local_pool or bool(self.registry.hosts())
+
+    def sole_host(self) -> str | None:
+        """The one host of the pool, when it has only one that is not joined (the server's
+        own: nothing to choose, nothing moves); None otherwise."""
+        return None if self.multi_host() else self.server_host
+
     def host_of(self, key: InstanceKey) -> str:
-        return self.placements.host_of(key) or self.local_name
+        return self.placements.host_of(key) or self.server_host
 
     def _hosts(self) -> list[str]:
         """Every host that may hold instances: the server's own, and the joined ones."""
-        return [self.local_name] + [h.name for h in self.registry.hosts()]
+        return [self.server_host] + [h.name for h in self.registry.hosts()]
 
     def _stack_hosts(self, stack: str) -> list[str]:
         """The hosts the stack's network, names and ports are on: where it is placed, and
         the server's own when it runs instances (a stack with none placed yet)."""
         placed = set(self.placements.of_stack(stack).values())
-        placed |= {f.host for facts in self._last().values() for f in facts
-                   if f.key.stack == stack}
+        placed |= {f.host for f in self.observed_facts() if f.key.stack == stack}
         if self.local_pool and not placed:
-            placed.add(self.local_name)
+            placed.add(self.server_host)
         return sorted(placed)
 
     # instances ----------------------------------------------------------------------------
 
     def observe(self, stack: str | None = None) -> list[InstanceFacts]:
+        """What runs (of `stack`), from the cache; a host whose cached facts predate the
+        controller's last call there is asked itself."""
         placed = self.placements.all()
         joined = self.registry.hosts()
         records = {h.name: h for h in joined}
-        hosts = [self.local_name, *records]
+        hosts = [self.server_host, *records]
         silent_ = {h.name for h in joined if silent(h, time.time())}
         now = time.monotonic()
 
         def ask(host: str) -> list[InstanceFacts] | None:
-            with self._lock:
-                # It failed just now and sends no heartbeats: not every call waits for it.
-                # (One that heartbeats again, restarted, is asked at once.)
-                if host in silent_ and now < self._quiet.get(host, 0.0):
-                    return None
             try:
-                agent = self.local if host == self.local_name else self._remote(
+                link = self.home if host == self.server_host else self._remote(
                     host, records.get(host))
-                return agent.observe(stack)
+                if self.observed.fresh(host, stack, link.done()):
+                    return self.observed.facts(host, stack)
+                with self._lock:
+                    # It failed just now and sends no heartbeats: not every call waits for
+                    # it. (One that heartbeats again, restarted, is asked at once.)
+                    if host in silent_ and now < self._quiet.get(host, 0.0):
+                        return self.observed.facts(host, stack)
+                got = link.observed(stack)
             except AgentOffline:
                 with self._lock:
                     self._quiet[host] = time.monotonic() + QUIET
-                return None
+                return self.observed.facts(host, stack)
+            self.observed.put(host, got)
+            with self._lock:
+                self._quiet.pop(host, None)
+            return list(got.facts)
 
-        if len(hosts) > 2:  # side by side: each joined host is a round trip
+        if len(hosts) > 2:  # side by side: each joined host may be a round trip
             with ThreadPoolExecutor(max_workers=min(8, len(hosts))) as workers:
                 answers = list(workers.map(ask, hosts))
         else:
@@ -167,20 +212,10 @@ class Fleet:
         by_key: dict[InstanceKey, InstanceFacts] = {}
         blind = set()
         for host, facts in zip(hosts, answers, strict=True):
-            with self._lock:
-                if facts is not None:
-                    self._quiet.pop(host, None)
-                    old = self._seen.get(host, [])
-                    self._seen[host] = facts if stack is None else [
-                        f for f in old if f.key.stack != stack] + facts
-                elif host in self._seen:
-                    facts = self._seen[host]
-                else:
-                    blind.add(host)
-                    facts = []
+            if facts is None:
+                blind.add(host)
+                continue
             for f in facts:
-                if stack is not None and f.key.stack != stack:
-                    continue
                 # Mid-migration an instance exists on two hosts: its placement is the one.
                 if f.key not in by_key or placed.get(f.key) == host:
                     by_key[f.key] = f
@@ -201,90 +236,90 @@ class Fleet:
             blind = set(self._blind)
         return {k for k, h in self.placements.of_stack(stack).items() if h in blind}
 
-    def _last(self) -> dict[str, list[InstanceFacts]]:
-        """What each host reported last (a copy: observers run in other threads)."""
-        with self._lock:
-            return dict(self._seen)
+    def lost(self, stack: str | None = None) -> dict[InstanceKey, str]:
+        """Instances placed on a host whose lease lapsed, and that host."""
+        now = time.time()
+        lapsed = {h.name for h in self.registry.hosts() if silent(h, now)}
+        placed = self.placements.of_stack(stack) if stack else self.placements.all()
+        return {k: h for k, h in placed.items() if h in lapsed}
+
+    def observed_facts(self) -> list[InstanceFacts]:
+        """Every instance as its host last told (the cache; nothing is asked)."""
+        return [f for host in self._hosts() for f in self.observed.facts(host) or []]
 
     def strays(self, stack: str) -> list[tuple[InstanceKey, str]]:
         """Stopped copies of the stack's instances, as last observed, on a host other than
         their placement: what an interrupted migration left behind. A running one is never
-        taken for a leftover (it may be what a lost host still runs: issue 7's fencing)."""
+        taken for a leftover (it may be what a lost host still runs: issue 15's fencing)."""
         placed = self.placements.of_stack(stack)
-        return sorted((f.key, host) for host, facts in self._last().items() for f in facts
-                      if f.key.stack == stack and placed.get(f.key, host) != host
+        return sorted((f.key, f.host) for f in self.observed_facts()
+                      if f.key.stack == stack and placed.get(f.key, f.host) != f.host
                       and f.state is not InstanceState.RUNNING)
 
     def create(self, req: InstanceRequest) -> None:
         host = self.host_of(req.key)
-        agent = self.agent_for(host)
-        self.prepare(host, agent, req)
-        agent.create(req)
+        link = self.link(host)
+        self.prepare(host, link, req)
+        link.create(req)
 
     def reconfigure(self, req: InstanceRequest) -> None:
         host = self.host_of(req.key)
-        agent = self.agent_for(host)
-        self.prepare(host, agent, req)
-        agent.reconfigure(req)
+        link = self.link(host)
+        self.prepare(host, link, req)
+        link.reconfigure(req)
 
     def restart(self, req: InstanceRequest) -> None:
         host = self.host_of(req.key)
-        agent = self.agent_for(host)
-        self.prepare(host, agent, req)
-        agent.restart(req)
+        link = self.link(host)
+        self.prepare(host, link, req)
+        link.restart(req)
 
-    def prepare(self, host: str, agent: Agent, req: InstanceRequest) -> None:
-        """What an instance needs on its host before it starts there: the stack's network
-        and names, and its image and release layers."""
-        if host != self.local_name:
-            for digest in (req.image_digest, req.app_digest):
-                if digest:
-                    agent.ensure_layer(digest)
-        agent.ensure_network(self._network(req.network, host))
+    def prepare(self, host: str, link: HostLink, req: InstanceRequest) -> None:
+        """What an instance needs on its host before it starts there: its image and release
+        layers (the server's own has them: its store is where they are fetched from), the
+        stack's network and names."""
+        for digest in (req.image_digest, req.app_digest):
+            if digest:
+                link.ensure_layer(digest)
+        link.ensure_network(self._network(req.network, host))
         if req.key.stack in self._names:  # (after a restart, _publish sets them first)
-            agent.set_hosts(req.key.stack, self._names[req.key.stack])
+            link.set_hosts(req.key.stack, self._names[req.key.stack])
 
     def destroy(self, key: InstanceKey, stop_timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
-        self.agent_for(self.host_of(key)).destroy(key, stop_timeout)
+        self.link(self.host_of(key)).destroy(key, stop_timeout)
 
     def stop(self, key: InstanceKey, stop_timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
-        self.agent_for(self.host_of(key)).stop(key, stop_timeout)
+        self.link(self.host_of(key)).stop(key, stop_timeout)
 
     def resize(self, req: InstanceRequest) -> None:
-        self.agent_for(self.host_of(req.key)).resize(req)
+        self.link(self.host_of(req.key)).resize(req)
 
     def check_resize(self, req: InstanceRequest) -> None:
-        self.agent_for(self.host_of(req.key)).check_resize(req)
+        self.link(self.host_of(req.key)).check_resize(req)
 
     def reload(self, req: InstanceRequest) -> None:
-        self.agent_for(self.host_of(req.key)).reload(req)
+        self.link(self.host_of(req.key)).reload(req)
 
     def probe(self, key: InstanceKey, ip: str, health: HealthSpec) -> tuple[bool, str]:
         """On its placement; while a migration starts it on its target, there."""
         starting = next((m.target for m in self.placements.migrations(key.stack)
                          if m.key == key and m.step == "starting"), None)
-        return self.agent_for(starting or self.host_of(key)).probe(key, ip, health)
+        return self.link(starting or self.host_of(key)).probe(key, ip, health)
 
     def stats(self, stack: str) -> list[InstanceStats]:
         out: list[InstanceStats] = []
         for host in self._stack_hosts(stack):
             try:
-                out += self.agent_for(host).stats(stack)
+                out += self.link(host).stats(stack)
             except AgentOffline:
                 continue
         return sorted(out, key=lambda s: s.key)
 
-    def exec(self, key: InstanceKey, argv: list[str], tty: bool) -> ExecHandle:
-        return self.agent_for(self.host_of(key)).exec(key, argv, tty)
-
-    def log_path(self, key: InstanceKey) -> str:
-        return self.agent_for(self.host_of(key)).log_path(key)
-
     def discard_disks(self, key: InstanceKey) -> None:
-        self.agent_for(self.host_of(key)).discard_disks(key)
+        self.link(self.host_of(key)).discard_disks(key)
 
     def set_aside(self, key: InstanceKey) -> None:
-        self.agent_for(self.host_of(key)).set_aside(key)
+        self.link(self.host_of(key)).set_aside(key)
 
     # the stack's network, names and ports -------------------------------------------------
 
@@ -300,7 +335,7 @@ class Fleet:
     def ensure_network(self, net: NetworkConfig) -> None:
         for host in self._stack_hosts(net.stack):
             try:
-                self.agent_for(host).ensure_network(self._network(net, host))
+                self.link(host).ensure_network(self._network(net, host))
             except AgentOffline:
                 continue  # an instance gets it before it starts there (prepare)
 
@@ -309,34 +344,33 @@ class Fleet:
         self._names[stack] = entries
         for host in self._stack_hosts(stack):
             try:
-                self.agent_for(host).set_hosts(stack, entries)
+                self.link(host).set_hosts(stack, entries)
             except AgentOffline:
                 continue  # it gets them before its next instance starts (prepare)
 
     def publish(self, stack: str, ports: list[PublishedPort]) -> None:
         """Each host publishes the ports to its own instances only: a host reaches only
-        those through the stack's bridge (net/vxlan.py)."""
-        if not self.multi_host():
-            self.local.publish(stack, ports)
-            return
-        host_of_ip = {f.ip: f.host for facts in self._last().values() for f in facts
+        those through the stack's bridge (net/vxlan.py). A stack on one host: all of them."""
+        hosts = self._stack_hosts(stack)
+        host_of_ip = {f.ip: f.host for f in self.observed_facts()
                       if f.key.stack == stack and f.ip}
-        for host in self._stack_hosts(stack):
-            mine = [PublishedPort(p.port, tuple(b for b in p.backends
-                                                if host_of_ip.get(b.rpartition(":")[0]) == host))
-                    for p in ports]
+        for host in hosts:
+            mine = ports if len(hosts) == 1 else [
+                PublishedPort(p.port, tuple(b for b in p.backends
+                                            if host_of_ip.get(b.rpartition(":")[0]) == host))
+                for p in ports]
             try:
-                self.agent_for(host).publish(stack, mine)
+                self.link(host).publish(stack, mine)
             except AgentOffline:
                 continue
 
     def busy_ports(self, stack: str, ports: list[PortMap]) -> list[PortMap]:
         """Ports taken on any host the stack may land on."""
         busy: list[PortMap] = []
-        hosts = [self.local_name] if self.local_pool else []
+        hosts = [self.server_host] if self.local_pool else []
         for host in hosts + [h.name for h in self.registry.hosts() if h.address]:
             try:
-                found = self.agent_for(host).busy_ports(stack, ports)
+                found = self.link(host).busy_ports(stack, ports)
             except AgentOffline:
                 continue
             busy += [p for p in found if p not in busy]
@@ -344,68 +378,38 @@ class Fleet:
 
     def teardown_stack(self, stack: str, keep_data: bool = False) -> None:
         """On every host: where the stack ran once (a bridge stays after its last instance
-        moved away) too. A host it is placed on must answer; others may be away."""
+        moved away) too. A host it is placed on must answer; others may be away. Fetched
+        layers no instance uses any more go too (the server's own store keeps its own)."""
         must = set(self._stack_hosts(stack))
         for host in self._hosts():
             try:
-                agent = self.agent_for(host)
-                agent.teardown_stack(stack, keep_data)
-                if host != self.local_name:
-                    agent.collect_layers()
+                link = self.link(host)
+                link.teardown_stack(stack, keep_data)
+                link.collect_layers()
             except AgentOffline:
                 if host in must:
                     raise
         self._names.pop(stack, None)
 
-    # the server's own host ----------------------------------------------------------------
+    # what hosts are -----------------------------------------------------------------------
 
     def info(self) -> HostInfo:
-        return self.local.info()
+        """The server's own host: the runtimes a stack gets by default."""
+        return self.home.info()
 
-    def facts(self, interval: float = 5.0) -> HostFacts:
-        return self.local.facts(interval)
+    def capacity(self) -> HostCapacity:
+        return self.home.capacity()
 
     def facts_of(self, host: str) -> HostFacts:
-        """What `host` last reported of itself (the server's own: now)."""
-        if host == self.local_name:
-            return self.local.facts()
-        rec = next((h for h in self.registry.hosts() if h.name == host), None)
+        """What `host` last reported of itself."""
+        with self._lock:
+            known = self._facts.get(host)
+        if known is not None:
+            return known
+        rec = self._record(host)
         if rec is None:
             raise AgentOffline(f"host {host} is no longer known", hint="see `rackfire hosts`")
         return rec.facts
-
-    def capacity(self) -> HostCapacity:
-        return self.local.capacity()
-
-    def ensure_layer(self, digest: str) -> None:
-        self.local.ensure_layer(digest)
-
-    def collect_layers(self) -> list[str]:
-        return self.local.collect_layers()
-
-    def store_source(self, tarball: str) -> str:
-        return self.local.store_source(tarball)
-
-    def ensure_release(self, source_digest: str, image_digest: str) -> ImageSummary:
-        return self.local.ensure_release(source_digest, image_digest)
-
-    def ensure_image(self, spec: ImageSpec) -> ImageSummary:
-        return self.local.ensure_image(spec)
-
-    def check_image(self, spec: ImageSpec) -> None:
-        self.local.check_image(spec)
-
-    def image(self, name: str) -> ImageSummary | None:
-        return self.local.image(name)
-
-    def images(self) -> list[ImageSummary]:
-        return self.local.images()
-
-    def remove_image(self, name: str) -> bool:
-        return self.local.remove_image(name)
-
-    def import_image(self, name: str, tarball: str) -> ImageSummary:
-        return self.local.import_image(name, tarball)
 
 
 def _route_source(peer_ip: str) -> str:

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from rackfire.model.agent import Agent
+from rackfire.control.fleet import Fleet
 from rackfire.model.instance import Health, InstanceFacts, InstanceKey, InstanceState
 from rackfire.model.stack import HealthSpec
 from rackfire.store import InstanceStatus, Store
@@ -36,7 +36,7 @@ def ready_timeout(check: HealthSpec | None, timeout: float) -> float:
 
 
 class HealthMonitor:
-    def __init__(self, store: Store, agent: Agent, on_change: Callable[[str], None]) -> None:
+    def __init__(self, store: Store, agent: Fleet, on_change: Callable[[str], None]) -> None:
         self.store = store
         self.agent = agent
         self.on_change = on_change

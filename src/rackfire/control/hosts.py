@@ -36,6 +36,9 @@ class HostView:
     reserved: Reservation
     last_seen: float | None
     address: str = ""  # its agent's API (HOST:PORT); "" for the server's own
+    epoch: int = 1  # its incarnation (store/hosts.py)
+    lease_until: float | None = None  # it lapses then unless it heartbeats (None: the server)
+    observed_at: float | None = None  # when it last told of all its instances
 
     def to_json(self) -> dict[str, object]:
         cap = self.facts.capacity
@@ -46,30 +49,41 @@ class HostView:
                              "disk": self.reserved.disk},
                 "used": {"memory": self.facts.memory_used, "disk": self.facts.disk_used},
                 "last_seen": self.last_seen, "version": self.facts.version,
-                "address": self.address}
+                "address": self.address, "epoch": self.epoch, "lease_until": self.lease_until,
+                "observed_at": self.observed_at}
 
 
 def host_views(local_name: str, local_facts: HostFacts, joined: Iterable[HostRecord],
                stacks: Iterable[StackSpec], placed: Mapping[InstanceKey, str], now: float,
-               *, local_pool: bool = True) -> list[HostView]:
+               *, local_pool: bool = True,
+               observed_at: Mapping[str, float | None] | None = None) -> list[HostView]:
     """The server's own host (when it runs instances) and the joined ones, each with what
     the instances placed on it reserve (one not placed yet counts on the server's own)."""
     reserved: dict[str, Reservation] = {}
     for key, ask in asks_of(stacks).items():
         host = placed.get(key, local_name)
         reserved[host] = reserved.get(host, Reservation()) + ask.need
+    seen = observed_at or {}
     views = [HostView(local_name, "ready", True, (), local_facts,
-                      reserved.get(local_name, Reservation()), None)] if local_pool else []
+                      reserved.get(local_name, Reservation()), None,
+                      observed_at=seen.get(local_name))] if local_pool else []
     for h in joined:
         state = "unreachable" if silent(h, now) and h.state.value == "ready" else h.state.value
         views.append(HostView(h.name, state, False, h.labels, h.facts,
-                              reserved.get(h.name, Reservation()), h.last_seen, h.address))
+                              reserved.get(h.name, Reservation()), h.last_seen, h.address,
+                              h.epoch, h.last_seen + lease(h.facts.interval),
+                              seen.get(h.name)))
     return views
 
 
+def lease(interval: float) -> float:
+    """How long a heartbeat holds a host's lease, for heartbeats every `interval` seconds."""
+    return max(MIN_SILENCE, MISSED_BEATS * interval)
+
+
 def silent(h: HostRecord, now: float) -> bool:
-    """It missed its last heartbeats: taken for unreachable."""
-    return now - h.last_seen > max(MIN_SILENCE, MISSED_BEATS * h.facts.interval)
+    """It missed its last heartbeats: its lease lapsed, it is taken for unreachable."""
+    return now - h.last_seen > lease(h.facts.interval)
 
 
 def asks_of(stacks: Iterable[StackSpec]) -> dict[InstanceKey, Ask]:

@@ -35,7 +35,7 @@ from dataclasses import replace
 
 from rackfire.control.fleet import Fleet
 from rackfire.errors import AgentOffline, ExecError, RackfireError
-from rackfire.model.agent import HostAgent
+from rackfire.model.agent import HostLink
 from rackfire.model.instance import InstanceKey, InstanceRequest, InstanceState
 from rackfire.model.records import Migration
 from rackfire.store import Store
@@ -84,22 +84,22 @@ def run(m: Migration, req: InstanceRequest, fleet: Fleet, store: Store,
     try:
         if step == "stopping":
             points.hit("migrate.stopping")
-            fleet.agent_for(m.source).stop(key, req.stop_timeout)
+            fleet.link(m.source).stop(key, req.stop_timeout)
             step = _next(places, m, "copying")
         if step == "copying":
             points.hit("migrate.copying")
-            source, target = fleet.agent_for(m.source), fleet.agent_for(m.target)
+            source, target = fleet.link(m.source), fleet.link(m.target)
             target.receive_disks(key, source.send_disks(key))
             step = _next(places, m, "releasing")
         if step == "releasing":
             points.hit("migrate.releasing")
-            source = fleet.agent_for(m.source)
+            source = fleet.link(m.source)
             if _exists(source, key):  # else it was released before a crash
                 source.set_aside(key)
             step = _next(places, m, "starting")
         if step == "starting":
             points.hit("migrate.starting")
-            agent = fleet.agent_for(m.target)
+            agent = fleet.link(m.target)
             moved = replace(req, adopt_disks=True, action_id=f"migrate-{int(m.started)}")
             if not _running(agent, key):  # else made by an earlier pass, starting there
                 fleet.prepare(m.target, agent, moved)
@@ -113,7 +113,7 @@ def run(m: Migration, req: InstanceRequest, fleet: Fleet, store: Store,
         if step == "cleaning":
             points.hit("migrate.cleaning")
             places.put({key: m.target})  # the target copy is the instance from here
-            source = fleet.agent_for(m.source)
+            source = fleet.link(m.source)
             source.destroy(key, req.stop_timeout)  # nothing left there unless not released
             source.discard_disks(key)
             places.end_migration(key, m.target)
@@ -160,10 +160,10 @@ def _revert(m: Migration, req: InstanceRequest, fleet: Fleet, store: Store,
             why: str) -> None:
     """Remove the target's copy (running or half made) and its disks, then start the source
     copy again, from its disks set aside if it was released: never two running."""
-    target = fleet.agent_for(m.target)
+    target = fleet.link(m.target)
     target.destroy(m.key, req.stop_timeout)
     target.discard_disks(m.key)
-    source = fleet.agent_for(m.source)
+    source = fleet.link(m.source)
     here = [f for f in source.observe(m.key.stack) if f.key == m.key]
     if not here:  # released: made again from its own disks
         back = replace(req, adopt_disks=True, action_id=f"unmigrate-{int(m.started)}")
@@ -176,10 +176,10 @@ def _revert(m: Migration, req: InstanceRequest, fleet: Fleet, store: Store,
     fleet.heard_from(m.source, m.target)
 
 
-def _exists(agent: HostAgent, key: InstanceKey) -> bool:
+def _exists(agent: HostLink, key: InstanceKey) -> bool:
     return any(f.key == key for f in agent.observe(key.stack))
 
 
-def _running(agent: HostAgent, key: InstanceKey) -> bool:
+def _running(agent: HostLink, key: InstanceKey) -> bool:
     return any(f.key == key and f.state is InstanceState.RUNNING
                for f in agent.observe(key.stack))

@@ -39,7 +39,7 @@ class Moves:
         """Start the moves a draining host needs, carry on every migration of the stack,
         and remove copies that ones interrupted before left behind. 0 if any ended (the
         hosts changed), else when to look again at one still under way (None: none)."""
-        if not self.fleet.multi_host():  # one host: nothing moves, nothing strays
+        if self.fleet.sole_host():  # one host: nothing moves, nothing strays
             return None
         self._start_drains(rec, desired)
         requests = {r.key: r for r in desired.requests}
@@ -70,7 +70,7 @@ class Moves:
         """Remove the copies an interrupted migration left on a host other than the
         instance's placement (with `all_copies`, a migration's target copy too: the stack
         is going). Whether any was removed."""
-        if not self.fleet.multi_host():
+        if self.fleet.sole_host():
             return False
         moving = {m.key: m for m in self.fleet.placements.migrations(stack)
                   if m.key in migrate.migrating([m])}
@@ -84,7 +84,7 @@ class Moves:
             if key in moving and not all_copies:
                 continue
             try:
-                agent = self.fleet.agent_for(host)
+                agent = self.fleet.link(host)
                 agent.destroy(key)
                 if not keep_data:
                     agent.discard_disks(key)
@@ -136,7 +136,7 @@ class Moves:
             if rec else None
         check = role.health if role else None
         timeout = ready_timeout(check, role.update.health_timeout if role else 60.0)
-        agent = self.fleet.agent_for(host)
+        agent = self.fleet.link(host)
         f = next((f for f in agent.observe(req.key.stack) if f.key == req.key), None)
         if f is not None and f.state is InstanceState.STOPPED:
             return "it stopped"

@@ -63,8 +63,8 @@ class Placer:
         new = {f.key: f.host for f in desired.observed  # running before placements were kept
                if f.key not in have}
         todo = [k for k in creating if k not in have and k not in new]
-        if todo and not self.fleet.multi_host():  # one host: the apply's check was enough
-            new.update(dict.fromkeys(todo, self.fleet.local_name))
+        if todo and (only := self.fleet.sole_host()):  # the apply's check was enough
+            new.update(dict.fromkeys(todo, only))
         elif todo:
             wanted = set(desired_keys(spec))
             placement = self.place(spec, desired.observed, [k for k in todo

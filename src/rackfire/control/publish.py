@@ -13,9 +13,10 @@ from collections.abc import Callable
 
 from rackfire.control.desired import Desired
 from rackfire.control.executor import CONTROLLER, TAKE_DOWN
+from rackfire.control.fleet import Fleet
 from rackfire.control.health import health_of
 from rackfire.errors import RackfireError
-from rackfire.model.agent import Agent, PublishedPort
+from rackfire.model.agent import PublishedPort
 from rackfire.model.instance import (
     Health,
     InstanceFacts,
@@ -32,7 +33,7 @@ RELOAD_SETTLE = 0.5  # after a reload signal, before the drained instance is sto
 
 
 class Publisher:
-    def __init__(self, store: Store, agent: Agent, clock: Callable[[], float]) -> None:
+    def __init__(self, store: Store, agent: Fleet, clock: Callable[[], float]) -> None:
         self.store, self.agent, self.clock = store, agent, clock
         # stack -> instance -> (when it was drained, whether a reload must settle first);
         # each stack's map is only touched by the worker that has the stack

@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 
 from rackfire.control import migrate, releases, rollouts
 from rackfire.control.commands import Commands
-from rackfire.control.desired import DesiredState, desired_keys
-from rackfire.control.executor import CONTROLLER, Executor
+from rackfire.control.desired import Desired, DesiredState, desired_keys
+from rackfire.control.executor import CONTROLLER, LOOK_AGAIN, Executor
 from rackfire.control.fleet import Fleet
 from rackfire.control.health import health_of
 from rackfire.control.moves import Moves
@@ -23,10 +23,9 @@ from rackfire.control.placement import Placer
 from rackfire.control.publish import Publisher
 from rackfire.control.workqueue import WorkQueue
 from rackfire.errors import Conflict, ExecError, PrereqError, RackfireError, SpecError
-from rackfire.model.agent import Agent
 from rackfire.model.instance import Health, InstanceFacts, InstanceKey, InstanceState
 from rackfire.model.records import StackStatus
-from rackfire.plan import ActionKind, plan_stack
+from rackfire.plan import ActionKind, Plan, plan_stack
 from rackfire.store import Release, ReleaseStatus, StackRecord, Store
 from rackfire.store.rollouts import RolloutWaits
 
@@ -54,7 +53,7 @@ class Reconciler:
                  queue: WorkQueue, *, desired: DesiredState, placer: Placer,
                  publisher: Publisher, moves: Moves, commands: Commands) -> None:
         self.store, self.fleet, self.clock, self.queue = store, fleet, clock, queue
-        self.agent: Agent = fleet
+        self.agent: Fleet = fleet
         self.desired, self.placer, self.publisher = desired, placer, publisher
         self.moves, self.commands = moves, commands
         self.executor = Executor(store, fleet)
@@ -99,13 +98,11 @@ class Reconciler:
         if rec.deleting:
             return self._reconcile_deleted(rec)
         desired = self.desired.make(rec.spec, rec, build=True)
+        if desired.builds:
+            return self._build(rec, desired)
         current = releases.note(self.store, rec, desired.images, desired.layers)
-        for role, why in desired.unbuilt.items():  # the old release runs on, untouched
-            if current[role].status is not ReleaseStatus.FAILED and self._roll_back(
-                    rec, current[role], f"its build failed: {why}"):
-                return Result()
-            raise ExecError(f"the release of {role} could not be built: {why}",
-                            hint="fix the app (its requirements.txt) and push it again")
+        if self._unbuilt(rec, current, desired.unbuilt):
+            return Result()
         migrating_again = self.moves.carry_on(rec, desired)
         if migrating_again is not None and migrating_again <= 0:
             desired = self.desired.make(rec.spec, rec, build=True)  # hosts changed: look again
@@ -125,7 +122,7 @@ class Reconciler:
                                             if a.kind is ActionKind.CREATE})
         self.agent.ensure_network(desired.network)
         self.store.save_ips(desired.ips)
-        if not plan.empty:
+        if plan.actions:  # a migration under way says so itself (`_settle`)
             self.store.set_stack_status(name, rec.generation, StackStatus.PROGRESSING,
                                         f"{len(plan.actions)} action(s)")
         outcome = self.executor.run(plan, self.clock, self.publisher.ports(rec, desired))
@@ -156,7 +153,51 @@ class Reconciler:
             return Result.soonest(RETRY_FAILED, *waiting)
         if outcome.deferred is not None:
             return Result.soonest(outcome.deferred - self.clock(), *waiting)
+        if plan.actions and not unready:  # (a migration step looks again itself)
+            # What this pass did changes who is ready, and so what the others' files list
+            # (one that cannot reload is reconfigured by a plan): only a pass that finds
+            # nothing to do says converged (tests/unit/test_controller_properties.py).
+            return Result.soonest(LOOK_AGAIN, *waiting)
         return Result.soonest(self._settle(rec, unready), *waiting)
+
+    def _build(self, rec: StackRecord, desired: Desired) -> Result:
+        """A pass that runs the plan's builds, each a journalled action: images first (a
+        release is built on its image's digest), then releases, and looks again at once,
+        to render with what they made. An image that fails fails the pass (as any error:
+        retried with a backoff); a release that fails is rolled back (`_unbuilt`)."""
+        plan = Plan(rec.name, rec.generation, (), steps=desired.builds)
+        images = [s for s in plan.builds if s.kind is ActionKind.BUILD_IMAGE]
+        layers, failed = dict(desired.layers), {}
+        for step in images or plan.builds:
+            what = f"image {step.image}" if step in images else f"the release of {step.role}"
+            self.store.set_stack_status(rec.name, rec.generation, StackStatus.PROGRESSING,
+                                        f"building {what}")
+            try:
+                built = self.executor.build(plan, rec.spec, step)
+            except RackfireError as e:
+                if step in images:
+                    raise
+                failed[step.role] = e.message
+                continue
+            if step.role:
+                layers[step.role] = built
+        if not images:  # the releases as built (or not): what the next pass finds
+            current = releases.note(self.store, rec, desired.images, layers)
+            if self._unbuilt(rec, current, failed):
+                return Result()
+        return Result.soonest(0.0)
+
+    def _unbuilt(self, rec: StackRecord, current: dict[str, Release],
+                 unbuilt: dict[str, str]) -> bool:
+        """Releases that could not be built: the old release runs on, untouched. True if
+        one was rolled back (a new generation: the pass ends), else the pass fails."""
+        for role, why in unbuilt.items():
+            if current[role].status is not ReleaseStatus.FAILED and self._roll_back(
+                    rec, current[role], f"its build failed: {why}"):
+                return True
+            raise ExecError(f"the release of {role} could not be built: {why}",
+                            hint="fix the app (its requirements.txt) and push it again")
+        return False
 
     def _roll_back(self, rec: StackRecord, bad: Release, why: str) -> bool:
         """A release failed its rollout: put the role back on the release that was live, as

@@ -4,6 +4,9 @@
     build.py      build_host, build_debootstrap, ensure_image (by ImageSpec)
     hostcache.py  the host-wide cache of debootstrap trees, shared by every data dir
     safe_tar.py   import_tarball, extract_tarball: safe extraction of an untrusted tarball
+    tar_stream.py its reading: by content, hashed, bounded, strict about the archive's end
+    tar_checks.py ImportLimits, and the checks of each member that need no tree on disk
+    tar_extract.py the members written, never through a symlink
     sources.py    store_source, source_dir: uploaded app sources (api/pack.py packs them)
     release.py    build_release: an app source plus its Python deps, as a layer
     transfer.py   pack_layer, receive_layer: a layer from the controller to a joined host,
@@ -14,9 +17,10 @@
 
 from rackfire.images.build import build_debootstrap, build_host, ensure_image
 from rackfire.images.release import build_release
-from rackfire.images.safe_tar import ImportLimits, import_tarball
+from rackfire.images.safe_tar import import_tarball
 from rackfire.images.sources import source_dir, store_source
 from rackfire.images.store import ImageInfo, ImageStore
+from rackfire.images.tar_checks import ImportLimits
 
 __all__ = [
     "ImageInfo",

@@ -17,8 +17,9 @@ import stat
 from pathlib import Path
 
 from rackfire.errors import NotFound, PrereqError
-from rackfire.images.safe_tar import ImportLimits, extract_tarball
+from rackfire.images.safe_tar import extract_tarball
 from rackfire.images.store import ImageStore, check_digest
+from rackfire.images.tar_checks import ImportLimits
 from rackfire.images.tree import resolve_in_root, tree_digest, walk
 from rackfire.model.stack import MAX_SOURCE_BYTES
 

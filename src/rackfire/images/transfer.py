@@ -35,8 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rackfire.errors import ExecError, NotFound, PrereqError
-from rackfire.images.safe_tar import ImportLimits, MiB, extract_tarball
+from rackfire.images.safe_tar import extract_tarball
 from rackfire.images.store import ImageInfo, ImageStore, check_digest
+from rackfire.images.tar_checks import ImportLimits
+from rackfire.images.tar_stream import MiB
 from rackfire.images.tree import tree_digest, walk
 from rackfire.model.stack import ImageSource
 

@@ -1,4 +1,5 @@
-"""The one declared table of calls from the controller to a host's agent.
+"""The one declared table of calls from the controller to a host's agent (CALLS, HostAgent),
+the server's image service, and the streams (disks, logs, exec) a host serves beside it.
 
 Every call either returns its result, raises a RackfireError subclass for a failed call, or
 raises AgentOffline when the host could not be asked at all: offline is not failed.
@@ -6,8 +7,8 @@ raises AgentOffline when the host could not be asked at all: offline is not fail
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -70,16 +71,89 @@ class InstanceStats:
     log_bytes: int | None = None  # its console log on the host, rotated files included
 
 
-@dataclass(slots=True)
-class ExecHandle:
-    """A command running inside an instance. With a tty, `master` is the pty's master fd
-    (stdin and output both go through it); without, `proc` has stdin/stdout/stderr pipes."""
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One call of the table: how long a caller waits for it, and what it changes."""
 
-    proc: subprocess.Popen[bytes]
-    master: int | None = None
+    timeout: float  # seconds, the answer included
+    # It changes the host: it carries the host's epoch (an agent refuses a stale one) and the
+    # action id it is part of.
+    mutating: bool = False
+    # It may change what `observe` reports (an instance made, stopped, gone...): counted in
+    # `Observed.done`, so cached facts from before it are not taken for the truth after it.
+    # (A network, names or ports set again change no instance's facts.)
+    changes_instances: bool = False
+    waits: str = ""  # an argument of seconds the call may spend on top (a stop timeout)
 
 
-class Agent(Protocol):
+def _sets(timeout: float) -> Call:
+    """A call that changes the host but no instance's facts."""
+    return Call(timeout, mutating=True)
+
+
+def _changes(timeout: float, waits: str = "") -> Call:
+    """A call that may change an instance."""
+    return Call(timeout, mutating=True, changes_instances=True, waits=waits)
+
+# Every call a host's agent serves, whatever the transport (agent/rpc.py over HTTP for a
+# joined host, agent/inprocess.py for the server's own). tests/unit/test_host_seam.py
+# checks that it names exactly the methods of HostAgent.
+CALLS: dict[str, Call] = {
+    "info": Call(10),
+    "observe": Call(30),
+    "create": _changes(600),  # may unpack an image and make its disks
+    "reconfigure": _changes(300),
+    "restart": _changes(300),
+    "destroy": _changes(60, waits="stop_timeout"),
+    "stop": _changes(60, waits="stop_timeout"),
+    "resize": _changes(300),  # may grow a disk
+    "check_resize": Call(30),
+    "reload": _changes(60),
+    "stats": Call(30),
+    "capacity": Call(30),
+    "facts": Call(30),
+    "ensure_network": _sets(60),
+    "set_hosts": _sets(30),
+    "publish": _sets(60),
+    "busy_ports": Call(30),
+    "teardown_stack": _changes(300),
+    "discard_disks": _sets(120),
+    "probe": Call(60),  # a check's own timeout is at most 60 s (spec/schema.py)
+    "ensure_layer": _sets(900),  # may fetch a layer of some GB
+    "collect_layers": _sets(120),
+    "set_aside": _changes(60),
+}
+
+
+# The journal's action a mutating call is part of ("" outside one): set by the executor
+# around each action, read by the transport when it stamps the call.
+ACTION: ContextVar[str] = ContextVar("rackfire_action", default="")
+
+
+@dataclass(frozen=True, slots=True)
+class Stamp:
+    """What a mutating call carries: the epoch the caller knows the host by and the action
+    (of the journal) it carries out. Epochs rise when a host comes back after its lease
+    lapsed: a call meant for its earlier incarnation is refused there."""
+
+    epoch: int
+    action: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """A host's instances as it saw them: `done` calls that change instances had finished on
+    it (since its agent started, `boot`) before it looked, so these facts reflect them."""
+
+    boot: str
+    done: int
+    facts: tuple[InstanceFacts, ...]
+    stack: str | None = None  # None: every stack on the host
+
+
+class HostAgent(Protocol):
+    """The declared table of calls (CALLS) a host's agent serves."""
+
     def info(self) -> HostInfo: ...
     def observe(self, stack: str | None = None) -> list[InstanceFacts]: ...
     def create(self, req: InstanceRequest) -> None: ...
@@ -92,7 +166,6 @@ class Agent(Protocol):
     def stats(self, stack: str) -> list[InstanceStats]: ...
     def capacity(self) -> HostCapacity: ...
     def facts(self, interval: float = 5.0) -> HostFacts: ...
-    def exec(self, key: InstanceKey, argv: list[str], tty: bool) -> ExecHandle: ...
     def ensure_network(self, net: NetworkConfig) -> None: ...
     def set_hosts(self, stack: str, entries: list[tuple[str, list[str]]]) -> None: ...
     def publish(self, stack: str, ports: list[PublishedPort]) -> None: ...
@@ -103,16 +176,7 @@ class Agent(Protocol):
     # after a migration, or the target's when one is rolled back); refused while the
     # instance exists on this host.
     def discard_disks(self, key: InstanceKey) -> None: ...
-    def store_source(self, tarball: str) -> str: ...
-    def ensure_release(self, source_digest: str, image_digest: str) -> ImageSummary: ...
     def probe(self, key: InstanceKey, ip: str, health: HealthSpec) -> tuple[bool, str]: ...
-    def log_path(self, key: InstanceKey) -> str: ...
-    def ensure_image(self, spec: ImageSpec) -> ImageSummary: ...
-    def check_image(self, spec: ImageSpec) -> None: ...
-    def image(self, name: str) -> ImageSummary | None: ...
-    def images(self) -> list[ImageSummary]: ...
-    def remove_image(self, name: str) -> bool: ...
-    def import_image(self, name: str, tarball: str) -> ImageSummary: ...
     # The layer is on this host: present, or fetched from the controller and verified by
     # its digest; NotFound if neither.
     def ensure_layer(self, digest: str) -> None: ...
@@ -120,6 +184,22 @@ class Agent(Protocol):
     def collect_layers(self) -> list[str]: ...
     # Remove the stopped instance, keeping its disks as if received (for adopt_disks).
     def set_aside(self, key: InstanceKey) -> None: ...
+
+
+class ImageService(Protocol):
+    """Images, app sources and release builds: the server's own host's store, which joined
+    hosts fetch layers from (`ensure_layer`)."""
+
+    def store_source(self, tarball: str) -> str: ...
+    def ensure_release(self, source_digest: str, image_digest: str) -> ImageSummary: ...
+    def ensure_image(self, spec: ImageSpec) -> ImageSummary: ...
+    def check_image(self, spec: ImageSpec) -> None: ...
+    def image(self, name: str) -> ImageSummary | None: ...
+    def images(self) -> list[ImageSummary]: ...
+    def remove_image(self, name: str) -> bool: ...
+    def import_image(self, name: str, tarball: str) -> ImageSummary: ...
+    # A layer of the store as a tar stream; NotFound, before any byte, if it is not there.
+    def layer_stream(self, digest: str) -> Iterator[bytes]: ...
 
 
 class DiskMover(Protocol):
@@ -134,10 +214,6 @@ class DiskMover(Protocol):
     def receive_disks(self, key: InstanceKey, chunks: Iterable[bytes]) -> None: ...
 
 
-class HostAgent(Agent, DiskMover, Protocol):
-    """A whole host's agent, the server's own or a joined one's: every call, and disks."""
-
-
 @dataclass(frozen=True, slots=True)
 class LogStream:
     """An instance's console log as its host streams it: its last lines first (`history`
@@ -150,7 +226,7 @@ class LogStream:
 
 
 class ExecStream(Protocol):
-    """A command in an instance on another host, as the frames of the exec websocket
+    """A command in an instance on its host, as the frames of the exec websocket
     (streaming.py's protocol), to be relayed as they are."""
 
     # A connection the host already closed takes nothing more: receive() says it ended.
@@ -162,8 +238,9 @@ class ExecStream(Protocol):
 
 
 class StreamSource(Protocol):
-    """A joined host's logs and exec, streamed to the controller: a log path or a local
-    process handle would mean nothing on the controller's machine."""
+    """A host's logs and exec, streamed to the API, which relays them: the same for the
+    server's own host as for a joined one (a log path or a process handle would mean
+    nothing on another machine)."""
 
     # Refusals (no such instance there, host unreachable) are raised here, before any byte.
     async def log_stream(self, key: InstanceKey, tail: int, follow: bool) -> LogStream: ...
@@ -171,12 +248,12 @@ class StreamSource(Protocol):
     async def exec_stream(self, key: InstanceKey) -> ExecStream: ...
 
 
-class ServerHostAgent(HostAgent, Protocol):
-    """The server's own host's agent: its image store is where joined hosts fetch layers."""
+class HostLink(HostAgent, DiskMover, StreamSource, Protocol):
+    """A host as the controller holds it, whatever the transport: every call, disks, logs
+    and exec; its mutating calls stamped (the transport asks its `Stamp` source)."""
 
-    # A layer of the store as a tar stream; NotFound, before any byte, if it is not there.
-    def layer_stream(self, digest: str) -> Iterator[bytes]: ...
-
-
-class JoinedHostAgent(HostAgent, StreamSource, Protocol):
-    """A joined host's agent, seen from the server: every call, disks, logs and exec."""
+    # observe, with what the host had done when it looked (the observed cache keeps these).
+    def observed(self, stack: str | None = None) -> Observed: ...
+    # (boot, done) as the host's last answer to a mutating call said: an observation that
+    # reflects them is one with the same boot and at least this `done`.
+    def done(self) -> tuple[str, int]: ...

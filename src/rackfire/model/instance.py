@@ -114,6 +114,7 @@ class InstanceFacts:
     oom_killed: bool = False
     resources: Resources | None = None  # as it runs now (a live resize changes them)
     files_layout: str = ""  # digest of the rendered files' paths: a reload cannot add one
+    log: str = ""  # its console log's path, on this host (the agent streams it: `logs`)
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,7 @@ def plan_stack(
     now: float,
     unhealthy: Mapping[InstanceKey, str] | None = None,
     starting: Collection[InstanceKey] = (),
+    lost: Mapping[InstanceKey, str] | None = None,
 ) -> Plan:
     """`spec` is None when the stack is being destroyed. `unhealthy` are the running
     instances that fail their check (past the grace period), and why; `starting` those that
@@ -55,8 +56,11 @@ def plan_stack(
     that fails (held: a bad release stops at its first instance and stays stopped), and
     waits for one that is still starting."""
     unhealthy = unhealthy or {}
-    want = {d.key: d for d in desired if not d.surge}
-    have = {f.key: f for f in observed if f.key.stack == stack}
+    # Lost: on a host whose lease lapsed. Nothing is known of them, so nothing is done to
+    # them here; they are reported (restarting them elsewhere needs fencing: issue 15).
+    lost = {k: h for k, h in (lost or {}).items() if k.stack == stack}
+    want = {d.key: d for d in desired if not d.surge and d.key not in lost}
+    have = {f.key: f for f in observed if f.key.stack == stack and f.key not in lost}
     roles = {r.name: r for r in spec.roles} if spec else {}
     actions: list[Action] = []
 
@@ -132,7 +136,8 @@ def plan_stack(
                                 and have[a.key].state is not InstanceState.PARTIAL)
                else a for a in actions]
     actions.sort(key=lambda a: (EXECUTION_ORDER[a.kind], _role_order(a, roles)))
-    return Plan(stack, generation, tuple(actions))
+    return Plan(stack, generation, tuple(actions),
+                lost=tuple((str(k), h) for k, h in sorted(lost.items())))
 
 
 def _role_order(a: Action, roles: Mapping[str, RoleSpec]) -> int:

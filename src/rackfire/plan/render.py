@@ -16,6 +16,7 @@ from rackfire.errors import PrereqError
 from rackfire.model import templates
 from rackfire.model.instance import InstanceKey, InstanceRequest, NetworkConfig
 from rackfire.model.stack import LogLimits, RoleSpec, RuntimeKind, StackSpec, digest
+from rackfire.model.template_budget import Steps
 
 
 def spec_fields(role: RoleSpec, image_digest: str, runtime: RuntimeKind) -> dict[str, str]:
@@ -92,7 +93,7 @@ def render_stack(
                                if k in ready and k in ips]
                    for role in stack.roles}
     out: list[InstanceRequest] = []
-    steps = templates.Steps()
+    steps = Steps()
     for role in stack.roles:
         runtime = role.runtime or default_runtime
         env = app_env(role)
@@ -141,7 +142,7 @@ def render_stack(
 
 
 def _render_files(role: RoleSpec, ctx: dict[str, Any], shared: dict[str, tuple[str, int]],
-                  steps: templates.Steps) -> tuple[tuple[str, str], ...]:
+                  steps: Steps) -> tuple[tuple[str, str], ...]:
     """An instance's files, within the bounds of one file and of its disk. One that reads
     nothing of `instance` is the same for every instance of the role: it goes into `shared`,
     rendered once (a role of thousands each listing hundreds of peers renders in

@@ -11,20 +11,32 @@ reports in its host's facts.
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from rackfire.images.store import ImageInfo
-from rackfire.model.agent import ExecHandle, InstanceStats
+from rackfire.model.agent import InstanceStats
 from rackfire.model.instance import InstanceFacts, InstanceKey, InstanceRequest
 from rackfire.model.runtime import Capabilities
 from rackfire.model.stack import DEFAULT_STOP_TIMEOUT, RuntimeKind
 from rackfire.net import attach
 from rackfire.net.attach import Attachment
 
-__all__ = ["Attachment", "Capabilities", "DiskMover", "Layer", "RootFs", "Runtime", "inputs"]
+__all__ = ["Attachment", "Capabilities", "DiskMover", "ExecHandle", "Layer", "RootFs", "Runtime",
+           "inputs"]
+
+
+@dataclass(slots=True)
+class ExecHandle:
+    """A command running inside an instance, on this host (the agent pumps its stdio:
+    agent/execsession.py). With a tty, `master` is the pty's master fd (stdin and output
+    both go through it); without, `proc` has stdin/stdout/stderr pipes."""
+
+    proc: subprocess.Popen[bytes]
+    master: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

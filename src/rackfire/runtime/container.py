@@ -16,26 +16,27 @@ Cold migration: `send_disks` streams a stopped instance's root disk and data dis
 Its inputs are neutral (runtime/base.py): the root's read-only layers as a `RootFs`, and a
 `VethAttachment` that net/attach.py wires (made sure of at each start, removed by
 `destroy`); this module only says when.
+
+The parts: runc.py runs runc (state, start, stop, live limits, exec); growdisks.py checks a
+resize and grows the disks, and mounts the data disk; diskmoves.py moves a cold migration's
+disks; the disks themselves are disks.py's, their mounts mounts.py's.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from rackfire.errors import ExecError, NotFound, PrereqError
-from rackfire.model.agent import ExecHandle, InstanceStats
+from rackfire.model.agent import InstanceStats
 from rackfire.model.instance import (
     InstanceFacts,
     InstanceKey,
@@ -43,13 +44,21 @@ from rackfire.model.instance import (
     InstanceState,
 )
 from rackfire.model.runtime import Capabilities, NetworkMode
-from rackfire.model.stack import DEFAULT_STOP_TIMEOUT, Resources, RuntimeKind
-from rackfire.model.units import format_size_approx
+from rackfire.model.stack import DEFAULT_STOP_TIMEOUT, RuntimeKind
 from rackfire.net import attach, names
 from rackfire.net.attach import Attachment, VethAttachment, expect_veth
-from rackfire.runtime import diskcopy, logwriter, mounts, runcstate, stats
-from rackfire.runtime.base import RootFs
-from rackfire.runtime.execproc import RuncExecProcess, start_on_pty
+from rackfire.runtime import (
+    diskcopy,
+    diskmoves,
+    disks,
+    growdisks,
+    logwriter,
+    mounts,
+    runcstate,
+    stats,
+)
+from rackfire.runtime.base import ExecHandle, RootFs
+from rackfire.runtime.growdisks import Grows
 from rackfire.runtime.layout import (
     InstanceDir,
     instance_dir,
@@ -64,7 +73,7 @@ from rackfire.runtime.layout import (
     write_config_layer,
     write_meta,
 )
-from rackfire.runtime.oci import CPU_PERIOD, oci_config
+from rackfire.runtime.oci import oci_config
 from rackfire.runtime.reload import (
     begin as begin_reload,
 )
@@ -75,19 +84,12 @@ from rackfire.runtime.reload import (
     unlink_beneath,
     write_beneath,
 )
+from rackfire.runtime.runc import Runc
 
 RUNC_ROOT = Path("/run/rackfire/runc")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # Mount points runc (or the image) owns: a data disk over one would hide it.
 _SYSTEM_PATHS = ("/proc", "/sys", "/dev", "/etc/hosts", "/etc/resolv.conf")
-
-
-@dataclass(frozen=True, slots=True)
-class Grows:
-    """How a resize grows the instance's disks."""
-
-    root: mounts.Grow
-    data: mounts.Grow = mounts.Grow.NONE
 
 
 class ContainerRuntime:
@@ -101,6 +103,7 @@ class ContainerRuntime:
         self.base = base
         self.host = host
         self.runc_root = runc_root
+        self.runc = Runc(runc_root)
         # Data disks: beside the instance dirs (`<data-dir>/volumes`), not inside them.
         self.volumes = volumes if volumes is not None else base.parent / "volumes"
         # Disks copied here from another host, to be adopted (`<data-dir>/incoming`).
@@ -131,7 +134,7 @@ class ContainerRuntime:
             if d.root.exists():
                 self.destroy(req.key)  # a half-made earlier try: start clean
             write_meta(d, req, phase="creating")  # intent first: a crash from here is PARTIAL
-            mounts.make_disk(d.disk_image, req.resources.disk)
+            disks.make_disk(d.disk_image, req.resources.disk)
         write_config_layer(d.config, req.files, req.key.name)
         self._start(d, req, rootfs, veth)
         update_meta(d, phase="created")
@@ -142,7 +145,7 @@ class ContainerRuntime:
         _app_layer(req, rootfs, self.host)
         veth = expect_veth(net, self.kind)
         d = instance_dir(self.base, req.key)
-        self._stop(req.key, req.stop_timeout)
+        self.runc.stop(req.key.id, req.stop_timeout)
         mounts.unmount(d.rootfs)  # the lower layer may not change under a mounted overlay
         mounts.mount_disk(d.disk_image, d.disk)
         old = (read_meta(d) or {}).get("files", ())
@@ -156,12 +159,12 @@ class ContainerRuntime:
     def restart(self, req: InstanceRequest, rootfs: RootFs, net: Attachment) -> None:
         _app_layer(req, rootfs, self.host)
         veth = expect_veth(net, self.kind)
-        self._stop(req.key, req.stop_timeout)
+        self.runc.stop(req.key.id, req.stop_timeout)
         self._start(instance_dir(self.base, req.key), req, rootfs, veth)
 
     def destroy(self, key: InstanceKey, stop_timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         d = instance_dir(self.base, key)
-        self._stop(key, timeout=stop_timeout)
+        self.runc.stop(key.id, timeout=stop_timeout)
         with self._disk_lock(key):
             mounts.unmount(d.rootfs)
             mounts.unmount(d.disk)
@@ -195,9 +198,9 @@ class ContainerRuntime:
                 unlink_beneath(d.disk / "upper", path)
                 write_beneath(d.config, path, content, mode)
         update_meta(d, config_hash=req.config_hash, files_layout=req.files_layout)
-        if self._state(req.key.id) != "running":
+        if self.runc.state(req.key.id) != "running":
             return  # it reads the new files when it starts
-        trigger(d, meta, req, sig, lambda s: self._runc("kill", req.key.id, str(int(s))),
+        trigger(d, meta, req, sig, lambda s: self.runc.call("kill", req.key.id, str(int(s))),
                 lambda argv: self.exec(req.key, argv, tty=False))
 
     def volume(self, key: InstanceKey) -> Path:
@@ -213,18 +216,8 @@ class ContainerRuntime:
         if meta is None or meta.get("runtime") != self.kind.value or not d.disk_image.exists():
             raise NotFound(f"instance {key} has no disks on host {self.host}")
         with self._disk_lock(key):
-            self._release_disks(key, d, "copied")
+            diskmoves.release(self.runc, key, d, self.host, "copied")
             return diskcopy.read_disks(d, self.volume(key))
-
-    def _release_disks(self, key: InstanceKey, d: InstanceDir, what: str) -> None:
-        """Unmount a stopped instance's overlay and disks (which writes back what the kernel
-        still holds of them); refused while it runs."""
-        state = self._state(key.id)
-        if state not in (None, "stopped"):
-            raise PrereqError(f"instance {key} is {state} on host {self.host}: its disks are "
-                              f"{what} only while it is stopped", hint="stop it first")
-        for path in (d.rootfs, d.disk, d.data):
-            mounts.unmount(path)
 
     def set_aside(self, key: InstanceKey) -> None:
         """Remove the stopped instance but keep its disks in `<incoming>/<id>/`, as if
@@ -232,25 +225,9 @@ class ContainerRuntime:
         copied; repeatable after a crash at any point (a disk already moved into the staging
         dir stays there)."""
         d = instance_dir(self.base, key)
-        final = self.incoming / key.id
-        staging = diskcopy.staging_dir(final)
         with self._disk_lock(key):
-            self._release_disks(key, d, "set aside")
-            if d.disk_image.exists() or staging.is_dir():
-                staging.mkdir(parents=True, exist_ok=True)
-                disks: dict[str, object] = {}
-                for src, name in ((d.disk_image, diskcopy.ROOT_DISK),
-                                  (self.volume(key), diskcopy.DATA_DISK)):
-                    if src.exists():
-                        os.replace(src, staging / name)
-                    if (staging / name).exists():
-                        disks[name] = {"size": (staging / name).stat().st_size}
-                (staging / diskcopy.MANIFEST).write_text(json.dumps({"id": key.id,
-                                                                      "disks": disks}))
-                diskcopy.fsync_path(staging)
-                shutil.rmtree(final, ignore_errors=True)
-                os.rename(staging, final)
-                diskcopy.fsync_path(final.parent)
+            diskmoves.release(self.runc, key, d, self.host, "set aside")
+            diskmoves.set_aside(d, key, self.volume(key), self.incoming / key.id)
         self.destroy(key)
 
     def _adopt_disks(self, d: InstanceDir, req: InstanceRequest) -> None:
@@ -261,11 +238,10 @@ class ContainerRuntime:
         rename, so a retried create of the same action carries on with what it moved already
         rather than starting clean, which would delete it."""
         arrived = self.incoming / req.key.id
-        staged = d.root / "adopting"
         meta = read_meta(d)
         if meta is not None and meta.get("adopted") == req.action_id:
             # The same create again: its disks stay; what it had started goes.
-            self._stop(req.key, req.stop_timeout)
+            self.runc.stop(req.key.id, req.stop_timeout)
             for path in (d.rootfs, d.disk, d.data):
                 mounts.unmount(path)
         else:
@@ -275,99 +251,30 @@ class ContainerRuntime:
             if d.root.exists():
                 self.destroy(req.key)  # an earlier instance or try: these disks replace it
             write_meta(d, req, phase="creating", adopted=req.action_id)
-        if arrived.is_dir():  # (again, on a retry: a copy sent again is the newer one)
-            shutil.rmtree(staged, ignore_errors=True)
-            os.rename(arrived, staged)
-            diskcopy.fsync_path(arrived.parent)
-        if staged.is_dir():
-            self._place_disks(d, req, staged)
-        if not d.disk_image.is_file():
-            raise NotFound(f"the disks of {req.key} have not arrived on host {self.host}")
-        # As a reconfigure does: copies of rendered files in the upper dir (written by a
-        # reload on the source) would hide the config layer this create writes.
-        mounts.mount_disk(d.disk_image, d.disk)
-        for file in rendered_paths(req):
-            unlink_beneath(d.disk / "upper", file)
-
-    def _place_disks(self, d: InstanceDir, req: InstanceRequest, staged: Path) -> None:
-        manifest = json.loads((staged / diskcopy.MANIFEST).read_text())
-        root, data = staged / diskcopy.ROOT_DISK, staged / diskcopy.DATA_DISK
-        if root.exists():
-            os.replace(root, d.disk_image)
-        volume = self.volume(req.key)
-        if data.exists():
-            # Moved even if the role has no data disk now: as on the source, it is kept.
-            if volume.exists():
-                diskcopy.check_unused(volume)
-            volume.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(data, volume)
-            diskcopy.fsync_path(volume.parent)
-        elif diskcopy.DATA_DISK not in manifest["disks"]:
-            # It had none on the source: one left here from an earlier time is not its.
-            if volume.exists():
-                diskcopy.check_unused(volume)
-            volume.unlink(missing_ok=True)
-        shutil.rmtree(staged)
-        diskcopy.fsync_path(d.root)
+        diskmoves.adopt(d, req, arrived, self.volume(req.key), self.host)
 
     def stop(self, key: InstanceKey, stop_timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         # Only the container (and its cgroup) goes: disk, overlay, config layer and netns
         # stay, so restart() starts it again on the same data and IP.
-        self._stop(key, timeout=stop_timeout)
+        self.runc.stop(key.id, timeout=stop_timeout)
 
     def check_resize(self, req: InstanceRequest) -> Grows:
         with self._disk_lock(req.key):
-            return self._check_resize(req)
-
-    def _check_resize(self, req: InstanceRequest) -> Grows:
-        """Refuse, before any change, a resize this instance cannot take live; else say how
-        its disks would grow."""
-        d = instance_dir(self.base, req.key)
-        meta = read_meta(d)
-        if meta is None or not d.disk_image.exists():
-            raise NotFound(f"instance {req.key} does not exist on host {self.host}")
-        new, old = req.resources, resources_of(meta)
-        # The disk is measured mounted (a stopped instance's stays mounted anyway).
-        mounts.mount_disk(d.disk_image, d.disk)
-        grows = Grows(mounts.plan_grow(d.disk_image, d.disk, new.disk,  # refuses a shrink
-                                       old.disk if old is not None else None))
-        volume = self.volume(req.key)
-        if req.data is not None and volume.exists():
-            # Grown as the root disk is. (A data disk it has none of yet comes with its
-            # next start.)
-            mounts.mount_disk(volume, d.data)
-            applied = (meta.get("data") or {}).get("size")
-            grows = Grows(grows.root, mounts.plan_grow(volume, d.data, req.data.size, applied))
-        if self._state(req.key.id) in (None, "stopped"):
-            return grows
-        resizing = [name for name, g in (("disk", grows.root), ("data disk", grows.data))
-                    if g is mounts.Grow.RESIZE]
-        if resizing and not mounts.can_grow_online():
-            raise PrereqError(
-                f"{req.key}: its {' and '.join(resizing)} cannot grow this far while it runs: "
-                "past its headroom the ext4 filesystem itself must grow, and this host's root "
-                "lacks CAP_SYS_RESOURCE, which growing a mounted ext4 needs",
-                hint="stop the instance and start it again: a stopped disk grows offline")
-        used, _ = stats.cgroup_memory(req.key.id)
-        if new.memory is not None and used is not None and used > new.memory:
-            raise PrereqError(
-                f"{req.key} uses {format_size_approx(used)} of memory now: a "
-                f"{format_size_approx(new.memory)} limit would not hold (there is no swap)",
-                hint="choose a larger limit, or restart the instance with the smaller one")
-        return grows
+            return growdisks.check_resize(instance_dir(self.base, req.key), req,
+                                          self.volume(req.key), self.host, self.runc)
 
     def resize(self, req: InstanceRequest) -> None:
         grows = self.check_resize(req)
         d = instance_dir(self.base, req.key)
         new, old = req.resources, resources_of(read_meta(d) or {})
-        live = self._state(req.key.id) not in (None, "stopped")
+        live = self.runc.state(req.key.id) not in (None, "stopped")
         if live:  # a stopped one gets the new limits from config.json when it starts
-            self._update_limits(req.key, new, old)
-        if grows.root is not mounts.Grow.NONE:
-            self._grow_disk(d.disk_image, d.disk, new.disk, grows.root, holders=(d.rootfs,))
+            self.runc.update_limits(req.key, new, old)
+        if grows.root is not disks.Grow.NONE:
+            growdisks.grow_disk(d.disk_image, d.disk, new.disk, grows.root, holders=(d.rootfs,))
         changes: dict[str, Any] = {}
-        if req.data is not None and grows.data is not mounts.Grow.NONE:
-            self._grow_disk(self.volume(req.key), d.data, req.data.size, grows.data)
+        if req.data is not None and grows.data is not disks.Grow.NONE:
+            growdisks.grow_disk(self.volume(req.key), d.data, req.data.size, grows.data)
             changes["data"] = asdict(req.data)
         logwriter.write_limits(d.log, req.logs)  # its writer takes them within a second
         update_meta(d, resources=asdict(new), spec_hash=req.spec_hash,
@@ -419,25 +326,13 @@ class ContainerRuntime:
         return instance_dir(self.base, key).log
 
     def exec(self, key: InstanceKey, argv: list[str], tty: bool) -> ExecHandle:
-        """`runc exec` in the foreground: it takes env, cwd, user, capabilities and rlimits
-        from the bundle's config.json (the running command's), and passes the command's
-        exit status on. With a tty, runc's own stdio is our pty: `runc exec -t` makes a pty
-        inside the container (a controlling terminal, so job control and Ctrl-C work),
-        copies between the two, and resizes the inner one on SIGWINCH. (--console-socket
-        would need --detach, which loses the exit status.)"""
+        """A command in the running instance (runc.py: `Runc.exec`)."""
         if read_meta(instance_dir(self.base, key)) is None:
             raise NotFound(f"no instance {key}", hint="`rackfire ps` lists the instances")
-        if self._state(key.id) != "running":
+        if self.runc.state(key.id) != "running":
             raise PrereqError(f"instance {key} is not running",
                               hint=f"`rackfire ps {key.stack}` shows its state")
-        args = ["runc", "--root", str(self.runc_root), "exec", "--cwd", "/"]
-        if not tty:
-            return ExecHandle(RuncExecProcess(
-                [*args, "--", key.id, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, start_new_session=True))
-        return start_on_pty(lambda pty: RuncExecProcess(
-            [*args, "--tty", "--env", "TERM=xterm", "--", key.id, *argv],
-            stdin=pty, stdout=pty, stderr=pty, start_new_session=True), raw=True)
+        return self.runc.exec(key.id, argv, tty)
 
     # parts ------------------------------------------------------------------------------
 
@@ -447,7 +342,7 @@ class ContainerRuntime:
         # netns) is empty and its disks unmounted. Each step keeps what is already intact.
         _app_layer(req, rootfs, self.host)
         mounts.mount_disk(d.disk_image, d.disk)
-        data = self._ensure_data(d, req)
+        data = growdisks.mount_data(d, req, self.volume(req.key))
         attach.ensure(net)
         upper, work = d.disk / "upper", d.disk / "work"
         if (read_meta(d) or {}).get("app", "") != req.app_digest:
@@ -459,18 +354,15 @@ class ContainerRuntime:
         config = oci_config(req, rootfs.host_binds, rootfs.hosts_file, net.netns_path,
                             d.data if data else None)
         (d.bundle / "config.json").write_text(json.dumps(config))
-        if (self.runc_root / req.key.id).exists():  # a stopped leftover
-            self._runc("delete", "--force", req.key.id, check=False)
+        if self.runc.has(req.key.id):  # a stopped leftover
+            self.runc.call("delete", "--force", req.key.id, check=False)
         # The container inherits runc's stdio: pipes to its own log writer, which stamps
         # and rotates the console log and outlives this server (runtime/logwriter.py).
         # runc's own errors go there too.
         writer = logwriter.start(d.log, req.logs,
                                  f"--- rackfire: starting {req.key} at {time.ctime()}")
         try:
-            proc = subprocess.run(
-                ["runc", "--root", str(self.runc_root), "run", "--detach",
-                 "--bundle", str(d.bundle), "--", req.key.id],
-                stdin=subprocess.DEVNULL, stdout=writer.stdout, stderr=writer.stderr, check=False)
+            proc = self.runc.run_detached(req.key.id, d.bundle, writer.stdout, writer.stderr)
         finally:
             writer.close()
         if proc.returncode != 0:
@@ -479,95 +371,6 @@ class ContainerRuntime:
                             hint=f"see {d.log}")
         update_meta(d, started_at=time.time())
         attach.announce(net)
-
-    def _stop(self, key: InstanceKey, timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
-        """SIGTERM, then SIGKILL after `timeout`; then remove the container (and cgroup)."""
-        state, pid = self._state_pid(key.id)
-        if state is None:
-            return
-        if state == "running":
-            # PID 1 of a pid namespace never gets a signal it has no handler for: when the
-            # command does not catch SIGTERM, waiting for it to act on one is pure delay.
-            if pid is not None and not _catches_sigterm(pid):
-                timeout = 0.0
-            self._runc("kill", key.id, "TERM", check=False)
-            deadline = time.monotonic() + timeout
-            while self._state(key.id) == "running" and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if self._state(key.id) == "running":
-                self._runc("kill", "--all", key.id, "KILL", check=False)
-                deadline = time.monotonic() + 5
-                while self._state(key.id) == "running" and time.monotonic() < deadline:
-                    time.sleep(0.02)
-        self._runc("delete", "--force", key.id, check=False)
-
-    def _update_limits(self, key: InstanceKey, new: Resources, old: Resources | None) -> None:
-        proc = self._runc("update", *_update_args(new), key.id, check=False)
-        if proc.returncode == 0:
-            return
-        # runc writes memory, then cpu, then pids, and stops at the first the kernel refuses
-        # (its own roll-back re-applies the new values): put back what may have taken.
-        if old is not None:
-            self._runc("update", *_update_args(old), key.id, check=False)
-        why = _runc_error(proc.stderr)
-        hint = ("the kernel refuses a memory limit below what the instance uses now (it "
-                "cannot swap); give it more, or stop and start it to run under the new limit"
-                if "memory" in why else "")
-        raise ExecError(f"cannot resize {key} live (its limits are unchanged): {why}",
-                        hint=hint)
-
-    def _ensure_data(self, d: InstanceDir, req: InstanceRequest) -> bool:
-        """Mount the instance's data disk at `d.data`, made if missing, else reused as it is
-        (grown if `req` asks for more). False if it has none."""
-        if req.data is None:
-            mounts.unmount(d.data)  # dropped from the role: its disk stays in `volumes`
-            return False
-        volume = self.volume(req.key)
-        if not volume.exists():
-            volume.parent.mkdir(parents=True, exist_ok=True)
-            new = volume.with_name(volume.name + ".new")
-            mounts.make_disk(new, req.data.size)
-            os.replace(new, volume)  # whole: a crash in mkfs leaves no half disk to reuse
-        mounts.mount_disk(volume, d.data)
-        try:
-            grow = mounts.plan_grow(volume, d.data, req.data.size, None)
-        except PrereqError:
-            grow = mounts.Grow.NONE  # larger than asked: a disk never shrinks, data stays
-        if grow is not mounts.Grow.NONE:
-            self._grow_disk(volume, d.data, req.data.size, grow)
-        return True
-
-    def _grow_disk(self, image: Path, target: Path, size: int, grow: mounts.Grow,
-                   holders: tuple[Path, ...] = ()) -> None:
-        """Grow the disk `image` mounted at `target`; `holders` are mounts on top of it."""
-        if grow is mounts.Grow.RESIZE:
-            if mounts.mounted(target) and mounts.can_grow_online():
-                mounts.grow_online(image, target, size)
-            else:
-                # Not running (resize checked): nothing uses the disk; _start mounts it again.
-                for path in (*holders, target):
-                    mounts.unmount(path)
-                mounts.grow_offline(image, size)
-        if mounts.has_headroom(image):
-            # Within the (new) ceiling: the reservation is set on the mounted fs, at once.
-            mounts.mount_disk(image, target)
-            mounts.grant(image, target, size)
-
-    def _state(self, cid: str) -> str | None:
-        return self._state_pid(cid)[0]
-
-    def _state_pid(self, cid: str) -> tuple[str | None, int | None]:
-        c = runcstate.container(self.runc_root, cid)
-        return (c.status, c.pid) if c else (None, None)
-
-    def _runc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        # Only for commands that start no container: those may use pipes safely.
-        proc = subprocess.run(["runc", "--root", str(self.runc_root), *args],
-                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              check=False)
-        if check and proc.returncode != 0:
-            raise ExecError(f"runc {args[0]} failed: {proc.stderr.strip()}")
-        return proc
 
 
 def check_paths(files: tuple[tuple[str, str], ...], rootfs: RootFs) -> None:
@@ -619,23 +422,6 @@ def _app_layer(req: InstanceRequest, rootfs: RootFs, host: str) -> None:
                        hint="the release is built before its instances are created")
 
 
-def _update_args(r: Resources) -> list[str]:
-    """`runc update` flags for every limit: -1 lifts one (0 would leave it unchanged)."""
-    memory = str(r.memory) if r.memory is not None else "-1"
-    quota = str(int(r.cpu * CPU_PERIOD)) if r.cpu is not None else "-1"
-    pids = str(r.pids) if r.pids is not None else "-1"
-    # swap == memory: no swap, so the limit stays a hard one (as oci_config sets it).
-    return ["--memory", memory, "--memory-swap", memory, "--cpu-quota", quota,
-            "--cpu-period", str(CPU_PERIOD), "--pids-limit", pids]
-
-
-def _runc_error(stderr: str) -> str:
-    """The messages of runc's `level=error msg="..."` log lines, else its whole stderr."""
-    msgs = [m.group(1).replace('\\"', '"') for line in stderr.splitlines()
-            if "level=error" in line and (m := re.search(r'msg="((?:[^"\\]|\\.)*)"', line))]
-    return "; ".join(msgs) or stderr.strip() or "runc update failed"
-
-
 def _stats_of(key: InstanceKey, d: InstanceDir, cpu: float | None) -> InstanceStats:
     disk_used, disk_limit = (stats.fs_usage(d.disk) if mounts.mounted(d.disk)
                              else (None, None))
@@ -658,16 +444,6 @@ def _oom_killed(key: InstanceKey) -> bool:
     except (OSError, ValueError):
         pass
     return False
-
-
-def _catches_sigterm(pid: int) -> bool:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("SigCgt:"):
-                return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
-    except (OSError, ValueError):
-        pass
-    return True  # unknown: be patient
 
 
 def ensure_dirs() -> None:

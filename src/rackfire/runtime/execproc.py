@@ -16,7 +16,7 @@ import tty
 from collections.abc import Callable
 from pathlib import Path
 
-from rackfire.model.agent import ExecHandle
+from rackfire.runtime.base import ExecHandle
 
 
 class ExecProcess(subprocess.Popen[bytes]):

@@ -32,12 +32,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rackfire.errors import ExecError, NotFound, PrereqError, RackfireError
-from rackfire.model.agent import ExecHandle, InstanceStats
+from rackfire.model.agent import InstanceStats
 from rackfire.model.instance import InstanceFacts, InstanceKey, InstanceRequest, InstanceState
 from rackfire.model.runtime import Capabilities, Need, describe, missing
 from rackfire.model.stack import DEFAULT_STOP_TIMEOUT, RuntimeKind
 from rackfire.net.attach import Attachment
-from rackfire.runtime.base import RootFs
+from rackfire.runtime.base import ExecHandle, RootFs
 from rackfire.runtime.layout import (
     InstanceDir,
     instance_dir,

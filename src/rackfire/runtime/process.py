@@ -17,13 +17,13 @@ from functools import partial
 from pathlib import Path
 
 from rackfire.errors import ExecError, NotFound, PrereqError
-from rackfire.model.agent import ExecHandle, InstanceStats
+from rackfire.model.agent import InstanceStats
 from rackfire.model.instance import InstanceFacts, InstanceKey, InstanceRequest, InstanceState
 from rackfire.model.runtime import Capabilities, NetworkMode
 from rackfire.model.stack import DEFAULT_STOP_TIMEOUT, RuntimeKind
 from rackfire.net.attach import Attachment
 from rackfire.runtime import logwriter, stats
-from rackfire.runtime.base import RootFs
+from rackfire.runtime.base import ExecHandle, RootFs
 from rackfire.runtime.execproc import ExecProcess, start_on_pty
 from rackfire.runtime.layout import (
     InstanceDir,

@@ -18,8 +18,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from rackfire.errors import ExecError, NotFound, PrereqError, RackfireError
-from rackfire.model.agent import ExecHandle
 from rackfire.model.instance import InstanceRequest
+from rackfire.runtime.base import ExecHandle
 from rackfire.runtime.layout import InstanceDir, rendered_paths, update_meta
 
 RELOAD_TIMEOUT = 30.0  # seconds a reload command may take

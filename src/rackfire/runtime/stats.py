@@ -85,7 +85,7 @@ def cgroup_exists(instance_id: str) -> bool:
 def fs_usage(path: Path) -> tuple[int, int]:
     """(used, limit) in bytes of the filesystem mounted at `path`, as its users without
     CAP_SYS_RESOURCE see it: the limit leaves out what statvfs leaves out of f_bavail, i.e.
-    the reserved blocks (an instance disk's headroom, see runtime/mounts.py) and the few
+    the reserved blocks (an instance disk's headroom, see runtime/disks.py) and the few
     ext4 keeps for itself, so `limit - used` is what can still be written."""
     st = os.statvfs(path)
     used = st.f_blocks - st.f_bfree

@@ -1,6 +1,9 @@
 """Validated stack file models -> the frozen dataclasses of rackfire.model.stack.
 
-Pure apart from making tarball paths absolute. Keys left out of the file are left out here
+Pure apart from path arithmetic: given the stack file's directory (the CLI), the file's
+paths (`app:` dirs, tarballs) are made absolute against it; without one (the server, which
+reads no path of a client's) they are kept as the file writes them, labels for people.
+Keys left out of the file are left out here
 too, so defaults live in one place: the dataclasses. Roles and images keep file order; env
 and files are sorted by key so that equal stacks compare (and digest) equal.
 """
@@ -38,7 +41,7 @@ from rackfire.spec.schema import (
 )
 
 
-def to_stack_spec(model: StackModel, base_dir: Path) -> StackSpec:
+def to_stack_spec(model: StackModel, base_dir: Path | None) -> StackSpec:
     return StackSpec(
         name=model.stack,
         images=tuple(_image(name, image, base_dir) for name, image in model.images.items()),
@@ -50,14 +53,18 @@ def _given(**values: Any) -> dict[str, Any]:
     return {key: value for key, value in values.items() if value is not None}
 
 
-def _image(name: str, m: ImageModel, base_dir: Path) -> ImageSpec:
-    path = os.path.abspath(os.path.join(base_dir, m.path)) if m.path else None
+def _resolved(path: str, base_dir: Path | None) -> str:
+    return path if base_dir is None else os.path.abspath(os.path.join(base_dir, path))
+
+
+def _image(name: str, m: ImageModel, base_dir: Path | None) -> ImageSpec:
+    path = _resolved(m.path, base_dir) if m.path else None
     packages = tuple(m.packages) if m.packages is not None else None
     return ImageSpec(name=name, source=m.source,
                      **_given(suite=m.suite, packages=packages, mirror=m.mirror, path=path))
 
 
-def _role(name: str, m: RoleModel, base_dir: Path) -> RoleSpec:
+def _role(name: str, m: RoleModel, base_dir: Path | None) -> RoleSpec:
     return RoleSpec(
         name=name,
         image=m.image,
@@ -74,8 +81,8 @@ def _role(name: str, m: RoleModel, base_dir: Path) -> RoleSpec:
         update=_update(m.update),
         reload=_reload(m.reload),
         data=DataDisk(m.data.path, m.data.size) if m.data else None,
-        # The CLI uploads the dir and fills in its digest (api: StackSource.sources).
-        app=AppSource(os.path.abspath(os.path.join(base_dir, m.app))) if m.app else None,
+        # The CLI uploads the dir; the server fills in its digest (api: StackSource.sources).
+        app=AppSource(_resolved(m.app, base_dir)) if m.app else None,
         logs=_logs(m.logs),
         **_given(stop_timeout=m.stop_timeout),
     )

@@ -12,6 +12,7 @@ from rackfire.errors import SpecProblem
 from rackfire.model import templates
 from rackfire.model.instance import InstanceKey
 from rackfire.model.stack import Resources
+from rackfire.model.template_budget import Steps
 from rackfire.spec.schema import StackModel, normalize_file_path
 from rackfire.spec.yamltree import Document, Path, format_path
 
@@ -84,7 +85,7 @@ def _check_renders(model: StackModel, doc: Document) -> list[SpecProblem]:
             peers[name].append(templates.peer(InstanceKey(model.stack, name, i).name,
                                               f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}", i))
     problems = []
-    steps = templates.Steps()  # the stack's budget, as at plan: not a million steps a file
+    steps = Steps()  # the stack's budget, as at plan: not a million steps a file
     for name, role in model.roles.items():
         if not role.count or not role.files:
             continue

@@ -63,8 +63,9 @@ def load_stack_file(path: str | Path) -> StackSpec:
 
 
 def load_stack_text(text: str, filename: str, base_dir: Path | None = None) -> StackSpec:
-    """Load a stack file's text; `filename` is for messages, `base_dir` (default: the
-    current directory) anchors relative paths."""
+    """Load a stack file's text; `filename` is for messages, `base_dir` anchors relative
+    paths. Without it (the server's case) paths stay as the file writes them: the server
+    never resolves a client's path, it is sent what they name (api: StackSource)."""
     # Characters are at most as many as bytes: encode only a text that may be under.
     if len(text) > MAX_STACK_FILE or len(text.encode()) > MAX_STACK_FILE:
         raise _too_large(filename)
@@ -79,7 +80,7 @@ def load_stack_text(text: str, filename: str, base_dir: Path | None = None) -> S
     problems += crosscheck(model, doc)
     if problems:
         raise SpecError(_sorted(problems))
-    return to_stack_spec(model, base_dir if base_dir is not None else Path.cwd())
+    return to_stack_spec(model, base_dir)
 
 
 def stack_json_schema() -> dict[str, Any]:

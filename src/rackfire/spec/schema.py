@@ -40,7 +40,7 @@ from rackfire.model.stack import (
     PortMap,
     RuntimeKind,
 )
-from rackfire.model.templates import forbidden_message, forbidden_tag
+from rackfire.model.template_sandbox import forbidden_message, forbidden_tag
 from rackfire.model.units import format_size, parse_duration, parse_size
 
 MiB = 1024 * 1024

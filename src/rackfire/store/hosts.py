@@ -38,6 +38,9 @@ class HostRecord:
     last_seen: float
     address: str = ""  # host:port of its agent's API, as it reported
     agent_key: str = ""  # what the controller presents to it
+    # Its incarnation: rises each time it heartbeats again after its lease lapsed. A
+    # mutating call carries it; the agent refuses one older than it knows.
+    epoch: int = 1
 
 
 def _hash(secret: str) -> str:
@@ -109,13 +112,26 @@ class HostRegistry:
         return str(rows[0]["name"])
 
     def heartbeat(self, name: str, labels: dict[str, str], facts: HostFacts,
-                  address: str = "") -> None:
+                  address: str = "", lease: float = float("inf")) -> tuple[int, bool]:
+        """Renew the host's lease; its epoch, and whether it rose: the lease (seconds since
+        the last heartbeat) had lapsed, so this is the host coming back."""
         if address and not re.fullmatch(r"[0-9A-Za-z.:\[\]-]{1,100}:\d{1,5}", address):
             raise PrereqError(f"invalid agent address {address!r}", hint="HOST:PORT")
+        now = time.time()
         with self.store.tx() as db:
-            db.execute("UPDATE hosts SET labels=?, facts=?, last_seen=?, address=? WHERE "
-                       "name=?", (json.dumps(check_labels(labels)),
-                                  json.dumps(facts.to_json()), time.time(), address, name))
+            row = db.execute("SELECT last_seen, epoch FROM hosts WHERE name=?",
+                             (name,)).fetchone()
+            lapsed = row is not None and now - row["last_seen"] > lease
+            epoch = (row["epoch"] if row is not None else 1) + lapsed
+            db.execute("UPDATE hosts SET labels=?, facts=?, last_seen=?, address=?, epoch=? "
+                       "WHERE name=?", (json.dumps(check_labels(labels)),
+                                        json.dumps(facts.to_json()), now, address, epoch, name))
+        return epoch, lapsed
+
+    def epoch(self, name: str) -> int:
+        """The host's epoch now (0 if it is not known: every call to it is refused there)."""
+        rows = self._rows("SELECT epoch FROM hosts WHERE name=?", name)
+        return int(rows[0]["epoch"]) if rows else 0
 
     def set_state(self, name: str, state: HostState) -> None:
         with self.store.tx() as db:
@@ -131,7 +147,8 @@ class HostRegistry:
     def hosts(self) -> list[HostRecord]:
         return [HostRecord(r["name"], tuple((k, v) for k, v in json.loads(r["labels"])),
                            HostFacts.from_json(json.loads(r["facts"])), HostState(r["state"]),
-                           r["joined"], r["last_seen"], r["address"], r["agent_key"])
+                           r["joined"], r["last_seen"], r["address"], r["agent_key"],
+                           r["epoch"])
                 for r in self._rows("SELECT * FROM hosts ORDER BY name")]
 
     def _rows(self, sql: str, *args: Any) -> list[Any]:
