@@ -12,6 +12,7 @@ OOM-killed or half-made; up to two extra instances past the count."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ from hypothesis import strategies as st
 from tests.harness import Crash, Harness, Run, harness
 
 from rackfire.control.fleet import BEAT
-from rackfire.errors import Conflict
+from rackfire.errors import Conflict, SpecError
 from rackfire.model.instance import InstanceKey, InstanceRequest
 from rackfire.model.stack import (
     DataDisk,
@@ -37,6 +38,7 @@ from rackfire.model.stack import (
     UpdatePolicy,
 )
 from rackfire.plan.render import role_keys
+from rackfire.spec import load_stack_text
 
 STACK = "s"
 ROLES = ("db", "app", "lb")
@@ -89,7 +91,7 @@ def roles(draw: st.DrawFn, index: int, names: tuple[str, ...]) -> RoleSpec:
     reload = None
     if draw(st.booleans()):  # a file that lists who is ready: re-rendered as that changes
         reload = ReloadSpec(signal="HUP") if draw(st.booleans()) else None
-        # Its own role's only with a reload: test_own_ready_peers_without_reload_settle
+        # Its own role's only with a reload: test_own_ready_peers_without_reload_are_refused
         peers = uses[0] if uses else name if reload else None
         if peers:
             files = ((PEERS, peers_file(peers)),)
@@ -256,12 +258,22 @@ def test_a_crash_between_any_two_writes_converges_without_duplicates(
             h.close()  # the restarted one (closing twice is harmless)
 
 
-@pytest.mark.xfail(strict=True, reason="a role whose files list its own ready instances and "
-                   "that cannot reload is reconfigured forever: each reconfigure restarts the "
-                   "instance, which leaves the ready set, which changes its file again")
-def test_own_ready_peers_without_reload_settle() -> None:
-    db = RoleSpec("db", "base", 1, ("serve", "db"), resources=Resources(memory=MEMORY),
-                  files=((PEERS, peers_file("db")),),
+def test_own_ready_peers_without_reload_are_refused() -> None:
+    """A role with a check whose files list its own ready instances never settles if it
+    cannot reload: each reconfigure restarts an instance, which leaves the ready set, which
+    changes its peers' files (and its own), and they restart in turn. Such a stack file is
+    refused (tests/unit/test_spec.py says where), so `roles()` never draws one; with a
+    reload, the same role settles."""
+    with pytest.raises(SpecError) as info:
+        load_stack_text(
+            f"stack: {STACK}\nroles:\n  db:\n    image: base\n    command: [serve, db]\n"
+            f"    count: 2\n    health: {{tcp: 80}}\n    files:\n"
+            f"      {PEERS}: {json.dumps(peers_file('db'))}\n", "stack.yaml")
+    [p] = info.value.problems
+    assert (p.line, p.field) == (9, f'roles.db.files["{PEERS}"]')
+    assert "lists db's own ready instances, but db cannot reload" in p.message
+    db = RoleSpec("db", "base", 2, ("serve", "db"), resources=Resources(memory=MEMORY),
+                  files=((PEERS, peers_file("db")),), reload=ReloadSpec(signal="HUP"),
                   health=HealthSpec(tcp=80, interval=1.0, retries=2, grace=10.0))
     with started(Case(StackSpec(STACK, roles=(db,)), {"db": 2.0}, {})) as h:
         converged(h, h.converge(STACK, budget=60))

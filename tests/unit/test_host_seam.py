@@ -113,3 +113,14 @@ def test_the_cache_keeps_the_newer_of_two_looks() -> None:
     assert cache.facts("h2") is None
 
 
+
+
+def test_a_host_that_says_nothing_changed_keeps_its_facts_as_of_now() -> None:
+    now = [100.0]
+    cache = ObservedCache(clock=lambda: now[0])
+    cache.confirm("h1")  # nothing told yet: nothing to confirm, and it is asked for all
+    assert cache.observed_at("h1") is None
+    cache.put("h1", Observed("b1", 2, (_facts(),)))
+    now[0] = 130.0
+    cache.confirm("h1")
+    assert cache.observed_at("h1") == 130.0 and cache.facts("h1") == [_facts()]

@@ -48,6 +48,8 @@ HOSTILE = {
     "zero_division": ("{{ 1 / 0 }}", "ZeroDivisionError"),
     "recursion": ("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "nested too deeply"),
     "lipsum": ("{{ lipsum(1000000) }}", "'lipsum' is undefined"),
+    # Not hostile but never the same twice: the file would be reconfigured at every plan.
+    "random": ("{{ range(100)|random }}", "No filter named 'random'"),
 }
 
 

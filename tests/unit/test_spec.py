@@ -543,6 +543,71 @@ def test_templates_see_what_the_renderer_gives_them() -> None:
     assert spec.role("web").uses == ("db",)
 
 
+OWN_READY = ("lists db's own ready instances{}, but db cannot reload: every restart would "
+             "change its peers' files and restart them in turn; give db a `reload:` (a signal "
+             "or an exec), or list roles.db.instances (all of them, ready or not)")
+
+
+def test_a_role_that_cannot_reload_may_not_list_its_own_ready_instances() -> None:
+    # Each would restart for ever: becoming ready changes the files, the restart that
+    # follows takes it out of the ready set, which changes them back (see
+    # test_controller_properties: test_own_ready_peers_without_reload_are_refused).
+    found = problems("""
+        stack: s
+        roles:
+          db:
+            image: base
+            command: [sh]
+            count: 3
+            health: {tcp: 5432}
+            files:
+              /etc/peers: "{% for i in roles.db.ready %}{{ i.ip }}\\n{% endfor %}"
+              /etc/count: "{{ roles.db.instances|length }} {{ roles.db.count }}"
+              /etc/me: |
+                # whether I am one of the ready, in a branch not taken
+                {% if instance.index > 99 %}
+                {{ instance in roles[role.name].ready }}
+                {% endif %}
+              /etc/alias: |
+                {% set me = roles[role.name] %}{{ me.ready|length }}
+    """)
+    assert [(*where(p), p.message) for p in found] == [
+        (9, 19, 'roles.db.files["/etc/peers"]', OWN_READY.format("")),
+        (11, 16, 'roles.db.files["/etc/me"]', OWN_READY.format(" (template line 3)")),
+        (16, 19, 'roles.db.files["/etc/alias"]', OWN_READY.format("")),
+    ]
+
+
+@pytest.mark.parametrize("snippet", [
+    "reload: {signal: HUP}",  # the planner reloads it in place: it stays ready
+    "reload: {exec: [sv, reload, db]}",
+    "restart: {attempts: 3}",  # no check: ready as it runs, again by the next look
+])
+def test_own_ready_instances_are_listed_by_a_role_that_reloads_or_has_no_check(
+        snippet: str) -> None:
+    health = "" if snippet.startswith("restart") else "health: {tcp: 5432}"
+    spec = load_stack_text(textwrap.dedent(f"""
+        stack: s
+        roles:
+          db:
+            image: base
+            command: [sh]
+            count: 3
+            {health}
+            {snippet}
+            files:
+              /etc/peers: "{{% for i in roles.db.ready %}}{{{{ i.ip }}}}{{% endfor %}}"
+          web:
+            image: base
+            command: [sh]
+            uses: [db]
+            health: {{tcp: 80}}
+            files:
+              /etc/db: "{{% for i in roles.db.ready %}}{{{{ i.ip }}}}{{% endfor %}}"
+    """), "stack.yaml")
+    assert spec.role("db").files and spec.role("web").files
+
+
 @pytest.mark.parametrize(("uses", "expected"), [
     ({"a": ["b"], "b": ["c"], "c": ["a"]},
      [(14, "roles.c.uses[0]", "roles use each other in a cycle: a -> b -> c -> a")]),

@@ -29,7 +29,7 @@ from rackfire.agent.hostside import HostSide
 from rackfire.agent.local import LAYER_GRACE, LocalAgent
 from rackfire.agent.rpc import serve_agent
 from rackfire.errors import ExecError, NotFound, PrereqError
-from rackfire.model.instance import InstanceFacts
+from rackfire.model.agent import Observed
 from rackfire.model.wire import encode
 from rackfire.runtime.container import RUNC_ROOT
 
@@ -91,35 +91,41 @@ def join(url: str | None, token: str | None, name: str | None, labels: dict[str,
 
 def heartbeat_loop(joined: Joined, labels: dict[str, str], side: HostSide, agent: LocalAgent,
                    interval: float, stop: threading.Event, address: str = "") -> None:
-    """Report the host's facts and its instances' every `interval`, and at once when an
-    instance changed (looked at every WATCH seconds: a crash is known within about that);
-    adopt the epoch the controller answers with. Back off while the controller cannot be
-    reached. Returns (an error) when the controller no longer knows this credential."""
+    """Report the host's facts every `interval`, and its instances' at once when they
+    changed (looked at every WATCH seconds: a crash is known within about that); a beat
+    with nothing new says its instances are `unchanged`, unless the controller wants them
+    all again (it restarted). Adopt the epoch the controller answers with. Back off while
+    it cannot be reached. Returns (an error) when it no longer knows this credential."""
     delay = interval
-    sent: tuple[InstanceFacts, ...] | None = None
+    told: Observed | None = None  # what the controller last accepted of its instances
+    want_all = True
     next_beat = 0.0
     with httpx.Client(base_url=joined.url, timeout=10, headers={
             "Authorization": f"Bearer {joined.credential}"}) as http:
         while not stop.is_set():
             observed = side.observed()
-            if observed.facts != sent or time.monotonic() >= next_beat:
+            new = want_all or told is None or (observed.boot, observed.done, observed.facts) \
+                != (told.boot, told.done, told.facts)
+            if (new and delay == interval) or time.monotonic() >= next_beat:
+                body = {"labels": labels, "facts": agent.facts(interval).to_json(),
+                        "address": address}
+                body |= {"observed": encode(observed)} if new else {"unchanged": True}
                 try:
-                    r = http.post("/v1/agent/heartbeat", json={
-                        "labels": labels, "facts": agent.facts(interval).to_json(),
-                        "address": address, "observed": encode(observed)})
+                    r = http.post("/v1/agent/heartbeat", json=body)
                 except httpx.TransportError as e:
                     log.warning("controller %s unreachable (%s); retrying in %.0fs",
                                 joined.url, type(e).__name__, delay)
                     next_beat = time.monotonic() + delay
                     delay = min(BACKOFF_MAX, delay * 2)
-                    sent = observed.facts  # not again at each look: at the next beat
                 else:
                     if r.status_code != 200:
                         raise PrereqError(f"the controller refused this host: {_message(r)}",
                                           hint="join again with a new token")
-                    side.adopt(int(r.json().get("epoch", 0)))
-                    delay, sent = interval, observed.facts
-                    next_beat = time.monotonic() + interval
+                    answer = r.json()
+                    side.adopt(int(answer.get("epoch", 0)))
+                    told = observed if new else told
+                    want_all = bool(answer.get("want_observed", False))
+                    delay, next_beat = interval, time.monotonic() + interval
             stop.wait(min(WATCH, interval))
 
 

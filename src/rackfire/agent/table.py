@@ -8,6 +8,7 @@ host says it has done is tracked, for the observed cache's freshness (control/ob
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +30,7 @@ Epoch = Callable[[], int]
 """The epoch the controller knows the host by now."""
 
 
-class TableClient:
+class TableClient(ABC):
     """HostAgent, call for call, through `_send`; `done()` and `observed()` for the cache."""
 
     def __init__(self, epoch: Epoch) -> None:
@@ -38,10 +39,10 @@ class TableClient:
         self._boot = ""
         self._floor: int | None = 0  # None: a mutating call failed; the next look says
 
+    @abstractmethod
     def _send(self, call: str, kwargs: dict[str, Any], stamp: Stamp) -> tuple[Any, str, int]:
         """(result, the host's boot, its `done` after a call that changes instances / before
-        any other)."""
-        raise NotImplementedError
+        any other): the transport's one job."""
 
     def _c(self, call: str, **kwargs: Any) -> Any:
         spec = CALLS[call]

@@ -288,6 +288,8 @@ class HeartbeatAnswer(BaseModel):
     time: Seconds = Field(description="the server's clock")
     epoch: int = Field(1, description="the host's epoch: its agent refuses mutating calls "
                        "stamped with an older one")
+    want_observed: bool = Field(False, description="send every instance's facts with the "
+                                "next heartbeat (the server has none of this host's)")
 
 
 class Amounts(BaseModel):

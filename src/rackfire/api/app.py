@@ -80,8 +80,11 @@ from rackfire.spec.yamltree import read_yaml
 
 MAX_UPLOAD = 8 << 30
 # Request body limits by path suffix; "" is every other route's (JSON bodies).
+# A heartbeat carries every instance of its host (about 1.3 KiB each) when they changed.
+HEARTBEAT_LIMIT = 64 << 20
 BODY_LIMITS = {"/tarball": MAX_UPLOAD, "/v1/tarballs": MAX_TARBALL,
-               "/v1/sources": MAX_SOURCE_BYTES, "": JSON_LIMIT}
+               "/v1/sources": MAX_SOURCE_BYTES, "/v1/agent/heartbeat": HEARTBEAT_LIMIT,
+               "": JSON_LIMIT}
 
 
 class StackSource(BaseModel):

@@ -1,4 +1,8 @@
-"""The typed client of the REST API, used by the CLI (and by tests, as a user would)."""
+"""The typed client of the REST API, used by the CLI (and by tests, as a user would).
+
+Each method returns the JSON of its route's answer as is, typed by api/shapes.py: the
+TypedDict generated from the route's model in api/answers.py (imported only for the type
+checker: a TypedDict is a plain dict at run time, and pydantic stays out of the CLI)."""
 
 from __future__ import annotations
 
@@ -8,11 +12,36 @@ import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import httpx
 
 from rackfire.errors import AgentOffline, RackfireError
+
+if TYPE_CHECKING:
+    from rackfire.api.shapes import (
+        CapacityShape,
+        ChangeShape,
+        DestroyShape,
+        DrainShape,
+        EventShape,
+        HealthShape,
+        HostShape,
+        ImageShape,
+        InstanceShape,
+        MigrationShape,
+        OperateShape,
+        PlacementsShape,
+        PlanShape,
+        ReleaseShape,
+        RemovedShape,
+        SourceShape,
+        StackFileSchemaShape,
+        StackShape,
+        StatsShape,
+        TarballShape,
+        TokenShape,
+    )
 
 DEFAULT_URL = "http://127.0.0.1:7480"
 
@@ -94,22 +123,22 @@ class Client:
             return False
         return True
 
-    def health(self) -> dict[str, Any]:
-        return dict(self._call("GET", "/v1/health"))
+    def health(self) -> HealthShape:
+        return cast("HealthShape", self._call("GET", "/v1/health"))
 
     # A stack file goes with what its paths name, uploaded (`sources`: role -> app source
     # digest, `tarballs`: image -> tarball sha256): the server reads no path of ours.
     def plan(self, text: str, filename: str, sources: dict[str, str] | None = None,
              tarballs: dict[str, str] | None = None, *,
-             explain: bool = False) -> dict[str, Any]:
-        return dict(self._call("POST", "/v1/plan", json={
+             explain: bool = False) -> PlanShape:
+        return cast("PlanShape", self._call("POST", "/v1/plan", json={
             "yaml": text, "filename": filename, "sources": sources or {},
             "tarballs": tarballs or {}}, params={"explain": "true"} if explain else None))
 
     def apply(self, text: str, filename: str, expected_generation: int | None = None,
               sources: dict[str, str] | None = None,
-              tarballs: dict[str, str] | None = None) -> dict[str, Any]:
-        return dict(self._call("POST", "/v1/apply", json={
+              tarballs: dict[str, str] | None = None) -> ChangeShape:
+        return cast("ChangeShape", self._call("POST", "/v1/apply", json={
             "yaml": text, "filename": filename, "expected_generation": expected_generation,
             "sources": sources or {}, "tarballs": tarballs or {}}))
 
@@ -123,9 +152,9 @@ class Client:
 
     def upload_packed(self, packed: IO[bytes]) -> str:
         """Upload a source packed by `api/pack.py` (from its start); its digest."""
-        body = self._call("POST", "/v1/sources", content=_chunks(packed),
-                          headers={"content-type": "application/gzip"})
-        return str(body["digest"])
+        body: SourceShape = self._call("POST", "/v1/sources", content=_chunks(packed),
+                                       headers={"content-type": "application/gzip"})
+        return body["digest"]
 
     def has_tarball(self, digest: str) -> bool:
         try:
@@ -139,103 +168,108 @@ class Client:
     def upload_tarball(self, tarball: Path) -> str:
         """Upload a rootfs tarball for a stack file's `from: tarball` image; its sha256."""
         with open(tarball, "rb") as f:
-            body = self._call("POST", "/v1/tarballs", content=_chunks(f), timeout=3600)
-        return str(body["digest"])
+            body: TarballShape = self._call("POST", "/v1/tarballs", content=_chunks(f),
+                                            timeout=3600)
+        return body["digest"]
 
     def push(self, stack: str, role: str, source: str | None, label: str,
-             image: str | None) -> dict[str, Any]:
-        return dict(self._call("POST", f"/v1/stacks/{stack}/roles/{role}/push",
-                               json={"source": source, "label": label, "image": image}))
+             image: str | None) -> ChangeShape:
+        return cast("ChangeShape", self._call(
+            "POST", f"/v1/stacks/{stack}/roles/{role}/push",
+            json={"source": source, "label": label, "image": image}))
 
-    def rollback(self, stack: str, role: str, version: int | None) -> dict[str, Any]:
-        return dict(self._call("POST", f"/v1/stacks/{stack}/roles/{role}/rollback",
-                               json={"version": version}))
+    def rollback(self, stack: str, role: str, version: int | None) -> ChangeShape:
+        return cast("ChangeShape", self._call(
+            "POST", f"/v1/stacks/{stack}/roles/{role}/rollback", json={"version": version}))
 
-    def releases(self, stack: str, role: str | None = None) -> list[dict[str, Any]]:
-        return list(self._call("GET", f"/v1/stacks/{stack}/releases",
-                               params={"role": role} if role else {}))
+    def releases(self, stack: str, role: str | None = None) -> list[ReleaseShape]:
+        return cast("list[ReleaseShape]", self._call(
+            "GET", f"/v1/stacks/{stack}/releases", params={"role": role} if role else {}))
 
-    def stack(self, name: str) -> dict[str, Any]:
-        return dict(self._call("GET", f"/v1/stacks/{name}"))
+    def stack(self, name: str) -> StackShape:
+        return cast("StackShape", self._call("GET", f"/v1/stacks/{name}"))
 
-    def stacks(self) -> list[dict[str, Any]]:
-        return list(self._call("GET", "/v1/stacks"))
+    def stacks(self) -> list[StackShape]:
+        return cast("list[StackShape]", self._call("GET", "/v1/stacks"))
 
-    def destroy(self, name: str, keep_data: bool = False) -> dict[str, Any]:
-        return dict(self._call("DELETE", f"/v1/stacks/{name}",
-                               params={"keep_data": "true"} if keep_data else {}))
+    def destroy(self, name: str, keep_data: bool = False) -> DestroyShape:
+        return cast("DestroyShape", self._call(
+            "DELETE", f"/v1/stacks/{name}", params={"keep_data": "true"} if keep_data else {}))
 
-    def instances(self, stack: str | None = None) -> list[dict[str, Any]]:
-        return list(self._call("GET", "/v1/instances", params={"stack": stack} if stack else {}))
+    def instances(self, stack: str | None = None) -> list[InstanceShape]:
+        return cast("list[InstanceShape]", self._call(
+            "GET", "/v1/instances", params={"stack": stack} if stack else {}))
 
-    def scale(self, stack: str, role: str, count: int) -> dict[str, Any]:
-        return dict(self._call("POST", f"/v1/stacks/{stack}/roles/{role}/scale",
-                               json={"count": count}))
+    def scale(self, stack: str, role: str, count: int) -> ChangeShape:
+        return cast("ChangeShape", self._call(
+            "POST", f"/v1/stacks/{stack}/roles/{role}/scale", json={"count": count}))
 
-    def resize(self, stack: str, role: str, **changes: Any) -> dict[str, Any]:
-        return dict(self._call("POST", f"/v1/stacks/{stack}/roles/{role}/resize",
-                               json=changes))
+    def resize(self, stack: str, role: str, **changes: Any) -> ChangeShape:
+        return cast("ChangeShape", self._call(
+            "POST", f"/v1/stacks/{stack}/roles/{role}/resize", json=changes))
 
     def operate(self, stack: str, operation: str, role: str | None,
-                index: int | None) -> dict[str, Any]:
-        return dict(self._call("POST", f"/v1/stacks/{stack}/{operation}",
-                               json={"role": role, "index": index}))
+                index: int | None) -> OperateShape:
+        return cast("OperateShape", self._call(
+            "POST", f"/v1/stacks/{stack}/{operation}", json={"role": role, "index": index}))
 
     def stats(self, stack: str, role: str | None = None,
-              index: int | None = None) -> list[dict[str, Any]]:
+              index: int | None = None) -> list[StatsShape]:
         params = {k: v for k, v in {"stack": stack, "role": role, "index": index}.items()
                   if v is not None}
-        return list(self._call("GET", "/v1/stats", params=params))
+        return cast("list[StatsShape]", self._call("GET", "/v1/stats", params=params))
 
     def events(self, stack: str | None = None, after: int = 0,
-               limit: int = 1000) -> list[dict[str, Any]]:
+               limit: int = 1000) -> list[EventShape]:
         params: dict[str, Any] = {"after": after, "limit": limit}
         if stack:
             params["stack"] = stack
-        return list(self._call("GET", "/v1/events", params=params))
+        return cast("list[EventShape]", self._call("GET", "/v1/events", params=params))
 
-    def images(self) -> list[dict[str, Any]]:
-        return list(self._call("GET", "/v1/images"))
+    def images(self) -> list[ImageShape]:
+        return cast("list[ImageShape]", self._call("GET", "/v1/images"))
 
-    def build_image(self, **spec: Any) -> dict[str, Any]:
-        return dict(self._call("POST", "/v1/images", json=spec, timeout=3600))
+    def build_image(self, **spec: Any) -> ImageShape:
+        return cast("ImageShape", self._call("POST", "/v1/images", json=spec, timeout=3600))
 
-    def import_image(self, name: str, tarball: Path) -> dict[str, Any]:
+    def import_image(self, name: str, tarball: Path) -> ImageShape:
         with open(tarball, "rb") as f:
-            return dict(self._call("PUT", f"/v1/images/{name}/tarball", content=_chunks(f),
-                                   timeout=3600))
+            return cast("ImageShape", self._call(
+                "PUT", f"/v1/images/{name}/tarball", content=_chunks(f), timeout=3600))
 
-    def remove_image(self, name: str) -> dict[str, Any]:
-        return dict(self._call("DELETE", f"/v1/images/{name}"))
+    def remove_image(self, name: str) -> RemovedShape:
+        return cast("RemovedShape", self._call("DELETE", f"/v1/images/{name}"))
 
-    def schema(self) -> dict[str, Any]:
-        return dict(self._call("GET", "/v1/schema"))
+    def schema(self) -> StackFileSchemaShape:
+        return cast("StackFileSchemaShape", self._call("GET", "/v1/schema"))
 
-    def create_token(self, ttl: float, uses: int) -> dict[str, Any]:
-        return dict(self._call("POST", "/v1/tokens", json={"ttl": ttl, "uses": uses}))
+    def create_token(self, ttl: float, uses: int) -> TokenShape:
+        return cast("TokenShape", self._call(
+            "POST", "/v1/tokens", json={"ttl": ttl, "uses": uses}))
 
-    def capacity(self) -> dict[str, Any]:
-        return dict(self._call("GET", "/v1/capacity"))
+    def capacity(self) -> CapacityShape:
+        return cast("CapacityShape", self._call("GET", "/v1/capacity"))
 
-    def hosts(self) -> list[dict[str, Any]]:
-        return list(self._call("GET", "/v1/hosts"))
+    def hosts(self) -> list[HostShape]:
+        return cast("list[HostShape]", self._call("GET", "/v1/hosts"))
 
-    def drain(self, name: str) -> dict[str, Any]:
-        return dict(self._call("POST", f"/v1/hosts/{name}/drain"))
+    def drain(self, name: str) -> DrainShape:
+        return cast("DrainShape", self._call("POST", f"/v1/hosts/{name}/drain"))
 
-    def migrate(self, instance: str, to: str | None) -> dict[str, Any]:
-        return dict(self._call("POST", "/v1/migrations", json={"instance": instance, "to": to}))
+    def migrate(self, instance: str, to: str | None) -> MigrationShape:
+        return cast("MigrationShape", self._call(
+            "POST", "/v1/migrations", json={"instance": instance, "to": to}))
 
-    def migrations(self, stack: str | None = None) -> list[dict[str, Any]]:
-        return list(self._call("GET", "/v1/migrations",
-                               params={"stack": stack} if stack else {}))
+    def migrations(self, stack: str | None = None) -> list[MigrationShape]:
+        return cast("list[MigrationShape]", self._call(
+            "GET", "/v1/migrations", params={"stack": stack} if stack else {}))
 
-    def placements(self, stack: str | None = None) -> dict[str, str]:
-        return dict(self._call("GET", "/v1/placements",
-                               params={"stack": stack} if stack else {}))
+    def placements(self, stack: str | None = None) -> PlacementsShape:
+        return cast("PlacementsShape", self._call(
+            "GET", "/v1/placements", params={"stack": stack} if stack else {}))
 
-    def remove_host(self, name: str) -> dict[str, Any]:
-        return dict(self._call("DELETE", f"/v1/hosts/{name}"))
+    def remove_host(self, name: str) -> RemovedShape:
+        return cast("RemovedShape", self._call("DELETE", f"/v1/hosts/{name}"))
 
     def stop_server(self) -> None:
         self._call("POST", "/v1/server/stop")

@@ -43,7 +43,7 @@ from rackfire.model.instance import InstanceKey, Target
 from rackfire.model.records import Migration
 from rackfire.model.stack import StackSpec
 from rackfire.model.wire import decode
-from rackfire.store.hosts import JOIN_TOKEN, HostRegistry
+from rackfire.store.hosts import JOIN_TOKEN
 
 
 class TokenRequest(BaseModel):
@@ -86,6 +86,8 @@ class Heartbeat(BaseModel):
     observed: dict[str, Any] | None = Field(
         None, description="its instances as it saw them (model/agent.py Observed): the "
         "observed cache reads them")
+    unchanged: bool = Field(False, description="its instances are as it last told (sent "
+                            "instead of `observed` when nothing changed)")
 
 
 class MigrateRequest(BaseModel):
@@ -135,12 +137,10 @@ _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
 
 def add_host_routes(app: FastAPI, controller: Controller, actor: Any) -> None:
-    registry = HostRegistry(controller.store)
-
     @app.post("/v1/tokens")
     def create_token(body: TokenRequest, who: str = actor) -> TokenAnswer:
         """A join token for `rackfire agent --join`: shown once, kept only hashed."""
-        token, expires = registry.create_token(body.ttl, body.uses, who)
+        token, expires = controller.store.hosts.create_token(body.ttl, body.uses, who)
         controller.store.add_event(who, "", "token", "create", "ok",
                                    f"{body.uses} use(s), until {time.ctime(expires)}")
         return TokenAnswer(token=token, expires=expires, uses=body.uses)
@@ -148,7 +148,7 @@ def add_host_routes(app: FastAPI, controller: Controller, actor: Any) -> None:
     @app.post("/v1/agent/join", responses=errors(400, 401, 409))
     def join(body: Join) -> JoinAnswer:
         """Trade a join token for this host's own credential (shown once)."""
-        credential, key = registry.join(body.token, body.name, body.labels,
+        credential, key = controller.store.hosts.join(body.token, body.name, body.labels,
                                         _facts(body.facts))
         controller.store.add_event(body.name, "", f"host/{body.name}", "join", "ok",
                                    ", ".join(f"{k}={v}" for k, v in sorted(body.labels.items())))
@@ -157,16 +157,18 @@ def add_host_routes(app: FastAPI, controller: Controller, actor: Any) -> None:
     @app.post("/v1/agent/heartbeat", responses=errors(400, 401))
     def heartbeat(body: Heartbeat,
                   authorization: str = Header("", alias="Authorization")) -> HeartbeatAnswer:
-        name = registry.authenticate(authorization.removeprefix("Bearer "))
+        name = controller.store.hosts.authenticate(authorization.removeprefix("Bearer "))
         facts = _facts(body.facts)
         observed = _observed(name, body.observed)
-        epoch, back = registry.heartbeat(name, body.labels, facts, body.address,
+        epoch, back = controller.store.hosts.heartbeat(name, body.labels, facts, body.address,
                                          lease(facts.interval))
         if back:
             controller.store.add_event(name, "", f"host/{name}", "lease", "ok",
                                        f"heartbeats again after its lease lapsed: epoch {epoch}")
-        controller.fleet.heard(name, observed, facts)
-        return HeartbeatAnswer(name=name, time=time.time(), epoch=epoch)
+        controller.fleet.heard(name, observed, facts, unchanged=body.unchanged)
+        return HeartbeatAnswer(name=name, time=time.time(), epoch=epoch,
+                               want_observed=controller.fleet.observed.observed_at(name)
+                               is None)
 
     @app.get("/v1/agent/layers/{digest}", response_class=StreamingResponse,
              responses={**errors(401, 404), 200: {"description": "the layer's tar stream",
@@ -176,7 +178,7 @@ def add_host_routes(app: FastAPI, controller: Controller, actor: Any) -> None:
               authorization: str = Header("", alias="Authorization")) -> StreamingResponse:
         """An image layer of the server's store as a tar stream, for a joined host (its
         credential as bearer) to verify by its digest and keep: `ensure_layer`."""
-        registry.authenticate(authorization.removeprefix("Bearer "))
+        controller.store.hosts.authenticate(authorization.removeprefix("Bearer "))
         if not _DIGEST.match(digest):
             raise PrereqError(f"invalid layer digest {digest[:80]!r}",
                               hint="expected 64 lowercase hex digits")
@@ -236,6 +238,6 @@ def add_host_routes(app: FastAPI, controller: Controller, actor: Any) -> None:
             raise Conflict(f"host {name} still holds {len(held)} instance(s)"
                            + (f" and {len(moving)} migration(s)" if moving else ""),
                            hint=f"move them away first: `rackfire host drain {name}`")
-        registry.remove(name)
+        controller.store.hosts.remove(name)
         controller.store.add_event(who, "", f"host/{name}", "remove", "ok", "")
         return RemovedAnswer(name=name, removed=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -17,6 +17,7 @@ from rackfire.model.units import parse_size
 
 if TYPE_CHECKING:
     from rackfire.api.client import Client
+    from rackfire.api.shapes import ChangeShape, EventShape
 
 PAGE = 500  # events per request under -f
 Target = Annotated[str, typer.Argument(help="STACK, STACK/ROLE or STACK/ROLE/INDEX")]
@@ -71,7 +72,7 @@ def resize(
     _follow(client, client.resize(t.stack, str(t.role), **changes), no_wait, timeout)
 
 
-def _follow(client: Client, result: dict[str, Any], no_wait: bool, timeout: float) -> None:
+def _follow(client: Client, result: ChangeShape, no_wait: bool, timeout: float) -> None:
     output.print_plan(result, unchanged="it is already so")
     if not no_wait:
         wait_converged(client, result["stack"], result["generation"], len(result["actions"]),
@@ -151,7 +152,7 @@ def events(stack: Annotated[str | None, typer.Argument(help="only this stack")] 
         pass
 
 
-def _print_events(rows: list[dict[str, Any]], json: bool, header: bool) -> None:
+def _print_events(rows: list[EventShape], json: bool, header: bool) -> None:
     if json:
         for r in rows:
             print_json(r, indent=None)

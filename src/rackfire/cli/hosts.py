@@ -53,7 +53,9 @@ def hosts(json: Json = False, url: Url = None) -> None:
         table.add_column(c, justify="right" if c == "CPUS" else "left")
     for r in rows:
         cap, res, used = r["capacity"], r["reserved"], r["used"]
-        seen = "local" if r["local"] else f"{time.time() - r['last_seen']:.0f}s ago"
+        last = r["last_seen"]  # null only for the server's own (local) host
+        seen = ("local" if r["local"] else "-" if last is None
+                else f"{time.time() - last:.0f}s ago")
         table.add_row(
             r["name"], Text(r["state"], STATE_STYLE.get(r["state"], "")),
             ",".join(f"{k}={v}" for k, v in r["labels"].items()) or "-",
@@ -83,10 +85,10 @@ def capacity(json: Json = False, url: Url = None) -> None:
                       f"{format_size_approx(cap['memory'])}",
                       f"{format_size_approx(free['disk'])} of {format_size_approx(cap['disk'])}")
     out.print(table)
-    for title, key in (("N+1 (any one host lost)", "n_plus_1"), ("any one rack lost", "racks")):
-        part = report[key]
+    for title, part, what in (("N+1 (any one host lost)", report["n_plus_1"], "hosts"),
+                              ("any one rack lost", report["racks"], "racks")):
         if not part["losses"]:
-            out.print(f"{title}: no {'racks' if key == 'racks' else 'hosts'} to lose")
+            out.print(f"{title}: no {what} to lose")
             continue
         if part["ok"]:
             out.print(f"{title}: [green]ok[/], every instance could run elsewhere")
@@ -98,10 +100,11 @@ def capacity(json: Json = False, url: Url = None) -> None:
                 out.print(f"{title}: [red]losing {loss['lost']} strands "
                           f"{len(loss['stranded'])} of {loss['displaced']}[/], e.g. "
                           f"{first['instance']} ({why or 'no other host'})")
-    for h in report["headroom"]:
-        more = "no limit (it reserves nothing)" if h["more"] is None else str(h["more"])
-        hosts_part = ", ".join(f"{k} {'∞' if v is None else v}" for k, v in h["hosts"].items())
-        out.print(f"{h['role']}: {more} more fit ({hosts_part})")
+    for room in report["headroom"]:
+        more = "no limit (it reserves nothing)" if room["more"] is None else str(room["more"])
+        hosts_part = ", ".join(f"{k} {'∞' if v is None else v}"
+                               for k, v in room["hosts"].items())
+        out.print(f"{room['role']}: {more} more fit ({hosts_part})")
 
 
 @host_app.command("rm")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -13,6 +13,9 @@ from rich.text import Text
 
 from rackfire.errors import RackfireError, SpecError
 from rackfire.model.units import format_size_approx
+
+if TYPE_CHECKING:
+    from rackfire.api.shapes import EventShape, InstanceShape, PlanShape, StatsShape
 
 # Not a terminal (a pipe, a test): no width to fit, never cut a cell.
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 400)
@@ -32,7 +35,7 @@ def print_json(data: Any, indent: int | None = 2) -> None:
     sys.stdout.flush()
 
 
-def print_plan(plan: dict[str, Any], unchanged: str = "it matches the file", *,
+def print_plan(plan: PlanShape, unchanged: str = "it matches the file", *,
                explain: bool = False) -> None:
     actions = plan["actions"]
     for note in plan.get("notes", ()):
@@ -84,7 +87,7 @@ def fmt_uptime(seconds: float | None) -> str:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
-def print_instances(rows: list[dict[str, Any]], show_stack: bool) -> None:
+def print_instances(rows: list[InstanceShape], show_stack: bool) -> None:
     if not rows:
         out.print("no instances")
         return
@@ -126,7 +129,7 @@ def _used_of(used: int | None, limit: int | None) -> str:
         else "-"
 
 
-def stats_table(rows: list[dict[str, Any]]) -> Table | Text:
+def stats_table(rows: list[StatsShape]) -> Table | Text:
     if not rows:
         return Text("no instances")
     table = Table(box=None, pad_edge=False, header_style="bold")
@@ -150,7 +153,7 @@ def stats_table(rows: list[dict[str, Any]]) -> Table | Text:
 EVENT_COLUMNS = (("TIME", 19), ("ACTOR", 22), ("TARGET", 28), ("ACTION", 11), ("RESULT", 8))
 
 
-def print_events(rows: list[dict[str, Any]], header: bool) -> None:
+def print_events(rows: list[EventShape], header: bool) -> None:
     if header:
         out.print(Text(" ".join(name.ljust(w) for name, w in EVENT_COLUMNS) + " REASON",
                        style="bold"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -17,6 +17,7 @@ from rackfire.errors import PrereqError, RackfireError
 
 if TYPE_CHECKING:
     from rackfire.api.client import Client
+    from rackfire.api.shapes import ChangeShape
 
 Role = Annotated[str, typer.Argument(help="STACK/ROLE")]
 STATUS_STYLE = {"live": "green", "deploying": "yellow", "failed": "red", "retired": "dim"}
@@ -86,7 +87,7 @@ def releases(role: Role, json: Json = False, url: Url = None) -> None:
 Pushed = tuple[str | None, str | None]  # (source digest, image name) of a push
 
 
-def _follow(client: Client, stack: str, role: str, result: dict[str, Any], no_wait: bool,
+def _follow(client: Client, stack: str, role: str, result: ChangeShape, no_wait: bool,
             timeout: float, pushed: Pushed = (None, None)) -> None:
     """Wait for the rollout, then say which release the role runs and whether the pushed
     one (by its source and image) failed and was rolled back."""

@@ -25,11 +25,11 @@ from rackfire.model.units import show_value as _show
 from rackfire.plan import ActionKind, Plan
 from rackfire.plan.steps import UNBUILT
 from rackfire.schedule import explain
-from rackfire.store import Release, StackRecord, Store
+from rackfire.store import Release, StackRecord, StateStore
 
 
 class Commands:
-    def __init__(self, store: Store, fleet: Fleet, clock: Callable[[], float],
+    def __init__(self, store: StateStore, fleet: Fleet, clock: Callable[[], float],
                  desired: DesiredState, placer: Placer,
                  enqueue: Callable[[str], None]) -> None:
         self.store, self.fleet, self.clock = store, fleet, clock
@@ -54,7 +54,7 @@ class Commands:
 
     def apply(self, spec: StackSpec, expected_generation: int | None,
               actor: str = CONTROLLER) -> tuple[int, Plan]:
-        """Store the spec as the stack's next generation and start converging.
+        """StateStore the spec as the stack's next generation and start converging.
         Every check runs before the store is touched: if this raises, nothing changed."""
         with self.audited(actor, spec.name, spec.name, "apply"):
             # A new tarball is read whole once, outside the lock (the plan's check under it

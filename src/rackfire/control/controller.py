@@ -34,7 +34,7 @@ from rackfire.control.workqueue import WorkQueue
 from rackfire.model.agent import InstanceStats
 from rackfire.model.instance import Health, InstanceFacts, InstanceKey, InstanceState, Target
 from rackfire.plan.ipam import DEFAULT_POOL
-from rackfire.store import InstanceStatus, Store
+from rackfire.store import InstanceStatus, StateStore
 
 log = logging.getLogger("rackfire.controller")
 
@@ -63,7 +63,7 @@ class InstanceView:
 
 
 class Controller:
-    def __init__(self, store: Store, fleet: Fleet, *, subnet_pool: str = DEFAULT_POOL,
+    def __init__(self, store: StateStore, fleet: Fleet, *, subnet_pool: str = DEFAULT_POOL,
                  workers: int = 4, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.fleet = fleet

@@ -32,7 +32,7 @@ from rackfire.plan.steps import (
     publish_actions,
     with_steps,
 )
-from rackfire.store import ReleaseStatus, StackRecord, Store
+from rackfire.store import ReleaseStatus, StackRecord, StateStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +53,7 @@ class ReadyKeys(Protocol):
 
 
 class DesiredState:
-    def __init__(self, store: Store, agent: Fleet, clock: Callable[[], float],
+    def __init__(self, store: StateStore, agent: Fleet, clock: Callable[[], float],
                  subnet_pool: str, ready_keys: ReadyKeys) -> None:
         self.store, self.agent, self.clock = store, agent, clock
         self.subnet_pool = subnet_pool

@@ -30,8 +30,7 @@ from rackfire.model.instance import InstanceKey, InstanceRequest
 from rackfire.model.records import ActionState, RolloutWait
 from rackfire.model.stack import StackSpec
 from rackfire.plan import Action, ActionKind, Plan, StackAction
-from rackfire.store import ActionRecord, Store
-from rackfire.store.rollouts import RolloutWaits
+from rackfire.store import ActionRecord, StateStore
 
 log = logging.getLogger("rackfire.executor")
 PARALLEL = 4
@@ -78,11 +77,11 @@ class Outcome:
 
 
 class Executor:
-    def __init__(self, store: Store, agent: Fleet, parallel: int = PARALLEL) -> None:
+    def __init__(self, store: StateStore, agent: Fleet, parallel: int = PARALLEL) -> None:
         self.store = store
         self.agent = agent
         self.parallel = parallel  # 1: in plan order (the tests' harness, for determinism)
-        self.waits = RolloutWaits(store)
+        self.waits = store.waits
 
     def run(self, plan: Plan, clock: Callable[[], float], ports: Ports | None = None) -> Outcome:
         ports = ports or _NoPorts()

@@ -51,10 +51,9 @@ from rackfire.model.instance import (
     InstanceState,
     NetworkConfig,
 )
+from rackfire.model.records import HostRecord
 from rackfire.model.stack import DEFAULT_STOP_TIMEOUT, HealthSpec, PortMap, StackSpec
-from rackfire.store import Store
-from rackfire.store.hosts import HostRecord, HostRegistry
-from rackfire.store.placements import Placements
+from rackfire.store import StateStore
 
 log = logging.getLogger("rackfire.fleet")
 QUIET = 5.0  # seconds a host that could not be reached is not asked again
@@ -65,15 +64,15 @@ Connect = Callable[[str, str, str, Callable[[], int]], HostLink]
 
 
 class Fleet:
-    def __init__(self, home: HostLink, images: ImageService, store: Store, connect: Connect,
+    def __init__(self, home: HostLink, images: ImageService, store: StateStore, connect: Connect,
                  *, local_pool: bool = True) -> None:
         self.home = home  # the server's own host, in-process
         self.server_host = home.info().name
         self.images = images
         self.local_pool = local_pool  # the server's own host runs instances too
         self.store = store
-        self.registry = HostRegistry(store)
-        self.placements = Placements(store)
+        self.registry = store.hosts
+        self.placements = store.placements
         self.observed = ObservedCache()
         self._connect = connect
         self._lock = threading.Lock()
@@ -111,11 +110,14 @@ class Fleet:
                 self._remotes[host] = known
         return known[2]
 
-    def heard(self, host: str, observed: Observed | None, facts: HostFacts | None = None
-              ) -> None:
-        """A heartbeat: what the host says of its instances (and of itself) now."""
+    def heard(self, host: str, observed: Observed | None, facts: HostFacts | None = None,
+              *, unchanged: bool = False) -> None:
+        """A heartbeat: what the host says of its instances (or that they are as it last
+        said) and of itself, now."""
         if observed is not None:
             self.observed.put(host, observed)
+        elif unchanged:
+            self.observed.confirm(host)
         if facts is not None:
             with self._lock:
                 self._facts[host] = facts

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from rackfire.control.fleet import Fleet
 from rackfire.model.instance import Health, InstanceFacts, InstanceKey, InstanceState
 from rackfire.model.stack import HealthSpec
-from rackfire.store import InstanceStatus, Store
+from rackfire.store import InstanceStatus, StateStore
 
 log = logging.getLogger("rackfire.health")
 TICK = 0.5  # a starting instance (one not yet passing this run) is probed this often too,
@@ -36,7 +36,7 @@ def ready_timeout(check: HealthSpec | None, timeout: float) -> float:
 
 
 class HealthMonitor:
-    def __init__(self, store: Store, agent: Fleet, on_change: Callable[[str], None]) -> None:
+    def __init__(self, store: StateStore, agent: Fleet, on_change: Callable[[str], None]) -> None:
         self.store = store
         self.agent = agent
         self.on_change = on_change

@@ -9,6 +9,7 @@ from typing import Any
 
 from rackfire.model.host import Host, HostFacts, HostState, Reservation
 from rackfire.model.instance import InstanceKey
+from rackfire.model.records import HostRecord
 from rackfire.model.stack import StackSpec
 from rackfire.schedule import (
     Ask,
@@ -20,7 +21,6 @@ from rackfire.schedule import (
     usage,
     wanted_for,
 )
-from rackfire.store.hosts import HostRecord
 
 MISSED_BEATS = 3  # a host that missed this many heartbeats is unreachable
 MIN_SILENCE = 5.0  # ... and never sooner than this (a loaded controller answers late)

@@ -38,8 +38,8 @@ from rackfire.errors import AgentOffline, ExecError, RackfireError
 from rackfire.model.agent import HostLink
 from rackfire.model.instance import InstanceKey, InstanceRequest, InstanceState
 from rackfire.model.records import Migration
-from rackfire.store import Store
-from rackfire.store.placements import Placements
+from rackfire.store import StateStore
+from rackfire.store.protocol import PlacementTable
 
 log = logging.getLogger("rackfire.migrate")
 
@@ -71,7 +71,7 @@ class Failpoints:
             time.sleep(float(action.split(":", 1)[1]))
 
 
-def run(m: Migration, req: InstanceRequest, fleet: Fleet, store: Store,
+def run(m: Migration, req: InstanceRequest, fleet: Fleet, store: StateStore,
         ready_on: Callable[[InstanceRequest, str], str | None], *,
         failpoints: Failpoints | None = None) -> float | None:
     """Carry the migration on from its step, as far as it goes without waiting; None when
@@ -138,12 +138,12 @@ def run(m: Migration, req: InstanceRequest, fleet: Fleet, store: Store,
     return None
 
 
-def _next(places: Placements, m: Migration, step: str) -> str:
+def _next(places: PlacementTable, m: Migration, step: str) -> str:
     places.set_step(m.key, step)
     return step
 
 
-def _start_revert(m: Migration, req: InstanceRequest, fleet: Fleet, store: Store,
+def _start_revert(m: Migration, req: InstanceRequest, fleet: Fleet, store: StateStore,
                   why: str) -> float | None:
     fleet.placements.set_step(m.key, "reverting")
     store.add_event(m.actor, m.key.stack, str(m.key), "migrate", "failed",
@@ -156,7 +156,7 @@ def _start_revert(m: Migration, req: InstanceRequest, fleet: Fleet, store: Store
         return UNREACHABLE_AGAIN
 
 
-def _revert(m: Migration, req: InstanceRequest, fleet: Fleet, store: Store,
+def _revert(m: Migration, req: InstanceRequest, fleet: Fleet, store: StateStore,
             why: str) -> None:
     """Remove the target's copy (running or half made) and its disks, then start the source
     copy again, from its disks set aside if it was released: never two running."""

@@ -20,7 +20,7 @@ from rackfire.control.publish import Publisher
 from rackfire.errors import PrereqError, RackfireError
 from rackfire.model.host import HostState
 from rackfire.model.instance import InstanceKey, InstanceRequest, InstanceState
-from rackfire.store import StackRecord, Store
+from rackfire.store import StackRecord, StateStore
 
 log = logging.getLogger("rackfire.moves")
 
@@ -28,7 +28,7 @@ DRAIN_RETRY = 120.0  # seconds before a drain tries again to move an instance th
 
 
 class Moves:
-    def __init__(self, store: Store, fleet: Fleet, clock: Callable[[], float],
+    def __init__(self, store: StateStore, fleet: Fleet, clock: Callable[[], float],
                  placer: Placer, publisher: Publisher) -> None:
         self.store, self.fleet, self.clock = store, fleet, clock
         self.placer, self.publisher = placer, publisher

@@ -60,6 +60,15 @@ class ObservedCache:
                 if old is None or obs.done >= old.done:
                     h.stacks[obs.stack] = got
 
+    def confirm(self, host: str) -> None:
+        """The host says its instances are as it last told: what is kept of them is as of
+        now (a host never confirms what it did not tell this cache: it tells all of them
+        when the cache has none, `observed_at` None)."""
+        with self._lock:
+            h = self._hosts.get(host)
+            if h is not None and h.whole is not None:
+                h.whole.at = self._clock()
+
     def facts(self, host: str, stack: str | None = None) -> list[InstanceFacts] | None:
         """What `host` said last (of `stack`, or of all); None if it never said."""
         with self._lock:

@@ -15,11 +15,11 @@ from rackfire.model.host import Host, Reservation
 from rackfire.model.instance import InstanceFacts, InstanceKey
 from rackfire.model.stack import StackSpec
 from rackfire.schedule import Ask, Placement, explain_decision, move, schedule
-from rackfire.store import Store
+from rackfire.store import StateStore
 
 
 class Placer:
-    def __init__(self, store: Store, fleet: Fleet) -> None:
+    def __init__(self, store: StateStore, fleet: Fleet) -> None:
         self.store, self.fleet = store, fleet
 
     def place(self, spec: StackSpec, observed: list[InstanceFacts],

@@ -27,13 +27,13 @@ from rackfire.model.instance import (
 from rackfire.model.stack import HealthSpec, StackSpec
 from rackfire.plan import Plan
 from rackfire.plan.planner import reloadable
-from rackfire.store import InstanceStatus, StackRecord, Store
+from rackfire.store import InstanceStatus, StackRecord, StateStore
 
 RELOAD_SETTLE = 0.5  # after a reload signal, before the drained instance is stopped
 
 
 class Publisher:
-    def __init__(self, store: Store, agent: Fleet, clock: Callable[[], float]) -> None:
+    def __init__(self, store: StateStore, agent: Fleet, clock: Callable[[], float]) -> None:
         self.store, self.agent, self.clock = store, agent, clock
         # stack -> instance -> (when it was drained, whether a reload must settle first);
         # each stack's map is only touched by the worker that has the stack

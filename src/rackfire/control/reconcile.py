@@ -26,8 +26,7 @@ from rackfire.errors import Conflict, ExecError, PrereqError, RackfireError, Spe
 from rackfire.model.instance import Health, InstanceFacts, InstanceKey, InstanceState
 from rackfire.model.records import StackStatus
 from rackfire.plan import ActionKind, Plan, plan_stack
-from rackfire.store import Release, ReleaseStatus, StackRecord, Store
-from rackfire.store.rollouts import RolloutWaits
+from rackfire.store import Release, ReleaseStatus, StackRecord, StateStore
 
 log = logging.getLogger("rackfire.reconcile")
 
@@ -49,7 +48,7 @@ class Result:
 
 
 class Reconciler:
-    def __init__(self, store: Store, fleet: Fleet, clock: Callable[[], float],
+    def __init__(self, store: StateStore, fleet: Fleet, clock: Callable[[], float],
                  queue: WorkQueue, *, desired: DesiredState, placer: Placer,
                  publisher: Publisher, moves: Moves, commands: Commands) -> None:
         self.store, self.fleet, self.clock, self.queue = store, fleet, clock, queue
@@ -57,7 +56,7 @@ class Reconciler:
         self.desired, self.placer, self.publisher = desired, placer, publisher
         self.moves, self.commands = moves, commands
         self.executor = Executor(store, fleet)
-        self.waits = RolloutWaits(store)
+        self.waits = store.waits
 
     def reconcile_safely(self, name: str) -> None:
         """One pass for the queue: a spec or prerequisite problem (only a change fixes it)

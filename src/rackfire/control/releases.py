@@ -16,10 +16,10 @@ from typing import Any
 
 from rackfire.errors import Conflict, NotFound
 from rackfire.model.stack import AppSource, RoleSpec, StackSpec
-from rackfire.store import Release, ReleaseStatus, StackRecord, Store
+from rackfire.store import Release, ReleaseStatus, StackRecord, StateStore
 
 
-def note(store: Store, rec: StackRecord, images: Mapping[str, str],
+def note(store: StateStore, rec: StackRecord, images: Mapping[str, str],
          layers: Mapping[str, str]) -> dict[str, Release]:
     """The release each role of the stored spec runs, recorded if new. `images`: role ->
     image digest; `layers`: role -> built release layer."""
@@ -32,7 +32,7 @@ def note(store: Store, rec: StackRecord, images: Mapping[str, str],
     return out
 
 
-def settle(store: Store, settled: Iterable[Release]) -> None:
+def settle(store: StateStore, settled: Iterable[Release]) -> None:
     """Roles whose every instance runs their release and passes: it is live."""
     for rel in settled:
         if rel.status is not ReleaseStatus.LIVE:
@@ -77,7 +77,8 @@ def fields_of(rel: Release) -> dict[str, Any]:
             "image": rel.image, "image_digest": rel.image_digest}
 
 
-def current(store: Store, spec: StackSpec, role: RoleSpec, image_digest: str) -> Release | None:
+def current(store: StateStore, spec: StackSpec, role: RoleSpec,
+            image_digest: str) -> Release | None:
     """The release the role's desired spec runs (as `note` keys it: its source and the
     digest its image resolves to), if it was recorded."""
     source = role.app.digest if role.app else ""

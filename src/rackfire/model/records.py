@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
 
+from rackfire.model.host import HostFacts, HostState
 from rackfire.model.instance import Control, Health, InstanceKey
 from rackfire.model.stack import StackSpec
 
@@ -150,3 +151,18 @@ class RolloutWait:
     action_id: str
     since: float  # when the action finished
     timeout: float  # the role's health_timeout when it ran (at least the check's grace)
+
+
+@dataclass(frozen=True, slots=True)
+class HostRecord:
+    name: str
+    labels: tuple[tuple[str, str], ...]
+    facts: HostFacts
+    state: HostState
+    joined: float
+    last_seen: float
+    address: str = ""  # host:port of its agent's API, as it reported
+    agent_key: str = ""  # what the controller presents to it
+    # Its incarnation: rises each time it heartbeats again after its lease lapsed. A
+    # mutating call carries it; the agent refuses one older than it knows.
+    epoch: int = 1

@@ -182,6 +182,8 @@ def _environment() -> _Bounded:
     env = _Bounded(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True,
                    loader=_NoTemplates(), finalize=finalize)
     env.globals.pop("lipsum", None)  # lipsum(n=...) writes as many paragraphs as asked
+    # A file must render the same at every plan: one that does not is reconfigured forever.
+    env.filters.pop("random", None)
     env.filters = {name: _guarded_filter(name, fn, env) for name, fn in env.filters.items()}
     # What Instrument wraps values in: filters, called directly (not through the sandbox's
     # `call`, which costs `CALL_COST` and measures what it returns).

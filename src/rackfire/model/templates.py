@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import Template, TemplateNotFound
+from jinja2 import Template, TemplateNotFound, nodes
 from jinja2.meta import find_undeclared_variables
 
 from rackfire.model.template_budget import (
@@ -174,6 +174,44 @@ def file_limit(used: int, disk: int | None) -> tuple[int, str]:
     if left < MAX_FILE_BYTES:
         return max(left, 0), too_big_message(total, instance=True)
     return MAX_FILE_BYTES, too_big_message(MAX_FILE_BYTES, instance=False)
+
+
+def ready_reads(text: str, role: str) -> dict[str, int]:
+    """The roles whose `.ready` the template of `role` names (`roles.db.ready`,
+    `roles['db'].ready`; `roles[role.name].ready` is `role`'s), each with the first line that
+    does, wherever it is (a branch not taken too). A read through another name (`{% set r =
+    roles.db %}{{ r.ready }}`) is not seen here. Raises RenderError."""
+    try:
+        tree = ENV.parse(text)
+    except Exception as e:  # a template's failure, whatever it is
+        raise _render_error(e) from None
+    found: dict[str, int] = {}
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        assert isinstance(node, nodes.Getattr | nodes.Getitem)  # (what find_all is typed as)
+        owner = _named_role(node.node, role) if _key(node) == "ready" else None
+        if owner is not None and node.lineno < found.get(owner, node.lineno + 1):
+            found[owner] = node.lineno
+    return found
+
+
+def _key(node: nodes.Getattr | nodes.Getitem) -> str | None:
+    """`x.key` or `x['key']`."""
+    if isinstance(node, nodes.Getattr):
+        return node.attr
+    arg = node.arg
+    return arg.value if isinstance(arg, nodes.Const) and isinstance(arg.value, str) else None
+
+
+def _named_role(node: nodes.Node, role: str) -> str | None:
+    """The role `roles.<r>`, `roles['r']` or `roles[role.name]` names."""
+    if not isinstance(node, nodes.Getattr | nodes.Getitem) or not (
+            isinstance(node.node, nodes.Name) and node.node.name == "roles"):
+        return None
+    arg = getattr(node, "arg", None)
+    if isinstance(arg, nodes.Getattr) and arg.attr == "name" and \
+            isinstance(arg.node, nodes.Name) and arg.node.name == "role":
+        return role
+    return _key(node)
 
 
 def peer(name: str, ip: str, index: int) -> dict[str, Any]:

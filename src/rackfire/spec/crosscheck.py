@@ -1,4 +1,6 @@
-"""Rules between entries of a stack file: references between roles and uniqueness.
+"""Rules between entries of a stack file: references between roles and uniqueness, and
+templates that render (and would settle: a role that cannot reload may not list its own
+ready instances).
 
 Runs only on a StackModel that validated, so every value already has its type. Each problem
 points at the later of two clashing entries and names the earlier one.
@@ -13,14 +15,14 @@ from rackfire.model import templates
 from rackfire.model.instance import InstanceKey
 from rackfire.model.stack import Resources
 from rackfire.model.template_budget import Steps
-from rackfire.spec.schema import StackModel, normalize_file_path
+from rackfire.spec.schema import RoleModel, StackModel, normalize_file_path
 from rackfire.spec.yamltree import Document, Path, format_path
 
 
 def crosscheck(model: StackModel, doc: Document) -> list[SpecProblem]:
     uses = _check_uses(model, doc)
     problems = [*uses, *_check_cycles(model, doc), *_check_host_ports(model, doc),
-                *_check_files(model, doc)]
+                *_check_files(model, doc), *_check_own_ready(model, doc)]
     if not uses:  # a template sees the roles it uses: they must exist
         problems += _check_renders(model, doc)
     return problems
@@ -91,6 +93,9 @@ def _check_renders(model: StackModel, doc: Document) -> list[SpecProblem]:
             continue
         first = InstanceKey(model.stack, name, 0)
         visible = {r: templates.role_view(peers[r], peers[r]) for r in (name, *role.uses)}
+        # What _check_own_ready cannot see by name: `{% set me = roles[role.name] %}`.
+        own = visible[name] = _Watched(visible[name])
+        named = _own_ready_files(name, role)
         ctx = templates.context(stack=model.stack, role=name, count=role.count, env=role.env,
                                 name=first.name, ip=peers[name][0]["ip"], index=0,
                                 instance_id=first.id, roles=visible)
@@ -100,6 +105,7 @@ def _check_renders(model: StackModel, doc: Document) -> list[SpecProblem]:
         # In the order the renderer takes them, so the instance's bound falls on the same one.
         for key in sorted(role.files, key=normalize_file_path):
             limit, too_big = templates.file_limit(used, disk)
+            own.read = False
             try:
                 compiled, _ = templates.compile_template(role.files[key])
                 used += len(templates.render(compiled, ctx, limit, too_big, steps).encode())
@@ -107,7 +113,62 @@ def _check_renders(model: StackModel, doc: Document) -> list[SpecProblem]:
                 problems.append(doc.problem(("roles", name, "files", key),
                                             f"template failed: {e}"))
                 break  # the files after it would be measured against a wrong total
+            if own.read and _cannot_settle(role) and key not in named:
+                problems.append(_own_ready_problem(doc, name, key, None))
     return problems
+
+
+class _Watched(dict[str, Any]):
+    """A role's view (templates.role_view) that notes whether a template read its `ready`."""
+
+    read = False
+
+    def __getitem__(self, key: str) -> Any:
+        self.read = self.read or key == "ready"
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read = self.read or key == "ready"
+        return super().get(key, default)
+
+
+def _cannot_settle(role: RoleModel) -> bool:
+    """Whether a file of the role that lists its own ready instances would change at each
+    of their restarts, for ever. A restart without a reload takes an instance with a check
+    out of the ready set until it passes again: its peers' files (and its own) change, they
+    restart, and so on in turn. One without a check is ready again by the next look."""
+    return role.reload is None and role.health is not None
+
+
+def _own_ready_files(name: str, role: RoleModel) -> dict[str, int]:
+    """The role's files that name its own `roles.<name>.ready`, each at its template line."""
+    if not _cannot_settle(role):
+        return {}
+    found = {}
+    for key, text in role.files.items():
+        try:
+            line = templates.ready_reads(text, name).get(name)
+        except templates.RenderError:
+            continue  # the schema refused it already
+        if line is not None:
+            found[key] = line
+    return found
+
+
+def _check_own_ready(model: StackModel, doc: Document) -> list[SpecProblem]:
+    return [_own_ready_problem(doc, name, key, line)
+            for name, role in model.roles.items()
+            for key, line in _own_ready_files(name, role).items()]
+
+
+def _own_ready_problem(doc: Document, name: str, key: str, line: int | None) -> SpecProblem:
+    where = f" (template line {line})" if line and line > 1 else ""
+    return doc.problem(
+        ("roles", name, "files", key),
+        f"lists {name}'s own ready instances{where}, but {name} cannot reload: every "
+        "restart would change its peers' files and restart them in turn; give "
+        f"{name} a `reload:` (a signal or an exec), or list roles.{name}.instances (all of "
+        "them, ready or not)")
 
 
 def _check_host_ports(model: StackModel, doc: Document) -> list[SpecProblem]:

@@ -1,5 +1,6 @@
 """Persistence: the controller's SQLite database (WAL) on disk. What it keeps are the
-records of model/records.py."""
+records of model/records.py; what control/ may ask of it is `StateStore` (store/protocol.py),
+of which the SQLite `Store` is one."""
 
 from rackfire.model.records import (
     ActionRecord,
@@ -11,6 +12,7 @@ from rackfire.model.records import (
     StackRecord,
 )
 from rackfire.store.db import Store
+from rackfire.store.protocol import StateStore
 
 __all__ = ["ActionRecord", "Event", "InstanceStatus", "Override", "Release", "ReleaseStatus",
-           "StackRecord", "Store"]
+           "StackRecord", "StateStore", "Store"]

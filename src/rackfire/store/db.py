@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rackfire.errors import Conflict
 from rackfire.model.instance import Health, InstanceKey
@@ -32,6 +32,9 @@ from rackfire.model.records import (
 from rackfire.model.stack import StackSpec
 from rackfire.store.schema import ADDED_COLUMNS, SCHEMA
 
+if TYPE_CHECKING:
+    from rackfire.store.protocol import StateStore
+
 EVENTS_KEPT = 100_000  # older events are pruned
 
 
@@ -46,6 +49,15 @@ class Store:
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)
         self._migrate()
+        # Its other tables, each behind its own class (in the modules named); imported here,
+        # as they build on this one.
+        from rackfire.store.hosts import HostRegistry
+        from rackfire.store.placements import Placements
+        from rackfire.store.rollouts import RolloutWaits
+
+        self.hosts = HostRegistry(self)
+        self.placements = Placements(self)
+        self.waits = RolloutWaits(self)
 
     def _migrate(self) -> None:
         """Columns added after a table was first made, added to existing databases."""
@@ -413,3 +425,7 @@ def _stack(r: sqlite3.Row) -> StackRecord:
         deleting=bool(r["deleting"]), subnet=r["subnet"], status=StackStatus(r["status"]),
         message=r["message"], updated=r["updated"], actor=r["actor"],
         keep_data=bool(r["keep_data"]))
+
+
+def _conforms(store: Store) -> StateStore:
+    return store  # mypy checks here that the SQLite store is a whole StateStore

@@ -15,32 +15,17 @@ import json
 import re
 import secrets
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from rackfire.errors import Conflict, NotFound, PrereqError, Unauthorized
 from rackfire.model.host import HostFacts, HostState
+from rackfire.model.records import HostRecord
 from rackfire.store.db import Store
 
 HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 LABEL_KEY = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
 LABEL_VALUE = re.compile(r"^[A-Za-z0-9_.-]{0,63}$")
 JOIN_TOKEN = re.compile(r"^rft_([0-9a-f]{8})\.([A-Za-z0-9_-]{16,64})$")
-
-
-@dataclass(frozen=True, slots=True)
-class HostRecord:
-    name: str
-    labels: tuple[tuple[str, str], ...]
-    facts: HostFacts
-    state: HostState
-    joined: float
-    last_seen: float
-    address: str = ""  # host:port of its agent's API, as it reported
-    agent_key: str = ""  # what the controller presents to it
-    # Its incarnation: rises each time it heartbeats again after its lease lapsed. A
-    # mutating call carries it; the agent refuses one older than it knows.
-    epoch: int = 1
 
 
 def _hash(secret: str) -> str:

@@ -1,0 +1,363 @@
+"""The JSON of the API's answers as TypedDicts: what api/client.py's methods return.
+
+GENERATED from api/answers.py by `python -m rackfire.api.shapes_gen`: do not edit
+(tests/unit/test_client_shapes.py checks that it is up to date). One TypedDict per answer
+model, `XAnswer` -> `XShape`, with the model's fields in its order; an enum is the Literal of
+its values (the JSON carries the value), under the enum's name. Standard typing only, so
+that the CLI's types cost it no import (pydantic and fastapi are the server's).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeAlias, TypedDict
+
+# The enums of the answers, as the JSON carries them: their values.
+ActionKind: TypeAlias = Literal[
+    "build-image", "build-release", "migrate", "destroy", "stop", "fail", "create", "restart",
+    "resize", "reload", "reconfigure", "replace", "publish"]
+Health: TypeAlias = Literal["unknown", "starting", "healthy", "unhealthy", "-"]
+HostState: TypeAlias = Literal["ready", "draining", "down"]
+Operation: TypeAlias = Literal["stop", "start", "restart"]
+ReleaseStatus: TypeAlias = Literal["deploying", "live", "retired", "failed"]
+RuntimeKind: TypeAlias = Literal["container", "process", "fake"]
+
+
+class HealthShape(TypedDict):
+    """`GET /v1/health`: the server is up."""
+
+    ok: bool
+    version: str  # the server's rackfire version
+    host: str  # the server's own host
+    runtimes: list[RuntimeKind]  # what the server's host runs, best first
+
+
+# The JSON Schema of a stack file (draft 2020-12).
+StackFileSchemaShape: TypeAlias = dict[str, Any]
+
+
+class ActionShape(TypedDict):
+    """One action of a plan: an instance's own, or a stack action (a build, a migration's
+    next step, an appliance re-pointed at who is ready)."""
+
+    kind: ActionKind
+    instance: str | None  # the instance; null for a build
+    role: str  # its role; '' for an image build
+    index: int | None
+    reason: str  # why, for people
+    not_before: int | float | None  # a restart's backoff: not before then
+    held: str  # why a rolling action may not go on yet; '' if it may
+    rolling: bool  # a batch at a time, each healthy before the next
+    batch: int  # how many of the role's rolling actions go together
+    subject: str  # what it is about: the instance, `image/NAME`, or STACK/ROLE for a release
+    by: str  # who carries it out: executor | migration | publisher
+
+
+class LostShape(TypedDict):
+    instance: str
+    host: str
+
+
+class PlanShape(TypedDict):
+    """What `apply` would change now (`POST /v1/plan`)."""
+
+    stack: str
+    # the stack's generation the plan was made from: give it to apply as `expected_generation` to
+    # apply only this plan
+    generation: int
+    changes: int  # how many actions
+    actions: list[ActionShape]
+    # what to know before applying (e.g. where the file sets back what `scale` or `resize` set)
+    notes: list[str]
+    placement: list[str]  # with `explain`: where each new instance goes, and why no other host
+    # instances on a host whose lease lapsed: left as they are, nothing known of them
+    lost: list[LostShape]
+
+
+class ChangeShape(TypedDict):
+    """A change was made: the stack's new desired state is stored and rolling out, as this
+    plan says."""
+
+    stack: str
+    generation: int  # the stack's new generation
+    changes: int  # how many actions
+    actions: list[ActionShape]
+    # what to know before applying (e.g. where the file sets back what `scale` or `resize` set)
+    notes: list[str]
+    placement: list[str]  # with `explain`: where each new instance goes, and why no other host
+    # instances on a host whose lease lapsed: left as they are, nothing known of them
+    lost: list[LostShape]
+
+
+class OperateShape(TypedDict):
+    """stop, start or restart: recorded for each instance as its desired state."""
+
+    stack: str
+    operation: Operation
+    generation: int  # the stack's new generation
+    instances: list[str]
+
+
+class DestroyShape(TypedDict):
+    stack: str
+    generation: int  # the generation that deletes it
+
+
+class JournalActionShape(TypedDict):
+    """An action of the stack's current generation, as the action journal has it."""
+
+    id: str
+    generation: int
+    kind: str  # an action kind (see ActionAnswer)
+    instance: str
+    reason: str
+    state: str  # pending | running | done | failed
+    error: str
+
+
+class StackShape(TypedDict):
+    """A stack: its desired generation, what the controller made of it, and what is not
+    ready yet."""
+
+    name: str
+    generation: int  # the desired state's generation
+    observed_generation: int  # the generation the status is about
+    status: str  # progressing | converged | degraded | failed | deleting
+    message: str
+    deleting: bool
+    subnet: str
+    converged: bool  # the status is converged or degraded, and of the current generation
+    actions: list[JournalActionShape]
+    unready: list[str]  # instances not running and passing their check, each with why
+    data_disks: int  # how many data disks its instances have
+
+
+class InstanceShape(TypedDict):
+    """One instance, as `ps` shows it: what its host sees and what the controller decided."""
+
+    stack: str
+    name: str  # ROLE-INDEX
+    role: str
+    index: int
+    id: str  # STACK.ROLE.INDEX
+    state: str  # running | stopped | failed | partial
+    ip: str | None
+    host: str
+    runtime: RuntimeKind
+    isolated: bool  # it runs in a container
+    started_at: int | float | None
+    uptime: int | float | None  # seconds, while it runs
+    health: Health
+    health_message: str  # why it is unhealthy or failed
+    pid: int | None
+    oom_killed: bool
+    exit_code: int | None
+    restarts: int  # restarts after a failure since it was made from its spec
+    stopped_by_operator: bool
+    failed: str  # why the restart policy gave up on it; '' if it did not
+    # its console log's path on the host that runs it (`host`); null if its agent does not say
+    log: str | None
+
+
+class StatsShape(TypedDict):
+    """Measured usage of one instance; null where its runtime cannot tell."""
+
+    stack: str
+    name: str
+    role: str
+    index: int
+    id: str  # STACK.ROLE.INDEX
+    state: str  # running | stopped | failed | partial
+    health: Health
+    host: str
+    uptime: int | float | None  # seconds, while it runs
+    cpu_percent: int | float | None  # 100 is one core, over the last sample
+    memory_used: int | None  # bytes, without reclaimable page cache
+    memory_limit: int | None  # bytes
+    disk_used: int | None  # bytes
+    disk_limit: int | None  # bytes
+    net_rx: int | None  # bytes received
+    net_tx: int | None  # bytes sent
+    pids: int | None
+    log_bytes: int | None  # its console log, rotated files included
+
+
+class EventShape(TypedDict):
+    """Something the controller did or was asked to do."""
+
+    id: int
+    time: int | float
+    actor: str  # controller, health, or the operator as the CLI names them
+    stack: str
+    target: str  # a stack, role, instance (shop/web/0), image/NAME or host/NAME
+    action: str
+    result: str  # ok | failed | refused | started
+    reason: str
+
+
+class ImageShape(TypedDict):
+    name: str
+    digest: str
+    source: str  # what it was made from: host, debootstrap, tarball, release
+    created: int | float
+    size_bytes: int  # bytes
+
+
+class RemovedShape(TypedDict):
+    name: str
+    removed: bool  # false: there was nothing of that name
+
+
+class SourceShape(TypedDict):
+    digest: str  # the source tree's digest: give it to apply (`sources`) or push
+
+
+class TarballShape(TypedDict):
+    digest: str  # the tarball's sha256: give it to plan and apply (`tarballs`)
+    size: int  # bytes
+
+
+class ReleaseShape(TypedDict):
+    """One version of what a role runs: an image, plus the pushed app (if any)."""
+
+    stack: str
+    role: str
+    version: int
+    source: str  # the app's source digest; '' for an image-only role
+    label: str  # where the source came from
+    layer: str  # the release layer's digest; '' until built
+    image: str
+    image_digest: str
+    actor: str
+    created: int | float
+    status: ReleaseStatus
+    reason: str
+    updated: int | float
+    current: bool  # the role's desired spec runs it
+
+
+class TokenShape(TypedDict):
+    token: str  # the join token: shown only now, kept only hashed
+    expires: int | float
+    uses: int
+
+
+class JoinShape(TypedDict):
+    """The joined host's own secrets: shown only now, kept only hashed."""
+
+    name: str
+    credential: str  # the host's bearer credential for /v1/agent/*
+    agent_key: str  # what the server presents to the host's agent
+
+
+class HeartbeatShape(TypedDict):
+    name: str
+    time: int | float  # the server's clock
+    epoch: int  # the host's epoch: its agent refuses mutating calls stamped with an older one
+    # send every instance's facts with the next heartbeat (the server has none of this host's)
+    want_observed: bool
+
+
+class AmountsShape(TypedDict):
+    cpus: int | float  # cores
+    memory: int  # bytes
+    disk: int  # bytes
+
+
+class UsedAmountsShape(TypedDict):
+    memory: int  # bytes
+    disk: int  # bytes
+
+
+class HostShape(TypedDict):
+    """A host: what it can reserve, what stacks reserve on it, what is used."""
+
+    name: str
+    state: str  # ready | unreachable | draining | down
+    local: bool  # the server's own host
+    labels: dict[str, str]
+    runtimes: list[RuntimeKind]
+    capacity: AmountsShape  # what it can hard-reserve
+    reserved: AmountsShape  # what the instances placed on it reserve
+    used: UsedAmountsShape  # what is in use, as it reports
+    last_seen: int | float | None  # its last heartbeat; null for the server's
+    version: str
+    address: str  # its agent's HOST:PORT; '' for the server's own
+    # its incarnation: rises when it heartbeats again after its lease lapsed; its agent refuses
+    # calls stamped with an older one
+    epoch: int
+    # its lease lapses then unless it heartbeats; null for the server's own
+    lease_until: int | float | None
+    observed_at: int | float | None  # when it last told of all its instances (the observed cache)
+
+
+class HostUsageShape(TypedDict):
+    name: str
+    state: HostState
+    labels: dict[str, str]
+    capacity: AmountsShape
+    reserved: AmountsShape
+    free: AmountsShape  # negative where the host holds more than it can now
+    instances: int
+
+
+class StrandedShape(TypedDict):
+    instance: str  # STACK/ROLE/INDEX, e.g. shop/web/0
+    why: dict[str, str]  # host -> why it cannot run there
+
+
+class LossShape(TypedDict):
+    """One failure scenario: `hosts` go down at once."""
+
+    lost: str  # the host's name, or the rack's
+    hosts: list[str]
+    displaced: int  # how many instances ran there
+    stranded: list[StrandedShape]  # those that would fit nowhere else
+
+
+class HostLossesShape(TypedDict):
+    ok: bool  # every instance could run again after losing any one host
+    losses: list[LossShape]
+
+
+class RackLossesShape(TypedDict):
+    ok: bool  # every instance could run again after losing any one rack
+    losses: list[LossShape]
+    unracked: list[str]  # hosts without a rack label
+
+
+class RoleHeadroomShape(TypedDict):
+    role: str  # STACK/ROLE
+    more: int | None  # how many more instances fit; null: no end
+    hosts: dict[str, int | None]  # host -> how many more fit there
+    then: dict[str, list[str]]  # host -> why one more would not fit
+
+
+class CapacityShape(TypedDict):
+    """Reserved and free per host, N+1 for hosts and racks, and each role's headroom."""
+
+    hosts: list[HostUsageShape]
+    n_plus_1: HostLossesShape
+    racks: RackLossesShape
+    headroom: list[RoleHeadroomShape]
+
+
+class DrainShape(TypedDict):
+    name: str
+    moving: int  # how many instances are to move
+
+
+class MigrationShape(TypedDict):
+    instance: str  # STACK/ROLE/INDEX, e.g. shop/web/0
+    source: str
+    target: str
+    step: str  # stopping | copying | starting | cleaning
+    started: int | float
+    actor: str
+
+
+# Instance (STACK/ROLE/INDEX) -> the host it is placed on.
+PlacementsShape: TypeAlias = dict[str, str]
+
+
+class StopShape(TypedDict):
+    stopping: bool
