@@ -144,7 +144,8 @@ def loadavg() -> float:
 
 # -- docs/benchmarks.md --------------------------------------------------------------------
 
-ORDER = ["start", "bringup", "plan", "schedule", "footprint", "agent_calls", "cli_start"]
+ORDER = ["start", "bringup", "plan", "schedule", "footprint", "agent_calls", "cli_start",
+         "failover"]
 
 
 def _num(x: float) -> str:

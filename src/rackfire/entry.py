@@ -1,5 +1,6 @@
-"""The `rackfire` program: the CLI (cli/, a thin client of the API) and the two commands that
-run a part of the system in this process, `rackfire server` and `rackfire agent`.
+"""The `rackfire` program: the CLI (cli/, a thin client of the API) and the commands that
+run a part of the system in this process, `rackfire server`, `rackfire agent` and
+`rackfire watchdog` (the agent's self-fencing watchdog, agent/watchdog.py).
 
 Those two are here, not in cli/, so that the CLI imports only the API client's side (the
 dependency rule, tests/unit/test_layering.py). They import the server or the agent when they
@@ -29,6 +30,11 @@ def server(
     runtime: Annotated[cli.RuntimeKind | None, typer.Option(help="force one runtime")] = None,
     local_host: Annotated[bool, typer.Option(
         help="run instances on this machine too, not only on joined hosts")] = True,
+    lease: Annotated[float, typer.Option(
+        help="seconds a heartbeat holds a host's lease (at least 3 of its heartbeats)")] = 3.0,
+    fence_after: Annotated[float | None, typer.Option(
+        help="seconds without a renewed lease before a host's watchdog stops what fences "
+             "[default: its lease + 1]")] = None,
 ) -> None:
     """Run the server in the foreground."""
     if ctx.invoked_subcommand is not None:
@@ -36,8 +42,14 @@ def server(
     from rackfire.model import stack
     from rackfire.server import serve
 
+    if not 1.0 <= lease <= 600:
+        raise PrereqError("--lease must be 1 to 600 seconds")
+    if fence_after is not None and not 1.0 <= fence_after <= 3600:
+        raise PrereqError("--fence-after must be 1 to 3600 seconds")
+    from rackfire.control.hosts import Liveness
+
     kind = stack.RuntimeKind(runtime) if runtime is not None else None
-    serve(data_dir, listen, port, subnet_pool, kind, local_host)
+    serve(data_dir, listen, port, subnet_pool, kind, local_host, Liveness(lease, fence_after))
 
 
 @cli.app.command()
@@ -51,7 +63,7 @@ def agent(join: Annotated[str | None, typer.Option("--join", help="the controlle
               help="KEY=VALUE, e.g. rack=r1 (repeatable)")] = None,
           data_dir: Annotated[Path, typer.Option(help="the agent's state")] =
           Path("/var/lib/rackfire-agent"),
-          interval: Annotated[float, typer.Option(help="seconds between heartbeats")] = 5.0,
+          interval: Annotated[float, typer.Option(help="seconds between heartbeats")] = 1.0,
           listen: Annotated[str, typer.Option(help="HOST:PORT of this agent's API (the "
                                               "controller calls it)")] = "0.0.0.0:7481",
           runc_root: Annotated[Path, typer.Option(help="runc's state dir for this agent")] =
@@ -69,6 +81,15 @@ def agent(join: Annotated[str | None, typer.Option("--join", help="the controlle
     from rackfire.agent.daemon import run
 
     run(join, token, name, labels, data_dir, interval, listen, runc_root)
+
+
+@cli.app.command()
+def watchdog(data_dir: Annotated[Path, typer.Option(help="the agent's state")] =
+             Path("/var/lib/rackfire-agent")) -> None:
+    """Run this host's self-fencing watchdog (the agent starts one itself)."""
+    from rackfire.agent.watchdog import main as watch
+
+    watch(data_dir.absolute())
 
 
 def main() -> None:

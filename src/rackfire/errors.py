@@ -89,6 +89,13 @@ class StaleEpoch(Conflict):
     code = "stale_epoch"
 
 
+class StaleIncarnation(Conflict):
+    """A create or restart of an older run of an instance than one the host was told of:
+    the instance was placed again since (on another host, or here anew)."""
+
+    code = "stale_incarnation"
+
+
 class TooLarge(PrereqError):
     code = "too_large"
     http_status = 413

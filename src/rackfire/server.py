@@ -8,6 +8,8 @@ import logging
 import os
 import secrets
 import threading
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import uvicorn
@@ -20,6 +22,7 @@ from rackfire.agent.streams import InProcessStreams
 from rackfire.api.app import create_app
 from rackfire.control.controller import Controller
 from rackfire.control.fleet import Fleet
+from rackfire.control.hosts import DEFAULT_LIVENESS, Liveness
 from rackfire.errors import PrereqError
 from rackfire.model.stack import RuntimeKind
 from rackfire.plan.ipam import DEFAULT_POOL
@@ -39,7 +42,7 @@ def ensure_token(data_dir: Path) -> str:
 
 def serve(data_dir: Path, host: str = "127.0.0.1", port: int = 7480,
           subnet_pool: str = DEFAULT_POOL, runtime: RuntimeKind | None = None,
-          local_host: bool = True) -> None:
+          local_host: bool = True, liveness: Liveness = DEFAULT_LIVENESS) -> None:
     """`local_host`: this machine runs instances too (else only the joined hosts do)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)  # rendered config, env values, logs, disks: root's only
@@ -58,7 +61,8 @@ def serve(data_dir: Path, host: str = "127.0.0.1", port: int = 7480,
     agent = LocalAgent(data_dir, runtimes=(runtime,) if runtime else None)
     # The server's own host through the same call table as a joined one, in-process.
     home = InProcessLink(HostSide(agent, data_dir), streams=InProcessStreams(agent))
-    fleet = Fleet(home, agent, store, RemoteAgent, local_pool=local_host)
+    fleet = Fleet(home, agent, store, RemoteAgent, local_pool=local_host,
+                  liveness=replace(liveness, since=time.time()))
     controller = Controller(store, fleet, subnet_pool=subnet_pool)
     stopping = threading.Event()
     app = create_app(controller, stopping.set, data_dir / "uploads", token)

@@ -80,7 +80,8 @@ class InlineExecutor(Executor):
         return future
 
 
-def _no_joined_hosts(host: str, address: str, key: str, epoch: Callable[[], int]) -> HostLink:
+def _no_joined_hosts(host: str, address: str, key: str, epoch: Callable[[], int],
+                     gone: Callable[[], bool]) -> HostLink:
     raise AgentOffline(f"the harness has no joined host {host}")
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,3 +20,23 @@ def server(tmp_path: Path) -> Iterator[Server]:
             srv.cli("destroy", st["name"], "-y", check=False)
     finally:
         srv.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_watchdog_left(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every agent a test starts leaves its self-fencing watchdog running (as it must: it
+    outlives its agent); those of this session's data dirs are stopped, by their pid
+    files, when the session ends."""
+    base = tmp_path_factory.getbasetemp().absolute()
+    yield
+    from rackfire.agent import watchdog
+
+    for p in Path("/proc").iterdir():
+        try:
+            argv = [os.fsdecode(a) for a in (p / "cmdline").read_bytes().split(b"\0")]
+        except OSError:
+            continue
+        if watchdog.MODULE in argv and "--data-dir" in argv[:-1]:
+            data_dir = Path(argv[argv.index("--data-dir") + 1])
+            if data_dir.is_relative_to(base):
+                watchdog.stop(data_dir)

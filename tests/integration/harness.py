@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -148,8 +149,14 @@ def host_traces(stack: str) -> list[str]:
     from rackfire.net import links, names
 
     found = []
-    found += [f"netns {n}" for n in links.owned_netns() if n.startswith(f"rf-{stack}.")]
+    found += [f"netns {n}" for n in links.owned_netns()
+              if n.startswith(f"rf-{stack}.") or f"_{stack}." in n]  # (a bed agent: scoped)
     found += [f"link {n}" for n in links.owned_links() if n == names.bridge_name(stack)]
+    from rackfire.net import mesh  # the host's own address in the stack's subnet
+
+    found += [f"link {n}" for n in links.owned_links() if n in mesh.mesh_names(stack)]
+    found += [f"rule {r}" for r in mesh.owned_mesh_rules()
+              if r.endswith(f" lookup {mesh.mesh_table(stack)}")]
     found += [f"container {c}" for c in runc_ids() if c.startswith(f"{stack}.")]
     for ctrl in ("memory", "cpu", "pids", "cpuacct", "blkio", "devices", "freezer", "cpuset"):
         parent = Path("/sys/fs/cgroup") / ctrl / "rackfire"
@@ -165,6 +172,27 @@ def host_traces(stack: str) -> list[str]:
     procs = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
     found += [f"process {line.strip()}" for line in procs.splitlines()
               if f"stacks/{stack}/" in line]
+    found += [f"nft table {t}" for t in nft_tables(stack)]
+    return found
+
+
+def nft_tables(stack: str) -> list[str]:
+    """The stack's nftables table (net/egress.py) in this netns and in every test bed host's
+    (`rfh-*`, where bed agents run the stack), as `[<netns>:]inet <table>`."""
+    from rackfire.net import egress
+    from rackfire.testbed.bed import HOST_NETNS_PREFIX, nsenter_argv
+
+    if shutil.which("nft") is None:
+        return []
+    table = egress.table_name(stack)
+    found = [f"inet {table}" for t in egress.owned_tables() if t == table]
+    spaces = os.listdir("/run/netns") if os.path.isdir("/run/netns") else []
+    for ns in sorted(n for n in spaces if n.startswith(HOST_NETNS_PREFIX)):
+        out = subprocess.run(nsenter_argv(ns, ["nft", "-j", "list", "tables", "inet"]),
+                             capture_output=True, text=True, timeout=30, check=False).stdout
+        names = [t["table"]["name"] for t in json.loads(out or '{"nftables": []}')["nftables"]
+                 if "table" in t]
+        found += [f"{ns}: inet {table}" for n in names if n == table]
     return found
 
 

@@ -152,13 +152,14 @@ def sweep(bed: Bed, tmp: Path) -> None:
             subprocess.run(["runc", "--root", bed.runc_root(h.name), "delete", "-f", cid],
                            check=False, capture_output=True)
         shutil.rmtree(bed.runc_root(h.name), ignore_errors=True)
-        ids += [d.name for d in (tmp / f"agent-{h.name}" / "instances").glob("*.*.*")]
+        ids += [names.netns_name(d.name, bed.netns_scope(h)) for d in
+                (tmp / f"agent-{h.name}" / "instances").glob("*.*.*")]
     mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
               if line.split()[4].startswith(str(tmp) + "/")]
     for m in sorted(mounts, key=len, reverse=True):
         subprocess.run(["umount", "-l", m], check=False, capture_output=True)
-    for i in ids:
-        remove_netns(names.netns_name(i))
+    for ns in ids:
+        remove_netns(ns)
 
 
 def _runc_ids(root: str) -> list[str]:
@@ -403,7 +404,7 @@ def test_a_host_whose_lease_lapsed_is_lost_and_comes_back_at_a_new_epoch(
     host = db["host"]
     assert c.hosts()[host]["epoch"] == 1
     c.kill_agent(host)
-    wait_for(lambda: c.hosts()[host]["state"] == "unreachable", 30, f"{host}'s lease to lapse")
+    wait_for(lambda: c.hosts()[host]["state"] == "lost", 30, f"{host}'s lease to lapse")
     plan = json.loads(c.server.cli("plan", "-f", str(file), "--json").stdout)
     assert plan["lost"] == [{"instance": f"{stack}/db/0", "host": host}]
     assert plan["actions"] == []  # not re-created elsewhere, not touched: that is issue 15's

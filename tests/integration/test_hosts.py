@@ -83,7 +83,7 @@ roles:
 
     # Silent for a while, the host is unreachable (and no longer a place to fail over to);
     # restarted, the agent needs no token.
-    wait_for(lambda: hosts(server)["h1"]["state"] == "unreachable", 20, "h1 unreachable")
+    wait_for(lambda: hosts(server)["h1"]["state"] == "lost", 20, "h1 lost")
     report = json.loads(server.cli("capacity", "--json").stdout)
     assert not report["n_plus_1"]["ok"]
     out = server.cli("capacity").stdout

@@ -23,7 +23,7 @@ from rackfire.net.names import netns_name
 from rackfire.runtime import mounts
 from rackfire.testbed.bed import HOST_NETNS_PREFIX, leftovers
 
-from harness import free_port, unique, write_stack
+from harness import free_port, nft_tables, unique, write_stack
 
 pytestmark = pytest.mark.root
 
@@ -118,7 +118,7 @@ def snapshot(c: Cluster, stack: str) -> dict[str, Any]:
     runc_roots = [f"/run/rackfire/runc-{state['bed']}-{h}" for h in state["hosts"]]
     return {"bed": state["bed"], "pids": [state["server"], *state["agents"]],
             "haproxy": haproxies, "ids": [f"{stack}.{r['role']}.{r['index']}" for r in rows],
-            "runc_roots": runc_roots, "rows": rows}
+            "runc_roots": runc_roots, "rows": rows, "stack": stack}
 
 
 def traces(c: Cluster, snap: dict[str, Any]) -> list[str]:
@@ -130,12 +130,14 @@ def traces(c: Cluster, snap: dict[str, Any]) -> list[str]:
     found += [x for x in leftovers() if snap["bed"] in x]
     netns = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
     found += [f"netns {n}" for n in netns if n.startswith(f"{HOST_NETNS_PREFIX}{snap['bed']}")]
+    found += [f"netns {n}" for n in netns if n.startswith(f"rf-{snap['bed']}-")]  # scoped
     for i in snap["ids"]:
         if netns_name(i) in netns:
             found.append(f"netns {netns_name(i)}")
         found += [f"cgroup {cg}" for cg in Path("/sys/fs/cgroup").glob(f"*/rackfire/{i}")]
         found += [f"cgroup {cg}" for cg in Path("/sys/fs/cgroup").glob(f"rackfire/{i}")]
     found += [f"runc root {r}" for r in snap["runc_roots"] if os.path.exists(r)]
+    found += [f"nft table {t}" for t in nft_tables(snap["stack"])]  # the server's own host
     if c.data.exists():
         found.append(f"data dir {c.data}")
     return found

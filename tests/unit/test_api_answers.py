@@ -223,7 +223,7 @@ roles:
     big = HostFacts(HostCapacity(2, 4 * g, 10 * g), (RuntimeKind.CONTAINER,), g, g, "0.1")
     small = HostFacts(HostCapacity(0.5, g, g), (RuntimeKind.PROCESS,), 0, 0, "0.1", 2.0)
     views = [HostView("vm1", "ready", True, (), big, Reservation(2.0, 2 * g, 2 * g), None),
-             HostView("vm2", "unreachable", False, (("rack", "r1"),), small, Reservation(),
+             HostView("vm2", "lost", False, (("rack", "r1"),), small, Reservation(),
                       1700000000.5, "10.0.0.2:7481")]
     for v in views:
         same_json(HostAnswer.model_validate(v.to_json()), v.to_json())

@@ -31,6 +31,7 @@ CALLS: dict[str, tuple[Any, ...]] = {
     "operate": ("shop", "stop", None, None), "stats": ("shop",), "events": (), "images": (),
     "build_image": (), "import_image": ("base", "TARBALL"), "remove_image": ("base",),
     "schema": (), "create_token": (60.0, 1), "capacity": (), "hosts": (), "drain": ("h1",),
+    "fence": ("h1",), "ready": ("h1",), "ha": (),
     "migrate": ("shop/web/0", None), "migrations": (), "placements": (),
     "remove_host": ("h1",),
 }

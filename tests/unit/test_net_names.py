@@ -57,3 +57,15 @@ def test_prefixes_cover_every_kind_of_name() -> None:
     assert all(name.startswith(PREFIXES) for name in made)
     assert bridge_name("s").startswith(LINK_PREFIXES)
     assert netns_name("s.r.0").startswith(NETNS_PREFIX)
+
+
+def test_a_scoped_netns_name_is_apart_from_every_other_scope(monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    # The bed's hosts share /run/netns: each agent names its instances' in its own scope.
+    assert netns_name("s.r.0", "abc123-h1") == "rf-abc123-h1_s.r.0"
+    assert netns_name("s.r.0", "abc123-h1") != netns_name("s.r.0", "abc123-h2")
+    monkeypatch.setenv("RACKFIRE_NETNS_SCOPE", "abc123-h2")
+    assert netns_name("s.r.0") == "rf-abc123-h2_s.r.0"
+    assert netns_name("s.r.0", "") == "rf-s.r.0"
+    with pytest.raises(PrereqError):
+        netns_name("s.r.0", "Bad Scope")

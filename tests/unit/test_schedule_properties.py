@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from rackfire.model.agent import HostCapacity
 from rackfire.model.host import Host, HostState, Reservation
 from rackfire.model.instance import InstanceKey
-from rackfire.model.stack import RuntimeKind
+from rackfire.model.stack import RuntimeKind, Spread
 from rackfire.schedule import Ask, Placement, Strategy, headroom, move, schedule
 
 M = 1 << 20
@@ -32,6 +32,7 @@ states = st.sampled_from([HostState.READY] * 4 + [HostState.DRAINING, HostState.
 runtimes = st.sampled_from([(RuntimeKind.CONTAINER,)] * 3 + [
     (RuntimeKind.PROCESS,), (RuntimeKind.CONTAINER, RuntimeKind.PROCESS), ()])
 racks = st.sampled_from([None, "r1", "r2"])
+sites = st.sampled_from([None, None, "s1", "s2"])
 
 
 @st.composite
@@ -40,10 +41,10 @@ def hosts(draw: st.DrawFn) -> list[Host]:
                           max_size=6))
     out = []
     for name in names:
-        rack = draw(racks)
+        rack, site = draw(racks), draw(sites)
         out.append(Host(
             name, HostCapacity(draw(cpus), draw(memory), draw(disk)),
-            draw(states), (("rack", rack),) if rack else (),
+            draw(states), tuple((k, v) for k, v in (("rack", rack), ("site", site)) if v),
             draw(runtimes),
             draw(st.one_of(st.just(Reservation()),
                            st.builds(Reservation, cpus, memory, disk)))))
@@ -57,7 +58,8 @@ asks = st.builds(
     st.sampled_from([None] * 3 + [RuntimeKind.CONTAINER, RuntimeKind.PROCESS]),
     st.sampled_from([()] * 3 + [(("rack", "r1"),)]),
     st.booleans(),
-    st.sampled_from(Strategy))
+    st.sampled_from(Strategy),
+    st.sampled_from([None] * 3 + [Spread.RACK, Spread.SITE]))  # a hard failure domain
 
 
 @st.composite
@@ -83,9 +85,9 @@ def situations(draw: st.DrawFn) -> tuple[list[Host], dict[InstanceKey, str],
 
 
 def fits_now(h: Host, key: InstanceKey, a: Ask, assigned: dict[InstanceKey, str],
-             want: dict[InstanceKey, Ask]) -> bool:
-    """Whether `h` could take one more instance on top of `assigned`: an oracle written
-    apart from the scheduler's checks."""
+             want: dict[InstanceKey, Ask], fleet: list[Host]) -> bool:
+    """Whether `h` could take one more instance on top of `assigned` (on `fleet`): an
+    oracle written apart from the scheduler's checks."""
     if h.state is not HostState.READY:
         return False
     if (a.runtime is None and not h.runtimes) or (a.runtime and a.runtime not in h.runtimes):
@@ -95,6 +97,12 @@ def fits_now(h: Host, key: InstanceKey, a: Ask, assigned: dict[InstanceKey, str]
     on = [k for k, where in assigned.items() if where == h.name]
     if a.distinct_hosts and any((k.stack, k.role) == (key.stack, key.role) for k in on):
         return False
+    if a.spread is not None:  # its rack (site) must exist and hold none of the role
+        label = {x.name: x.label(a.spread.value) for x in fleet}
+        mine = label[h.name]
+        if mine is None or any((k.stack, k.role) == (key.stack, key.role)
+                               and label.get(where) == mine for k, where in assigned.items()):
+            return False
     used = h.reserved
     for k in on:
         used += want[k].need
@@ -122,6 +130,10 @@ def test_no_host_is_ever_over_its_capacity_or_breaks_a_constraint(
             assert all(h.label(lk) == v for lk, v in a.labels)
         distinct = Counter(k.role for k in on if want[k].distinct_hosts)
         assert all(n == 1 for n in distinct.values())
+    # A hard failure domain: never two of a role in one rack (site), none outside every one.
+    apart = Counter((k.role, spread, by_name[where].label(spread.value))
+                    for k, where in got.items() if (spread := want[k].spread) is not None)
+    assert all(domain is not None and n == 1 for (_, _, domain), n in apart.items()), apart
 
 
 @CHECKS
@@ -176,7 +188,7 @@ def test_every_host_is_accounted_for_and_nothing_placeable_is_left_out(
         assert d.host == (ranked[0] if ranked else None)
         if d.host is None:
             # Not a gap in the search: no host could take it even now.
-            assert not any(fits_now(h, d.key, d.ask, got, want) for h in hs)
+            assert not any(fits_now(h, d.key, d.ask, got, want, hs) for h in hs)
 
 
 @CHECKS
@@ -211,7 +223,7 @@ def test_a_move_lands_only_where_the_instance_fits_beside_everything_that_stays(
     assert move(shuffled, placed, want, key) == d  # deterministic, whatever the order
     others = {k: h for k, h in placed.items() if k != key and h in {x.name for x in hs}}
     feasible = {h.name for h in hs if h.name != placed.get(key)
-                and fits_now(h, key, want[key], others, want)}
+                and fits_now(h, key, want[key], others, want, hs)}
     if d.host is None:
         assert not feasible  # it says no only when no other host could take it
     else:

@@ -18,9 +18,10 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
@@ -28,14 +29,18 @@ import uvicorn
 from rackfire.agent.hostside import HostSide
 from rackfire.agent.local import LAYER_GRACE, LocalAgent
 from rackfire.agent.rpc import serve_agent
+from rackfire.agent.watchdog import Watchdog
 from rackfire.errors import ExecError, NotFound, PrereqError
 from rackfire.model.agent import Observed
+from rackfire.model.instance import InstanceKey
 from rackfire.model.wire import encode
 from rackfire.runtime.container import RUNC_ROOT
 
 log = logging.getLogger("rackfire.agent")
 CREDENTIAL = "credential.json"
-BACKOFF_MAX = 30.0
+# Retries back off only this far: a heartbeat renews the lease, and a host whose link is
+# back must be heard again within about a lease (its replaced copies go at that beat).
+BACKOFF_MAX = 2.0
 WATCH = 0.5  # seconds between looks at this host's instances
 
 
@@ -90,13 +95,15 @@ def join(url: str | None, token: str | None, name: str | None, labels: dict[str,
 
 
 def heartbeat_loop(joined: Joined, labels: dict[str, str], side: HostSide, agent: LocalAgent,
-                   interval: float, stop: threading.Event, address: str = "") -> None:
+                   interval: float, stop: threading.Event, address: str = "",
+                   watchdog: Watchdog | None = None) -> None:
     """Report the host's facts every `interval`, and its instances' at once when they
     changed (looked at every WATCH seconds: a crash is known within about that); a beat
     with nothing new says its instances are `unchanged`, unless the controller wants them
     all again (it restarted). Adopt the epoch the controller answers with. Back off while
     it cannot be reached. Returns (an error) when it no longer knows this credential."""
     delay = interval
+    contact = Contact(joined.url)
     told: Observed | None = None  # what the controller last accepted of its instances
     want_all = True
     next_beat = 0.0
@@ -110,23 +117,71 @@ def heartbeat_loop(joined: Joined, labels: dict[str, str], side: HostSide, agent
                 body = {"labels": labels, "facts": agent.facts(interval).to_json(),
                         "address": address}
                 body |= {"observed": encode(observed)} if new else {"unchanged": True}
+                sent = time.monotonic()
                 try:
                     r = http.post("/v1/agent/heartbeat", json=body)
                 except httpx.TransportError as e:
-                    log.warning("controller %s unreachable (%s); retrying in %.0fs",
-                                joined.url, type(e).__name__, delay)
+                    contact.missed(sent, f"{type(e).__name__}; retrying in {delay:.1f}s")
                     next_beat = time.monotonic() + delay
-                    delay = min(BACKOFF_MAX, delay * 2)
+                    delay = min(max(interval, BACKOFF_MAX), delay * 2)
                 else:
                     if r.status_code != 200:
                         raise PrereqError(f"the controller refused this host: {_message(r)}",
                                           hint="join again with a new token")
                     answer = r.json()
                     side.adopt(int(answer.get("epoch", 0)))
+                    side.replaced(_runs(answer.get("replaced", ())))
+                    if side.sweep():  # gone before anything else: they must not serve
+                        want_all = True
+                    fence_after = float(answer.get("fence_after", 0) or 0)
+                    contact.renewed(sent, fence_after)
+                    if watchdog is not None:  # from `sent`: never later than the controller's
+                        watchdog.feed(sent + fence_after if fence_after else None,
+                                      agent.fence_targets())
                     told = observed if new else told
-                    want_all = bool(answer.get("want_observed", False))
+                    want_all = want_all or bool(answer.get("want_observed", False))
                     delay, next_beat = interval, time.monotonic() + interval
+            if watchdog is not None:  # what started or stopped since the beat is fed now
+                watchdog.refresh(agent.fence_targets())
             stop.wait(min(WATCH, interval))
+
+
+class Contact:
+    """The agent's own view of its lease: renewed by each answered heartbeat, lost once one
+    went unanswered for longer than the controller's lease would hold. Each change is
+    logged (the controller records its side as host events)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.last_ok: float | None = None  # monotonic: when the last answered beat was sent
+        self.fence_after = 0.0
+        self.lost = False
+
+    def renewed(self, sent: float, fence_after: float) -> None:
+        if self.lost and self.last_ok is not None:
+            log.warning("controller %s reached again after %.1fs", self.url, sent - self.last_ok)
+        self.last_ok, self.fence_after, self.lost = sent, fence_after, False
+
+    def missed(self, now: float, why: str) -> None:
+        silent = now - self.last_ok if self.last_ok is not None else 0.0
+        if not self.lost:
+            log.warning("controller %s unreachable (%s)", self.url, why)
+        if not self.lost and self.fence_after and silent > self.fence_after:
+            log.warning("lease not renewed for %.1fs: this host's watchdog stops what "
+                        "fences (it is replaced elsewhere)", silent)
+            self.lost = True
+
+
+def _runs(items: Iterable[Any]) -> list[tuple[InstanceKey, int]]:
+    """A heartbeat answer's replaced runs; a malformed entry is skipped (logged)."""
+    out = []
+    for item in items:
+        try:
+            stack, role, index = str(item["instance"]).split("/")
+            out.append((InstanceKey(stack, role, int(index)), int(item["incarnation"])))
+        except (KeyError, TypeError, ValueError):
+            log.warning("ignoring a malformed replaced entry in a heartbeat answer: %r", item)
+    return out
 
 
 def fetch_layer(data_dir: Path, digest: str) -> Iterator[bytes]:
@@ -216,8 +271,12 @@ def run(url: str | None, token: str | None, name: str | None, labels: dict[str, 
     serving.start()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    # Apart from this process, and left running when it stops: it fences if no agent
+    # renews the lease in time.
+    watchdog = Watchdog(data_dir)
+    watchdog.ensure_running()
     try:
-        heartbeat_loop(joined, labels, side, agent, interval, stop, address)
+        heartbeat_loop(joined, labels, side, agent, interval, stop, address, watchdog)
     finally:
         api.should_exit = True
         serving.join(10)

@@ -45,9 +45,9 @@ from rackfire.model.stack import (
     PortMap,
     RuntimeKind,
 )
-from rackfire.net import links, vxlan
+from rackfire.net import egress, links, mesh, vxlan
 from rackfire.runtime import diskcopy, logwriter, registry, stats
-from rackfire.runtime.base import DiskMover, ExecHandle, Runtime, inputs
+from rackfire.runtime.base import DiskMover, ExecHandle, Fencer, Runtime, inputs
 from rackfire.runtime.container import RUNC_ROOT, remove_volumes
 from rackfire.runtime.layout import (
     InstanceDir,
@@ -106,6 +106,20 @@ class LocalAgent:
         return [replace(f, log=self.log_path(f.key)) for f in facts
                 if stack is None or f.key.stack == stack]
 
+    def fence_targets(self) -> list[dict[str, Any]]:
+        """How the watchdog kills each running instance here whose role self-fences
+        (meta `fence`), without this agent (agent/watchdog.py)."""
+        kinds = {k.value: k for k in self._runtimes}
+        out: list[dict[str, Any]] = []
+        for key, d in list_instance_dirs(self.data_dir / "instances"):
+            meta = read_meta(d) or {}
+            kind = kinds.get(str(meta.get("runtime", "")))
+            rt = self._runtimes[kind] if kind is not None else None
+            if meta.get("fence") and isinstance(rt, Fencer) \
+                    and (target := rt.fence_target(key)) is not None:
+                out.append(target)
+        return out
+
     def create(self, req: InstanceRequest) -> None:
         if req.adopt_disks:
             self._mover(self._runtime(req.runtime))  # only a runtime that moves disks adopts
@@ -130,11 +144,14 @@ class LocalAgent:
                            hint="it is observed again at the next reconcile")
         runtime = self._runtime(req.runtime)
         self._layers_touched(req.image_digest, req.app_digest)
+        # The run it is, for what it writes down (a witness log, a leader's fencing token).
+        req = replace(req, env=(*req.env, ("RACKFIRE_INCARNATION", str(req.incarnation))))
         # The runtime says whether it can take a release layer (and that it is the one).
         app = self.store.by_digest(req.app_digest) if req.app_digest else None
         rootfs, net = inputs(runtime, req, self._image(req), self._hosts(req.key.stack), app)
         getattr(runtime, verb)(req, rootfs, net)
-        update_meta(self._dir(req.key), action_id=req.action_id)
+        update_meta(self._dir(req.key), action_id=req.action_id, incarnation=req.incarnation,
+                    fence=req.fence)
 
     def reload(self, req: InstanceRequest) -> None:
         if read_meta(self._dir(req.key)) is None:
@@ -280,6 +297,11 @@ class LocalAgent:
                 vxlan.ensure_vxlan(net.stack, net.vni, net.local_ip,
                                    vxlan.underlay_device(net.local_ip))
                 vxlan.set_vxlan_peers(net.stack, list(net.peers))
+            if net.vni and net.local_ip and net.host_ip:
+                mesh.ensure_mesh_port(net.stack, net.host_ip, net.subnet)
+            else:
+                mesh.remove_mesh_port(net.stack)
+            egress.ensure_egress(net.stack, net.subnet, net.no_egress)
 
     def set_hosts(self, stack: str, entries: list[tuple[str, list[str]]]) -> None:
         path = self._hosts(stack)
@@ -293,7 +315,10 @@ class LocalAgent:
             f.truncate()
 
     def publish(self, stack: str, ports: list[PublishedPort]) -> None:
-        Proxy(self._stack_dir(stack), stack).apply(ports)
+        # With a host address (ensure_network), HAProxy connects from it: remote instances
+        # answer this host, not their own gateway (net/mesh.py).
+        source = mesh.mesh_address(stack) if self._bridged() else ""
+        Proxy(self._stack_dir(stack), stack).apply(ports, source)
 
     def busy_ports(self, stack: str, ports: list[PortMap]) -> list[PortMap]:
         """The ports another program (or stack) holds; the stack's own are not busy."""
@@ -311,6 +336,8 @@ class LocalAgent:
             raise PrereqError(f"stack {stack} still has {len(leftovers)} instance(s)")
         Proxy(self._stack_dir(stack), stack).stop()
         if self._bridged():
+            egress.remove_egress(stack)
+            mesh.remove_mesh_port(stack)
             vxlan.remove_vxlan(stack)
             links.delete_bridge(stack)
         shutil.rmtree(self._stack_dir(stack), ignore_errors=True)

@@ -19,7 +19,11 @@ from rackfire.errors import ExecError
 from rackfire.model.agent import PublishedPort
 
 
-def render_config(stack: str, ports: list[PublishedPort]) -> str:
+def render_config(stack: str, ports: list[PublishedPort], source: str = "") -> str:
+    """`source`: connect to backends from this address (the host's own one in the stack's
+    subnet, for the routing mesh), so a remote instance's reply comes back to this host and
+    not to the anycast gateway of its own. "" connects from the gateway, as on one host."""
+    via = f" source {source}" if source else ""
     lines = [
         f"# rackfire: published ports of stack {stack}. Generated; do not edit.",
         "global",
@@ -49,7 +53,7 @@ def render_config(stack: str, ports: list[PublishedPort]) -> str:
             f"backend rf_{m.host_port}",
             "    balance roundrobin",
         ]
-        lines += [f"    server s{i} {b}" for i, b in enumerate(p.backends)]
+        lines += [f"    server s{i} {b}{via}" for i, b in enumerate(p.backends)]
     return "\n".join(lines) + "\n"
 
 
@@ -83,14 +87,14 @@ class Proxy:
                 out.add((host.strip("[]"), int(port)))
         return out
 
-    def apply(self, ports: list[PublishedPort]) -> None:
+    def apply(self, ports: list[PublishedPort], source: str = "") -> None:
         if not ports:
             self.stop()
             return
         if shutil.which("haproxy") is None:
             raise ExecError("published ports need HAProxy, which is not installed here",
                             hint="apt-get install haproxy (make demo and make test do)")
-        text = render_config(self.stack, ports)
+        text = render_config(self.stack, ports, source)
         old = self.pid()
         previous = self.cfg.read_text() if self.cfg.exists() else None
         if old is not None and previous == text:

@@ -5,11 +5,14 @@ timeout; its disks, logs and exec as streams, which the API relays."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 
 from rackfire.agent.rpc import RemoteCall, disks_path, exec_path, logs_path
 from rackfire.agent.table import Epoch, TableClient
+from rackfire.errors import AgentOffline
 from rackfire.model.agent import ACTION, ExecStream, HostLink, LogStream, Stamp
 from rackfire.model.instance import InstanceKey
 from rackfire.streaming import HISTORY_HEADER
@@ -18,18 +21,39 @@ if TYPE_CHECKING:
     from websockets.asyncio.client import ClientConnection
 
 
+GONE_LOOK = 0.25  # seconds between looks, during a call, at whether its host is gone
+
+
 class RemoteAgent(TableClient):
-    def __init__(self, name: str, address: str, key: str,
-                 epoch: Epoch = lambda: 0) -> None:
+    """`gone()`: the host's lease lapsed (or it was fenced): a call under way is given up
+    then (AgentOffline), not waited for until its timeout, which for a host that died with
+    the connection open is all of it (no reset comes)."""
+
+    def __init__(self, name: str, address: str, key: str, epoch: Epoch = lambda: 0,
+                 gone: Callable[[], bool] = lambda: False) -> None:
         super().__init__(epoch)
         self.name = name
         self._call = RemoteCall(address, key)
+        self._gone = gone
+        # Each call on a thread of its own, so the caller can give it up; one given up
+        # ends by its own timeout, its answer dropped.
+        self._calls = ThreadPoolExecutor(max_workers=16, thread_name_prefix=f"call-{name}")
 
     def close(self) -> None:
+        self._calls.shutdown(wait=False, cancel_futures=True)
         self._call.close()
 
     def _send(self, call: str, kwargs: dict[str, Any], stamp: Stamp) -> tuple[Any, str, int]:
-        return self._call.stamped(call, stamp, **kwargs)
+        if self._gone():
+            raise AgentOffline(f"host {self.name} is lost", hint="see `rackfire hosts`")
+        future = self._calls.submit(self._call.stamped, call, stamp, **kwargs)
+        while True:
+            try:
+                return future.result(timeout=GONE_LOOK)
+            except FutureTimeout:
+                if self._gone():
+                    raise AgentOffline(f"host {self.name} was lost during {call}",
+                                       hint="see `rackfire hosts`") from None
 
     # A cold migration's disks: streamed, not JSON calls (agent/rpc.py).
 

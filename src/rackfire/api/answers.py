@@ -24,6 +24,7 @@ from rackfire.model.instance import Health
 from rackfire.model.records import ReleaseStatus
 from rackfire.model.stack import RuntimeKind
 from rackfire.plan.actions import ActionKind, Plan
+from rackfire.schedule import Verdict
 
 Number = Annotated[int | float, WithJsonSchema({"type": "number"})]
 Seconds = Annotated[int | float, WithJsonSchema({"type": "number",
@@ -164,7 +165,7 @@ class InstanceAnswer(BaseModel):
     role: str
     index: int
     id: str = Field(description="STACK.ROLE.INDEX")
-    state: str = Field(description="running | stopped | failed | partial")
+    state: str = Field(description="running | stopped | failed | partial | lost")
     ip: str | None
     host: str
     runtime: RuntimeKind
@@ -182,6 +183,8 @@ class InstanceAnswer(BaseModel):
     failed: str = Field(description="why the restart policy gave up on it; '' if it did not")
     log: str | None = Field(description="its console log's path on the host that runs it "
                             "(`host`); null if its agent does not say")
+    incarnation: int = Field(0, description="the run it is: issued with each placement on "
+                             "a host (a replacement elsewhere is a later one)")
 
 
 class StatsAnswer(BaseModel):
@@ -283,6 +286,11 @@ class JoinAnswer(BaseModel):
     agent_key: str = Field(description="what the server presents to the host's agent")
 
 
+class ReplacedRun(BaseModel):
+    instance: str = Field(description="STACK/ROLE/INDEX")
+    incarnation: int = Field(description="the run the controller holds")
+
+
 class HeartbeatAnswer(BaseModel):
     name: str
     time: Seconds = Field(description="the server's clock")
@@ -290,6 +298,11 @@ class HeartbeatAnswer(BaseModel):
                        "stamped with an older one")
     want_observed: bool = Field(False, description="send every instance's facts with the "
                                 "next heartbeat (the server has none of this host's)")
+    fence_after: Seconds = Field(0, description="stop what fences (agent/watchdog.py) after "
+                                 "this long without a heartbeat answered; 0: never")
+    replaced: list[ReplacedRun] = Field([], description="copies on this host that were "
+                                        "replaced: destroy each one older than this run")
+
 
 
 class Amounts(BaseModel):
@@ -307,7 +320,7 @@ class HostAnswer(BaseModel):
     """A host: what it can reserve, what stacks reserve on it, what is used."""
 
     name: str
-    state: str = Field(description="ready | unreachable | draining | down")
+    state: str = Field(description="ready | suspect | lost | draining | fenced | down")
     local: bool = Field(description="the server's own host")
     labels: dict[str, str]
     runtimes: list[RuntimeKind]
@@ -323,6 +336,9 @@ class HostAnswer(BaseModel):
                                         "heartbeats; null for the server's own")
     observed_at: Seconds | None = Field(None, description="when it last told of all its "
                                         "instances (the observed cache)")
+    lease_age: Seconds | None = Field(None, description="seconds since its last heartbeat; "
+                                      "null for the server's own")
+    lease: Seconds | None = Field(None, description="how long a heartbeat holds its lease")
 
 
 class HostUsage(BaseModel):
@@ -343,7 +359,7 @@ class Stranded(BaseModel):
 class Loss(BaseModel):
     """One failure scenario: `hosts` go down at once."""
 
-    lost: str = Field(description="the host's name, or the rack's")
+    lost: str = Field(description="the host's name, a pair's (A+B), the rack's or the site's")
     hosts: list[str]
     displaced: int = Field(description="how many instances ran there")
     stranded: list[Stranded] = Field(description="those that would fit nowhere else")
@@ -360,6 +376,42 @@ class RackLosses(BaseModel):
     unracked: list[str] = Field(description="hosts without a rack label")
 
 
+class PairLosses(BaseModel):
+    ok: bool = Field(description="every instance could run again after losing any two hosts "
+                     "(of `hosts`)")
+    losses: list[Loss] = Field(description="the pairs that strand something; every other "
+                               "pair strands nothing")
+    pairs: int = Field(description="how many pairs were tried")
+    hosts: list[str] = Field(description="the hosts paired: every host, or, past 40, the 40 "
+                             "holding the most instances")
+    capped: bool = Field(description="not every host was paired")
+
+
+class SiteLosses(BaseModel):
+    ok: bool = Field(description="every instance could run again after losing any one site")
+    losses: list[Loss]
+    unsited: list[str] = Field(description="hosts without a site label")
+
+
+class Survival(BaseModel):
+    verdict: Verdict = Field(
+        description="ok: every instance could run again; degraded: some could not, each role "
+        "keeps one; down: a role would have none; untested: no such scenario")
+    loss: str | None = Field(description="the scenario that decides it (the first of the "
+                             "worst); null when ok or untested")
+    stranded: list[InstanceName] = Field(description="the stack's instances it strands")
+
+
+class StackSurvival(BaseModel):
+    """Whether a stack keeps serving after each kind of loss: the worst scenario of each."""
+
+    stack: str
+    host: Survival = Field(description="any one host lost")
+    hosts_2: Survival = Field(description="any two hosts lost")
+    rack: Survival = Field(description="any one rack lost")
+    site: Survival = Field(description="any one site lost")
+
+
 class RoleHeadroom(BaseModel):
     role: str = Field(description="STACK/ROLE")
     more: int | None = Field(description="how many more instances fit; null: no end")
@@ -368,12 +420,39 @@ class RoleHeadroom(BaseModel):
 
 
 class CapacityAnswer(BaseModel):
-    """Reserved and free per host, N+1 for hosts and racks, and each role's headroom."""
+    """Reserved and free per host, losing any one host (N+1), any two, any rack and any site,
+    whether each stack survives them, and each role's headroom."""
 
     hosts: list[HostUsage]
     n_plus_1: HostLosses
     racks: RackLosses
+    n_plus_2: PairLosses
+    sites: SiteLosses
+    stacks: list[StackSurvival]
     headroom: list[RoleHeadroom]
+
+
+class FenceAnswer(BaseModel):
+    name: str
+    placing: int = Field(description="how many instances are to be placed again elsewhere")
+
+
+class HaAnswer(BaseModel):
+    """An instance replaced only after its host's fence, and the chain of timings."""
+
+    instance: str
+    host: str
+    state: str = Field(description="its host's: ready | suspect | lost | fenced | ...")
+    singleton: bool
+    self_fences: bool = Field(description="its host's watchdog stops it")
+    data: bool = Field(description="it has a data disk (only on its host)")
+    lease: Seconds | None = None
+    lease_age: Seconds | None = None
+    fence_after: Seconds | None = None
+    grace: Seconds | None = None
+    worst_case: Seconds | None = Field(None, description="host death to its replacement "
+                                       "being started, at most (its start not counted)")
+    chain: str
 
 
 class DrainAnswer(BaseModel):

@@ -464,6 +464,7 @@ def instance_answer(controller: Controller, v: InstanceView) -> InstanceAnswer:
         stopped_by_operator=bool(st and st.stopped),
         failed=st.failed if st else "",
         log=f.log or None,  # on the host that runs it (`host`), as its agent reports it
+        incarnation=f.incarnation,
     )
 
 

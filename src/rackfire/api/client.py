@@ -25,6 +25,8 @@ if TYPE_CHECKING:
         DestroyShape,
         DrainShape,
         EventShape,
+        FenceShape,
+        HaShape,
         HealthShape,
         HostShape,
         ImageShape,
@@ -255,6 +257,15 @@ class Client:
 
     def drain(self, name: str) -> DrainShape:
         return cast("DrainShape", self._call("POST", f"/v1/hosts/{name}/drain"))
+
+    def fence(self, name: str) -> FenceShape:
+        return cast("FenceShape", self._call("POST", f"/v1/hosts/{name}/fence"))
+
+    def ready(self, name: str) -> HostShape:
+        return cast("HostShape", self._call("POST", f"/v1/hosts/{name}/ready"))
+
+    def ha(self) -> list[HaShape]:
+        return cast("list[HaShape]", self._call("GET", "/v1/ha"))
 
     def migrate(self, instance: str, to: str | None) -> MigrationShape:
         return cast("MigrationShape", self._call(

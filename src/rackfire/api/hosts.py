@@ -16,12 +16,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from rackfire.api.answers import (
     CapacityAnswer,
     DrainAnswer,
+    FenceAnswer,
+    HaAnswer,
     HeartbeatAnswer,
     HostAnswer,
     JoinAnswer,
     MigrationAnswer,
     PlacementsAnswer,
     RemovedAnswer,
+    ReplacedRun,
     TokenAnswer,
 )
 from rackfire.api.types import (
@@ -35,7 +38,8 @@ from rackfire.api.types import (
     errors,
 )
 from rackfire.control.controller import Controller
-from rackfire.control.hosts import HostView, capacity_report, lease
+from rackfire.control.failover import chains
+from rackfire.control.hosts import HostView, capacity_report
 from rackfire.errors import Conflict, PrereqError
 from rackfire.model.agent import Observed
 from rackfire.model.host import HostFacts
@@ -160,15 +164,20 @@ def add_host_routes(app: FastAPI, controller: Controller, actor: Any) -> None:
         name = controller.store.hosts.authenticate(authorization.removeprefix("Bearer "))
         facts = _facts(body.facts)
         observed = _observed(name, body.observed)
+        liveness = controller.fleet.liveness
         epoch, back = controller.store.hosts.heartbeat(name, body.labels, facts, body.address,
-                                         lease(facts.interval))
+                                         liveness.lease(facts.interval), liveness.since)
         if back:
             controller.store.add_event(name, "", f"host/{name}", "lease", "ok",
                                        f"heartbeats again after its lease lapsed: epoch {epoch}")
-        controller.fleet.heard(name, observed, facts, unchanged=body.unchanged)
-        return HeartbeatAnswer(name=name, time=time.time(), epoch=epoch,
-                               want_observed=controller.fleet.observed.observed_at(name)
-                               is None)
+        fleet = controller.fleet
+        fleet.heard(name, observed, facts, unchanged=body.unchanged)
+        return HeartbeatAnswer(
+            name=name, time=time.time(), epoch=epoch,
+            want_observed=fleet.observed.observed_at(name) is None,
+            fence_after=liveness.fence(facts.interval),
+            replaced=[ReplacedRun(instance=str(k), incarnation=n)
+                      for k, n in fleet.replaced_on(name)])
 
     @app.get("/v1/agent/layers/{digest}", response_class=StreamingResponse,
              responses={**errors(401, 404), 200: {"description": "the layer's tar stream",
@@ -210,6 +219,27 @@ def add_host_routes(app: FastAPI, controller: Controller, actor: Any) -> None:
         """Move every instance off the host, each role keeping its availability."""
         return DrainAnswer(name=name, moving=controller.drain(name, who))
 
+    @app.post("/v1/hosts/{name}/fence", responses=errors(404, 409))
+    def fence(name: HostPath, who: str = actor) -> FenceAnswer:
+        """Declare the host dead now: what it held is placed again at once, singletons
+        too; should it be alive, it destroys the replaced copies when it heartbeats."""
+        return FenceAnswer(name=name, placing=controller.fence(name, who))
+
+    @app.post("/v1/hosts/{name}/ready", responses=errors(404, 409))
+    def ready(name: HostPath, who: str = actor) -> HostAnswer:
+        """Bring a drained or fenced host back: it takes instances again."""
+        controller.ready(name, who)
+        return next(HostAnswer.model_validate(v.to_json()) for v in views() if v.name == name)
+
+    @app.get("/v1/ha")
+    def ha() -> list[HaAnswer]:
+        """Each instance placed again only after its host's fence (singletons): the chain
+        of timings that proves it stopped first, and the worst case."""
+        fleet = controller.fleet
+        return [HaAnswer.model_validate(c) for c in chains(
+            stacks(), fleet.placements.all(), {h.name: h for h in fleet.registry.hosts()},
+            fleet.liveness, fleet.server_host, time.time())]
+
     @app.post("/v1/migrations", responses=errors(400, 404, 409, 503))
     def migrate(body: MigrateRequest, who: str = actor) -> MigrationAnswer:
         """Move one instance to another host (cold): it is checked now, carried out by
@@ -231,13 +261,19 @@ def add_host_routes(app: FastAPI, controller: Controller, actor: Any) -> None:
     def remove_host(name: HostPath, who: str = actor) -> RemovedAnswer:
         """Forget a joined host: its credential stops working. Refused while instances are
         placed on it or move from or to it."""
-        held = [k for k, h in controller.fleet.placements.all().items() if h == name]
-        moving = [m for m in controller.fleet.placements.migrations()
-                  if name in (m.source, m.target)]
-        if held or moving:
+        fleet = controller.fleet
+        held = [k for k, h in fleet.placements.all().items() if h == name]
+        moving = [m for m in fleet.placements.migrations() if name in (m.source, m.target)]
+        gone = name in fleet.gone()  # what it held is given up: placed again elsewhere
+        if (held and not gone) or moving:
             raise Conflict(f"host {name} still holds {len(held)} instance(s)"
                            + (f" and {len(moving)} migration(s)" if moving else ""),
-                           hint=f"move them away first: `rackfire host drain {name}`")
+                           hint=f"move them away first: `rackfire host drain {name}` (or, "
+                           f"if it is dead, `rackfire host fence {name}`)")
         controller.store.hosts.remove(name)
-        controller.store.add_event(who, "", f"host/{name}", "remove", "ok", "")
+        controller.store.add_event(who, "", f"host/{name}", "remove", "ok",
+                                   f"{len(held)} instance(s) it held given up, placed again"
+                                   if held else "")
+        for stack in {k.stack for k in held}:
+            controller.queue.add(stack)
         return RemovedAnswer(name=name, removed=True)

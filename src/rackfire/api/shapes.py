@@ -16,10 +16,11 @@ ActionKind: TypeAlias = Literal[
     "build-image", "build-release", "migrate", "destroy", "stop", "fail", "create", "restart",
     "resize", "reload", "reconfigure", "replace", "publish"]
 Health: TypeAlias = Literal["unknown", "starting", "healthy", "unhealthy", "-"]
-HostState: TypeAlias = Literal["ready", "draining", "down"]
+HostState: TypeAlias = Literal["ready", "draining", "down", "fenced"]
 Operation: TypeAlias = Literal["stop", "start", "restart"]
 ReleaseStatus: TypeAlias = Literal["deploying", "live", "retired", "failed"]
 RuntimeKind: TypeAlias = Literal["container", "process", "fake"]
+Verdict: TypeAlias = Literal["ok", "degraded", "down", "untested"]
 
 
 class HealthShape(TypedDict):
@@ -139,7 +140,7 @@ class InstanceShape(TypedDict):
     role: str
     index: int
     id: str  # STACK.ROLE.INDEX
-    state: str  # running | stopped | failed | partial
+    state: str  # running | stopped | failed | partial | lost
     ip: str | None
     host: str
     runtime: RuntimeKind
@@ -156,6 +157,8 @@ class InstanceShape(TypedDict):
     failed: str  # why the restart policy gave up on it; '' if it did not
     # its console log's path on the host that runs it (`host`); null if its agent does not say
     log: str | None
+    # the run it is: issued with each placement on a host (a replacement elsewhere is a later one)
+    incarnation: int
 
 
 class StatsShape(TypedDict):
@@ -249,12 +252,21 @@ class JoinShape(TypedDict):
     agent_key: str  # what the server presents to the host's agent
 
 
+class ReplacedRunShape(TypedDict):
+    instance: str  # STACK/ROLE/INDEX
+    incarnation: int  # the run the controller holds
+
+
 class HeartbeatShape(TypedDict):
     name: str
     time: int | float  # the server's clock
     epoch: int  # the host's epoch: its agent refuses mutating calls stamped with an older one
     # send every instance's facts with the next heartbeat (the server has none of this host's)
     want_observed: bool
+    # stop what fences (agent/watchdog.py) after this long without a heartbeat answered; 0: never
+    fence_after: int | float
+    # copies on this host that were replaced: destroy each one older than this run
+    replaced: list[ReplacedRunShape]
 
 
 class AmountsShape(TypedDict):
@@ -272,7 +284,7 @@ class HostShape(TypedDict):
     """A host: what it can reserve, what stacks reserve on it, what is used."""
 
     name: str
-    state: str  # ready | unreachable | draining | down
+    state: str  # ready | suspect | lost | draining | fenced | down
     local: bool  # the server's own host
     labels: dict[str, str]
     runtimes: list[RuntimeKind]
@@ -288,6 +300,8 @@ class HostShape(TypedDict):
     # its lease lapses then unless it heartbeats; null for the server's own
     lease_until: int | float | None
     observed_at: int | float | None  # when it last told of all its instances (the observed cache)
+    lease_age: int | float | None  # seconds since its last heartbeat; null for the server's own
+    lease: int | float | None  # how long a heartbeat holds its lease
 
 
 class HostUsageShape(TypedDict):
@@ -308,7 +322,7 @@ class StrandedShape(TypedDict):
 class LossShape(TypedDict):
     """One failure scenario: `hosts` go down at once."""
 
-    lost: str  # the host's name, or the rack's
+    lost: str  # the host's name, a pair's (A+B), the rack's or the site's
     hosts: list[str]
     displaced: int  # how many instances ran there
     stranded: list[StrandedShape]  # those that would fit nowhere else
@@ -325,6 +339,39 @@ class RackLossesShape(TypedDict):
     unracked: list[str]  # hosts without a rack label
 
 
+class PairLossesShape(TypedDict):
+    ok: bool  # every instance could run again after losing any two hosts (of `hosts`)
+    losses: list[LossShape]  # the pairs that strand something; every other pair strands nothing
+    pairs: int  # how many pairs were tried
+    hosts: list[str]  # the hosts paired: every host, or, past 40, the 40 holding the most instances
+    capped: bool  # not every host was paired
+
+
+class SiteLossesShape(TypedDict):
+    ok: bool  # every instance could run again after losing any one site
+    losses: list[LossShape]
+    unsited: list[str]  # hosts without a site label
+
+
+class SurvivalShape(TypedDict):
+    # ok: every instance could run again; degraded: some could not, each role keeps one; down: a
+    # role would have none; untested: no such scenario
+    verdict: Verdict
+    # the scenario that decides it (the first of the worst); null when ok or untested
+    loss: str | None
+    stranded: list[str]  # the stack's instances it strands
+
+
+class StackSurvivalShape(TypedDict):
+    """Whether a stack keeps serving after each kind of loss: the worst scenario of each."""
+
+    stack: str
+    host: SurvivalShape  # any one host lost
+    hosts_2: SurvivalShape  # any two hosts lost
+    rack: SurvivalShape  # any one rack lost
+    site: SurvivalShape  # any one site lost
+
+
 class RoleHeadroomShape(TypedDict):
     role: str  # STACK/ROLE
     more: int | None  # how many more instances fit; null: no end
@@ -333,12 +380,39 @@ class RoleHeadroomShape(TypedDict):
 
 
 class CapacityShape(TypedDict):
-    """Reserved and free per host, N+1 for hosts and racks, and each role's headroom."""
+    """Reserved and free per host, losing any one host (N+1), any two, any rack and any site,
+    whether each stack survives them, and each role's headroom."""
 
     hosts: list[HostUsageShape]
     n_plus_1: HostLossesShape
     racks: RackLossesShape
+    n_plus_2: PairLossesShape
+    sites: SiteLossesShape
+    stacks: list[StackSurvivalShape]
     headroom: list[RoleHeadroomShape]
+
+
+class FenceShape(TypedDict):
+    name: str
+    placing: int  # how many instances are to be placed again elsewhere
+
+
+class HaShape(TypedDict):
+    """An instance replaced only after its host's fence, and the chain of timings."""
+
+    instance: str
+    host: str
+    state: str  # its host's: ready | suspect | lost | fenced | ...
+    singleton: bool
+    self_fences: bool  # its host's watchdog stops it
+    data: bool  # it has a data disk (only on its host)
+    lease: int | float | None
+    lease_age: int | float | None
+    fence_after: int | float | None
+    grace: int | float | None
+    # host death to its replacement being started, at most (its start not counted)
+    worst_case: int | float | None
+    chain: str
 
 
 class DrainShape(TypedDict):

@@ -4,7 +4,7 @@ rackfire/entry.py's: cli/ imports no agent code.)"""
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -15,10 +15,15 @@ from rackfire.cli.output import err, out, print_json
 from rackfire.errors import PrereqError
 from rackfire.model.units import format_size_approx, parse_duration
 
+if TYPE_CHECKING:
+    from rackfire.api.shapes import LossShape, PairLossesShape, StackSurvivalShape
+
 token_app = typer.Typer(no_args_is_help=True, help="Join tokens for new hosts.")
 host_app = typer.Typer(no_args_is_help=True, help="Manage one host.")
+ha_app = typer.Typer(no_args_is_help=True, help="How singletons fail over.")
 STUCK = 60.0  # seconds a drain may see no move under way before it gives up waiting
-STATE_STYLE = {"ready": "green", "unreachable": "red", "draining": "yellow", "down": "red"}
+STATE_STYLE = {"ready": "green", "suspect": "yellow", "lost": "red", "draining": "yellow",
+               "fenced": "red", "down": "red"}
 
 
 def register(app: typer.Typer) -> None:
@@ -27,6 +32,7 @@ def register(app: typer.Typer) -> None:
     app.command("hosts")(hosts)
     app.command("capacity")(capacity)
     app.command("migrate")(migrate)
+    app.add_typer(ha_app, name="ha")
 
 
 @token_app.command("create")
@@ -49,13 +55,13 @@ def hosts(json: Json = False, url: Url = None) -> None:
         return
     table = Table(box=None, pad_edge=False, header_style="bold")
     for c in ("NAME", "STATE", "LABELS", "CPUS", "MEMORY (RESERVED / CAN / USED)",
-              "DISK (RESERVED / CAN / USED)", "RUNTIMES", "LAST SEEN"):
+              "DISK (RESERVED / CAN / USED)", "RUNTIMES", "LEASE (AGE / TTL)"):
         table.add_column(c, justify="right" if c == "CPUS" else "left")
     for r in rows:
         cap, res, used = r["capacity"], r["reserved"], r["used"]
-        last = r["last_seen"]  # null only for the server's own (local) host
-        seen = ("local" if r["local"] else "-" if last is None
-                else f"{time.time() - last:.0f}s ago")
+        age, ttl = r["lease_age"], r["lease"]  # null only for the server's own host
+        seen = ("local" if r["local"] else "-" if age is None or ttl is None
+                else f"{age:.1f}s / {ttl:g}s")
         table.add_row(
             r["name"], Text(r["state"], STATE_STYLE.get(r["state"], "")),
             ",".join(f"{k}={v}" for k, v in r["labels"].items()) or "-",
@@ -69,7 +75,8 @@ def hosts(json: Json = False, url: Url = None) -> None:
 
 def capacity(json: Json = False, url: Url = None) -> None:
     """Reserved and free per host; whether every instance could run again after losing any
-    one host (N+1) or rack; how many more instances of each role fit."""
+    one host (N+1), any two, any rack or any site, and whether each stack keeps serving;
+    how many more instances of each role fit."""
     report = connect(url).capacity()
     if json:
         print_json(report)
@@ -86,7 +93,8 @@ def capacity(json: Json = False, url: Url = None) -> None:
                       f"{format_size_approx(free['disk'])} of {format_size_approx(cap['disk'])}")
     out.print(table)
     for title, part, what in (("N+1 (any one host lost)", report["n_plus_1"], "hosts"),
-                              ("any one rack lost", report["racks"], "racks")):
+                              ("any one rack lost", report["racks"], "racks"),
+                              ("any one site lost", report["sites"], "sites")):
         if not part["losses"]:
             out.print(f"{title}: no {what} to lose")
             continue
@@ -95,11 +103,9 @@ def capacity(json: Json = False, url: Url = None) -> None:
             continue
         for loss in part["losses"]:
             if loss["stranded"]:
-                first = loss["stranded"][0]
-                why = "; ".join(f"{h}: {w}" for h, w in sorted(first["why"].items()))
-                out.print(f"{title}: [red]losing {loss['lost']} strands "
-                          f"{len(loss['stranded'])} of {loss['displaced']}[/], e.g. "
-                          f"{first['instance']} ({why or 'no other host'})")
+                out.print(_strands(title, loss))
+    _pairs(report["n_plus_2"])
+    _survival(report["stacks"])
     for room in report["headroom"]:
         more = "no limit (it reserves nothing)" if room["more"] is None else str(room["more"])
         hosts_part = ", ".join(f"{k} {'∞' if v is None else v}"
@@ -107,11 +113,100 @@ def capacity(json: Json = False, url: Url = None) -> None:
         out.print(f"{room['role']}: {more} more fit ({hosts_part})")
 
 
+PAIRS_SHOWN = 5  # failing pairs printed; --json has them all
+VERDICT_STYLE = {"ok": "green", "degraded": "yellow", "down": "red", "untested": "dim"}
+
+
+def _strands(title: str, loss: LossShape) -> str:
+    first = loss["stranded"][0]
+    why = "; ".join(f"{h}: {w}" for h, w in sorted(first["why"].items()))
+    return (f"{title}: [red]losing {loss['lost']} strands {len(loss['stranded'])} of "
+            f"{loss['displaced']}[/], e.g. {first['instance']} ({why or 'no other host'})")
+
+
+def _pairs(part: PairLossesShape) -> None:
+    title = "any two hosts lost"
+    capped = (f"; capped: the pairs of the {len(part['hosts'])} hosts holding the most"
+              if part["capped"] else "")
+    if not part["pairs"]:
+        out.print(f"{title}: fewer than two hosts")
+    elif part["ok"]:
+        out.print(f"{title}: [green]ok[/], every instance could run elsewhere "
+                  f"({part['pairs']} pairs{capped})")
+    else:
+        for loss in part["losses"][:PAIRS_SHOWN]:
+            out.print(_strands(title, loss))
+        hidden = len(part["losses"]) - PAIRS_SHOWN
+        out.print(f"{title}: {len(part['losses'])} of {part['pairs']} pairs strand something"
+                  f" ({max(hidden, 0)} not shown{capped})")
+
+
+def _survival(stacks: list[StackSurvivalShape]) -> None:
+    """Per stack, whether it keeps serving: the worst scenario of each kind of loss."""
+    if not stacks:
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for c in ("STACK", "1 HOST LOST", "2 HOSTS LOST", "A RACK LOST", "A SITE LOST"):
+        table.add_column(c)
+    for s in stacks:
+        cells = []
+        for fate in (s["host"], s["hosts_2"], s["rack"], s["site"]):
+            verdict = fate["verdict"]
+            cell = Text(verdict, VERDICT_STYLE.get(verdict, ""))
+            if fate["loss"] is not None:
+                cell.append(f" ({fate['loss']}: {len(fate['stranded'])} stranded)")
+            cells.append(cell)
+        table.add_row(s["stack"], *cells)
+    out.print(table)
+
+
 @host_app.command("rm")
 def host_rm(name: str, url: Url = None) -> None:
     """Forget a joined host: its credential stops working (its agent stops)."""
     connect(url).remove_host(name)
     out.print(f"host {name} removed")
+
+
+@host_app.command("fence")
+def host_fence(name: str, url: Url = None) -> None:
+    """Declare HOST dead now (it is, or it is cut off for good): what it held is placed
+    again elsewhere at once, singletons too. Should it come back, it destroys those copies
+    before they serve. `rackfire host ready HOST` takes it back."""
+    placing = connect(url).fence(name)["placing"]
+    out.print(f"host {name} is fenced: {placing} instance(s) to place again elsewhere")
+
+
+@host_app.command("ready")
+def host_ready(name: str, url: Url = None) -> None:
+    """Bring a drained or fenced HOST back: it takes instances again."""
+    state = connect(url).ready(name)["state"]
+    out.print(f"host {name} takes instances again (its lease: {state})")
+
+
+@ha_app.command("status")
+def ha_status(json: Json = False, url: Url = None) -> None:
+    """Each singleton (and each instance replaced only after a fence): its host, that
+    host's lease, and the chain of timings that proves it stopped before it runs
+    elsewhere, with the worst case."""
+    rows = connect(url).ha()
+    if json:
+        print_json(rows)
+        return
+    if not rows:
+        out.print("no singletons: every instance is replaced at once when its host is lost")
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for c in ("INSTANCE", "HOST", "STATE", "LEASE (AGE / TTL)", "FENCE AFTER", "WORST CASE",
+              "CHAIN"):
+        table.add_column(c, justify="right" if c in ("FENCE AFTER", "WORST CASE") else "left")
+    for r in rows:
+        age, ttl, fence, worst = r["lease_age"], r["lease"], r["fence_after"], r["worst_case"]
+        table.add_row(r["instance"], r["host"] or "-",
+                      Text(r["state"], STATE_STYLE.get(r["state"], "")),
+                      "-" if age is None or ttl is None else f"{age:.1f}s / {ttl:g}s",
+                      "-" if fence is None else f"{fence:g}s",
+                      "-" if worst is None else f"{worst:.2f}s", r["chain"])
+    out.print(table)
 
 
 @host_app.command("drain")

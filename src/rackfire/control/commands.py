@@ -251,6 +251,34 @@ class Commands:
             self.enqueue(stack)
         return len(leaving)
 
+    def fence(self, host: str, actor: str) -> int:
+        """Declare `host` dead at once (as Kubernetes' out-of-service taint): what it held
+        is placed again now, singletons too, without waiting for its fence deadline; its
+        epoch rises, so a call meant for it as it was is refused there. Should it be alive
+        after all, its next heartbeat's answer has it destroy every replaced copy. How many
+        instances are to be placed again."""
+        with self.audited(actor, "", f"host/{host}", "fence"):
+            if host == self.fleet.server_host:
+                raise Conflict(f"{host} is the server's own host: it cannot be fenced",
+                               hint="stop the server to stop its instances")
+            epoch = self.fleet.registry.fence(host)
+        placed = [k for k, h in self.fleet.placements.all().items() if h == host]
+        self.event(actor, "", f"host/{host}", "fence",
+                   f"declared dead: epoch {epoch}, {len(placed)} instance(s) to place again")
+        for stack in {k.stack for k in placed}:
+            self.enqueue(stack)
+        return len(placed)
+
+    def ready(self, host: str, actor: str) -> None:
+        """Bring a drained or fenced host back: it takes instances again."""
+        with self.audited(actor, "", f"host/{host}", "ready"):
+            if host == self.fleet.server_host:
+                raise Conflict(f"{host} is the server's own host: it is always ready")
+            self.fleet.registry.set_state(host, HostState.READY)
+        self.event(actor, "", f"host/{host}", "ready", "takes instances again")
+        for rec in self.store.stacks():
+            self.enqueue(rec.name)
+
     def record(self, stack: str) -> StackRecord:
         rec = self.store.get_stack(stack)
         if rec is None or rec.deleting:

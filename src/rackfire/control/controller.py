@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 from rackfire.control.commands import Commands
 from rackfire.control.desired import DesiredState
+from rackfire.control.detector import Detector
+from rackfire.control.failover import Failover
 from rackfire.control.fleet import Fleet
 from rackfire.control.health import HealthMonitor, health_of
 from rackfire.control.moves import Moves
@@ -79,14 +81,18 @@ class Controller:
         self.commands = Commands(store, fleet, clock, self.desired, self.placer,
                                  self.queue.add)
         self.moves = Moves(store, fleet, clock, self.placer, self.publisher)
+        self.failover = Failover(store, fleet, self.placer)
+        self.detector = Detector(store, fleet, self.queue.add)
         self.reconciler = Reconciler(store, fleet, clock, self.queue, desired=self.desired,
                                      placer=self.placer, publisher=self.publisher,
-                                     moves=self.moves, commands=self.commands)
+                                     moves=self.moves, commands=self.commands,
+                                     failover=self.failover)
         c = self.commands
         self.plan, self.apply, self.destroy, self.push = c.plan, c.apply, c.destroy, c.push
         self.scale, self.resize, self.rollback = c.scale, c.resize, c.rollback
         self.releases, self.operate, self.migrate, self.drain = (
             c.releases, c.operate, c.migrate, c.drain)
+        self.fence, self.ready = c.fence, c.ready
         self.reconcile, self.unready = self.reconciler.reconcile, self.reconciler.unready
         self._workers = workers
         self._threads: list[threading.Thread] = []
@@ -104,6 +110,7 @@ class Controller:
         self._spawn("resync", self._resync)
         self._spawn("health", lambda: self.health.run(self._stop))
         self._spawn("home-beat", lambda: self.fleet.beat_home(self._stop))
+        self._spawn("detector", lambda: self.detector.run(self._stop))
 
     def stop(self) -> None:
         self._stop.set()
@@ -151,5 +158,7 @@ class Controller:
                 health = Health.NONE if not has_check else Health.UNKNOWN
             if st is not None and st.failed:
                 message = st.failed
+            if f.key in lost:
+                message = self.failover.held(f.key) or f"its host {lost[f.key]} is lost"
             out.append(InstanceView(f, health, message, st, f.key in lost))
         return out

@@ -65,12 +65,14 @@ class DesiredState:
         whose declared spec changed is rebuilt, a release layer looked up); what was never
         built is left to the plan's build actions (`Desired.builds`), as without it."""
         subnet = self.subnet(rec, spec)
-        network = NetworkConfig(spec.name, subnet, gateway_of(subnet),
-                                int(subnet.rsplit("/", 1)[1]))
         ips = self.store.ips(spec.name) if rec else {}
         missing = [k for role in spec.roles for k in role_keys(spec.name, role, surge=True)
                    if k not in ips]
         ips.update(zip(missing, allocate_ips(subnet, ips.values(), len(missing)), strict=True))
+        network = NetworkConfig(spec.name, subnet, gateway_of(subnet),
+                                int(subnet.rsplit("/", 1)[1]), no_egress=tuple(sorted(
+                                    ips[k] for r in spec.roles if not r.egress
+                                    for k in role_keys(spec.name, r, surge=True))))
         digests = {}
         declared = {i.name for i in spec.images}
         for image_name in {r.image for r in spec.roles}:

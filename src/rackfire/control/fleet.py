@@ -14,10 +14,12 @@ not taken for gone, so nothing is re-created on a hiccup; an action on it fails 
 AgentOffline and is retried. One that has not answered since this server started is
 *blind*: its instances are `unknown`, and the reconcile leaves them alone until it answers.
 
-Each joined host holds a lease, renewed by its heartbeats (control/hosts.py `silent`: a few
-missed beats); one whose lease lapsed is `lost`, and so are the instances placed on it: the
-planner reports them (the next issue restarts them elsewhere, fenced by the host's epoch,
-which rises when such a host comes back).
+Each joined host holds a lease, renewed by its heartbeats (control/hosts.py `Liveness`: a
+few missed beats); one whose lease lapsed, or that an operator fenced, is gone, and the
+instances placed on it are `lost` until control/failover.py places them again. A copy whose
+incarnation is older than its placement's (a replaced one, on a host that came back) is not
+the instance: observe leaves it out, `strays` lists it for removal, and the host's next
+heartbeat answer names it (`replaced_on`) so the host destroys it at once.
 """
 
 from __future__ import annotations
@@ -27,13 +29,13 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
-from rackfire.control.hosts import HostView, host_views, silent
+from rackfire.control.hosts import DEFAULT_LIVENESS, HostView, Liveness, host_views
 from rackfire.control.observed import ObservedCache
-from rackfire.errors import AgentOffline
+from rackfire.errors import AgentOffline, PrereqError
 from rackfire.model.agent import (
     HostCapacity,
     HostInfo,
@@ -53,24 +55,26 @@ from rackfire.model.instance import (
 )
 from rackfire.model.records import HostRecord
 from rackfire.model.stack import DEFAULT_STOP_TIMEOUT, HealthSpec, PortMap, StackSpec
+from rackfire.plan.ipam import allocate_host_ips
 from rackfire.store import StateStore
 
 log = logging.getLogger("rackfire.fleet")
 QUIET = 5.0  # seconds a host that could not be reached is not asked again
 BEAT = 0.5  # seconds between the server's own host's in-process heartbeats
 
-Connect = Callable[[str, str, str, Callable[[], int]], HostLink]
-"""(host name, agent address, agent key, its epoch) -> that host's link."""
+Connect = Callable[[str, str, str, Callable[[], int], Callable[[], bool]], HostLink]
+"""(host name, agent address, agent key, its epoch, whether it is gone) -> its link."""
 
 
 class Fleet:
     def __init__(self, home: HostLink, images: ImageService, store: StateStore, connect: Connect,
-                 *, local_pool: bool = True) -> None:
+                 *, local_pool: bool = True, liveness: Liveness = DEFAULT_LIVENESS) -> None:
         self.home = home  # the server's own host, in-process
         self.server_host = home.info().name
         self.images = images
         self.local_pool = local_pool  # the server's own host runs instances too
         self.store = store
+        self.liveness = liveness
         self.registry = store.hosts
         self.placements = store.placements
         self.observed = ObservedCache()
@@ -80,6 +84,7 @@ class Fleet:
         self._remotes: dict[str, tuple[str, str, HostLink]] = {}
         self._facts: dict[str, HostFacts] = {self.server_host: home.facts()}
         self._names: dict[str, list[tuple[str, list[str]]]] = {}  # stack -> hosts file
+        self._meshed: dict[str, bool] = {}  # stack -> its hosts have their own addresses
         self._quiet: dict[str, float] = {}  # host -> not asked again before (monotonic)
         self._blind: set[str] = set()  # hosts the last observe knew nothing of
 
@@ -104,7 +109,7 @@ class Fleet:
             raise AgentOffline(f"host {host} has not reported its agent's address yet")
         if known is None or known[:2] != (rec.address, rec.agent_key):
             link = self._connect(host, rec.address, rec.agent_key,
-                                 lambda: self.registry.epoch(host))
+                                 lambda: self.registry.epoch(host), lambda: self.is_gone(host))
             known = (rec.address, rec.agent_key, link)
             with self._lock:
                 self._remotes[host] = known
@@ -137,7 +142,7 @@ class Fleet:
         """Every host: the server's own first (when it runs instances), then the joined."""
         return host_views(self.server_host, self.facts_of(self.server_host),
                           self.registry.hosts(), stacks, self.placements.all(), time.time(),
-                          local_pool=self.local_pool,
+                          local_pool=self.local_pool, liveness=self.liveness,
                           observed_at={h: self.observed.observed_at(h) for h in self._hosts()})
 
     def underlay_ips(self) -> dict[str, str]:
@@ -164,11 +169,15 @@ class Fleet:
         """Every host that may hold instances: the server's own, and the joined ones."""
         return [self.server_host] + [h.name for h in self.registry.hosts()]
 
+    def holding(self, stack: str) -> set[str]:
+        """The hosts the stack is placed on or was last seen on."""
+        placed = set(self.placements.of_stack(stack).values())
+        return placed | {f.host for f in self.observed_facts() if f.key.stack == stack}
+
     def _stack_hosts(self, stack: str) -> list[str]:
         """The hosts the stack's network, names and ports are on: where it is placed, and
         the server's own when it runs instances (a stack with none placed yet)."""
-        placed = set(self.placements.of_stack(stack).values())
-        placed |= {f.host for f in self.observed_facts() if f.key.stack == stack}
+        placed = self.holding(stack)
         if self.local_pool and not placed:
             placed.add(self.server_host)
         return sorted(placed)
@@ -179,10 +188,11 @@ class Fleet:
         """What runs (of `stack`), from the cache; a host whose cached facts predate the
         controller's last call there is asked itself."""
         placed = self.placements.all()
+        runs = self.placements.incarnations(stack)
         joined = self.registry.hosts()
         records = {h.name: h for h in joined}
         hosts = [self.server_host, *records]
-        silent_ = {h.name for h in joined if silent(h, time.time())}
+        silent_ = {h.name for h in joined if self.liveness.gone(h, time.time())}
         now = time.monotonic()
 
         def ask(host: str) -> list[InstanceFacts] | None:
@@ -218,6 +228,8 @@ class Fleet:
                 blind.add(host)
                 continue
             for f in facts:
+                if replaced(f, placed.get(f.key), runs.get(f.key, 0)):
+                    continue  # not the instance (`strays`)
                 # Mid-migration an instance exists on two hosts: its placement is the one.
                 if f.key not in by_key or placed.get(f.key) == host:
                     by_key[f.key] = f
@@ -239,42 +251,70 @@ class Fleet:
         return {k for k, h in self.placements.of_stack(stack).items() if h in blind}
 
     def lost(self, stack: str | None = None) -> dict[InstanceKey, str]:
-        """Instances placed on a host whose lease lapsed, and that host."""
+        """Instances placed on a host that is gone (its lease lapsed, or fenced, or it was
+        removed), and that host."""
+        hosts = self.registry.hosts()
         now = time.time()
-        lapsed = {h.name for h in self.registry.hosts() if silent(h, now)}
+        gone = {h.name for h in hosts if self.liveness.gone(h, now)}
+        known = {h.name for h in hosts} | {self.server_host}
         placed = self.placements.of_stack(stack) if stack else self.placements.all()
-        return {k: h for k, h in placed.items() if h in lapsed}
+        return {k: h for k, h in placed.items() if h in gone or h not in known}
+
+    def is_gone(self, host: str) -> bool:
+        rec = self._record(host)
+        return rec is not None and self.liveness.gone(rec, time.time())
+
+    def gone(self) -> dict[str, HostRecord]:
+        """The joined hosts whose lease lapsed or that were fenced."""
+        now = time.time()
+        return {h.name: h for h in self.registry.hosts() if self.liveness.gone(h, now)}
+
+    def replaced_on(self, host: str) -> list[tuple[InstanceKey, int]]:
+        """What `host` last told it runs that was replaced since (the instance runs on as
+        a later incarnation), with that incarnation: the host destroys those copies."""
+        runs, placed = self.placements.incarnations(), self.placements.all()
+        return sorted((f.key, runs[f.key]) for f in self.observed.facts(host) or []
+                      if replaced(f, placed.get(f.key), runs.get(f.key, 0)))
 
     def observed_facts(self) -> list[InstanceFacts]:
         """Every instance as its host last told (the cache; nothing is asked)."""
         return [f for host in self._hosts() for f in self.observed.facts(host) or []]
 
     def strays(self, stack: str) -> list[tuple[InstanceKey, str]]:
-        """Stopped copies of the stack's instances, as last observed, on a host other than
-        their placement: what an interrupted migration left behind. A running one is never
-        taken for a leftover (it may be what a lost host still runs: issue 15's fencing)."""
+        """Copies of the stack's instances, as last observed, that are not the instance:
+        a stopped one on a host other than its placement (what an interrupted migration
+        left behind), and any of an older incarnation than its placement's (replaced while
+        its host was lost). Another running copy is not taken for a leftover: it may be
+        mid-migration."""
         placed = self.placements.of_stack(stack)
+        runs = self.placements.incarnations(stack)
         return sorted((f.key, f.host) for f in self.observed_facts()
-                      if f.key.stack == stack and placed.get(f.key, f.host) != f.host
-                      and f.state is not InstanceState.RUNNING)
+                      if f.key.stack == stack and (
+                          replaced(f, placed.get(f.key), runs.get(f.key, 0))
+                          or (placed.get(f.key, f.host) != f.host
+                              and f.state is not InstanceState.RUNNING)))
 
     def create(self, req: InstanceRequest) -> None:
-        host = self.host_of(req.key)
-        link = self.link(host)
+        host, link, req = self._run_of(req)
         self.prepare(host, link, req)
         link.create(req)
 
     def reconfigure(self, req: InstanceRequest) -> None:
-        host = self.host_of(req.key)
-        link = self.link(host)
+        host, link, req = self._run_of(req)
         self.prepare(host, link, req)
         link.reconfigure(req)
 
     def restart(self, req: InstanceRequest) -> None:
-        host = self.host_of(req.key)
-        link = self.link(host)
+        host, link, req = self._run_of(req)
         self.prepare(host, link, req)
         link.restart(req)
+
+    def _run_of(self, req: InstanceRequest) -> tuple[str, HostLink, InstanceRequest]:
+        """The host the instance is placed on, its link, and the request as the run its
+        placement issued (a host refuses an older one)."""
+        host = self.host_of(req.key)
+        return host, self.link(host), replace(req, incarnation=self.placements.incarnation(
+            req.key))
 
     def prepare(self, host: str, link: HostLink, req: InstanceRequest) -> None:
         """What an instance needs on its host before it starts there: its image and release
@@ -332,7 +372,19 @@ class Fleet:
         if not ips:
             return net
         return replace(net, vni=self.placements.vni(net.stack), local_ip=ips.get(host, ""),
-                       peers=tuple(sorted(ips.values())))
+                       peers=tuple(sorted(ips.values())),
+                       host_ip=self._host_ips(net.stack, net.subnet, ips).get(host, ""))
+
+    def _host_ips(self, stack: str, subnet: str, underlay: dict[str, str]) -> dict[str, str]:
+        """Host -> its own address in the stack's subnet (the routing mesh, net/mesh.py):
+        the top ones, by the pool's hosts in name order, none an instance holds now. {} if
+        the subnet has no room (publish then keeps each host to its own instances)."""
+        try:
+            got = allocate_host_ips(subnet, underlay, self.store.ips(stack).values(), {})
+        except PrereqError:
+            got = {}
+        self._meshed[stack] = bool(got)
+        return got
 
     def ensure_network(self, net: NetworkConfig) -> None:
         for host in self._stack_hosts(net.stack):
@@ -351,11 +403,23 @@ class Fleet:
                 continue  # it gets them before its next instance starts (prepare)
 
     def publish(self, stack: str, ports: list[PublishedPort]) -> None:
-        """Each host publishes the ports to its own instances only: a host reaches only
-        those through the stack's bridge (net/vxlan.py). A stack on one host: all of them."""
+        """Every host of the stack publishes the ports to all its instances, on any host,
+        through its own address in the subnet (the routing mesh: ensure_network gave it).
+        Without one (a full subnet, a network not ensured since the server started), each
+        host to its own instances only: from the anycast gateway a host reaches only those
+        (net/vxlan.py). A stack on one host: all of them."""
         hosts = self._stack_hosts(stack)
-        host_of_ip = {f.ip: f.host for f in self.observed_facts()
-                      if f.key.stack == stack and f.ip}
+        if len(hosts) > 1 and self._meshed.get(stack):
+            for host in hosts:
+                try:
+                    self.link(host).publish(stack, ports)
+                except AgentOffline:
+                    continue
+            return
+        placed, runs = self.placements.of_stack(stack), self.placements.incarnations(stack)
+        host_of_ip = {f.ip: f.host for f in self.observed_facts()  # (a replaced copy has
+                      if f.key.stack == stack and f.ip  # its replacement's IP)
+                      and not replaced(f, placed.get(f.key), runs.get(f.key, 0))}
         for host in hosts:
             mine = ports if len(hosts) == 1 else [
                 PublishedPort(p.port, tuple(b for b in p.backends
@@ -378,12 +442,14 @@ class Fleet:
             busy += [p for p in found if p not in busy]
         return busy
 
-    def teardown_stack(self, stack: str, keep_data: bool = False) -> None:
-        """On every host: where the stack ran once (a bridge stays after its last instance
-        moved away) too. A host it is placed on must answer; others may be away. Fetched
-        layers no instance uses any more go too (the server's own store keeps its own)."""
+    def teardown_stack(self, stack: str, keep_data: bool = False,
+                       skip: Collection[str] = ()) -> None:
+        """On every host but `skip`: where the stack ran once (a bridge stays after its
+        last instance moved away) too. A host it is placed on must answer; others may be
+        away. Fetched layers no instance uses any more go too (the server's own store keeps
+        its own)."""
         must = set(self._stack_hosts(stack))
-        for host in self._hosts():
+        for host in [h for h in self._hosts() if h not in skip]:
             try:
                 link = self.link(host)
                 link.teardown_stack(stack, keep_data)
@@ -392,6 +458,7 @@ class Fleet:
                 if host in must:
                     raise
         self._names.pop(stack, None)
+        self._meshed.pop(stack, None)
 
     # what hosts are -----------------------------------------------------------------------
 
@@ -412,6 +479,12 @@ class Fleet:
         if rec is None:
             raise AgentOffline(f"host {host} is no longer known", hint="see `rackfire hosts`")
         return rec.facts
+
+
+def replaced(f: InstanceFacts, placed_on: str | None, run: int) -> bool:
+    """The copy is of an older run than its placement's: replaced (one made before runs
+    were numbered, 0, only when it is not where it is placed)."""
+    return f.incarnation < run and (f.incarnation > 0 or placed_on != f.host)
 
 
 def _route_source(peer_ip: str) -> str:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from rackfire.control.fleet import Fleet
+from rackfire.errors import AgentOffline
 from rackfire.model.instance import Health, InstanceFacts, InstanceKey, InstanceState
 from rackfire.model.stack import HealthSpec
 from rackfire.store import InstanceStatus, StateStore
@@ -56,6 +57,7 @@ class HealthMonitor:
 
     def tick(self, now: float) -> None:
         due: list[tuple[InstanceFacts, HealthSpec]] = []
+        gone = set(self.agent.gone())
         for rec in self.store.stacks():
             if rec.deleting:
                 continue
@@ -63,8 +65,8 @@ class HealthMonitor:
             statuses = self.store.statuses(rec.name)
             for f in self.agent.observe(rec.name):
                 spec = checks.get(f.key.role)
-                if spec is None or f.state is not InstanceState.RUNNING:
-                    continue
+                if spec is None or f.state is not InstanceState.RUNNING or f.host in gone:
+                    continue  # (one on a lost host is not reached: it is `lost`)
                 st = statuses.get(f.key)
                 starting = health_of(f, st)[0] is Health.STARTING
                 if (st is None or st.checked is None or st.run != f.started_at
@@ -81,6 +83,8 @@ class HealthMonitor:
     def _check_in_background(self, f: InstanceFacts, spec: HealthSpec) -> None:
         try:
             self._check(f, spec)
+        except AgentOffline as e:  # its host went away: `lost` says so, not a probe
+            log.warning("health check of %s: %s", f.key, e.message)
         except Exception:
             log.exception("health check of %s failed", f.key)
         finally:

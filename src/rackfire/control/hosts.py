@@ -15,21 +15,77 @@ from rackfire.schedule import (
     Ask,
     Headroom,
     Loss,
+    Survival,
     headroom,
     redundancy,
     role_of,
+    survival,
     usage,
     wanted_for,
 )
 
-MISSED_BEATS = 3  # a host that missed this many heartbeats is unreachable
-MIN_SILENCE = 5.0  # ... and never sooner than this (a loaded controller answers late)
+MISSED_BEATS = 3  # a host that missed this many heartbeats is lost
+SUSPECT_BEATS = 1.5  # ... and suspect once it missed one
+FENCE_MARGIN = 1.0  # seconds an agent waits past its lease before it fences (default)
+FENCE_GRACE = 1.0  # seconds its watchdog has to kill what it fences (a poll, SIGKILL)
+
+
+@dataclass(frozen=True, slots=True)
+class Liveness:
+    """How long a heartbeat holds a host's lease, and when a host that cannot renew it has
+    stopped what it fences: `rackfire server --lease/--fence-after`."""
+
+    ttl: float = 3.0  # a lease lasts at least this long (a loaded controller answers late)
+    fence_after: float | None = None  # None: its lease + FENCE_MARGIN
+    since: float = 0.0  # this server started: no lease lapses sooner than a lease after it
+
+    def lease(self, interval: float) -> float:
+        """For heartbeats every `interval` seconds."""
+        return max(self.ttl, MISSED_BEATS * interval)
+
+    def suspect_after(self, interval: float) -> float:
+        return min(self.lease(interval), SUSPECT_BEATS * interval)
+
+    def fence(self, interval: float) -> float:
+        """Seconds without a renewed lease after which the host's watchdog stops what
+        fences (agent/watchdog.py), counted from the heartbeat it last sent."""
+        if self.fence_after is not None:
+            return self.fence_after
+        return self.lease(interval) + FENCE_MARGIN
+
+    def fenced_by(self, h: HostRecord) -> float:
+        """When what fences on `h` has surely stopped, if it heard nothing since: the
+        agent counts from before its last heartbeat reached here, so from `last_seen` on
+        this clock the deadline is no earlier; plus what its watchdog takes to kill."""
+        return self.seen(h) + self.fence(h.facts.interval) + FENCE_GRACE
+
+    def seen(self, h: HostRecord) -> float:
+        """When its lease was last renewed, as far as this server could have heard it."""
+        return max(h.last_seen, self.since)
+
+    def state(self, h: HostRecord, now: float) -> str:
+        """ready | suspect | lost (its lease lapsed) | draining | fenced | down."""
+        age = now - self.seen(h)
+        if h.state in (HostState.FENCED, HostState.DOWN):
+            return h.state.value
+        if age > self.lease(h.facts.interval):
+            return "lost"
+        if h.state is HostState.DRAINING:
+            return h.state.value
+        return "suspect" if age > self.suspect_after(h.facts.interval) else "ready"
+
+    def gone(self, h: HostRecord, now: float) -> bool:
+        """What is placed there has to run elsewhere: its lease lapsed, or it was fenced."""
+        return self.state(h, now) in ("lost", "fenced", "down")
+
+
+DEFAULT_LIVENESS = Liveness()
 
 
 @dataclass(frozen=True, slots=True)
 class HostView:
     name: str
-    state: str  # ready | unreachable | draining | down
+    state: str  # ready | suspect | lost | draining | fenced | down
     local: bool  # the server's own, in-process agent
     labels: tuple[tuple[str, str], ...]
     facts: HostFacts
@@ -39,6 +95,8 @@ class HostView:
     epoch: int = 1  # its incarnation (store/hosts.py)
     lease_until: float | None = None  # it lapses then unless it heartbeats (None: the server)
     observed_at: float | None = None  # when it last told of all its instances
+    lease_age: float | None = None  # seconds since its last heartbeat (None: the server)
+    lease: float | None = None  # how long a heartbeat holds its lease
 
     def to_json(self) -> dict[str, object]:
         cap = self.facts.capacity
@@ -50,13 +108,15 @@ class HostView:
                 "used": {"memory": self.facts.memory_used, "disk": self.facts.disk_used},
                 "last_seen": self.last_seen, "version": self.facts.version,
                 "address": self.address, "epoch": self.epoch, "lease_until": self.lease_until,
-                "observed_at": self.observed_at}
+                "observed_at": self.observed_at, "lease_age": self.lease_age,
+                "lease": self.lease}
 
 
 def host_views(local_name: str, local_facts: HostFacts, joined: Iterable[HostRecord],
                stacks: Iterable[StackSpec], placed: Mapping[InstanceKey, str], now: float,
                *, local_pool: bool = True,
-               observed_at: Mapping[str, float | None] | None = None) -> list[HostView]:
+               observed_at: Mapping[str, float | None] | None = None,
+               liveness: Liveness = DEFAULT_LIVENESS) -> list[HostView]:
     """The server's own host (when it runs instances) and the joined ones, each with what
     the instances placed on it reserve (one not placed yet counts on the server's own)."""
     reserved: dict[str, Reservation] = {}
@@ -68,22 +128,12 @@ def host_views(local_name: str, local_facts: HostFacts, joined: Iterable[HostRec
                       reserved.get(local_name, Reservation()), None,
                       observed_at=seen.get(local_name))] if local_pool else []
     for h in joined:
-        state = "unreachable" if silent(h, now) and h.state.value == "ready" else h.state.value
-        views.append(HostView(h.name, state, False, h.labels, h.facts,
+        views.append(HostView(h.name, liveness.state(h, now), False, h.labels, h.facts,
                               reserved.get(h.name, Reservation()), h.last_seen, h.address,
-                              h.epoch, h.last_seen + lease(h.facts.interval),
-                              seen.get(h.name)))
+                              h.epoch, h.last_seen + liveness.lease(h.facts.interval),
+                              seen.get(h.name), round(max(0.0, now - h.last_seen), 3),
+                              liveness.lease(h.facts.interval)))
     return views
-
-
-def lease(interval: float) -> float:
-    """How long a heartbeat holds a host's lease, for heartbeats every `interval` seconds."""
-    return max(MIN_SILENCE, MISSED_BEATS * interval)
-
-
-def silent(h: HostRecord, now: float) -> bool:
-    """It missed its last heartbeats: its lease lapsed, it is taken for unreachable."""
-    return now - h.last_seen > lease(h.facts.interval)
 
 
 def asks_of(stacks: Iterable[StackSpec]) -> dict[InstanceKey, Ask]:
@@ -94,23 +144,27 @@ def asks_of(stacks: Iterable[StackSpec]) -> dict[InstanceKey, Ask]:
 
 
 def pool(views: Iterable[HostView]) -> list[Host]:
-    """The hosts as the scheduler sees them: an unreachable one is down."""
+    """The hosts as the scheduler sees them: a lost or fenced one is down (a suspect one
+    is as it was)."""
     return [Host(v.name, v.facts.capacity,
-                 HostState.DOWN if v.state == "unreachable" else HostState(v.state),
+                 HostState.DOWN if v.state in ("lost", "fenced")
+                 else HostState.READY if v.state == "suspect" else HostState(v.state),
                  v.labels, v.facts.runtimes) for v in views]
 
 
 def capacity_report(views: list[HostView], stacks: Iterable[StackSpec],
                     placed: Mapping[InstanceKey, str]) -> dict[str, Any]:
     """`rackfire capacity`: per host reserved and free, whether every instance could run
-    again after losing any one host (N+1) or rack, and how many more of each role fit.
-    The answers come from the scheduler itself."""
+    again after losing any one host (N+1), any two (N+2), any rack or any site, per stack
+    whether it would still serve, and how many more of each role fit. The answers come
+    from the scheduler itself."""
     hosts = pool(views)
     asks = asks_of(stacks)
     default = hosts[0].name if hosts else ""
     where = {k: placed.get(k, default) for k in asks}
     red = redundancy(hosts, where, asks)
     roles = sorted({role_of(k) for k in asks})
+    stacks_fate = survival(red, where, asks)
     return {
         "hosts": [{"name": u.host, "state": u.state.value, "labels": dict(u.labels),
                    "capacity": _res(u.capacity), "reserved": _res(u.reserved),
@@ -119,8 +173,20 @@ def capacity_report(views: list[HostView], stacks: Iterable[StackSpec],
         "n_plus_1": {"ok": red.n_plus_1, "losses": [_loss(x) for x in red.hosts]},
         "racks": {"ok": red.rack_safe, "losses": [_loss(x) for x in red.racks],
                   "unracked": list(red.unracked)},
+        # Only the pairs that strand something: every other pair strands nothing.
+        "n_plus_2": {"ok": red.n_plus_2, "losses": [_loss(x) for x in red.pairs if not x.ok],
+                     "pairs": len(red.pairs), "hosts": list(red.paired),
+                     "capped": red.pairs_capped},
+        "sites": {"ok": red.site_safe, "losses": [_loss(x) for x in red.sites],
+                  "unsited": list(red.unsited)},
+        "stacks": [{"stack": s.stack, "host": _fate(s.host), "hosts_2": _fate(s.pair),
+                    "rack": _fate(s.rack), "site": _fate(s.site)} for s in stacks_fate],
         "headroom": [_headroom(headroom(hosts, where, asks, role)) for role in roles],
     }
+
+
+def _fate(s: Survival) -> dict[str, Any]:
+    return {"verdict": s.verdict.value, "loss": s.loss, "stranded": [str(k) for k in s.stranded]}
 
 
 def _res(r: Reservation) -> dict[str, float]:

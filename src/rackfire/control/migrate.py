@@ -80,6 +80,7 @@ def run(m: Migration, req: InstanceRequest, fleet: Fleet, store: StateStore,
     once the copy there passes its check, None while it may still, else why it failed."""
     places = fleet.placements
     key, step = m.key, m.step
+    req = replace(req, incarnation=places.incarnation(key))  # one run, moved: its own
     points = failpoints or Failpoints()
     try:
         if step == "stopping":
@@ -112,7 +113,7 @@ def run(m: Migration, req: InstanceRequest, fleet: Fleet, store: StateStore,
             step = _next(places, m, "cleaning")
         if step == "cleaning":
             points.hit("migrate.cleaning")
-            places.put({key: m.target})  # the target copy is the instance from here
+            places.move(key, m.target)  # the target copy is the instance from here
             source = fleet.link(m.source)
             source.destroy(key, req.stop_timeout)  # nothing left there unless not released
             source.discard_disks(key)

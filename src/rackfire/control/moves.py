@@ -80,8 +80,9 @@ class Moves:
             copies += [(m.key, m.target) for m in moving.values()
                        if self.fleet.placements.host_of(m.key) != m.target]
         removed = False
+        gone = self.fleet.gone()  # its heartbeat answer has it destroy them when it is back
         for key, host in copies:
-            if key in moving and not all_copies:
+            if (key in moving and not all_copies) or host in gone:
                 continue
             try:
                 agent = self.fleet.link(host)

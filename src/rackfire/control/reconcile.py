@@ -16,6 +16,7 @@ from rackfire.control import migrate, releases, rollouts
 from rackfire.control.commands import Commands
 from rackfire.control.desired import Desired, DesiredState, desired_keys
 from rackfire.control.executor import CONTROLLER, LOOK_AGAIN, Executor
+from rackfire.control.failover import Failover
 from rackfire.control.fleet import Fleet
 from rackfire.control.health import health_of
 from rackfire.control.moves import Moves
@@ -50,11 +51,12 @@ class Result:
 class Reconciler:
     def __init__(self, store: StateStore, fleet: Fleet, clock: Callable[[], float],
                  queue: WorkQueue, *, desired: DesiredState, placer: Placer,
-                 publisher: Publisher, moves: Moves, commands: Commands) -> None:
+                 publisher: Publisher, moves: Moves, commands: Commands,
+                 failover: Failover) -> None:
         self.store, self.fleet, self.clock, self.queue = store, fleet, clock, queue
         self.agent: Fleet = fleet
         self.desired, self.placer, self.publisher = desired, placer, publisher
-        self.moves, self.commands = moves, commands
+        self.moves, self.commands, self.failover = moves, commands, failover
         self.executor = Executor(store, fleet)
         self.waits = store.waits
 
@@ -96,6 +98,7 @@ class Reconciler:
             return Result()
         if rec.deleting:
             return self._reconcile_deleted(rec)
+        fence_due = self.failover.run(rec.spec)  # before the planner: where they are now
         desired = self.desired.make(rec.spec, rec, build=True)
         if desired.builds:
             return self._build(rec, desired)
@@ -144,7 +147,7 @@ class Reconciler:
             settled = {r.name for r in rec.spec.roles} - {k.role for k in unready}
             releases.settle(self.store, [current[r] for r in settled])
         waiting = (None if verdict.due is None else verdict.due - self.clock(),
-                   migrating_again)
+                   migrating_again, fence_due)
         if failed:
             self.store.set_stack_status(name, rec.generation, StackStatus.FAILED, failed)
             if outcome.held and not verdict.failed:  # a health change or resync looks again
@@ -222,7 +225,10 @@ class Reconciler:
         return True
 
     def _reconcile_deleted(self, rec: StackRecord) -> Result:
-        observed = self.agent.observe(rec.name)
+        """Destroy on every host that can be reached; what a gone host holds is removed
+        when it is back (its heartbeat wakes this), or given up when it is removed."""
+        gone = set(self.fleet.gone())
+        observed = [f for f in self.agent.observe(rec.name) if f.host not in gone]
         self.moves.remove_strays(rec.name, all_copies=True, keep_data=rec.keep_data)
         plan = plan_stack(rec.name, rec.generation, None, [], observed, {}, self.clock())
         outcome = self.executor.run(plan, self.clock)
@@ -230,7 +236,15 @@ class Reconciler:
             self.store.set_stack_status(rec.name, rec.generation, StackStatus.FAILED,
                                         outcome.failed)
             return Result(RETRY_FAILED)
-        self.agent.teardown_stack(rec.name, keep_data=rec.keep_data)
+        self.agent.teardown_stack(rec.name, keep_data=rec.keep_data, skip=gone)
+        away = self.fleet.holding(rec.name) & gone
+        if away:
+            why = (f"destroyed on every host but {', '.join(sorted(away))} (lost): finished "
+                   "there when it is back, or given up with `rackfire host rm`")
+            if rec.message != why:
+                self.store.add_event(CONTROLLER, rec.name, rec.name, "destroy", "waiting", why)
+            self.store.set_stack_status(rec.name, rec.generation, StackStatus.PROGRESSING, why)
+            return Result(RETRY_FAILED)
         self.store.forget_stack(rec.name)  # its placements, VNI and migrations too
         self.publisher.forget_stack(rec.name)
         return Result()

@@ -21,6 +21,7 @@ class HostState(StrEnum):
     READY = "ready"
     DRAINING = "draining"  # what runs there is moved away; it gets nothing new
     DOWN = "down"  # lost: what ran there has to run elsewhere
+    FENCED = "fenced"  # declared dead by an operator (`rackfire host fence`): as down, at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +74,10 @@ class Host:
     @property
     def rack(self) -> str | None:
         return self.label("rack")
+
+    @property
+    def site(self) -> str | None:
+        return self.label("site")
 
     @property
     def total(self) -> Reservation:

@@ -115,6 +115,8 @@ class InstanceFacts:
     resources: Resources | None = None  # as it runs now (a live resize changes them)
     files_layout: str = ""  # digest of the rendered files' paths: a reload cannot add one
     log: str = ""  # its console log's path, on this host (the agent streams it: `logs`)
+    incarnation: int = 0  # the run it is (InstanceRequest.incarnation); 0: from before those
+    fence: bool = False  # its host stops it when that cannot renew its lease
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +140,10 @@ class NetworkConfig:
     vni: int = 0  # across hosts: the stack's VXLAN id (0: one host, no VXLAN)
     local_ip: str = ""  # this host's underlay address, which VXLAN sends from
     peers: tuple[str, ...] = ()  # underlay IPs of every host of the pool (own one ignored)
+    no_egress: tuple[str, ...] = ()  # instance IPs of roles with `egress: false` (sorted)
+    # across hosts: this host's own address in the subnet, which its HAProxy connects from
+    # to reach instances on any host (the routing mesh, net/mesh.py); "": none
+    host_ip: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,3 +174,7 @@ class InstanceRequest:
     # Cold migration: start from the disks copied to this host (<data-dir>/incoming/<id>/)
     # instead of a new one. Not part of any digest: how it got here, not what it runs.
     adopt_disks: bool = False
+    # The run this is, issued by the controller with its placement (store/placements.py):
+    # a host refuses a create or restart older than one it was told of (agent/hostside.py).
+    incarnation: int = 0
+    fence: bool = False  # stopped by its host's watchdog once that lease cannot be renewed

@@ -117,6 +117,32 @@ MAX_LOG_FILES = 100
 MAX_SOURCE_BYTES = 256 * 1024 * 1024  # an app's source dir, packed for upload
 
 
+class Replace(StrEnum):
+    IMMEDIATE = "immediate"  # placed again as soon as its host is lost
+    FENCED = "fenced"  # ... only once its host has surely stopped it (its fence deadline)
+
+
+@dataclass(frozen=True, slots=True)
+class HaPolicy:
+    """What happens to a role's instances when their host is lost (control/failover.py)."""
+
+    singleton: bool = False  # never two copies at once: replaced only after the fence
+    replace: Replace | None = None  # None: fenced for a singleton, else immediate
+    fence: bool | None = None  # stopped by its host when that loses the controller (None:
+    #                            a singleton's are)
+
+
+class Spread(StrEnum):
+    HOST = "host"  # the default: fewest of the role per host, then per rack (a preference)
+    RACK = "rack"  # never two instances of the role in one rack (hosts' `rack` label)
+    SITE = "site"  # never two in one site (hosts' `site` label)
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementRule:
+    spread: Spread | None = None  # None: spread by host, as a preference
+
+
 @dataclass(frozen=True, slots=True)
 class AppSource:
     """The application pushed into a role: a source dir, uploaded as a content-addressed
@@ -147,6 +173,27 @@ class RoleSpec:
     data: DataDisk | None = None
     image_digest: str = ""  # pinned by a rollback to a release built on an older image
     logs: LogLimits = field(default_factory=LogLimits)
+    ha: HaPolicy = field(default_factory=HaPolicy)
+    placement: PlacementRule = field(default_factory=PlacementRule)
+    egress: bool = True  # reaches the outside world through its host (NAT); False: only
+    #                      its stack and the hosts
+
+    @property
+    def singleton(self) -> bool:
+        """At most one copy may run at any time: asked for, or one instance with data."""
+        return self.ha.singleton or (self.count == 1 and self.data is not None)
+
+    @property
+    def replace_after_fence(self) -> bool:
+        """A lost host's instance of this role is placed again only after its fence."""
+        if self.singleton:
+            return True
+        return self.ha.replace is Replace.FENCED
+
+    @property
+    def self_fences(self) -> bool:
+        """Its host stops its instances when that host cannot renew its lease."""
+        return self.singleton if self.ha.fence is None else self.ha.fence
 
     def uses_closure(self, roles: dict[str, RoleSpec]) -> set[str]:
         """Every role this one uses, directly or through others."""
@@ -216,7 +263,16 @@ def _role_from_json(r: dict[str, Any]) -> RoleSpec:
         data=DataDisk(**r["data"]) if r.get("data") else None,
         image_digest=r.get("image_digest", ""),
         logs=LogLimits(**r.get("logs", {})),
+        ha=_ha_from_json(r.get("ha", {})),
+        placement=PlacementRule(Spread(sp) if (sp := r.get("placement", {}).get("spread"))
+                                else None),
+        egress=r.get("egress", True),
     )
+
+
+def _ha_from_json(h: dict[str, Any]) -> HaPolicy:
+    return HaPolicy(h.get("singleton", False),
+                    Replace(h["replace"]) if h.get("replace") else None, h.get("fence"))
 
 
 def _reload_from_json(r: dict[str, Any]) -> ReloadSpec:

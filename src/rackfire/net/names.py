@@ -8,6 +8,7 @@ links and namespaces again and a GC pass recognises orphans by prefix. Link name
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 
 from rackfire.errors import PrereqError
@@ -24,6 +25,11 @@ VNI_MAX = (1 << 24) - 1  # VXLAN network identifiers are 24 bits
 
 # Instance ids become file names under /run/netns: no slashes, no leading dot.
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}")
+# /run/netns is the machine's, not a host's: on the test bed several agents (simulated
+# hosts) share one, and each names its instances' namespaces in a scope of its own (what a
+# host that died leaves there must not be taken over by another). Unset on a real host.
+SCOPE_ENV = "RACKFIRE_NETNS_SCOPE"
+_SCOPE = re.compile(r"[a-z0-9][a-z0-9-]{0,40}")
 
 
 def _digest(text: str) -> str:
@@ -57,8 +63,13 @@ def stack_vni(stack: str) -> int:
     return int.from_bytes(digest[:3], "big") % (VNI_MAX - 1) + 1
 
 
-def netns_name(instance_id: str) -> str:
-    """The instance's named network namespace (`/run/netns/rf-shop.web.3`)."""
+def netns_name(instance_id: str, scope: str | None = None) -> str:
+    """The instance's named network namespace (`/run/netns/rf-shop.web.3`; in a scope,
+    `rf-SCOPE_shop.web.3`). `scope` None: this process's (SCOPE_ENV)."""
     if not _ID.fullmatch(instance_id):
         raise PrereqError(f"instance id {instance_id!r} cannot name a network namespace")
-    return NETNS_PREFIX + instance_id
+    scope = os.environ.get(SCOPE_ENV, "") if scope is None else scope
+    if scope and not _SCOPE.fullmatch(scope):
+        raise PrereqError(f"{SCOPE_ENV}={scope!r} is not a scope name",
+                          hint="lowercase letters, digits and '-'")
+    return NETNS_PREFIX + (f"{scope}_" if scope else "") + instance_id

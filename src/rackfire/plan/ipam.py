@@ -86,6 +86,38 @@ def allocate_ips(subnet: str, used: Collection[str], count: int) -> list[str]:
     return out
 
 
+def allocate_host_ips(subnet: str, hosts: Collection[str], used: Collection[str],
+                      kept: dict[str, str]) -> dict[str, str]:
+    """Each host's own address in a stack subnet spanning hosts (the routing mesh's source
+    address, beside the anycast gateway), by host name. A host keeps its address from `kept`;
+    a new one gets the highest free address, counting down from the broadcast, so these meet
+    the instances' (counting up, `allocate_ips`) only in a full subnet: the caller passes
+    them to `allocate_ips` as used too. `used` holds the instances' addresses. Hosts not in
+    `hosts` lose theirs. Deterministic for the same inputs."""
+    net = _subnet(subnet)
+    taken = {int(a) for a in map(_address, used) if a.version == 4}
+    first = int(net.network_address) + 2  # +1 is the gateway
+    out: dict[str, str] = {}
+    for host in sorted(hosts):
+        ip = kept.get(host)
+        if ip is not None:
+            addr = _address(ip)
+            if addr in net and int(addr) >= first and int(addr) not in taken:
+                out[host] = str(addr)
+    mine = {int(IPv4Address(ip)) for ip in out.values()}
+    candidate = int(net.broadcast_address) - 1
+    for host in sorted(set(hosts) - set(out)):
+        while candidate >= first and (candidate in taken or candidate in mine):
+            candidate -= 1
+        if candidate < first:
+            raise PrereqError(f"subnet {subnet} full: no address left for host {host}",
+                              hint="a stack's subnet is sized when the stack is created; "
+                              "destroy and apply it again")
+        out[host] = str(IPv4Address(candidate))
+        mine.add(candidate)
+    return dict(sorted(out.items()))
+
+
 def _address(text: str) -> IPv4Address | IPv6Address:
     try:
         return ipaddress.ip_interface(text).ip

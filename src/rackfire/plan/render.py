@@ -136,6 +136,7 @@ def render_stack(
                 files_layout=layout,
                 surge=index >= role.count,
                 logs=role.logs,
+                fence=role.self_fences,
             )
             out.append(request)
     return out

@@ -15,7 +15,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from rackfire.images.store import ImageInfo
 from rackfire.model.agent import InstanceStats
@@ -25,8 +25,8 @@ from rackfire.model.stack import DEFAULT_STOP_TIMEOUT, RuntimeKind
 from rackfire.net import attach
 from rackfire.net.attach import Attachment
 
-__all__ = ["Attachment", "Capabilities", "DiskMover", "ExecHandle", "Layer", "RootFs", "Runtime",
-           "inputs"]
+__all__ = ["Attachment", "Capabilities", "DiskMover", "ExecHandle", "Fencer", "Layer", "RootFs",
+           "Runtime", "inputs"]
 
 
 @dataclass(slots=True)
@@ -120,6 +120,16 @@ class Runtime(Protocol):
 
     def log_path(self, key: InstanceKey) -> Path:
         """Where the instance's stdout and stderr go."""
+
+
+@runtime_checkable
+class Fencer(Protocol):
+    """A runtime whose running instances the host's watchdog can kill without the agent
+    (agent/watchdog.py)."""
+
+    def fence_target(self, key: InstanceKey) -> dict[str, Any] | None:
+        """How to kill the running instance: a JSON object for the watchdog; None if it
+        does not run."""
 
 
 @runtime_checkable

@@ -67,6 +67,7 @@ from rackfire.runtime.layout import (
     remove_instance_dir,
     rendered_paths,
     resources_of,
+    run_of,
     swap_config,
     update_meta,
     volume_path,
@@ -316,8 +317,15 @@ class ContainerRuntime:
                 started_at=meta.get("started_at"), resources=resources_of(meta),
                 pid=c.pid if running and c else None,
                 oom_killed=state is InstanceState.STOPPED and _oom_killed(key),
+                **run_of(meta),
             ))
         return facts
+
+    def fence_target(self, key: InstanceKey) -> dict[str, Any] | None:
+        """For the watchdog: `runc kill` of the container by id, whichever run it is."""
+        if self.runc.state(key.id) in (None, "stopped"):
+            return None
+        return {"kind": "runc", "root": str(self.runc_root), "id": key.id}
 
     def netns(self, key: InstanceKey) -> str | None:
         return names.netns_name(key.id)

@@ -46,6 +46,7 @@ from rackfire.runtime.layout import (
     remove_instance_dir,
     rendered_paths,
     resources_of,
+    run_of,
     update_meta,
     write_meta,
 )
@@ -258,7 +259,8 @@ class FakeRuntime:
                     started_at=meta.get("started_at"), resources=resources_of(meta),
                     pid=run.pid if run is not None and up else None,
                     exit_code=run.exit_code if run is not None and not up else None,
-                    oom_killed=run is not None and not up and run.oom_killed))
+                    oom_killed=run is not None and not up and run.oom_killed,
+                    **run_of(meta)))
             return facts
 
     def netns(self, key: InstanceKey) -> str | None:

@@ -76,7 +76,8 @@ def write_meta(d: InstanceDir, req: InstanceRequest, phase: str, **extra: Any) -
         "spec_fields": [list(p) for p in req.spec_fields], "image": req.image_digest,
         "phase": phase, "updated": time.time(), "files": rendered_paths(req),
         "resources": asdict(req.resources), "files_layout": req.files_layout,
-        "app": req.app_digest, "data": asdict(req.data) if req.data else None, **extra,
+        "app": req.app_digest, "data": asdict(req.data) if req.data else None,
+        "incarnation": req.incarnation, "fence": req.fence, **extra,
     }
     d.root.mkdir(parents=True, exist_ok=True)
     _write_atomic(d.meta, data)
@@ -100,6 +101,12 @@ def _write_atomic(path: Path, data: dict[str, Any]) -> None:
 def resources_of(meta: dict[str, Any]) -> Resources | None:
     r = meta.get("resources")
     return Resources(**r) if isinstance(r, dict) else None
+
+
+def run_of(meta: dict[str, Any]) -> dict[str, Any]:
+    """The run an instance is, from its meta, for its InstanceFacts."""
+    return {"incarnation": int(meta.get("incarnation") or 0),
+            "fence": bool(meta.get("fence", False))}
 
 
 def read_meta(d: InstanceDir) -> dict[str, Any] | None:

@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from rackfire.errors import ExecError, NotFound, PrereqError
 from rackfire.model.agent import InstanceStats
@@ -32,6 +33,7 @@ from rackfire.runtime.layout import (
     read_meta,
     remove_instance_dir,
     resources_of,
+    run_of,
     swap_config,
     update_meta,
     write_config_layer,
@@ -163,8 +165,20 @@ class ProcessRuntime:
                 files_layout=meta.get("files_layout", ""),
                 resources=resources_of(meta),
                 pid=pid, exit_code=exit_code if exit_code is not None else meta.get("exit_code"),
+                **run_of(meta),
             ))
         return facts
+
+    def fence_target(self, key: InstanceKey) -> dict[str, Any] | None:
+        """For the watchdog: its session's pid with its start time (a reused pid is not it)."""
+        d = instance_dir(self.base, key)
+        meta = read_meta(d) or {}
+        pid, exit_code = self._poll(meta.get("pid"), meta.get("pid_start"))
+        if exit_code is not None:  # _poll hands an exit code out once: keep it
+            update_meta(d, exit_code=exit_code)
+        if not pid or meta.get("pid_start") is None:
+            return None
+        return {"kind": "pid", "pid": pid, "start": meta["pid_start"]}
 
     def netns(self, key: InstanceKey) -> str | None:
         return None

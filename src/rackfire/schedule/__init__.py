@@ -3,14 +3,19 @@ the reason for every choice out. No I/O, no clock, no randomness: `rackfire.mode
 
 from rackfire.schedule.ask import Ask, RoleRef, Strategy, role_of, wanted_for
 from rackfire.schedule.capacity import (
+    PAIRED_MAX,
     Headroom,
     HostUsage,
     Loss,
     Redundancy,
     Room,
+    StackSurvival,
+    Survival,
+    Verdict,
     headroom,
     lose,
     redundancy,
+    survival,
     usage,
 )
 from rackfire.schedule.explain import explain, explain_decision
@@ -20,6 +25,7 @@ from rackfire.schedule.ranking import Candidate, Score
 from rackfire.schedule.scheduler import move, placement_order, schedule
 
 __all__ = [
+    "PAIRED_MAX",
     "Ask",
     "Candidate",
     "Check",
@@ -33,7 +39,10 @@ __all__ = [
     "RoleRef",
     "Room",
     "Score",
+    "StackSurvival",
     "Strategy",
+    "Survival",
+    "Verdict",
     "explain",
     "explain_decision",
     "headroom",
@@ -43,6 +52,7 @@ __all__ = [
     "redundancy",
     "role_of",
     "schedule",
+    "survival",
     "usage",
     "wanted_for",
 ]

@@ -8,7 +8,7 @@ from enum import StrEnum
 
 from rackfire.model.host import Reservation
 from rackfire.model.instance import InstanceKey
-from rackfire.model.stack import RoleSpec, RuntimeKind, StackSpec
+from rackfire.model.stack import RoleSpec, RuntimeKind, Spread, StackSpec
 
 
 class Strategy(StrEnum):
@@ -25,9 +25,14 @@ class Ask:
     labels: tuple[tuple[str, str], ...] = ()  # the host must carry every (key, value)
     distinct_hosts: bool = False  # never two instances of the role on one host
     strategy: Strategy = Strategy.SPREAD
+    # A hard failure domain: never two instances of the role on hosts with the same `rack`
+    # (or `site`) label, and none on a host without it. None: spread by host, a preference.
+    spread: Spread | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", tuple(sorted(dict(self.labels).items())))
+        if self.spread is Spread.HOST:  # today's preference: the same ask as none
+            object.__setattr__(self, "spread", None)
 
     @staticmethod
     def of_role(role: RoleSpec, *, labels: Mapping[str, str] | None = None,
@@ -35,7 +40,8 @@ class Ask:
                 strategy: Strategy = Strategy.SPREAD) -> Ask:
         data = role.data.size if role.data else 0
         return Ask(Reservation.of(role.resources, data), role.runtime,
-                   tuple((labels or {}).items()), distinct_hosts, strategy)
+                   tuple((labels or {}).items()), distinct_hosts, strategy,
+                   role.placement.spread)
 
 
 RoleRef = tuple[str, str]

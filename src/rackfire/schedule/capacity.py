@@ -1,12 +1,16 @@
 """Capacity analysis over the current placements, Ganeti-style: what each host has reserved
-and free, whether everything could be placed again after losing any one host (N+1) or any
-one rack, and how many more instances of a role fit. Every answer comes from the scheduler
-itself, so it never promises a placement that `schedule` would not make."""
+and free, whether everything could be placed again after losing any one host (N+1), any two,
+any one rack or any one site (and per stack, whether it would still serve), and how many more
+instances of a role fit. Every answer comes from the scheduler itself, so it never promises
+a placement that `schedule` would not make."""
 
 from __future__ import annotations
 
+import itertools
+from collections import Counter
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
+from enum import StrEnum
 
 from rackfire.model.host import CPU_SLACK, Host, HostState, Reservation
 from rackfire.model.instance import InstanceKey
@@ -14,6 +18,7 @@ from rackfire.schedule.ask import Ask, RoleRef, role_of
 from rackfire.schedule.feasibility import Ledger, Rejection, check
 from rackfire.schedule.placement import Decision
 from rackfire.schedule.scheduler import hosts_by_name, placement_order, schedule
+from rackfire.schedule.search import Indexed
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +51,7 @@ def usage(hosts: Iterable[Host], placed: Mapping[InstanceKey, str],
 class Loss:
     """One failure scenario: `hosts` go down at once."""
 
-    lost: str  # the host's name, or the rack's
+    lost: str  # the host's name, a pair's ("a+b"), the rack's or the site's
     hosts: tuple[str, ...]
     displaced: tuple[InstanceKey, ...]  # what ran on them
     stranded: tuple[Decision, ...]  # instances that would fit nowhere, with every host's why
@@ -61,6 +66,10 @@ class Redundancy:
     hosts: tuple[Loss, ...]  # one per host, by name
     racks: tuple[Loss, ...]  # one per `rack` label value, by name
     unracked: tuple[str, ...]  # hosts with no rack label: in no rack scenario
+    pairs: tuple[Loss, ...] = ()  # one per pair of the `paired` hosts, by name
+    paired: tuple[str, ...] = ()  # every host, or the PAIRED_MAX holding the most
+    sites: tuple[Loss, ...] = ()  # one per `site` label value, by name
+    unsited: tuple[str, ...] = ()  # hosts with no site label: in no site scenario
 
     @property
     def n_plus_1(self) -> bool:
@@ -70,6 +79,26 @@ class Redundancy:
     @property
     def rack_safe(self) -> bool:
         return all(loss.ok for loss in self.racks)
+
+    @property
+    def n_plus_2(self) -> bool:
+        """... after losing any two hosts (of `paired`)."""
+        return all(loss.ok for loss in self.pairs)
+
+    @property
+    def site_safe(self) -> bool:
+        return all(loss.ok for loss in self.sites)
+
+    @property
+    def pairs_capped(self) -> bool:
+        """Not every pair was tried: `paired` is not every host."""
+        return len(self.paired) < len(self.hosts)
+
+
+PAIRED_MAX = 40
+"""Losing two hosts is one `schedule` per pair, n(n-1)/2 of them. Up to this many hosts every
+pair is tried (780 at most); past it, the pairs of the PAIRED_MAX hosts that hold the most
+instances (their loss displaces the most), and the report says it was capped."""
 
 
 def lose(hosts: Iterable[Host], placed: Mapping[InstanceKey, str],
@@ -83,20 +112,135 @@ def lose(hosts: Iterable[Host], placed: Mapping[InstanceKey, str],
 
 
 def redundancy(hosts: Iterable[Host], placed: Mapping[InstanceKey, str],
-               asks: Mapping[InstanceKey, Ask]) -> Redundancy:
-    """N+1 for hosts and for racks. Give every instance on the hosts (all stacks): what is
-    left in `Host.reserved` is taken to be pinned there and is lost with its host."""
+               asks: Mapping[InstanceKey, Ask], *, paired_max: int = PAIRED_MAX) -> Redundancy:
+    """Losing any one host (N+1), any two (N+2), any rack and any site. Give every instance
+    on the hosts (all stacks): what is left in `Host.reserved` is taken to be pinned there
+    and is lost with its host."""
     by_name = hosts_by_name(hosts)
-    racks: dict[str, list[str]] = {}
-    for h in by_name.values():
-        if h.rack is not None:
-            racks.setdefault(h.rack, []).append(h.name)
     hs = list(by_name.values())
+    held = Counter(where for k, where in placed.items() if k in asks)
+    paired = sorted(sorted(by_name, key=lambda n: (-held[n], n))[:paired_max])
+    losing = _Losing(by_name, placed, asks)
+
+    def domains(kind: str) -> tuple[tuple[Loss, ...], tuple[str, ...]]:
+        members: dict[str, list[str]] = {}
+        for h in hs:
+            value = h.label(kind)
+            if value is not None:
+                members.setdefault(value, []).append(h.name)
+        return (tuple(losing.lose(set(names), value)
+                      for value, names in sorted(members.items())),
+                tuple(sorted(h.name for h in hs if h.label(kind) is None)))
+
+    racks, unracked = domains("rack")
+    sites, unsited = domains("site")
     return Redundancy(
-        tuple(lose(hs, placed, asks, {name}, name) for name in sorted(by_name)),
-        tuple(lose(hs, placed, asks, set(members), rack)
-              for rack, members in sorted(racks.items())),
-        tuple(sorted(name for name, h in by_name.items() if h.rack is None)))
+        tuple(losing.lose({name}, name) for name in sorted(by_name)),
+        racks, unracked,
+        tuple(losing.lose({a, b}, f"{a}+{b}") for a, b in itertools.combinations(paired, 2)),
+        tuple(paired), sites, unsited)
+
+
+class _Losing:
+    """`lose` for many scenarios over the same placement, cheaper and with the same answer.
+
+    When `schedule` keeps every current instance where it is (the usual case), it keeps
+    every one that is not on a lost host too: each is checked against what came before it
+    on its host, which is the same, and against its rack and site, which hold no more. So a
+    scenario is every instance held where it is but those on the lost hosts, which are then
+    placed in order by the same index `schedule` uses: no check of every kept instance per
+    scenario. (The ledger of them all is made once; a scenario's copy lets the lost ones
+    go: what a down host reserves is never asked, and each role's rack and site lists keep
+    their order.) Otherwise each scenario is `lose` itself."""
+
+    def __init__(self, by_name: Mapping[str, Host], placed: Mapping[InstanceKey, str],
+                 asks: Mapping[InstanceKey, Ask]) -> None:
+        self.by_name, self.placed = by_name, placed
+        self.current = _current(placed, asks)
+        self.asks = asks
+        self.order = placement_order(self.current)
+        self.all_kept = all(d.kept for d in
+                            schedule(by_name.values(), placed, self.current).decisions)
+        self.ledger = Ledger(by_name)
+        if self.all_kept:
+            for k in self.order:
+                self.ledger.add(k, placed[k], self.current[k].need)
+
+    def lose(self, lost: Collection[str], name: str) -> Loss:
+        if not self.all_kept:
+            return lose(self.by_name.values(), self.placed, self.asks, lost, name)
+        scenario = {n: replace(h, state=HostState.DOWN) if n in lost else h
+                    for n, h in self.by_name.items()}
+        ledger = self.ledger.copy(scenario)
+        displaced = [k for k in self.order if self.placed[k] in lost]
+        for k in displaced:
+            ledger.remove(k, self.placed[k], self.current[k].need)
+        pick = Indexed(scenario, ledger)
+        stranded = []
+        for k in displaced:
+            best, rejected = pick.place(k, self.current[k])
+            if not best:  # the decision `schedule` makes: it had to leave its (down) host
+                where = self.placed[k]
+                stranded.append(Decision(k, self.current[k], None, previous=where,
+                                         left=check(scenario[where], k, self.current[k],
+                                                    ledger), rejected=rejected))
+        return Loss(name, tuple(sorted(lost)),
+                    tuple(k for k in self.current if self.placed[k] in lost), tuple(stranded))
+
+
+class Verdict(StrEnum):
+    OK = "ok"  # every instance of the stack could run again
+    DEGRADED = "degraded"  # some could not, but each of its roles keeps at least one
+    DOWN = "down"  # a role of it would have no instance left
+    UNTESTED = "untested"  # no such scenario: fewer than two hosts, no rack or site labels
+
+
+@dataclass(frozen=True, slots=True)
+class Survival:
+    """A stack's fate over one kind of scenario: the worst of them."""
+
+    verdict: Verdict
+    loss: str | None = None  # the scenario that decides it (the first by name of the worst)
+    stranded: tuple[InstanceKey, ...] = ()  # the stack's instances it strands
+
+
+@dataclass(frozen=True, slots=True)
+class StackSurvival:
+    stack: str
+    host: Survival  # any one host lost
+    pair: Survival  # any two hosts lost (of `Redundancy.paired`)
+    rack: Survival
+    site: Survival
+
+
+def survival(red: Redundancy, placed: Mapping[InstanceKey, str],
+             asks: Mapping[InstanceKey, Ask]) -> tuple[StackSurvival, ...]:
+    """Per stack (by name), whether it survives each kind of loss `red` tried: a role
+    spread one per rack over three racks is degraded by a rack's loss (the one it had
+    there can go nowhere else), not down."""
+    sizes = Counter(role_of(k) for k in _current(placed, asks))
+
+    def worst(losses: tuple[Loss, ...], stack: str) -> Survival:
+        if not losses:
+            return Survival(Verdict.UNTESTED)
+        found = Survival(Verdict.OK)
+        for loss in losses:
+            mine = tuple(d.key for d in loss.stranded if d.key.stack == stack)
+            if not mine:
+                continue
+            gone = Counter(role_of(k) for k in mine)
+            verdict = (Verdict.DOWN if any(n >= sizes[r] for r, n in gone.items())
+                       else Verdict.DEGRADED)
+            if _WORSE[verdict] > _WORSE[found.verdict]:
+                found = Survival(verdict, loss.lost, mine)
+        return found
+
+    return tuple(StackSurvival(s, worst(red.hosts, s), worst(red.pairs, s),
+                               worst(red.racks, s), worst(red.sites, s))
+                 for s in sorted({stack for stack, _ in sizes}))
+
+
+_WORSE = {Verdict.UNTESTED: 0, Verdict.OK: 0, Verdict.DEGRADED: 1, Verdict.DOWN: 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +248,7 @@ class Room:
     host: str
     fits: int | None  # how many more the host takes; None: no end (it reserves nothing)
     then: tuple[Rejection, ...]  # why one more would not fit
+    domain: str | None = None  # its rack (site) when the ask spreads over them
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +259,8 @@ class Headroom:
 
     @property
     def total(self) -> int | None:
+        if self.ask.spread is not None:  # one per rack (site) that can take one
+            return len({r.domain for r in self.hosts if r.fits})
         counts = [r.fits for r in self.hosts]
         return None if None in counts else sum(c for c in counts if c is not None)
 
@@ -124,7 +271,8 @@ def headroom(hosts: Iterable[Host], placed: Mapping[InstanceKey, str],
     """How many more instances of `role` (asking `ask`, by default what its instances ask)
     fit once the current instances are where the scheduler keeps or moves them. Hosts are
     independent, so the count is the same for spread and binpack: only the order of
-    filling differs."""
+    filling differs. (A role spread over racks or sites takes one per rack or site: each
+    host there may say 1, the total counts the rack once.)"""
     by_name = hosts_by_name(hosts)
     current = _current(placed, asks)
     if ask is None:
@@ -142,22 +290,25 @@ def headroom(hosts: Iterable[Host], placed: Mapping[InstanceKey, str],
 
 
 def _room(host: Host, probe: InstanceKey, ask: Ask, ledger: Ledger) -> Room:
+    domain = host.label(ask.spread.value) if ask.spread is not None else None
     why = check(host, probe, ask, ledger)
     if why:
-        return Room(host.name, 0, why)
+        return Room(host.name, 0, why, domain)
     free, need = ledger.free(host.name), ask.need
     counts = [int((free.cpus + CPU_SLACK) // need.cpus)] if need.cpus > 0 else []
     counts += [f // n for f, n in ((free.memory, need.memory), (free.disk, need.disk)) if n > 0]
     fits = min(counts) if counts else None
-    if ask.distinct_hosts:
+    if ask.distinct_hosts or ask.spread is not None:
         fits = 1
     if fits is None:
         return Room(host.name, None, ())
-    # What stops the next one: hold what `fits` more would reserve, then ask again. (The
-    # ledger is this call's own; holding on one host changes no other host's checks.)
-    ledger.add(probe, host.name, Reservation(need.cpus * fits, need.memory * fits,
-                                             need.disk * fits))
-    return Room(host.name, fits, check(host, probe, ask, ledger))
+    # What stops the next one: hold what `fits` more would reserve, ask again, and let go
+    # (held, it would fill the rack or site for the other hosts of it too).
+    held = Reservation(need.cpus * fits, need.memory * fits, need.disk * fits)
+    ledger.add(probe, host.name, held)
+    then = check(host, probe, ask, ledger)
+    ledger.remove(probe, host.name, held)
+    return Room(host.name, fits, then, domain)
 
 
 def _current(placed: Mapping[InstanceKey, str],

@@ -9,6 +9,7 @@ from enum import StrEnum
 
 from rackfire.model.host import CPU_SLACK, Host, HostState, Reservation
 from rackfire.model.instance import InstanceKey
+from rackfire.model.stack import Spread
 from rackfire.model.units import format_size, format_size_approx
 from rackfire.schedule.ask import Ask, RoleRef, role_of
 
@@ -19,6 +20,7 @@ class Check(StrEnum):
     RUNTIME = "runtime"
     LABEL = "label"
     DISTINCT = "distinct"
+    SPREAD = "spread"  # the role's failure domain (rack, site) holds one of it already
     CPU = "cpu"
     MEMORY = "memory"
     DISK = "disk"
@@ -41,17 +43,45 @@ class Ledger:
     def __init__(self, hosts: Mapping[str, Host]) -> None:
         self.hosts = hosts
         self._rack = {name: h.rack for name, h in hosts.items()}
+        self._site = {name: h.site for name, h in hosts.items()}
         self._total = {name: h.total for name, h in hosts.items()}
         self._used = {name: h.reserved for name, h in hosts.items()}
         self._on_host: dict[tuple[str, RoleRef], list[InstanceKey]] = {}
-        self._on_rack: dict[tuple[str, RoleRef], int] = {}
+        # Per failure domain (the rack's or site's label value) and role: who is there.
+        self._on_rack: dict[tuple[str, RoleRef], list[InstanceKey]] = {}
+        self._on_site: dict[tuple[str, RoleRef], list[InstanceKey]] = {}
 
     def add(self, key: InstanceKey, host: str, need: Reservation) -> None:
+        role = role_of(key)
         self._used[host] += need
-        self._on_host.setdefault((host, role_of(key)), []).append(key)
-        rack = self._rack[host]
+        self._on_host.setdefault((host, role), []).append(key)
+        rack, site = self._rack[host], self._site[host]
         if rack is not None:
-            self._on_rack[rack, role_of(key)] = self._on_rack.get((rack, role_of(key)), 0) + 1
+            self._on_rack.setdefault((rack, role), []).append(key)
+        if site is not None:
+            self._on_site.setdefault((site, role), []).append(key)
+
+    def copy(self, hosts: Mapping[str, Host]) -> Ledger:
+        """The same reservations over `hosts`: the same ones, perhaps in another state."""
+        other = Ledger.__new__(Ledger)
+        other.hosts, other._rack, other._site, other._total = (
+            hosts, self._rack, self._site, self._total)  # never changed once made
+        other._used = dict(self._used)
+        other._on_host = {k: list(v) for k, v in self._on_host.items()}
+        other._on_rack = {k: list(v) for k, v in self._on_rack.items()}
+        other._on_site = {k: list(v) for k, v in self._on_site.items()}
+        return other
+
+    def remove(self, key: InstanceKey, host: str, need: Reservation) -> None:
+        """Undo `add` (a probe held to ask what comes next)."""
+        role = role_of(key)
+        self._used[host] -= need
+        self._on_host[host, role].remove(key)
+        rack, site = self._rack[host], self._site[host]
+        if rack is not None:
+            self._on_rack[rack, role].remove(key)
+        if site is not None:
+            self._on_site[site, role].remove(key)
 
     def used(self, host: str) -> Reservation:
         return self._used[host]
@@ -73,7 +103,16 @@ class Ledger:
         rack = self._rack[host]
         if rack is None:
             return self.count_on_host(host, role)
-        return self._on_rack.get((rack, role), 0)
+        return len(self._on_rack.get((rack, role), ()))
+
+    def in_domain(self, host: str, role: RoleRef, spread: Spread) -> list[InstanceKey] | None:
+        """The role's instances in the host's rack (or site), first placed first; None when
+        the host has no such label."""
+        site = spread is Spread.SITE
+        value = (self._site if site else self._rack)[host]
+        if value is None:
+            return None
+        return (self._on_site if site else self._on_rack).get((value, role), [])
 
 
 def check(host: Host, key: InstanceKey, ask: Ask, ledger: Ledger) -> tuple[Rejection, ...]:
@@ -99,6 +138,13 @@ def check(host: Host, key: InstanceKey, ask: Ask, ledger: Ledger) -> tuple[Rejec
         there = ledger.on_host(host.name, role_of(key))
         if there:
             no(Check.DISTINCT, f"{there[0]} is already on this host")
+    if ask.spread is not None:
+        kind = ask.spread.value
+        inside = ledger.in_domain(host.name, role_of(key), ask.spread)
+        if inside is None:  # a host outside every rack (site) cannot prove it is apart
+            no(Check.LABEL, f"spread: {kind} needs a {kind} label, host has no {kind}")
+        elif inside:
+            no(Check.SPREAD, f"{inside[0]} is already in {kind} {labels[kind]}")
     free, need = ledger.free(host.name), ask.need
     if need.cpus > free.cpus + CPU_SLACK:
         no(Check.CPU, _short(show_cpus(need.cpus), show_cpus(free.cpus), free.cpus))

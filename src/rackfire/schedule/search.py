@@ -159,6 +159,10 @@ class Indexed:
         """The checks that depend on the ledger, exactly as `check` makes them."""
         if ask.distinct_hosts and self.ledger.count_on_host(name, role):
             return False
+        # A host without the label never gets here: its rejection is static (`_eligible`).
+        # One whose rack (site) holds the role stays out for the run: the ledger only grows.
+        if ask.spread is not None and self.ledger.in_domain(name, role, ask.spread):
+            return False
         total, used, need = self.ledger.total(name), self.ledger.used(name), ask.need
         return (need.cpus <= (total.cpus - used.cpus) + CPU_SLACK
                 and need.memory <= total.memory - used.memory
@@ -173,7 +177,7 @@ class Indexed:
                 name)
 
 
-_DYNAMIC = frozenset({Check.DISTINCT, Check.CPU, Check.MEMORY, Check.DISK})
+_DYNAMIC = frozenset({Check.DISTINCT, Check.SPREAD, Check.CPU, Check.MEMORY, Check.DISK})
 
 
 def _static(rejections: tuple[Rejection, ...]) -> bool:

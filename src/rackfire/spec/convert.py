@@ -17,9 +17,11 @@ from typing import Any
 from rackfire.model.stack import (
     AppSource,
     DataDisk,
+    HaPolicy,
     HealthSpec,
     ImageSpec,
     LogLimits,
+    PlacementRule,
     ReloadSpec,
     Resources,
     RestartPolicy,
@@ -84,6 +86,9 @@ def _role(name: str, m: RoleModel, base_dir: Path | None) -> RoleSpec:
         # The CLI uploads the dir; the server fills in its digest (api: StackSource.sources).
         app=AppSource(_resolved(m.app, base_dir)) if m.app else None,
         logs=_logs(m.logs),
+        ha=HaPolicy(m.ha.singleton, m.ha.replace, m.ha.fence) if m.ha else HaPolicy(),
+        placement=PlacementRule(m.placement.spread if m.placement else None),
+        egress=m.egress,
         **_given(stop_timeout=m.stop_timeout),
     )
 

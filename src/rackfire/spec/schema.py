@@ -24,6 +24,7 @@ import jinja2
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainValidator,
@@ -38,7 +39,9 @@ from rackfire.model.stack import (
     NAME_PATTERN,
     ImageSource,
     PortMap,
+    Replace,
     RuntimeKind,
+    Spread,
 )
 from rackfire.model.template_sandbox import forbidden_message, forbidden_tag
 from rackfire.model.units import format_size, parse_duration, parse_size
@@ -363,6 +366,44 @@ class DataModel(_Strict):
     size: Disk
 
 
+class HaModel(_Strict):
+    singleton: bool = Field(False, strict=True,
+                            description="never two copies at once (placed again only after "
+                            "its lost host's fence)")
+    replace: Replace | None = Field(None, strict=False, description=
+                                    "immediate (default) or fenced: when a lost host's "
+                                    "instance is placed again")
+    fence: bool | None = Field(None, strict=True, description=
+                               "its host stops it when that loses the controller (default: "
+                               "singletons only)")
+
+    @model_validator(mode="after")
+    def _singleton_fenced(self) -> Self:
+        if self.singleton and self.replace is Replace.IMMEDIATE:
+            raise ValueError("a singleton is replaced only after its host's fence: drop "
+                             "`replace: immediate`, or `singleton`")
+        if self.singleton and self.fence is False:
+            raise ValueError("a singleton's host stops it when it loses the controller: "
+                             "drop `fence: false`, or `singleton`")
+        return self
+
+
+def _ha(value: object) -> object:
+    """`ha: singleton` is short for `ha: {singleton: true}`."""
+    if value == "singleton":
+        return {"singleton": True}
+    if isinstance(value, str):
+        raise ValueError(f"{value!r} is not an ha policy: `singleton`, or a mapping with "
+                         "singleton, replace, fence")
+    return value
+
+
+class PlacementModel(_Strict):
+    spread: Spread | None = Field(None, strict=False, description=
+                                  "host (default, a preference), or rack / site: never two "
+                                  "instances of the role in one (hosts' rack/site label)")
+
+
 class LogsModel(_Strict):
     max_size: LogSize | None = Field(None, description="rotate the console log past this")
     max_files: int | None = Field(None, ge=1, le=MAX_LOG_FILES,
@@ -391,6 +432,13 @@ class RoleModel(_Strict):
     data: DataModel | None = None
     logs: LogsModel | None = Field(
         None, description="how much console log its instances keep (default 10M x 3)")
+    ha: Annotated[HaModel, BeforeValidator(_ha)] | None = Field(
+        None, description="`singleton`, or how its instances fail over: {singleton, replace, "
+        "fence}")
+    placement: PlacementModel | None = None
+    egress: bool = Field(True, strict=True, description=
+                         "reach the outside world through its host (NAT); false: only its "
+                         "stack and the hosts")
 
 
 class StackModel(_Strict):

@@ -97,16 +97,18 @@ class HostRegistry:
         return str(rows[0]["name"])
 
     def heartbeat(self, name: str, labels: dict[str, str], facts: HostFacts,
-                  address: str = "", lease: float = float("inf")) -> tuple[int, bool]:
+                  address: str = "", lease: float = float("inf"),
+                  since: float = 0.0) -> tuple[int, bool]:
         """Renew the host's lease; its epoch, and whether it rose: the lease (seconds since
-        the last heartbeat) had lapsed, so this is the host coming back."""
+        the last heartbeat, or since `since`, when the server started) had lapsed, so this
+        is the host coming back (not the server)."""
         if address and not re.fullmatch(r"[0-9A-Za-z.:\[\]-]{1,100}:\d{1,5}", address):
             raise PrereqError(f"invalid agent address {address!r}", hint="HOST:PORT")
         now = time.time()
         with self.store.tx() as db:
             row = db.execute("SELECT last_seen, epoch FROM hosts WHERE name=?",
                              (name,)).fetchone()
-            lapsed = row is not None and now - row["last_seen"] > lease
+            lapsed = row is not None and now - max(row["last_seen"], since) > lease
             epoch = (row["epoch"] if row is not None else 1) + lapsed
             db.execute("UPDATE hosts SET labels=?, facts=?, last_seen=?, address=?, epoch=? "
                        "WHERE name=?", (json.dumps(check_labels(labels)),
@@ -123,6 +125,16 @@ class HostRegistry:
             if db.execute("UPDATE hosts SET state=? WHERE name=?",
                           (state.value, name)).rowcount == 0:
                 raise NotFound(f"no host named {name}", hint="see `rackfire hosts`")
+
+    def fence(self, name: str) -> int:
+        """Declare the host dead: fenced, at a new epoch (a call meant for it as it was is
+        refused there, should it be alive after all). Its new epoch."""
+        with self.store.tx() as db:
+            if db.execute("UPDATE hosts SET state=?, epoch=epoch+1 WHERE name=?",
+                          (HostState.FENCED.value, name)).rowcount == 0:
+                raise NotFound(f"no host named {name}", hint="see `rackfire hosts`")
+            return int(db.execute("SELECT epoch FROM hosts WHERE name=?",
+                                  (name,)).fetchone()["epoch"])
 
     def remove(self, name: str) -> None:
         with self.store.tx() as db:

@@ -73,6 +73,7 @@ CREATE TABLE IF NOT EXISTS placements (
     stack TEXT NOT NULL, role TEXT NOT NULL, idx INTEGER NOT NULL, host TEXT NOT NULL,
     PRIMARY KEY (stack, role, idx)
 );
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS vnis (stack TEXT PRIMARY KEY, vni INTEGER NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS migrations (
     stack TEXT NOT NULL, role TEXT NOT NULL, idx INTEGER NOT NULL,
@@ -104,4 +105,5 @@ ADDED_COLUMNS = [
     ("hosts", "agent_key", "TEXT NOT NULL DEFAULT ''"),
     ("hosts", "address", "TEXT NOT NULL DEFAULT ''"),
     ("hosts", "epoch", "INTEGER NOT NULL DEFAULT 1"),
+    ("placements", "incarnation", "INTEGER NOT NULL DEFAULT 0"),
 ]

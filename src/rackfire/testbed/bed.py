@@ -16,12 +16,21 @@ import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from rackfire.net.nsenter import create_netns, netns_path, remove_netns, socket_in_netns
+from rackfire.agent import watchdog
+from rackfire.net.names import NETNS_PREFIX, SCOPE_ENV
+from rackfire.net.nsenter import (
+    NETNS_DIR,
+    create_netns,
+    netns_path,
+    remove_netns,
+    socket_in_netns,
+)
 
 HOST_NETNS_PREFIX = "rfh-"
 UNDERLAY_PREFIX = "rfu"
@@ -70,6 +79,7 @@ class Bed:
     hosts: list[Host] = field(default_factory=list)
     tracked_netns: list[str] = field(default_factory=list)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    agent_dirs: list[str] = field(default_factory=list)  # of the agents start_agent ran
 
     @property
     def bridge(self) -> str:
@@ -161,6 +171,12 @@ class Bed:
         name = host if isinstance(host, str) else host.name
         return f"/run/rackfire/runc-{self.id}-{self.host(name).name}"
 
+    def netns_scope(self, host: Host | str) -> str:
+        """The scope the host's agent names its instances' netns in (net/names.py): the
+        hosts share one /run/netns."""
+        name = host if isinstance(host, str) else host.name
+        return f"{self.id}-{self.host(name).name}"
+
     def start_agent(self, host: Host | str, join: str, token: str, data_dir: str,
                     labels: dict[str, str], *, interval: float = 0.5,
                     log: str | None = None) -> subprocess.Popen[bytes]:
@@ -168,6 +184,8 @@ class Bed:
         address on the underlay); `destroy` ends it. Started again after a kill, it carries
         on with the credential in its data dir."""
         h = self.host(host) if isinstance(host, str) else host
+        if data_dir not in self.agent_dirs:  # its watchdog outlives it: destroy stops it
+            self.agent_dirs.append(data_dir)
         out = open(log or os.devnull, "ab")  # noqa: SIM115 - handed to the child
         try:
             return self.spawn_in(h, [
@@ -176,9 +194,23 @@ class Bed:
                                                                           f"{k}={v}")],
                 "--data-dir", data_dir, "--interval", str(interval),
                 "--runc-root", self.runc_root(h)], stdin=subprocess.DEVNULL, stdout=out,
-                stderr=out, start_new_session=True)
+                stderr=out, start_new_session=True,
+                env={**os.environ, SCOPE_ENV: self.netns_scope(h)})
         finally:
             out.close()
+
+    def kill_watchdog(self, data_dir: str) -> bool:
+        """Stop the self-fencing watchdog of the agent with `data_dir` (a host's death, or
+        teardown), by its pid file; whether one ran. Its agent starts one again."""
+        return watchdog.stop(Path(data_dir))
+
+    def cut(self, host: Host | str, up: bool = False) -> None:
+        """Take the host's underlay link down (a partition, or part of a host's death);
+        `up` brings it back."""
+        name = host if isinstance(host, str) else host.name
+        n = next(i for i, h in enumerate(self.hosts, 1) if h.name == name)
+        with _rtnl() as root:
+            root.link("set", index=_index(root, self._uplink(n)), state="up" if up else "down")
 
     def track_netns(self, name: str) -> None:
         """Have `destroy` remove a namespace made by a test on a host, such as an instance's
@@ -197,7 +229,10 @@ class Bed:
                     proc.kill()
                     proc.wait(5)
         self.procs.clear()
-        for name in self.tracked_netns:
+        for data_dir in self.agent_dirs:  # started detached by each agent, by its pid file
+            self.kill_watchdog(data_dir)
+        self.agent_dirs.clear()
+        for name in self.tracked_netns + self._scoped_netns():
             remove_netns(name)
         with _rtnl() as root:
             for n in range(1, self.n + 1):
@@ -208,9 +243,18 @@ class Bed:
             _delete(root, self.bridge)
         atexit.unregister(self.destroy)
 
+    def _scoped_netns(self) -> list[str]:
+        """What the bed's agents named in their scopes and left (a host that died)."""
+        try:
+            names = os.listdir(NETNS_DIR)
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in names if n.startswith(f"{NETNS_PREFIX}{self.id}-"))
+
     def leftovers(self) -> list[str]:
         """This bed's links and namespaces still present (for a check after `destroy`)."""
-        return [x for x in leftovers() if self.id in x]
+        return [x for x in leftovers() if self.id in x] + [
+            f"netns {n}" for n in self._scoped_netns()]
 
 
 def nsenter_argv(netns: str, argv: Sequence[str]) -> list[str]:

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from rackfire.errors import RackfireError
-from rackfire.net.names import netns_name
+from rackfire.net.names import SCOPE_ENV, netns_name
 from rackfire.net.nsenter import is_netns, netns_path, remove_netns
 from rackfire.runtime import mounts, runcstate
 from rackfire.testbed.bed import HOST_NETNS_PREFIX, Bed, Host, run_in_netns
@@ -119,16 +119,20 @@ def down(state_path: str = STATE) -> None:
     for h in bed.hosts:
         agent_dir = os.path.join(data_dir, f"agent-{h.name}")
         if os.path.isdir(agent_dir) and is_netns(netns_path(h.netns)):
-            result = run_in_netns(h.netns, [sys.executable, "-m", "rackfire.testbed", "reap",
-                                            agent_dir, h.name, bed.runc_root(h)],
-                                  check=False, timeout=300)
+            os.environ[SCOPE_ENV] = bed.netns_scope(h)  # as its agent names netns
+            try:
+                result = run_in_netns(h.netns, [sys.executable, "-m", "rackfire.testbed",
+                                                "reap", agent_dir, h.name, bed.runc_root(h)],
+                                      check=False, timeout=300)
+            finally:
+                os.environ.pop(SCOPE_ENV, None)
             problems += [f"{h.name}: {line}" for line in result.stdout.splitlines()]
             if result.returncode != 0 and not result.stdout:
                 problems.append(f"{h.name}: reap failed: {result.stderr.strip()[-500:]}")
 
     ids = instance_ids(data_dir, runc_roots)
     spaces = [netns_path(h.netns) for h in bed.hosts]
-    spaces += [netns_path(netns_name(i)) for i in ids]
+    spaces += [netns_path(netns_name(i, bed.netns_scope(h))) for i in ids for h in bed.hosts]
     # Short grace: an instance's PID 1 without a handler never acts on SIGTERM.
     terminate(bed_processes(spaces, data_dir, runc_roots), timeout=2)
     for root in runc_roots:

@@ -23,7 +23,8 @@ CGROUP_ROOT = "/sys/fs/cgroup"
 def reap(agent_dir: str, host: str, runc_root: str) -> list[str]:
     """Run inside a host's netns: destroy every instance the agent's data dir still holds
     and tear down every stack it has parts of, with the agent's own code (so its veths,
-    bridges, netns, mounts, disks, cgroups and HAProxy go as a destroy removes them)."""
+    bridges, nftables tables, netns, mounts, disks, cgroups and HAProxy go as a destroy
+    removes them)."""
     from rackfire.agent.local import LocalAgent
 
     agent = LocalAgent(Path(agent_dir), host=host, runc_root=Path(runc_root))
