@@ -14,11 +14,11 @@ from collections.abc import Callable
 
 from rackfire.control.executor import CONTROLLER
 from rackfire.control.fleet import Fleet
+from rackfire.control.hosts import GONE
 from rackfire.store import StateStore
 
 log = logging.getLogger("rackfire.detector")
 LOOK = 0.25  # seconds between looks: a lapse is acted on within about that
-GONE = ("lost", "fenced", "down")
 
 
 class Detector:

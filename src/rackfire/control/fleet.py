@@ -254,9 +254,8 @@ class Fleet:
         """Instances placed on a host that is gone (its lease lapsed, or fenced, or it was
         removed), and that host."""
         hosts = self.registry.hosts()
-        now = time.time()
-        gone = {h.name for h in hosts if self.liveness.gone(h, now)}
         known = {h.name for h in hosts} | {self.server_host}
+        gone = set(self._gone(hosts))
         placed = self.placements.of_stack(stack) if stack else self.placements.all()
         return {k: h for k, h in placed.items() if h in gone or h not in known}
 
@@ -266,8 +265,11 @@ class Fleet:
 
     def gone(self) -> dict[str, HostRecord]:
         """The joined hosts whose lease lapsed or that were fenced."""
+        return self._gone(self.registry.hosts())
+
+    def _gone(self, hosts: list[HostRecord]) -> dict[str, HostRecord]:
         now = time.time()
-        return {h.name: h for h in self.registry.hosts() if self.liveness.gone(h, now)}
+        return {h.name: h for h in hosts if self.liveness.gone(h, now)}
 
     def replaced_on(self, host: str) -> list[tuple[InstanceKey, int]]:
         """What `host` last told it runs that was replaced since (the instance runs on as

@@ -76,9 +76,10 @@ class Liveness:
 
     def gone(self, h: HostRecord, now: float) -> bool:
         """What is placed there has to run elsewhere: its lease lapsed, or it was fenced."""
-        return self.state(h, now) in ("lost", "fenced", "down")
+        return self.state(h, now) in GONE
 
 
+GONE = ("lost", "fenced", "down")  # the states whose instances have to run elsewhere
 DEFAULT_LIVENESS = Liveness()
 
 
