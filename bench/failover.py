@@ -227,13 +227,13 @@ class Bench:
         self.save()
 
     def kill_host(self, host: str) -> None:
-        """As the chaos suite's kill_host: link, agent, watchdog, containers."""
+        """As the chaos suite's kill_host: link, agent, watchdog, HAProxy, containers."""
         self.bed.cut(host)
         proc = self.agents.pop(host)
         proc.kill()
         proc.wait(10)
         self.save()
-        self.bed.kill_watchdog(str(self.agent_dir(host)))
+        self.bed.kill_all(host)
         root = self.bed.runc_root(host)
         ids = subprocess.run(["runc", "--root", root, "list", "-q"], capture_output=True,
                              text=True, timeout=60, check=False).stdout.split()

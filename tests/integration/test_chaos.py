@@ -65,10 +65,11 @@ def one_copy_each(c: Cluster, stack: str) -> bool:
 
 
 def kill_host(c: Cluster, host: str) -> None:
-    """The host dies: its agent, its watchdog and its instances at once, its link down."""
+    """The host dies: its agent, its watchdog, its HAProxy and its instances at once, its
+    link down."""
     c.bed.cut(host)
     c.kill_agent(host)
-    c.bed.kill_watchdog(str(c.agent_dir(host)))
+    c.bed.kill_all(host)
     for cid in c.runc(host, "list", "-q").stdout.split():
         c.runc(host, "kill", cid, "KILL")
 

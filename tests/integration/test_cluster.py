@@ -388,10 +388,11 @@ def _migrations(server: Server) -> list[dict[str, Any]]:
 
 def test_a_host_whose_lease_lapsed_is_lost_and_comes_back_at_a_new_epoch(
         cluster: Cluster) -> None:
-    """Its agent killed (its instance runs on), the host misses its heartbeats: its
-    instance is reported lost by `plan` and `ps`, and nothing is done to it. When the agent
-    heartbeats again the host's epoch rises, and a call stamped with the old one is refused
-    there before it touches anything."""
+    """Its agent killed, the host misses its heartbeats: its instance is reported lost by
+    `plan` and `ps`; the controller does nothing to it (its data disk cannot come back
+    elsewhere) and the host's watchdog stops it, its lease gone. When the agent heartbeats
+    again the host's epoch rises, the instance runs again there, and a call stamped with the
+    old epoch is refused before it touches anything."""
     from rackfire.agent.remote import RemoteAgent
     from rackfire.errors import StaleEpoch
     from rackfire.model.instance import InstanceKey
@@ -407,10 +408,10 @@ def test_a_host_whose_lease_lapsed_is_lost_and_comes_back_at_a_new_epoch(
     wait_for(lambda: c.hosts()[host]["state"] == "lost", 30, f"{host}'s lease to lapse")
     plan = json.loads(c.server.cli("plan", "-f", str(file), "--json").stdout)
     assert plan["lost"] == [{"instance": f"{stack}/db/0", "host": host}]
-    assert plan["actions"] == []  # not re-created elsewhere, not touched: that is issue 15's
+    assert plan["actions"] == []  # held: its data disk is on the lost host
     [lost] = json.loads(c.server.cli("ps", stack, "--json").stdout)
     assert lost["state"] == "lost"
-    assert c.running_on(f"{stack}.db.0") == [host]
+    wait_for(lambda: c.running_on(f"{stack}.db.0") == [], 30, "the watchdog to fence it")
     c.start_agent(host)
     wait_for(lambda: c.hosts()[host]["state"] == "ready" and c.hosts()[host]["epoch"] == 2,
              60, f"{host} back at epoch 2")

@@ -59,7 +59,11 @@ def load(url: str, out: Path) -> Iterator[dict[str, Any]]:
 
 
 def releases_seen(url: str, n: int = 20) -> set[str]:
-    return {httpx.get(url, timeout=5).headers["X-Release"] for _ in range(n)}
+    return seen(url, "X-Release", n)
+
+
+def seen(url: str, header: str, n: int = 20) -> set[str]:
+    return {httpx.get(url, timeout=5).headers[header] for _ in range(n)}
 
 
 def lb_servers(stack: str) -> list[str]:
@@ -120,6 +124,7 @@ def test_shop_releases_and_scaling_under_load(server: Server, tmp_path: Path) ->
         server.cli("scale", f"{stack}/app", "6", timeout=600)
         six = wait_for(lambda: len(lb_servers(stack)) == 6 and lb_servers(stack), 30,
                        "the lb to list 6 app instances")
+        wait_for(lambda: len(seen(url, "X-Served-By")) >= 4, 30, "the new ones to serve")
         server.cli("scale", f"{stack}/app", "2", timeout=600)
         two = wait_for(lambda: len(lb_servers(stack)) == 2 and lb_servers(stack), 30,
                        "the lb to list 2 app instances")

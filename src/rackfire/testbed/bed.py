@@ -11,6 +11,7 @@ import fcntl
 import ipaddress
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -204,6 +205,17 @@ class Bed:
         teardown), by its pid file; whether one ran. Its agent starts one again."""
         return watchdog.stop(Path(data_dir))
 
+    def kill_all(self, host: Host | str) -> list[int]:
+        """SIGKILL every process left in the host's netns (what dies with a host: its agent,
+        watchdog, published-port HAProxy), and return their pids. Instances are in netns
+        of their own: runc kills those."""
+        h = self.host(host) if isinstance(host, str) else host
+        pids = pids_in_netns(h.netns)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return pids
+
     def cut(self, host: Host | str, up: bool = False) -> None:
         """Take the host's underlay link down (a partition, or part of a host's death);
         `up` brings it back."""
@@ -232,6 +244,8 @@ class Bed:
         for data_dir in self.agent_dirs:  # started detached by each agent, by its pid file
             self.kill_watchdog(data_dir)
         self.agent_dirs.clear()
+        for h in self.hosts:  # a netns outlives its removal while a process is in it
+            self.kill_all(h)
         for name in self.tracked_netns + self._scoped_netns():
             remove_netns(name)
         with _rtnl() as root:
@@ -275,6 +289,25 @@ def run_in_netns(netns: str, argv: Sequence[str], *, check: bool = True, timeout
         raise AssertionError(f"{argv} in {netns} exited {result.returncode}:\n"
                              f"{result.stdout}\n{result.stderr}")
     return result
+
+
+def pids_in_netns(netns: str) -> list[int]:
+    """The processes whose network namespace is `netns` (as `ip netns pids`)."""
+    try:
+        want = os.stat(netns_path(netns))
+    except FileNotFoundError:
+        return []
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            ns = os.stat(f"/proc/{entry}/ns/net")
+        except OSError:  # gone, or a kernel thread
+            continue
+        if (ns.st_dev, ns.st_ino) == (want.st_dev, want.st_ino):
+            out.append(int(entry))
+    return out
 
 
 def leftovers() -> list[str]:
