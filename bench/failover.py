@@ -8,7 +8,8 @@ and its default liveness (lease 3 s; fence after the lease + 1 s; 1 s for the wa
 kill). One stack: `web` x3 (`placement: {spread: host}`) and `solo` (`ha: singleton`),
 both a python http.server that answers `<hostname> <incarnation>` (`web-1 2`), with an HTTP
 health check every 300 ms and a published port (web 8080, solo 8081: one HAProxy per stack
-on each host, in front of that host's ready instances). Per run:
+on each host, in front of every ready instance on any host: the routing mesh), and a floating
+address (`vip:`, the underlay's .100) that one host holds. Per run:
 
 - the host that holds `solo/0` dies as the chaos suite kills one: its underlay link down,
   its agent SIGKILLed, its watchdog stopped, its runc containers SIGKILLed (at once, in
@@ -20,14 +21,13 @@ on each host, in front of that host's ready instances). Per run:
   every 50 ms (a new connection each: HAProxy balances connections), and only an answer
   naming that instance with a new incarnation counts. When the dead host held more than
   one `web` instance, the last of them to serve is the run's figure;
+- *on the VIP*: the same answer, from the VIP's address (whichever host holds it now; the
+  host that died held it in some runs, said per run);
 - *restart* = serving - detection; *placed again*: until the controller's `failover`
   event for the instance (the placement on a surviving host; for the singleton, after the
   fence);
 - then the host comes back (link up, its agent started again) and the run ends when each
   instance again has exactly one container on the bed, running, and all serve.
-
-No VIP: the stack file has no `vip:` yet (issue 15 deliverable 5 is not built), so only
-the published ports on the instances' new hosts are measured.
 
     sudo .venv/bin/python -m bench failover --runs 10   # as root
 """
@@ -79,7 +79,7 @@ http.server.ThreadingHTTPServer(("", 8000), H).serve_forever()
 """
 
 
-def stack_yaml() -> str:
+def stack_yaml(vip: str) -> str:
     script = "\n".join("        " + line for line in WEB.splitlines())
     role = f"""\
     image: base
@@ -92,6 +92,7 @@ def stack_yaml() -> str:
     health: {{http: "http://127.0.0.1:8000/", interval: 300ms}}"""
     return f"""\
 stack: {STACK}
+vip: {vip}
 images: {{base: {{from: host}}}}
 roles:
   web:
@@ -192,6 +193,15 @@ class Bench:
 
     def agent_dir(self, host: str) -> Path:
         return DATA / f"agent-{host}"
+
+    @property
+    def vip(self) -> str:
+        assert self.bed.subnet is not None
+        return str(self.bed.subnet.network_address + 100)
+
+    def vip_holders(self) -> list[str]:
+        return [h.name for h in self.bed.hosts if f" {self.vip}/32 " in self.bed.run_in(
+            h, ["ip", "-4", "-o", "addr"]).stdout]
 
     def save(self) -> None:
         state = {"bed": self.bed.id, "n": HOSTS, "subnet": str(self.bed.subnet),
@@ -325,6 +335,7 @@ def one_run(b: Bench, api: Api) -> dict[str, Any]:
     old = {k: rows[k]["incarnation"] for k in lost}
     names = {k: rows[k]["name"] for k in lost}
     survivors = [h for h in b.bed.hosts if h.name != victim]
+    held_vip = victim in b.vip_holders()
     t0 = time.time()
     b.kill_host(victim)
     killed = time.time() - t0
@@ -336,20 +347,26 @@ def one_run(b: Bench, api: Api) -> dict[str, Any]:
         return next((h.name for h in survivors if any(
             n == names[k] and inc != old[k] for n, inc in answering(h.ip, port, 4))), None)
 
+    def on_vip(k: str) -> bool:
+        port = SOLO_PORT if k == "solo/0" else WEB_PORT
+        return any(n == names[k] and inc != old[k] for n, inc in answering(b.vip, port, 4))
+
     # Each watched on its own thread, so that a slow answer to one (the server's, busy
     # with the failover) does not delay the others' figures.
-    with ThreadPoolExecutor(len(lost) + 1) as pool:
+    with ThreadPoolExecutor(2 * len(lost) + 1) as pool:
         lost_job = pool.submit(first, lambda: api.hosts()[victim]["state"] == "lost", t0,
                                deadline)
         jobs = {k: pool.submit(first, partial(new_copy, k), t0, deadline) for k in lost}
+        vip_jobs = {k: pool.submit(first, partial(on_vip, k), t0, deadline) for k in lost}
         served = {k: got for k, j in jobs.items() if (got := j.result()) is not None}
+        via_vip = {k: got[0] for k, j in vip_jobs.items() if (got := j.result()) is not None}
         polled = lost_job.result()
     lost_seen = polled[0] if polled else None
-    if len(served) < len(lost):
+    if len(served) < len(lost) or len(via_vip) < len(lost):
         raise RuntimeError(f"after killing {victim}: "
-                           + ", ".join(k for k in lost if k not in served)
-                           + f" not serving on a surviving host within {TIMEOUT:.0f} s"
-                           + explain(b, api, t0)())
+                           + ", ".join(k for k in lost if k not in served or k not in via_vip)
+                           + f" not serving on a surviving host and the VIP within "
+                           f"{TIMEOUT:.0f} s" + explain(b, api, t0)())
     events = api.events_since(t0)
     detection = next((e["time"] - t0 for e in events if e["target"] == f"host/{victim}"
                       and e["action"] == "state" and e["result"] == "lost"), lost_seen)
@@ -382,13 +399,14 @@ def one_run(b: Bench, api: Api) -> dict[str, Any]:
            "detection_polled": lost_seen, "placed": placed,
            "served": {k: v[0] for k, v in served.items()},
            "moved_to": {k: v[1] for k, v in served.items()}, "one_copy_after_back": one_copy,
-           "web_lost": webs}
+           "web_lost": webs, "vip": via_vip, "held_vip": held_vip}
     web = max((served[k][0] for k in webs), default=None)
     print(f"   run: {victim} died; lost after {detection:.2f} s; "
           + (f"{len(webs)} web serving after {web:.2f} s; " if web is not None
              else "no web on it; ")
-          + f"solo after {served['solo/0'][0]:.2f} s; one copy each {one_copy:.1f} s after "
-          "it came back", flush=True)
+          + f"solo after {served['solo/0'][0]:.2f} s; on the VIP (held there: {held_vip}) "
+          + ", ".join(f"{k} {t:.2f} s" for k, t in sorted(via_vip.items()))
+          + f"; one copy each {one_copy:.1f} s after it came back", flush=True)
     return run
 
 
@@ -404,7 +422,7 @@ def run(runs: int) -> Result:
     failed = True
     try:
         api = b.up()
-        (ROOT / "stack.yaml").write_text(stack_yaml())
+        (ROOT / "stack.yaml").write_text(stack_yaml(b.vip))
         out = b.server.cli("apply", "-f", str(ROOT / "stack.yaml"), "-y", timeout=300)
         if out.returncode != 0:
             raise RuntimeError(f"apply: {out.stdout}\n{out.stderr}")
@@ -452,9 +470,10 @@ def _left(b: Bench) -> list[str]:
     return left
 
 
-def _rows(case: str, total: list[float], detection: list[float], placed: list[float]
-          ) -> list[Row]:
+def _rows(case: str, total: list[float], detection: list[float], placed: list[float],
+          vip: list[float]) -> list[Row]:
     rows = [Row(case, "rackfire: serving (from the kill)", total, "s"),
+            Row(case, "on the VIP (from the kill)", vip, "s"),
             Row(case, "detection: until lost", detection, "s", part=True),
             Row(case, "restart: serving - detection", [t - d for t, d in
                                                        zip(total, detection, strict=True)],
@@ -474,10 +493,12 @@ def _result(runs: list[dict[str, Any]], chain: dict[str, Any]) -> Result:
                   if all(x["placed"][k] is not None for k in x["web_lost"])]
     solo = [x["served"]["solo/0"] for x in runs]
     solo_placed = [x["placed"]["solo/0"] for x in runs if x["placed"]["solo/0"] is not None]
+    web_vip = [max(x["vip"][k] for k in x["web_lost"]) for x in with_web]
+    solo_vip = [x["vip"]["solo/0"] for x in runs]
     r.rows += _rows("stateless: web (3 replicas)", web, [x["detection"] for x in with_web],
-                    web_placed)
+                    web_placed, web_vip)
     r.rows += _rows("singleton: solo (ha: singleton)", solo, [x["detection"] for x in runs],
-                    solo_placed)
+                    solo_placed, solo_vip)
     r.add("the host back: until one copy of each", "one container per instance",
           [x["one_copy_after_back"] for x in runs], "s", part=True)
     for what_, xs, bound in (("stateless replacement serving", web, STATELESS_TARGET),
@@ -487,8 +508,14 @@ def _result(runs: list[dict[str, Any]], chain: dict[str, Any]) -> Result:
             max(xs) <= bound if xs else None,
             f"median {statistics.median(xs):.2f} s, max {max(xs):.2f} s" if xs
             else "not measured"))
-    r.targets.append(Target("the same on the stack's VIP", None,
-                            "no `vip:` yet: not built, not measured"))
+    xs = web_vip + solo_vip
+    r.targets.append(Target(
+        f"the same on the stack's VIP (<= {STATELESS_TARGET:.0f} s / "
+        f"{SINGLETON_TARGET:.0f} s)", (max(web_vip, default=0) <= STATELESS_TARGET
+                                        and max(solo_vip, default=0) <= SINGLETON_TARGET)
+        if xs else None, f"web max {max(web_vip, default=0):.2f} s, solo max "
+        f"{max(solo_vip, default=0):.2f} s; the dead host held the VIP in "
+        f"{sum(x['held_vip'] for x in runs)} of {len(runs)} runs" if xs else "not measured"))
     lost_webs = [len(x["web_lost"]) for x in runs]
     settings = (f"lease {chain.get('lease', 3.0):g} s (the server's default), heartbeats "
                 f"every {INTERVAL:g} s, fence after {chain.get('fence_after', '?')} s "
@@ -509,9 +536,9 @@ def _result(runs: list[dict[str, Any]], chain: dict[str, Any]) -> Result:
         "`/v1/hosts` agreed within "
         + (f"{max(abs(x['detection_polled'] - x['detection']) for x in runs):.2f} s."
            if runs and all(x["detection_polled"] is not None for x in runs) else "?"),
-        "No VIP: the stack file has no `vip:` yet, so serving is measured on the "
-        "published port of the instance's new host only (no routing mesh either: a host "
-        "publishes only its own instances).",
+        "Serving is measured on each surviving host's published port (the routing mesh: "
+        "any host's port reaches an instance on any host) and on the VIP, from the root "
+        "netns (a client on the underlay).",
         "This machine: 2 cores, shared with other work while it ran (see the load "
         "average below).",
     ]

@@ -83,6 +83,8 @@ class FakeHost:
         self.networks: dict[str, NetworkConfig] = {}
         self.names: dict[str, list[tuple[str, list[str]]]] = {}
         self.ports: dict[str, list[PublishedPort]] = {}
+        self.vips: dict[str, str] = {}  # stack -> the floating address held here
+        self.underlay = ""  # the network its floating addresses may be on
         self.crasher = Crasher()
         self._lock = threading.RLock()
 
@@ -204,7 +206,8 @@ class FakeHost:
 
     def facts(self, interval: float = 5.0) -> HostFacts:
         return HostFacts(self.capacity(), self.info().runtimes, 0, 0, __version__, interval,
-                         ((RuntimeKind.FAKE, self.runtime.caps),))
+                         ((RuntimeKind.FAKE, self.runtime.caps),), self.underlay,
+                         tuple(sorted(self.vips.items())))
 
     # the stack's network, names and ports -----------------------------------------------
 
@@ -220,6 +223,12 @@ class FakeHost:
         with self._lock, self._mutating("publish", stack):
             self.ports[stack] = ports
 
+    def hold_vip(self, stack: str, vip: str) -> None:
+        with self._lock, self._mutating("hold_vip", stack):
+            self.vips.pop(stack, None)
+            if vip:
+                self.vips[stack] = vip
+
     def busy_ports(self, stack: str, ports: list[PortMap]) -> list[PortMap]:
         return []
 
@@ -228,7 +237,7 @@ class FakeHost:
             leftovers = self.observe(stack)
             if leftovers:
                 raise PrereqError(f"stack {stack} still has {len(leftovers)} instance(s)")
-            for table in (self.networks, self.names, self.ports):
+            for table in (self.networks, self.names, self.ports, self.vips):
                 table.pop(stack, None)
 
     # images, layers, disks --------------------------------------------------------------

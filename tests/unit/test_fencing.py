@@ -5,16 +5,23 @@ failover holds a singleton until its host's fence deadline."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
 import pytest
+from tests.harness.clock import FakeClock
+from tests.harness.fakehost import FakeHost
 
 from rackfire.agent.hostside import HostSide, Served
-from rackfire.control.hosts import FENCE_GRACE, Liveness
+from rackfire.agent.inprocess import InProcessLink
+from rackfire.control.detector import Detector
+from rackfire.control.fleet import Fleet
+from rackfire.control.hosts import FENCE_GRACE, Lapses, Liveness
 from rackfire.errors import StaleIncarnation
-from rackfire.model.agent import HostCapacity, Stamp
+from rackfire.model.agent import HostCapacity, HostLink, Stamp
 from rackfire.model.host import HostFacts, HostState
 from rackfire.model.instance import InstanceFacts, InstanceKey, InstanceRequest, InstanceState
 from rackfire.model.records import HostRecord
@@ -119,3 +126,74 @@ def test_which_roles_wait_for_the_fence() -> None:
     assert db.singleton  # one instance with data: at most one copy, ever
     fenced = RoleSpec("w", "base", count=2, ha=HaPolicy(replace=Replace.FENCED, fence=True))
     assert not fenced.singleton and fenced.replace_after_fence and fenced.self_fences
+
+
+def test_gone_at_says_what_gone_says() -> None:
+    live = Liveness(ttl=3.0)
+    for state in HostState:
+        h = record(last_seen=100.0, state=state)
+        for now in (100.0, 101.0, 102.9, 103.1, 110.0):
+            assert live.gone(h, now) == (now > live.gone_at(h)), (state, now)
+    assert replace(live, since=200.0).gone_at(record(last_seen=100.0)) == 203.0
+
+
+def test_a_lease_lapses_for_the_links_at_its_own_time_without_another_look() -> None:
+    lapses = Lapses()
+    assert not lapses.gone("h1")  # never seen (or removed): not gone
+    live = Liveness(ttl=3.0)
+    lapses.set([record(last_seen=time.time() - 2.9)], live)
+    assert not lapses.gone("h1")
+    time.sleep(0.15)  # no look in between: its lease's end was known
+    assert lapses.gone("h1")
+
+
+def test_the_detector_keeps_what_a_call_under_way_asks_as_the_host_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = Store(tmp_path / "rackfire.db")
+    fake = FakeHost(tmp_path / "home", FakeClock())
+    links: dict[str, Callable[[], bool]] = {}
+
+    def connect(host: str, address: str, key: str, epoch: Callable[[], int],
+                gone: Callable[[], bool]) -> HostLink:
+        links[host] = gone
+        return cast(HostLink, object())
+
+    fleet = Fleet(InProcessLink(HostSide(fake)), fake, store, connect)
+    reg = fleet.registry
+    token, _ = reg.create_token(60, 1, "test")
+    facts = record(0.0).facts
+    reg.join(token, "h1", {}, facts)
+    reg.heartbeat("h1", {}, facts, "10.0.0.1:7481")
+    reg.fence("h1")  # fenced before the server started
+    detector = Detector(store, fleet, lambda stack: None)
+    fleet.link("h1")
+    gone = links["h1"]
+    assert gone()  # from the start, before any look
+
+    def look_then_gone() -> bool:
+        detector.look(time.time())
+        real = reg.hosts
+
+        def no_store() -> list[HostRecord]:
+            raise AssertionError("gone() read the store")
+
+        monkeypatch.setattr(reg, "hosts", no_store)
+        try:
+            return gone()
+        finally:
+            monkeypatch.setattr(reg, "hosts", real)
+
+    reg.set_state("h1", HostState.READY)  # `host ready`
+    assert not look_then_gone()
+    reg.fence("h1")  # `host fence`: given up from the detector's next look on
+    assert look_then_gone()
+    reg.set_state("h1", HostState.READY)
+    reg.heartbeat("h1", {}, facts, "10.0.0.1:7481")
+    assert not look_then_gone()
+    reg.set_state("h1", HostState.DRAINING)  # draining still holds its lease
+    assert not look_then_gone()
+    reg.remove("h1")  # removed: its link goes too, never given up as gone
+    assert not look_then_gone()
+    # The same looks are the host's events (the first found it ready, as it starts out).
+    assert [e.result for e in store.events() if e.target == "host/h1"] == [
+        "fenced", "ready", "draining"]

@@ -33,6 +33,6 @@ def test_haproxy_connects_from_the_host_address_only_when_given() -> None:
     port = PublishedPort(PortMap(host_port=8080, container_port=80),
                          ("10.88.3.2:80", "10.88.3.3:80"))
     plain = render_config("s", [port])
-    assert "source" not in plain and "    server s0 10.88.3.2:80\n" in plain
+    assert "source" not in plain and "    server s0 10.88.3.2:80 check\n" in plain
     meshed = render_config("s", [port], source="10.88.3.254")
-    assert "    server s1 10.88.3.3:80 source 10.88.3.254\n" in meshed
+    assert "    server s1 10.88.3.3:80 source 10.88.3.254 check\n" in meshed

@@ -100,7 +100,7 @@ def test_merge_keys_and_anchors_are_honoured() -> None:
 
 def test_json_schema_describes_the_file() -> None:
     schema = stack_json_schema()
-    assert set(schema["properties"]) == {"stack", "images", "roles"}
+    assert set(schema["properties"]) == {"stack", "images", "roles", "vip"}
     assert schema["required"] == ["stack"]
     assert "from" in schema["$defs"]["ImageModel"]["properties"]
     assert schema["$defs"]["RoleModel"]["additionalProperties"] is False
@@ -158,7 +158,7 @@ def test_unknown_top_level_key() -> None:
         role: {}
     """)
     assert where(p) == (2, 1, "role")
-    assert "allowed: images, roles, stack; did you mean 'roles'?" in p.message
+    assert "allowed: images, roles, stack, vip; did you mean 'roles'?" in p.message
 
 
 def test_missing_stack_points_at_the_document() -> None:
@@ -658,3 +658,20 @@ def test_loading_holds_the_stacks_budget_of_template_steps() -> None:
     assert [p.field for p in found] == [f'roles.r{i}.files["/etc/x"]' for i in range(25, 30)]
     assert all("the stack's templates take more than 20,000,000 loop steps" in p.message
                for p in found), found
+
+
+def test_a_vip_is_one_unicast_ipv4_address() -> None:
+    base = """\
+        stack: s
+        vip: {vip}
+        images: {{base: {{from: host}}}}
+        roles: {{web: {{image: base, command: [sleep, "1"], resources: {{memory: 32M}}}}}}
+        """
+    spec = load_stack_text(textwrap.dedent(base.format(vip="192.168.10.50")), "stack.yaml")
+    assert spec.vip == "192.168.10.50"
+    assert load_stack_text(textwrap.dedent(base.format(vip="null")), "stack.yaml").vip == ""
+    for bad, says in (("10.0.0", "not an IPv4 address"), ("fe80::1", "not an IPv4 address"),
+                      ("224.0.0.5", "cannot float"), ("127.0.0.9", "cannot float"),
+                      ("0.0.0.0", "cannot float")):
+        p = only_problem(base.format(vip=bad))
+        assert (p.line, p.field) == (2, "vip") and says in p.message, p

@@ -95,3 +95,24 @@ def test_no_deadline_or_a_renewed_one_kills_nothing(tmp_path: Path,
         loop.join(5)
     assert sleeper.poll() is None
     assert not (tmp_path / DIR / FENCED).exists()
+
+
+def test_a_target_with_its_own_deadline_goes_at_that_one(tmp_path: Path,
+                                                        sleeper: subprocess.Popen[bytes]) -> None:
+    """A floating address is released at the lease's end, before the feed's fence: a target
+    with a deadline of its own goes then, the others wait for the feed's."""
+    early = {"kind": "pid", "pid": sleeper.pid, "start": start_of(sleeper.pid),
+             "deadline": time.monotonic() + 0.2}
+    write_feed(tmp_path, time.monotonic() + 60, [early])
+    stop = threading.Event()
+    loop = threading.Thread(target=watch, args=(tmp_path,),
+                            kwargs={"poll": 0.02, "done": stop.is_set})
+    loop.start()
+    try:
+        assert sleeper.wait(2) == -9
+    finally:
+        stop.set()
+        loop.join(5)
+    fenced = json.loads((tmp_path / DIR / FENCED).read_text())
+    assert [t["result"] for t in fenced["targets"]] == ["killed"]
+    assert 0 <= fenced["late"] < 0.2

@@ -134,15 +134,15 @@ def heartbeat_loop(joined: Joined, labels: dict[str, str], side: HostSide, agent
                     if side.sweep():  # gone before anything else: they must not serve
                         want_all = True
                     fence_after = float(answer.get("fence_after", 0) or 0)
-                    contact.renewed(sent, fence_after)
+                    contact.renewed(sent, fence_after, float(answer.get("lease", 0) or 0))
                     if watchdog is not None:  # from `sent`: never later than the controller's
                         watchdog.feed(sent + fence_after if fence_after else None,
-                                      agent.fence_targets())
+                                      contact.targets(agent))
                     told = observed if new else told
                     want_all = want_all or bool(answer.get("want_observed", False))
                     delay, next_beat = interval, time.monotonic() + interval
             if watchdog is not None:  # what started or stopped since the beat is fed now
-                watchdog.refresh(agent.fence_targets())
+                watchdog.refresh(contact.targets(agent))
             stop.wait(min(WATCH, interval))
 
 
@@ -154,13 +154,19 @@ class Contact:
     def __init__(self, url: str) -> None:
         self.url = url
         self.last_ok: float | None = None  # monotonic: when the last answered beat was sent
-        self.fence_after = 0.0
+        self.fence_after = self.lease = 0.0
         self.lost = False
 
-    def renewed(self, sent: float, fence_after: float) -> None:
+    def renewed(self, sent: float, fence_after: float, lease: float = 0.0) -> None:
         if self.lost and self.last_ok is not None:
             log.warning("controller %s reached again after %.1fs", self.url, sent - self.last_ok)
-        self.last_ok, self.fence_after, self.lost = sent, fence_after, False
+        self.last_ok, self.fence_after, self.lease, self.lost = sent, fence_after, lease, False
+
+    def targets(self, agent: LocalAgent) -> list[dict[str, Any]]:
+        """What the watchdog stops unless fed again: the fencing instances (at the feed's
+        deadline) and the floating addresses held here (at the lease's end)."""
+        ends = self.last_ok + self.lease if self.last_ok is not None and self.lease else None
+        return agent.fence_targets() + (agent.vips.targets(ends) if ends else [])
 
     def missed(self, now: float, why: str) -> None:
         silent = now - self.last_ok if self.last_ok is not None else 0.0
@@ -260,6 +266,7 @@ def run(url: str | None, token: str | None, name: str | None, labels: dict[str, 
                        layer_source=lambda digest: fetch_layer(data_dir, digest))
     joined = join(url, token, agent.host, labels, data_dir, agent, interval)
     address = advertised(listen, joined.url)
+    agent.vips.address = address.rpartition(":")[0].strip("[]")  # floating ones go beside it
     log.info("host %s joined %s; heartbeat every %.1fs", joined.name, joined.url, interval)
     stop = threading.Event()
     host, _, port = listen.rpartition(":")

@@ -23,6 +23,7 @@ from typing import Any
 from rackfire import __version__
 from rackfire.agent.probe import probe, probe_exec
 from rackfire.agent.proxy import Proxy
+from rackfire.agent.vips import Vips
 from rackfire.errors import Conflict, NotFound, PrereqError
 from rackfire.images.build import check_image, ensure_image
 from rackfire.images.safe_tar import import_tarball
@@ -93,6 +94,7 @@ class LocalAgent:
         # and the create that writes it into the instance's meta.
         self._layers_lock = threading.Lock()
         self._layer_used: dict[str, float] = {}  # digest -> when last ensured or used here
+        self.vips = Vips(data_dir / "stacks")  # its `address` is set by a joined agent
 
     def info(self) -> HostInfo:
         return HostInfo(self.host, self._order)
@@ -193,11 +195,14 @@ class LocalAgent:
     def facts(self, interval: float = 5.0) -> HostFacts:
         """What a heartbeat reports of this host."""
         fs = os.statvfs(self.data_dir)
+        underlay = self.vips.underlay()
         return HostFacts(self.capacity(), self.info().runtimes,
                          stats.memory_total() - stats.memory_available(),
                          (fs.f_blocks - fs.f_bfree) * fs.f_frsize, __version__, interval,
                          tuple((k, self._runtimes[k].caps) for k in self._order
-                               if k in self._runtimes))
+                               if k in self._runtimes),
+                         underlay[1] if underlay else "",
+                         tuple(sorted(self.vips.held().items())) if underlay else ())
 
     def capacity(self) -> HostCapacity:
         memory = stats.memory_total()
@@ -320,6 +325,9 @@ class LocalAgent:
         source = mesh.mesh_address(stack) if self._bridged() else ""
         Proxy(self._stack_dir(stack), stack).apply(ports, source)
 
+    def hold_vip(self, stack: str, vip: str) -> None:
+        self.vips.hold(stack, vip)
+
     def busy_ports(self, stack: str, ports: list[PortMap]) -> list[PortMap]:
         """The ports another program (or stack) holds; the stack's own are not busy."""
         mine = Proxy(self._stack_dir(stack), stack).bound()
@@ -334,6 +342,7 @@ class LocalAgent:
         leftovers = self.observe(stack)
         if leftovers:
             raise PrereqError(f"stack {stack} still has {len(leftovers)} instance(s)")
+        self.vips.release(stack)
         Proxy(self._stack_dir(stack), stack).stop()
         if self._bridged():
             egress.remove_egress(stack)

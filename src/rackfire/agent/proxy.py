@@ -41,8 +41,13 @@ def render_config(stack: str, ports: list[PublishedPort], source: str = "") -> s
         "    timeout client 5m",
         # An instance destroyed mid-request sends no reset: give up on it within a minute.
         "    timeout server 1m",
+        # A dead backend (its host gone, not yet known) costs one connect timeout: each
+        # retry goes to another server.
         "    retries 2",
-        "    option redispatch",
+        "    option redispatch 1",
+        # A backend that stops answering (its host died, before the controller knows) is
+        # out of the rotation within about a second, without waiting for a new config.
+        "    default-server inter 500ms fall 2 rise 2",
     ]
     for p in ports:
         m = p.port
@@ -53,7 +58,7 @@ def render_config(stack: str, ports: list[PublishedPort], source: str = "") -> s
             f"backend rf_{m.host_port}",
             "    balance roundrobin",
         ]
-        lines += [f"    server s{i} {b}{via}" for i, b in enumerate(p.backends)]
+        lines += [f"    server s{i} {b}{via} check" for i, b in enumerate(p.backends)]
     return "\n".join(lines) + "\n"
 
 

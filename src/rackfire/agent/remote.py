@@ -27,7 +27,9 @@ GONE_LOOK = 0.25  # seconds between looks, during a call, at whether its host is
 class RemoteAgent(TableClient):
     """`gone()`: the host's lease lapsed (or it was fenced): a call under way is given up
     then (AgentOffline), not waited for until its timeout, which for a host that died with
-    the connection open is all of it (no reset comes)."""
+    the connection open is all of it (no reset comes). It is asked every GONE_LOOK s of
+    every call, so it must be cheap: the fleet's reads what the detector last saw
+    (control/hosts.py `Lapses`), never the store."""
 
     def __init__(self, name: str, address: str, key: str, epoch: Epoch = lambda: 0,
                  gone: Callable[[], bool] = lambda: False) -> None:

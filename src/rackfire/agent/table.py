@@ -135,6 +135,9 @@ class TableClient(ABC):
     def publish(self, stack: str, ports: list[PublishedPort]) -> None:
         self._c("publish", stack=stack, ports=ports)
 
+    def hold_vip(self, stack: str, vip: str) -> None:
+        self._c("hold_vip", stack=stack, vip=vip)
+
     def busy_ports(self, stack: str, ports: list[PortMap]) -> list[PortMap]:
         return self._c("busy_ports", stack=stack, ports=ports)  # type: ignore[no-any-return]
 

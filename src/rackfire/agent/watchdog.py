@@ -10,6 +10,9 @@ how to kill each fencing instance without the agent: `{"kind": "runc", "root", "
 SIGKILLs each target once (no time for a graceful stop: the controller starts a
 replacement elsewhere one FENCE_GRACE after it), logs it (`watchdog/log`) and records it
 (`watchdog/fenced.json`). It never starts anything. A deadline of null means no fencing.
+A floating address the host holds (`{"kind": "address", "dev", "address", "deadline"}`,
+agent/vips.py) is removed past its own deadline, the lease's end: the controller gives it
+to another host then, before any fence.
 
 It is started detached (its own session) so an agent killed with SIGKILL leaves it
 running; `watchdog/pid` lets a restarted agent find it rather than start a second. A
@@ -184,20 +187,20 @@ def watch(data_dir: Path, poll: float = POLL, clock: Callable[[], float] = time.
     d = data_dir / DIR
     deadline: float | None = None
     targets: list[Target] = []
-    killed: set[str] = set()  # targets killed since the deadline passed
+    killed: set[str] = set()  # targets killed since their deadline passed
     while not done() and d.is_dir():
         try:
             fed = read_feed(d / FEED)
             if fed is not None:
                 deadline, targets = fed
             now = clock()
-            if deadline is None or now <= deadline:
-                killed.clear()  # renewed: one listed again is killed again after the next
-            else:
-                todo = [t for t in targets if _ident(t) not in killed]
-                if todo:
-                    killed.update(_ident(t) for t in todo)
-                    fence(d, todo, deadline, now)
+            due = [t for t in targets if (end := _deadline(t, deadline)) is not None
+                   and now > end]
+            killed &= {_ident(t) for t in due}  # renewed: killed again after the next
+            todo = [t for t in due if _ident(t) not in killed]
+            if todo:
+                killed.update(_ident(t) for t in todo)
+                fence(d, todo, min(_deadline(t, deadline) or now for t in todo), now)
         except Exception as e:  # it must stay up: a full disk stops its record, not it
             with contextlib.suppress(Exception):
                 sys.stderr.write(f"watchdog: {type(e).__name__}: {e}\n")
@@ -210,7 +213,8 @@ def fence(d: Path, targets: list[Target], deadline: float, now: float) -> list[T
     done = []
     for t, proc in running:
         try:
-            result = _finish_runc_kill(t, proc) if t.get("kind") == "runc" else _kill_pid(t)
+            result = _finish_runc_kill(t, proc) if t.get("kind") == "runc" else \
+                _remove_address(t) if t.get("kind") == "address" else _kill_pid(t)
         except Exception as e:  # one bad target must not spare the others
             result = f"error: {type(e).__name__}: {e}"
         done.append({**t, "result": result})
@@ -222,6 +226,12 @@ def fence(d: Path, targets: list[Target], deadline: float, now: float) -> list[T
     return done
 
 
+def _deadline(t: Target, fed: float | None) -> float | None:
+    """The target's own deadline (a floating address: the lease's end), or the feed's."""
+    own = t.get("deadline")
+    return float(own) if isinstance(own, (int, float)) else fed
+
+
 def _ident(t: Target) -> str:
     return json.dumps(t, sort_keys=True)
 
@@ -229,6 +239,8 @@ def _ident(t: Target) -> str:
 def _describe(t: Target) -> str:
     if t.get("kind") == "runc":
         return f"container {t.get('id')} (runc root {t.get('root')})"
+    if t.get("kind") == "address":
+        return f"floating address {t.get('address')} on {t.get('dev')}"
     return f"pid {t.get('pid')}"
 
 
@@ -263,6 +275,13 @@ def _finish_runc_kill(t: Target, proc: subprocess.Popen[bytes] | None) -> str:
     # runc failed and its init still runs: kill that (runcstate checked its start time).
     os.kill(c.pid, signal.SIGKILL)
     return f"killed directly (runc: {err.decode(errors='replace').strip()[:200]})"
+
+
+def _remove_address(t: Target) -> str:
+    proc = subprocess.run(["ip", "-4", "addr", "del", f"{t['address']}/32", "dev",
+                           str(t["dev"])], stdin=subprocess.DEVNULL, capture_output=True,
+                          timeout=RUNC_KILL_TIMEOUT, check=False)
+    return "removed" if proc.returncode == 0 else "not there"
 
 
 def _kill_pid(t: Target) -> str:

@@ -300,6 +300,8 @@ class HeartbeatAnswer(BaseModel):
                                 "next heartbeat (the server has none of this host's)")
     fence_after: Seconds = Field(0, description="stop what fences (agent/watchdog.py) after "
                                  "this long without a heartbeat answered; 0: never")
+    lease: Seconds = Field(0, description="the host's lease: a floating address it holds "
+                           "is released this long after its last heartbeat answered")
     replaced: list[ReplacedRun] = Field([], description="copies on this host that were "
                                         "replaced: destroy each one older than this run")
 
@@ -410,6 +412,9 @@ class StackSurvival(BaseModel):
     hosts_2: Survival = Field(description="any two hosts lost")
     rack: Survival = Field(description="any one rack lost")
     site: Survival = Field(description="any one site lost")
+    pinned: dict[str, str] = Field(
+        description="instance (STACK/ROLE/INDEX) -> the one host its data disk is on: losing "
+        "that host stops it until the host returns (it is held, not placed again)")
 
 
 class RoleHeadroom(BaseModel):

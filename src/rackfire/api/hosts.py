@@ -175,7 +175,7 @@ def add_host_routes(app: FastAPI, controller: Controller, actor: Any) -> None:
         return HeartbeatAnswer(
             name=name, time=time.time(), epoch=epoch,
             want_observed=fleet.observed.observed_at(name) is None,
-            fence_after=liveness.fence(facts.interval),
+            fence_after=liveness.fence(facts.interval), lease=liveness.lease(facts.interval),
             replaced=[ReplacedRun(instance=str(k), incarnation=n)
                       for k, n in fleet.replaced_on(name)])
 

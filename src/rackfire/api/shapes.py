@@ -265,6 +265,9 @@ class HeartbeatShape(TypedDict):
     want_observed: bool
     # stop what fences (agent/watchdog.py) after this long without a heartbeat answered; 0: never
     fence_after: int | float
+    # the host's lease: a floating address it holds is released this long after its last heartbeat
+    # answered
+    lease: int | float
     # copies on this host that were replaced: destroy each one older than this run
     replaced: list[ReplacedRunShape]
 
@@ -370,6 +373,9 @@ class StackSurvivalShape(TypedDict):
     hosts_2: SurvivalShape  # any two hosts lost
     rack: SurvivalShape  # any one rack lost
     site: SurvivalShape  # any one site lost
+    # instance (STACK/ROLE/INDEX) -> the one host its data disk is on: losing that host stops it
+    # until the host returns (it is held, not placed again)
+    pinned: dict[str, str]
 
 
 class RoleHeadroomShape(TypedDict):

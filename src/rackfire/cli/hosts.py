@@ -158,6 +158,11 @@ def _survival(stacks: list[StackSurvivalShape]) -> None:
             cells.append(cell)
         table.add_row(s["stack"], *cells)
     out.print(table)
+    # The verdicts say where the scheduler could place them; failover holds these instead.
+    for s in stacks:
+        for instance, host in s["pinned"].items():
+            out.print(f"[yellow]{instance} keeps its data on {host} only[/]: it stops if "
+                      f"{host} is lost (until {host} returns)")
 
 
 @host_app.command("rm")

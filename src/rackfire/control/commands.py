@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
-from rackfire.control import capacity, overrides, releases
+from rackfire.control import capacity, overrides, releases, vip
 from rackfire.control.desired import DesiredState, desired_keys
 from rackfire.control.executor import CONTROLLER
 from rackfire.control.fleet import Fleet
@@ -262,6 +262,7 @@ class Commands:
                 raise Conflict(f"{host} is the server's own host: it cannot be fenced",
                                hint="stop the server to stop its instances")
             epoch = self.fleet.registry.fence(host)
+            self.fleet.lapses.set(self.fleet.registry.hosts(), self.fleet.liveness)  # at once
         placed = [k for k, h in self.fleet.placements.all().items() if h == host]
         self.event(actor, "", f"host/{host}", "fence",
                    f"declared dead: epoch {epoch}, {len(placed)} instance(s) to place again")
@@ -326,6 +327,14 @@ class Commands:
             raise PrereqError(
                 f"host port {busy[0].host_port} is in use on {self.agent.info().name} by "
                 "another program", hint="choose another host port, or stop that program")
+        if spec.vip:
+            taken_vips = {r.spec.vip: r.name for r in self.store.stacks()
+                          if r.name != spec.name and not r.deleting and r.spec.vip}
+            why = vip.check(spec.vip, {h.name: h.facts for h in self.fleet.registry.hosts()},
+                            self.fleet.underlay_ips(), taken_vips)
+            if why:
+                raise PrereqError(f"vip: {why}", hint="choose a free address of the network "
+                                  "the hosts share (`rackfire hosts --json`: facts.underlay)")
         declared = {i.name for i in spec.images}
         for role in spec.roles:
             if role.image not in declared and self.agent.images.image(role.image) is None:

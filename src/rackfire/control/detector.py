@@ -3,7 +3,8 @@
 seconds. Each change is an event. A host that goes (lost, fenced) or comes back wakes the
 reconcile of every stack placed on it or last seen there: the reconcile places again what
 it held (control/failover.py; one that waits for the fence asks to be run again then), or
-removes the replaced copies it brought back."""
+removes the replaced copies it brought back. Each look also keeps `Fleet.lapses`, when each
+host is gone, which a call under way to it asks (agent/remote.py `gone`) without the store."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ class Detector:
                  wake: Callable[[str], None]) -> None:
         self.store, self.fleet, self.wake = store, fleet, wake
         self._states: dict[str, str] = {}
+        # Before the first look, so a call at start gives a fenced host up at once.
+        fleet.lapses.set(fleet.registry.hosts(), fleet.liveness)
 
     def run(self, stop: threading.Event) -> None:
         while not stop.wait(LOOK):
@@ -37,7 +40,10 @@ class Detector:
     def look(self, now: float) -> None:
         liveness = self.fleet.liveness
         placed: dict[str, set[str]] | None = None
-        for h in self.fleet.registry.hosts():
+        hosts = self.fleet.registry.hosts()
+        # First: a reconcile woken below gives up its calls to a host gone at once.
+        self.fleet.lapses.set(hosts, liveness)
+        for h in hosts:
             state = liveness.state(h, now)
             before = self._states.get(h.name, "ready")
             self._states[h.name] = state

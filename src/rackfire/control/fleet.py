@@ -33,7 +33,7 @@ from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
-from rackfire.control.hosts import DEFAULT_LIVENESS, HostView, Liveness, host_views
+from rackfire.control.hosts import DEFAULT_LIVENESS, HostView, Lapses, Liveness, host_views
 from rackfire.control.observed import ObservedCache
 from rackfire.errors import AgentOffline, PrereqError
 from rackfire.model.agent import (
@@ -78,6 +78,7 @@ class Fleet:
         self.registry = store.hosts
         self.placements = store.placements
         self.observed = ObservedCache()
+        self.lapses = Lapses()  # what the links' `gone` reads; the detector keeps it
         self._connect = connect
         self._lock = threading.Lock()
         # name -> its address, key and link
@@ -109,7 +110,8 @@ class Fleet:
             raise AgentOffline(f"host {host} has not reported its agent's address yet")
         if known is None or known[:2] != (rec.address, rec.agent_key):
             link = self._connect(host, rec.address, rec.agent_key,
-                                 lambda: self.registry.epoch(host), lambda: self.is_gone(host))
+                                 lambda: self.registry.epoch(host),
+                                 lambda: self.lapses.gone(host))
             known = (rec.address, rec.agent_key, link)
             with self._lock:
                 self._remotes[host] = known
@@ -258,10 +260,6 @@ class Fleet:
         gone = set(self._gone(hosts))
         placed = self.placements.of_stack(stack) if stack else self.placements.all()
         return {k: h for k, h in placed.items() if h in gone or h not in known}
-
-    def is_gone(self, host: str) -> bool:
-        rec = self._record(host)
-        return rec is not None and self.liveness.gone(rec, time.time())
 
     def gone(self) -> dict[str, HostRecord]:
         """The joined hosts whose lease lapsed or that were fenced."""

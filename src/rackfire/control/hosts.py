@@ -3,6 +3,8 @@ joined, with what they can reserve, what stacks reserve on them and what is in u
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -78,9 +80,32 @@ class Liveness:
         """What is placed there has to run elsewhere: its lease lapsed, or it was fenced."""
         return self.state(h, now) in GONE
 
+    def gone_at(self, h: HostRecord) -> float:
+        """From when `gone` holds, if nothing changes: its lease's end (-inf: fenced)."""
+        if h.state in (HostState.FENCED, HostState.DOWN):
+            return -math.inf
+        return self.seen(h) + self.lease(h.facts.interval)
+
 
 GONE = ("lost", "fenced", "down")  # the states whose instances have to run elsewhere
 DEFAULT_LIVENESS = Liveness()
+
+
+class Lapses:
+    """When each joined host is gone, as the detector last read the hosts (control/
+    detector.py, every LOOK s): what a call under way asks every GONE_LOOK s
+    (agent/remote.py) without reading the store. A lease lapses at its own time, as
+    `Liveness.gone` says; a fence, a `host ready` or a heartbeat that renews a lease about to
+    lapse counts from the detector's next look; a host it never saw (removed) is not gone."""
+
+    def __init__(self) -> None:
+        self._at: dict[str, float] = {}  # replaced whole, never changed: readers need no lock
+
+    def set(self, hosts: Iterable[HostRecord], liveness: Liveness) -> None:
+        self._at = {h.name: liveness.gone_at(h) for h in hosts}
+
+    def gone(self, host: str) -> bool:
+        return time.time() > self._at.get(host, math.inf)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +183,9 @@ def capacity_report(views: list[HostView], stacks: Iterable[StackSpec],
     """`rackfire capacity`: per host reserved and free, whether every instance could run
     again after losing any one host (N+1), any two (N+2), any rack or any site, per stack
     whether it would still serve, and how many more of each role fit. The answers come
-    from the scheduler itself."""
+    from the scheduler itself. The verdicts are the scheduler's; an instance with a data disk
+    is also listed as pinned to its host (failover holds it there, control/failover.py)."""
+    stacks = list(stacks)
     hosts = pool(views)
     asks = asks_of(stacks)
     default = hosts[0].name if hosts else ""
@@ -166,6 +193,12 @@ def capacity_report(views: list[HostView], stacks: Iterable[StackSpec],
     red = redundancy(hosts, where, asks)
     roles = sorted({role_of(k) for k in asks})
     stacks_fate = survival(red, where, asks)
+    # Its data disk is on that host only (no replicas yet): its host lost, it is held.
+    data = {(s.name, r.name) for s in stacks for r in s.roles if r.data is not None}
+    pinned: dict[str, dict[str, str]] = {}
+    for k in sorted(asks):
+        if (k.stack, k.role) in data:
+            pinned.setdefault(k.stack, {})[str(k)] = where[k]
     return {
         "hosts": [{"name": u.host, "state": u.state.value, "labels": dict(u.labels),
                    "capacity": _res(u.capacity), "reserved": _res(u.reserved),
@@ -181,7 +214,8 @@ def capacity_report(views: list[HostView], stacks: Iterable[StackSpec],
         "sites": {"ok": red.site_safe, "losses": [_loss(x) for x in red.sites],
                   "unsited": list(red.unsited)},
         "stacks": [{"stack": s.stack, "host": _fate(s.host), "hosts_2": _fate(s.pair),
-                    "rack": _fate(s.rack), "site": _fate(s.site)} for s in stacks_fate],
+                    "rack": _fate(s.rack), "site": _fate(s.site),
+                    "pinned": pinned.get(s.stack, {})} for s in stacks_fate],
         "headroom": [_headroom(headroom(hosts, where, asks, role)) for role in roles],
     }
 

@@ -15,6 +15,7 @@ from rackfire.control.desired import Desired
 from rackfire.control.executor import CONTROLLER, TAKE_DOWN
 from rackfire.control.fleet import Fleet
 from rackfire.control.health import health_of
+from rackfire.control.vip import Vips
 from rackfire.errors import RackfireError
 from rackfire.model.agent import PublishedPort
 from rackfire.model.instance import (
@@ -35,6 +36,7 @@ RELOAD_SETTLE = 0.5  # after a reload signal, before the drained instance is sto
 class Publisher:
     def __init__(self, store: StateStore, agent: Fleet, clock: Callable[[], float]) -> None:
         self.store, self.agent, self.clock = store, agent, clock
+        self.vips = Vips(agent)
         # stack -> instance -> (when it was drained, whether a reload must settle first);
         # each stack's map is only touched by the worker that has the stack
         self._draining: dict[str, dict[InstanceKey, tuple[float, bool]]] = {}
@@ -45,11 +47,12 @@ class Publisher:
 
     def ready_keys(self, spec: StackSpec, facts: list[InstanceFacts]) -> set[InstanceKey]:
         """The instances that run and pass their check (a role without one: that run),
-        but not those drained on their way down."""
+        but not those drained on their way down, nor those on a host that is gone (what it
+        last said of them stands, but nothing reaches them)."""
         statuses = self.store.statuses(spec.name)
         checks = {r.name: r.health for r in spec.roles}
-        drained = self.drained(spec.name)
-        return {f.key for f in facts if f.key.role in checks and f.key not in drained
+        out = self.drained(spec.name).keys() | self.agent.lost(spec.name).keys()
+        return {f.key for f in facts if f.key.role in checks and f.key not in out
                 and ready(f, statuses.get(f.key), checks[f.key.role])}
 
     def forget_drains(self, stack: str, plan: Plan) -> None:
@@ -62,6 +65,7 @@ class Publisher:
 
     def forget_stack(self, stack: str) -> None:
         self._draining.pop(stack, None)
+        self.vips.forget(stack)
 
     def ports(self, rec: StackRecord, desired: Desired) -> Ports:
         return Ports(self, rec, desired)
@@ -97,6 +101,7 @@ class Publisher:
                 ports.append(PublishedPort(p, backends))
         self.agent.set_hosts(rec.name, hosts)
         self.agent.publish(rec.name, ports)
+        self.vips.place(rec.name, rec.spec.vip)
         return reloaded
 
     def _reload_changed(self, rec: StackRecord, requests: list[InstanceRequest],

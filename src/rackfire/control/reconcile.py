@@ -99,6 +99,7 @@ class Reconciler:
         if rec.deleting:
             return self._reconcile_deleted(rec)
         fence_due = self.failover.run(rec.spec)  # before the planner: where they are now
+        self.publisher.vips.place(name, rec.spec.vip)  # at once, not after the starts below
         desired = self.desired.make(rec.spec, rec, build=True)
         if desired.builds:
             return self._build(rec, desired)

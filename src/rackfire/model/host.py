@@ -96,6 +96,10 @@ class HostFacts:
     interval: float = 5.0  # seconds between its heartbeats
     # Per runtime it offers, what that runtime can do; () from an agent that predates them.
     capabilities: tuple[tuple[RuntimeKind, Capabilities], ...] = ()
+    # The network of its underlay address ("172.31.0.0/24"; "" unknown) and the floating
+    # addresses it holds there now: (stack, its `vip`) (control/vip.py).
+    underlay: str = ""
+    vips: tuple[tuple[str, str], ...] = ()
 
     def caps_of(self, kind: RuntimeKind) -> Capabilities | None:
         """What the host's `kind` runtime can do; None if the host does not offer it. An
@@ -118,7 +122,8 @@ class HostFacts:
                 "disk": self.capacity.disk, "runtimes": [r.value for r in self.runtimes],
                 "memory_used": self.memory_used, "disk_used": self.disk_used,
                 "version": self.version, "interval": self.interval,
-                "capabilities": {k.value: c.to_json() for k, c in self.capabilities}}
+                "capabilities": {k.value: c.to_json() for k, c in self.capabilities},
+                "underlay": self.underlay, "vips": dict(self.vips)}
 
     @staticmethod
     def from_json(d: dict[str, object]) -> HostFacts:
@@ -134,10 +139,14 @@ class HostFacts:
         caps = d.get("capabilities", {})
         if not isinstance(caps, dict):
             raise ValueError("facts.capabilities: expected an object")
+        vips = d.get("vips", {})
+        if not isinstance(vips, dict) or not all(isinstance(v, str) for v in vips.values()):
+            raise ValueError("facts.vips: expected an object of stack -> address")
         return HostFacts(HostCapacity(num("cpus"), int(num("memory")), int(num("disk"))),
                          # one this server does not know (a newer agent's) is not offered
                          tuple(RuntimeKind(r) for r in runtimes if r in _RUNTIMES),
                          int(num("memory_used")), int(num("disk_used")),
                          str(d.get("version", "")), num("interval") or 5.0,
                          tuple((RuntimeKind(k), Capabilities.from_json(c))
-                               for k, c in caps.items() if k in _RUNTIMES))
+                               for k, c in caps.items() if k in _RUNTIMES),
+                         str(d.get("underlay", "")), tuple(sorted(vips.items())))

@@ -212,6 +212,8 @@ class StackSpec:
     name: str
     images: tuple[ImageSpec, ...] = ()
     roles: tuple[RoleSpec, ...] = ()
+    # A floating IPv4 address on the hosts' underlay (control/vip.py): "" for none.
+    vip: str = ""
 
     def role(self, name: str) -> RoleSpec:
         for r in self.roles:
@@ -238,6 +240,7 @@ class StackSpec:
                 for i in data.get("images", ())
             ),
             roles=tuple(_role_from_json(r) for r in data.get("roles", ())),
+            vip=data.get("vip", ""),
         )
 
 

@@ -52,25 +52,27 @@ def announce_frame(mac: bytes, ip: str) -> bytes:
     return data.ljust(_MIN_FRAME, b"\0")
 
 
-def announce(netns: str, ifname: str, ip: str, count: int = 3,
+def announce(netns: str | None, ifname: str, ip: str, count: int = 3,
              interval: float = 0.05) -> None:
     """Send `count` rounds, `interval` s apart, of gratuitous ARP (a request and a reply)
-    and the announce frame for `ip` from `ifname` inside `netns`. Raises ExecError if they
-    cannot be sent."""
+    and the announce frame for `ip` from `ifname` inside `netns` (None: this process's, a
+    host's floating address). Raises ExecError if they cannot be sent."""
     try:
         ipaddress.IPv4Address(ip)
     except ValueError as e:
         raise PrereqError(f"gratuitous ARP: not an IPv4 address: {ip!r}") from e
+    where = netns or "this host's netns"
     try:
-        sock = socket_in_netns(netns, socket.AF_PACKET, socket.SOCK_RAW, 0)
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0) if netns is None \
+            else socket_in_netns(netns, socket.AF_PACKET, socket.SOCK_RAW, 0)
     except OSError as e:
-        raise ExecError(f"gratuitous ARP for {ip}: no packet socket in {netns}: {e}") from e
+        raise ExecError(f"gratuitous ARP for {ip}: no packet socket in {where}: {e}") from e
     with sock:
         try:
             sock.bind((ifname, 0))
             mac = sock.getsockname()[4]  # the interface's hardware address
             if len(mac) != 6:
-                raise ExecError(f"gratuitous ARP: {ifname} in {netns} is not Ethernet")
+                raise ExecError(f"gratuitous ARP: {ifname} in {where} is not Ethernet")
             frames = [arp_frame(mac, ip, _ARP_REQUEST), arp_frame(mac, ip, _ARP_REPLY),
                       announce_frame(mac, ip)]
             for n in range(count):
@@ -79,4 +81,4 @@ def announce(netns: str, ifname: str, ip: str, count: int = 3,
                 for f in frames:
                     sock.send(f)
         except OSError as e:
-            raise ExecError(f"gratuitous ARP for {ip} from {ifname} in {netns}: {e}") from e
+            raise ExecError(f"gratuitous ARP for {ip} from {ifname} in {where}: {e}") from e

@@ -48,6 +48,7 @@ def to_stack_spec(model: StackModel, base_dir: Path | None) -> StackSpec:
         name=model.stack,
         images=tuple(_image(name, image, base_dir) for name, image in model.images.items()),
         roles=tuple(_role(name, role, base_dir) for name, role in model.roles.items()),
+        vip=model.vip or "",
     )
 
 

@@ -195,6 +195,19 @@ def _port_map(value: object) -> PortMap:
     return PortMap(_port_number(host), _port_number(container))
 
 
+def _check_vip(value: str) -> str:
+    """A floating address on the hosts' underlay: one IPv4 unicast address."""
+    try:
+        ip = ipaddress.IPv4Address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IPv4 address (e.g. 192.168.10.50)") from None
+    if ip.is_multicast or ip.is_loopback or ip.is_unspecified or ip.is_link_local \
+            or ip == ipaddress.IPv4Address("255.255.255.255"):
+        raise ValueError(f"{value!r} cannot float between hosts: pick an unused unicast "
+                         "address of the hosts' network")
+    return str(ip)
+
+
 def _check_http_url(value: str) -> str:
     url = urlsplit(value)
     if url.scheme != "http" or not url.hostname:
@@ -447,6 +460,8 @@ class StackModel(_Strict):
     stack: Name
     images: dict[Name, ImageModel] = {}
     roles: dict[Name, RoleModel] = {}
+    # A floating address on the underlay, held by one host of the stack at a time.
+    vip: Annotated[str, AfterValidator(_check_vip)] | None = None
 
 
 def allowed_keys(loc: tuple[str | int, ...]) -> list[str]:
