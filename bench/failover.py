@@ -11,7 +11,8 @@ health check every 300 ms and a published port (web 8080, solo 8081: one HAProxy
 on each host, in front of every ready instance on any host: the routing mesh), and a floating
 address (`vip:`, the underlay's .100) that one host holds. Per run:
 
-- the host that holds `solo/0` dies as the chaos suite kills one: its underlay link down,
+- the host that holds `solo/0` (every other run: the one that holds the VIP, when that is
+  another) dies as the chaos suite kills one: its underlay link down,
   its agent SIGKILLed, its watchdog stopped, its runc containers SIGKILLed (at once, in
   that order; the clock starts before the link goes);
 - *detection*: until the server's `host/<name>` event `... -> lost` (its time, on this
@@ -328,10 +329,12 @@ def explain(b: Bench, api: Api, t0: float) -> Callable[[], str]:
     return text
 
 
-def one_run(b: Bench, api: Api) -> dict[str, Any]:
+def one_run(b: Bench, api: Api, vip_holder: bool = False) -> dict[str, Any]:
     rows = api.instances()
     victim = rows["solo/0"]["host"]
-    lost = ["solo/0", *web_on(rows, victim)]
+    if vip_holder and (held := b.vip_holders()):
+        victim = held[0]
+    lost = ["solo/0"] * (rows["solo/0"]["host"] == victim) + web_on(rows, victim)
     old = {k: rows[k]["incarnation"] for k in lost}
     names = {k: rows[k]["name"] for k in lost}
     survivors = [h for h in b.bed.hosts if h.name != victim]
@@ -358,9 +361,12 @@ def one_run(b: Bench, api: Api) -> dict[str, Any]:
                                deadline)
         jobs = {k: pool.submit(first, partial(new_copy, k), t0, deadline) for k in lost}
         vip_jobs = {k: pool.submit(first, partial(on_vip, k), t0, deadline) for k in lost}
+        back_job = pool.submit(first, lambda: bool(answering(b.vip, WEB_PORT, 1)), t0,
+                               deadline) if held_vip else None
         served = {k: got for k, j in jobs.items() if (got := j.result()) is not None}
         via_vip = {k: got[0] for k, j in vip_jobs.items() if (got := j.result()) is not None}
         polled = lost_job.result()
+        vip_back = back_job.result() if back_job is not None else None
     lost_seen = polled[0] if polled else None
     if len(served) < len(lost) or len(via_vip) < len(lost):
         raise RuntimeError(f"after killing {victim}: "
@@ -399,12 +405,14 @@ def one_run(b: Bench, api: Api) -> dict[str, Any]:
            "detection_polled": lost_seen, "placed": placed,
            "served": {k: v[0] for k, v in served.items()},
            "moved_to": {k: v[1] for k, v in served.items()}, "one_copy_after_back": one_copy,
-           "web_lost": webs, "vip": via_vip, "held_vip": held_vip}
+           "web_lost": webs, "vip": via_vip, "held_vip": held_vip,
+           "vip_back": vip_back[0] if vip_back else None}
     web = max((served[k][0] for k in webs), default=None)
     print(f"   run: {victim} died; lost after {detection:.2f} s; "
           + (f"{len(webs)} web serving after {web:.2f} s; " if web is not None
              else "no web on it; ")
-          + f"solo after {served['solo/0'][0]:.2f} s; on the VIP (held there: {held_vip}) "
+          + (f"solo after {served['solo/0'][0]:.2f} s; " if "solo/0" in served else "")
+          + f"on the VIP (held there: {held_vip}) "
           + ", ".join(f"{k} {t:.2f} s" for k, t in sorted(via_vip.items()))
           + f"; one copy each {one_copy:.1f} s after it came back", flush=True)
     return run
@@ -428,8 +436,8 @@ def run(runs: int) -> Result:
             raise RuntimeError(f"apply: {out.stdout}\n{out.stderr}")
         wait(lambda: all_serve(b, api), 180, "the stack serving", explain(b, api, time.time()))
         chain = next((c for c in api.get("/v1/ha") if c["instance"] == f"{STACK}/solo/0"), {})
-        for _ in range(runs):
-            results.append(one_run(b, api))
+        for n in range(runs):
+            results.append(one_run(b, api, vip_holder=n % 2 == 1))
         failed = False
     finally:
         if failed:
@@ -491,14 +499,18 @@ def _result(runs: list[dict[str, Any]], chain: dict[str, Any]) -> Result:
     web = [max(x["served"][k] for k in x["web_lost"]) for x in with_web]
     web_placed = [max(x["placed"][k] for k in x["web_lost"]) for x in with_web
                   if all(x["placed"][k] is not None for k in x["web_lost"])]
-    solo = [x["served"]["solo/0"] for x in runs]
-    solo_placed = [x["placed"]["solo/0"] for x in runs if x["placed"]["solo/0"] is not None]
+    with_solo = [x for x in runs if "solo/0" in x["served"]]
+    solo = [x["served"]["solo/0"] for x in with_solo]
+    solo_placed = [x["placed"]["solo/0"] for x in with_solo
+                   if x["placed"]["solo/0"] is not None]
     web_vip = [max(x["vip"][k] for k in x["web_lost"]) for x in with_web]
-    solo_vip = [x["vip"]["solo/0"] for x in runs]
+    solo_vip = [x["vip"]["solo/0"] for x in with_solo]
     r.rows += _rows("stateless: web (3 replicas)", web, [x["detection"] for x in with_web],
                     web_placed, web_vip)
-    r.rows += _rows("singleton: solo (ha: singleton)", solo, [x["detection"] for x in runs],
-                    solo_placed, solo_vip)
+    r.rows += _rows("singleton: solo (ha: singleton)", solo,
+                    [x["detection"] for x in with_solo], solo_placed, solo_vip)
+    r.add("the VIP's holder died", "the VIP answering again (any web)",
+          [x["vip_back"] for x in runs if x["vip_back"] is not None], "s")
     r.add("the host back: until one copy of each", "one container per instance",
           [x["one_copy_after_back"] for x in runs], "s", part=True)
     for what_, xs, bound in (("stateless replacement serving", web, STATELESS_TARGET),

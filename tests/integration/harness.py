@@ -161,8 +161,8 @@ def host_traces(stack: str) -> list[str]:
     for ctrl in ("memory", "cpu", "pids", "cpuacct", "blkio", "devices", "freezer", "cpuset"):
         parent = Path("/sys/fs/cgroup") / ctrl / "rackfire"
         if parent.is_dir():
-            found += [f"cgroup {ctrl}/{p.name}" for p in parent.iterdir()
-                      if p.is_dir() and p.name.startswith(f"{stack}.")]
+            found += [f"cgroup {ctrl}/{p.name}" for p in parent.iterdir()  # (bed: scoped)
+                      if p.is_dir() and (p.name.startswith(f"{stack}.") or f"_{stack}." in p.name)]
     mounts = Path("/proc/self/mountinfo").read_text()
     found += [f"mount {line.split()[4]}" for line in mounts.splitlines()
               if f"/{stack}." in line.split()[4]]

@@ -194,11 +194,12 @@ def test_a_partition_heals_to_one_copy_per_index(cluster: Cluster) -> None:
                     partition_once(c, stack, run % 2 == 1))
     finally:
         report("partition", figures)
-    # The issue asks for one lease (its first heartbeat's answer names the replaced copies:
-    # a retry at most 2 s after the heal, then their destroy). Bounded here at two leases
-    # plus 5 s for this shared machine (`make chaos`, 20 runs while the suite ran beside
-    # it: median 4.4 s, max 9.4 s); the 30 s backoff it replaced took 25 to 31 s.
-    assert max(figures["one copy each after heal"]) <= 2 * lease + 5
+    # One lease, as the issue asks: the first heartbeat after the heal (a stuck one is given
+    # up after 2 s and sent again at once) names the replaced copies, destroyed at once. The
+    # second is for this check's own polling (a `ps` and a `runc state` per copy, ~0.4 s)
+    # on a shared machine. (It took 4 to 9 s while the bed's hosts shared cgroups: a host's
+    # delete of its old copy emptied the replacement's cgroup of the same name.)
+    assert max(figures["one copy each after heal"]) <= lease + 1
 
 
 def test_the_server_killed_mid_failover_finishes_it(cluster: Cluster) -> None:

@@ -20,7 +20,7 @@ def one(victim: str, detection: float, web: dict[str, float], solo: float,
             "moved_to": {**{k: "h2" for k in web}, "solo/0": "h3"},
             "one_copy_after_back": 1.0, "web_lost": sorted(web),
             "vip": {**{k: t + 0.5 for k, t in web.items()}, "solo/0": solo + 0.5},
-            "held_vip": held_vip}
+            "held_vip": held_vip, "vip_back": 3.2 if held_vip else None}
 
 
 def test_the_stack_has_a_published_stateless_role_and_a_published_singleton() -> None:
@@ -47,6 +47,7 @@ def test_detection_and_restart_apart_and_targets_on_the_max() -> None:
     assert rows["singleton", "rackfire"] == [6.0, 14.0, 7.0]
     assert rows["singleton", "restart"] == [3.0, 11.5, 5.0]
     assert rows["stateless", "on the VIP (from the kill)"] == [4.5, 6.0]
+    assert rows["the VIP's holder died", "the VIP answering again (any web)"] == [3.2]
     stateless, singleton, vip = r.targets
     assert (stateless.met, stateless.figure) == (False, "median 4.75 s, max 5.50 s")
     assert singleton.met is True

@@ -69,3 +69,17 @@ def test_a_scoped_netns_name_is_apart_from_every_other_scope(monkeypatch: pytest
     assert netns_name("s.r.0", "") == "rf-s.r.0"
     with pytest.raises(PrereqError):
         netns_name("s.r.0", "Bad Scope")
+
+
+def test_a_scoped_cgroup_is_apart_from_every_other_scope(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    # And one kernel's cgroups: a host's `runc delete` of its copy must not empty another's.
+    from rackfire.net.names import cgroup_name
+
+    monkeypatch.delenv("RACKFIRE_NETNS_SCOPE", raising=False)
+    assert cgroup_name("s.r.0") == "s.r.0"  # a real host: as before
+    assert cgroup_name("s.r.0", "abc123-h1") == "abc123-h1_s.r.0"
+    monkeypatch.setenv("RACKFIRE_NETNS_SCOPE", "abc123-h2")
+    assert cgroup_name("s.r.0") == "abc123-h2_s.r.0"
+    with pytest.raises(PrereqError):
+        cgroup_name("s.r.0", "Bad Scope")

@@ -33,6 +33,8 @@ def test_the_holder_is_kept_while_ready_else_the_first_ready_one_on_its_network(
     assert holder("s", VIP, hosts, ready, sticky) == "h2"  # h1 came back: not taken back
     assert holder("s", VIP, hosts, ready | {"h2": "lost"}, sticky) == "h1"
     assert holder("s", VIP, hosts, ready | {"h1": "suspect", "h2": "draining"}, plain) == "h3"
+    assert holder("s", VIP, hosts, ready | {"h2": "suspect"}, sticky) == "h2"  # its lease holds
+    assert holder("s", VIP, hosts, ready | {"h2": "draining"}, sticky) == "h1"
     other = plain | {"h1": facts("10.1.0.0/24")}
     assert holder("s", VIP, hosts, ready, other) == "h2"  # h1 is on another network
     assert holder("s", VIP, hosts, dict.fromkeys(hosts, "lost"), plain) is None

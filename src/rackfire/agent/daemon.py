@@ -41,6 +41,10 @@ CREDENTIAL = "credential.json"
 # Retries back off only this far: a heartbeat renews the lease, and a host whose link is
 # back must be heard again within about a lease (its replaced copies go at that beat).
 BACKOFF_MAX = 2.0
+# A heartbeat's answer takes milliseconds. One not answered within this is given up and sent
+# again at once on a new connection: a request stuck on a link that was down is retransmitted
+# by TCP only seconds after the link is back, and the lease would wait on it.
+BEAT_TIMEOUT = httpx.Timeout(2.0, connect=1.0)
 WATCH = 0.5  # seconds between looks at this host's instances
 
 
@@ -107,7 +111,7 @@ def heartbeat_loop(joined: Joined, labels: dict[str, str], side: HostSide, agent
     told: Observed | None = None  # what the controller last accepted of its instances
     want_all = True
     next_beat = 0.0
-    with httpx.Client(base_url=joined.url, timeout=10, headers={
+    with httpx.Client(base_url=joined.url, timeout=BEAT_TIMEOUT, headers={
             "Authorization": f"Bearer {joined.credential}"}) as http:
         while not stop.is_set():
             observed = side.observed()
@@ -120,6 +124,9 @@ def heartbeat_loop(joined: Joined, labels: dict[str, str], side: HostSide, agent
                 sent = time.monotonic()
                 try:
                     r = http.post("/v1/agent/heartbeat", json=body)
+                except httpx.TimeoutException as e:  # it waited already: again, now
+                    contact.missed(sent, f"{type(e).__name__}; retrying")
+                    next_beat = time.monotonic()
                 except httpx.TransportError as e:
                     contact.missed(sent, f"{type(e).__name__}; retrying in {delay:.1f}s")
                     next_beat = time.monotonic() + delay

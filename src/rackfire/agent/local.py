@@ -326,6 +326,8 @@ class LocalAgent:
         Proxy(self._stack_dir(stack), stack).apply(ports, source)
 
     def hold_vip(self, stack: str, vip: str) -> None:
+        if not re.fullmatch(NAME_PATTERN, stack):  # it names the dir of its record
+            raise PrereqError(f"invalid stack name {stack!r}")
         self.vips.hold(stack, vip)
 
     def busy_ports(self, stack: str, ports: list[PortMap]) -> list[PortMap]:

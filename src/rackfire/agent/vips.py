@@ -28,6 +28,10 @@ class Vips:
     def hold(self, stack: str, vip: str) -> None:
         """Hold `vip` for `stack` here ("": hold none), releasing the one it held before.
         Refused, before any change, if `vip` is not on this host's underlay network."""
+        try:
+            ipaddress.IPv4Address(vip or "0.0.0.0")
+        except ValueError:
+            raise PrereqError(f"not an IPv4 address: {vip!r}") from None
         found = self.underlay()
         if vip and (found is None or ipaddress.IPv4Address(vip)
                     not in ipaddress.IPv4Network(found[1])):

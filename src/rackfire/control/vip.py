@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from rackfire.control.fleet import Fleet
 
 READY = "ready"
+KEEP = (READY, "suspect")  # the states in which a host keeps what it holds
 
 
 def on_network(vip: str, underlay: str) -> bool:
@@ -38,11 +39,13 @@ def holder(stack: str, vip: str, hosts: list[str], states: dict[str, str],
            facts: dict[str, HostFacts], told: str | None = None) -> str | None:
     """The host of `hosts` (the stack's) that should hold `vip`; None if no ready one can.
     `told`: the one last told to (its facts may not say so yet; one back from a partition
-    may still say it holds it too)."""
-    fits = [h for h in sorted(hosts) if states.get(h) == READY and h in facts
-            and on_network(vip, facts[h].underlay)]
-    now = [h for h in fits if (stack, vip) in facts[h].vips]
-    return told if told in fits else (now or fits)[0] if fits else None
+    may still say it holds it too). One that holds it keeps it while `suspect` (a late
+    beat is no reason to move: its lease holds); a new one must be `ready`."""
+    on = [h for h in sorted(hosts) if h in facts and on_network(vip, facts[h].underlay)]
+    stay = [h for h in on if states.get(h) in KEEP]
+    now = [h for h in stay if (stack, vip) in facts[h].vips]
+    fits = [h for h in on if states.get(h) == READY]
+    return told if told in stay else now[0] if now else fits[0] if fits else None
 
 
 def check(vip: str, facts: dict[str, HostFacts], addresses: dict[str, str],

@@ -63,13 +63,26 @@ def stack_vni(stack: str) -> int:
     return int.from_bytes(digest[:3], "big") % (VNI_MAX - 1) + 1
 
 
+def cgroup_name(instance_id: str, scope: str | None = None) -> str:
+    """The instance's cgroup under `/rackfire/` in each hierarchy: its id, or in a scope
+    (SCOPE_ENV: simulated hosts sharing one kernel) `SCOPE_id`, so that one host's
+    `runc delete` of its copy never empties another host's cgroup of the same id."""
+    scope = _scope(scope)
+    return (f"{scope}_" if scope else "") + instance_id
+
+
+def _scope(scope: str | None) -> str:
+    scope = os.environ.get(SCOPE_ENV, "") if scope is None else scope
+    if scope and not _SCOPE.fullmatch(scope):
+        raise PrereqError(f"{SCOPE_ENV}={scope!r} is not a scope name",
+                          hint="lowercase letters, digits and '-'")
+    return scope
+
+
 def netns_name(instance_id: str, scope: str | None = None) -> str:
     """The instance's named network namespace (`/run/netns/rf-shop.web.3`; in a scope,
     `rf-SCOPE_shop.web.3`). `scope` None: this process's (SCOPE_ENV)."""
     if not _ID.fullmatch(instance_id):
         raise PrereqError(f"instance id {instance_id!r} cannot name a network namespace")
-    scope = os.environ.get(SCOPE_ENV, "") if scope is None else scope
-    if scope and not _SCOPE.fullmatch(scope):
-        raise PrereqError(f"{SCOPE_ENV}={scope!r} is not a scope name",
-                          hint="lowercase letters, digits and '-'")
+    scope = _scope(scope)
     return NETNS_PREFIX + (f"{scope}_" if scope else "") + instance_id

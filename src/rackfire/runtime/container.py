@@ -88,7 +88,6 @@ from rackfire.runtime.reload import (
 from rackfire.runtime.runc import Runc
 
 RUNC_ROOT = Path("/run/rackfire/runc")
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 # Mount points runc (or the image) owns: a data disk over one would hide it.
 _SYSTEM_PATHS = ("/proc", "/sys", "/dev", "/etc/hosts", "/etc/resolv.conf")
 
@@ -443,7 +442,7 @@ def _stats_of(key: InstanceKey, d: InstanceDir, cpu: float | None) -> InstanceSt
 
 def _oom_killed(key: InstanceKey) -> bool:
     """cgroup v1 counts OOM kills; the cgroup lives until the container is deleted."""
-    path = CGROUP_ROOT / "memory" / "rackfire" / key.id / "memory.oom_control"
+    path = stats.cgroup_dir("memory", key.id) / "memory.oom_control"
     try:
         for line in path.read_text().splitlines():
             name, _, value = line.partition(" ")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from rackfire.model.instance import InstanceRequest
+from rackfire.net import names
 
 CPU_PERIOD = 100_000
 
@@ -112,7 +113,7 @@ def oci_config(
         "hostname": req.key.name,
         "mounts": mounts,
         "linux": {
-            "cgroupsPath": f"/rackfire/{req.key.id}",
+            "cgroupsPath": f"/rackfire/{names.cgroup_name(req.key.id)}",
             "resources": resources,
             "namespaces": [
                 {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},

@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from rackfire.net import names
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 NET_ROOT = Path("/sys/class/net")
 UNLIMITED = 1 << 62  # cgroup v1 writes "no limit" as a page-rounded LONG_MAX
@@ -25,7 +27,7 @@ WALK_LIMIT = 100_000  # entries: a bounded walk, so a huge tree cannot stall a s
 # cgroups (v1: one hierarchy per controller) -------------------------------------------------
 
 def cgroup_dir(controller: str, instance_id: str) -> Path:
-    return CGROUP_ROOT / controller / "rackfire" / instance_id
+    return CGROUP_ROOT / controller / "rackfire" / names.cgroup_name(instance_id)
 
 
 def _read_int(path: Path) -> int | None:

@@ -137,9 +137,11 @@ def instance_ids(data_dir: str, runc_roots: list[str]) -> set[str]:
 
 
 def remove_cgroups(instance_id: str) -> list[str]:
-    """The instance's cgroup (`/rackfire/<id>`) in every hierarchy, its processes killed."""
+    """The instance's cgroup (`/rackfire/<id>`, or `/rackfire/<scope>_<id>` of a bed host)
+    in every hierarchy, its processes killed."""
     problems = []
     for cg in [*Path(CGROUP_ROOT).glob(f"*/rackfire/{instance_id}"),
+               *Path(CGROUP_ROOT).glob(f"*/rackfire/*_{instance_id}"),
                Path(CGROUP_ROOT, "rackfire", instance_id)]:
         if not cg.is_dir():
             continue
