@@ -55,18 +55,20 @@ class Vips:
 
     def held(self) -> dict[str, str]:
         """Stack -> the floating address it holds here now (recorded and on the interface)."""
-        return self._held(net_vip.owned())
+        return {stack: v for stack, v, _ in self._held()}
 
     def targets(self, deadline: float) -> list[dict[str, Any]]:
         """What the watchdog removes when the lease lapses (`deadline`, monotonic): every
         held address, before the controller gives it to another host."""
-        on = net_vip.owned()
-        return [{"kind": "address", "dev": on[v], "address": v, "deadline": deadline}
-                for v in sorted(self._held(on).values())]
+        return [{"kind": "address", "dev": dev, "address": v, "deadline": deadline}
+                for _, v, dev in sorted(self._held())]
 
-    def _held(self, on: dict[str, str]) -> dict[str, str]:
+    def _held(self) -> list[tuple[str, str, str]]:
+        """(stack, address, device) of each recorded address that is on its interface. Asked
+        at every look of the agent: no netlink dump while nothing is recorded."""
         records = {r.parent.name: _read(r) for r in self.stacks_dir.glob(f"*/{FILE}")}
-        return {stack: v for stack, v in records.items() if v in on}
+        on = net_vip.owned() if records else {}
+        return [(stack, v, on[v]) for stack, v in records.items() if v in on]
 
     def _release(self, vip: str) -> None:
         dev = net_vip.owned().get(vip)
