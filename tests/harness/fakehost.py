@@ -31,6 +31,7 @@ from rackfire.model.agent import (
     ImageSummary,
     InstanceStats,
     PublishedPort,
+    SnapshotPart,
 )
 from rackfire.model.host import HostFacts
 from rackfire.model.instance import (
@@ -85,6 +86,7 @@ class FakeHost:
         self.ports: dict[str, list[PublishedPort]] = {}
         self.vips: dict[str, str] = {}  # stack -> the floating address held here
         self.underlay = ""  # the network its floating addresses may be on
+        self.snapshots: dict[str, set[str]] = {}  # stack -> the snapshots taken here
         self.crasher = Crasher()
         self._lock = threading.RLock()
 
@@ -285,6 +287,25 @@ class FakeHost:
 
     def set_aside(self, key: InstanceKey) -> None:
         raise PrereqError("the fake host moves no disks")
+
+    def take_snapshot(self, stack: str, name: str,
+                      keys: list[InstanceKey]) -> list[SnapshotPart]:
+        """Fake instances have no disks: a snapshot of them holds their names only."""
+        with self._lock, self._mutating("take_snapshot", f"{stack}@{name}"):
+            missing = [k for k in keys if not self._meta(k)]
+            if missing:
+                raise NotFound(f"instance {missing[0]} is not on host {self.name}")
+            self.snapshots.setdefault(stack, set()).add(name)
+            return [SnapshotPart(k, (), "", 0.0, self.clock()) for k in keys]
+
+    def remove_snapshot(self, stack: str, name: str) -> None:
+        with self._lock, self._mutating("remove_snapshot", f"{stack}@{name}"):
+            self.snapshots.get(stack, set()).discard(name)
+
+    def stage_snapshot(self, key: InstanceKey, stack: str, name: str, source: str) -> None:
+        with self._lock, self._mutating("stage_snapshot", str(key)):
+            if name not in self.snapshots.get(stack, set()):
+                raise NotFound(f"snapshot {stack}@{name} is not on host {self.name}")
 
     def send_disks(self, key: InstanceKey) -> Iterator[bytes]:
         raise PrereqError("the fake host moves no disks")

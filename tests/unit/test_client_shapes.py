@@ -26,7 +26,9 @@ from rackfire.control.controller import Controller
 CALLS: dict[str, tuple[Any, ...]] = {
     "health": (), "plan": ("name: shop\n", "shop.yaml"), "apply": ("name: shop\n", "shop.yaml"),
     "push": ("shop", "web", None, "", "base"), "rollback": ("shop", "web", None),
-    "releases": ("shop",), "stack": ("shop",), "stacks": (), "destroy": ("shop",),
+    "releases": ("shop",), "take_snapshot": ("shop", None, None, None),
+    "snapshots": (), "remove_snapshot": ("shop", "s1"), "restore": ("shop", "s1", None, False),
+    "stack": ("shop",), "stacks": (), "destroy": ("shop",),
     "instances": (), "scale": ("shop", "web", 2), "resize": ("shop", "web"),
     "operate": ("shop", "stop", None, None), "stats": ("shop",), "events": (), "images": (),
     "build_image": (), "import_image": ("base", "TARBALL"), "remove_image": ("base",),

@@ -8,6 +8,7 @@ instance, and the stack's HAProxy config and pidfile).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -23,6 +24,7 @@ from typing import Any
 from rackfire import __version__
 from rackfire.agent.probe import probe, probe_exec
 from rackfire.agent.proxy import Proxy
+from rackfire.agent.snapshots import HostSnapshots
 from rackfire.agent.vips import Vips
 from rackfire.errors import Conflict, NotFound, PrereqError
 from rackfire.images.build import check_image, ensure_image
@@ -35,6 +37,7 @@ from rackfire.model.agent import (
     ImageSummary,
     InstanceStats,
     PublishedPort,
+    SnapshotPart,
 )
 from rackfire.model.host import HostFacts
 from rackfire.model.instance import InstanceFacts, InstanceKey, InstanceRequest, NetworkConfig
@@ -95,6 +98,9 @@ class LocalAgent:
         self._layers_lock = threading.Lock()
         self._layer_used: dict[str, float] = {}  # digest -> when last ensured or used here
         self.vips = Vips(data_dir / "stacks")  # its `address` is set by a joined agent
+        self.snapshots = HostSnapshots(data_dir / "snapshots", data_dir / "instances",
+                                       self._volumes, self._incoming)
+        self.snapshots.thaw_all()
 
     def info(self) -> HostInfo:
         return HostInfo(self.host, self._order)
@@ -263,6 +269,27 @@ class LocalAgent:
         with self._disks_lock(key):
             self._mover(self._runtime_of(key)).set_aside(key)
 
+    # snapshots: disks frozen and copied on this host (agent/snapshots.py) ---------------
+
+    def take_snapshot(self, stack: str, name: str,
+                      keys: list[InstanceKey]) -> list[SnapshotPart]:
+        for key in keys:
+            _check_key(key)
+            if key.stack != stack:
+                raise PrereqError(f"instance {key} is not of stack {stack}")
+        with contextlib.ExitStack() as held:  # no disk moves under the copy
+            for key in sorted(set(keys), key=lambda k: k.id):
+                held.enter_context(self._disks_lock(key))
+            return self.snapshots.take(stack, name, keys)
+
+    def remove_snapshot(self, stack: str, name: str) -> None:
+        self.snapshots.remove(stack, name)
+
+    def stage_snapshot(self, key: InstanceKey, stack: str, name: str, source: str) -> None:
+        _check_key(key)
+        with self._disks_lock(key):
+            self.snapshots.stage(key, stack, name, source)
+
     def discard_disks(self, key: InstanceKey) -> None:
         """Remove the instance's data disk and what was received of its disks on this host:
         on the source after a migration, on the target when one is rolled back. Refused
@@ -357,6 +384,7 @@ class LocalAgent:
             # Disks received or set aside by a migration that did not finish.
             for copy in self._incoming.glob(f"{stack}.*"):
                 shutil.rmtree(copy, ignore_errors=True)
+            self.snapshots.remove_stack(stack)  # kept, with the data, by a keep_data one
 
     # images -----------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from rackfire.model.agent import (
     InstanceStats,
     Observed,
     PublishedPort,
+    SnapshotPart,
     Stamp,
 )
 from rackfire.model.host import HostFacts
@@ -116,6 +117,17 @@ class TableClient(ABC):
 
     def set_aside(self, key: InstanceKey) -> None:
         self._c("set_aside", key=key)
+
+    def take_snapshot(self, stack: str, name: str,
+                      keys: list[InstanceKey]) -> list[SnapshotPart]:
+        return self._c("take_snapshot", stack=stack, name=name,  # type: ignore[no-any-return]
+                       keys=keys)
+
+    def remove_snapshot(self, stack: str, name: str) -> None:
+        self._c("remove_snapshot", stack=stack, name=name)
+
+    def stage_snapshot(self, key: InstanceKey, stack: str, name: str, source: str) -> None:
+        self._c("stage_snapshot", key=key, stack=stack, name=name, source=source)
 
     def stats(self, stack: str) -> list[InstanceStats]:
         return self._c("stats", stack=stack)  # type: ignore[no-any-return]

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, WithJsonSchema
 from rackfire.api.types import DIGEST_PATTERN, Operation
 from rackfire.model.host import HostState
 from rackfire.model.instance import Health
-from rackfire.model.records import ReleaseStatus
+from rackfire.model.records import ReleaseStatus, Snapshot, SnapshotState
 from rackfire.model.stack import RuntimeKind
 from rackfire.plan.actions import ActionKind, Plan
 from rackfire.schedule import Verdict
@@ -268,6 +268,61 @@ class ReleaseAnswer(BaseModel):
     reason: str
     updated: Seconds
     current: bool = Field(description="the role's desired spec runs it")
+
+
+# Snapshots --------------------------------------------------------------------------------
+
+class SnapshotDiskAnswer(BaseModel):
+    name: str = Field(description="disk.img (the root disk) or data.img (the data disk)")
+    size: int = Field(ge=0, description="bytes, as the instance sees the disk")
+    held: int = Field(ge=0, description="bytes the copy holds (shared extents included)")
+
+
+class SnapshotCopyAnswer(BaseModel):
+    instance: str
+    host: str
+    disks: list[SnapshotDiskAnswer]
+    method: str = Field(description="reflink (instant, shares extents) or copy")
+    frozen_ms: float = Field(description="how long its filesystems were frozen")
+
+
+class SnapshotAnswer(BaseModel):
+    """A stack's instances' disks at one point, with its desired state then."""
+
+    stack: str
+    name: str
+    ref: str = Field(description="STACK@NAME, as restore takes it")
+    scope: str = Field(description="what was taken: a stack, a role or an instance")
+    created: Seconds
+    actor: str
+    state: SnapshotState
+    generation: int = Field(description="the stack's generation it holds the spec of")
+    releases: list[str] = Field(description="ROLE vVERSION of each live release")
+    held: int = Field(ge=0, description="bytes its copies hold")
+    copies: list[SnapshotCopyAnswer]
+    error: str
+
+
+def snapshot_answer(snap: Snapshot) -> SnapshotAnswer:
+    return SnapshotAnswer(
+        stack=snap.stack, name=snap.name, ref=snap.ref, scope=snap.scope,
+        created=snap.created, actor=snap.actor, state=snap.state,
+        generation=snap.generation,
+        releases=[f"{r.role} v{r.version}" for r in snap.releases], held=snap.held,
+        copies=[SnapshotCopyAnswer(
+            instance=c.instance, host=c.host, method=c.method, frozen_ms=c.frozen_ms,
+            disks=[SnapshotDiskAnswer(name=n, size=size, held=used)
+                   for n, size, used in c.disks]) for c in snap.copies],
+        error=snap.error)
+
+
+class RestoreAnswer(BaseModel):
+    """The restore is under way: the instances roll from the snapshot's disks."""
+
+    stack: str
+    snapshot: str
+    generation: int = Field(description="the stack's new generation")
+    instances: list[InstanceName] = Field(description="those made again from it")
 
 
 # Hosts ------------------------------------------------------------------------------------

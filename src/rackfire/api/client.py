@@ -37,6 +37,8 @@ if TYPE_CHECKING:
         PlanShape,
         ReleaseShape,
         RemovedShape,
+        RestoreShape,
+        SnapshotShape,
         SourceShape,
         StackFileSchemaShape,
         StackShape,
@@ -187,6 +189,25 @@ class Client:
     def releases(self, stack: str, role: str | None = None) -> list[ReleaseShape]:
         return cast("list[ReleaseShape]", self._call(
             "GET", f"/v1/stacks/{stack}/releases", params={"role": role} if role else {}))
+
+    def take_snapshot(self, stack: str, role: str | None, index: int | None,
+                      name: str | None) -> SnapshotShape:
+        return cast("SnapshotShape", self._call(
+            "POST", "/v1/snapshots",
+            json={"stack": stack, "role": role, "index": index, "name": name}, timeout=900))
+
+    def snapshots(self, stack: str | None = None) -> list[SnapshotShape]:
+        return cast("list[SnapshotShape]", self._call(
+            "GET", "/v1/snapshots", params={"stack": stack} if stack else {}))
+
+    def remove_snapshot(self, stack: str, name: str) -> SnapshotShape:
+        return cast("SnapshotShape", self._call(
+            "DELETE", f"/v1/snapshots/{stack}/{name}", timeout=300))
+
+    def restore(self, stack: str, name: str, to: str | None, confirm: bool) -> RestoreShape:
+        return cast("RestoreShape", self._call(
+            "POST", f"/v1/snapshots/{stack}/{name}/restore",
+            json={"to": to, "confirm": confirm}))
 
     def stack(self, name: str) -> StackShape:
         return cast("StackShape", self._call("GET", f"/v1/stacks/{name}"))

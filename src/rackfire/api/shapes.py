@@ -20,6 +20,7 @@ HostState: TypeAlias = Literal["ready", "draining", "down", "fenced"]
 Operation: TypeAlias = Literal["stop", "start", "restart"]
 ReleaseStatus: TypeAlias = Literal["deploying", "live", "retired", "failed"]
 RuntimeKind: TypeAlias = Literal["container", "process", "fake"]
+SnapshotState: TypeAlias = Literal["taking", "ready", "failed"]
 Verdict: TypeAlias = Literal["ok", "degraded", "down", "untested"]
 
 
@@ -236,6 +237,46 @@ class ReleaseShape(TypedDict):
     reason: str
     updated: int | float
     current: bool  # the role's desired spec runs it
+
+
+class SnapshotDiskShape(TypedDict):
+    name: str  # disk.img (the root disk) or data.img (the data disk)
+    size: int  # bytes, as the instance sees the disk
+    held: int  # bytes the copy holds (shared extents included)
+
+
+class SnapshotCopyShape(TypedDict):
+    instance: str
+    host: str
+    disks: list[SnapshotDiskShape]
+    method: str  # reflink (instant, shares extents) or copy
+    frozen_ms: float  # how long its filesystems were frozen
+
+
+class SnapshotShape(TypedDict):
+    """A stack's instances' disks at one point, with its desired state then."""
+
+    stack: str
+    name: str
+    ref: str  # STACK@NAME, as restore takes it
+    scope: str  # what was taken: a stack, a role or an instance
+    created: int | float
+    actor: str
+    state: SnapshotState
+    generation: int  # the stack's generation it holds the spec of
+    releases: list[str]  # ROLE vVERSION of each live release
+    held: int  # bytes its copies hold
+    copies: list[SnapshotCopyShape]
+    error: str
+
+
+class RestoreShape(TypedDict):
+    """The restore is under way: the instances roll from the snapshot's disks."""
+
+    stack: str
+    snapshot: str
+    generation: int  # the stack's new generation
+    instances: list[str]  # those made again from it
 
 
 class TokenShape(TypedDict):

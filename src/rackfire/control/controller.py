@@ -32,6 +32,7 @@ from rackfire.control.moves import Moves
 from rackfire.control.placement import Placer
 from rackfire.control.publish import Publisher
 from rackfire.control.reconcile import Reconciler
+from rackfire.control.snapshots import SnapshotCommands
 from rackfire.control.workqueue import WorkQueue
 from rackfire.model.agent import InstanceStats
 from rackfire.model.instance import Health, InstanceFacts, InstanceKey, InstanceState, Target
@@ -87,6 +88,7 @@ class Controller:
                                      placer=self.placer, publisher=self.publisher,
                                      moves=self.moves, commands=self.commands,
                                      failover=self.failover)
+        self.snapshots = SnapshotCommands(store, fleet, self.commands)
         c = self.commands
         self.plan, self.apply, self.destroy, self.push = c.plan, c.apply, c.destroy, c.push
         self.scale, self.resize, self.rollback = c.scale, c.resize, c.rollback

@@ -6,7 +6,7 @@ is built here: an image not built yet, a release never built, is a build action 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Protocol
 
@@ -103,12 +103,19 @@ class DesiredState:
                 except RackfireError as e:  # that release fails; the reconcile decides
                     unbuilt[role.name] = e.message
             # else never built: a BUILD_RELEASE of the plan (steps.build_actions)
-        render = partial(render_stack, spec, ips, digests, network,
-                         self.agent.info().runtimes[0], app_digests=layers)
+        seeds = self.store.snapshots.seeds(spec.name) if rec else {}
+
+        def render(ready: Collection[InstanceKey]) -> list[InstanceRequest]:
+            return [replace(r, seed=(s.snapshot_stack, s.snapshot, s.source))
+                    if (s := seeds.get(r.key)) is not None else r
+                    for r in plain(ready=ready)]
+
+        plain = partial(render_stack, spec, ips, digests, network,
+                        self.agent.info().runtimes[0], app_digests=layers)
         observed = self.agent.observe(spec.name)
-        requests = render(ready=self.ready_keys(spec, observed) if rec else ())
+        requests = render(self.ready_keys(spec, observed) if rec else ())
         return Desired(network, {r.key: r.ip for r in requests}, requests, images, layers,
-                       unbuilt, observed, lambda ready: render(ready=ready),
+                       unbuilt, observed, render,
                        tuple(build_actions(spec, digests, layers, unbuilt)))
 
     def subnet(self, rec: StackRecord | None, spec: StackSpec) -> str:

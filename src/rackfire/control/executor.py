@@ -173,11 +173,15 @@ class Executor:
                 self.agent.stop(action.key, action.stop_timeout)
             elif req is None:
                 raise RackfireError(f"{action.kind} without a request")
-            elif action.kind is ActionKind.CREATE:
-                self.agent.create(req)
-            elif action.kind is ActionKind.REPLACE:
-                self.agent.destroy(action.key, action.stop_timeout)
-                self.agent.create(req)
+            elif action.kind is ActionKind.CREATE or action.kind is ActionKind.REPLACE:
+                if action.kind is ActionKind.REPLACE:
+                    self.agent.destroy(action.key, action.stop_timeout)
+                if req.seed is not None:  # a restore: from the snapshot's disks, once
+                    self.agent.stage_snapshot(action.key, *req.seed)
+                    self.agent.create(replace(req, adopt_disks=True, seed=None))
+                    self.store.snapshots.reap(action.key)
+                else:
+                    self.agent.create(req)
             elif action.kind is ActionKind.RECONFIGURE:
                 self.agent.reconfigure(req)
             elif action.kind is ActionKind.RESTART:

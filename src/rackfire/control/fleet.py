@@ -363,6 +363,9 @@ class Fleet:
     def set_aside(self, key: InstanceKey) -> None:
         self.link(self.host_of(key)).set_aside(key)
 
+    def stage_snapshot(self, key: InstanceKey, stack: str, name: str, source: str) -> None:
+        self.link(self.host_of(key)).stage_snapshot(key, stack, name, source)
+
     # the stack's network, names and ports -------------------------------------------------
 
     def _network(self, net: NetworkConfig, host: str) -> NetworkConfig:

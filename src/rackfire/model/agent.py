@@ -72,6 +72,24 @@ class InstanceStats:
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotDisk:
+    name: str  # disk.img (the root disk) or data.img (its data disk)
+    size: int  # bytes, as the instance sees its disk image
+    used: int  # bytes the copy holds (shared extents counted, so not what it adds)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotPart:
+    """One instance's share of a snapshot, on the host that took it."""
+
+    key: InstanceKey
+    disks: tuple[SnapshotDisk, ...]  # none for a runtime without disks of its own
+    method: str  # reflink | copy (runtime/freeze.py)
+    frozen_ms: float  # how long its filesystems were frozen for the copy
+    taken: float  # when they were frozen (the host's clock)
+
+
+@dataclass(frozen=True, slots=True)
 class Call:
     """One call of the table: how long a caller waits for it, and what it changes."""
 
@@ -123,6 +141,10 @@ CALLS: dict[str, Call] = {
     "ensure_layer": _sets(900),  # may fetch a layer of some GB
     "collect_layers": _sets(120),
     "set_aside": _changes(60),
+    # Disk copies: reflinks, or sparse copies on a filesystem without them.
+    "take_snapshot": _sets(600),
+    "remove_snapshot": _sets(120),
+    "stage_snapshot": _sets(600),
 }
 
 
@@ -187,6 +209,14 @@ class HostAgent(Protocol):
     def collect_layers(self) -> list[str]: ...
     # Remove the stopped instance, keeping its disks as if received (for adopt_disks).
     def set_aside(self, key: InstanceKey) -> None: ...
+    # Freeze the instances' filesystems here, all at once, copy their disks into snapshot
+    # `name` of the stack, thaw them. Whole or not at all: a failed one leaves nothing.
+    def take_snapshot(self, stack: str, name: str,
+                      keys: list[InstanceKey]) -> list[SnapshotPart]: ...
+    def remove_snapshot(self, stack: str, name: str) -> None: ...
+    # The disks instance `source` had in the snapshot, copied into <incoming>/<key id>/ as
+    # if received, for a create of `key` with `adopt_disks`.
+    def stage_snapshot(self, key: InstanceKey, stack: str, name: str, source: str) -> None: ...
 
 
 class ImageService(Protocol):

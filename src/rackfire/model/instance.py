@@ -174,6 +174,9 @@ class InstanceRequest:
     # Cold migration: start from the disks copied to this host (<data-dir>/incoming/<id>/)
     # instead of a new one. Not part of any digest: how it got here, not what it runs.
     adopt_disks: bool = False
+    # A restore: made (or replaced) from this snapshot's copy of an instance's disks,
+    # (snapshot's stack, snapshot, instance name there), once. Not part of any digest.
+    seed: tuple[str, str, str] | None = None
     # The run this is, issued by the controller with its placement (store/placements.py):
     # a host refuses a create or restart older than one it was told of (agent/hostside.py).
     incarnation: int = 0

@@ -153,6 +153,62 @@ class RolloutWait:
     timeout: float  # the role's health_timeout when it ran (at least the check's grace)
 
 
+class SnapshotState(StrEnum):
+    TAKING = "taking"  # the hosts are copying
+    READY = "ready"  # every instance's copy is whole on its host
+    FAILED = "failed"  # a host could not take its part: what others took is removed
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotCopy:
+    """Where one instance's share of a snapshot is, and what it holds."""
+
+    instance: str  # the instance's name in the stack: `db-0`
+    host: str
+    disks: tuple[tuple[str, int, int], ...]  # (disk.img | data.img, size, bytes held)
+    method: str  # reflink | copy
+    frozen_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A stack's instances' disks at one point, with the desired state it ran then (the
+    spec, the day-2 overrides and each role's live release)."""
+
+    stack: str
+    name: str
+    scope: str  # what was taken: `shop`, `shop/db` or `shop/db/0`
+    created: float
+    actor: str
+    state: SnapshotState
+    generation: int
+    spec: StackSpec
+    overrides: tuple[Override, ...]
+    releases: tuple[Release, ...]
+    copies: tuple[SnapshotCopy, ...] = ()
+    error: str = ""
+
+    @property
+    def ref(self) -> str:
+        return f"{self.stack}@{self.name}"
+
+    @property
+    def held(self) -> int:
+        return sum(used for c in self.copies for _, _, used in c.disks)
+
+
+@dataclass(frozen=True, slots=True)
+class Seed:
+    """An instance to be made (or replaced) from a snapshot's copy of `source`'s disks,
+    on the host that holds them: a restore, once, by the next create of the instance."""
+
+    key: InstanceKey
+    snapshot_stack: str
+    snapshot: str
+    source: str  # the instance's name in the snapshot
+    host: str
+
+
 @dataclass(frozen=True, slots=True)
 class HostRecord:
     name: str

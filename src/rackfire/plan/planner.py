@@ -111,7 +111,8 @@ def plan_stack(
             return ""
         if c.restart_requested is not None and (f.started_at or 0.0) >= c.restart_requested:
             return "restarted"
-        return "on the new spec" if f.spec_hash == want[k].spec_hash else ""
+        return ("on the new spec" if f.spec_hash == want[k].spec_hash and not want[k].seed
+                else "")
 
     def first_done(keys: Iterable[InstanceKey]) -> dict[str, str]:
         return {k.role: f"{k.name}, already {done(k)}" for k in sorted(keys, reverse=True)
@@ -184,6 +185,9 @@ def _compare(d: InstanceRequest, f: InstanceFacts, role: RoleSpec, c: Control,
         # A create that keeps failing backs off and is failed like a crashing instance.
         return _recover(ActionKind.REPLACE, d, "an interrupted or failed create left it "
                         "half-made", role.restart, c, now, timeout)
+    if d.seed is not None:  # a restore: its disks go back to the snapshot's
+        return Action(ActionKind.REPLACE, d.key, f"restore from {d.seed[0]}@{d.seed[1]}", d,
+                      stop_timeout=timeout)
     changed = _changed_fields(d, f)
     if changed and not set(changed) <= _LIVE_FIELDS:
         return Action(ActionKind.REPLACE, d.key, f"{', '.join(changed)} changed", d,

@@ -54,10 +54,12 @@ class Store:
         from rackfire.store.hosts import HostRegistry
         from rackfire.store.placements import Placements
         from rackfire.store.rollouts import RolloutWaits
+        from rackfire.store.snapshots import Snapshots
 
         self.hosts = HostRegistry(self)
         self.placements = Placements(self)
         self.waits = RolloutWaits(self)
+        self.snapshots = Snapshots(self)
 
     def _migrate(self) -> None:
         """Columns added after a table was first made, added to existing databases."""
@@ -165,8 +167,11 @@ class Store:
     def forget_stack(self, name: str) -> None:
         """After a destroy: only reached while `deleting` is set, which put_stack refuses."""
         with self.tx() as db:
+            row = db.execute("SELECT keep_data FROM stacks WHERE name=?", (name,)).fetchone()
+            if not (row and row["keep_data"]):  # snapshots stay with the data disks
+                db.execute("DELETE FROM snapshots WHERE stack=?", (name,))
             for table in ("stacks", "ips", "instance_status", "overrides", "releases",
-                          "placements", "vnis", "migrations", "rollout_waits"):
+                          "placements", "vnis", "migrations", "rollout_waits", "seeds"):
                 col = "name" if table == "stacks" else "stack"
                 db.execute(f"DELETE FROM {table} WHERE {col}=?", (name,))  # noqa: S608
 

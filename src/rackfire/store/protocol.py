@@ -1,7 +1,7 @@
 """What control/ needs of a store, as protocols: the SQLite store (store/db.py, with its
-tables in store/hosts.py, store/placements.py and store/rollouts.py) is one; another (a
-replicated one) can be given to the controller without touching control/. mypy checks that
-the SQLite store is one (`_conforms` below)."""
+tables in store/hosts.py, store/placements.py, store/rollouts.py and store/snapshots.py)
+is one; another (a replicated one) can be given to the controller without touching
+control/. mypy checks that the SQLite store is one (`_conforms` below)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,10 @@ from rackfire.model.records import (
     Release,
     ReleaseStatus,
     RolloutWait,
+    Seed,
+    Snapshot,
+    SnapshotCopy,
+    SnapshotState,
     StackRecord,
     StackStatus,
 )
@@ -69,6 +73,21 @@ class RolloutTable(Protocol):
     def drop(self, key: InstanceKey) -> None: ...
 
 
+class SnapshotTable(Protocol):
+    """Snapshots and the seeds a restore plants (store/snapshots.py)."""
+
+    def begin(self, snap: Snapshot) -> None: ...
+    def finish(self, stack: str, name: str, state: SnapshotState,
+               copies: tuple[SnapshotCopy, ...], error: str = "") -> None: ...
+    def get(self, stack: str, name: str) -> Snapshot | None: ...
+    def of_stack(self, stack: str | None = None) -> list[Snapshot]: ...
+    def drop(self, stack: str, name: str) -> None: ...
+    def drop_stack(self, stack: str) -> None: ...
+    def plant(self, seeds: list[Seed]) -> None: ...
+    def seeds(self, stack: str) -> dict[InstanceKey, Seed]: ...
+    def reap(self, key: InstanceKey) -> None: ...
+
+
 class StateStore(Protocol):
     """Desired stacks, IPs, the action journal, health, releases, events (store/db.py)."""
 
@@ -78,6 +97,8 @@ class StateStore(Protocol):
     def placements(self) -> PlacementTable: ...
     @property
     def waits(self) -> RolloutTable: ...
+    @property
+    def snapshots(self) -> SnapshotTable: ...
 
     def put_stack(self, spec: StackSpec, subnet: str, expected_generation: int | None,
                   actor: str = "") -> int: ...

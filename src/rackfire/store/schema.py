@@ -86,6 +86,19 @@ CREATE TABLE IF NOT EXISTS rollout_waits (
     kind TEXT NOT NULL, action_id TEXT NOT NULL, since REAL NOT NULL, timeout REAL NOT NULL,
     PRIMARY KEY (stack, role, idx)
 );
+CREATE TABLE IF NOT EXISTS snapshots (
+    stack TEXT NOT NULL, name TEXT NOT NULL, scope TEXT NOT NULL, created REAL NOT NULL,
+    actor TEXT NOT NULL, state TEXT NOT NULL, generation INTEGER NOT NULL,
+    spec TEXT NOT NULL, overrides TEXT NOT NULL, releases TEXT NOT NULL,
+    copies TEXT NOT NULL DEFAULT '[]', error TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (stack, name)
+);
+CREATE TABLE IF NOT EXISTS seeds (
+    stack TEXT NOT NULL, role TEXT NOT NULL, idx INTEGER NOT NULL,
+    snapshot_stack TEXT NOT NULL, snapshot TEXT NOT NULL, source TEXT NOT NULL,
+    host TEXT NOT NULL,
+    PRIMARY KEY (stack, role, idx)
+);
 CREATE TABLE IF NOT EXISTS overrides (
     stack TEXT NOT NULL, role TEXT NOT NULL, field TEXT NOT NULL,
     value TEXT NOT NULL, actor TEXT NOT NULL, time REAL NOT NULL,

@@ -1,0 +1,69 @@
+"""Routes for snapshots: take one of a stack, a role or an instance; list, remove; restore
+a stack (or another, new one) from one."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Path, Query
+from pydantic import BaseModel, Field
+
+from rackfire.api.answers import RestoreAnswer, SnapshotAnswer, snapshot_answer
+from rackfire.api.types import Name, StackPath, errors
+from rackfire.control.controller import Controller
+from rackfire.errors import PrereqError
+from rackfire.model.instance import Target
+from rackfire.model.stack import NAME_PATTERN
+
+SnapshotPath = Annotated[str, Path(pattern=NAME_PATTERN, description="a snapshot's name")]
+
+
+class TakeSnapshot(BaseModel):
+    stack: Name
+    role: Name | None = Field(None, description="only this role's instances")
+    index: int | None = Field(None, ge=0, description="only this instance of the role")
+    name: Name | None = Field(None, description="default: s<UTC date>-<time>")
+
+
+class Restore(BaseModel):
+    to: Name | None = Field(None, description="the stack to restore into (default: its own;"
+                                              " a new one is made)")
+    confirm: bool = Field(False, description="replace the disks of instances that exist")
+
+
+def add_snapshot_routes(app: FastAPI, controller: Controller, actor: Any) -> None:
+    # Beside /v1/stacks, not under it: /v1/stacks/{stack}/{operation} takes that path.
+    @app.post("/v1/snapshots", responses=errors(400, 404, 409, 503))
+    def take(body: TakeSnapshot, who: str = actor) -> SnapshotAnswer:
+        """Freeze the instances' filesystems on each host at once, copy their disks, thaw."""
+        if body.index is not None and body.role is None:
+            raise PrereqError("an instance index needs its role")
+        target = Target(body.stack, body.role, body.index)
+        return snapshot_answer(controller.snapshots.take(target, body.name, who))
+
+    @app.get("/v1/snapshots")
+    def snapshots(stack: Annotated[str | None, Query(pattern=NAME_PATTERN)] = None,
+                  ) -> list[SnapshotAnswer]:
+        """Oldest first, of every stack or of one."""
+        return [snapshot_answer(s) for s in controller.snapshots.of_stack(stack)]
+
+    @app.get("/v1/snapshots/{stack}/{name}", responses=errors(404))
+    def snapshot(stack: StackPath, name: SnapshotPath) -> SnapshotAnswer:
+        return snapshot_answer(controller.snapshots.get(stack, name))
+
+    @app.delete("/v1/snapshots/{stack}/{name}", responses=errors(404, 503))
+    def remove(stack: StackPath, name: SnapshotPath, who: str = actor) -> SnapshotAnswer:
+        """Remove its copies from every host that holds one, then its record."""
+        found = controller.snapshots.get(stack, name)
+        controller.snapshots.remove(stack, name, who)
+        return snapshot_answer(found)
+
+    @app.post("/v1/snapshots/{stack}/{name}/restore",
+              responses=errors(400, 404, 409, 503))
+    def restore(stack: StackPath, name: SnapshotPath, body: Restore,
+                who: str = actor) -> RestoreAnswer:
+        """Make its instances again from its disks (its spec too, for a whole stack's),
+        rolling like a replace. Refused onto instances that exist unless `confirm`."""
+        generation, keys = controller.snapshots.restore(stack, name, body.to, body.confirm, who)
+        return RestoreAnswer(stack=body.to or stack, snapshot=f"{stack}@{name}",
+                             generation=generation, instances=[str(k) for k in keys])

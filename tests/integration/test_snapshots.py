@@ -1,0 +1,150 @@
+"""Snapshots and restores through the real CLI and server, on real disks: the data dir on a
+loop-mounted XFS made with reflink=1 (as an operator's would be for instant snapshots), so
+the copies share extents. Snapshot, write more, restore: the data is the snapshot's, on the
+data disk and the root disk alike; a restore onto a new stack makes a copy; bad requests
+change nothing; destroying the stacks leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness import Server, host_traces, runc_exec, unique, wait_for, write_stack
+
+pytestmark = pytest.mark.root
+
+MiB = 1 << 20
+
+STACK = """\
+stack: {stack}
+images: {{base: {{from: host}}}}
+roles:
+  db:
+    image: base
+    command: [sleep, "100000"]
+    resources: {{memory: 64M, disk: 32M}}
+    data: {{path: /data, size: 64M}}
+    stop_timeout: 1s
+  web:
+    image: base
+    count: 2
+    command: [sleep, "100000"]
+    resources: {{memory: 32M, disk: 32M}}
+    stop_timeout: 1s
+"""
+
+
+@pytest.fixture
+def xfs(tmp_path: Path) -> Iterator[Path]:
+    """A reflink-capable filesystem for the server's data dir, removed after the test."""
+    image, mount = tmp_path / "xfs.img", tmp_path / "xfs"
+    with open(image, "wb") as f:
+        f.truncate(8 << 30)
+    subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(image)], check=True)
+    mount.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.fixture
+def server(xfs: Path) -> Iterator[Server]:
+    srv = Server(xfs / "data")
+    srv.start()
+    yield srv
+    try:
+        for st in srv.api("/v1/stacks"):
+            srv.cli("destroy", st["name"], "-y", check=False)
+    finally:
+        srv.stop()
+
+
+def sh(instance_id: str, script: str) -> str:
+    proc = runc_exec(instance_id, "sh", "-c", script)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def used(path: Path) -> int:
+    st = os.statvfs(path)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+def test_snapshot_write_restore_and_copy(server: Server, tmp_path: Path, xfs: Path) -> None:
+    stack = unique("snap")
+    server.cli("up", "-f", str(write_stack(tmp_path, STACK.format(stack=stack))),
+               "--timeout", "120")
+    db, web = f"{stack}.db.0", f"{stack}.web.1"
+    sh(db, "echo v1 > /data/value; head -c 16777216 /dev/urandom > /data/blob; "
+           "echo r1 > /var/tmp/root-mark; sync")
+    sh(web, "echo w1 > /var/tmp/web-mark; sync")
+    blob = sh(db, "md5sum < /data/blob")
+
+    # Bad requests first: each refused, nothing made.
+    missing = server.cli("snapshot", "create", "no-such-stack", check=False)
+    assert missing.returncode != 0 and "no stack named no-such-stack" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    bad = server.cli("snapshot", "create", stack, "--name", "Bad_Name", check=False)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+
+    before = used(xfs)
+    taken = json.loads(server.cli("snapshot", "create", stack, "--name", "before",
+                                  "--json").stdout)
+    assert taken["state"] == "ready" and taken["ref"] == f"{stack}@before"
+    copies = {c["instance"]: c for c in taken["copies"]}
+    assert set(copies) == {"db-0", "web-0", "web-1"}
+    assert {c["method"] for c in copies.values()} == {"reflink"}
+    assert [d["name"] for d in copies["db-0"]["disks"]] == ["disk.img", "data.img"]
+    assert copies["db-0"]["disks"][1]["held"] >= 16 * MiB  # the blob is in it
+    # Reflinks share the extents: the snapshot itself adds next to nothing.
+    assert used(xfs) - before < 4 * MiB, used(xfs) - before
+    # A second snapshot of the same name is refused; another name is fine.
+    again = server.cli("snapshot", "create", stack, "--name", "before", check=False)
+    assert again.returncode != 0 and "already exists" in again.stderr
+    server.cli("snapshot", "create", f"{stack}/web/0", "--name", "web-only")
+
+    # Write more after it.
+    sh(db, "echo v2 > /data/value; rm /var/tmp/root-mark; head -c 1048576 /dev/urandom "
+           ">> /data/blob; sync")
+    sh(web, "echo w2 > /var/tmp/web-mark; sync")
+
+    # Onto running instances: refused without -y, nothing changed.
+    refused = server.cli("restore", f"{stack}@before", check=False)
+    assert refused.returncode != 0 and "-y" in refused.stderr, refused.stderr
+    assert sh(db, "cat /data/value") == "v2"
+
+    server.cli("restore", f"{stack}@before", "-y", "--timeout", "120")
+    assert sh(db, "cat /data/value") == "v1"
+    assert sh(db, "md5sum < /data/blob") == blob
+    assert sh(db, "cat /var/tmp/root-mark") == "r1"  # the root disk is the snapshot's too
+    assert sh(web, "cat /var/tmp/web-mark") == "w1"
+    assert {r["state"] for r in server.ps(stack)} == {"running"}
+
+    # Onto a new stack: a copy with its own disks; the original untouched by it.
+    copy = unique("copy")
+    server.cli("restore", f"{stack}@before", "--to", copy, "--timeout", "120")
+    assert sh(f"{copy}.db.0", "cat /data/value") == "v1"
+    sh(f"{copy}.db.0", "echo copy > /data/value")
+    assert sh(db, "cat /data/value") == "v1"
+
+    listed = json.loads(server.cli("snapshot", "ls", stack, "--json").stdout)
+    assert [s["name"] for s in listed] == ["before", "web-only"]
+    table = server.cli("snapshot", "ls").stdout
+    assert f"{stack}@before" in table and "reflink" not in table
+    server.cli("snapshot", "rm", f"{stack}@web-only")
+    assert not (server.data_dir / "snapshots" / stack / "web-only").exists()
+    gone = server.cli("restore", f"{stack}@web-only", "-y", check=False)
+    assert gone.returncode != 0 and "no snapshot" in gone.stderr
+
+    for name in (stack, copy):
+        server.cli("destroy", name, "-y")
+        wait_for(lambda n=name: not host_traces(n), 30, f"{name} to leave no trace")
+    assert not (server.data_dir / "snapshots" / stack).exists()
+    assert json.loads(server.cli("snapshot", "ls", "--json").stdout) == []
