@@ -6,6 +6,7 @@ import os
 import shutil
 
 import pytest
+from tests.harness.s3 import moto_s3, s3_bucket  # noqa: F401 (fixtures: a local S3 endpoint)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -69,7 +69,7 @@ class MotoServer:
             if self.proc.poll() is not None:
                 return False
             try:
-                with urllib.request.urlopen(self.endpoint + "/", timeout=1):  # noqa: S310
+                with urllib.request.urlopen(self.endpoint + "/", timeout=1):
                     return True
             except urllib.error.HTTPError:
                 return True  # an answer all the same

@@ -10,8 +10,14 @@ from harness import Server
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    srv = Server(tmp_path / "data")
+def data_root(tmp_path: Path) -> Path:
+    """Where the `server` fixture's data dir is made (a module may give another fs)."""
+    return tmp_path
+
+
+@pytest.fixture
+def server(data_root: Path) -> Iterator[Server]:
+    srv = Server(data_root / "data")
     srv.start()
     yield srv
     # Destroy what the test left, so a failing test does not leak into the next.

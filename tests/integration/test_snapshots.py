@@ -1,8 +1,10 @@
-"""Snapshots and restores through the real CLI and server, on real disks: the data dir on a
-loop-mounted XFS made with reflink=1 (as an operator's would be for instant snapshots), so
-the copies share extents. Snapshot, write more, restore: the data is the snapshot's, on the
-data disk and the root disk alike; a restore onto a new stack makes a copy; bad requests
-change nothing; destroying the stacks leaves nothing behind."""
+"""Snapshots, restores and clones through the real CLI and server, on real disks: the data
+dir on a loop-mounted XFS made with reflink=1 (as an operator's would be for instant
+snapshots), so the copies share extents. Snapshot, write more, restore: the data is the
+snapshot's, on the data disk and the root disk alike; a restore onto a new stack makes a
+copy; a clone gets its own disks, network and ports, takes a pushed upgrade the original
+does not, and takes over the original's port when promoted; bad requests change nothing;
+destroying the stacks leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -12,9 +14,10 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
-from harness import Server, host_traces, runc_exec, unique, wait_for, write_stack
+from harness import Server, free_port, host_traces, runc_exec, unique, wait_for, write_stack
 
 pytestmark = pytest.mark.root
 
@@ -55,15 +58,8 @@ def xfs(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.fixture
-def server(xfs: Path) -> Iterator[Server]:
-    srv = Server(xfs / "data")
-    srv.start()
-    yield srv
-    try:
-        for st in srv.api("/v1/stacks"):
-            srv.cli("destroy", st["name"], "-y", check=False)
-    finally:
-        srv.stop()
+def data_root(xfs: Path) -> Path:
+    return xfs
 
 
 def sh(instance_id: str, script: str) -> str:
@@ -148,3 +144,80 @@ def test_snapshot_write_restore_and_copy(server: Server, tmp_path: Path, xfs: Pa
         wait_for(lambda n=name: not host_traces(n), 30, f"{name} to leave no trace")
     assert not (server.data_dir / "snapshots" / stack).exists()
     assert json.loads(server.cli("snapshot", "ls", "--json").stdout) == []
+
+
+WEB = """\
+stack: {stack}
+images: {{base: {{from: host}}}}
+roles:
+  web:
+    image: base
+    app: ./app
+    command: ["python3", "-m", "http.server", "8000", "--directory", "/app"]
+    resources: {{memory: 64M, disk: 32M}}
+    ports: ["{port}:8000"]
+    health: {{http: "http://127.0.0.1:8000/", interval: 1s}}
+    stop_timeout: 1s
+  box:
+    image: base
+    command: [sleep, "100000"]
+    resources: {{memory: 32M, disk: 32M}}
+    data: {{path: /data, size: 32M}}
+    stop_timeout: 1s
+"""
+
+
+def page(port: int) -> str:
+    return httpx.get(f"http://127.0.0.1:{port}/index.html", timeout=5).text
+
+
+def test_clone_trial_upgrade_promote(server: Server, tmp_path: Path) -> None:
+    stack, trial, port, other = unique("prod"), unique("trial"), free_port(), free_port()
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "index.html").write_text("one\n")
+    server.cli("up", "-f", str(write_stack(tmp_path, WEB.format(stack=stack, port=port))),
+               "--timeout", "120")
+    sh(f"{stack}.box.0", "echo prod-data > /data/value; sync")
+
+    # A clone name that exists is refused, nothing made.
+    taken = server.cli("clone", stack, stack, check=False)
+    assert taken.returncode != 0 and "exists" in taken.stderr
+    assert json.loads(server.cli("snapshot", "ls", "--json").stdout) == []
+
+    server.cli("clone", stack, trial, "--port-offset", str(other - port), "--timeout", "120")
+    assert page(port) == page(other) == "one\n"
+    assert sh(f"{trial}.box.0", "cat /data/value") == "prod-data"
+    # Its own disks: a write to the clone is not seen by the original.
+    sh(f"{trial}.box.0", "echo trial-data > /data/value; sync")
+    assert sh(f"{stack}.box.0", "cat /data/value") == "prod-data"
+    # Its own network, no traffic between them.
+    [orig] = [r for r in server.ps(stack) if r["role"] == "web"]
+    probe = runc_exec(f"{trial}.web.0", "python3", "-c",
+                      f"import socket; socket.create_connection(('{orig['ip']}', 8000), 2)")
+    assert probe.returncode != 0, "the clone reached the original's instance"
+    assert {r["ip"] for r in server.ps(trial)}.isdisjoint({r["ip"] for r in server.ps(stack)})
+
+    # The trial upgrade: pushed to the clone only.
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "index.html").write_text("two\n")
+    server.cli("push", f"{trial}/web", str(v2))
+    assert page(other) == "two\n" and page(port) == "one\n"
+    d = json.loads(server.cli("diff", stack, trial, "--json").stdout)
+    assert [r["role"] for r in d["releases"]] == ["web"]
+    assert any('"host_port"' in line for line in d["spec"])  # the ports moved
+    assert stack in server.cli("diff", stack, trial).stdout
+
+    # Promote: the clone serves on the original's port; the original is stopped, kept.
+    refused = server.cli("promote", trial, stack, check=False)  # no tty, no -y
+    assert refused.returncode != 0 and "-y" in refused.stderr
+    server.cli("promote", trial, stack, "-y", "--timeout", "120")
+    wait_for(lambda: page(port) == "two\n", 30, "the clone on the original's port")
+    assert {r["state"] for r in server.ps(stack)} == {"stopped"}
+    with pytest.raises(httpx.TransportError):
+        page(other)
+
+    for name in (stack, trial):
+        server.cli("destroy", name, "-y")
+        wait_for(lambda n=name: not host_traces(n), 30, f"{name} to leave no trace")

@@ -28,6 +28,7 @@ CALLS: dict[str, tuple[Any, ...]] = {
     "push": ("shop", "web", None, "", "base"), "rollback": ("shop", "web", None),
     "releases": ("shop",), "take_snapshot": ("shop", None, None, None),
     "snapshots": (), "remove_snapshot": ("shop", "s1"), "restore": ("shop", "s1", None, False),
+    "clone": ("shop", "try", None, None), "promote": ("try", "shop"), "diff": ("shop", "try"),
     "stack": ("shop",), "stacks": (), "destroy": ("shop",),
     "instances": (), "scale": ("shop", "web", 2), "resize": ("shop", "web"),
     "operate": ("shop", "stop", None, None), "stats": ("shop",), "events": (), "images": (),

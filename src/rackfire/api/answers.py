@@ -325,6 +325,34 @@ class RestoreAnswer(BaseModel):
     instances: list[InstanceName] = Field(description="those made again from it")
 
 
+class CloneAnswer(BaseModel):
+    """The clone is being made (or promoted): its instances roll as a new stack's do."""
+
+    stack: str
+    snapshot: str = Field(description="the snapshot it was made from ('' for a promote)")
+    generation: int = Field(description="the stack's new generation")
+
+
+class ReleaseRun(BaseModel):
+    source: str
+    image: str
+    label: str
+    version: int = Field(description="in its own stack's numbering")
+
+
+class ReleaseDiff(BaseModel):
+    role: str
+    a: ReleaseRun | None = Field(description="what the role runs live in a (null: nothing)")
+    b: ReleaseRun | None
+
+
+class DiffAnswer(BaseModel):
+    a: str
+    b: str
+    spec: list[str] = Field(description="a unified diff of their specs (as JSON), names aside")
+    releases: list[ReleaseDiff] = Field(description="the roles whose live releases differ")
+
+
 # Hosts ------------------------------------------------------------------------------------
 
 class TokenAnswer(BaseModel):

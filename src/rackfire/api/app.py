@@ -363,7 +363,7 @@ def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Pa
 
     from rackfire.api.hosts import add_host_routes
     from rackfire.api.releases import add_release_routes
-    from rackfire.api.snapshots import add_snapshot_routes
+    from rackfire.api.snapshots import add_clone_routes, add_snapshot_routes
     from rackfire.api.streams import add_stream_routes  # logs and exec
 
     add_stream_routes(app, controller, token)
@@ -371,6 +371,7 @@ def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Pa
     add_tarball_routes(app, uploads)
     add_host_routes(app, controller, ACTOR)
     add_snapshot_routes(app, controller, ACTOR)
+    add_clone_routes(app, controller, ACTOR)
     return app
 
 

@@ -22,7 +22,9 @@ if TYPE_CHECKING:
     from rackfire.api.shapes import (
         CapacityShape,
         ChangeShape,
+        CloneShape,
         DestroyShape,
+        DiffShape,
         DrainShape,
         EventShape,
         FenceShape,
@@ -208,6 +210,19 @@ class Client:
         return cast("RestoreShape", self._call(
             "POST", f"/v1/snapshots/{stack}/{name}/restore",
             json={"to": to, "confirm": confirm}))
+
+    def clone(self, stack: str, new: str, snapshot: str | None,
+              port_offset: int | None) -> CloneShape:
+        return cast("CloneShape", self._call(
+            "POST", f"/v1/clones/{stack}", timeout=900,
+            json={"new": new, "snapshot": snapshot, "port_offset": port_offset}))
+
+    def promote(self, stack: str, over: str) -> CloneShape:
+        return cast("CloneShape", self._call("POST", f"/v1/clones/{stack}/promote",
+                                             json={"over": over}))
+
+    def diff(self, a: str, b: str) -> DiffShape:
+        return cast("DiffShape", self._call("GET", f"/v1/diff/{a}/{b}"))
 
     def stack(self, name: str) -> StackShape:
         return cast("StackShape", self._call("GET", f"/v1/stacks/{name}"))

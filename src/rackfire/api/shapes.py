@@ -279,6 +279,34 @@ class RestoreShape(TypedDict):
     instances: list[str]  # those made again from it
 
 
+class CloneShape(TypedDict):
+    """The clone is being made (or promoted): its instances roll as a new stack's do."""
+
+    stack: str
+    snapshot: str  # the snapshot it was made from ('' for a promote)
+    generation: int  # the stack's new generation
+
+
+class ReleaseRunShape(TypedDict):
+    source: str
+    image: str
+    label: str
+    version: int  # in its own stack's numbering
+
+
+class ReleaseDiffShape(TypedDict):
+    role: str
+    a: ReleaseRunShape | None  # what the role runs live in a (null: nothing)
+    b: ReleaseRunShape | None
+
+
+class DiffShape(TypedDict):
+    a: str
+    b: str
+    spec: list[str]  # a unified diff of their specs (as JSON), names aside
+    releases: list[ReleaseDiffShape]  # the roles whose live releases differ
+
+
 class TokenShape(TypedDict):
     token: str  # the join token: shown only now, kept only hashed
     expires: int | float

@@ -1,5 +1,5 @@
-"""Routes for snapshots: take one of a stack, a role or an instance; list, remove; restore
-a stack (or another, new one) from one."""
+"""Routes for snapshots (take one of a stack, a role or an instance; list, remove; restore a
+stack, or a new one, from one) and for clones (make, promote, diff)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,13 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Path, Query
 from pydantic import BaseModel, Field
 
-from rackfire.api.answers import RestoreAnswer, SnapshotAnswer, snapshot_answer
+from rackfire.api.answers import (
+    CloneAnswer,
+    DiffAnswer,
+    RestoreAnswer,
+    SnapshotAnswer,
+    snapshot_answer,
+)
 from rackfire.api.types import Name, StackPath, errors
 from rackfire.control.controller import Controller
 from rackfire.errors import PrereqError
@@ -67,3 +73,37 @@ def add_snapshot_routes(app: FastAPI, controller: Controller, actor: Any) -> Non
         generation, keys = controller.snapshots.restore(stack, name, body.to, body.confirm, who)
         return RestoreAnswer(stack=body.to or stack, snapshot=f"{stack}@{name}",
                              generation=generation, instances=[str(k) for k in keys])
+
+
+class Clone(BaseModel):
+    new: Name = Field(description="the new stack")
+    snapshot: Name | None = Field(None, description="a snapshot of the stack (default: one "
+                                                    "taken now)")
+    port_offset: int | None = Field(None, ge=-65535, le=65535,
+                                    description="added to every published port (default "
+                                                "1000)")
+
+
+class Promote(BaseModel):
+    over: Name = Field(description="the stack whose ports and floating address it takes")
+
+
+def add_clone_routes(app: FastAPI, controller: Controller, actor: Any) -> None:
+    @app.post("/v1/clones/{stack}", responses=errors(400, 404, 409, 503))
+    def clone(stack: StackPath, body: Clone, who: str = actor) -> CloneAnswer:
+        """A new stack from a snapshot of this one: its own network, disks and ports."""
+        generation, ref = controller.clones.clone(stack, body.new, body.snapshot,
+                                                  body.port_offset, who)
+        return CloneAnswer(stack=body.new, snapshot=ref, generation=generation)
+
+    @app.post("/v1/clones/{stack}/promote", responses=errors(400, 404, 409, 503))
+    def promote(stack: StackPath, body: Promote, who: str = actor) -> CloneAnswer:
+        """This stack takes the published ports and floating address of `over`, which is
+        stopped and kept (without ports) until destroyed."""
+        generation = controller.clones.promote(stack, body.over, who)
+        return CloneAnswer(stack=stack, snapshot="", generation=generation)
+
+    @app.get("/v1/diff/{a}/{b}", responses=errors(404))
+    def diff(a: StackPath, b: StackPath) -> DiffAnswer:
+        """How b's spec (a unified diff of its JSON) and live releases differ from a's."""
+        return DiffAnswer.model_validate(controller.clones.diff(a, b))

@@ -1,5 +1,6 @@
-"""Snapshot commands: `snapshot create/ls/rm` and `restore`. Each is one API call; a restore
-then waits for the stack to roll, as a push does."""
+"""Snapshot commands (`snapshot create/ls/rm`, `restore`) and clones (`clone`, `promote`,
+`diff`). Each is one API call; a restore, clone or promote then waits for the stack to roll,
+as a push does."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from rackfire.errors import PrereqError
 from rackfire.model.units import format_size
 
 if TYPE_CHECKING:
-    from rackfire.api.shapes import SnapshotShape
+    from rackfire.api.shapes import ReleaseRunShape, SnapshotShape
 
 snapshot_app = typer.Typer(help="Snapshots: instances' disks frozen and copied at one point.",
                            no_args_is_help=True)
@@ -37,6 +38,9 @@ Ref = Annotated[str, typer.Argument(help="STACK@NAME")]
 def register(app: typer.Typer) -> None:
     app.add_typer(snapshot_app, name="snapshot")
     app.command("restore")(restore)
+    app.command("clone")(clone)
+    app.command("promote")(promote)
+    app.command("diff")(diff)
 
 
 @snapshot_app.command("create")
@@ -130,3 +134,76 @@ def _ref(ref: str) -> tuple[str, str]:
         raise PrereqError(f"not a snapshot: {ref!r}", hint="give STACK@NAME, as "
                           "`rackfire snapshot ls` shows it")
     return stack, name
+
+
+def clone(stack: Annotated[str, typer.Argument(help="the stack to copy")],
+          new: Annotated[str, typer.Argument(help="the new stack")],
+          snapshot: Annotated[str | None, typer.Option(
+              "--from", help="a snapshot of STACK (NAME or STACK@NAME) [default: one taken "
+              "now]")] = None,
+          port_offset: Annotated[int | None, typer.Option(
+              help="added to every published port [default: 1000]")] = None,
+          no_wait: NoWait = False, timeout: Timeout = 900, url: Url = None) -> None:
+    """A full copy of a stack for a trial: copies of every disk, its own network and
+    ports, nothing shared. Push to it, check it, then destroy or promote it."""
+    if snapshot and "@" in snapshot:
+        of, snapshot = _ref(snapshot)
+        if of != stack:
+            raise PrereqError(f"{of}@{snapshot} is not a snapshot of {stack}")
+    client = connect(url)
+    result = client.clone(stack, new, snapshot, port_offset)
+    if not no_wait:
+        wait_converged(client, new, result["generation"], 0, timeout)
+    out.print(f"{new}: a clone of {stack} from {result['snapshot']}" +
+              ("" if no_wait else ", serving"))
+
+
+def promote(new: Annotated[str, typer.Argument(help="the clone")],
+            stack: Annotated[str, typer.Argument(help="the stack it takes over from")],
+            yes: Yes = False, no_wait: NoWait = False, timeout: Timeout = 600,
+            url: Url = None) -> None:
+    """Make a clone the production stack: it takes STACK's published ports and floating
+    address; STACK is stopped and kept, without ports, until destroyed."""
+    if not yes:
+        if not sys.stdin.isatty():
+            raise PrereqError(f"promoting {new} stops {stack}: refusing without "
+                              "confirmation", hint="pass -y")
+        typer.confirm(f"Stop {stack} and give its ports to {new}?", abort=True)
+    client = connect(url)
+    result = client.promote(new, stack)
+    if not no_wait:
+        wait_converged(client, new, result["generation"], 0, timeout)
+    out.print(f"{new} took over the ports of {stack}; {stack} is stopped "
+              f"(`rackfire destroy {stack}` once you are sure)")
+
+
+def diff(a: Annotated[str, typer.Argument(help="a stack")],
+         b: Annotated[str, typer.Argument(help="another (a clone of it, say)")],
+         json: Json = False, url: Url = None) -> None:
+    """How two stacks' specs and live releases differ."""
+    d = connect(url).diff(a, b)
+    if json:
+        print_json(d)
+        return
+    if not d["spec"] and not d["releases"]:
+        out.print(f"{a} and {b} have the same spec and releases")
+        return
+    for line in d["spec"]:
+        style = ("bold" if line.startswith(("---", "+++")) else "cyan" if line.startswith("@@")
+                 else "green" if line.startswith("+") else "red" if line.startswith("-")
+                 else "")
+        out.print(Text(line, style))
+    if d["releases"]:
+        table = Table(box=None, pad_edge=False, header_style="bold", title="live releases",
+                      title_justify="left")
+        for c in ("ROLE", a.upper(), b.upper()):
+            table.add_column(c)
+        for r in d["releases"]:
+            table.add_row(r["role"], *(_release(x) for x in (r["a"], r["b"])))
+        out.print(table)
+
+
+def _release(r: ReleaseRunShape | None) -> str:
+    if r is None:
+        return "-"
+    return f"v{r['version']} {r['source'] or '(image only)'} on {r['image']}"

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from rackfire.control.clones import CloneCommands
 from rackfire.control.commands import Commands
 from rackfire.control.desired import DesiredState
 from rackfire.control.detector import Detector
@@ -89,6 +90,7 @@ class Controller:
                                      moves=self.moves, commands=self.commands,
                                      failover=self.failover)
         self.snapshots = SnapshotCommands(store, fleet, self.commands)
+        self.clones = CloneCommands(store, fleet, self.commands, self.snapshots)
         c = self.commands
         self.plan, self.apply, self.destroy, self.push = c.plan, c.apply, c.destroy, c.push
         self.scale, self.resize, self.rollback = c.scale, c.resize, c.rollback

@@ -34,7 +34,7 @@ from rackfire.model.records import (
     SnapshotCopy,
     SnapshotState,
 )
-from rackfire.model.stack import NAME_PATTERN
+from rackfire.model.stack import NAME_PATTERN, StackSpec
 from rackfire.store import StateStore
 
 T = TypeVar("T")
@@ -52,7 +52,7 @@ class SnapshotCommands:
             rec = self.commands.record(stack)
             name = name or time.strftime("s%Y%m%d-%H%M%S", time.gmtime(self.clock()))
             _check_name(name)
-            facts = [f for f in self.fleet.observe(stack) if _within(f.key, target)]
+            facts = [f for f in self.fleet.observe(stack) if target.matches(f.key)]
             if not facts:
                 raise Conflict(f"{target} has no instances to snapshot",
                                hint="see `rackfire ps`")
@@ -118,12 +118,12 @@ class SnapshotCommands:
     def of_stack(self, stack: str | None = None) -> list[Snapshot]:
         return self.table.of_stack(stack)
 
-    def restore(self, stack: str, name: str, to: str | None, confirm: bool,
-                actor: str) -> tuple[int, list[InstanceKey]]:
-        """Plant the snapshot's seeds in stack `to` (default: its own) and make its spec the
-        desired one (a whole-stack snapshot): every instance it holds is replaced from its
-        copy, rolling. Refused, before any change, onto instances that run unless
-        `confirm`, or if an instance is now on another host than its copy."""
+    def restore(self, stack: str, name: str, to: str | None, confirm: bool, actor: str,
+                *, spec: StackSpec | None = None) -> tuple[int, list[InstanceKey]]:
+        """Plant the snapshot's seeds in stack `to` (default: its own) and make its spec (or
+        `spec`, a clone's) the desired one, for a whole-stack snapshot: every instance it
+        holds is replaced from its copy, rolling. Refused, before any change, onto instances
+        that run unless `confirm`, or if an instance is now on another host than its copy."""
         target = to or stack
         with self.commands.audited(actor, target, f"{stack}@{name}", "restore"):
             snap = self.get(stack, name)
@@ -162,7 +162,8 @@ class SnapshotCommands:
             self.commands.enqueue(target)
             return generation, [s.key for s in seeds]
         try:
-            generation, _ = self.commands.apply(replace(snap.spec, name=target), None, actor)
+            generation, _ = self.commands.apply(spec or replace(snap.spec, name=target), None,
+                                                actor)
         except RackfireError:
             for s in seeds:
                 self.table.reap(s.key)
@@ -184,10 +185,6 @@ class SnapshotCommands:
             return {}
         with ThreadPoolExecutor(len(work), thread_name_prefix="snapshot") as pool:
             return dict(zip(work, pool.map(one, work), strict=True))
-
-
-def _within(key: InstanceKey, target: Target) -> bool:
-    return (target.role in (None, key.role)) and (target.index in (None, key.index))
 
 
 def _key(stack: str, instance: str) -> InstanceKey:
