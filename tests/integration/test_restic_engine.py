@@ -146,7 +146,7 @@ def test_a_killed_restic_leaves_no_obstacle(engine: Restic) -> None:
         for _ in range(50):  # restic's stdin goes with it
             yield bytes(1 << 20)
 
-    with pytest.raises(ExecError):
+    with pytest.raises(ExecError, match="was killed"):
         engine.backup_stream(killing(), FILE, TAGS, "host-a")
     assert engine.forget(Keep(last=1), tags=["stack=shop"]) == []
     assert [s.id for s in engine.snapshots()] == [keep]

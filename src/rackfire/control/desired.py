@@ -110,8 +110,10 @@ class DesiredState:
                     if (s := seeds.get(r.key)) is not None else r
                     for r in plain(ready=ready)]
 
+        primaries = {role: (p.index, p.term)
+                     for role, p in self.store.primaries.of_stack(spec.name).items()}
         plain = partial(render_stack, spec, ips, digests, network,
-                        self.agent.info().runtimes[0], app_digests=layers)
+                        self.agent.info().runtimes[0], app_digests=layers, primaries=primaries)
         observed = self.agent.observe(spec.name)
         requests = render(self.ready_keys(spec, observed) if rec else ())
         return Desired(network, {r.key: r.ip for r in requests}, requests, images, layers,

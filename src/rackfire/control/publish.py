@@ -84,14 +84,19 @@ class Publisher:
         reloaded = self._reload_changed(rec, desired.render(ready_keys), observed)
         ports = []
         hosts: list[tuple[str, list[str]]] = []
+        primaries = self.store.primaries.of_stack(rec.name)
         for role in rec.spec.roles:
             mine = [k for k in sorted(observed) if k.role == role.name and k not in exclude
                     and k in desired.ips]
             ready_ones = [k for k in mine if k in ready_keys]
+            if role.ha.primary:  # its name and ports lead to the primary alone
+                first = primaries[role.name].index if role.name in primaries else 0
+                ready_ones = [k for k in ready_ones if k.index == first]
             for k in mine:
                 f = observed.get(k)
                 if k in ready_keys:
-                    hosts.append((desired.ips[k], [k.name, k.role]))
+                    named = not role.ha.primary or k in ready_ones
+                    hosts.append((desired.ips[k], [k.name, k.role] if named else [k.name]))
                 elif f is not None and f.state is InstanceState.RUNNING and \
                         health_of(f, statuses.get(k))[0] is not Health.UNHEALTHY:
                     hosts.append((desired.ips[k], [k.name]))

@@ -21,6 +21,7 @@ from rackfire.control.fleet import Fleet
 from rackfire.control.health import health_of
 from rackfire.control.moves import Moves
 from rackfire.control.placement import Placer
+from rackfire.control.primaries import Promoter
 from rackfire.control.publish import Publisher
 from rackfire.control.workqueue import WorkQueue
 from rackfire.errors import Conflict, ExecError, PrereqError, RackfireError, SpecError
@@ -58,6 +59,7 @@ class Reconciler:
         self.desired, self.placer, self.publisher = desired, placer, publisher
         self.moves, self.commands, self.failover = moves, commands, failover
         self.executor = Executor(store, fleet)
+        self.promoter = Promoter(store, fleet, publisher.ready_keys)
         self.waits = store.waits
 
     def reconcile_safely(self, name: str) -> None:
@@ -99,6 +101,7 @@ class Reconciler:
         if rec.deleting:
             return self._reconcile_deleted(rec)
         fence_due = self.failover.run(rec.spec)  # before the planner: where they are now
+        promote_due = self.promoter.run(rec.spec)  # and who the primaries are
         self.publisher.vips.place(name, rec.spec.vip)  # at once, not after the starts below
         desired = self.desired.make(rec.spec, rec, build=True)
         if desired.builds:
@@ -148,7 +151,7 @@ class Reconciler:
             settled = {r.name for r in rec.spec.roles} - {k.role for k in unready}
             releases.settle(self.store, [current[r] for r in settled])
         waiting = (None if verdict.due is None else verdict.due - self.clock(),
-                   migrating_again, fence_due)
+                   migrating_again, fence_due, promote_due)
         if failed:
             self.store.set_stack_status(name, rec.generation, StackStatus.FAILED, failed)
             if outcome.held and not verdict.failed:  # a health change or resync looks again

@@ -198,6 +198,16 @@ class Snapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class Primary:
+    """The primary of a primary role, since when, and in which term (rising at each
+    promotion)."""
+
+    index: int
+    term: int
+    since: float
+
+
+@dataclass(frozen=True, slots=True)
 class Seed:
     """An instance to be made (or replaced) from a snapshot's copy of `source`'s disks,
     on the host that holds them: a restore, once, by the next create of the instance."""

@@ -129,7 +129,10 @@ class HaPolicy:
     singleton: bool = False  # never two copies at once: replaced only after the fence
     replace: Replace | None = None  # None: fenced for a singleton, else immediate
     fence: bool | None = None  # stopped by its host when that loses the controller (None:
-    #                            a singleton's are)
+    #                            a singleton's and a primary role's are)
+    # One instance is the primary (control/primaries.py): the role's name resolves to it
+    # alone, templates see which one it is, and another is promoted once its host is fenced.
+    primary: bool = False
 
 
 class Spread(StrEnum):
@@ -193,7 +196,7 @@ class RoleSpec:
     @property
     def self_fences(self) -> bool:
         """Its host stops its instances when that host cannot renew its lease."""
-        return self.singleton if self.ha.fence is None else self.ha.fence
+        return (self.singleton or self.ha.primary) if self.ha.fence is None else self.ha.fence
 
     def uses_closure(self, roles: dict[str, RoleSpec]) -> set[str]:
         """Every role this one uses, directly or through others."""
@@ -275,7 +278,8 @@ def _role_from_json(r: dict[str, Any]) -> RoleSpec:
 
 def _ha_from_json(h: dict[str, Any]) -> HaPolicy:
     return HaPolicy(h.get("singleton", False),
-                    Replace(h["replace"]) if h.get("replace") else None, h.get("fence"))
+                    Replace(h["replace"]) if h.get("replace") else None, h.get("fence"),
+                    h.get("primary", False))
 
 
 def _reload_from_json(r: dict[str, Any]) -> ReloadSpec:

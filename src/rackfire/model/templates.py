@@ -218,15 +218,20 @@ def peer(name: str, ip: str, index: int) -> dict[str, Any]:
     return {"name": name, "ip": ip, "index": index}
 
 
-def role_view(instances: list[dict[str, Any]], ready: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"instances": instances, "count": len(instances), "ready": ready}
+def role_view(instances: list[dict[str, Any]], ready: list[dict[str, Any]],
+              primary: dict[str, Any] | None = None, term: int = 0) -> dict[str, Any]:
+    """`primary` (and its `term`): a primary role's primary instance, else None."""
+    return {"instances": instances, "count": len(instances), "ready": ready,
+            "primary": primary, "term": term}
 
 
 def context(*, stack: str, role: str, count: int, env: Mapping[str, str], name: str, ip: str,
-            index: int, instance_id: str, roles: Mapping[str, Any]) -> dict[str, Any]:
+            index: int, instance_id: str, roles: Mapping[str, Any],
+            primary: bool = False) -> dict[str, Any]:
     """What a template sees; `roles` is the role itself and those it `uses`, by role_view."""
     return {
-        "instance": {"name": name, "ip": ip, "index": index, "id": instance_id, "role": role},
+        "instance": {"name": name, "ip": ip, "index": index, "id": instance_id, "role": role,
+                     "primary": primary},
         "role": {"name": role, "count": count},
         "stack": {"name": stack},
         "roles": roles,
@@ -234,5 +239,6 @@ def context(*, stack: str, role: str, count: int, env: Mapping[str, str], name: 
     }
 
 
-HINT = ("templates see instance.{name,ip,index}, role, stack, env, and roles.<r>.instances, "
-        ".ready and .count for the role itself and the roles it `uses`")
+HINT = ("templates see instance.{name,ip,index,primary}, role, stack, env, and "
+        "roles.<r>.instances, .ready, .count, .primary and .term for the role itself and the "
+        "roles it `uses`")

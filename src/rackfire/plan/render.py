@@ -78,11 +78,15 @@ def render_stack(
     *,
     app_digests: Mapping[str, str] | None = None,
     ready: Collection[InstanceKey] = (),
+    primaries: Mapping[str, tuple[int, int]] | None = None,
 ) -> list[InstanceRequest]:
     """Every desired instance of the stack, with its config rendered from the templates,
     then the surge instances a rollout may add (`surge=True`; those that have an IP).
-    `image_digests` is by image name, `app_digests` (release layers, once built) by role."""
+    `image_digests` is by image name, `app_digests` (release layers, once built) by role,
+    `primaries` (index, term) by primary role (its first instance, term 1, if not given)."""
     app_digests = app_digests or {}
+    chosen = {r.name: (primaries or {}).get(r.name, (0, 1)) for r in stack.roles
+              if r.ha.primary}
 
     def entry(k: InstanceKey) -> dict[str, Any]:
         return templates.peer(k.name, ips[k], k.index)
@@ -99,7 +103,8 @@ def render_stack(
         env = app_env(role)
         app_digest = app_digests.get(role.name, "") if role.app else ""
         fields = spec_fields(role, role.image_digest or image_digests[role.image], runtime)
-        visible = {r: templates.role_view(peers[r], ready_peers[r])
+        visible = {r: templates.role_view(peers[r], ready_peers[r],
+                                          *_primary(peers[r], chosen.get(r)))
                    for r in (role.name, *role.uses)}
         keys = [k for k in role_keys(stack.name, role, surge=True) if k in ips]
         # path -> a file that reads nothing of its instance, and its size
@@ -112,7 +117,8 @@ def render_stack(
             index = key.index
             ctx = templates.context(stack=stack.name, role=role.name, count=role.count,
                                     env=dict(role.env), name=key.name, ip=ips[key],
-                                    index=index, instance_id=key.id, roles=visible)
+                                    index=index, instance_id=key.id, roles=visible,
+                                    primary=chosen.get(role.name, (-1, 0))[0] == index)
             files = _render_files(role, ctx, shared, steps)
             request = InstanceRequest(
                 key=key,
@@ -140,6 +146,15 @@ def render_stack(
             )
             out.append(request)
     return out
+
+
+def _primary(peers: list[dict[str, Any]],
+             chosen: tuple[int, int] | None) -> tuple[dict[str, Any] | None, int]:
+    """A primary role's primary peer (None while it is scaled to nothing) and term."""
+    if chosen is None:
+        return None, 0
+    index, term = chosen
+    return next((p for p in peers if p["index"] == index), None), term
 
 
 def _render_files(role: RoleSpec, ctx: dict[str, Any], shared: dict[str, tuple[str, int]],

@@ -1,9 +1,11 @@
 """The backup engine: a typed wrapper over the restic 0.14 CLI (Debian's `restic`).
 
-restic stores what it is given deduplicated, compressed-by-nothing-here and encrypted, in a
-repository that is a directory or a bucket (`s3:http://host:port/bucket/prefix`); we never
-write a chunk store of our own. A backup here is one stream (`backup --stdin`), fed chunk by
-chunk and never held whole in memory, and read back the same way (`dump`).
+restic stores what it is given deduplicated (content-defined chunks: a later backup of a
+disk stores what changed), compressed (0.14 makes format-2 repositories: zstd where it pays)
+and encrypted, in a repository that is a directory or a bucket
+(`s3:http://host:port/bucket/prefix`); we never write a chunk store of our own. A backup
+here is one stream (`backup --stdin`), fed chunk by chunk and never held whole in memory,
+and read back the same way (`dump`).
 
 Secrets: the repository's password, and the bucket's keys (Repository.env), reach restic only
 through its environment (RESTIC_PASSWORD, AWS_*); the repository's address too
@@ -15,7 +17,8 @@ Every call has a deadline. restic gives up at once when it cannot reach a reposi
 all (its first request, for the config, is not retried), but once it has reached it, a
 backend that fails is retried for minutes per request (0.14 has no option to bound that):
 a repository lost mid-backup is bounded only by the deadline, at which restic is
-interrupted (it then drops its lock and saves no snapshot), then killed.
+interrupted (it saves no snapshot and drops its lock), then killed GRACE seconds later if
+it is still retrying (its lock then stays, stale: see below).
 
 Locks: restic locks the repository for every write (backup: shared; forget --prune and
 check: exclusive). A restic killed outright leaves its lock behind, and an exclusive lock
@@ -443,6 +446,9 @@ class Restic:
         if m:
             return (NotFound, f"no file {m.group(1)} in snapshot {snapshot} of backup "
                     f"repository {repo}", "")
+        if rc < 0:
+            return (ExecError, f"restic {what} on {repo} was killed (signal {-rc})",
+                    "nothing was saved; a lock it left is removed by the next forget or check")
         if "repository contains errors" in low or what == "check":
             return (ExecError, f"backup repository {repo} failed its check: {_lines(text)}",
                     "the repository is damaged: back up anew to another one")

@@ -87,7 +87,8 @@ def _role(name: str, m: RoleModel, base_dir: Path | None) -> RoleSpec:
         # The CLI uploads the dir; the server fills in its digest (api: StackSource.sources).
         app=AppSource(_resolved(m.app, base_dir)) if m.app else None,
         logs=_logs(m.logs),
-        ha=HaPolicy(m.ha.singleton, m.ha.replace, m.ha.fence) if m.ha else HaPolicy(),
+        ha=HaPolicy(m.ha.singleton, m.ha.replace, m.ha.fence, m.ha.primary) if m.ha
+        else HaPolicy(),
         placement=PlacementRule(m.placement.spread if m.placement else None),
         egress=m.egress,
         **_given(stop_timeout=m.stop_timeout),

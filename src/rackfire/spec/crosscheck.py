@@ -92,13 +92,15 @@ def _check_renders(model: StackModel, doc: Document) -> list[SpecProblem]:
         if not role.count or not role.files:
             continue
         first = InstanceKey(model.stack, name, 0)
-        visible = {r: templates.role_view(peers[r], peers[r]) for r in (name, *role.uses)}
+        visible = {r: templates.role_view(peers[r], peers[r], *_primary(model, r, peers[r]))
+                   for r in (name, *role.uses)}
         # What _check_own_ready cannot see by name: `{% set me = roles[role.name] %}`.
         own = visible[name] = _Watched(visible[name])
         named = _own_ready_files(name, role)
         ctx = templates.context(stack=model.stack, role=name, count=role.count, env=role.env,
                                 name=first.name, ip=peers[name][0]["ip"], index=0,
-                                instance_id=first.id, roles=visible)
+                                instance_id=first.id, roles=visible,
+                                primary=bool(role.ha and role.ha.primary))
         disk = role.resources.disk if role.resources and role.resources.disk else None
         disk = disk or Resources().disk
         used = 0
@@ -130,6 +132,13 @@ class _Watched(dict[str, Any]):
     def get(self, key: str, default: Any = None) -> Any:
         self.read = self.read or key == "ready"
         return super().get(key, default)
+
+
+def _primary(model: StackModel, name: str,
+             peers: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, int]:
+    """As the renderer sees a primary role at first: its first instance, in term 1."""
+    ha = model.roles[name].ha
+    return (peers[0] if peers else None, 1) if ha and ha.primary else (None, 0)
 
 
 def _cannot_settle(role: RoleModel) -> bool:

@@ -389,9 +389,19 @@ class HaModel(_Strict):
     fence: bool | None = Field(None, strict=True, description=
                                "its host stops it when that loses the controller (default: "
                                "singletons only)")
+    primary: bool = Field(False, strict=True, description=
+                          "one instance is the primary: the role's name resolves to it, "
+                          "templates see it (instance.primary, roles.<r>.primary), and "
+                          "another is promoted once its host is fenced")
 
     @model_validator(mode="after")
     def _singleton_fenced(self) -> Self:
+        if self.singleton and self.primary:
+            raise ValueError("a singleton has one instance: `primary` is for a role of "
+                             "several (a primary and its standbys)")
+        if self.primary and self.fence is False:
+            raise ValueError("a primary's host stops it when it loses the controller, so "
+                             "that a standby can be promoted: drop `fence: false`")
         if self.singleton and self.replace is Replace.IMMEDIATE:
             raise ValueError("a singleton is replaced only after its host's fence: drop "
                              "`replace: immediate`, or `singleton`")
@@ -407,7 +417,7 @@ def _ha(value: object) -> object:
         return {"singleton": True}
     if isinstance(value, str):
         raise ValueError(f"{value!r} is not an ha policy: `singleton`, or a mapping with "
-                         "singleton, replace, fence")
+                         "singleton, replace, fence, primary")
     return value
 
 
@@ -447,7 +457,7 @@ class RoleModel(_Strict):
         None, description="how much console log its instances keep (default 10M x 3)")
     ha: Annotated[HaModel, BeforeValidator(_ha)] | None = Field(
         None, description="`singleton`, or how its instances fail over: {singleton, replace, "
-        "fence}")
+        "fence, primary}")
     placement: PlacementModel | None = None
     egress: bool = Field(True, strict=True, description=
                          "reach the outside world through its host (NAT); false: only its "

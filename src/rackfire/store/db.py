@@ -53,6 +53,7 @@ class Store:
         # as they build on this one.
         from rackfire.store.hosts import HostRegistry
         from rackfire.store.placements import Placements
+        from rackfire.store.primaries import Primaries
         from rackfire.store.rollouts import RolloutWaits
         from rackfire.store.snapshots import Snapshots
 
@@ -60,6 +61,7 @@ class Store:
         self.placements = Placements(self)
         self.waits = RolloutWaits(self)
         self.snapshots = Snapshots(self)
+        self.primaries = Primaries(self)
 
     def _migrate(self) -> None:
         """Columns added after a table was first made, added to existing databases."""
@@ -171,7 +173,8 @@ class Store:
             if not (row and row["keep_data"]):  # snapshots stay with the data disks
                 db.execute("DELETE FROM snapshots WHERE stack=?", (name,))
             for table in ("stacks", "ips", "instance_status", "overrides", "releases",
-                          "placements", "vnis", "migrations", "rollout_waits", "seeds"):
+                          "placements", "vnis", "migrations", "rollout_waits", "seeds",
+                          "primaries"):
                 col = "name" if table == "stacks" else "stack"
                 db.execute(f"DELETE FROM {table} WHERE {col}=?", (name,))  # noqa: S608
 

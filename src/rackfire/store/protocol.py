@@ -17,6 +17,7 @@ from rackfire.model.records import (
     InstanceStatus,
     Migration,
     Override,
+    Primary,
     Release,
     ReleaseStatus,
     RolloutWait,
@@ -88,6 +89,13 @@ class SnapshotTable(Protocol):
     def reap(self, key: InstanceKey) -> None: ...
 
 
+class PrimaryTable(Protocol):
+    """The primary of each primary role (store/primaries.py)."""
+
+    def of_stack(self, stack: str) -> dict[str, Primary]: ...
+    def promote(self, stack: str, role: str, index: int, term: int, since: float) -> bool: ...
+
+
 class StateStore(Protocol):
     """Desired stacks, IPs, the action journal, health, releases, events (store/db.py)."""
 
@@ -99,6 +107,8 @@ class StateStore(Protocol):
     def waits(self) -> RolloutTable: ...
     @property
     def snapshots(self) -> SnapshotTable: ...
+    @property
+    def primaries(self) -> PrimaryTable: ...
 
     def put_stack(self, spec: StackSpec, subnet: str, expected_generation: int | None,
                   actor: str = "") -> int: ...

@@ -99,6 +99,11 @@ CREATE TABLE IF NOT EXISTS seeds (
     host TEXT NOT NULL,
     PRIMARY KEY (stack, role, idx)
 );
+CREATE TABLE IF NOT EXISTS primaries (
+    stack TEXT NOT NULL, role TEXT NOT NULL, idx INTEGER NOT NULL, term INTEGER NOT NULL,
+    since REAL NOT NULL,
+    PRIMARY KEY (stack, role)
+);
 CREATE TABLE IF NOT EXISTS overrides (
     stack TEXT NOT NULL, role TEXT NOT NULL, field TEXT NOT NULL,
     value TEXT NOT NULL, actor TEXT NOT NULL, time REAL NOT NULL,
