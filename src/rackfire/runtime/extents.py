@@ -27,12 +27,13 @@ name, a sequence number). Pieces are ascending and do not overlap; an "X" holds 
 included: it catches a corrupted stream. "Z" ends it: a stream cut anywhere is refused.
 
 Why tokens and not a digest of the base: a whole-disk digest (diskcopy.disk_digest) reads
-all the disk holds on both sides, ~400 MiB for a 512 MiB disk, at every shipment of a few
-MiB every few seconds. Instead the standby's token lives beside it, in `<target>.token`,
-bound to the target file's inode, size and mtime: the token of a file that changed since
-(mounted by a failover, written by hand, replaced by something else) no longer counts, and
-a delta onto it is refused. A token says which version the target holds because the target
-is never written in place: `apply_delta` stages a reflink clone of it (freeze.clone; a
+all the disk holds on both sides at every shipment of a few MiB every few seconds (0.6 s
+warm, 0.8 s cold for a 512 MiB disk holding 400 MiB, where FIEMAP took 0.3 ms and
+shipping 8 MiB of changes 40-60 ms). Instead the standby's token lives beside it, in
+`<target>.token`, bound to the target file's inode, size and mtime: the token of a file that
+changed since (mounted by a failover, written by hand, replaced) no longer counts, and a
+delta onto it is refused. A token says which version the target holds because the target is
+never written in place: `apply_delta` stages a reflink clone of it (freeze.clone; a
 sparse copy where there are no reflinks), applies the stream there, fsyncs it, and renames
 it over the target. A cut stream, a crash or a refusal leaves the earlier version whole.
 `diskcopy.disk_digest` of both sides remains the way to audit a standby now and then.
@@ -180,7 +181,10 @@ def _by_fiemap(base: int, base_size: int, new: int, size: int) -> list[tuple[int
 
 def diff_maps(a: list[Extent], b: list[Extent], size: int) -> tuple[list[tuple[int, int]], int]:
     """The ranges below `size` where the extent maps `a` and `b` (each in logical order)
-    do not map to the same blocks, and how many bytes they do map to the same blocks."""
+    do not map to the same blocks, and how many bytes they do map to the same blocks.
+    An unwritten extent (allocated, not written) reads as zeros, as a hole does: XFS does
+    not share one with a clone, which has a hole there instead."""
+    a, b = _written(a), _written(b)
     points = sorted({0, size} | {min(max(p, 0), size) for e in a + b
                                  for p in (e.logical, e.end)})
     changed: list[tuple[int, int]] = []
@@ -204,11 +208,13 @@ def diff_maps(a: list[Extent], b: list[Extent], size: int) -> tuple[list[tuple[i
     return changed, shared
 
 
+def _written(extents: list[Extent]) -> list[Extent]:
+    return [e for e in extents if e.flags & (EXTENT_UNWRITTEN | _UNSURE) != EXTENT_UNWRITTEN]
+
+
 def _same_blocks(a: Extent, b: Extent) -> bool:
-    """Whether the two map the same offsets to the same physical blocks, known to hold data
-    in the same state."""
+    """Whether the two map the same offsets to the same physical blocks, known to be there."""
     return not (a.flags | b.flags) & _UNSURE \
-        and a.flags & EXTENT_UNWRITTEN == b.flags & EXTENT_UNWRITTEN \
         and a.physical - a.logical == b.physical - b.logical
 
 
@@ -493,7 +499,8 @@ def apply_delta(target: Path, chunks: Iterable[bytes], instance_id: str) -> Appl
     Refused (PrereqError, the target and its token as they were) if the stream is another
     instance's, applies to a version the target does not hold (by its token), is malformed,
     corrupt or cut; a target that a loop device holds (in use) is refused too. Anything else
-    that fails leaves them as they were as well."""
+    that fails leaves them as they were as well. One apply at a time per target (they
+    share a staging file): the caller's replication loop is that one."""
     if target.exists():
         check_unused(target)
     r = _Reader(chunks)

@@ -198,7 +198,9 @@ class Restic:
 
     def init(self) -> bool:
         """Make the repository if there is none; True if this call made it. An existing
-        one is fine if the password opens it (a wrong one raises, as everywhere)."""
+        one is fine if the password opens it (a wrong one raises, as everywhere). Where it
+        goes must exist: a directory's parent, a bucket (restic would make either; a
+        mistyped name would then quietly hold the backups)."""
         local = self.repo.local_path
         if local is not None and not local.parent.is_dir():
             # restic would make every missing directory: a backup volume not mounted would
@@ -325,7 +327,7 @@ class Restic:
         out = self._exclusive(["forget", "--json", "-q", "--prune", f"--group-by={group_by}",
                                *([f"--tag={tag}"] if tag else []), *rules], what="forget")
         removed: list[str] = []
-        for group in _json_list(out):
+        for group in _json_list(out, self.repo):
             if isinstance(group, dict):
                 removed += [str(s["id"]) for s in group.get("remove") or ()]
         return removed
@@ -348,7 +350,7 @@ class Restic:
 
     def _snapshots(self, select: list[str]) -> list[Snap]:
         out = self._run(["snapshots", "--json", "--no-lock", *select], what="list snapshots")
-        return sorted((_snap(s) for s in _json_list(out)), key=lambda s: s.time)
+        return sorted((_snap(s) for s in _json_list(out, self.repo)), key=lambda s: s.time)
 
     def _exclusive(self, args: list[str], *, what: str) -> str:
         try:
@@ -551,16 +553,19 @@ def _summary(stdout: str) -> dict[str, object] | None:
     return None
 
 
-def _json_list(stdout: str) -> list[object]:
+def _json_list(stdout: str, repo: Repository) -> list[object]:
     """The JSON array restic printed (forget may print a line of text after it)."""
     for line in stdout.splitlines():
         if line.startswith("["):
-            value = json.loads(line)
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
             if isinstance(value, list):
                 return value
     if stdout.strip() in ("", "null"):
         return []
-    raise ExecError(f"restic printed no JSON list: {stdout[:200]!r}")
+    raise ExecError(repo.redact(f"restic printed no JSON list: {stdout[:200]!r}"))
 
 
 def _snap(s: object) -> Snap:
