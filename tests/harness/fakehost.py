@@ -26,6 +26,8 @@ from pathlib import Path
 from rackfire import __version__
 from rackfire.errors import Conflict, ExecError, NotFound, PrereqError
 from rackfire.model.agent import (
+    BackedUp,
+    BackupTarget,
     HostCapacity,
     HostInfo,
     ImageSummary,
@@ -306,6 +308,20 @@ class FakeHost:
         with self._lock, self._mutating("stage_snapshot", str(key)):
             if name not in self.snapshots.get(stack, set()):
                 raise NotFound(f"snapshot {stack}@{name} is not on host {self.name}")
+
+    def backup_snapshot(self, stack: str, name: str, repo: BackupTarget,
+                        tags: list[str]) -> list[BackedUp]:
+        raise PrereqError("the fake host has no backup engine")
+
+    def fetch_backup(self, stack: str, name: str, repo: BackupTarget,
+                     parts: list[tuple[str, str]]) -> list[SnapshotPart]:
+        raise PrereqError("the fake host has no backup engine")
+
+    def verify_backup(self, repo: BackupTarget, archives: list[str]) -> int:
+        raise PrereqError("the fake host has no backup engine")
+
+    def forget_backups(self, repo: BackupTarget, archives: list[str]) -> None:
+        raise PrereqError("the fake host has no backup engine")
 
     def send_disks(self, key: InstanceKey) -> Iterator[bytes]:
         raise PrereqError("the fake host moves no disks")

@@ -89,8 +89,11 @@ class Server:
                 self.kill9()
 
     def cli(self, *args: str, check: bool = True, timeout: float = 180,
-            input: str | None = None) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([sys.executable, "-m", "rackfire", *args], env=self.env,
+            input: str | None = None,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """`env`: more variables for the CLI (a repository's keys, say)."""
+        proc = subprocess.run([sys.executable, "-m", "rackfire", *args],
+                              env={**self.env, **(env or {})},
                               capture_output=True, text=True, timeout=timeout, input=input,
                               check=False)
         if check and proc.returncode != 0:

@@ -118,7 +118,7 @@ def test_typoed_key_suggests_the_allowed_one() -> None:
             comand: [sh]
     """)
     assert where(p) == (5, 5, "roles.web.comand")
-    assert "unknown key 'comand'; allowed: app, command, count, data, egress, env" in p.message
+    assert "unknown key 'comand'; allowed: app, backup, command, count, data, egress" in p.message
     assert p.message.endswith("did you mean 'command'?")
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rackfire import __version__
+from rackfire.agent.backups import HostBackups
 from rackfire.agent.probe import probe, probe_exec
 from rackfire.agent.proxy import Proxy
 from rackfire.agent.snapshots import HostSnapshots
@@ -32,6 +33,8 @@ from rackfire.images.safe_tar import import_tarball
 from rackfire.images.store import ImageInfo, ImageStore, check_digest
 from rackfire.images.transfer import LayerSource, pack_layer, receive_layer
 from rackfire.model.agent import (
+    BackedUp,
+    BackupTarget,
     HostCapacity,
     HostInfo,
     ImageSummary,
@@ -101,6 +104,7 @@ class LocalAgent:
         self.snapshots = HostSnapshots(data_dir / "snapshots", data_dir / "instances",
                                        self._volumes, self._incoming)
         self.snapshots.thaw_all()
+        self.backups = HostBackups(self.snapshots, data_dir / "backups", self.host)
 
     def info(self) -> HostInfo:
         return HostInfo(self.host, self._order)
@@ -289,6 +293,20 @@ class LocalAgent:
         _check_key(key)
         with self._disks_lock(key):
             self.snapshots.stage(key, stack, name, source)
+
+    def backup_snapshot(self, stack: str, name: str, repo: BackupTarget,
+                        tags: list[str]) -> list[BackedUp]:
+        return self.backups.send(stack, name, repo, tags)
+
+    def fetch_backup(self, stack: str, name: str, repo: BackupTarget,
+                     parts: list[tuple[str, str]]) -> list[SnapshotPart]:
+        return self.backups.fetch(stack, name, repo, parts)
+
+    def verify_backup(self, repo: BackupTarget, archives: list[str]) -> int:
+        return self.backups.verify(repo, archives)
+
+    def forget_backups(self, repo: BackupTarget, archives: list[str]) -> None:
+        self.backups.forget(repo, archives)
 
     def discard_disks(self, key: InstanceKey) -> None:
         """Remove the instance's data disk and what was received of its disks on this host:

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rackfire.errors import ExecError, NotFound, PrereqError
@@ -40,20 +41,38 @@ class HostSnapshots:
         self._incoming = incoming
 
     def take(self, stack: str, name: str, keys: list[InstanceKey]) -> list[SnapshotPart]:
-        final = self._path(stack, name)
+        return self.made(stack, name, lambda staging: self._copy(keys, staging))
+
+    def made(self, stack: str, name: str,
+             fill: Callable[[Path], list[SnapshotPart]]) -> list[SnapshotPart]:
+        """Snapshot `name` made by `fill` in its staging dir, renamed once it is whole;
+        refused if it exists, removed if `fill` fails."""
+        final = self.path(stack, name)
         staging = final.with_name(name + ".new")
         if final.exists():
             raise PrereqError(f"snapshot {stack}@{name} already exists on this host")
         shutil.rmtree(staging, ignore_errors=True)  # an interrupted earlier try
         staging.mkdir(parents=True, mode=0o700)
         try:
-            parts = self._copy(keys, staging)
+            parts = fill(staging)
+            diskcopy.fsync_path(staging)
             os.rename(staging, final)
             diskcopy.fsync_path(final.parent)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return parts
+
+    def record_part(self, where: Path, key: InstanceKey, labels: list[str], method: str,
+                    frozen_ms: float, taken: float | None = None) -> SnapshotPart:
+        """What one instance's copy in `where` is, written beside it (part.json)."""
+        taken = time.time() if taken is None else taken
+        copies = tuple(SnapshotDisk(label, os.stat(where / label).st_size,
+                                    freeze.allocated(where / label)) for label in labels)
+        (where / PART).write_text(json.dumps(
+            {"id": key.id, "disks": labels, "method": method, "frozen_ms": frozen_ms,
+             "taken": taken}))
+        return SnapshotPart(key, copies, method if copies else "", frozen_ms, taken)
 
     def _copy(self, keys: list[InstanceKey], staging: Path) -> list[SnapshotPart]:
         disks: dict[InstanceKey, list[tuple[str, Path, Path | None]]] = {}
@@ -74,24 +93,16 @@ class HostSnapshots:
                 methods[key] = {freeze.clone(img, staging / key.name / label)
                                 for label, img, _ in found}
         frozen_ms = (time.perf_counter() - t0) * 1000 if held else 0.0
-        parts = []
-        for key, found in disks.items():
-            copies = tuple(
-                SnapshotDisk(label, os.stat(staging / key.name / label).st_size,
-                             freeze.allocated(staging / key.name / label))
-                for label, _, _ in found)
-            method = freeze.COPY if freeze.COPY in methods[key] else freeze.REFLINK
-            part = SnapshotPart(key, copies, method if copies else "", frozen_ms, start)
-            (staging / key.name / PART).write_text(json.dumps(
-                {"id": key.id, "disks": [d.name for d in copies], "method": part.method,
-                 "frozen_ms": frozen_ms, "taken": start}))
-            parts.append(part)
+        parts = [self.record_part(staging / key.name, key, [label for label, _, _ in found],
+                                  freeze.COPY if freeze.COPY in methods[key] else freeze.REFLINK,
+                                  frozen_ms, start)
+                 for key, found in disks.items()]
         log.info("snapshot %s: %d instance(s) frozen %.1f ms", staging.name, len(parts),
                  frozen_ms)
         return parts
 
     def remove(self, stack: str, name: str) -> None:
-        path = self._path(stack, name)
+        path = self.path(stack, name)
         for p in (path, path.with_name(name + ".new")):
             shutil.rmtree(p, ignore_errors=True)
         with_stack = path.parent
@@ -106,7 +117,7 @@ class HostSnapshots:
         """Copy `source`'s disks of the snapshot into <incoming>/<key id>/ with the manifest
         a received copy has (runtime/diskcopy.py), replacing an earlier one."""
         _check(source, "instance")
-        found = self._path(stack, name) / source
+        found = self.path(stack, name) / source
         if not (found / diskcopy.ROOT_DISK).is_file():
             raise NotFound(f"snapshot {stack}@{name} holds no disks of {source} on this host",
                            hint="restore it on the host that took it (`snapshot ls`)")
@@ -141,7 +152,7 @@ class HostSnapshots:
             except (OSError, ExecError):
                 continue  # not a filesystem that freezes (an overlay): nothing to thaw
 
-    def _path(self, stack: str, name: str) -> Path:
+    def path(self, stack: str, name: str) -> Path:
         _check(stack, "stack")
         _check(name, "snapshot")
         return self.root / stack / name

@@ -15,6 +15,8 @@ from typing import Any
 from rackfire.model.agent import (
     ACTION,
     CALLS,
+    BackedUp,
+    BackupTarget,
     HostCapacity,
     HostInfo,
     InstanceStats,
@@ -128,6 +130,23 @@ class TableClient(ABC):
 
     def stage_snapshot(self, key: InstanceKey, stack: str, name: str, source: str) -> None:
         self._c("stage_snapshot", key=key, stack=stack, name=name, source=source)
+
+    def backup_snapshot(self, stack: str, name: str, repo: BackupTarget,
+                        tags: list[str]) -> list[BackedUp]:
+        return self._c("backup_snapshot", stack=stack,  # type: ignore[no-any-return]
+                       name=name, repo=repo, tags=tags)
+
+    def fetch_backup(self, stack: str, name: str, repo: BackupTarget,
+                     parts: list[tuple[str, str]]) -> list[SnapshotPart]:
+        return self._c("fetch_backup", stack=stack,  # type: ignore[no-any-return]
+                       name=name, repo=repo, parts=parts)
+
+    def verify_backup(self, repo: BackupTarget, archives: list[str]) -> int:
+        return self._c("verify_backup", repo=repo,  # type: ignore[no-any-return]
+                       archives=archives)
+
+    def forget_backups(self, repo: BackupTarget, archives: list[str]) -> None:
+        self._c("forget_backups", repo=repo, archives=archives)
 
     def stats(self, stack: str) -> list[InstanceStats]:
         return self._c("stats", stack=stack)  # type: ignore[no-any-return]

@@ -21,7 +21,14 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, WithJsonSchema
 from rackfire.api.types import DIGEST_PATTERN, Operation
 from rackfire.model.host import HostState
 from rackfire.model.instance import Health
-from rackfire.model.records import ReleaseStatus, Snapshot, SnapshotState
+from rackfire.model.records import (
+    Backup,
+    BackupState,
+    ReleaseStatus,
+    Repository,
+    Snapshot,
+    SnapshotState,
+)
 from rackfire.model.stack import RuntimeKind
 from rackfire.plan.actions import ActionKind, Plan
 from rackfire.schedule import Verdict
@@ -323,6 +330,63 @@ class RestoreAnswer(BaseModel):
     snapshot: str
     generation: int = Field(description="the stack's new generation")
     instances: list[InstanceName] = Field(description="those made again from it")
+
+
+class RepositoryAnswer(BaseModel):
+    """A backup repository: its name and address. Its password and keys are never shown."""
+
+    name: str
+    url: str
+    holds: list[str] = Field(description="what it keeps besides (the password, the names of "
+                             "its backend's variables), never their values")
+    created: Seconds
+    actor: str
+
+
+def repository_answer(repo: Repository) -> RepositoryAnswer:
+    return RepositoryAnswer(name=repo.name, url=repo.shown_url,
+                            holds=["password", *(k for k, _ in repo.env)],
+                            created=repo.created, actor=repo.actor)
+
+
+class BackupPartAnswer(BaseModel):
+    instance: str
+    host: str = Field(description="the host that sent it")
+    archive: str = Field(description="the repository's id of it (a restic snapshot)")
+    size: int = Field(ge=0, description="bytes sent")
+
+
+class BackupAnswer(BaseModel):
+    """A snapshot's disks in a repository, with the stack's spec and releases then."""
+
+    stack: str
+    name: str
+    ref: str = Field(description="STACK@NAME, as `backup restore` takes it")
+    repository: str
+    scope: str = Field(description="what was taken: a stack, a role or an instance")
+    created: Seconds
+    actor: str
+    state: BackupState
+    releases: list[str] = Field(description="ROLE vVERSION of each live release")
+    size: int = Field(ge=0, description="bytes sent")
+    parts: list[BackupPartAnswer]
+    error: str
+
+
+def backup_answer(b: Backup) -> BackupAnswer:
+    return BackupAnswer(
+        stack=b.stack, name=b.name, ref=b.ref, repository=b.repository,
+        scope=b.snapshot.scope, created=b.created, actor=b.actor, state=b.state,
+        releases=[f"{r.role} v{r.version}" for r in b.snapshot.releases],
+        size=sum(p.size for p in b.parts),
+        parts=[BackupPartAnswer(instance=p.instance, host=p.host, archive=p.archive,
+                                size=p.size) for p in b.parts], error=b.error)
+
+
+class VerifyAnswer(BaseModel):
+    backup: str
+    read: int = Field(ge=0, description="bytes read back, every disk's digest checked")
+    seconds: float
 
 
 class CloneAnswer(BaseModel):

@@ -361,6 +361,7 @@ def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Pa
         threading.Timer(0.2, shutdown).start()  # after this response has gone out
         return StopAnswer(stopping=True)
 
+    from rackfire.api.backups import add_backup_routes
     from rackfire.api.hosts import add_host_routes
     from rackfire.api.releases import add_release_routes
     from rackfire.api.snapshots import add_clone_routes, add_snapshot_routes
@@ -372,6 +373,7 @@ def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Pa
     add_host_routes(app, controller, ACTOR)
     add_snapshot_routes(app, controller, ACTOR)
     add_clone_routes(app, controller, ACTOR)
+    add_backup_routes(app, controller, ACTOR)
     return app
 
 

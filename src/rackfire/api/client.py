@@ -20,6 +20,7 @@ from rackfire.errors import AgentOffline, RackfireError
 
 if TYPE_CHECKING:
     from rackfire.api.shapes import (
+        BackupShape,
         CapacityShape,
         ChangeShape,
         CloneShape,
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
         PlanShape,
         ReleaseShape,
         RemovedShape,
+        RepositoryShape,
         RestoreShape,
         SnapshotShape,
         SourceShape,
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
         StatsShape,
         TarballShape,
         TokenShape,
+        VerifyShape,
     )
 
 DEFAULT_URL = "http://127.0.0.1:7480"
@@ -209,6 +212,43 @@ class Client:
     def restore(self, stack: str, name: str, to: str | None, confirm: bool) -> RestoreShape:
         return cast("RestoreShape", self._call(
             "POST", f"/v1/snapshots/{stack}/{name}/restore",
+            json={"to": to, "confirm": confirm}))
+
+    def add_repository(self, name: str, url: str, password: str,
+                       env: dict[str, str]) -> RepositoryShape:
+        return cast("RepositoryShape", self._call(
+            "POST", "/v1/repositories", timeout=300,
+            json={"name": name, "url": url, "password": password, "env": env}))
+
+    def repositories(self) -> list[RepositoryShape]:
+        return cast("list[RepositoryShape]", self._call("GET", "/v1/repositories"))
+
+    def remove_repository(self, name: str) -> RepositoryShape:
+        return cast("RepositoryShape", self._call("DELETE", f"/v1/repositories/{name}"))
+
+    def take_backup(self, stack: str, role: str | None, index: int | None, repository: str,
+                    name: str | None) -> BackupShape:
+        return cast("BackupShape", self._call(
+            "POST", "/v1/backups", timeout=6 * 3600,
+            json={"stack": stack, "role": role, "index": index, "repository": repository,
+                  "name": name}))
+
+    def backups(self, stack: str | None = None) -> list[BackupShape]:
+        return cast("list[BackupShape]", self._call(
+            "GET", "/v1/backups", params={"stack": stack} if stack else {}))
+
+    def remove_backup(self, stack: str, name: str) -> BackupShape:
+        return cast("BackupShape", self._call("DELETE", f"/v1/backups/{stack}/{name}",
+                                              timeout=600))
+
+    def verify_backup(self, stack: str, name: str) -> VerifyShape:
+        return cast("VerifyShape", self._call("POST", f"/v1/backups/{stack}/{name}/verify",
+                                              timeout=6 * 3600))
+
+    def restore_backup(self, stack: str, name: str, to: str | None,
+                       confirm: bool) -> RestoreShape:
+        return cast("RestoreShape", self._call(
+            "POST", f"/v1/backups/{stack}/{name}/restore", timeout=6 * 3600,
             json={"to": to, "confirm": confirm}))
 
     def clone(self, stack: str, new: str, snapshot: str | None,

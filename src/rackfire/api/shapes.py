@@ -15,6 +15,7 @@ from typing import Any, Literal, TypeAlias, TypedDict
 ActionKind: TypeAlias = Literal[
     "build-image", "build-release", "migrate", "destroy", "stop", "fail", "create", "restart",
     "resize", "reload", "reconfigure", "replace", "publish"]
+BackupState: TypeAlias = Literal["taking", "ready", "failed"]
 Health: TypeAlias = Literal["unknown", "starting", "healthy", "unhealthy", "-"]
 HostState: TypeAlias = Literal["ready", "draining", "down", "fenced"]
 Operation: TypeAlias = Literal["stop", "start", "restart"]
@@ -277,6 +278,47 @@ class RestoreShape(TypedDict):
     snapshot: str
     generation: int  # the stack's new generation
     instances: list[str]  # those made again from it
+
+
+class RepositoryShape(TypedDict):
+    """A backup repository: its name and address. Its password and keys are never shown."""
+
+    name: str
+    url: str
+    # what it keeps besides (the password, the names of its backend's variables), never their values
+    holds: list[str]
+    created: int | float
+    actor: str
+
+
+class BackupPartShape(TypedDict):
+    instance: str
+    host: str  # the host that sent it
+    archive: str  # the repository's id of it (a restic snapshot)
+    size: int  # bytes sent
+
+
+class BackupShape(TypedDict):
+    """A snapshot's disks in a repository, with the stack's spec and releases then."""
+
+    stack: str
+    name: str
+    ref: str  # STACK@NAME, as `backup restore` takes it
+    repository: str
+    scope: str  # what was taken: a stack, a role or an instance
+    created: int | float
+    actor: str
+    state: BackupState
+    releases: list[str]  # ROLE vVERSION of each live release
+    size: int  # bytes sent
+    parts: list[BackupPartShape]
+    error: str
+
+
+class VerifyShape(TypedDict):
+    backup: str
+    read: int  # bytes read back, every disk's digest checked
+    seconds: float
 
 
 class CloneShape(TypedDict):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from rackfire.cli import day2, hosts, output, releases, snapshots, stackfile
+from rackfire.cli import backups, day2, hosts, output, releases, snapshots, stackfile
 from rackfire.cli.common import Json, Url, Yes, connect, default_data_dir, wait_converged
 from rackfire.cli.output import err, out, print_json
 from rackfire.errors import PrereqError, RackfireError
@@ -173,7 +173,8 @@ def ps(stack: Annotated[str | None, typer.Argument()] = None, json: Json = False
 
 day2.register(app)  # scale, resize, stop/start/restart, stats, events: after ps in --help
 releases.register(app)  # push, releases, rollback
-snapshots.register(app)  # snapshot create/ls/rm, restore
+snapshots.register(app)  # snapshot create/ls/rm, restore, clone, promote, diff
+backups.register(app)  # backup repo add/ls/rm, backup create/ls/rm/verify/restore
 hosts.register(app)  # hosts, host rm, token create, agent
 
 

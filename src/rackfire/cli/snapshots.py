@@ -79,7 +79,7 @@ def ls(stack: Annotated[str | None, typer.Argument(help="STACK [default: every s
 @snapshot_app.command("rm")
 def rm(ref: Ref, url: Url = None) -> None:
     """Remove a snapshot's copies from every host that holds one."""
-    stack, name = _ref(ref)
+    stack, name = split_ref(ref)
     connect(url).remove_snapshot(stack, name)
     out.print(f"removed snapshot {stack}@{name}")
 
@@ -92,7 +92,7 @@ def restore(ref: Ref,
             url: Url = None) -> None:
     """Make a stack's instances again from a snapshot's disks (its spec and releases too,
     for a whole stack's), rolling like a replace. Asks before it replaces disks in use."""
-    stack, name = _ref(ref)
+    stack, name = split_ref(ref)
     client = connect(url)
     target = to or stack
     confirmed = yes
@@ -128,7 +128,7 @@ def _table(rows: list[SnapshotShape]) -> Table:
     return table
 
 
-def _ref(ref: str) -> tuple[str, str]:
+def split_ref(ref: str) -> tuple[str, str]:
     stack, at, name = ref.partition("@")
     if not at or not stack or not name:
         raise PrereqError(f"not a snapshot: {ref!r}", hint="give STACK@NAME, as "
@@ -147,7 +147,7 @@ def clone(stack: Annotated[str, typer.Argument(help="the stack to copy")],
     """A full copy of a stack for a trial: copies of every disk, its own network and
     ports, nothing shared. Push to it, check it, then destroy or promote it."""
     if snapshot and "@" in snapshot:
-        of, snapshot = _ref(snapshot)
+        of, snapshot = split_ref(snapshot)
         if of != stack:
             raise PrereqError(f"{of}@{snapshot} is not a snapshot of {stack}")
     client = connect(url)

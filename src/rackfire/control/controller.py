@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from rackfire.control.backups import BackupCommands
 from rackfire.control.clones import CloneCommands
 from rackfire.control.commands import Commands
 from rackfire.control.desired import DesiredState
@@ -91,6 +92,7 @@ class Controller:
                                      failover=self.failover)
         self.snapshots = SnapshotCommands(store, fleet, self.commands)
         self.clones = CloneCommands(store, fleet, self.commands, self.snapshots)
+        self.backups = BackupCommands(store, fleet, self.commands, self.snapshots)
         c = self.commands
         self.plan, self.apply, self.destroy, self.push = c.plan, c.apply, c.destroy, c.push
         self.scale, self.resize, self.rollback = c.scale, c.resize, c.rollback
@@ -115,6 +117,7 @@ class Controller:
         self._spawn("health", lambda: self.health.run(self._stop))
         self._spawn("home-beat", lambda: self.fleet.beat_home(self._stop))
         self._spawn("detector", lambda: self.detector.run(self._stop))
+        self._spawn("backups", lambda: self.backups.run_schedule(self._stop))
 
     def stop(self) -> None:
         self._stop.set()

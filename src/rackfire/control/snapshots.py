@@ -51,7 +51,7 @@ class SnapshotCommands:
         with self.commands.audited(actor, stack, str(target), "snapshot"):
             rec = self.commands.record(stack)
             name = name or time.strftime("s%Y%m%d-%H%M%S", time.gmtime(self.clock()))
-            _check_name(name)
+            check_name(name)
             facts = [f for f in self.fleet.observe(stack) if target.matches(f.key)]
             if not facts:
                 raise Conflict(f"{target} has no instances to snapshot",
@@ -71,12 +71,12 @@ class SnapshotCommands:
         for f in facts:
             by_host.setdefault(f.host, []).append(f.key)
         started = time.monotonic()
-        results = self._on_hosts(by_host, lambda host, keys:
+        results = on_hosts(by_host, lambda host, keys:
                                  self.fleet.link(host).take_snapshot(stack, name, keys))
         failed = [(h, r) for h, r in results.items() if isinstance(r, RackfireError)]
         if failed:
             host, error = failed[0]
-            self._on_hosts({h: [] for h in by_host},
+            on_hosts({h: [] for h in by_host},
                            lambda h, _: self.fleet.link(h).remove_snapshot(stack, name))
             why = f"host {host}: {error.message}"
             self.table.finish(stack, name, SnapshotState.FAILED, (), why)
@@ -98,7 +98,7 @@ class SnapshotCommands:
         with self.commands.audited(actor, stack, f"{stack}@{name}", "snapshot rm"):
             snap = self.get(stack, name)
             hosts = {c.host for c in snap.copies}
-        results = self._on_hosts({h: [] for h in hosts},
+        results = on_hosts({h: [] for h in hosts},
                                  lambda h, _: self.fleet.link(h).remove_snapshot(stack, name))
         failed = [(h, r) for h, r in results.items() if isinstance(r, RackfireError)]
         if failed:  # kept, so that a later rm finds what is left
@@ -130,7 +130,7 @@ class SnapshotCommands:
             if snap.state is not SnapshotState.READY:
                 raise Conflict(f"snapshot {snap.ref} is {snap.state}, not ready",
                                hint=snap.error or "take another one")
-            _check_name(target, "stack")
+            check_name(target, "stack")
             rec = self.store.get_stack(target)
             if rec is not None and rec.deleting:
                 raise Conflict(f"stack {target} is being destroyed",
@@ -172,19 +172,20 @@ class SnapshotCommands:
                             f"{len(seeds)} instance(s), generation {generation}")
         return generation, [s.key for s in seeds]
 
-    def _on_hosts(self, work: dict[str, list[InstanceKey]],
-                     call: Callable[[str, list[InstanceKey]], T]) -> dict[str, T | RackfireError]:
-        """`call` on every host of `work` at once: its answer, or the error it raised."""
-        def one(host: str) -> T | RackfireError:
-            try:
-                return call(host, work[host])
-            except RackfireError as e:
-                return e
 
-        if not work:
-            return {}
-        with ThreadPoolExecutor(len(work), thread_name_prefix="snapshot") as pool:
-            return dict(zip(work, pool.map(one, work), strict=True))
+def on_hosts(work: dict[str, list[InstanceKey]],
+             call: Callable[[str, list[InstanceKey]], T]) -> dict[str, T | RackfireError]:
+    """`call` on every host of `work` at once: its answer, or the error it raised."""
+    def one(host: str) -> T | RackfireError:
+        try:
+            return call(host, work[host])
+        except RackfireError as e:
+            return e
+
+    if not work:
+        return {}
+    with ThreadPoolExecutor(len(work), thread_name_prefix="hosts") as pool:
+        return dict(zip(work, pool.map(one, work), strict=True))
 
 
 def _key(stack: str, instance: str) -> InstanceKey:
@@ -197,7 +198,7 @@ def _copy(host: str, p: SnapshotPart) -> SnapshotCopy:
                         p.method, p.frozen_ms)
 
 
-def _check_name(name: str, what: str = "snapshot") -> None:
+def check_name(name: str, what: str = "snapshot") -> None:
     if not re.fullmatch(NAME_PATTERN, name):
         raise PrereqError(f"invalid {what} name {name!r}",
                           hint="lowercase letters, digits and hyphens, at most 32, starting "

@@ -89,6 +89,29 @@ class SnapshotPart:
     taken: float  # when they were frozen (the host's clock)
 
 
+@dataclass(frozen=True, slots=True, repr=False)
+class BackupTarget:
+    """A backup repository as a host's backup engine needs it: its address, the password
+    that encrypts it, and what its backend needs besides (bucket keys). Secret: its repr
+    shows the address only, and nothing of it goes to a log, an event or an answer."""
+
+    url: str
+    password: str
+    env: tuple[tuple[str, str], ...] = ()
+
+    def __repr__(self) -> str:
+        return f"BackupTarget({self.url.split('@')[-1]!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class BackedUp:
+    """One instance's disks, sent from a snapshot on this host to a repository."""
+
+    instance: str  # its name in the stack: `db-0`
+    archive: str  # the repository's id of what holds them (a restic snapshot)
+    size: int  # bytes sent: the data its disks hold, with the stream's framing
+
+
 @dataclass(frozen=True, slots=True)
 class Call:
     """One call of the table: how long a caller waits for it, and what it changes."""
@@ -145,6 +168,11 @@ CALLS: dict[str, Call] = {
     "take_snapshot": _sets(600),
     "remove_snapshot": _sets(120),
     "stage_snapshot": _sets(600),
+    # Backups: a snapshot's disks to a repository and back (restic), of some GB.
+    "backup_snapshot": _sets(6 * 3600),
+    "fetch_backup": _sets(6 * 3600),
+    "verify_backup": Call(6 * 3600),
+    "forget_backups": _sets(600),
 }
 
 
@@ -217,6 +245,16 @@ class HostAgent(Protocol):
     # The disks instance `source` had in the snapshot, copied into <incoming>/<key id>/ as
     # if received, for a create of `key` with `adopt_disks`.
     def stage_snapshot(self, key: InstanceKey, stack: str, name: str, source: str) -> None: ...
+    # Send the disks of snapshot `name` on this host to the repository, tagged.
+    def backup_snapshot(self, stack: str, name: str, repo: BackupTarget,
+                        tags: list[str]) -> list[BackedUp]: ...
+    # Make snapshot `name` of the stack on this host from the archives (instance, archive).
+    def fetch_backup(self, stack: str, name: str, repo: BackupTarget,
+                     parts: list[tuple[str, str]]) -> list[SnapshotPart]: ...
+    # Check the repository's data and read every archive back, verifying each disk's
+    # digest: the bytes read back.
+    def verify_backup(self, repo: BackupTarget, archives: list[str]) -> int: ...
+    def forget_backups(self, repo: BackupTarget, archives: list[str]) -> None: ...
 
 
 class ImageService(Protocol):

@@ -4,6 +4,7 @@ store (SQLite today, store/db.py) reads and writes these; control/ and api/ see 
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
@@ -187,6 +188,8 @@ class Snapshot:
     releases: tuple[Release, ...]
     copies: tuple[SnapshotCopy, ...] = ()
     error: str = ""
+    # Read back from a backup for a restore: removed once no seed needs it.
+    temporary: bool = False
 
     @property
     def ref(self) -> str:
@@ -195,6 +198,67 @@ class Snapshot:
     @property
     def held(self) -> int:
         return sum(used for c in self.copies for _, _, used in c.disks)
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Repository:
+    """A backup repository (restic's address, the password that encrypts it, its backend's
+    keys): secret but for its name and address, never in a log, an event or an answer."""
+
+    name: str
+    url: str
+    password: str
+    env: tuple[tuple[str, str], ...]
+    created: float
+    actor: str
+
+    def __repr__(self) -> str:
+        return f"Repository({self.name!r}, {self.shown_url!r})"
+
+    @property
+    def shown_url(self) -> str:
+        """Its address with any `user:password@` in it masked."""
+        return re.sub(r"://[^/@]*@", "://***@", self.url)
+
+
+class BackupState(StrEnum):
+    TAKING = "taking"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class BackupPart:
+    instance: str  # its name in the stack: `db-0`
+    host: str  # the host that sent it
+    archive: str  # the repository's id for it (a restic snapshot)
+    size: int  # bytes sent
+
+
+@dataclass(frozen=True, slots=True)
+class Backup:
+    """A snapshot's disks sent to a repository, with the snapshot's record (its spec and
+    releases): restorable when the stack, its hosts and its snapshots are gone."""
+
+    stack: str
+    name: str
+    repository: str
+    created: float
+    actor: str
+    state: BackupState
+    snapshot: Snapshot
+    parts: tuple[BackupPart, ...] = ()
+    error: str = ""
+
+    @property
+    def ref(self) -> str:
+        return f"{self.stack}@{self.name}"
+
+    @property
+    def role(self) -> str | None:
+        """The role it is of, for a role's backup (a schedule's), else None."""
+        parts = self.snapshot.scope.split("/")
+        return parts[1] if len(parts) == 2 else None
 
 
 @dataclass(frozen=True, slots=True)

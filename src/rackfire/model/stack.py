@@ -102,6 +102,27 @@ class DataDisk:
 
 
 @dataclass(frozen=True, slots=True)
+class Keep:
+    """How many backups a retention keeps: the newest of each hour, day, week, month (as
+    restic's --keep-hourly ...), and the last few whatever their age; 0 counts nothing."""
+
+    last: int = 0
+    hourly: int = 0
+    daily: int = 0
+    weekly: int = 0
+    monthly: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BackupPolicy:
+    """A role's scheduled backups: one every `every` seconds into repository `to`."""
+
+    every: float
+    keep: Keep = field(default_factory=Keep)
+    to: str = "default"
+
+
+@dataclass(frozen=True, slots=True)
 class LogLimits:
     """How much console log an instance keeps on its host: the current file is rotated
     (to .1, .2, ...) once it would pass `max_size`, and at most `max_files` files are kept,
@@ -180,6 +201,7 @@ class RoleSpec:
     placement: PlacementRule = field(default_factory=PlacementRule)
     egress: bool = True  # reaches the outside world through its host (NAT); False: only
     #                      its stack and the hosts
+    backup: BackupPolicy | None = None  # scheduled backups (control/backups.py)
 
     @property
     def singleton(self) -> bool:
@@ -273,6 +295,8 @@ def _role_from_json(r: dict[str, Any]) -> RoleSpec:
         placement=PlacementRule(Spread(sp) if (sp := r.get("placement", {}).get("spread"))
                                 else None),
         egress=r.get("egress", True),
+        backup=BackupPolicy(b["every"], Keep(**b.get("keep", {})), b.get("to", "default"))
+        if (b := r.get("backup")) else None,
     )
 
 

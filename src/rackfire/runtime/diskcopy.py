@@ -126,10 +126,10 @@ def read_disks(d: InstanceDir, volume: Path) -> Iterator[bytes]:
     disks = [(ROOT_DISK, d.disk_image)] + ([(DATA_DISK, volume)] if volume.is_file() else [])
     for _, path in disks:
         check_unused(path)
-    return _stream(d.root.name, disks)
+    return stream_disks(d.root.name, disks)
 
 
-def _stream(instance_id: str, disks: list[tuple[str, Path]]) -> Iterator[bytes]:
+def stream_disks(instance_id: str, disks: list[tuple[str, Path]]) -> Iterator[bytes]:
     name = instance_id.encode()
     yield MAGIC + bytes([len(name)]) + name
     for label, path in disks:

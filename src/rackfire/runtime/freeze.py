@@ -18,6 +18,7 @@ import errno
 import fcntl
 import os
 import struct
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -81,14 +82,54 @@ def frozen(mounts: Sequence[Path]) -> Iterator[None]:
     happens in it; one that cannot be frozen thaws those before it, and raises."""
     done: list[Path] = []
     try:
-        for m in mounts:
-            freeze(m)
-            done.append(m)
+        with _expedited():
+            for m in mounts:
+                freeze(m)
+                done.append(m)
         yield
     finally:
         for m in reversed(done):
             with contextlib.suppress(OSError, ExecError):
                 thaw(m)
+
+
+_EXPEDITE = Path("/sys/kernel/rcu_expedited")
+
+
+class _Expedite:
+    """RCU's expedited grace periods while filesystems are being frozen. A freeze waits for
+    three grace periods; with this kernel's lazy RCU each took ~10 ms, and six freezes in a
+    row (the shop's filesystems) 226 ms median while they were written to; expedited, the
+    six took 14 ms. Set back as found after the last of concurrent freezes; left alone
+    where it cannot be written."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._under_way = 0
+        self._found = ""
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if self._under_way == 0:
+                try:
+                    self._found = _EXPEDITE.read_text().strip()
+                    if self._found == "0":
+                        _EXPEDITE.write_text("1")
+                except OSError:
+                    self._found = ""
+            self._under_way += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._under_way -= 1
+                if self._under_way == 0 and self._found == "0":
+                    with contextlib.suppress(OSError):
+                        _EXPEDITE.write_text("0")
+
+
+_expedited = _Expedite()
 
 
 def clone(src: Path, dst: Path) -> str:

@@ -16,10 +16,12 @@ from typing import Any
 
 from rackfire.model.stack import (
     AppSource,
+    BackupPolicy,
     DataDisk,
     HaPolicy,
     HealthSpec,
     ImageSpec,
+    Keep,
     LogLimits,
     PlacementRule,
     ReloadSpec,
@@ -30,6 +32,7 @@ from rackfire.model.stack import (
     UpdatePolicy,
 )
 from rackfire.spec.schema import (
+    BackupModel,
     HealthModel,
     ImageModel,
     LogsModel,
@@ -91,6 +94,7 @@ def _role(name: str, m: RoleModel, base_dir: Path | None) -> RoleSpec:
         else HaPolicy(),
         placement=PlacementRule(m.placement.spread if m.placement else None),
         egress=m.egress,
+        backup=_backup(m.backup),
         **_given(stop_timeout=m.stop_timeout),
     )
 
@@ -130,3 +134,11 @@ def _health(m: HealthModel | None) -> HealthSpec | None:
     return HealthSpec(**_given(http=m.http, tcp=m.tcp, exec=tuple(m.exec) if m.exec else None,
                                interval=m.interval, timeout=m.timeout, retries=m.retries,
                                grace=m.grace))
+
+
+def _backup(m: BackupModel | None) -> BackupPolicy | None:
+    if m is None:
+        return None
+    k = m.keep
+    keep = Keep(k.last, k.hourly, k.daily, k.weekly, k.monthly) if k else Keep(last=7)
+    return BackupPolicy(m.every, keep, m.to)

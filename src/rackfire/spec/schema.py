@@ -433,6 +433,27 @@ class LogsModel(_Strict):
                                   description="console log files kept, the current one too")
 
 
+class KeepModel(_Strict):
+    last: int = Field(0, ge=0, le=10_000, description="the newest N, whatever their age")
+    hourly: int = Field(0, ge=0, le=10_000, description="the newest of each of N hours")
+    daily: int = Field(0, ge=0, le=10_000)
+    weekly: int = Field(0, ge=0, le=10_000)
+    monthly: int = Field(0, ge=0, le=10_000)
+
+
+class BackupModel(_Strict):
+    every: Interval = Field(description="how often (at least 1m)")
+    keep: KeepModel | None = Field(None, description="what the retention keeps (default: "
+                                   "the last 7)")
+    to: Name = Field("default", description="the repository (`rackfire backup repo add`)")
+
+    @model_validator(mode="after")
+    def _often_enough(self) -> Self:
+        if self.every < 60:
+            raise ValueError("backups at most once a minute: `every` is at least 1m")
+        return self
+
+
 class RoleModel(_Strict):
     image: Name
     count: int = Field(1, ge=0, le=MAX_COUNT)
@@ -462,6 +483,8 @@ class RoleModel(_Strict):
     egress: bool = Field(True, strict=True, description=
                          "reach the outside world through its host (NAT); false: only its "
                          "stack and the hosts")
+    backup: BackupModel | None = Field(None, description="scheduled backups of its disks to "
+                                       "a repository: {every, keep, to}")
 
 
 class StackModel(_Strict):

@@ -51,6 +51,7 @@ class Store:
         self._migrate()
         # Its other tables, each behind its own class (in the modules named); imported here,
         # as they build on this one.
+        from rackfire.store.backups import Backups, Repositories
         from rackfire.store.hosts import HostRegistry
         from rackfire.store.placements import Placements
         from rackfire.store.primaries import Primaries
@@ -62,6 +63,8 @@ class Store:
         self.waits = RolloutWaits(self)
         self.snapshots = Snapshots(self)
         self.primaries = Primaries(self)
+        self.repositories = Repositories(self)
+        self.backups = Backups(self)
 
     def _migrate(self) -> None:
         """Columns added after a table was first made, added to existing databases."""

@@ -91,6 +91,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
     actor TEXT NOT NULL, state TEXT NOT NULL, generation INTEGER NOT NULL,
     spec TEXT NOT NULL, overrides TEXT NOT NULL, releases TEXT NOT NULL,
     copies TEXT NOT NULL DEFAULT '[]', error TEXT NOT NULL DEFAULT '',
+    temporary INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (stack, name)
 );
 CREATE TABLE IF NOT EXISTS seeds (
@@ -103,6 +104,16 @@ CREATE TABLE IF NOT EXISTS primaries (
     stack TEXT NOT NULL, role TEXT NOT NULL, idx INTEGER NOT NULL, term INTEGER NOT NULL,
     since REAL NOT NULL,
     PRIMARY KEY (stack, role)
+);
+CREATE TABLE IF NOT EXISTS repositories (
+    name TEXT PRIMARY KEY, url TEXT NOT NULL, password TEXT NOT NULL, env TEXT NOT NULL,
+    created REAL NOT NULL, actor TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS backups (
+    stack TEXT NOT NULL, name TEXT NOT NULL, repository TEXT NOT NULL, created REAL NOT NULL,
+    actor TEXT NOT NULL, state TEXT NOT NULL, snapshot TEXT NOT NULL,
+    parts TEXT NOT NULL DEFAULT '[]', error TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (stack, name)
 );
 CREATE TABLE IF NOT EXISTS overrides (
     stack TEXT NOT NULL, role TEXT NOT NULL, field TEXT NOT NULL,

@@ -33,14 +33,9 @@ class Snapshots:
                           (snap.stack, snap.name)).fetchone():
                 raise Conflict(f"snapshot {snap.ref} already exists",
                                hint="choose another --name, or `rackfire snapshot rm` it")
-            db.execute(
-                "INSERT INTO snapshots (stack, name, scope, created, actor, state, generation,"
-                " spec, overrides, releases, copies, error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (snap.stack, snap.name, snap.scope, snap.created, snap.actor, snap.state.value,
-                 snap.generation, json.dumps(snap.spec.to_json()),
-                 json.dumps([asdict(o) for o in snap.overrides]),
-                 json.dumps([r.to_json() for r in snap.releases]),
-                 json.dumps([asdict(c) for c in snap.copies]), snap.error))
+            row = snapshot_json(snap)
+            db.execute(f"INSERT INTO snapshots ({', '.join(row)}) VALUES "  # noqa: S608
+                       f"({', '.join('?' for _ in row)})", tuple(row.values()))
 
     def finish(self, stack: str, name: str, state: SnapshotState,
                copies: tuple[SnapshotCopy, ...], error: str = "") -> None:
@@ -53,13 +48,13 @@ class Snapshots:
         with self.store.tx() as db:
             row = db.execute("SELECT * FROM snapshots WHERE stack=? AND name=?",
                              (stack, name)).fetchone()
-        return _snapshot(row) if row else None
+        return snapshot_of(row) if row else None
 
     def of_stack(self, stack: str | None = None) -> list[Snapshot]:
         with self.store.tx() as db:
             rows = db.execute("SELECT * FROM snapshots WHERE ? IS NULL OR stack=? "
                               "ORDER BY stack, created", (stack, stack)).fetchall()
-        return [_snapshot(r) for r in rows]
+        return [snapshot_of(r) for r in rows]
 
     def drop(self, stack: str, name: str) -> None:
         with self.store.tx() as db:
@@ -88,6 +83,12 @@ class Snapshots:
             out[key] = Seed(key, r["snapshot_stack"], r["snapshot"], r["source"], r["host"])
         return out
 
+    def seeded(self, stack: str, name: str) -> bool:
+        """Whether a seed still needs snapshot `name` of `stack`."""
+        with self.store.tx() as db:
+            return db.execute("SELECT 1 FROM seeds WHERE snapshot_stack=? AND snapshot=? "
+                              "LIMIT 1", (stack, name)).fetchone() is not None
+
     def reap(self, key: InstanceKey) -> None:
         """The seed grew: the instance was made from it, so a later create makes a new one."""
         with self.store.tx() as db:
@@ -95,7 +96,19 @@ class Snapshots:
                        (key.stack, key.role, key.index))
 
 
-def _snapshot(r: Any) -> Snapshot:
+def snapshot_json(snap: Snapshot) -> dict[str, Any]:
+    """A snapshot's record as its table's columns (JSON text for the nested ones)."""
+    return {"stack": snap.stack, "name": snap.name, "scope": snap.scope,
+            "created": snap.created, "actor": snap.actor, "state": snap.state.value,
+            "generation": snap.generation, "spec": json.dumps(snap.spec.to_json()),
+            "overrides": json.dumps([asdict(o) for o in snap.overrides]),
+            "releases": json.dumps([r.to_json() for r in snap.releases]),
+            "copies": json.dumps([asdict(c) for c in snap.copies]), "error": snap.error,
+            "temporary": int(snap.temporary)}
+
+
+def snapshot_of(r: Any) -> Snapshot:
+    """A snapshot from its columns (a row, or what snapshot_json made)."""
     return Snapshot(
         stack=r["stack"], name=r["name"], scope=r["scope"], created=r["created"],
         actor=r["actor"], state=SnapshotState(r["state"]), generation=r["generation"],
@@ -105,4 +118,4 @@ def _snapshot(r: Any) -> Snapshot:
                        for x in json.loads(r["releases"])),
         copies=tuple(SnapshotCopy(**{**c, "disks": tuple(tuple(d) for d in c["disks"])})
                      for c in json.loads(r["copies"])),
-        error=r["error"])
+        error=r["error"], temporary=bool(r["temporary"]))
