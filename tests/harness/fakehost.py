@@ -323,6 +323,24 @@ class FakeHost:
     def forget_backups(self, repo: BackupTarget, archives: list[str]) -> None:
         raise PrereqError("the fake host has no backup engine")
 
+    def replica_shipped(self, key: InstanceKey, token: str) -> None:
+        raise PrereqError("the fake host replicates no disks")
+
+    def replica_version(self, key: InstanceKey) -> str:
+        return ""
+
+    def stage_replica(self, key: InstanceKey, disk_size: int) -> str:
+        raise PrereqError("the fake host replicates no disks")
+
+    def drop_replica(self, key: InstanceKey) -> None:
+        pass
+
+    def send_replica(self, key: InstanceKey, base: str) -> Iterator[bytes]:
+        raise PrereqError("the fake host replicates no disks")
+
+    def receive_replica(self, key: InstanceKey, chunks: Iterable[bytes]) -> None:
+        raise PrereqError("the fake host replicates no disks")
+
     def send_disks(self, key: InstanceKey) -> Iterator[bytes]:
         raise PrereqError("the fake host moves no disks")
 

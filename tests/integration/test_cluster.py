@@ -185,6 +185,8 @@ def destroy(c: Cluster, stack: str) -> None:
                 f"{stack}.*")]
             out += [f"{h.name}: {p}" for p in (c.agent_dir(h.name) / "volumes").glob(
                 f"{stack}/*")]
+            out += [f"{h.name}: {p}" for p in (c.agent_dir(h.name) / "replicas").glob(
+                f"{stack}.*")]
         return out
 
     deadline = time.monotonic() + 120

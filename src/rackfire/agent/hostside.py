@@ -165,6 +165,15 @@ class HostSide:
             done = self._finished()
         return done
 
+    def send_replica(self, key: InstanceKey, base: str) -> Iterator[bytes]:
+        return self.agent.send_replica(key, base)
+
+    def receive_replica(self, key: InstanceKey, chunks: Iterable[bytes], stamp: Stamp) -> int:
+        self.admit(stamp)
+        self.agent.receive_replica(key, chunks)
+        with self._lock:
+            return self._done  # it changes no instance
+
 
 def _read_runs(path: Path | None) -> dict[str, int]:
     try:

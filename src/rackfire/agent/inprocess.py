@@ -35,6 +35,12 @@ class InProcessLink(TableClient):
             raise
         self._saw(self.side.boot, done)
 
+    def send_replica(self, key: InstanceKey, base: str) -> Iterator[bytes]:
+        return self.side.send_replica(key, base)
+
+    def receive_replica(self, key: InstanceKey, chunks: Iterable[bytes]) -> None:
+        self.side.receive_replica(key, chunks, Stamp(self._epoch(), ACTION.get()))
+
     async def log_stream(self, key: InstanceKey, tail: int, follow: bool) -> LogStream:
         return await self._source().log_stream(key, tail, follow)
 

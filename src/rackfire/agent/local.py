@@ -25,6 +25,7 @@ from rackfire import __version__
 from rackfire.agent.backups import HostBackups
 from rackfire.agent.probe import probe, probe_exec
 from rackfire.agent.proxy import Proxy
+from rackfire.agent.replicas import HostReplicas
 from rackfire.agent.snapshots import HostSnapshots
 from rackfire.agent.vips import Vips
 from rackfire.errors import Conflict, NotFound, PrereqError
@@ -105,6 +106,8 @@ class LocalAgent:
                                        self._volumes, self._incoming)
         self.snapshots.thaw_all()
         self.backups = HostBackups(self.snapshots, data_dir / "backups", self.host)
+        self.replicas = HostReplicas(data_dir / "replicas", data_dir / "instances",
+                                     self._volumes, self._incoming)
 
     def info(self) -> HostInfo:
         return HostInfo(self.host, self._order)
@@ -308,6 +311,34 @@ class LocalAgent:
     def forget_backups(self, repo: BackupTarget, archives: list[str]) -> None:
         self.backups.forget(repo, archives)
 
+    # replicated data disks (agent/replicas.py) ------------------------------------------
+
+    def send_replica(self, key: InstanceKey, base: str) -> Iterator[bytes]:
+        _check_key(key)
+        with self._disks_lock(key):  # the snapshot; the stream reads its own copy after
+            return self.replicas.send(key, base)
+
+    def receive_replica(self, key: InstanceKey, chunks: Iterable[bytes]) -> None:
+        _check_key(key)
+        self.replicas.receive(key, chunks)
+
+    def replica_shipped(self, key: InstanceKey, token: str) -> None:
+        _check_key(key)
+        self.replicas.shipped(key, token)
+
+    def replica_version(self, key: InstanceKey) -> str:
+        _check_key(key)
+        return self.replicas.version(key)
+
+    def stage_replica(self, key: InstanceKey, disk_size: int) -> str:
+        _check_key(key)
+        with self._disks_lock(key):
+            return self.replicas.stage(key, disk_size)
+
+    def drop_replica(self, key: InstanceKey) -> None:
+        _check_key(key)
+        self.replicas.drop(key)
+
     def discard_disks(self, key: InstanceKey) -> None:
         """Remove the instance's data disk and what was received of its disks on this host:
         on the source after a migration, on the target when one is rolled back. Refused
@@ -403,6 +434,7 @@ class LocalAgent:
             for copy in self._incoming.glob(f"{stack}.*"):
                 shutil.rmtree(copy, ignore_errors=True)
             self.snapshots.remove_stack(stack)  # kept, with the data, by a keep_data one
+            self.replicas.drop_stack(stack)
 
     # images -----------------------------------------------------------------------------
 

@@ -9,8 +9,9 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
-from rackfire.agent.rpc import RemoteCall, disks_path, exec_path, logs_path
+from rackfire.agent.rpc import RemoteCall, disks_path, exec_path, logs_path, replica_path
 from rackfire.agent.table import Epoch, TableClient
 from rackfire.errors import AgentOffline
 from rackfire.model.agent import ACTION, ExecStream, HostLink, LogStream, Stamp
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
 
 
 GONE_LOOK = 0.25  # seconds between looks, during a call, at whether its host is gone
+
+
+REPLICA_IDLE = 20.0  # seconds a replica's stream may wait for its next bytes
 
 
 class RemoteAgent(TableClient):
@@ -70,6 +74,15 @@ class RemoteAgent(TableClient):
             self._failed()
             raise
         self._saw(boot, done)
+
+    # A shipment every few seconds: a host that stops answering must not hold it for long.
+    def send_replica(self, key: InstanceKey, base: str) -> Iterator[bytes]:
+        return self._call.download(f"{replica_path(key)}?base={quote(base)}",
+                                   idle=REPLICA_IDLE)
+
+    def receive_replica(self, key: InstanceKey, chunks: Iterable[bytes]) -> None:
+        self._call.upload(replica_path(key), chunks, Stamp(self._epoch(), ACTION.get()),
+                          idle=REPLICA_IDLE)
 
     # Logs and exec as streams, relayed by the API.
 

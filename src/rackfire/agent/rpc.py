@@ -100,6 +100,10 @@ def disks_path(key: InstanceKey) -> str:
     return f"/agent/v1/disks/{key.stack}/{key.role}/{key.index}"
 
 
+def replica_path(key: InstanceKey) -> str:
+    return f"/agent/v1/replica/{key.stack}/{key.role}/{key.index}"
+
+
 def logs_path(key: InstanceKey) -> str:
     return f"/agent/v1/logs/{key.stack}/{key.role}/{key.index}"
 
@@ -209,13 +213,35 @@ def serve_agent(side: HostSide, key: str) -> FastAPI:
         stream = agent.send_disks(_instance_key(stack, role, index))
         return StreamingResponse(stream, media_type="application/octet-stream")
 
+    @app.get("/agent/v1/replica/{stack}/{role}/{index}")
+    def send_replica(stack: str, role: str, index: int, request: Request,
+                     base: str = Query("", max_length=64)) -> Response:
+        refused = denied(request)
+        if refused is not None:
+            return refused
+        counts.add("send_replica")
+        stream = agent.send_replica(_instance_key(stack, role, index), base)
+        return StreamingResponse(stream, media_type="application/octet-stream")
+
+    @app.put("/agent/v1/replica/{stack}/{role}/{index}")
+    async def receive_replica(stack: str, role: str, index: int, request: Request) -> Response:
+        refused = denied(request)
+        if refused is not None:
+            return refused
+        counts.add("receive_replica")
+        return await _received(request, side.receive_replica, _instance_key(stack, role, index))
+
     @app.put("/agent/v1/disks/{stack}/{role}/{index}")
     async def receive_disks(stack: str, role: str, index: int, request: Request) -> Response:
         refused = denied(request)
         if refused is not None:
             return refused
         counts.add("receive_disks")
-        disk_key = _instance_key(stack, role, index)
+        return await _received(request, side.receive_disks, _instance_key(stack, role, index))
+
+    async def _received(request: Request,
+                        receive: Callable[[InstanceKey, Iterator[bytes], Stamp], int],
+                        disk_key: InstanceKey) -> Response:
         body = request.stream()
 
         async def next_chunk() -> bytes | None:
@@ -232,8 +258,7 @@ def serve_agent(side: HostSide, key: str) -> FastAPI:
                     yield chunk
 
         try:
-            done = await anyio.to_thread.run_sync(side.receive_disks, disk_key, chunks(),
-                                                  _stamp(request))
+            done = await anyio.to_thread.run_sync(receive, disk_key, chunks(), _stamp(request))
         except ClientDisconnect:  # the sender went away; nothing was kept, no one to tell
             return Response(status_code=400)
         except RackfireError:
@@ -293,12 +318,18 @@ class RemoteCall:
     def close(self) -> None:
         self._http.close()
 
-    def download(self, path: str) -> Iterator[bytes]:
+    def download(self, path: str, idle: float | None = None) -> Iterator[bytes]:
         """GET `path` as a byte stream. The agent's refusal is raised here, before any byte;
-        a connection lost on the way raises AgentOffline from the iterator."""
+        a connection lost on the way raises AgentOffline from the iterator, as does a wait
+        of `idle` seconds for the next bytes (default: the client's timeout)."""
+        import httpx
+
+        timeout: Any = httpx.Timeout(idle, connect=5.0) if idle is not None \
+            else httpx.USE_CLIENT_DEFAULT
+
         def stream() -> Iterator[bytes]:
             try:
-                with self._http.stream("GET", path) as r:
+                with self._http.stream("GET", path, timeout=timeout) as r:
                     if r.status_code != 200:
                         r.read()
                         raise error_from(_body(r), r.status_code)
@@ -364,11 +395,16 @@ class RemoteCall:
         except (OSError, TimeoutError, InvalidHandshake) as e:
             raise self._offline(e) from None
 
-    def upload(self, path: str, chunks: Iterable[bytes], stamp: Stamp) -> tuple[str, int]:
+    def upload(self, path: str, chunks: Iterable[bytes], stamp: Stamp,
+               idle: float | None = None) -> tuple[str, int]:
         """PUT `chunks` to `path` as they come (chunked encoding, never whole in memory);
-        the host's boot and done after it."""
+        the host's boot and done after it. `idle`: as for `download`."""
+        import httpx
+
+        timeout: Any = httpx.Timeout(idle, connect=5.0) if idle is not None \
+            else httpx.USE_CLIENT_DEFAULT
         try:
-            r = self._http.put(path, content=chunks, headers=_headers(stamp))
+            r = self._http.put(path, content=chunks, headers=_headers(stamp), timeout=timeout)
         except self._transport_error as e:
             raise self._offline(e) from None
         body = _body(r)

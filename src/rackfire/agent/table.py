@@ -148,6 +148,19 @@ class TableClient(ABC):
     def forget_backups(self, repo: BackupTarget, archives: list[str]) -> None:
         self._c("forget_backups", repo=repo, archives=archives)
 
+    def replica_shipped(self, key: InstanceKey, token: str) -> None:
+        self._c("replica_shipped", key=key, token=token)
+
+    def replica_version(self, key: InstanceKey) -> str:
+        return self._c("replica_version", key=key)  # type: ignore[no-any-return]
+
+    def stage_replica(self, key: InstanceKey, disk_size: int) -> str:
+        return self._c("stage_replica", key=key,  # type: ignore[no-any-return]
+                       disk_size=disk_size)
+
+    def drop_replica(self, key: InstanceKey) -> None:
+        self._c("drop_replica", key=key)
+
     def stats(self, stack: str) -> list[InstanceStats]:
         return self._c("stats", stack=stack)  # type: ignore[no-any-return]
 

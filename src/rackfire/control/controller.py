@@ -34,6 +34,7 @@ from rackfire.control.moves import Moves
 from rackfire.control.placement import Placer
 from rackfire.control.publish import Publisher
 from rackfire.control.reconcile import Reconciler
+from rackfire.control.replicas import Replicator
 from rackfire.control.snapshots import SnapshotCommands
 from rackfire.control.workqueue import WorkQueue
 from rackfire.model.agent import InstanceStats
@@ -93,6 +94,7 @@ class Controller:
         self.snapshots = SnapshotCommands(store, fleet, self.commands)
         self.clones = CloneCommands(store, fleet, self.commands, self.snapshots)
         self.backups = BackupCommands(store, fleet, self.commands, self.snapshots)
+        self.replicator = Replicator(store, fleet)
         c = self.commands
         self.plan, self.apply, self.destroy, self.push = c.plan, c.apply, c.destroy, c.push
         self.scale, self.resize, self.rollback = c.scale, c.resize, c.rollback
@@ -118,6 +120,7 @@ class Controller:
         self._spawn("home-beat", lambda: self.fleet.beat_home(self._stop))
         self._spawn("detector", lambda: self.detector.run(self._stop))
         self._spawn("backups", lambda: self.backups.run_schedule(self._stop))
+        self._spawn("replicas", lambda: self.replicator.run(self._stop))
 
     def stop(self) -> None:
         self._stop.set()

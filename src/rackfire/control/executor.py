@@ -27,7 +27,7 @@ from rackfire.control.fleet import Fleet
 from rackfire.errors import ExecError, RackfireError
 from rackfire.model.agent import ACTION
 from rackfire.model.instance import InstanceKey, InstanceRequest
-from rackfire.model.records import ActionState, RolloutWait
+from rackfire.model.records import REPLICA, ActionState, RolloutWait
 from rackfire.model.stack import StackSpec
 from rackfire.plan import Action, ActionKind, Plan, StackAction
 from rackfire.store import ActionRecord, StateStore
@@ -176,10 +176,16 @@ class Executor:
             elif action.kind is ActionKind.CREATE or action.kind is ActionKind.REPLACE:
                 if action.kind is ActionKind.REPLACE:
                     self.agent.destroy(action.key, action.stop_timeout)
-                if req.seed is not None:  # a restore: from the snapshot's disks, once
-                    self.agent.stage_snapshot(action.key, *req.seed)
+                if req.seed is not None:  # a restore or a failover: from copied disks, once
+                    stack, snapshot, source = req.seed
+                    if snapshot == REPLICA:  # the standby copy of its data disk, here
+                        self.agent.stage_replica(action.key, req.resources.disk)
+                    else:
+                        self.agent.stage_snapshot(action.key, stack, snapshot, source)
                     self.agent.create(replace(req, adopt_disks=True, seed=None))
                     self.store.snapshots.reap(action.key)
+                    if snapshot == REPLICA:  # its standby copy is its data disk now
+                        self.agent.drop_replica(action.key)
                 else:
                     self.agent.create(req)
             elif action.kind is ActionKind.RECONFIGURE:

@@ -27,10 +27,11 @@ from rackfire.control.executor import CONTROLLER
 from rackfire.control.fleet import Fleet
 from rackfire.control.hosts import FENCE_GRACE, Liveness
 from rackfire.control.placement import Placer
+from rackfire.control.replicas import EVERY as REPLICA_EVERY
 from rackfire.errors import Conflict
 from rackfire.model.host import HostState
 from rackfire.model.instance import InstanceKey
-from rackfire.model.records import HostRecord
+from rackfire.model.records import REPLICA, HostRecord, Replica, Seed
 from rackfire.model.stack import RoleSpec, StackSpec
 from rackfire.store import StateStore
 
@@ -64,9 +65,11 @@ class Failover:
             rec = known.get(host)  # None: it was removed, and what it held with it
             if rec is not None and not self.fleet.liveness.gone(rec, now):
                 continue  # back since
-            hold = self._hold(role, host, rec, now)
+            replica = self._standby(key, role, now)
+            hold = self._hold(role, host, rec, now, replica)
             if hold is None:
-                hold = self._place(spec, key, host)
+                hold = (self._place(spec, key, host) if replica is None
+                        else self._onto_standby(key, host, rec, replica))
             if hold is not None:
                 held[key] = hold
         with self._lock:
@@ -88,10 +91,22 @@ class Failover:
         return hold.why if hold else ""
 
     def _hold(self, role: RoleSpec, host: str, rec: HostRecord | None,
-              now: float) -> Held | None:
+              now: float, replica: Replica | None = None) -> Held | None:
         """Why not to place it again now; None: it may be. (No record: the host was
-        removed, and what it held with it.)"""
+        removed, and what it held with it.) One with a standby copy of its data disk waits
+        for the fence as a singleton does: its old copy must have stopped writing."""
         if rec is None:
+            return None
+        if role.data is not None and replica is not None:
+            if not role.self_fences and rec.state is not HostState.FENCED:
+                return Held(f"{host} does not stop it by itself (ha: fence: false): it "
+                            f"starts from its standby copy once an operator runs "
+                            f"`rackfire host fence {host}`")
+            until = self.fleet.liveness.fenced_by(rec)
+            if rec.state is not HostState.FENCED and now < until:
+                due = time.strftime("%H:%M:%S", time.localtime(until))
+                return Held(f"waits for {host}'s fence, due at {due}, to start from its "
+                            f"standby copy on {replica.standby}", until)
             return None
         if role.data is not None:
             return Held(f"its data disk is only on {host}, which is lost: it cannot come back "
@@ -106,6 +121,31 @@ class Failover:
         if now < until:
             due = time.strftime("%H:%M:%S", time.localtime(until))
             return Held(f"waits for {host}'s fence, due at {due}", until)
+        return None
+
+    def _standby(self, key: InstanceKey, role: RoleSpec, now: float) -> Replica | None:
+        """The whole standby copy of its data disk on a live host, if it has one."""
+        if role.data is None or role.data.replicas < 2:
+            return None
+        replica = self.store.replicas.of_stack(key.stack).get(key)
+        if replica is None or not replica.token:
+            return None
+        rec = next((h for h in self.fleet.registry.hosts() if h.name == replica.standby), None)
+        live = (replica.standby == self.fleet.server_host and self.fleet.local_pool) or (
+            rec is not None and not self.fleet.liveness.gone(rec, now))
+        return replica if live else None
+
+    def _onto_standby(self, key: InstanceKey, host: str, rec: HostRecord | None,
+                      replica: Replica) -> Held | None:
+        """Place it on its standby's host, to be made from the standby copy there."""
+        self.store.snapshots.plant([Seed(key, key.stack, REPLICA, key.name, replica.standby)])
+        run = self.fleet.placements.put({key: replica.standby}).get(key, 0)
+        heard = f"{rec.last_seen - replica.taken:.1f} s before {host} was last heard from" \
+            if rec is not None else "at its last shipment"
+        self.store.add_event(CONTROLLER, key.stack, str(key), "failover", "ok",
+                             f"{host} is lost: placed again on {replica.standby} from its "
+                             f"standby copy, a snapshot taken {heard} (what it wrote after "
+                             f"is lost: the RPO) (incarnation {run})")
         return None
 
     def _place(self, spec: StackSpec, key: InstanceKey, host: str) -> Held | None:
@@ -153,7 +193,10 @@ def chains(stacks: list[StackSpec], placed: dict[InstanceKey, str],
                                     f"sent; placed again {FENCE_GRACE:g}s after that "
                                     f"(+{LOOK:g}s to notice): worst case {worst:.2f}s "
                                     "plus its start")}
-                if role.data is not None:
+                if role.data is not None and role.data.replicas > 1:
+                    entry["chain"] = (f"{entry['chain']}; from its data disk's standby copy "
+                                      f"(shipped every {REPLICA_EVERY:g}s: its RPO)")
+                elif role.data is not None:
                     entry["chain"] = (f"its data disk is on {host} only: it is not placed "
                                       "again while that host is lost")
                 elif not role.self_fences:

@@ -366,6 +366,12 @@ class Fleet:
     def stage_snapshot(self, key: InstanceKey, stack: str, name: str, source: str) -> None:
         self.link(self.host_of(key)).stage_snapshot(key, stack, name, source)
 
+    def stage_replica(self, key: InstanceKey, disk_size: int) -> str:
+        return self.link(self.host_of(key)).stage_replica(key, disk_size)
+
+    def drop_replica(self, key: InstanceKey) -> None:
+        self.link(self.host_of(key)).drop_replica(key)
+
     # the stack's network, names and ports -------------------------------------------------
 
     def _network(self, net: NetworkConfig, host: str) -> NetworkConfig:

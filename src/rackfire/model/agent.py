@@ -173,6 +173,11 @@ CALLS: dict[str, Call] = {
     "fetch_backup": _sets(6 * 3600),
     "verify_backup": Call(6 * 3600),
     "forget_backups": _sets(600),
+    # Replicated data disks (the streams beside: send_replica, receive_replica).
+    "replica_shipped": _sets(30),
+    "replica_version": Call(30),
+    "stage_replica": _sets(300),
+    "drop_replica": _sets(60),
 }
 
 
@@ -255,6 +260,14 @@ class HostAgent(Protocol):
     # digest: the bytes read back.
     def verify_backup(self, repo: BackupTarget, archives: list[str]) -> int: ...
     def forget_backups(self, repo: BackupTarget, archives: list[str]) -> None: ...
+    # The standby has version `token` of the instance's data disk: the primary's next base.
+    def replica_shipped(self, key: InstanceKey, token: str) -> None: ...
+    # The version of the instance's data disk the standby copy here holds ("": none).
+    def replica_version(self, key: InstanceKey) -> str: ...
+    # The standby copy here as the instance's data disk (with a new root disk of
+    # `disk_size`), staged for a create with `adopt_disks`: the version it holds.
+    def stage_replica(self, key: InstanceKey, disk_size: int) -> str: ...
+    def drop_replica(self, key: InstanceKey) -> None: ...
 
 
 class ImageService(Protocol):
@@ -283,6 +296,11 @@ class DiskMover(Protocol):
     def send_disks(self, key: InstanceKey) -> Iterator[bytes]: ...
     # Kept as <data-dir>/incoming/<id>/ for a create with `adopt_disks`; replaces an earlier one.
     def receive_disks(self, key: InstanceKey, chunks: Iterable[bytes]) -> None: ...
+    # A replicated data disk: what changed since version `base` (all of it if the standby
+    # has none), from a snapshot taken now on the primary's host (agent/replicas.py).
+    def send_replica(self, key: InstanceKey, base: str) -> Iterator[bytes]: ...
+    # ... applied to the standby copy on this host, a whole version before and after.
+    def receive_replica(self, key: InstanceKey, chunks: Iterable[bytes]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

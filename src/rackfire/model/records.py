@@ -262,6 +262,19 @@ class Backup:
 
 
 @dataclass(frozen=True, slots=True)
+class Replica:
+    """Where an instance's standby data disk is, and which version it holds: the snapshot
+    taken at `taken` (the host's clock), shipped there at `shipped`. `token` "" while the
+    standby holds no whole version yet."""
+
+    key: InstanceKey
+    standby: str
+    token: str
+    taken: float
+    shipped: float
+
+
+@dataclass(frozen=True, slots=True)
 class Primary:
     """The primary of a primary role, since when, and in which term (rising at each
     promotion)."""
@@ -271,10 +284,14 @@ class Primary:
     since: float
 
 
+REPLICA = ""  # a seed's snapshot: the standby copy of the instance's own data disk
+
+
 @dataclass(frozen=True, slots=True)
 class Seed:
-    """An instance to be made (or replaced) from a snapshot's copy of `source`'s disks,
-    on the host that holds them: a restore, once, by the next create of the instance."""
+    """An instance to be made (or replaced) from a snapshot's copy of `source`'s disks, on
+    the host that holds them (a restore), or from the standby copy of its data disk there
+    (`snapshot` REPLICA: a failover), once, by the next create of the instance."""
 
     key: InstanceKey
     snapshot_stack: str

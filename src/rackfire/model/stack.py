@@ -99,6 +99,9 @@ class DataDisk:
 
     path: str
     size: int
+    # Copies kept, this one included: 2 keeps a standby copy on another host, shipped every
+    # few seconds (control/replicas.py); its instance fails over onto it after the fence.
+    replicas: int = 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,7 +86,7 @@ def _role(name: str, m: RoleModel, base_dir: Path | None) -> RoleSpec:
         restart=_restart(m.restart),
         update=_update(m.update),
         reload=_reload(m.reload),
-        data=DataDisk(m.data.path, m.data.size) if m.data else None,
+        data=DataDisk(m.data.path, m.data.size, m.data.replicas) if m.data else None,
         # The CLI uploads the dir; the server fills in its digest (api: StackSource.sources).
         app=AppSource(_resolved(m.app, base_dir)) if m.app else None,
         logs=_logs(m.logs),

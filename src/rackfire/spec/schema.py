@@ -377,6 +377,8 @@ class DataModel(_Strict):
     path: Annotated[str, AfterValidator(_check_data_path)] = Field(
         description="where the data disk is mounted inside the instance")
     size: Disk
+    replicas: int = Field(1, ge=1, le=2, description="2: a standby copy on another host, "
+                          "updated every few seconds, that it fails over onto")
 
 
 class HaModel(_Strict):

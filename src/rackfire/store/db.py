@@ -54,7 +54,7 @@ class Store:
         from rackfire.store.backups import Backups, Repositories
         from rackfire.store.hosts import HostRegistry
         from rackfire.store.placements import Placements
-        from rackfire.store.primaries import Primaries
+        from rackfire.store.primaries import Primaries, Replicas
         from rackfire.store.rollouts import RolloutWaits
         from rackfire.store.snapshots import Snapshots
 
@@ -63,6 +63,7 @@ class Store:
         self.waits = RolloutWaits(self)
         self.snapshots = Snapshots(self)
         self.primaries = Primaries(self)
+        self.replicas = Replicas(self)
         self.repositories = Repositories(self)
         self.backups = Backups(self)
 
@@ -177,7 +178,7 @@ class Store:
                 db.execute("DELETE FROM snapshots WHERE stack=?", (name,))
             for table in ("stacks", "ips", "instance_status", "overrides", "releases",
                           "placements", "vnis", "migrations", "rollout_waits", "seeds",
-                          "primaries"):
+                          "primaries", "replicas"):
                 col = "name" if table == "stacks" else "stack"
                 db.execute(f"DELETE FROM {table} WHERE {col}=?", (name,))  # noqa: S608
 

@@ -1,9 +1,11 @@
 """Which instance of each primary role (`ha: {primary: true}`) is its primary, and the term
-it is in: the term rises at every promotion, so an instance can tell it was demoted."""
+it is in (the term rises at every promotion, so an instance can tell it was demoted); where
+each replicated data disk's standby copy is."""
 
 from __future__ import annotations
 
-from rackfire.model.records import Primary
+from rackfire.model.instance import InstanceKey
+from rackfire.model.records import Primary, Replica
 from rackfire.store.db import Store
 
 
@@ -27,3 +29,31 @@ class Primaries:
             db.execute("INSERT OR REPLACE INTO primaries VALUES (?, ?, ?, ?, ?)",
                        (stack, role, index, term, since))
             return True
+
+
+class Replicas:
+    """Where each replicated data disk's standby copy is (control/replicas.py)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def of_stack(self, stack: str) -> dict[InstanceKey, Replica]:
+        with self.store.tx() as db:
+            rows = db.execute("SELECT * FROM replicas WHERE stack=?", (stack,)).fetchall()
+        out = {}
+        for r in rows:
+            key = InstanceKey(stack, r["role"], r["idx"])
+            out[key] = Replica(key, r["standby"], r["token"], r["taken"], r["shipped"])
+        return out
+
+    def put(self, replica: Replica) -> None:
+        k = replica.key
+        with self.store.tx() as db:
+            db.execute("INSERT OR REPLACE INTO replicas VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (k.stack, k.role, k.index, replica.standby, replica.token,
+                        replica.taken, replica.shipped))
+
+    def drop(self, key: InstanceKey) -> None:
+        with self.store.tx() as db:
+            db.execute("DELETE FROM replicas WHERE stack=? AND role=? AND idx=?",
+                       (key.stack, key.role, key.index))

@@ -23,6 +23,7 @@ from rackfire.model.records import (
     Primary,
     Release,
     ReleaseStatus,
+    Replica,
     Repository,
     RolloutWait,
     Seed,
@@ -121,6 +122,14 @@ class BackupTable(Protocol):
     def drop(self, stack: str, name: str) -> None: ...
 
 
+class ReplicaTable(Protocol):
+    """Where each replicated data disk's standby copy is (store/primaries.py)."""
+
+    def of_stack(self, stack: str) -> dict[InstanceKey, Replica]: ...
+    def put(self, replica: Replica) -> None: ...
+    def drop(self, key: InstanceKey) -> None: ...
+
+
 class StateStore(Protocol):
     """Desired stacks, IPs, the action journal, health, releases, events (store/db.py)."""
 
@@ -134,6 +143,8 @@ class StateStore(Protocol):
     def snapshots(self) -> SnapshotTable: ...
     @property
     def primaries(self) -> PrimaryTable: ...
+    @property
+    def replicas(self) -> ReplicaTable: ...
     @property
     def repositories(self) -> RepositoryTable: ...
     @property

@@ -115,6 +115,11 @@ CREATE TABLE IF NOT EXISTS backups (
     parts TEXT NOT NULL DEFAULT '[]', error TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (stack, name)
 );
+CREATE TABLE IF NOT EXISTS replicas (
+    stack TEXT NOT NULL, role TEXT NOT NULL, idx INTEGER NOT NULL, standby TEXT NOT NULL,
+    token TEXT NOT NULL, taken REAL NOT NULL, shipped REAL NOT NULL,
+    PRIMARY KEY (stack, role, idx)
+);
 CREATE TABLE IF NOT EXISTS overrides (
     stack TEXT NOT NULL, role TEXT NOT NULL, field TEXT NOT NULL,
     value TEXT NOT NULL, actor TEXT NOT NULL, time REAL NOT NULL,
