@@ -8,8 +8,6 @@ the new files. FIEMAP pages through files of more extents than one call returns.
 from __future__ import annotations
 
 import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,21 +30,6 @@ pytestmark = pytest.mark.root
 
 MiB = 1 << 20
 ID = "shop.db.0"
-
-
-@pytest.fixture
-def xfs(tmp_path: Path) -> Iterator[Path]:
-    """A reflink-capable filesystem, removed after the test."""
-    image, mount = tmp_path / "xfs.img", tmp_path / "xfs"
-    with open(image, "wb") as f:
-        f.truncate(2 << 30)
-    subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(image)], check=True)
-    mount.mkdir()
-    subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 def _snapshot(mount: Path, image: Path, copy: Path) -> None:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -40,21 +38,6 @@ roles:
     resources: {{memory: 32M, disk: 32M}}
     stop_timeout: 1s
 """
-
-
-@pytest.fixture
-def xfs(tmp_path: Path) -> Iterator[Path]:
-    """A reflink-capable filesystem for the server's data dir, removed after the test."""
-    image, mount = tmp_path / "xfs.img", tmp_path / "xfs"
-    with open(image, "wb") as f:
-        f.truncate(8 << 30)
-    subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(image)], check=True)
-    mount.mkdir()
-    subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ other. Repository passwords and keys reach restic through its environment only.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -99,7 +100,11 @@ class HostBackups:
         """Open the repository (made if it is new; an unreachable one, or one the password
         does not open, is refused), then remove the archives."""
         engine = self._engine(repo)
-        engine.init()
+        try:
+            engine.init()
+        except OSError as e:  # a local path this host cannot even look at (too long, say)
+            raise PrereqError(f"backup repository {engine.repo}: {os.strerror(e.errno or 0)}",
+                              hint="give a directory this host can make") from None
         if archives:
             engine.remove(archives)
 

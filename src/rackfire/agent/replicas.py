@@ -16,7 +16,6 @@ is (the RPO of a failover onto it) follows from it.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -86,24 +85,12 @@ class HostReplicas:
         token = self.version(key)
         if not token:
             raise NotFound(f"no whole standby copy of {key}'s data disk on this host")
-        arrived = self._incoming / key.id
-        staging = diskcopy.staging_dir(arrived)
-        arrived.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(mode=0o700)
-        try:
+
+        def fill(staging: Path) -> None:
             disks.make_disk(staging / diskcopy.ROOT_DISK, disk_size)
             freeze.clone(standby, staging / diskcopy.DATA_DISK)
-            manifest = {label: {"size": (staging / label).stat().st_size, "digest": ""}
-                        for label in (diskcopy.ROOT_DISK, diskcopy.DATA_DISK)}
-            (staging / diskcopy.MANIFEST).write_text(json.dumps({"id": key.id,
-                                                                  "disks": manifest}))
-            diskcopy.fsync_path(staging)
-            shutil.rmtree(arrived, ignore_errors=True)
-            os.rename(staging, arrived)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+
+        diskcopy.stage(self._incoming / key.id, fill)
         return token
 
     def drop(self, key: InstanceKey) -> None:

@@ -121,26 +121,13 @@ class HostSnapshots:
         if not (found / diskcopy.ROOT_DISK).is_file():
             raise NotFound(f"snapshot {stack}@{name} holds no disks of {source} on this host",
                            hint="restore it on the host that took it (`snapshot ls`)")
-        arrived = self._incoming / key.id
-        staging = diskcopy.staging_dir(arrived)
-        arrived.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(mode=0o700)
-        try:
-            manifest: dict[str, dict[str, object]] = {}
+
+        def fill(staging: Path) -> None:
             for label in (diskcopy.ROOT_DISK, diskcopy.DATA_DISK):
                 if (found / label).is_file():
                     freeze.clone(found / label, staging / label)
-                    manifest[label] = {"size": (found / label).stat().st_size, "digest": ""}
-            (staging / diskcopy.MANIFEST).write_text(json.dumps({"id": key.id,
-                                                                  "disks": manifest}))
-            diskcopy.fsync_path(staging)
-            shutil.rmtree(arrived, ignore_errors=True)
-            os.rename(staging, arrived)
-            diskcopy.fsync_path(arrived.parent)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+
+        diskcopy.stage(self._incoming / key.id, fill)
 
     def thaw_all(self) -> None:
         """Thaw every instance filesystem here: an agent that died between a freeze and

@@ -3,7 +3,7 @@ role or an instance, their restore and their verification."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Path, Query
 from pydantic import BaseModel, Field
@@ -16,9 +16,8 @@ from rackfire.api.answers import (
     backup_answer,
     repository_answer,
 )
-from rackfire.api.types import Name, StackPath, errors
+from rackfire.api.types import Name, StackPath, TargetField, errors
 from rackfire.control.controller import Controller
-from rackfire.errors import PrereqError
 from rackfire.model.instance import Target
 from rackfire.model.stack import NAME_PATTERN
 
@@ -26,21 +25,26 @@ BackupPath = Annotated[str, Path(pattern=NAME_PATTERN, description="a backup's n
 RepoPath = Annotated[str, Path(pattern=NAME_PATTERN, description="a repository's name")]
 
 
+# A value restic gets in its environment: no NUL (an environment cannot hold one).
+EnvText = Annotated[str, Field(min_length=1, max_length=4096, pattern=r"^[^\x00]+$")]
+BackendVariable = Literal["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+                          "AWS_SESSION_TOKEN"]
+
+
 class AddRepository(BaseModel):
     name: Name
-    url: str = Field(min_length=1, max_length=4096,
-                     description="restic's: a directory, or s3:http(s)://HOST/BUCKET[/PREFIX]")
-    password: str = Field(min_length=1, max_length=4096, description="encrypts it: keep it",
-                          json_schema_extra={"writeOnly": True})
-    env: dict[str, str] = Field({}, description="what its backend needs besides, e.g. "
-                                "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY",
-                                json_schema_extra={"writeOnly": True})
+    # An absolute directory (on the hosts) or an S3 bucket: never a path relative to
+    # wherever the server happens to run.
+    url: str = Field(max_length=4096, pattern=r"^(?:/|local:/|s3:https?://)[^\x00\n\r]*$",
+                     description="a directory (absolute), or s3:http(s)://HOST/BUCKET[/PREFIX]")
+    password: EnvText = Field(description="encrypts it: keep it",
+                              json_schema_extra={"writeOnly": True})
+    env: dict[BackendVariable, EnvText] = Field(
+        {}, description="what an S3 backend needs besides", json_schema_extra={"writeOnly": True})
 
 
 class TakeBackup(BaseModel):
-    stack: Name
-    role: Name | None = None
-    index: int | None = Field(None, ge=0)
+    target: TargetField
     repository: Name = "default"
     name: Name | None = Field(None, description="default: b<UTC date>-<time>")
 
@@ -56,7 +60,8 @@ def add_backup_routes(app: FastAPI, controller: Controller, actor: Any) -> None:
         """Open the repository from a host (made if new) and keep it; refused, nothing
         kept, if it cannot be reached or the password does not open it."""
         return repository_answer(controller.backups.add_repository(
-            body.name, body.url, body.password, sorted(body.env.items()), who))
+            body.name, body.url, body.password, sorted((str(k), v) for k, v in body.env.items()),
+            who))
 
     @app.get("/v1/repositories")
     def repositories() -> list[RepositoryAnswer]:
@@ -71,11 +76,8 @@ def add_backup_routes(app: FastAPI, controller: Controller, actor: Any) -> None:
     @app.post("/v1/backups", responses=errors(400, 404, 409, 503))
     def take(body: TakeBackup, who: str = actor) -> BackupAnswer:
         """A snapshot of it, sent by each host to the repository, then removed."""
-        if body.index is not None and body.role is None:
-            raise PrereqError("an instance index needs its role")
-        target = Target(body.stack, body.role, body.index)
-        return backup_answer(controller.backups.create(target, body.repository, body.name,
-                                                       who))
+        return backup_answer(controller.backups.create(Target.parse(body.target),
+                                                       body.repository, body.name, who))
 
     @app.get("/v1/backups")
     def backups(stack: Annotated[str | None, Query(pattern=NAME_PATTERN)] = None,

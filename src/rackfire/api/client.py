@@ -198,8 +198,8 @@ class Client:
     def take_snapshot(self, stack: str, role: str | None, index: int | None,
                       name: str | None) -> SnapshotShape:
         return cast("SnapshotShape", self._call(
-            "POST", "/v1/snapshots",
-            json={"stack": stack, "role": role, "index": index, "name": name}, timeout=900))
+            "POST", "/v1/snapshots", json={"target": _target(stack, role, index), "name": name},
+            timeout=900))
 
     def snapshots(self, stack: str | None = None) -> list[SnapshotShape]:
         return cast("list[SnapshotShape]", self._call(
@@ -230,7 +230,7 @@ class Client:
                     name: str | None) -> BackupShape:
         return cast("BackupShape", self._call(
             "POST", "/v1/backups", timeout=6 * 3600,
-            json={"stack": stack, "role": role, "index": index, "repository": repository,
+            json={"target": _target(stack, role, index), "repository": repository,
                   "name": name}))
 
     def backups(self, stack: str | None = None) -> list[BackupShape]:
@@ -365,3 +365,9 @@ class Client:
 def _chunks(f: IO[bytes]) -> Iterator[bytes]:
     while chunk := f.read(1 << 20):
         yield chunk
+
+
+def _target(stack: str, role: str | None, index: int | None) -> str:
+    """STACK[/ROLE[/INDEX]], as the API takes a target."""
+    return "/".join([stack, *([role] if role else []),
+                     *([str(index)] if role and index is not None else [])])

@@ -15,9 +15,8 @@ from rackfire.api.answers import (
     SnapshotAnswer,
     snapshot_answer,
 )
-from rackfire.api.types import Name, StackPath, errors
+from rackfire.api.types import Name, StackPath, TargetField, errors
 from rackfire.control.controller import Controller
-from rackfire.errors import PrereqError
 from rackfire.model.instance import Target
 from rackfire.model.stack import NAME_PATTERN
 
@@ -25,9 +24,7 @@ SnapshotPath = Annotated[str, Path(pattern=NAME_PATTERN, description="a snapshot
 
 
 class TakeSnapshot(BaseModel):
-    stack: Name
-    role: Name | None = Field(None, description="only this role's instances")
-    index: int | None = Field(None, ge=0, description="only this instance of the role")
+    target: TargetField
     name: Name | None = Field(None, description="default: s<UTC date>-<time>")
 
 
@@ -42,10 +39,8 @@ def add_snapshot_routes(app: FastAPI, controller: Controller, actor: Any) -> Non
     @app.post("/v1/snapshots", responses=errors(400, 404, 409, 503))
     def take(body: TakeSnapshot, who: str = actor) -> SnapshotAnswer:
         """Freeze the instances' filesystems on each host at once, copy their disks, thaw."""
-        if body.index is not None and body.role is None:
-            raise PrereqError("an instance index needs its role")
-        target = Target(body.stack, body.role, body.index)
-        return snapshot_answer(controller.snapshots.take(target, body.name, who))
+        return snapshot_answer(controller.snapshots.take(Target.parse(body.target), body.name,
+                                                         who))
 
     @app.get("/v1/snapshots")
     def snapshots(stack: Annotated[str | None, Query(pattern=NAME_PATTERN)] = None,

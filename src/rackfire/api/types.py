@@ -21,6 +21,8 @@ _INDEX = f"[0-9]{{1,{len(str(MAX_COUNT - 1))}}}"  # 0 .. MAX_COUNT - 1 (a power 
 INSTANCE_ID_PATTERN = rf"^{_NAME}\.{_NAME}\.{_INDEX}$"
 # What Target.parse takes as one instance: STACK/ROLE/INDEX, STACK/ROLE-INDEX or the id.
 INSTANCE_PATTERN = rf"^{_NAME}(?:/{_NAME}/{_INDEX}|/{_NAME}-{_INDEX}|\.{_NAME}\.{_INDEX})$"
+# A stack, a role of it or one instance, as the CLI names them: STACK[/ROLE[/INDEX]].
+TARGET_PATTERN = rf"^{_NAME}(?:/{_NAME}(?:/{_INDEX})?)?$"
 DIGEST_PATTERN = r"^[0-9a-f]{64}$"
 MAX_INDEX = MAX_COUNT - 1
 DB_INT = (1 << 63) - 1  # the store's integers (an event id)
@@ -48,6 +50,8 @@ OptIndexQuery = Annotated[int | None, Query(ge=0, le=MAX_INDEX,
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description=_NAME_DOC)]
 HostName = Annotated[str, Field(pattern=HOST_NAME.pattern, max_length=63)]
 Index = Annotated[int, Field(ge=0, le=MAX_INDEX)]
+TargetField = Annotated[str, Field(pattern=TARGET_PATTERN,
+                                   description="STACK, STACK/ROLE or STACK/ROLE/INDEX")]
 Digest = Annotated[str, Field(pattern=DIGEST_PATTERN)]
 Labels = Annotated[dict[Annotated[str, Field(pattern=LABEL_KEY.pattern)],
                         Annotated[str, Field(pattern=LABEL_VALUE.pattern)]],

@@ -56,6 +56,10 @@ def repo_add(name: Annotated[str, typer.Argument(help="its name, e.g. default")]
              url_: Url = None) -> None:
     """Keep a repository once a host could open it with the password (a new one is made).
     An S3 bucket's keys come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY here."""
+    if not url.startswith(("/", "local:/", "s3:http://", "s3:https://")):
+        raise PrereqError(f"{url!r} is neither an absolute directory nor an S3 bucket",
+                          hint="a directory on the hosts (/srv/backup) or "
+                          "s3:http(s)://HOST/BUCKET")
     if password_file is not None:
         try:
             password = password_file.read_text().rstrip("\n")

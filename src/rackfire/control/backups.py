@@ -26,7 +26,7 @@ from rackfire.control.commands import Commands
 from rackfire.control.executor import CONTROLLER
 from rackfire.control.fleet import Fleet
 from rackfire.control.snapshots import SnapshotCommands, check_name, on_hosts
-from rackfire.errors import Conflict, NotFound, RackfireError
+from rackfire.errors import Conflict, NotFound, PrereqError, RackfireError
 from rackfire.model.agent import BackupTarget, HostLink
 from rackfire.model.instance import InstanceKey, Target
 from rackfire.model.records import (
@@ -59,7 +59,10 @@ class BackupCommands:
         with self.commands.audited(actor, "", f"repository/{name}", "repository add"):
             check_name(name, "repository")
             repo = Repository(name, url, password, tuple(env), time.time(), actor)
-            self._home().forget_backups(_target(repo), [])  # opens or makes it
+            try:
+                self._home().forget_backups(_target(repo), [])  # opens or makes it
+            except PrereqError as e:  # what is there (or not) refuses it: not the request
+                raise Conflict(e.message, hint=e.hint) from None
             self.store.repositories.put(repo)
         self.commands.event(actor, "", f"repository/{name}", "repository add", repo.shown_url)
         return repo

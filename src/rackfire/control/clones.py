@@ -73,7 +73,8 @@ class CloneCommands:
         (without ports) and kept: its new generation."""
         with self.commands.audited(actor, new, f"{new} -> {stack}", "promote"):
             if new == stack:
-                raise PrereqError("a stack cannot be promoted over itself")
+                raise Conflict(f"{stack} cannot be promoted over itself",
+                               hint="promote a clone of it: `rackfire clone` makes one")
             old, rec = self.commands.record(stack), self.commands.record(new)
             mine = {r.name for r in rec.spec.roles}
             missing = [r.name for r in old.spec.roles if r.ports and r.name not in mine]

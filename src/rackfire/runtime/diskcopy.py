@@ -37,7 +37,7 @@ import json
 import os
 import shutil
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from rackfire.errors import ExecError, NotFound, PrereqError
@@ -281,6 +281,29 @@ def write_disks(incoming: Path, chunks: Iterable[bytes]) -> None:
         shutil.rmtree(staging, ignore_errors=True)
         raise PrereqError(f"refused the disks of {incoming.name}: the stream {e}",
                           hint="nothing of it was kept; send the disks again") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def stage(incoming: Path, fill: Callable[[Path], None]) -> None:
+    """Disks made here, not received, kept in `incoming` as a received copy is (for a
+    create with `adopt_disks`): `fill` puts disk.img (and data.img) into a staging dir, then
+    the manifest is written and the dir renamed over any earlier copy; a failure leaves no
+    staging behind."""
+    staging = staging_dir(incoming)
+    incoming.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(mode=0o700)
+    try:
+        fill(staging)
+        disks = {label: {"size": (staging / label).stat().st_size, "digest": ""}
+                 for label in (ROOT_DISK, DATA_DISK) if (staging / label).is_file()}
+        (staging / MANIFEST).write_text(json.dumps({"id": incoming.name, "disks": disks}))
+        fsync_path(staging)
+        shutil.rmtree(incoming, ignore_errors=True)
+        os.rename(staging, incoming)
+        fsync_path(incoming.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
