@@ -145,7 +145,7 @@ def loadavg() -> float:
 # -- docs/benchmarks.md --------------------------------------------------------------------
 
 ORDER = ["start", "bringup", "plan", "schedule", "footprint", "agent_calls", "cli_start",
-         "failover"]
+         "failover", "snapshot", "dbfailover"]
 
 
 def _num(x: float) -> str:
