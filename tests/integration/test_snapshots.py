@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import httpx
@@ -167,6 +168,15 @@ def test_clone_trial_upgrade_promote(server: Server, tmp_path: Path) -> None:
     taken = server.cli("clone", stack, stack, check=False)
     assert taken.returncode != 0 and "exists" in taken.stderr
     assert json.loads(server.cli("snapshot", "ls", "--json").stdout) == []
+    # So is one whose moved port is busy: no stack, and no snapshot taken for it stays.
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        offset = busy.getsockname()[1] - port
+        held = server.cli("clone", stack, trial, "--port-offset", str(offset), check=False)
+    assert held.returncode != 0 and "port" in held.stderr, held.stderr
+    assert json.loads(server.cli("snapshot", "ls", "--json").stdout) == []
+    assert trial not in {s["name"] for s in server.api("/v1/stacks")}
 
     server.cli("clone", stack, trial, "--port-offset", str(other - port), "--timeout", "120")
     assert page(port) == page(other) == "one\n"

@@ -23,7 +23,7 @@ from typing import Any
 from rackfire.control.commands import Commands
 from rackfire.control.fleet import Fleet
 from rackfire.control.snapshots import SnapshotCommands
-from rackfire.errors import Conflict, PrereqError
+from rackfire.errors import Conflict, PrereqError, RackfireError
 from rackfire.model.instance import Target
 from rackfire.model.records import ReleaseStatus
 from rackfire.model.stack import PortMap, StackSpec
@@ -56,14 +56,20 @@ class CloneCommands:
             if ports and offset == 0:
                 raise PrereqError(f"{stack} publishes ports: a clone needs its own",
                                   hint="give a --port-offset other than 0")
-            snap = (self.snapshots.get(stack, snapshot) if snapshot
-                    else self.snapshots.take(Target(stack), None, actor))
-            if snap.scope != stack:
+            snap = self.snapshots.get(stack, snapshot) if snapshot else None
+            if snap is not None and snap.scope != stack:
                 raise PrereqError(f"snapshot {snap.ref} holds only {snap.scope}",
                                   hint="clone from a snapshot of the whole stack")
+        taken = snap is None
+        snap = snap or self.snapshots.take(Target(stack), None, actor)
         spec = _moved(replace(snap.spec, name=new, vip=""), offset)
-        generation, _ = self.snapshots.restore(stack, snap.name, new, False, actor,
-                                               spec=spec)
+        try:
+            generation, _ = self.snapshots.restore(stack, snap.name, new, False, actor,
+                                                   spec=spec)
+        except RackfireError:
+            if taken:  # taken for this clone only
+                self.snapshots.remove(stack, snap.name, actor)
+            raise
         self.commands.event(actor, new, new, "clone", f"of {snap.ref}, ports "
                             f"{'+' if offset >= 0 else ''}{offset}")
         return generation, snap.ref
@@ -89,8 +95,13 @@ class CloneCommands:
         self.commands.operate(Target(stack), "stop", actor)
         self.store.update_spec(kept, self.commands.record(stack).generation, [])
         self.commands.enqueue(stack)
-        self._wait_freed(new, [p for r in old.spec.roles for p in r.ports], stack)
-        generation, _ = self.commands.apply(promoted, None, actor)
+        try:
+            self._wait_freed(new, [p for r in old.spec.roles for p in r.ports], stack)
+            generation, _ = self.commands.apply(promoted, None, actor)
+        except RackfireError:  # the original back as it was: serving, with its ports
+            self.store.update_spec(old.spec, self.commands.record(stack).generation, [])
+            self.commands.operate(Target(stack), "start", actor)
+            raise
         self.commands.event(actor, new, new, "promote", f"took the ports of {stack}, which "
                             "is stopped")
         return generation

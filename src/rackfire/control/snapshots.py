@@ -154,7 +154,8 @@ class SnapshotCommands:
                 raise NotFound(f"no stack named {target}", hint=f"{snap.ref} holds only "
                                f"{snap.scope}: restore it onto its stack")
         self.table.plant(seeds)
-        self.store.placements.put({s.key: s.host for s in seeds if s.key not in placed})
+        new = {s.key: s.host for s in seeds if s.key not in placed}
+        self.store.placements.put(new)
         if not whole:
             assert rec is not None
             generation = self.store.bump_generation(target)
@@ -164,9 +165,11 @@ class SnapshotCommands:
         try:
             generation, _ = self.commands.apply(spec or replace(snap.spec, name=target), None,
                                                 actor)
-        except RackfireError:
+        except RackfireError:  # refused by apply's checks: nothing of it stays
             for s in seeds:
                 self.table.reap(s.key)
+            for key in new:
+                self.store.placements.drop(key)
             raise
         self.commands.event(actor, target, snap.ref, "restore",
                             f"{len(seeds)} instance(s), generation {generation}")
