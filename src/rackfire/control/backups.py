@@ -120,6 +120,14 @@ class BackupCommands:
         assert found is not None
         return found
 
+    def recover(self) -> None:
+        """At the server's start: a backup it was sending when it stopped is failed (its
+        archives, if any reached the repository, are left to `backup rm`)."""
+        for b in self.store.backups.of_stack():
+            if b.state is BackupState.TAKING:
+                self.store.backups.finish(b.stack, b.name, BackupState.FAILED, b.parts,
+                                          "the server stopped while it was sent")
+
     def of_stack(self, stack: str | None = None) -> list[Backup]:
         return self.store.backups.of_stack(stack)
 

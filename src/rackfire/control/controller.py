@@ -109,6 +109,8 @@ class Controller:
     # lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
+        self.snapshots.recover()
+        self.backups.recover()
         interrupted = self.store.abandon_unfinished()
         if interrupted:
             log.warning("%d action(s) were interrupted by a crash; re-planning", interrupted)

@@ -72,12 +72,12 @@ class SnapshotCommands:
             by_host.setdefault(f.host, []).append(f.key)
         started = time.monotonic()
         results = on_hosts(by_host, lambda host, keys:
-                                 self.fleet.link(host).take_snapshot(stack, name, keys))
+                           self.fleet.link(host).take_snapshot(stack, name, keys))
         failed = [(h, r) for h, r in results.items() if isinstance(r, RackfireError)]
         if failed:
             host, error = failed[0]
             on_hosts({h: [] for h in by_host},
-                           lambda h, _: self.fleet.link(h).remove_snapshot(stack, name))
+                     lambda h, _: self.fleet.link(h).remove_snapshot(stack, name))
             why = f"host {host}: {error.message}"
             self.table.finish(stack, name, SnapshotState.FAILED, (), why)
             self.store.add_event(actor, stack, str(target), "snapshot", "failed", why)
@@ -94,12 +94,29 @@ class SnapshotCommands:
                             f"{longest:.0f} ms")
         return taken
 
+    def recover(self) -> None:
+        """At the server's start: a snapshot it was taking when it stopped is failed, and
+        what its hosts made of it removed (they are asked again at the next `rm`)."""
+        for snap in self.table.of_stack():
+            if snap.state is SnapshotState.TAKING:
+                self._remove_everywhere(snap)
+                self.table.finish(snap.stack, snap.name, SnapshotState.FAILED, (),
+                                  "the server stopped while it was taken")
+
+    def _remove_everywhere(self, snap: Snapshot) -> None:
+        """Have every host that may hold a part of it remove that (errors left: best effort)."""
+        def remove(host: str, _: list[InstanceKey]) -> None:
+            self.fleet.link(host).remove_snapshot(snap.stack, snap.name)
+
+        hosts = self.fleet.holding(snap.stack) | {c.host for c in snap.copies}
+        on_hosts({h: [] for h in hosts}, remove)
+
     def remove(self, stack: str, name: str, actor: str) -> None:
         with self.commands.audited(actor, stack, f"{stack}@{name}", "snapshot rm"):
             snap = self.get(stack, name)
             hosts = {c.host for c in snap.copies}
         results = on_hosts({h: [] for h in hosts},
-                                 lambda h, _: self.fleet.link(h).remove_snapshot(stack, name))
+                           lambda h, _: self.fleet.link(h).remove_snapshot(stack, name))
         failed = [(h, r) for h, r in results.items() if isinstance(r, RackfireError)]
         if failed:  # kept, so that a later rm finds what is left
             raise type(failed[0][1])(f"snapshot {snap.ref} could not be removed from host "
