@@ -25,7 +25,7 @@ from rackfire.cli.common import (
     wait_converged,
 )
 from rackfire.cli.output import out, print_json
-from rackfire.cli.snapshots import STATE_STYLE, split_ref
+from rackfire.cli.snapshots import STATE_STYLE, confirm_replace, split_ref
 from rackfire.errors import PrereqError
 from rackfire.model.units import format_size
 
@@ -163,16 +163,8 @@ def restore(ref: Ref,
     it, rolling like a replace. Asks before it replaces disks in use."""
     stack, name = split_ref(ref)
     client = connect(url)
-    target = to or stack
-    confirmed = yes
-    if not yes and target in {s["name"] for s in client.stacks()} \
-            and client.instances(target):
-        if not sys.stdin.isatty():
-            raise PrereqError(f"restoring {ref} replaces the disks of instances of "
-                              f"{target}: refusing without confirmation", hint="pass -y")
-        typer.confirm(f"Replace the disks of {target}'s instances with {ref}'s?", abort=True)
-        confirmed = True
-    result = client.restore_backup(stack, name, to, confirmed)
+    result = client.restore_backup(stack, name, to,
+                                   confirm_replace(client, to or stack, ref, yes))
     if not no_wait:
         wait_converged(client, result["stack"], result["generation"],
                        len(result["instances"]), timeout)

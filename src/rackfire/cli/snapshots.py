@@ -27,6 +27,7 @@ from rackfire.errors import PrereqError
 from rackfire.model.units import format_size
 
 if TYPE_CHECKING:
+    from rackfire.api.client import Client
     from rackfire.api.shapes import ReleaseRunShape, SnapshotShape
 
 snapshot_app = typer.Typer(help="Snapshots: instances' disks frozen and copied at one point.",
@@ -94,17 +95,7 @@ def restore(ref: Ref,
     for a whole stack's), rolling like a replace. Asks before it replaces disks in use."""
     stack, name = split_ref(ref)
     client = connect(url)
-    target = to or stack
-    confirmed = yes
-    if not yes and target in {s["name"] for s in client.stacks()} \
-            and client.instances(target):
-        if not sys.stdin.isatty():
-            raise PrereqError(f"restoring {ref} replaces the disks of instances of "
-                              f"{target}: refusing without confirmation", hint="pass -y")
-        typer.confirm(f"Replace the disks of {target}'s instances with {ref}'s?", abort=True)
-        confirmed = True
-    # Unconfirmed, the server refuses too if instances appeared meanwhile.
-    result = client.restore(stack, name, to, confirmed)
+    result = client.restore(stack, name, to, confirm_replace(client, to or stack, ref, yes))
     if no_wait:
         out.print(f"restoring {result['stack']} from {result['snapshot']}: generation "
                   f"{result['generation']}")
@@ -113,6 +104,20 @@ def restore(ref: Ref,
                    timeout)
     out.print(f"{result['stack']}: restored from {result['snapshot']} "
               f"({len(result['instances'])} instance(s))")
+
+
+def confirm_replace(client: Client, target: str, ref: str, yes: bool) -> bool:
+    """Whether the user agreed that restoring `ref` replaces the disks of `target`'s
+    instances (asked only if it has some; refused without a terminal). Unconfirmed, the
+    server refuses too if instances appeared meanwhile."""
+    if yes or target not in {s["name"] for s in client.stacks()} \
+            or not client.instances(target):
+        return yes
+    if not sys.stdin.isatty():
+        raise PrereqError(f"restoring {ref} replaces the disks of instances of {target}: "
+                          "refusing without confirmation", hint="pass -y")
+    typer.confirm(f"Replace the disks of {target}'s instances with {ref}'s?", abort=True)
+    return True
 
 
 def _table(rows: list[SnapshotShape]) -> Table:
