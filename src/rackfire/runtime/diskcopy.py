@@ -39,6 +39,7 @@ import shutil
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from rackfire.errors import ExecError, NotFound, PrereqError
 from rackfire.runtime import mounts
@@ -59,7 +60,7 @@ _ZERO_PIECE = bytes(PIECE)
 _ZERO_HASH = hashlib.sha256(_ZERO_BLOCK).digest()
 
 
-class _Malformed(Exception):
+class Malformed(Exception):
     """The stream breaks the format; the message says where."""
 
 
@@ -231,27 +232,36 @@ def _nonzero_runs(data: bytes) -> list[tuple[int, int]]:
 
 # receiving -------------------------------------------------------------------------------
 
-class _Reader:
-    """Exact reads from an iterable of byte chunks of any sizes."""
+class StreamReader:
+    """Exact reads from an iterable of byte chunks of any sizes (also the delta stream's,
+    runtime/extents.py, which hashes what it reads: `digest`). A stream that ends before
+    a read raises Malformed."""
 
-    def __init__(self, chunks: Iterable[bytes]) -> None:
+    def __init__(self, chunks: Iterable[bytes], digest: Any = None) -> None:
         self._chunks = iter(chunks)
         self._buf = bytearray()
         self._pos = 0
+        self.digest = digest  # a hashlib object every byte read goes through, or None
 
     def read(self, n: int) -> bytes:
         while len(self._buf) - self._pos < n:
             try:
                 chunk = next(self._chunks)
             except StopIteration:
-                raise _Malformed("it ends early (incomplete)") from None
+                raise Malformed("it ends early (incomplete)") from None
             if self._pos:
                 del self._buf[:self._pos]
                 self._pos = 0
             self._buf += chunk
         out = bytes(self._buf[self._pos:self._pos + n])
         self._pos += n
+        if self.digest is not None:
+            self.digest.update(out)
         return out
+
+    def text(self) -> str:
+        """A string of up to 255 bytes, after its length byte."""
+        return self.read(self.read(1)[0]).decode("utf-8", "replace")
 
     def at_end(self) -> bool:
         if self._pos < len(self._buf):
@@ -269,7 +279,7 @@ def write_disks(incoming: Path, chunks: Iterable[bytes]) -> None:
     shutil.rmtree(staging, ignore_errors=True)  # an interrupted earlier try
     staging.mkdir(mode=0o700)
     try:
-        manifest = _receive(_Reader(chunks), incoming.name, staging)
+        manifest = _receive(StreamReader(chunks), incoming.name, staging)
         path = staging / MANIFEST
         path.write_text(json.dumps(manifest))
         fsync_path(path)
@@ -277,7 +287,7 @@ def write_disks(incoming: Path, chunks: Iterable[bytes]) -> None:
         shutil.rmtree(incoming, ignore_errors=True)  # a whole copy replaces a whole copy
         os.rename(staging, incoming)
         fsync_path(incoming.parent)
-    except _Malformed as e:
+    except Malformed as e:
         shutil.rmtree(staging, ignore_errors=True)
         raise PrereqError(f"refused the disks of {incoming.name}: the stream {e}",
                           hint="nothing of it was kept; send the disks again") from None
@@ -313,12 +323,12 @@ def staging_dir(incoming: Path) -> Path:
     return incoming.with_name(incoming.name + ".new")
 
 
-def _receive(r: _Reader, instance_id: str, staging: Path) -> dict[str, object]:
+def _receive(r: StreamReader, instance_id: str, staging: Path) -> dict[str, object]:
     if r.read(len(MAGIC)) != MAGIC:
-        raise _Malformed("is not a rackfire disk stream (version 1)")
+        raise Malformed("is not a rackfire disk stream (version 1)")
     sent_id = r.read(r.read(1)[0]).decode("ascii", "replace")
     if sent_id != instance_id:
-        raise _Malformed(f"carries the disks of {sent_id!r}")
+        raise Malformed(f"carries the disks of {sent_id!r}")
     disks: dict[str, object] = {}
     tag = r.read(1)
     for expected in (ROOT_DISK, DATA_DISK):  # the root disk, then maybe the data disk
@@ -326,22 +336,22 @@ def _receive(r: _Reader, instance_id: str, staging: Path) -> dict[str, object]:
             break
         name = r.read(r.read(1)[0]).decode("ascii", "replace")
         if name != expected:
-            raise _Malformed(f"has disk {name!r} where {expected!r} belongs")
+            raise Malformed(f"has disk {name!r} where {expected!r} belongs")
         (size,) = _FILE.unpack(r.read(_FILE.size))
         if size > MAX_SIZE:
-            raise _Malformed(f"claims {name} holds {size} bytes")
+            raise Malformed(f"claims {name} holds {size} bytes")
         disks[name] = {"size": size, "digest": _receive_disk(r, staging / name, size)}
         tag = r.read(1)
     if tag != b"Z":
-        raise _Malformed(f"has {tag!r} where a disk or its end belongs")
+        raise Malformed(f"has {tag!r} where a disk or its end belongs")
     if not disks:
-        raise _Malformed("holds no root disk")
+        raise Malformed("holds no root disk")
     if not r.at_end():
-        raise _Malformed("has bytes after its end")
+        raise Malformed("has bytes after its end")
     return {"id": instance_id, "disks": disks}
 
 
-def _receive_disk(r: _Reader, path: Path, size: int) -> str:
+def _receive_disk(r: StreamReader, path: Path, size: int) -> str:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         os.ftruncate(fd, size)  # the whole disk a hole: the extents fill it in
@@ -357,7 +367,7 @@ def _receive_disk(r: _Reader, path: Path, size: int) -> str:
             offset, length = _EXTENT.unpack(r.read(_EXTENT.size))
             if not 0 < length <= BLOCK or offset < end or offset + length > size \
                     or offset // BLOCK != (offset + length - 1) // BLOCK:
-                raise _Malformed(f"has an extent at {offset} of {length} bytes that does not "
+                raise Malformed(f"has an extent at {offset} of {length} bytes that does not "
                                  f"fit {path.name} ({size} bytes; the last one ended at {end})")
             data = r.read(length)
             index = offset // BLOCK
@@ -370,11 +380,11 @@ def _receive_disk(r: _Reader, path: Path, size: int) -> str:
             _pwrite_all(fd, data, offset)
             end = offset + length
         if tag != b"H":
-            raise _Malformed(f"has {tag!r} inside {path.name}")
+            raise Malformed(f"has {tag!r} inside {path.name}")
         finish()
         sent, got = r.read(32), digest.digest()
         if sent != got:
-            raise _Malformed(f"does not match its digest for {path.name} (sent {sent.hex()[:16]}, "
+            raise Malformed(f"does not match its digest for {path.name} (sent {sent.hex()[:16]}, "
                              f"received {got.hex()[:16]}): corrupted on the way")
         os.fsync(fd)
         return got.hex()

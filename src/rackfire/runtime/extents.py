@@ -56,7 +56,7 @@ from pathlib import Path
 
 from rackfire.errors import ExecError, PrereqError
 from rackfire.runtime import freeze
-from rackfire.runtime.diskcopy import MAX_SIZE, check_unused, fsync_path
+from rackfire.runtime.diskcopy import MAX_SIZE, Malformed, StreamReader, check_unused, fsync_path
 
 MAGIC = b"RFDELTA\x01"
 FIEMAP, COMPARE = "fiemap", "compare"
@@ -457,43 +457,6 @@ def _write_token(target: Path, instance_id: str, token: str, st: os.stat_result)
 
 # receiving ---------------------------------------------------------------------------------
 
-class _Malformed(Exception):
-    """The stream breaks the format; the message says where."""
-
-
-class _Reader:
-    """Exact reads from an iterable of byte chunks of any sizes, hashed as they are read."""
-
-    def __init__(self, chunks: Iterable[bytes]) -> None:
-        self._chunks = iter(chunks)
-        self._buf = bytearray()
-        self._pos = 0
-        self.digest = hashlib.sha256()
-
-    def read(self, n: int) -> bytes:
-        while len(self._buf) - self._pos < n:
-            try:
-                chunk = next(self._chunks)
-            except StopIteration:
-                raise _Malformed("ends early (cut)") from None
-            if self._pos:
-                del self._buf[:self._pos]
-                self._pos = 0
-            self._buf += chunk
-        out = bytes(self._buf[self._pos:self._pos + n])
-        self._pos += n
-        self.digest.update(out)
-        return out
-
-    def text(self) -> str:
-        return self.read(self.read(1)[0]).decode("utf-8", "replace")
-
-    def at_end(self) -> bool:
-        if self._pos < len(self._buf):
-            return False
-        return all(not chunk for chunk in self._chunks)
-
-
 def apply_delta(target: Path, chunks: Iterable[bytes], instance_id: str) -> ApplyResult:
     """Make `target`, `instance_id`'s standby copy, the version a `send_delta` stream makes.
     Refused (PrereqError, the target and its token as they were) if the stream is another
@@ -503,14 +466,14 @@ def apply_delta(target: Path, chunks: Iterable[bytes], instance_id: str) -> Appl
     share a staging file): the caller's replication loop is that one."""
     if target.exists():
         check_unused(target)
-    r = _Reader(chunks)
+    r = StreamReader(chunks, hashlib.sha256())
     staging = target.with_name(target.name + STAGING_SUFFIX)
     try:
         if r.read(len(MAGIC)) != MAGIC:
-            raise _Malformed("is not a rackfire delta (version 1)")
+            raise Malformed("is not a rackfire delta (version 1)")
         sent_id, base, token = r.text(), r.text(), r.text()
         (size,) = _SIZE.unpack(r.read(_SIZE.size))
-    except _Malformed as e:
+    except Malformed as e:
         raise _refusal(target, str(e)) from None
     if sent_id != instance_id:
         raise _refusal(target, f"carries a disk of {sent_id!r}, not of {instance_id!r}")
@@ -548,7 +511,7 @@ def apply_delta(target: Path, chunks: Iterable[bytes], instance_id: str) -> Appl
             _restore(token_path(target), old_token)
             raise
         fsync_path(target.parent)
-    except _Malformed as e:
+    except Malformed as e:
         staging.unlink(missing_ok=True)
         raise _refusal(target, str(e)) from None
     except BaseException:
@@ -557,7 +520,7 @@ def apply_delta(target: Path, chunks: Iterable[bytes], instance_id: str) -> Appl
     return ApplyResult(token, size, written, zeroed, pieces)
 
 
-def _apply(r: _Reader, fd: int, size: int) -> tuple[int, int, int]:
+def _apply(r: StreamReader, fd: int, size: int) -> tuple[int, int, int]:
     written = zeroed = pieces = 0
     end = 0  # where the last piece ended: pieces ascend and do not overlap
     while (tag := r.read(1)) in (b"X", b"O"):
@@ -568,7 +531,7 @@ def _apply(r: _Reader, fd: int, size: int) -> tuple[int, int, int]:
             offset, length = _ZEROS.unpack(r.read(_ZEROS.size))
             limit = size
         if not 0 < length <= limit or offset < end or offset + length > size:
-            raise _Malformed(f"has a piece at {offset} of {length} bytes that does not fit "
+            raise Malformed(f"has a piece at {offset} of {length} bytes that does not fit "
                              f"(the disk holds {size} bytes; the last piece ended at {end})")
         if tag == b"X":
             _pwrite_all(fd, r.read(length), offset)
@@ -579,14 +542,14 @@ def _apply(r: _Reader, fd: int, size: int) -> tuple[int, int, int]:
         end = offset + length
         pieces += 1
     if tag != b"H":
-        raise _Malformed(f"has {tag!r} where a piece or its digest belongs")
+        raise Malformed(f"has {tag!r} where a piece or its digest belongs")
     got = r.digest.digest()
     if r.read(32) != got:
-        raise _Malformed("does not match its digest: corrupted on the way")
+        raise Malformed("does not match its digest: corrupted on the way")
     if r.read(1) != b"Z":
-        raise _Malformed("has no end after its digest")
+        raise Malformed("has no end after its digest")
     if not r.at_end():
-        raise _Malformed("has bytes after its end")
+        raise Malformed("has bytes after its end")
     return written, zeroed, pieces
 
 
