@@ -2,7 +2,7 @@
 server). A test class inherits `RuntimeContract` and gives the fixtures `runtime` (a fresh
 one on `tmp_path`, whose instances it destroys afterwards), `stack` (a stack whose network
 the runtime can attach to), `image` and `hosts` (a hosts file); a runtime that does not run
-commands (the fake) is told in its fixture that `QUICK` exits after 0.3 s.
+commands (the fake) is told in its fixture that `QUICK` exits 3 after 0.3 s.
 
 Run against runc and the process runtime in tests/integration/test_runtime_contract.py (root)
 and against the fake in tests/unit/test_runtime_fake.py (no root)."""
@@ -23,7 +23,7 @@ from rackfire.runtime.layout import instance_dir, write_meta
 from rackfire.runtime.registry import REGISTRY
 
 NET = NetworkConfig("", "10.89.250.0/24", "10.89.250.1", 24)
-QUICK = ("sh", "-c", "sleep 0.3")  # a command that exits by itself, soon
+QUICK = ("sh", "-c", "sleep 0.3; exit 3")  # a command that exits by itself, soon
 
 
 def wait_for(fn: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -81,6 +81,8 @@ class RuntimeContract:
         runtime.destroy(quick.key)
         runtime.create(quick, *inputs(runtime, quick, image, hosts))
         wait_for(lambda: runtime.observe()[0].state is InstanceState.STOPPED, 20, "it to stop")
+        [ended] = runtime.observe()
+        assert (ended.exit_code, ended.exit_signal, ended.ended) == (3, None, "exited 3")
         runtime.restart(quick, *inputs(runtime, quick, image, hosts))
         assert runtime.observe()[0].state in (InstanceState.RUNNING, InstanceState.STOPPED)
         started = runtime.observe()[0].started_at
@@ -93,6 +95,7 @@ class RuntimeContract:
         runtime.stop(req.key, stop_timeout=1.0)
         [f] = runtime.observe()
         assert f.state is InstanceState.STOPPED and f.pid is None
+        assert f.exit_code is None or f.exit_signal is None  # whatever it saw, one of them
         runtime.restart(req, *inputs(runtime, req, image, hosts))
         [g] = runtime.observe()
         assert g.state is InstanceState.RUNNING and g.ip == f.ip

@@ -52,6 +52,7 @@ from rackfire.model.stack import (
     RuntimeKind,
 )
 from rackfire.net.attach import Attachment, attachment
+from rackfire.runtime import logwriter
 from rackfire.runtime.base import ExecHandle, Layer, RootFs
 from rackfire.runtime.fake import FakeRuntime
 from rackfire.runtime.layout import instance_dir, read_meta, update_meta
@@ -184,6 +185,9 @@ class FakeHost:
 
     def check_resize(self, req: InstanceRequest) -> None:
         self.runtime.check_resize(req)
+
+    def log_tail(self, key: InstanceKey, lines: int) -> str:
+        return logwriter.tail_lines(self.runtime.log_path(key), lines)
 
     def probe(self, key: InstanceKey, ip: str, health: HealthSpec) -> tuple[bool, str]:
         f = self.instances(key.stack).get(key)

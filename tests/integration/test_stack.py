@@ -167,7 +167,7 @@ roles:
     calm = {n: r["pid"] for n, r in by_name(server, stack).items() if n.startswith("calm")}
     hog_log = Path(str(by_name(server, stack)["hog-0"]["log"]))
     # The hog is killed by the kernel's OOM killer; rackfire notices and restarts it.
-    wait_for(lambda: "OOM-killed" in _actions_text(server, stack), 60, "an OOM kill")
+    wait_for(lambda: "killed by SIGKILL (OOM)" in _actions_text(server, stack), 60, "an OOM kill")
     assert hog_log.exists()
     rows = by_name(server, stack)
     assert {n: r["pid"] for n, r in rows.items() if n.startswith("calm")} == calm

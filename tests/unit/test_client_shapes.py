@@ -33,6 +33,8 @@ CALLS: dict[str, tuple[Any, ...]] = {
     "backups": (), "remove_backup": ("shop", "b1"), "verify_backup": ("shop", "b1"),
     "restore_backup": ("shop", "b1", None, False),
     "clone": ("shop", "try", None, None), "promote": ("try", "shop"), "diff": ("shop", "try"),
+    "start_task": ("shop", "web", ["true"], None), "run": ("shop", 1), "runs": ("shop",),
+    "cancel_run": ("shop", 1), "jobs": ("shop",),
     "stack": ("shop",), "stacks": (), "destroy": ("shop",),
     "instances": (), "scale": ("shop", "web", 2), "resize": ("shop", "web"),
     "operate": ("shop", "stop", None, None), "stats": ("shop",), "events": (), "images": (),

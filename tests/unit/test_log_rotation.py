@@ -8,11 +8,12 @@ import fcntl
 import json
 import os
 import re
-import subprocess
+import signal
 import sys
 import threading
 import time
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 
@@ -20,7 +21,7 @@ from rackfire import streaming
 from rackfire.agent.logfile import LogFile
 from rackfire.errors import SpecError
 from rackfire.model import logs
-from rackfire.model.instance import InstanceKey
+from rackfire.model.instance import Exit, InstanceKey
 from rackfire.model.logs import parse, rotated
 from rackfire.model.stack import MAX_LOG_FILES, LogLimits
 from rackfire.runtime import logshim, logwriter
@@ -54,18 +55,32 @@ def history(lf: LogFile, tail: int) -> bytes:
     return b"".join(lf.history())
 
 
-def run_writer(log: Path, limits: LogLimits, script: str) -> float:
+def launch(log: Path, limits: LogLimits, argv: tuple[str, ...],
+           banner: str = "") -> logwriter.Writer:
+    """The real log writer, starting `argv` writing into it, as a runtime does."""
+    writer = logwriter.launch(log, limits, banner, logwriter.Launch(argv, {}))
+    assert writer.main is not None, writer.error
+    return writer
+
+
+def py(text: str) -> tuple[str, ...]:
+    return (sys.executable, "-c", text)
+
+
+def ended(writer: logwriter.Writer, log: Path, timeout: float = 60) -> int | None:
+    """Wait for the run and its writer to end: the run's exit code, as the writer saw it."""
+    assert writer.wait(timeout)  # it ends when the command's end closes the pipes
+    exit = logwriter.read_exit(log, writer.main)
+    assert exit is not None
+    return exit.code
+
+
+def run_writer(log: Path, limits: LogLimits, text: str) -> float:
     """Start the real log writer and a command writing into it, as a runtime does; wait for
     both to finish. Returns how long it took."""
     start = time.monotonic()
-    writer = logwriter.start(log, limits, "--- rackfire: starting test")
-    try:
-        proc = subprocess.Popen([sys.executable, "-c", script], stdout=writer.stdout,
-                                stderr=writer.stderr)
-    finally:
-        writer.close()
-    assert proc.wait(60) == 0
-    assert writer.wait(30)  # it ends when the command's end closes the pipes
+    writer = launch(log, limits, py(text), "--- rackfire: starting test")
+    assert ended(writer, log) == 0
     return time.monotonic() - start
 
 
@@ -134,16 +149,10 @@ def test_writer_takes_new_limits_while_it_runs(tmp_path: Path) -> None:
         "for i in range(40000): sys.stdout.write('line %06d\\n' % i)\n"
         "sys.stdout.flush(); time.sleep(2.5)\n"  # meanwhile the limits are lowered
         "for i in range(40000, 80000): sys.stdout.write('line %06d\\n' % i)\n")
-    writer = logwriter.start(log, LogLimits(128 * 1024, 4), "")
-    try:
-        proc = subprocess.Popen([sys.executable, "-c", script], stdout=writer.stdout,
-                                stderr=writer.stderr)
-    finally:
-        writer.close()
+    writer = launch(log, LogLimits(128 * 1024, 4), py(script))
     time.sleep(1.0)
     logwriter.write_limits(log, LogLimits(64 * 1024, 2))
-    assert proc.wait(30) == 0
-    writer.wait(30)
+    assert ended(writer, log, 30) == 0
     files = files_of(log)
     assert len(files) == 2 and all(p.stat().st_size <= 64 * 1024 for p in files)
     assert json.loads((tmp_path / "console.limits").read_text()) == {
@@ -203,19 +212,15 @@ def test_follow_the_real_writer_across_rotations(tmp_path: Path) -> None:
         "for i in range(150):\n"
         "    sys.stdout.write(''.join('line %06d\\n' % n for n in range(i * 100, i * 100 + 100)))\n"
         "    sys.stdout.flush(); time.sleep(0.02)\n")
-    writer = logwriter.start(log, CAP, "")
+    writer = launch(log, CAP, py(script))
     lf = LogFile(log)
-    try:
-        proc = subprocess.Popen([sys.executable, "-c", script], stdout=writer.stdout,
-                                stderr=writer.stderr)
-    finally:
-        writer.close()
     seen: list[int] = []
-    while proc.poll() is None or not writer.wait(0):
+    while not writer.wait(0):
         seen += numbers(lf.poll())
         time.sleep(0.05)
     seen += numbers(lf.poll())
     lf.close()
+    assert ended(writer, log) == 0
     # Four times the cap, polled often enough: every line, once, in order.
     assert seen == list(range(15_000))
     assert len(files_of(log)) == 3
@@ -234,9 +239,7 @@ def test_the_writer_writes_the_format_readers_read() -> None:
 
 def test_writer_memory_is_small(tmp_path: Path) -> None:
     # One runs beside every instance: what it holds of its own must stay small.
-    writer = logwriter.start(tmp_path / "console.log", CAP, "--- rackfire: starting")
-    proc = subprocess.Popen(["sleep", "2"], stdout=writer.stdout, stderr=writer.stderr)
-    writer.close()
+    writer = launch(tmp_path / "console.log", CAP, ("sleep", "2"), "--- rackfire: starting")
     try:
         wait_until = time.monotonic() + 10
         while not (tmp_path / "console.log").exists() and time.monotonic() < wait_until:
@@ -245,7 +248,6 @@ def test_writer_memory_is_small(tmp_path: Path) -> None:
         anon = int(next(line.split()[1] for line in status if line.startswith("RssAnon:")))
         assert anon < 6 * 1024, f"{anon} kB of its own beside each instance"
     finally:
-        proc.wait(10)
         writer.wait(10)
 
 
@@ -288,11 +290,9 @@ def test_a_removed_dir_is_not_made_again_by_its_draining_writer(tmp_path: Path) 
     d.meta.write_text("{}")
     for i in range(2000):
         (d.root / "work" / f"f{i}").write_bytes(b"")
-    writer = logwriter.start(d.log, CAP, "")
-    script = "import sys\nwhile True: sys.stdout.write('line 000000\\n' * 100)\n"
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=writer.stdout,
-                            stderr=writer.stderr)
-    writer.close()
+    writer = launch(d.log, CAP,
+                    py("import sys\nwhile True: sys.stdout.write('line 000000\\n' * 100)\n"))
+    assert writer.main is not None
     try:
         deadline = time.monotonic() + 10
         while not rotated(d.log, 2).exists() and time.monotonic() < deadline:
@@ -300,8 +300,7 @@ def test_a_removed_dir_is_not_made_again_by_its_draining_writer(tmp_path: Path) 
         remove_instance_dir(d)
         time.sleep(0.3)  # and rotating on
     finally:
-        proc.kill()
-        proc.wait(10)
+        os.kill(writer.main, signal.SIGKILL)
         assert writer.wait(10)
     assert list(base.iterdir()) == [] and list_instance_dirs(base) == []
 
@@ -309,14 +308,13 @@ def test_a_removed_dir_is_not_made_again_by_its_draining_writer(tmp_path: Path) 
 def test_writer_is_reaped_when_it_ends_and_gets_no_environment(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RACKFIRE_TOKEN", "s3cret-token")
-    writer = logwriter.start(tmp_path / "console.log", CAP, "")
-    proc = subprocess.Popen(["sleep", "1"], stdout=writer.stdout, stderr=writer.stderr)
-    writer.close()
-    try:
-        environ = Path(f"/proc/{writer.pid}/environ").read_bytes()
-        assert b"s3cret-token" not in environ and b"RACKFIRE" not in environ
-    finally:
-        proc.wait(10)
+    writer = logwriter.launch(tmp_path / "console.log", CAP, "", logwriter.Launch(
+        ("sh", "-c", 'sleep 1; test "$SECRET" = s3cret-env'), {"SECRET": "s3cret-env"}))
+    environ = Path(f"/proc/{writer.pid}/environ").read_bytes()
+    cmdline = Path(f"/proc/{writer.pid}/cmdline").read_bytes()
+    assert b"s3cret-token" not in environ and b"RACKFIRE" not in environ
+    assert b"s3cret-env" not in environ + cmdline  # the run's env came in its request
+    assert ended(writer, tmp_path / "console.log", 10) == 0  # and reached the run
     # Ended with its instance: collected at once, not left a zombie until the next start.
     deadline = time.monotonic() + 10
     while Path(f"/proc/{writer.pid}").exists() and time.monotonic() < deadline:
@@ -394,3 +392,38 @@ def test_a_failed_start_is_told_without_stamps(tmp_path: Path) -> None:
     run_writer(log, CAP, script)
     assert logwriter.tail_text(log, 2) == (
         "--- rackfire: starting test | runc: no such file: /bin/nope")
+
+
+def test_the_writer_records_how_its_run_ended(tmp_path: Path) -> None:
+    # It is the run's reaper: the exit code, or the signal that killed it.
+    log = tmp_path / "console.log"
+    assert ended(launch(log, CAP, ("sh", "-c", "exit 3")), log, 10) == 3
+    writer = launch(log, CAP, ("sleep", "30"))
+    assert writer.main is not None and logwriter.read_exit(log, writer.main) is None
+    os.kill(writer.main, signal.SIGKILL)
+    assert writer.wait(10)
+    assert logwriter.read_exit(log, writer.main) == Exit(None, signal.SIGKILL, ANY)
+    # An earlier run's record is not this run's.
+    assert logwriter.read_exit(log, writer.main + 1) is None
+
+
+def test_a_run_that_cannot_start_says_why(tmp_path: Path) -> None:
+    writer = logwriter.launch(tmp_path / "console.log", CAP, "",
+                              logwriter.Launch(("/nonexistent/cmd",), {}))
+    assert writer.main is None and "/nonexistent/cmd" in writer.error
+    assert writer.wait(10)
+
+
+def test_a_launcher_detaching_its_main_process(tmp_path: Path) -> None:
+    # As `runc run --detach` does: the launcher exits at once, leaving the main process
+    # (whose pid it wrote) orphaned; the writer, its subreaper, still sees it end.
+    log, pid_file = tmp_path / "console.log", tmp_path / "init.pid"
+    detach = f"sh -c 'sleep 0.5; echo done; exit 7' & echo $! > {pid_file}; exit 0"
+    writer = logwriter.launch(log, CAP, "", logwriter.Launch(("sh", "-c", detach), {},
+                                                             pid_file=pid_file))
+    assert writer.rc == 0 and writer.main == int(pid_file.read_text())
+    assert ended(writer, log, 10) == 7
+    assert b"done" in log.read_bytes()
+    failing = logwriter.launch(log, CAP, "", logwriter.Launch(("sh", "-c", "exit 4"), {},
+                                                              pid_file=pid_file))
+    assert failing.rc == 4 and failing.main is None

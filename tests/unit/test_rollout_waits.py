@@ -3,6 +3,8 @@ or still in time, and when to look again."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from rackfire.control.rollouts import judge
 from rackfire.model.instance import Health, InstanceFacts, InstanceKey, InstanceState
 from rackfire.model.stack import RuntimeKind
@@ -70,10 +72,11 @@ def test_health_of_an_earlier_run_does_not_count() -> None:
 
 def test_stopped_unhealthy_and_gone_fail_at_once() -> None:
     v = judge([wait(WEB0), wait(WEB1, "restart"), wait(BARE0, "create")], SPEC,
-              {WEB0: facts(WEB0, InstanceState.STOPPED), WEB1: facts(WEB1)},
+              {WEB0: replace(facts(WEB0, InstanceState.STOPPED), exit_code=2),
+               WEB1: facts(WEB1)},
               {WEB1: status(WEB1, Health.UNHEALTHY, "refused")}, STARTED + 1)
     assert set(v.over) == {WEB0, WEB1, BARE0}
-    assert v.failed[WEB0] == "replace web-0: it stopped (exited); rollout stopped"
+    assert v.failed[WEB0] == "replace web-0: it stopped (exited 2); rollout stopped"
     assert v.failed[WEB1] == "restart web-1: unhealthy (refused); rollout stopped"
     assert v.failed[BARE0] == "create bare-0: it disappeared; rollout stopped"
     # An operator's rolling restart failing is not a release's failure.

@@ -69,7 +69,7 @@ class TestFake(RuntimeContract):
     @pytest.fixture
     def runtime(self, tmp_path: Path) -> Iterator[Runtime]:
         rt = FakeRuntime(tmp_path / "instances", "h")
-        rt.exits[QUICK] = Exit(0.3)
+        rt.exits[QUICK] = Exit(0.3, 3)
         yield rt
         for f in rt.observe():
             rt.destroy(f.key)
@@ -118,9 +118,10 @@ def test_failures_are_where_a_real_runtime_fails(fake: FakeRuntime, image: Image
     fake.restart(req, *inputs(fake, req, image, hosts))
     assert fake.observe()[0].state is InstanceState.RUNNING
 
-    fake.crash(req.key, code=137, oom=True)
+    fake.crash(req.key, oom=True)
     [f] = fake.observe()
-    assert (f.state, f.exit_code, f.oom_killed) == (InstanceState.STOPPED, 137, True)
+    assert (f.state, f.exit_signal, f.oom_killed) == (InstanceState.STOPPED, 9, True)
+    assert f.ended == "killed by SIGKILL (OOM)"
     fake.fail("stop")
     with pytest.raises(ExecError):
         fake.stop(req.key)

@@ -71,6 +71,7 @@ HOST_MEMORY_RESERVE = 512 << 20  # at least; or 5 % of the host's memory, if mor
 # A fetched layer ensured or used this recently is kept by collect_layers even with no
 # instance on it: the create it was fetched for may not have written its meta yet.
 LAYER_GRACE = 600.0
+MAX_TAIL_LINES = 1000  # of a log_tail
 
 
 class LocalAgent:
@@ -325,6 +326,10 @@ class LocalAgent:
     def replica_shipped(self, key: InstanceKey, token: str) -> None:
         _check_key(key)
         self.replicas.shipped(key, token)
+
+    def log_tail(self, key: InstanceKey, lines: int) -> str:
+        _check_key(key)
+        return logwriter.tail_lines(self._dir(key).log, min(lines, MAX_TAIL_LINES))
 
     def replica_version(self, key: InstanceKey) -> str:
         _check_key(key)

@@ -26,10 +26,13 @@ from rackfire.model.records import (
     BackupState,
     ReleaseStatus,
     Repository,
+    Run,
+    RunKind,
+    RunState,
     Snapshot,
     SnapshotState,
 )
-from rackfire.model.stack import RuntimeKind
+from rackfire.model.stack import CatchUp, Concurrency, RuntimeKind
 from rackfire.plan.actions import ActionKind, Plan
 from rackfire.schedule import Verdict
 
@@ -184,6 +187,9 @@ class InstanceAnswer(BaseModel):
     pid: int | None
     oom_killed: bool
     exit_code: int | None
+    exit_signal: int | None
+    ended: str = Field(description="how its last run ended while it is stopped: 'exited 3', "
+                       "'killed by SIGKILL (OOM)'; 'stopped' when that is not known")
     restarts: int = Field(description="restarts after a failure since it was made from its "
                           "spec")
     stopped_by_operator: bool
@@ -627,3 +633,54 @@ class PlacementsAnswer(RootModel[dict[str, str]]):
 
 class StopAnswer(BaseModel):
     stopping: bool
+
+
+class RunAnswer(BaseModel):
+    """A run: a job's slot, a one-off task or a release's `before` task, each in a fresh
+    instance of its role that ends."""
+
+    stack: str
+    number: int
+    role: str
+    instance: str = Field(description="its instance's id (`rackfire logs` takes it while "
+                          "it exists)")
+    kind: RunKind
+    state: RunState
+    command: list[str] = Field(description="[] for the role's own")
+    slot: Seconds | None = Field(description="a job's scheduled minute")
+    created: Seconds
+    started: Seconds | None
+    ended: Seconds | None
+    timeout: Number = Field(description="seconds")
+    exit_code: int | None
+    signal: int | None
+    exit_status: int = Field(description="what `rackfire run` exits with: the code, 128 + "
+                             "a signal, 124 after a timeout, 1 otherwise")
+    host: str
+    reason: str = Field(description="how it ended: 'exited 3', 'timed out after 10m'")
+    log: str = Field(description="the last lines of its log, kept when it ended")
+    actor: str
+
+
+class JobAnswer(BaseModel):
+    """A job role: its schedule and how its runs went."""
+
+    stack: str
+    role: str
+    schedule: str
+    next_slot: Seconds | None
+    concurrency: Concurrency
+    catch_up: CatchUp
+    timeout: Number = Field(description="seconds")
+    history: int
+    active: int = Field(description="runs under way")
+    runs: list[RunAnswer] = Field(description="the newest first, at most `history`")
+
+
+def run_answer(run: Run, exit_status: int) -> RunAnswer:
+    return RunAnswer(
+        stack=run.stack, number=run.number, role=run.role, instance=run.key.id,
+        kind=run.kind, state=run.state, command=list(run.command), slot=run.slot,
+        created=run.created, started=run.started, ended=run.ended, timeout=run.timeout,
+        exit_code=run.exit_code, signal=run.signal, exit_status=exit_status, host=run.host,
+        reason=run.reason, log=run.log, actor=run.actor)

@@ -364,6 +364,7 @@ def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Pa
     from rackfire.api.backups import add_backup_routes
     from rackfire.api.hosts import add_host_routes
     from rackfire.api.releases import add_release_routes
+    from rackfire.api.runs import add_run_routes
     from rackfire.api.snapshots import add_clone_routes, add_snapshot_routes
     from rackfire.api.streams import add_stream_routes  # logs and exec
 
@@ -374,6 +375,7 @@ def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Pa
     add_snapshot_routes(app, controller, ACTOR)
     add_clone_routes(app, controller, ACTOR)
     add_backup_routes(app, controller, ACTOR)
+    add_run_routes(app, controller, ACTOR)
     return app
 
 
@@ -464,7 +466,8 @@ def instance_answer(controller: Controller, v: InstanceView) -> InstanceAnswer:
         started_at=f.started_at,
         uptime=time.time() - f.started_at if f.started_at and running else None,
         health=v.health, health_message=v.message, pid=f.pid,
-        oom_killed=f.oom_killed, exit_code=f.exit_code,
+        oom_killed=f.oom_killed, exit_code=f.exit_code, exit_signal=f.exit_signal,
+        ended=f.ended,
         restarts=st.restarts if st else 0,
         stopped_by_operator=bool(st and st.stopped),
         failed=st.failed if st else "",

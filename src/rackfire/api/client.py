@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         HostShape,
         ImageShape,
         InstanceShape,
+        JobShape,
         MigrationShape,
         OperateShape,
         PlacementsShape,
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
         RemovedShape,
         RepositoryShape,
         RestoreShape,
+        RunShape,
         SnapshotShape,
         SourceShape,
         StackFileSchemaShape,
@@ -194,6 +196,28 @@ class Client:
     def releases(self, stack: str, role: str | None = None) -> list[ReleaseShape]:
         return cast("list[ReleaseShape]", self._call(
             "GET", f"/v1/stacks/{stack}/releases", params={"role": role} if role else {}))
+
+    # runs and jobs --------------------------------------------------------------------
+
+    def start_task(self, stack: str, role: str, command: list[str],
+                   timeout: float | None) -> RunShape:
+        return cast("RunShape", self._call(
+            "POST", f"/v1/runs/{stack}",
+            json={"role": role, "command": command, "timeout": timeout}))
+
+    def run(self, stack: str, number: int) -> RunShape:
+        return cast("RunShape", self._call("GET", f"/v1/runs/{stack}/{number}"))
+
+    def runs(self, stack: str, role: str | None = None, limit: int = 100) -> list[RunShape]:
+        params: dict[str, Any] = {"limit": limit} | ({"role": role} if role else {})
+        return cast("list[RunShape]", self._call("GET", f"/v1/runs/{stack}",
+                                                 params=params))
+
+    def cancel_run(self, stack: str, number: int) -> RunShape:
+        return cast("RunShape", self._call("POST", f"/v1/runs/{stack}/{number}/cancel"))
+
+    def jobs(self, stack: str) -> list[JobShape]:
+        return cast("list[JobShape]", self._call("GET", f"/v1/jobs/{stack}"))
 
     def take_snapshot(self, stack: str, role: str | None, index: int | None,
                       name: str | None) -> SnapshotShape:

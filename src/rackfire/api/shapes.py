@@ -16,10 +16,16 @@ ActionKind: TypeAlias = Literal[
     "build-image", "build-release", "migrate", "destroy", "stop", "fail", "create", "restart",
     "resize", "reload", "reconfigure", "replace", "publish"]
 BackupState: TypeAlias = Literal["taking", "ready", "failed"]
+CatchUp: TypeAlias = Literal["skip", "last", "all"]
+Concurrency: TypeAlias = Literal["forbid", "allow", "replace"]
 Health: TypeAlias = Literal["unknown", "starting", "healthy", "unhealthy", "-"]
 HostState: TypeAlias = Literal["ready", "draining", "down", "fenced"]
 Operation: TypeAlias = Literal["stop", "start", "restart"]
 ReleaseStatus: TypeAlias = Literal["deploying", "live", "retired", "failed"]
+RunKind: TypeAlias = Literal["job", "task", "before"]
+RunState: TypeAlias = Literal[
+    "pending", "running", "succeeded", "failed", "timed_out", "lost", "skipped", "missed",
+    "cancelled"]
 RuntimeKind: TypeAlias = Literal["container", "process", "fake"]
 SnapshotState: TypeAlias = Literal["taking", "ready", "failed"]
 Verdict: TypeAlias = Literal["ok", "degraded", "down", "untested"]
@@ -154,6 +160,10 @@ class InstanceShape(TypedDict):
     pid: int | None
     oom_killed: bool
     exit_code: int | None
+    exit_signal: int | None
+    # how its last run ended while it is stopped: 'exited 3', 'killed by SIGKILL (OOM)'; 'stopped'
+    # when that is not known
+    ended: str
     restarts: int  # restarts after a failure since it was made from its spec
     stopped_by_operator: bool
     failed: str  # why the restart policy gave up on it; '' if it did not
@@ -552,3 +562,44 @@ PlacementsShape: TypeAlias = dict[str, str]
 
 class StopShape(TypedDict):
     stopping: bool
+
+
+class RunShape(TypedDict):
+    """A run: a job's slot, a one-off task or a release's `before` task, each in a fresh
+    instance of its role that ends."""
+
+    stack: str
+    number: int
+    role: str
+    instance: str  # its instance's id (`rackfire logs` takes it while it exists)
+    kind: RunKind
+    state: RunState
+    command: list[str]  # [] for the role's own
+    slot: int | float | None  # a job's scheduled minute
+    created: int | float
+    started: int | float | None
+    ended: int | float | None
+    timeout: int | float  # seconds
+    exit_code: int | None
+    signal: int | None
+    # what `rackfire run` exits with: the code, 128 + a signal, 124 after a timeout, 1 otherwise
+    exit_status: int
+    host: str
+    reason: str  # how it ended: 'exited 3', 'timed out after 10m'
+    log: str  # the last lines of its log, kept when it ended
+    actor: str
+
+
+class JobShape(TypedDict):
+    """A job role: its schedule and how its runs went."""
+
+    stack: str
+    role: str
+    schedule: str
+    next_slot: int | float | None
+    concurrency: Concurrency
+    catch_up: CatchUp
+    timeout: int | float  # seconds
+    history: int
+    active: int  # runs under way
+    runs: list[RunShape]  # the newest first, at most `history`

@@ -12,6 +12,7 @@ wires the parts together and runs them:
     placement   the host pool and the placements kept (placement.py)
     moves       drains, migrations and strays between hosts (moves.py)
     health      the probes, recorded per run (health.py)
+    jobs        job slots and tasks: runs, each an instance that ends (jobs.py)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from rackfire.control.detector import Detector
 from rackfire.control.failover import Failover
 from rackfire.control.fleet import Fleet
 from rackfire.control.health import HealthMonitor, health_of
+from rackfire.control.jobs import Jobs
 from rackfire.control.moves import Moves
 from rackfire.control.placement import Placer
 from rackfire.control.publish import Publisher
@@ -87,10 +89,11 @@ class Controller:
         self.moves = Moves(store, fleet, clock, self.placer, self.publisher)
         self.failover = Failover(store, fleet, self.placer)
         self.detector = Detector(store, fleet, self.queue.add)
+        self.jobs = Jobs(store, fleet, clock, self.queue.add)
         self.reconciler = Reconciler(store, fleet, clock, self.queue, desired=self.desired,
                                      placer=self.placer, publisher=self.publisher,
                                      moves=self.moves, commands=self.commands,
-                                     failover=self.failover)
+                                     failover=self.failover, jobs=self.jobs)
         self.snapshots = SnapshotCommands(store, fleet, self.commands)
         self.clones = CloneCommands(store, fleet, self.commands, self.snapshots)
         self.backups = BackupCommands(store, fleet, self.commands, self.snapshots)
@@ -123,6 +126,7 @@ class Controller:
         self._spawn("detector", lambda: self.detector.run(self._stop))
         self._spawn("backups", lambda: self.backups.run_schedule(self._stop))
         self._spawn("replicas", lambda: self.replicator.run(self._stop))
+        self._spawn("jobs", lambda: self.jobs.run(self._stop))
 
     def stop(self) -> None:
         self._stop.set()

@@ -66,13 +66,18 @@ class DesiredState:
         built is left to the plan's build actions (`Desired.builds`), as without it."""
         subnet = self.subnet(rec, spec)
         ips = self.store.ips(spec.name) if rec else {}
+        roles = {r.name for r in spec.roles}
+        runs = {r.key: r.command for r in (self.store.runs.active(spec.name) if rec else [])
+                if r.role in roles}
         missing = [k for role in spec.roles for k in role_keys(spec.name, role, surge=True)
-                   if k not in ips]
+                   if k not in ips] + [k for k in runs if k not in ips]
         ips.update(zip(missing, allocate_ips(subnet, ips.values(), len(missing)), strict=True))
+        closed = {r.name for r in spec.roles if not r.egress}
         network = NetworkConfig(spec.name, subnet, gateway_of(subnet),
                                 int(subnet.rsplit("/", 1)[1]), no_egress=tuple(sorted(
                                     ips[k] for r in spec.roles if not r.egress
-                                    for k in role_keys(spec.name, r, surge=True))))
+                                    for k in role_keys(spec.name, r, surge=True))) + tuple(
+                                    sorted(ips[k] for k in runs if k.role in closed)))
         digests = {}
         declared = {i.name for i in spec.images}
         for image_name in {r.image for r in spec.roles}:
@@ -113,7 +118,8 @@ class DesiredState:
         primaries = {role: (p.index, p.term)
                      for role, p in self.store.primaries.of_stack(spec.name).items()}
         plain = partial(render_stack, spec, ips, digests, network,
-                        self.agent.info().runtimes[0], app_digests=layers, primaries=primaries)
+                        self.agent.info().runtimes[0], app_digests=layers, primaries=primaries,
+                        runs=runs)
         observed = self.agent.observe(spec.name)
         requests = render(self.ready_keys(spec, observed) if rec else ())
         return Desired(network, {r.key: r.ip for r in requests}, requests, images, layers,
@@ -129,7 +135,8 @@ class DesiredState:
                                subnet_prefix(wanted))
 
     def plan(self, name: str, generation: int, spec: StackSpec, desired: Desired,
-             timed_out: dict[InstanceKey, str] | None = None) -> Plan:
+             timed_out: dict[InstanceKey, str] | None = None,
+             gated: dict[str, str] | None = None) -> Plan:
         """The pure planner over the snapshot, with each instance's health and control.
         `timed_out`: instances a rollout made that did not pass their check in time,
         failing for the planner as if unhealthy (held behind, restarted by the policy)."""
@@ -138,7 +145,8 @@ class DesiredState:
         checked = {r.name for r in spec.roles if r.health}
         unhealthy, starting = {}, []
         for f in desired.observed:
-            if f.state is InstanceState.RUNNING and f.key.role in checked:
+            if f.state is InstanceState.RUNNING and f.key.role in checked \
+                    and f.key.run is None:
                 health, why = health_of(f, statuses.get(f.key))
                 if health is Health.UNHEALTHY:
                     unhealthy[f.key] = why
@@ -150,7 +158,7 @@ class DesiredState:
                 starting.remove(key)
         lost = self.agent.lost(name)
         plan = plan_stack(name, generation, spec, desired.requests, desired.observed,
-                          controls, self.clock(), unhealthy, starting, lost)
+                          controls, self.clock(), unhealthy, starting, lost, gated)
         return with_steps(plan, desired.builds,
                           migration_actions(self.agent.placements.migrations(name)),
                           publish_actions(spec, plan.actions, desired.observed, lost))

@@ -348,6 +348,9 @@ class Fleet:
                          if m.key == key and m.step == "starting"), None)
         return self.link(starting or self.host_of(key)).probe(key, ip, health)
 
+    def log_tail(self, key: InstanceKey, lines: int) -> str:
+        return self.link(self.host_of(key)).log_tail(key, lines)
+
     def stats(self, stack: str) -> list[InstanceStats]:
         out: list[InstanceStats] = []
         for host in self._stack_hosts(stack):

@@ -65,7 +65,8 @@ class HealthMonitor:
             statuses = self.store.statuses(rec.name)
             for f in self.agent.observe(rec.name):
                 spec = checks.get(f.key.role)
-                if spec is None or f.state is not InstanceState.RUNNING or f.host in gone:
+                if spec is None or f.state is not InstanceState.RUNNING or f.host in gone \
+                        or f.key.run is not None:  # a run's exit code is its result
                     continue  # (one on a lost host is not reached: it is `lost`)
                 st = statuses.get(f.key)
                 starting = health_of(f, st)[0] is Health.STARTING

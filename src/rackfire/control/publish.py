@@ -53,6 +53,7 @@ class Publisher:
         checks = {r.name: r.health for r in spec.roles}
         out = self.drained(spec.name).keys() | self.agent.lost(spec.name).keys()
         return {f.key for f in facts if f.key.role in checks and f.key not in out
+                and f.key.run is None  # a run serves nobody (its role's name is not its)
                 and ready(f, statuses.get(f.key), checks[f.key.role])}
 
     def forget_drains(self, stack: str, plan: Plan) -> None:

@@ -19,6 +19,7 @@ from rackfire.control.executor import CONTROLLER, LOOK_AGAIN, Executor
 from rackfire.control.failover import Failover
 from rackfire.control.fleet import Fleet
 from rackfire.control.health import health_of
+from rackfire.control.jobs import Jobs
 from rackfire.control.moves import Moves
 from rackfire.control.placement import Placer
 from rackfire.control.primaries import Promoter
@@ -53,11 +54,12 @@ class Reconciler:
     def __init__(self, store: StateStore, fleet: Fleet, clock: Callable[[], float],
                  queue: WorkQueue, *, desired: DesiredState, placer: Placer,
                  publisher: Publisher, moves: Moves, commands: Commands,
-                 failover: Failover) -> None:
+                 failover: Failover, jobs: Jobs) -> None:
         self.store, self.fleet, self.clock, self.queue = store, fleet, clock, queue
         self.agent: Fleet = fleet
         self.desired, self.placer, self.publisher = desired, placer, publisher
         self.moves, self.commands, self.failover = moves, commands, failover
+        self.jobs = jobs
         self.executor = Executor(store, fleet)
         self.promoter = Promoter(store, fleet, publisher.ready_keys)
         self.waits = store.waits
@@ -122,7 +124,10 @@ class Reconciler:
                                  self.store.statuses(name), self.clock())
         for key in verdict.over:
             self.waits.drop(key)
-        plan = self.desired.plan(name, rec.generation, rec.spec, desired, verdict.timed_out)
+        gated, before_failed = self.jobs.gates(rec, current, desired.requests,
+                                               desired.observed)
+        plan = self.desired.plan(name, rec.generation, rec.spec, desired, verdict.timed_out,
+                                 gated)
         self.publisher.forget_drains(name, plan)
         self.placer.place_new(rec.spec, desired, {a.key for a in plan.actions
                                             if a.kind is ActionKind.CREATE})
@@ -137,7 +142,7 @@ class Reconciler:
             self.fleet.placements.drop(key)
         observed = self.agent.observe(name)
         self.publisher.publish(rec, desired, observed)
-        failing = dict(verdict.rollout_failed) | outcome.rollout_failed
+        failing = dict(verdict.rollout_failed) | outcome.rollout_failed | before_failed
         for a in plan.actions:
             if a.held and a.kind is ActionKind.REPLACE:
                 failing.setdefault(a.key.role, f"rollout held: {a.held}")
@@ -148,7 +153,10 @@ class Reconciler:
         unready = self._unready(rec, observed)
         failed = next(iter(verdict.failed.values()), "") or outcome.failed
         if not failed:  # a role whose every instance runs and passes: its release
-            settled = {r.name for r in rec.spec.roles} - {k.role for k in unready}
+            # (not one still rolling: what runs and passes may be the release before)
+            rolling = {a.key.role for a in plan.actions
+                       if a.rolling or a.kind is ActionKind.REPLACE} | gated.keys()
+            settled = {r.name for r in rec.spec.roles} - {k.role for k in unready} - rolling
             releases.settle(self.store, [current[r] for r in settled])
         waiting = (None if verdict.due is None else verdict.due - self.clock(),
                    migrating_again, fence_due, promote_due)
@@ -304,5 +312,6 @@ class Reconciler:
                         out[key] = f"{key.name} ({health}{': ' + why if why else ''})"
         wanted = set(desired_keys(rec.spec))
         for key in sorted(observed.keys() - wanted):  # a surge or scaled-away instance
-            out[key] = f"{key.name} (to be removed)"
+            if key.run is None:  # (a run is not the stack's to be ready: jobs.py)
+                out[key] = f"{key.name} (to be removed)"
         return out

@@ -60,7 +60,7 @@ def _why_not(f: InstanceFacts | None, st: InstanceStatus | None, checked: bool) 
     if f is None:
         return "it disappeared"
     if f.state is InstanceState.STOPPED:
-        return f"it stopped ({'OOM-killed' if f.oom_killed else 'exited'})"
+        return f"it stopped ({f.ended})"
     if f.state is not InstanceState.RUNNING:
         return "it did not start"
     if not checked:

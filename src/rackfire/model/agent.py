@@ -161,6 +161,7 @@ CALLS: dict[str, Call] = {
     "teardown_stack": _changes(300),
     "discard_disks": _sets(120),
     "probe": Call(60),  # a check's own timeout is at most 60 s (spec/schema.py)
+    "log_tail": Call(30),
     "ensure_layer": _sets(900),  # may fetch a layer of some GB
     "collect_layers": _sets(120),
     "set_aside": _changes(60),
@@ -235,6 +236,9 @@ class HostAgent(Protocol):
     # instance exists on this host.
     def discard_disks(self, key: InstanceKey) -> None: ...
     def probe(self, key: InstanceKey, ip: str, health: HealthSpec) -> tuple[bool, str]: ...
+    # The last lines of an instance's console log, without their stamps (a run's, kept in
+    # its history when it ends); "" if it has none here.
+    def log_tail(self, key: InstanceKey, lines: int) -> str: ...
     # The layer is on this host: present, or fetched from the controller and verified by
     # its digest; NotFound if neither.
     def ensure_layer(self, digest: str) -> None: ...

@@ -17,6 +17,9 @@ from rackfire.model.stack import (
 )
 
 _NAME = re.compile(NAME_PATTERN)
+# A run's instance (a job's, a task's) has index RUN_BASE + its number in the stack: past
+# any count and surge (MAX_COUNT), so it is never one of the role's instances.
+RUN_BASE = 100_000
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -37,6 +40,15 @@ class InstanceKey:
 
     def __str__(self) -> str:
         return f"{self.stack}/{self.role}/{self.index}"
+
+    @property
+    def run(self) -> int | None:
+        """The run it is (a job's or a task's, control/jobs.py), if it is one."""
+        return self.index - RUN_BASE if self.index >= RUN_BASE else None
+
+    @staticmethod
+    def of_run(stack: str, role: str, number: int) -> InstanceKey:
+        return InstanceKey(stack, role, RUN_BASE + number)
 
     @staticmethod
     def parse_id(text: str) -> InstanceKey:
@@ -84,7 +96,7 @@ class Target:
 
 class InstanceState(StrEnum):
     RUNNING = "running"
-    STOPPED = "stopped"  # the command exited; exit_code says how
+    STOPPED = "stopped"  # the command exited; exit_code or exit_signal says how
     PARTIAL = "partial"  # some of its parts exist but it never started (an interrupted create)
 
 
@@ -94,6 +106,34 @@ class Health(StrEnum):
     HEALTHY = "healthy"
     UNHEALTHY = "unhealthy"
     NONE = "-"  # the role has no health check
+
+
+# Linux's numbering (x86 and arm alike), for messages: the pure layers import no `signal`.
+SIGNALS = ("HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV",
+           "USR2", "PIPE", "ALRM", "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN",
+           "TTOU", "URG", "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO", "PWR", "SYS")
+
+
+def signal_name(number: int) -> str:
+    return f"SIG{SIGNALS[number - 1]}" if 1 <= number <= len(SIGNALS) else f"signal {number}"
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    """How a run's main process ended, as its reaper saw it: an exit code or a signal."""
+
+    code: int | None
+    signal: int | None
+    at: float = 0.0
+
+
+def describe_exit(code: int | None, sig: int | None, oom: bool = False) -> str:
+    """"exited 3", "killed by SIGKILL (OOM)"; "stopped" when nobody saw how."""
+    if sig is not None:
+        return f"killed by {signal_name(sig)}" + (" (OOM)" if oom else "")
+    if code is not None:
+        return f"exited {code}" + (" (OOM)" if oom else "")
+    return "OOM-killed" if oom else "stopped"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,13 +150,19 @@ class InstanceFacts:
     config_hash: str = ""
     started_at: float | None = None
     pid: int | None = None
-    exit_code: int | None = None
+    exit_code: int | None = None  # how its last run ended, while it is stopped
+    exit_signal: int | None = None
     oom_killed: bool = False
     resources: Resources | None = None  # as it runs now (a live resize changes them)
     files_layout: str = ""  # digest of the rendered files' paths: a reload cannot add one
     log: str = ""  # its console log's path, on this host (the agent streams it: `logs`)
     incarnation: int = 0  # the run it is (InstanceRequest.incarnation); 0: from before those
     fence: bool = False  # its host stops it when that cannot renew its lease
+
+    @property
+    def ended(self) -> str:
+        """How its last run ended: "exited 3", "killed by SIGKILL (OOM)"."""
+        return describe_exit(self.exit_code, self.exit_signal, self.oom_killed)
 
 
 @dataclass(frozen=True, slots=True)

@@ -313,3 +313,57 @@ class HostRecord:
     # Its incarnation: rises each time it heartbeats again after its lease lapsed. A
     # mutating call carries it; the agent refuses one older than it knows.
     epoch: int = 1
+
+
+class RunKind(StrEnum):
+    JOB = "job"  # a slot of a job role's schedule
+    TASK = "task"  # `rackfire run`: a one-off command
+    BEFORE = "before"  # a role's `before:` task, gating its release's rollout
+
+
+class RunState(StrEnum):
+    PENDING = "pending"  # claimed: its instance is being made
+    RUNNING = "running"  # its instance was seen
+    SUCCEEDED = "succeeded"  # exited 0
+    FAILED = "failed"  # exited otherwise, or could not start
+    TIMED_OUT = "timed_out"  # stopped at its timeout
+    LOST = "lost"  # its host was lost while it ran: not run again
+    SKIPPED = "skipped"  # a slot whose job was still running (concurrency: forbid)
+    MISSED = "missed"  # a slot that passed while the controller was down
+    CANCELLED = "cancelled"  # stopped by an operator, or replaced by the next slot
+
+
+ACTIVE_RUNS = (RunState.PENDING, RunState.RUNNING)
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One run of a role's image, release and config with its own instance (index
+    RUN_BASE + number): a job's slot, a one-off task, a release's `before` task."""
+
+    stack: str
+    number: int  # in its stack, from 1
+    role: str
+    kind: RunKind
+    state: RunState
+    created: float
+    command: tuple[str, ...] = ()  # () runs the role's own
+    slot: float | None = None  # a job's scheduled minute
+    timeout: float = 3600.0
+    started: float | None = None
+    ended: float | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    host: str = ""
+    reason: str = ""  # how it ended, for people: "exited 3", "timed out after 10m"
+    log: str = ""  # the last lines of its console log, kept when it ended
+    release: int = 0  # a `before` task's: the release version it gates
+    actor: str = ""
+
+    @property
+    def key(self) -> InstanceKey:
+        return InstanceKey.of_run(self.stack, self.role, self.number)
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_RUNS

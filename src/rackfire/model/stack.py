@@ -125,6 +125,37 @@ class BackupPolicy:
     to: str = "default"
 
 
+class Concurrency(StrEnum):
+    """What a job's slot does while an earlier run of it still runs."""
+
+    FORBID = "forbid"  # skipped (recorded as such)
+    ALLOW = "allow"  # runs beside it
+    REPLACE = "replace"  # the earlier run is stopped, this one starts
+
+
+class CatchUp(StrEnum):
+    """Slots missed while the controller was down, once it is back."""
+
+    SKIP = "skip"  # none: recorded as missed
+    LAST = "last"  # one run, for the latest of them (as anacron, systemd's Persistent=)
+    ALL = "all"  # one run for each, oldest first (at most MAX_CATCH_UP)
+
+
+MAX_CATCH_UP = 100
+
+
+@dataclass(frozen=True, slots=True)
+class JobPolicy:
+    """A role that is a job: each slot of `schedule` (cron, UTC; model/cron.py) runs one
+    fresh instance of the role, exactly once across the hosts (control/jobs.py)."""
+
+    schedule: str
+    concurrency: Concurrency = Concurrency.FORBID
+    timeout: float = 3600.0  # a run still running then is stopped, and failed
+    history: int = 10  # runs kept, with their exit and log tail
+    catch_up: CatchUp = CatchUp.LAST
+
+
 @dataclass(frozen=True, slots=True)
 class LogLimits:
     """How much console log an instance keeps on its host: the current file is rotated
@@ -205,6 +236,10 @@ class RoleSpec:
     egress: bool = True  # reaches the outside world through its host (NAT); False: only
     #                      its stack and the hosts
     backup: BackupPolicy | None = None  # scheduled backups (control/backups.py)
+    job: JobPolicy | None = None  # a job: no instances of its own, a run per slot
+    # A task run on a new release before its rollout (a migration): the rollout goes only
+    # if it exits 0 (control/jobs.py), else the release fails as a bad one does.
+    before: tuple[str, ...] = ()
 
     @property
     def singleton(self) -> bool:
@@ -300,6 +335,9 @@ def _role_from_json(r: dict[str, Any]) -> RoleSpec:
         egress=r.get("egress", True),
         backup=BackupPolicy(b["every"], Keep(**b.get("keep", {})), b.get("to", "default"))
         if (b := r.get("backup")) else None,
+        job=JobPolicy(j["schedule"], Concurrency(j["concurrency"]), j["timeout"], j["history"],
+                      CatchUp(j["catch_up"])) if (j := r.get("job")) else None,
+        before=tuple(r.get("before", ())),
     )
 
 

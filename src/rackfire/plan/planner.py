@@ -49,12 +49,14 @@ def plan_stack(
     unhealthy: Mapping[InstanceKey, str] | None = None,
     starting: Collection[InstanceKey] = (),
     lost: Mapping[InstanceKey, str] | None = None,
+    gated: Mapping[str, str] | None = None,
 ) -> Plan:
     """`spec` is None when the stack is being destroyed. `unhealthy` are the running
     instances that fail their check (past the grace period), and why; `starting` those that
     have not passed it yet. A rollout does not go past an instance already on the new spec
     that fails (held: a bad release stops at its first instance and stays stopped), and
-    waits for one that is still starting."""
+    waits for one that is still starting. `gated`: roles whose rollout waits for
+    something else (a release's `before` task), and for what."""
     unhealthy = unhealthy or {}
     # Lost: on a host whose lease lapsed. Nothing is known of them, so nothing is done to
     # them here; they are reported (restarting them elsewhere needs fencing: issue 15).
@@ -99,6 +101,8 @@ def plan_stack(
         if key in surge:
             actions.append(Action(ActionKind.CREATE, key, "surge instance for the rollout",
                                   surge[key], rolling=True))
+        elif key.run is not None:
+            actions.append(Action(ActionKind.CREATE, key, f"run #{key.run}", want[key]))
         elif not controls.get(key, Control()).stopped:  # stopped by an operator: on start
             actions.append(Action(ActionKind.CREATE, key, "new instance", want[key]))
 
@@ -107,7 +111,8 @@ def plan_stack(
     def done(k: InstanceKey) -> str:
         """How `k` is already through the rollout ('' if it is not)."""
         f, c = have.get(k), controls.get(k, Control())
-        if f is None or k not in want or f.state is InstanceState.PARTIAL or c.stopped:
+        if f is None or k not in want or f.state is InstanceState.PARTIAL or c.stopped \
+                or k.run is not None:  # a run that ended is not a failed rollout
             return ""
         if c.restart_requested is not None and (f.started_at or 0.0) >= c.restart_requested:
             return "restarted"
@@ -120,10 +125,11 @@ def plan_stack(
 
     stuck = first_done([k for k, f in have.items() if f.state is not InstanceState.RUNNING]
                        + list(unhealthy))
-    waiting = first_done(starting)
+    waiting = first_done(starting) | {r: why for r, why in (gated or {}).items() if r in roles}
     # Roles roll in dependency order: one waits while a role it uses is still rolling (has
     # rolling actions, or instances past its count: surge ones, or ones on their way out).
-    extra = {k.role for k in have if k.role in roles and k.index >= roles[k.role].count}
+    extra = {k.role for k in have if k.role in roles and k.index >= roles[k.role].count
+             and k.run is None}
     unsettled = rolling_roles | extra | {a.key.role for a in actions if a.rolling}
     for name, role in roles.items():
         behind = sorted(role.uses_closure(roles) & unsettled)
@@ -173,6 +179,10 @@ def _hold(a: Action, stuck: Mapping[str, str], waiting: Mapping[str, str], now: 
 
 def _compare(d: InstanceRequest, f: InstanceFacts, role: RoleSpec, c: Control,
              unhealthy: str | None, now: float) -> Action | None:
+    if d.key.run is not None:
+        # A run is made once and never restarted, replaced or reloaded: however it ends
+        # (half-made included: it may have started), control/jobs.py records it.
+        return None
     timeout = role.stop_timeout
     if c.stopped:  # kept as it is, new spec included, until an operator starts it
         if f.state is InstanceState.RUNNING:
@@ -211,8 +221,7 @@ def _compare(d: InstanceRequest, f: InstanceFacts, role: RoleSpec, c: Control,
         return replace(action, not_before=_backoff(c, role.restart, now))
     if f.state is InstanceState.STOPPED or unhealthy is not None:
         if f.state is InstanceState.STOPPED:
-            why = "OOM-killed" if f.oom_killed else (
-                f"exited with code {f.exit_code}" if f.exit_code is not None else "stopped")
+            why = f.ended
         else:
             why = f"unhealthy: {unhealthy}" if unhealthy else "unhealthy"
         return _recover(ActionKind.RESTART, d, why, role.restart, c, now, timeout)
@@ -283,4 +292,6 @@ def _destroy_reason(key: InstanceKey, spec: StackSpec | None) -> str:
     counts = {r.name: r.count for r in spec.roles}
     if key.role not in counts:
         return f"role {key.role} removed"
+    if key.run is not None:
+        return f"run #{key.run} is over"
     return f"count is {counts[key.role]}"

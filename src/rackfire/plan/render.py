@@ -79,11 +79,15 @@ def render_stack(
     app_digests: Mapping[str, str] | None = None,
     ready: Collection[InstanceKey] = (),
     primaries: Mapping[str, tuple[int, int]] | None = None,
+    runs: Mapping[InstanceKey, tuple[str, ...]] | None = None,
 ) -> list[InstanceRequest]:
     """Every desired instance of the stack, with its config rendered from the templates,
     then the surge instances a rollout may add (`surge=True`; those that have an IP).
     `image_digests` is by image name, `app_digests` (release layers, once built) by role,
-    `primaries` (index, term) by primary role (its first instance, term 1, if not given)."""
+    `primaries` (index, term) by primary role (its first instance, term 1, if not given),
+    `runs` the runs under way (control/jobs.py), each with its command (() for the role's):
+    instances of their role that no template lists."""
+    runs = runs or {}
     app_digests = app_digests or {}
     chosen = {r.name: (primaries or {}).get(r.name, (0, 1)) for r in stack.roles
               if r.ha.primary}
@@ -107,6 +111,7 @@ def render_stack(
                                           *_primary(peers[r], chosen.get(r)))
                    for r in (role.name, *role.uses)}
         keys = [k for k in role_keys(stack.name, role, surge=True) if k in ips]
+        keys += sorted(k for k in runs if k.role == role.name and k in ips)
         # path -> a file that reads nothing of its instance, and its size
         shared: dict[str, tuple[str, int]] = {}
         # The same for every instance of the role: hashed once.
@@ -120,13 +125,15 @@ def render_stack(
                                     index=index, instance_id=key.id, roles=visible,
                                     primary=chosen.get(role.name, (-1, 0))[0] == index)
             files = _render_files(role, ctx, shared, steps)
+            run = runs.get(key)
             request = InstanceRequest(
                 key=key,
                 action_id="",
                 runtime=runtime,
                 image_digest=role.image_digest or image_digests[role.image],
-                command=role.command,
-                env=env,
+                command=run or role.command,
+                env=env if run is None else tuple(sorted(
+                    {**dict(env), "RACKFIRE_RUN": str(key.run)}.items())),
                 resources=role.resources,
                 files=files,
                 ip=ips[key],
@@ -140,9 +147,9 @@ def render_stack(
                 data=role.data,
                 reload=role.reload,
                 files_layout=layout,
-                surge=index >= role.count,
+                surge=key.run is None and index >= role.count,
                 logs=role.logs,
-                fence=role.self_fences,
+                fence=role.self_fences and run is None,
             )
             out.append(request)
     return out

@@ -315,8 +315,7 @@ class ContainerRuntime:
                 files_layout=meta.get("files_layout", ""),
                 started_at=meta.get("started_at"), resources=resources_of(meta),
                 pid=c.pid if running and c else None,
-                oom_killed=state is InstanceState.STOPPED and _oom_killed(key),
-                **run_of(meta),
+                **_ended(key, d, meta, state), **run_of(meta),
             ))
         return facts
 
@@ -363,20 +362,21 @@ class ContainerRuntime:
         (d.bundle / "config.json").write_text(json.dumps(config))
         if self.runc.has(req.key.id):  # a stopped leftover
             self.runc.call("delete", "--force", req.key.id, check=False)
-        # The container inherits runc's stdio: pipes to its own log writer, which stamps
-        # and rotates the console log and outlives this server (runtime/logwriter.py).
-        # runc's own errors go there too.
-        writer = logwriter.start(d.log, req.logs,
-                                 f"--- rackfire: starting {req.key} at {time.ctime()}")
-        try:
-            proc = self.runc.run_detached(req.key.id, d.bundle, writer.stdout, writer.stderr)
-        finally:
-            writer.close()
-        if proc.returncode != 0:
+        # The log writer starts runc, whose stdio the container inherits: pipes to the
+        # writer, which stamps and rotates the console log, reaps the container's init (its
+        # exit code) and outlives this server (runtime/logwriter.py). runc's own errors go
+        # to the log too.
+        pid_file = d.root / "init.pid"
+        env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
+        writer = logwriter.launch(
+            d.log, req.logs, f"--- rackfire: starting {req.key} at {time.ctime()}",
+            logwriter.Launch(self.runc.run_detached(req.key.id, d.bundle, pid_file), env,
+                             pid_file=pid_file))
+        if writer.main is None:
             writer.wait(2.0)  # no container holds the pipes: it ends soon
-            raise ExecError(f"runc could not start {req.key}: {logwriter.tail_text(d.log)}",
-                            hint=f"see {d.log}")
-        update_meta(d, started_at=time.time())
+            why = writer.error or logwriter.tail_text(d.log)
+            raise ExecError(f"runc could not start {req.key}: {why}", hint=f"see {d.log}")
+        update_meta(d, started_at=time.time(), pid=writer.main)
         attach.announce(net)
 
 
@@ -438,6 +438,17 @@ def _stats_of(key: InstanceKey, d: InstanceDir, cpu: float | None) -> InstanceSt
     used, limit = stats.cgroup_memory(key.id)
     return InstanceStats(key, cpu, used, limit, disk_used, disk_limit, rx, tx,
                          stats.cgroup_pids(key.id))
+
+
+def _ended(key: InstanceKey, d: InstanceDir, meta: dict[str, Any],
+           state: InstanceState) -> dict[str, Any]:
+    """How a stopped container's last run ended: its writer's record, and the cgroup's OOM
+    count while runc still has it."""
+    if state is not InstanceState.STOPPED:
+        return {}
+    ended = logwriter.read_exit(d.log, meta.get("pid"))
+    return {"exit_code": ended.code if ended else None,
+            "exit_signal": ended.signal if ended else None, "oom_killed": _oom_killed(key)}
 
 
 def _oom_killed(key: InstanceKey) -> bool:

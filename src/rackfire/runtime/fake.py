@@ -75,6 +75,7 @@ class _Run:
     ends_at: float | None
     code: int
     exit_code: int | None = None  # once it ended by itself
+    exit_signal: int | None = None
     running: bool = True
     oom_killed: bool = False
 
@@ -115,12 +116,16 @@ class FakeRuntime:
             self._failures.append(_Failure(
                 verb, key, error or ExecError(f"fake runtime: {verb} failed"), times))
 
-    def crash(self, key: InstanceKey, code: int = 1, oom: bool = False) -> None:
+    def crash(self, key: InstanceKey, code: int = 1, oom: bool = False,
+              signal: int | None = None) -> None:
+        """It ends by itself: with `code`, or killed by `signal` (an OOM kill: SIGKILL)."""
         with self._lock:
             run = self._runs.get(key)
             if run is None or not self._running(run):
                 raise PrereqError(f"instance {key} is not running")
-            run.running, run.exit_code, run.oom_killed = False, code, oom
+            sig = signal if signal is not None else (9 if oom else None)
+            run.running, run.oom_killed = False, oom
+            run.exit_code, run.exit_signal = (None, sig) if sig is not None else (code, None)
 
     def files(self, key: InstanceKey) -> dict[str, str]:
         """The rendered files the instance has now (a reload's new contents included)."""
@@ -259,6 +264,7 @@ class FakeRuntime:
                     started_at=meta.get("started_at"), resources=resources_of(meta),
                     pid=run.pid if run is not None and up else None,
                     exit_code=run.exit_code if run is not None and not up else None,
+                    exit_signal=run.exit_signal if run is not None and not up else None,
                     oom_killed=run is not None and not up and run.oom_killed,
                     **run_of(meta)))
             return facts

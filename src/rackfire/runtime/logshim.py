@@ -18,17 +18,27 @@ previous run's writer is still fed by a stray process of that run) says so in th
 neither rotates nor prunes, so that one writer alone renames the files, until it gets the
 lock: meanwhile it appends to whatever file is current, which may pass `max_size`.
 
+It is also the run's reaper (as conmon is): it starts the run itself, as a child subreaper
+(PR_SET_CHILD_SUBREAPER), so the instance's main process is its child, or becomes its
+child when the launcher (`runc run --detach`) exits, and nobody else learns how it ended.
+It writes that to `exit.json` beside the log: `{"pid", "code", "signal", "at"}`. The
+launch request (JSON: argv, env, cwd, exit_file, pid_file) comes on its stdin and its
+answer (`{"pid", "rc"}` or `{"error"}`) goes to its stdout, both pipes of the runtime's;
+with a `pid_file` (runc's), the main process is the pid written there, and the answer
+waits for the launcher's exit status. Secrets in the env never show in its command line.
+
 Standard library only, run by path with `-I -S`: one runs beside every instance, so it
 imports as little as it can: about 5 MB of memory of its own (RssAnon, measured on
 Python 3.11: 4.8 MB idle, 5.2 MB after some output; a burst of short lines, 64 KiB of them
-a read, takes it to about 10 MB, which it keeps).
+a read, takes it to about 10 MB, which it keeps). Reaping adds ctypes, for prctl: 0.3 MB.
 
-    python -I -S logshim.py LOG LIMITS STDOUT_FD STDERR_FD [BANNER]
+    python -I -S logshim.py LOG LIMITS [BANNER]   < request   > answer
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import json
@@ -37,6 +47,10 @@ import select
 import signal
 import sys
 import time
+
+TYPE_CHECKING = False  # typing is not imported at run time: it runs beside every instance
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 # As model/logs.py and model/stack.py say (tests/unit/test_log_rotation.py checks).
 MAX_LINE = 16 * 1024
@@ -230,20 +244,29 @@ def read_limits(path: str) -> tuple[int, int] | None:
 
 
 def pump(fds: dict[int, bytes], log: RotatingLog, limits: str | None = None,
-         lock_fd: int | None = None) -> None:
-    """Copy the pipes into `log` until every one of them ends; while `log` is not rotating,
-    try for the lock on `lock_fd` about once a second."""
+         lock_fd: int | None = None, reaper: Reaper | None = None) -> None:
+    """Copy the pipes into `log` until every one of them ends (and the reaper's main process
+    has ended); while `log` is not rotating, try for the lock on `lock_fd` about once a
+    second."""
     streams = {fd: Stream(name) for fd, name in fds.items()}
     poller = select.poll()
     for fd in streams:
         poller.register(fd, select.POLLIN)
+    if reaper is not None:
+        poller.register(reaper.wakeup, select.POLLIN)
     checked = time.monotonic()
     stamp = _mtime(limits)
-    while streams:
+    while streams or (reaper is not None and not reaper.done):
         events = poller.poll(IDLE_FLUSH * 500)  # ms
         out: list[bytes] = []
         now_ns = time.time_ns()
+        if reaper is not None:
+            reaper.reap()  # each turn: a SIGCHLD may come between two polls
         for fd, _ in events:
+            if reaper is not None and fd == reaper.wakeup:
+                with contextlib.suppress(OSError):
+                    os.read(fd, 4096)
+                continue
             try:
                 data = os.read(fd, 1 << 16)
             except OSError:
@@ -280,7 +303,7 @@ def _mtime(path: str | None) -> int:
         return 0
 
 
-def lock(fd: int, timeout: float) -> bool:
+def lock(fd: int, timeout: float, between: Callable[[], None] | None = None) -> bool:
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -289,18 +312,134 @@ def lock(fd: int, timeout: float) -> bool:
         except BlockingIOError:
             if time.monotonic() >= deadline:
                 return False
+            if between is not None:
+                between()
             time.sleep(0.02)
+
+
+class Reaper:
+    """The run's processes, as their subreaper: the launcher, and the main process (the
+    launcher itself, or the pid its pid file names once it has exited)."""
+
+    def __init__(self, request: dict[str, object], answer: int) -> None:
+        self.exit_file = str(request["exit_file"])
+        self.pid_file = request.get("pid_file")
+        self.answer: int | None = answer
+        self.launcher = 0
+        self.main: int | None = None
+        self.ended: dict[int, int] = {}  # pid -> wait status, of children not known yet
+        self.done = False
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so the wakeup fd is written
+        self.wakeup = r
+        # Orphans of the launcher (the container's init) become this process' children.
+        ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+    def launched(self, pid: int) -> None:
+        self.launcher = pid
+        if self.pid_file is None:
+            self.main = pid
+            self._answer({"pid": pid})
+
+    def failed(self, error: str) -> None:
+        self.done = True
+        self._answer({"error": error})
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            self.ended[pid] = status
+        if self.pid_file is not None and self.launcher in self.ended and self.answer is not None:
+            rc = os.waitstatus_to_exitcode(self.ended.pop(self.launcher))
+            self.main = _read_pid(str(self.pid_file)) if rc == 0 else None
+            self._answer({"pid": self.main, "rc": rc})
+            if self.main is None:
+                self.done = True
+        if self.main is not None and self.main in self.ended:
+            self._record(self.main, self.ended.pop(self.main))
+            self.done = True
+        self.ended = {p: s for p, s in self.ended.items() if p == self.launcher}
+
+    def _answer(self, answer: dict[str, object]) -> None:
+        if self.answer is None:
+            return
+        with contextlib.suppress(OSError):
+            os.write(self.answer, json.dumps(answer).encode() + b"\n")
+            os.close(self.answer)
+        self.answer = None
+
+    def _record(self, pid: int, status: int) -> None:
+        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+        sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+        tmp = f"{self.exit_file}.tmp"
+        with contextlib.suppress(OSError):  # its dir is gone: the instance was destroyed
+            with open(tmp, "w") as f:
+                json.dump({"pid": pid, "code": code, "signal": sig, "at": time.time()}, f)
+            os.replace(tmp, self.exit_file)
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _read_pid(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def launch(request: dict[str, object], reaper: Reaper) -> dict[int, bytes]:
+    """Start the run with its stdio our pipes: its two pipes' read ends, by name."""
+    r_out, w_out = os.pipe()
+    r_err, w_err = os.pipe()
+    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    argv = [str(a) for a in request["argv"]]  # type: ignore[attr-defined]
+    env = {str(k): str(v) for k, v in request.get("env", {}).items()}  # type: ignore[attr-defined]
+    try:
+        os.chdir(str(request.get("cwd") or "/"))
+        pid = os.posix_spawnp(argv[0], argv, env, setsid=True, file_actions=[
+            (os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, w_out, 1),
+            (os.POSIX_SPAWN_DUP2, w_err, 2)])
+    except OSError as e:
+        reaper.failed(f"{argv[0]}: {e.strerror or e}")
+        for fd in (r_out, r_err):
+            os.close(fd)
+        return {}
+    finally:
+        os.chdir("/")  # holds no dir of the instance's
+        for fd in (w_out, w_err, devnull):
+            os.close(fd)
+    reaper.launched(pid)
+    return {r_out: b"stdout", r_err: b"stderr"}
 
 
 def main(argv: list[str]) -> int:
     path, limits = argv[0], argv[1]
-    fds = {int(argv[2]): b"stdout", int(argv[3]): b"stderr"}
-    banner = argv[4] if len(argv) > 4 else ""
+    banner = argv[2] if len(argv) > 2 else ""
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_IGN)  # not the server's terminal's to end
+    request = json.loads(sys.stdin.buffer.read() or b"{}")
+    answer = os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for n in (0, 1):  # the runtime's pipes are its own again
+        os.dup2(devnull, n)
+    os.close(devnull)
+    reaper = Reaper(request, answer)
+    # Its output waits in the pipes until the banner is written.
+    fds = launch(request, reaper)
     held = os.open(os.path.join(os.path.dirname(path), "console.lock"),
                    os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
-    owner = lock(held, LOCK_WAIT)  # the previous run's writer, finishing its last lines
+    # The previous run's writer, finishing its last lines; the launcher's end is answered
+    # meanwhile.
+    owner = lock(held, LOCK_WAIT, between=reaper.reap)
     size, files = read_limits(limits) or (10 * 1024 * 1024, 3)
     log = RotatingLog(path, size, files, rotating=owner)
     now = timestamp(time.time_ns())
@@ -309,7 +448,7 @@ def main(argv: list[str]) -> int:
     if not owner:
         log.write([encode(now, b"stdout", NOT_ROTATING)])
     try:
-        pump(fds, log, limits, held)
+        pump(fds, log, limits, held, reaper)
     finally:
         log.close()
     return 0

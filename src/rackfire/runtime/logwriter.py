@@ -13,17 +13,22 @@ import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from rackfire.model.instance import Exit
 from rackfire.model.logs import parse, rotated
 from rackfire.model.stack import MAX_LOG_FILES, LogLimits
 from rackfire.runtime import logshim
 
 SHIM = Path(logshim.__file__)
-_spawn_lock = threading.Lock()
 
 
 def limits_path(log: Path) -> Path:
     """The writer re-reads it about once a second."""
     return log.with_name("console.limits")
+
+
+def exit_path(log: Path) -> Path:
+    """Where the writer records how the run's main process ended."""
+    return log.with_name("exit.json")
 
 
 def write_limits(log: Path, limits: LogLimits) -> None:
@@ -34,61 +39,75 @@ def write_limits(log: Path, limits: LogLimits) -> None:
     os.replace(tmp, path)
 
 
-def start(log: Path, limits: LogLimits, banner: str) -> Writer:
-    """Start a writer for `log`, its first record `banner`. The caller gives the instance
-    the write ends of its pipes, then closes them here (`Writer.close`)."""
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """A run for the writer to start: with a `pid_file`, `argv` is a launcher (`runc run
+    --detach`) and the main process is the pid it writes there."""
+
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    cwd: Path | None = None
+    pid_file: Path | None = None
+
+
+@dataclass(slots=True)
+class Writer:
+    pid: int  # the writer's own
+    main: int | None  # the run's main process, None if it did not start
+    rc: int | None  # the launcher's exit status (with a pid file)
+    error: str  # why the run could not start at all
+    ended: threading.Event = field(default_factory=threading.Event)
+
+    def wait(self, timeout: float) -> bool:
+        """Until it has written everything (every writer of the pipes is gone) and its
+        main process has ended: whether it is done."""
+        return self.ended.wait(timeout)
+
+
+def launch(log: Path, limits: LogLimits, banner: str, run: Launch) -> Writer:
+    """Start a writer for `log`, its first record `banner`, and have it start `run` with
+    its stdout and stderr the writer's pipes: the run's main process is the writer's
+    child, whose exit it records (`read_exit`)."""
     write_limits(log, limits)
     log.touch()  # there from the start, as the runtime returns (the writer appends to it)
-    r_out, w_out = os.pipe()
-    r_err, w_err = os.pipe()
-    argv = [sys.executable, "-I", "-S", str(SHIM), str(log), str(limits_path(log)),
-            str(r_out), str(r_err), banner]
+    with contextlib.suppress(FileNotFoundError):
+        exit_path(log).unlink()  # an earlier run's
+    request = {"argv": list(run.argv), "env": run.env, "exit_file": str(exit_path(log)),
+               "cwd": str(run.cwd) if run.cwd else None,
+               "pid_file": str(run.pid_file) if run.pid_file else None}
+    argv = [sys.executable, "-I", "-S", str(SHIM), str(log), str(limits_path(log)), banner]
+    req_r, req_w = os.pipe()
+    ans_r, ans_w = os.pipe()
     devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     try:
         # posix_spawn, not Popen: the writer outlives this process, and a Popen object
-        # still running when it is collected warns. The read ends are made inheritable
-        # only for this spawn, under the lock, so that no other writer started meanwhile
-        # holds them.
-        with _spawn_lock:
-            for fd in (r_out, r_err):
-                os.set_inheritable(fd, True)
-            # An empty environment: it lives as long as the instance, and needs nothing of
-            # the server's (its tokens least of all).
-            pid = os.posix_spawn(sys.executable, argv, {}, setsid=True,
-                                 file_actions=[(os.POSIX_SPAWN_DUP2, devnull, n)
-                                               for n in (0, 1, 2)])
+        # still running when it is collected warns. An empty environment: it lives as long
+        # as the instance, and needs nothing of the server's (its tokens least of all);
+        # the run's env comes in the request, never on a command line.
+        pid = os.posix_spawn(sys.executable, argv, {}, setsid=True, file_actions=[
+            (os.POSIX_SPAWN_DUP2, req_r, 0), (os.POSIX_SPAWN_DUP2, ans_w, 1),
+            (os.POSIX_SPAWN_DUP2, devnull, 2)])
     except OSError:
-        for fd in (w_out, w_err):
+        for fd in (req_w, ans_r):
             os.close(fd)
         raise
     finally:
-        for fd in (r_out, r_err, devnull):
+        for fd in (req_r, ans_w, devnull):
             os.close(fd)
-    writer = Writer(w_out, w_err, pid)
+    with os.fdopen(req_w, "wb") as f:
+        f.write(json.dumps(request).encode())
+    with os.fdopen(ans_r, "rb") as f:
+        line = f.readline()  # with a pid file: once the launcher has exited
+    try:
+        answer = json.loads(line)
+    except ValueError:
+        answer = {"error": "the log writer ended before it started the run"}
+    writer = Writer(pid, answer.get("pid"), answer.get("rc"), answer.get("error", ""))
     # Reaped as soon as it ends (not a zombie until the next start), by a thread of its own
     # blocked in waitpid: no SIGCHLD handler to share with the rest of the server.
     threading.Thread(target=_reap, args=(writer,), name=f"logwriter-{pid}",
                      daemon=True).start()
     return writer
-
-
-@dataclass(slots=True)
-class Writer:
-    stdout: int  # the write ends of its pipes
-    stderr: int
-    pid: int
-    ended: threading.Event = field(default_factory=threading.Event)
-
-    def close(self) -> None:
-        """Close this process' copies of the write ends (the instance has its own)."""
-        for fd in (self.stdout, self.stderr):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-    def wait(self, timeout: float) -> bool:
-        """Until it has written everything (every writer of the pipes is gone): whether it
-        is done."""
-        return self.ended.wait(timeout)
 
 
 def _reap(writer: Writer) -> None:
@@ -97,6 +116,19 @@ def _reap(writer: Writer) -> None:
     with contextlib.suppress(ChildProcessError):  # reaped by someone else: ended too
         os.waitpid(writer.pid, 0)
     writer.ended.set()
+
+
+def read_exit(log: Path, pid: int | None) -> Exit | None:
+    """How the run whose main process was `pid` ended, if its writer saw it end."""
+    try:
+        data = json.loads(exit_path(log).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or pid is None or data.get("pid") != pid:
+        return None  # an earlier run's, or not the writer's
+    code, sig = data.get("code"), data.get("signal")
+    return Exit(code if isinstance(code, int) else None, sig if isinstance(sig, int) else None,
+                float(data.get("at") or 0.0))
 
 
 def size(log: Path) -> int | None:
@@ -112,12 +144,22 @@ def size(log: Path) -> int | None:
     return total if found else None
 
 
+def tail_lines(log: Path, lines: int, max_bytes: int = 64 * 1024) -> str:
+    """The last lines of the current file (of its last `max_bytes`), without their stamps;
+    "" if there is none."""
+    try:
+        with log.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - max_bytes))
+            data = f.read()
+    except OSError:
+        return ""
+    return "\n".join(parse(line).content.decode(errors="replace").rstrip()
+                     for line in data.splitlines()[-lines:] if line)
+
+
 def tail_text(log: Path, lines: int = 5) -> str:
     """The last lines of the current file, without their stamps, for an error message."""
-    try:
-        data = log.read_bytes()[-64 * 1024:]
-    except OSError:
+    if not log.exists():
         return "(no log)"
-    texts = [parse(line).content.decode(errors="replace").strip()
-             for line in data.splitlines()[-lines:]]
+    texts = [t.strip() for t in tail_lines(log, lines).splitlines()]
     return " | ".join(t for t in texts if t) or "(no output)"

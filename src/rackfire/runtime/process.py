@@ -58,7 +58,6 @@ class ProcessRuntime:
     def __init__(self, base: Path, host: str) -> None:
         self.base = base
         self.host = host
-        self._children: dict[int, subprocess.Popen[bytes]] = {}  # started by this process
         self._cpu = stats.CpuSampler()
         base.mkdir(parents=True, exist_ok=True)
 
@@ -96,7 +95,7 @@ class ProcessRuntime:
         for path, content in changed_files(d.workdir, req):
             write_beneath(d.workdir, path, content, mode_of(d.workdir / path.lstrip("/")))
         update_meta(d, config_hash=req.config_hash, files_layout=req.files_layout)
-        pid, _ = self._poll(meta.get("pid"), meta.get("pid_start"))
+        pid = _poll(meta.get("pid"), meta.get("pid_start"))
         if not pid or meta.get("phase") != "created":
             return  # it reads the new files when it starts
 
@@ -136,9 +135,7 @@ class ProcessRuntime:
             meta = read_meta(d)
             if meta is None or meta.get("runtime") != self.kind.value:
                 continue
-            pid, exit_code = self._poll(meta.get("pid"), meta.get("pid_start"))
-            if exit_code is not None:  # _poll hands an exit code out once: keep it
-                update_meta(d, exit_code=exit_code)
+            pid = _poll(meta.get("pid"), meta.get("pid_start"))
             found.append((key, d, pid, f"{key.id}@{pid}@{meta.get('pid_start')}"))
         cpu = self._cpu.percents({token: partial(_session_cpu_ns, pid)
                                   for _, _, pid, token in found if pid})
@@ -150,13 +147,13 @@ class ProcessRuntime:
             meta = read_meta(d)
             if meta is None or meta.get("runtime") != self.kind.value:
                 continue
-            pid, exit_code = self._poll(meta.get("pid"), meta.get("pid_start"))
+            pid = _poll(meta.get("pid"), meta.get("pid_start"))
             if meta.get("phase") != "created":
                 state = InstanceState.PARTIAL
             else:
                 state = InstanceState.RUNNING if pid else InstanceState.STOPPED
-            if exit_code is not None and meta.get("exit_code") is None:
-                update_meta(d, exit_code=exit_code)
+            ended = (logwriter.read_exit(d.log, meta.get("pid"))
+                     if state is InstanceState.STOPPED else None)
             facts.append(InstanceFacts(
                 key=key, state=state, runtime=self.kind, host=self.host, ip="127.0.0.1",
                 spec_hash=meta.get("spec_hash", ""),
@@ -164,7 +161,8 @@ class ProcessRuntime:
                 config_hash=meta.get("config_hash", ""), started_at=meta.get("started_at"),
                 files_layout=meta.get("files_layout", ""),
                 resources=resources_of(meta),
-                pid=pid, exit_code=exit_code if exit_code is not None else meta.get("exit_code"),
+                pid=pid, exit_code=ended.code if ended else None,
+                exit_signal=ended.signal if ended else None,
                 **run_of(meta),
             ))
         return facts
@@ -173,9 +171,7 @@ class ProcessRuntime:
         """For the watchdog: its session's pid with its start time (a reused pid is not it)."""
         d = instance_dir(self.base, key)
         meta = read_meta(d) or {}
-        pid, exit_code = self._poll(meta.get("pid"), meta.get("pid_start"))
-        if exit_code is not None:  # _poll hands an exit code out once: keep it
-            update_meta(d, exit_code=exit_code)
+        pid = _poll(meta.get("pid"), meta.get("pid_start"))
         if not pid or meta.get("pid_start") is None:
             return None
         return {"kind": "pid", "pid": pid, "start": meta["pid_start"]}
@@ -193,9 +189,7 @@ class ProcessRuntime:
         meta = read_meta(d)
         if meta is None:
             raise NotFound(f"no instance {key}", hint="`rackfire ps` lists the instances")
-        pid, exit_code = self._poll(meta.get("pid"), meta.get("pid_start"))
-        if exit_code is not None:  # _poll hands an exit code out once: keep it
-            update_meta(d, exit_code=exit_code)
+        pid = _poll(meta.get("pid"), meta.get("pid_start"))
         if not pid or meta.get("phase") != "created":
             raise PrereqError(f"instance {key} is not running",
                               hint=f"`rackfire ps {key.stack}` shows its state")
@@ -221,48 +215,29 @@ class ProcessRuntime:
             "RACKFIRE_INDEX": str(req.key.index), "RACKFIRE_IP": "127.0.0.1",
             "RACKFIRE_ROOT": str(d.workdir), **dict(req.env),
         }
-        # Its stdout and stderr are pipes to a log writer of its own, which stamps and
-        # rotates the console log (runtime/logwriter.py).
-        writer = logwriter.start(d.log, req.logs,
-                                 f"--- rackfire: starting {req.key} at {time.ctime()}")
-        try:
-            proc = subprocess.Popen(
-                list(req.command), cwd=d.workdir, env=env, stdin=subprocess.DEVNULL,
-                stdout=writer.stdout, stderr=writer.stderr, start_new_session=True)
-        except OSError as e:
-            raise ExecError(f"cannot start {req.key}: {e}") from None
-        finally:
-            writer.close()
-        self._children[proc.pid] = proc
-        update_meta(d, pid=proc.pid, pid_start=_start_time(proc.pid), started_at=time.time(),
-                    exit_code=None)
+        # Its log writer starts it, with its stdout and stderr pipes to the writer, which
+        # stamps and rotates the console log and records how it ends (runtime/logwriter.py).
+        writer = logwriter.launch(d.log, req.logs,
+                                  f"--- rackfire: starting {req.key} at {time.ctime()}",
+                                  logwriter.Launch(tuple(req.command), env, cwd=d.workdir))
+        if writer.main is None:
+            raise ExecError(f"cannot start {req.key}: {writer.error}")
+        update_meta(d, pid=writer.main, pid_start=_start_time(writer.main),
+                    started_at=time.time())
 
     def _stop(self, d: InstanceDir, timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         meta = read_meta(d) or {}
-        pid, _ = self._poll(meta.get("pid"), meta.get("pid_start"))
+        pid = _poll(meta.get("pid"), meta.get("pid_start"))
         if not pid:
             return
         _signal_group(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while self._poll(pid, meta.get("pid_start"))[0] and time.monotonic() < deadline:
+        while _poll(pid, meta.get("pid_start")) and time.monotonic() < deadline:
             time.sleep(0.05)
         _signal_group(pid, signal.SIGKILL)
         deadline = time.monotonic() + 5
-        while self._poll(pid, meta.get("pid_start"))[0] and time.monotonic() < deadline:
+        while _poll(pid, meta.get("pid_start")) and time.monotonic() < deadline:
             time.sleep(0.02)
-
-    def _poll(self, pid: int | None, started: int | None) -> tuple[int | None, int | None]:
-        """(pid if it still runs, exit code if it just ended)."""
-        if not pid:
-            return None, None
-        child = self._children.get(pid)
-        if child is not None:
-            code = child.poll()
-            if code is None:
-                return pid, None
-            self._children.pop(pid, None)  # observe runs on several threads
-            return None, code
-        return _poll_foreign(pid, started)
 
 
 def _refuse_unsupported(req: InstanceRequest) -> None:
@@ -311,12 +286,12 @@ def _start_time(pid: int) -> int | None:
     return int(stat.rpartition(")")[2].split()[19])
 
 
-def _poll_foreign(pid: int, started: int | None) -> tuple[int | None, None]:
-    """A process an earlier server started: alive if /proc still shows the same one."""
-    if started is None or _start_time(pid) != started:
-        return None, None
+def _poll(pid: int | None, started: int | None) -> int | None:
+    """Its pid if it still runs: /proc still shows the same process (its writer reaps it)."""
+    if not pid or started is None or _start_time(pid) != started:
+        return None
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
     except OSError:
-        return None, None
-    return (None, None) if state in ("Z", "X") else (pid, None)
+        return None
+    return None if state in ("Z", "X") else pid

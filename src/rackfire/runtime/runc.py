@@ -6,6 +6,7 @@ on (the bundle, the disks, the netns) is container.py's.
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -44,14 +45,11 @@ class Runc:
             raise ExecError(f"runc {args[0]} failed: {proc.stderr.strip()}")
         return proc
 
-    def run_detached(self, cid: str, bundle: Path, stdout: int,
-                     stderr: int) -> subprocess.CompletedProcess[bytes]:
-        """`runc run --detach`: the container inherits `stdout` and `stderr`, which must not
-        be pipes this process reads (it would wait for the container to end)."""
-        return subprocess.run(
-            ["runc", "--root", str(self.root), "run", "--detach",
-             "--bundle", str(bundle), "--", cid],
-            stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, check=False)
+    def run_detached(self, cid: str, bundle: Path, pid_file: Path) -> tuple[str, ...]:
+        """The argv of `runc run --detach`, for the log writer to start (logwriter.Launch):
+        the container inherits runc's stdio, and its init's pid goes to `pid_file`."""
+        return (shutil.which("runc") or "runc", "--root", str(self.root), "run", "--detach",
+                "--pid-file", str(pid_file), "--bundle", str(bundle), "--", cid)
 
     def stop(self, cid: str, timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         """SIGTERM, then SIGKILL after `timeout`; then remove the container (and cgroup)."""

@@ -21,6 +21,7 @@ from rackfire.model.stack import (
     HaPolicy,
     HealthSpec,
     ImageSpec,
+    JobPolicy,
     Keep,
     LogLimits,
     PlacementRule,
@@ -35,6 +36,7 @@ from rackfire.spec.schema import (
     BackupModel,
     HealthModel,
     ImageModel,
+    JobModel,
     LogsModel,
     ReloadModel,
     ResourcesModel,
@@ -74,7 +76,7 @@ def _role(name: str, m: RoleModel, base_dir: Path | None) -> RoleSpec:
     return RoleSpec(
         name=name,
         image=m.image,
-        count=m.count,
+        count=0 if m.schedule else m.count,  # a job's runs are its only instances
         command=tuple(m.command),
         resources=_resources(m.resources),
         ports=tuple(m.ports),
@@ -95,6 +97,8 @@ def _role(name: str, m: RoleModel, base_dir: Path | None) -> RoleSpec:
         placement=PlacementRule(m.placement.spread if m.placement else None),
         egress=m.egress,
         backup=_backup(m.backup),
+        job=_job(m.schedule, m.job),
+        before=tuple(m.release.before) if m.release else (),
         **_given(stop_timeout=m.stop_timeout),
     )
 
@@ -134,6 +138,14 @@ def _health(m: HealthModel | None) -> HealthSpec | None:
     return HealthSpec(**_given(http=m.http, tcp=m.tcp, exec=tuple(m.exec) if m.exec else None,
                                interval=m.interval, timeout=m.timeout, retries=m.retries,
                                grace=m.grace))
+
+
+def _job(schedule: str | None, m: JobModel | None) -> JobPolicy | None:
+    if schedule is None:
+        return None
+    if m is None:
+        return JobPolicy(schedule)
+    return JobPolicy(schedule, m.concurrency, m.timeout, m.history, m.catch_up)
 
 
 def _backup(m: BackupModel | None) -> BackupPolicy | None:

@@ -22,7 +22,8 @@ from rackfire.spec.yamltree import Document, Path, format_path
 def crosscheck(model: StackModel, doc: Document) -> list[SpecProblem]:
     uses = _check_uses(model, doc)
     problems = [*uses, *_check_cycles(model, doc), *_check_host_ports(model, doc),
-                *_check_files(model, doc), *_check_own_ready(model, doc)]
+                *_check_files(model, doc), *_check_own_ready(model, doc),
+                *_check_jobs(model, doc)]
     if not uses:  # a template sees the roles it uses: they must exist
         problems += _check_renders(model, doc)
     return problems
@@ -42,6 +43,37 @@ def _check_uses(model: StackModel, doc: Document) -> list[SpecProblem]:
             elif used in seen:
                 problems.append(doc.problem(path, f"{used!r} is listed twice"))
             seen.add(used)
+    return problems
+
+
+# What a job (a role with `schedule:`) cannot have: its runs are fresh instances that end.
+_NOT_FOR_JOBS = {
+    "count": "a job has no count: each slot runs one fresh instance",
+    "ports": "a job publishes no ports: its runs end",
+    "health": "a job has no health check: a run's exit code is its result",
+    "data": "a job's runs are fresh instances: no data disk (give it to a role it uses)",
+    "reload": "a job's runs are not reloaded: each has the config of its slot",
+    "release": "a job runs its new release at its next slot: no `before` task",
+    "ha": "a job's runs are not failed over: one whose host is lost is recorded as lost",
+    "backup": "a job has no disks to back up",
+}
+
+
+def _check_jobs(model: StackModel, doc: Document) -> list[SpecProblem]:
+    problems = []
+    for name, role in model.roles.items():
+        if role.schedule is None:
+            if role.job is not None:
+                problems.append(doc.problem(("roles", name, "job"), "only a job has job "
+                                            "settings: give the role a `schedule:` (cron)"))
+            for i, used in enumerate(role.uses):
+                other = model.roles.get(used)
+                if other is not None and other.schedule is not None:
+                    problems.append(doc.problem(("roles", name, "uses", i), f"{used} is a "
+                                                "job: it has no instances to use"))
+            continue
+        for key in sorted(role.model_fields_set & _NOT_FOR_JOBS.keys()):
+            problems.append(doc.problem(("roles", name, key), _NOT_FOR_JOBS[key]))
     return problems
 
 

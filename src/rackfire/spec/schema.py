@@ -32,11 +32,14 @@ from pydantic import (
     model_validator,
 )
 
+from rackfire.model import cron
 from rackfire.model.stack import (
     MAX_COUNT,
     MAX_LOG_FILES,
     MIN_LOG_SIZE,
     NAME_PATTERN,
+    CatchUp,
+    Concurrency,
     ImageSource,
     PortMap,
     Replace,
@@ -456,6 +459,35 @@ class BackupModel(_Strict):
         return self
 
 
+def _check_cron(value: str) -> str:
+    try:
+        cron.parse(value)
+    except cron.CronError as e:
+        raise ValueError(str(e)) from None
+    return value
+
+
+CronText = Annotated[str, AfterValidator(_check_cron),
+                     WithJsonSchema({"type": "string", "description": "cron, UTC"})]
+
+
+class JobModel(_Strict):
+    concurrency: Concurrency = Field(Concurrency.FORBID, strict=False, description=
+                                     "a slot while a run still runs: forbid (skip it), "
+                                     "allow, replace (stop that run)")
+    timeout: Interval = Field(3600.0, description="a run still running then is stopped")
+    history: int = Field(10, ge=1, le=1000, description="runs kept, with exit and log tail")
+    catch_up: CatchUp = Field(CatchUp.LAST, strict=False, description=
+                              "slots missed while the controller was down: skip, last "
+                              "(one run), all")
+
+
+class ReleaseModel(_Strict):
+    before: list[str] = Field(min_length=1, description=
+                              "a task run on each new release before it rolls out (a "
+                              "migration): the rollout goes only if it exits 0")
+
+
 class RoleModel(_Strict):
     image: Name
     count: int = Field(1, ge=0, le=MAX_COUNT)
@@ -487,6 +519,10 @@ class RoleModel(_Strict):
                          "stack and the hosts")
     backup: BackupModel | None = Field(None, description="scheduled backups of its disks to "
                                        "a repository: {every, keep, to}")
+    schedule: CronText | None = Field(None, description="a job: one fresh run per slot "
+                                      "(cron, UTC), none of its own instances")
+    job: JobModel | None = Field(None, description="how a job (`schedule:`) runs")
+    release: ReleaseModel | None = None
 
 
 class StackModel(_Strict):

@@ -56,6 +56,7 @@ class Store:
         from rackfire.store.placements import Placements
         from rackfire.store.primaries import Primaries, Replicas
         from rackfire.store.rollouts import RolloutWaits
+        from rackfire.store.runs import Runs
         from rackfire.store.snapshots import Snapshots
 
         self.hosts = HostRegistry(self)
@@ -66,6 +67,7 @@ class Store:
         self.replicas = Replicas(self)
         self.repositories = Repositories(self)
         self.backups = Backups(self)
+        self.runs = Runs(self)
 
     def _migrate(self) -> None:
         """Columns added after a table was first made, added to existing databases."""
@@ -178,7 +180,7 @@ class Store:
                 db.execute("DELETE FROM snapshots WHERE stack=?", (name,))
             for table in ("stacks", "ips", "instance_status", "overrides", "releases",
                           "placements", "vnis", "migrations", "rollout_waits", "seeds",
-                          "primaries", "replicas"):
+                          "primaries", "replicas", "runs", "run_clock", "run_numbers"):
                 col = "name" if table == "stacks" else "stack"
                 db.execute(f"DELETE FROM {table} WHERE {col}=?", (name,))  # noqa: S608
 

@@ -120,6 +120,21 @@ CREATE TABLE IF NOT EXISTS replicas (
     token TEXT NOT NULL, taken REAL NOT NULL, shipped REAL NOT NULL,
     PRIMARY KEY (stack, role, idx)
 );
+CREATE TABLE IF NOT EXISTS runs (
+    stack TEXT NOT NULL, number INTEGER NOT NULL, role TEXT NOT NULL, kind TEXT NOT NULL,
+    state TEXT NOT NULL, created REAL NOT NULL, command TEXT NOT NULL, slot REAL,
+    timeout REAL NOT NULL, started REAL, ended REAL, exit_code INTEGER, signal INTEGER,
+    host TEXT NOT NULL, reason TEXT NOT NULL, log TEXT NOT NULL, release INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    PRIMARY KEY (stack, number)
+);
+-- A job's slot is claimed once: the insert that claims it fails for any other.
+CREATE UNIQUE INDEX IF NOT EXISTS runs_slot ON runs (stack, role, slot) WHERE slot IS NOT NULL;
+CREATE TABLE IF NOT EXISTS run_clock (
+    stack TEXT NOT NULL, role TEXT NOT NULL, last_slot REAL NOT NULL,
+    PRIMARY KEY (stack, role)
+);
+CREATE TABLE IF NOT EXISTS run_numbers (stack TEXT PRIMARY KEY, last INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS overrides (
     stack TEXT NOT NULL, role TEXT NOT NULL, field TEXT NOT NULL,
     value TEXT NOT NULL, actor TEXT NOT NULL, time REAL NOT NULL,
