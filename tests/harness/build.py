@@ -181,12 +181,15 @@ class Harness:
         if rec is None:
             return [f"{k} is left" for k in self.host.instances(stack)]
         desired = self.controller.desired.make(rec.spec, rec, build=False)
-        want = {r.key: r for r in desired.requests if not r.surge}
+        want = {r.key: r for r in desired.requests if not r.surge and not r.warm}
+        warm = {r.key for r in desired.requests if r.warm}
         have = self.host.instances(stack)
         statuses = self.store.statuses(stack)
         checked = {r.name for r in rec.spec.roles if r.health}
         out = [f"{k} is missing" for k in sorted(want.keys() - have.keys())]
-        out += [f"{k} is extra ({have[k].state})" for k in sorted(have.keys() - want.keys())]
+        out += [f"{k} is extra ({have[k].state})" for k in sorted(have.keys() - want.keys())
+                if k not in warm or have[k].state is not InstanceState.STOPPED]
+        out += [f"{k} (warm) is missing" for k in sorted(warm - have.keys())]
         for key in sorted(want.keys() & have.keys()):
             f, d = have[key], want[key]
             if f.state is not InstanceState.RUNNING:

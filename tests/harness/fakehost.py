@@ -90,6 +90,7 @@ class FakeHost:
         self.vips: dict[str, str] = {}  # stack -> the floating address held here
         self.underlay = ""  # the network its floating addresses may be on
         self.snapshots: dict[str, set[str]] = {}  # stack -> the snapshots taken here
+        self.stats_pages: dict[InstanceKey, str] = {}  # what http_get answers, per instance
         self.crasher = Crasher()
         self._lock = threading.RLock()
 
@@ -185,6 +186,11 @@ class FakeHost:
 
     def check_resize(self, req: InstanceRequest) -> None:
         self.runtime.check_resize(req)
+
+    def http_get(self, key: InstanceKey, url: str) -> str:
+        if key not in self.stats_pages:
+            raise ExecError(f"{url}: connection refused")
+        return self.stats_pages[key]
 
     def log_tail(self, key: InstanceKey, lines: int) -> str:
         return logwriter.tail_lines(self.runtime.log_path(key), lines)

@@ -135,7 +135,7 @@ def test_schedule_raises_min() -> None:
 
 
 def test_schedule_only_follows_min_and_leaves_after_the_cooldown() -> None:
-    p = Policy(2, 20, None, windows=(("0 8 * * 1-5", 6),))
+    p = Policy(2, 20, None, windows=(("0 8 * * 1-5", 6, 3600.0),))
     history, current = History(), 2
     wanted = []
     for at, active in ((0.0, 6), (60.0, 6), (62.0, None), (179.0, None), (181.0, None)):
@@ -257,9 +257,9 @@ def test_random_runs_stay_in_bounds_and_respect_the_window(seed: int) -> None:
 
 def test_validate_accepts_a_good_policy() -> None:
     p = Policy(2, 20, Target(TargetKind.CPU, 60.0), warm=2, cooldown=120.0,
-               windows=(("0 8 * * 1-5", 6),))
+               windows=(("0 8 * * 1-5", 6, 3600.0),))
     assert validate(p) == []
-    assert validate(Policy(0, 1, None, windows=(("* * * * *", 1),))) == []
+    assert validate(Policy(0, 1, None, windows=(("* * * * *", 1, 3600.0),))) == []
     assert validate(Policy(1, 4, Target(TargetKind.CPU, 100.0))) == []
 
 
@@ -280,8 +280,8 @@ def test_validate_accepts_a_good_policy() -> None:
     (Policy(1, 2, Target(TargetKind.CPU, 60.0), cooldown=-1.0), "cooldown"),
     (Policy(1, 2, Target(TargetKind.CPU, 60.0), tolerance=1.0), "tolerance"),
     (Policy(1, 2, Target(TargetKind.CPU, 60.0), tolerance=-0.1), "tolerance"),
-    (Policy(1, 2, None, windows=(("0 8 * * *", 3),)), "schedule[0].min"),
-    (Policy(1, 2, None, windows=((" ", 1),)), "schedule[0].cron"),
+    (Policy(1, 2, None, windows=(("0 8 * * *", 3, 3600.0),)), "schedule[0].min"),
+    (Policy(1, 2, None, windows=((" ", 1, 3600.0),)), "schedule[0].cron"),
 ])
 def test_validate_names_the_field(policy: Policy, field: str) -> None:
     problems = validate(policy)

@@ -23,7 +23,7 @@ from typing import Any
 
 from rackfire import __version__
 from rackfire.agent.backups import HostBackups
-from rackfire.agent.probe import probe, probe_exec
+from rackfire.agent.probe import http_get, probe, probe_exec
 from rackfire.agent.proxy import Proxy
 from rackfire.agent.replicas import HostReplicas
 from rackfire.agent.snapshots import HostSnapshots
@@ -243,6 +243,10 @@ class LocalAgent:
             argv = list(health.exec)
             return probe_exec(lambda: self.exec(key, argv, tty=False), health.timeout)
         return probe(self._runtime_of(key).netns(key), health)
+
+    def http_get(self, key: InstanceKey, url: str) -> str:
+        _check_key(key)
+        return http_get(self._runtime_of(key).netns(key), url)
 
     def exec(self, key: InstanceKey, argv: list[str], tty: bool) -> ExecHandle:
         if not argv:

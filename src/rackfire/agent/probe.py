@@ -10,7 +10,7 @@ import subprocess
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from rackfire.errors import RackfireError
+from rackfire.errors import ExecError, RackfireError
 from rackfire.model.stack import HealthSpec
 from rackfire.net.nsenter import socket_in_netns
 from rackfire.runtime.base import ExecHandle
@@ -51,6 +51,52 @@ def _probe(netns: str | None, health: HealthSpec) -> tuple[bool, str]:
     if len(parts) >= 2 and parts[1].isdigit() and 200 <= int(parts[1]) < 400:
         return True, status
     return False, f"answered {status!r}"
+
+
+MAX_BODY = 1 << 20
+
+
+def http_get(netns: str | None, url: str, timeout: float = 2.0) -> str:
+    """The body of a GET of `url` from inside `netns` (an appliance's stats page on its
+    loopback), at most MAX_BODY bytes. Raises ExecError when it cannot."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    try:
+        sock = (socket_in_netns(netns, socket.AF_INET, socket.SOCK_STREAM) if netns
+                else socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+        with sock:
+            sock.settimeout(timeout)
+            sock.connect((host, port))
+            sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n"
+                         "User-Agent: rackfire-metrics\r\n\r\n".encode())
+            data = b""
+            while len(data) <= MAX_BODY and (chunk := sock.recv(65536)):
+                data += chunk
+    except OSError as e:
+        raise ExecError(f"{url}: {e.strerror or e}") from None
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = head.split(b"\r\n", 1)[0].decode(errors="replace")
+    if len(status.split()) < 2 or status.split()[1] != "200":
+        raise ExecError(f"{url} answered {status!r}")
+    if b"transfer-encoding: chunked" in head.lower():  # HAProxy's stats page, to HTTP/1.0
+        body = _dechunk(body)
+    return body[:MAX_BODY].decode(errors="replace")
+
+
+def _dechunk(data: bytes) -> bytes:
+    out, rest = [], data
+    while rest:
+        size_line, _, rest = rest.partition(b"\r\n")
+        try:
+            size = int(size_line.split(b";")[0].strip() or b"0", 16)
+        except ValueError:
+            raise ExecError("a chunked answer that does not parse") from None
+        if size == 0:
+            break
+        out.append(rest[:size])
+        rest = rest[size + 2:]
+    return b"".join(out)
 
 
 def probe_exec(start: Callable[[], ExecHandle], timeout: float) -> tuple[bool, str]:

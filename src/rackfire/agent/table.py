@@ -191,6 +191,9 @@ class TableClient(ABC):
     def probe(self, key: InstanceKey, ip: str, health: HealthSpec) -> tuple[bool, str]:
         return self._c("probe", key=key, ip=ip, health=health)  # type: ignore[no-any-return]
 
+    def http_get(self, key: InstanceKey, url: str) -> str:
+        return self._c("http_get", key=key, url=url)  # type: ignore[no-any-return]
+
     def log_tail(self, key: InstanceKey, lines: int) -> str:
         return self._c("log_tail", key=key, lines=lines)  # type: ignore[no-any-return]
 

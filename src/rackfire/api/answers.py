@@ -684,3 +684,76 @@ def run_answer(run: Run, exit_status: int) -> RunAnswer:
         created=run.created, started=run.started, ended=run.ended, timeout=run.timeout,
         exit_code=run.exit_code, signal=run.signal, exit_status=exit_status, host=run.host,
         reason=run.reason, log=run.log, actor=run.actor)
+
+
+class LoadRunAnswer(BaseModel):
+    """One client's run: how it ended."""
+
+    number: int
+    state: RunState
+    reason: str
+    host: str
+
+
+class LoadReportAnswer(BaseModel):
+    """The clients' results merged (loadgen/report.py): latencies in ms, counted from each
+    request's intended start (no coordinated omission)."""
+
+    clients: int = Field(description="clients run")
+    reporting: int = Field(description="of them, those that gave a valid result")
+    sent: int
+    completed: int = Field(description="got an HTTP response, any status")
+    ok: int = Field(description="of them, 1xx-3xx")
+    duration: Number = Field(description="seconds, first client's start to last one's end")
+    throughput: Number = Field(description="completed / duration, per second")
+    intended_rate: Number = Field(description="req/s asked, all clients")
+    achieved_rate: Number = Field(description="req/s sent, all clients")
+    p50_ms: Number
+    p95_ms: Number
+    p99_ms: Number
+    max_ms: Number
+    errors: dict[str, int] = Field(description="connect, timeout, reset, http_4xx, "
+                                   "http_5xx, other, no_result (a client gave no result)")
+    statuses: dict[str, int] = Field(description='"200": n, ...')
+    runs: list[LoadRunAnswer]
+
+
+class LoadTestAnswer(BaseModel):
+    """A load test (`rackfire load`): its clients run in a stack of their own, removed when
+    they are done."""
+
+    id: str
+    stack: str = Field(description="the target's stack")
+    load_stack: str = Field(description="the clients' stack")
+    target: str
+    clients: int
+    rate: Number = Field(description="req/s, all clients")
+    duration: Number = Field(description="seconds")
+    connections: int = Field(description="at most, per client")
+    state: str = Field(description="running, done or failed")
+    message: str = Field(description="why it failed, or what is incomplete")
+    created: Seconds
+    start_at: Seconds = Field(description="the clients' start barrier")
+    ended: Seconds | None = Field(description="when its stack was removed (or gave up)")
+    runs_done: int = Field(description="client runs ended")
+    runs_total: int
+    report: LoadReportAnswer | None = Field(description="once every client ended")
+
+
+class AutoscaleAnswer(BaseModel):
+    """A scaled role: its bounds and target, the metric now, and the last decision."""
+
+    stack: str
+    role: str
+    min: int
+    max: int
+    target: str = Field(description="e.g. 'cpu 60%', 'requests_per_instance 200/s'; '' for "
+                        "a schedule only")
+    count: int = Field(description="the count it has now")
+    ready: int | None
+    metric: float | None = Field(description="in the target's unit; None: unknown")
+    wanted: int | None = Field(description="what the last decision asked")
+    min_now: int | None = Field(description="min, raised by a schedule window open now")
+    reason: str = Field(description="the last decision's reason")
+    decided: Seconds | None
+    error: str = Field(description="why the metric could not be read")

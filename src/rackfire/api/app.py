@@ -363,8 +363,9 @@ def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Pa
 
     from rackfire.api.backups import add_backup_routes
     from rackfire.api.hosts import add_host_routes
+    from rackfire.api.loadtest import add_loadtest_routes
     from rackfire.api.releases import add_release_routes
-    from rackfire.api.runs import add_run_routes
+    from rackfire.api.runs import add_autoscale_routes, add_run_routes
     from rackfire.api.snapshots import add_clone_routes, add_snapshot_routes
     from rackfire.api.streams import add_stream_routes  # logs and exec
 
@@ -376,6 +377,8 @@ def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Pa
     add_clone_routes(app, controller, ACTOR)
     add_backup_routes(app, controller, ACTOR)
     add_run_routes(app, controller, ACTOR)
+    add_loadtest_routes(app, controller, ACTOR)
+    add_autoscale_routes(app, controller)
     return app
 
 

@@ -20,6 +20,7 @@ from rackfire.errors import AgentOffline, RackfireError
 
 if TYPE_CHECKING:
     from rackfire.api.shapes import (
+        AutoscaleShape,
         BackupShape,
         CapacityShape,
         ChangeShape,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
         ImageShape,
         InstanceShape,
         JobShape,
+        LoadTestShape,
         MigrationShape,
         OperateShape,
         PlacementsShape,
@@ -216,8 +218,24 @@ class Client:
     def cancel_run(self, stack: str, number: int) -> RunShape:
         return cast("RunShape", self._call("POST", f"/v1/runs/{stack}/{number}/cancel"))
 
+    def autoscale(self, stack: str, role: str | None = None) -> list[AutoscaleShape]:
+        return cast("list[AutoscaleShape]", self._call(
+            "GET", f"/v1/autoscale/{stack}", params={"role": role} if role else {}))
+
     def jobs(self, stack: str) -> list[JobShape]:
         return cast("list[JobShape]", self._call("GET", f"/v1/jobs/{stack}"))
+
+    # load tests -----------------------------------------------------------------------
+
+    def start_load(self, stack: str, target: str, clients: int, rate: float,
+                   duration: float, connections: int = 64) -> LoadTestShape:
+        return cast("LoadTestShape", self._call(
+            "POST", "/v1/loadtests",
+            json={"stack": stack, "target": target, "clients": clients, "rate": rate,
+                  "duration": duration, "connections": connections}))
+
+    def load_test(self, test_id: str) -> LoadTestShape:
+        return cast("LoadTestShape", self._call("GET", f"/v1/loadtests/{test_id}"))
 
     def take_snapshot(self, stack: str, role: str | None, index: int | None,
                       name: str | None) -> SnapshotShape:

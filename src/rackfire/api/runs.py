@@ -1,5 +1,5 @@
-"""Routes for runs (one-off tasks, `rackfire run`; a job's slots) and jobs: beside
-/v1/stacks, not under it (/v1/stacks/{stack}/{operation} takes that path)."""
+"""Routes for runs (one-off tasks, `rackfire run`; a job's slots), jobs and autoscaling:
+beside /v1/stacks, not under it (/v1/stacks/{stack}/{operation} takes that path)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from fastapi import FastAPI, Query
 from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 
-from rackfire.api.answers import JobAnswer, RunAnswer, run_answer
+from rackfire.api.answers import AutoscaleAnswer, JobAnswer, RunAnswer, run_answer
 from rackfire.api.types import Name, StackPath, errors
 from rackfire.control.controller import Controller
 from rackfire.control.jobs import exit_status
@@ -17,6 +17,7 @@ from rackfire.errors import NotFound
 from rackfire.model import cron
 from rackfire.model.records import Run
 from rackfire.model.stack import NAME_PATTERN
+from rackfire.plan.autoscale import amount as _amount
 
 RunNumber = Annotated[int, PathParam(ge=1, le=2**53, description="a run's number in its stack")]
 MAX_ARG = 64 * 1024
@@ -65,7 +66,7 @@ def add_run_routes(app: FastAPI, controller: Controller, actor: Any) -> None:
     def job_list(stack: StackPath) -> list[JobAnswer]:
         rec = controller.store.get_stack(stack)
         if rec is None:
-            raise NotFound(f"no stack {stack}", hint="`rackfire ls` lists the stacks")
+            raise NotFound(f"no stack {stack}", hint="`rackfire ps` lists the stacks' instances")
         out = []
         now = int(controller.clock())
         for role in rec.spec.roles:
@@ -78,4 +79,30 @@ def add_run_routes(app: FastAPI, controller: Controller, actor: Any) -> None:
                 concurrency=role.job.concurrency, catch_up=role.job.catch_up,
                 timeout=role.job.timeout, history=role.job.history,
                 active=sum(1 for r in past if r.active), runs=[answer(r) for r in past]))
+        return out
+
+
+def add_autoscale_routes(app: FastAPI, controller: Controller) -> None:
+    @app.get("/v1/autoscale/{stack}", responses=errors(404))
+    def autoscale(stack: StackPath,
+                  role: Annotated[str | None, Query(pattern=NAME_PATTERN)] = None,
+                  ) -> list[AutoscaleAnswer]:
+        """Each scaled role's metric, target, the count it wants and why."""
+        rec = controller.store.get_stack(stack)
+        if rec is None:
+            raise NotFound(f"no stack {stack}", hint="`rackfire ps` lists the stacks' instances")
+        out = []
+        for r in rec.spec.roles:
+            if r.scale is None or (role is not None and r.name != role):
+                continue
+            st = controller.autoscaler.state(stack, r.name)
+            d, t = st.last, r.scale.target
+            ready = dict(d.values).get("ready") if d else None
+            out.append(AutoscaleAnswer(
+                stack=stack, role=r.name, min=r.scale.min, max=r.scale.max,
+                target=f"{t.kind} {_amount(t.kind, t.value)}" if t else "", count=r.count,
+                ready=ready if isinstance(ready, int) else None,
+                metric=d.metric if d else None, wanted=d.wanted if d else None,
+                min_now=d.min_now if d else None, reason=d.reason if d else "",
+                decided=d.at if d else None, error=st.error))
         return out

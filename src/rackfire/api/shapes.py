@@ -603,3 +603,75 @@ class JobShape(TypedDict):
     history: int
     active: int  # runs under way
     runs: list[RunShape]  # the newest first, at most `history`
+
+
+class LoadRunShape(TypedDict):
+    """One client's run: how it ended."""
+
+    number: int
+    state: RunState
+    reason: str
+    host: str
+
+
+class LoadReportShape(TypedDict):
+    """The clients' results merged (loadgen/report.py): latencies in ms, counted from each
+    request's intended start (no coordinated omission)."""
+
+    clients: int  # clients run
+    reporting: int  # of them, those that gave a valid result
+    sent: int
+    completed: int  # got an HTTP response, any status
+    ok: int  # of them, 1xx-3xx
+    duration: int | float  # seconds, first client's start to last one's end
+    throughput: int | float  # completed / duration, per second
+    intended_rate: int | float  # req/s asked, all clients
+    achieved_rate: int | float  # req/s sent, all clients
+    p50_ms: int | float
+    p95_ms: int | float
+    p99_ms: int | float
+    max_ms: int | float
+    # connect, timeout, reset, http_4xx, http_5xx, other, no_result (a client gave no result)
+    errors: dict[str, int]
+    statuses: dict[str, int]  # "200": n, ...
+    runs: list[LoadRunShape]
+
+
+class LoadTestShape(TypedDict):
+    """A load test (`rackfire load`): its clients run in a stack of their own, removed when
+    they are done."""
+
+    id: str
+    stack: str  # the target's stack
+    load_stack: str  # the clients' stack
+    target: str
+    clients: int
+    rate: int | float  # req/s, all clients
+    duration: int | float  # seconds
+    connections: int  # at most, per client
+    state: str  # running, done or failed
+    message: str  # why it failed, or what is incomplete
+    created: int | float
+    start_at: int | float  # the clients' start barrier
+    ended: int | float | None  # when its stack was removed (or gave up)
+    runs_done: int  # client runs ended
+    runs_total: int
+    report: LoadReportShape | None  # once every client ended
+
+
+class AutoscaleShape(TypedDict):
+    """A scaled role: its bounds and target, the metric now, and the last decision."""
+
+    stack: str
+    role: str
+    min: int
+    max: int
+    target: str  # e.g. 'cpu 60%', 'requests_per_instance 200/s'; '' for a schedule only
+    count: int  # the count it has now
+    ready: int | None
+    metric: float | None  # in the target's unit; None: unknown
+    wanted: int | None  # what the last decision asked
+    min_now: int | None  # min, raised by a schedule window open now
+    reason: str  # the last decision's reason
+    decided: int | float | None
+    error: str  # why the metric could not be read

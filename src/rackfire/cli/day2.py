@@ -27,10 +27,38 @@ def register(app: typer.Typer) -> None:
     app.command("scale")(scale)
     app.command("instances", help="Alias of `scale`.")(scale)
     app.command("resize")(resize)
+    app.command("autoscale")(autoscale)
     for verb in ("stop", "start", "restart"):
         app.command(verb, help=_OPERATE_HELP[verb])(_operation(verb))
     app.command("stats")(stats)
     app.command("events")(events)
+
+
+def autoscale(target: Annotated[str, typer.Argument(help="STACK or STACK/ROLE")],
+              json: Json = False, url: Url = None) -> None:
+    """Each autoscaled role (`scale:` in the stack file): its metric, target and bounds, the
+    count it has and the count it wants, and the reason of its last decision."""
+    from rich.table import Table
+
+    t = parse_target(target)
+    rows = connect(url).autoscale(t.stack, t.role)
+    if json:
+        print_json(rows)
+        return
+    if not rows:
+        out.print(f"no role of {t.stack} autoscales (give one `scale:`)")
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for c in ("ROLE", "TARGET", "METRIC", "READY", "COUNT", "WANTS", "MIN-MAX", "LAST DECISION"):
+        table.add_column(c, justify="right" if c in ("READY", "COUNT", "WANTS") else "left")
+    for r in rows:
+        metric = "unknown" if r["metric"] is None else f"{r['metric']:.4g}"
+        bounds = f"{r['min_now'] if r['min_now'] is not None else r['min']}-{r['max']}"
+        why = r["reason"] + (f" ({r['error']})" if r["error"] else "")
+        table.add_row(r["role"], r["target"] or "schedule", metric,
+                      "-" if r["ready"] is None else str(r["ready"]), str(r["count"]),
+                      "-" if r["wanted"] is None else str(r["wanted"]), bounds, why or "-")
+    out.print(table)
 
 
 def scale(role: Annotated[str, typer.Argument(help="STACK/ROLE")],

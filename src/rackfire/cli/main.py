@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from rackfire.cli import backups, day2, hosts, jobs, output, releases, snapshots, stackfile
+from rackfire.cli import backups, day2, hosts, jobs, load, output, releases, snapshots, stackfile
 from rackfire.cli.common import Json, Url, Yes, connect, default_data_dir, wait_converged
 from rackfire.cli.output import err, out, print_json
 from rackfire.errors import PrereqError, RackfireError
@@ -177,6 +177,7 @@ snapshots.register(app)  # snapshot create/ls/rm, restore, clone, promote, diff
 backups.register(app)  # backup repo add/ls/rm, backup create/ls/rm/verify/restore
 hosts.register(app)  # hosts, host rm, token create, agent
 jobs.register(app)  # run, jobs, cancel
+load.register(app)  # load
 
 
 @app.command()

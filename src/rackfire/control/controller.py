@@ -13,6 +13,7 @@ wires the parts together and runs them:
     moves       drains, migrations and strays between hosts (moves.py)
     health      the probes, recorded per run (health.py)
     jobs        job slots and tasks: runs, each an instance that ends (jobs.py)
+    autoscale   each scaled role's count, from its metric (autoscale.py)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from rackfire.control.autoscale import Autoscaler
 from rackfire.control.backups import BackupCommands
 from rackfire.control.clones import CloneCommands
 from rackfire.control.commands import Commands
@@ -32,6 +34,7 @@ from rackfire.control.failover import Failover
 from rackfire.control.fleet import Fleet
 from rackfire.control.health import HealthMonitor, health_of
 from rackfire.control.jobs import Jobs
+from rackfire.control.loadtest import LoadTests
 from rackfire.control.moves import Moves
 from rackfire.control.placement import Placer
 from rackfire.control.publish import Publisher
@@ -90,6 +93,7 @@ class Controller:
         self.failover = Failover(store, fleet, self.placer)
         self.detector = Detector(store, fleet, self.queue.add)
         self.jobs = Jobs(store, fleet, clock, self.queue.add)
+        self.loadtests = LoadTests(self)  # its parts are looked up when it runs
         self.reconciler = Reconciler(store, fleet, clock, self.queue, desired=self.desired,
                                      placer=self.placer, publisher=self.publisher,
                                      moves=self.moves, commands=self.commands,
@@ -98,6 +102,8 @@ class Controller:
         self.clones = CloneCommands(store, fleet, self.commands, self.snapshots)
         self.backups = BackupCommands(store, fleet, self.commands, self.snapshots)
         self.replicator = Replicator(store, fleet)
+        self.autoscaler = Autoscaler(store, fleet, self.commands, clock,
+                                     self.publisher.ready_keys)
         c = self.commands
         self.plan, self.apply, self.destroy, self.push = c.plan, c.apply, c.destroy, c.push
         self.scale, self.resize, self.rollback = c.scale, c.resize, c.rollback
@@ -127,6 +133,7 @@ class Controller:
         self._spawn("backups", lambda: self.backups.run_schedule(self._stop))
         self._spawn("replicas", lambda: self.replicator.run(self._stop))
         self._spawn("jobs", lambda: self.jobs.run(self._stop))
+        self._spawn("autoscale", lambda: self.autoscaler.run(self._stop))
 
     def stop(self) -> None:
         self._stop.set()

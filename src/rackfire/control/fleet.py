@@ -348,6 +348,9 @@ class Fleet:
                          if m.key == key and m.step == "starting"), None)
         return self.link(starting or self.host_of(key)).probe(key, ip, health)
 
+    def http_get(self, key: InstanceKey, url: str) -> str:
+        return self.link(self.host_of(key)).http_get(key, url)
+
     def log_tail(self, key: InstanceKey, lines: int) -> str:
         return self.link(self.host_of(key)).log_tail(key, lines)
 

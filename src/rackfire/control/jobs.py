@@ -81,7 +81,7 @@ class Jobs:
         stack or role."""
         rec = self.store.get_stack(stack)
         if rec is None or rec.deleting:
-            raise NotFound(f"no stack {stack}", hint="`rackfire ls` lists the stacks")
+            raise NotFound(f"no stack {stack}", hint="`rackfire ps` lists the stacks' instances")
         spec = next((r for r in rec.spec.roles if r.name == role), None)
         if spec is None:
             roles = ", ".join(r.name for r in rec.spec.roles)

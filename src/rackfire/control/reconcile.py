@@ -29,6 +29,7 @@ from rackfire.errors import Conflict, ExecError, PrereqError, RackfireError, Spe
 from rackfire.model.instance import Health, InstanceFacts, InstanceKey, InstanceState
 from rackfire.model.records import StackStatus
 from rackfire.plan import ActionKind, Plan, plan_stack
+from rackfire.plan.render import warm_count
 from rackfire.store import Release, ReleaseStatus, StackRecord, StateStore
 
 log = logging.getLogger("rackfire.reconcile")
@@ -310,7 +311,9 @@ class Reconciler:
                     health, why = health_of(f, statuses.get(key))
                     if health is not Health.HEALTHY:
                         out[key] = f"{key.name} ({health}{': ' + why if why else ''})"
-        wanted = set(desired_keys(rec.spec))
+        wanted = set(desired_keys(rec.spec)) | {
+            InstanceKey(rec.name, r.name, i) for r in rec.spec.roles
+            for i in range(r.count, r.count + warm_count(r))}  # kept stopped: as desired
         for key in sorted(observed.keys() - wanted):  # a surge or scaled-away instance
             if key.run is None:  # (a run is not the stack's to be ready: jobs.py)
                 out[key] = f"{key.name} (to be removed)"

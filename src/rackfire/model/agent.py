@@ -162,6 +162,7 @@ CALLS: dict[str, Call] = {
     "discard_disks": _sets(120),
     "probe": Call(60),  # a check's own timeout is at most 60 s (spec/schema.py)
     "log_tail": Call(30),
+    "http_get": Call(10),
     "ensure_layer": _sets(900),  # may fetch a layer of some GB
     "collect_layers": _sets(120),
     "set_aside": _changes(60),
@@ -239,6 +240,8 @@ class HostAgent(Protocol):
     # The last lines of an instance's console log, without their stamps (a run's, kept in
     # its history when it ends); "" if it has none here.
     def log_tail(self, key: InstanceKey, lines: int) -> str: ...
+    # A GET from inside the instance's network (an appliance's stats on its loopback).
+    def http_get(self, key: InstanceKey, url: str) -> str: ...
     # The layer is on this host: present, or fetched from the controller and verified by
     # its digest; NotFound if neither.
     def ensure_layer(self, digest: str) -> None: ...

@@ -158,6 +158,7 @@ class InstanceFacts:
     log: str = ""  # its console log's path, on this host (the agent streams it: `logs`)
     incarnation: int = 0  # the run it is (InstanceRequest.incarnation); 0: from before those
     fence: bool = False  # its host stops it when that cannot renew its lease
+    warm: bool = False  # made (or last stopped) as a warm instance: never started since
 
     @property
     def ended(self) -> str:
@@ -215,6 +216,9 @@ class InstanceRequest:
     reload: ReloadSpec | None = None  # how new files reach it without a restart
     files_layout: str = ""  # digest of the files' paths (and hostname)
     surge: bool = False  # an extra instance while the role rolls to a new release
+    # Kept made and stopped (a scaled role's `warm`): everything ready but not running, so a
+    # scale-out starts it. Not part of any digest.
+    warm: bool = False
     # Its console log's rotation: applied live (a resize), as resources are.
     logs: LogLimits = field(default_factory=LogLimits)
     # Cold migration: start from the disks copied to this host (<data-dir>/incoming/<id>/)

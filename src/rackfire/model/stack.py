@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -156,6 +157,89 @@ class JobPolicy:
     catch_up: CatchUp = CatchUp.LAST
 
 
+class TargetKind(StrEnum):
+    CPU = "cpu"
+    MEMORY = "memory"
+    REQUESTS_PER_INSTANCE = "requests_per_instance"
+    LATENCY_P95 = "latency_p95"
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleTarget:
+    """cpu, memory: percent, in (0, 100] (cpu of one core, or of the role's cpu limit if it
+    has one); requests_per_instance: requests per second per instance; latency_p95: seconds."""
+
+    kind: TargetKind
+    value: float
+
+
+DEFAULT_STATS = "http://127.0.0.1:8404/stats;csv"
+
+
+@dataclass(frozen=True, slots=True)
+class ScalePolicy:
+    """A role's `scale:` (control/autoscale.py decides with plan/autoscale.py). `target`
+    None: schedule only. `windows`: (cron, min, seconds): from each slot of the cron on,
+    for that long, the count is at least min. Request metrics come from the HAProxy stats (`stats`,
+    a URL inside that instance) of role `via` (default: the first role that uses this one),
+    its backend `backend` (default: this role's name)."""
+
+    min: int
+    max: int
+    target: ScaleTarget | None
+    warm: int = 0
+    cooldown: float = 120.0
+    tolerance: float = 0.1
+    windows: tuple[tuple[str, int, float], ...] = ()
+    via: str = ""
+    stats: str = DEFAULT_STATS
+    backend: str = ""
+
+
+def scale_problems(policy: ScalePolicy) -> list[str]:
+    """What is wrong with a policy, each as "field: message" (the spec layer locates the
+    field). The rules: 0 <= min <= max, 1 <= max <= MAX_COUNT; cpu and memory targets in
+    (0, 100] percent, the others > 0; 0 <= warm <= max; cooldown >= 0; tolerance in [0, 1);
+    each window's min in [0, max] and its cron text not empty; a target or a schedule."""
+    p = policy
+    problems = []
+    if p.min < 0:
+        problems.append(f"min: must be 0 or more, not {p.min}")
+    if p.max < 1:
+        problems.append(f"max: must be 1 or more, not {p.max}")
+    if p.max > MAX_COUNT:
+        problems.append(f"max: must be at most {MAX_COUNT}, not {p.max}")
+    if p.min > p.max:
+        problems.append(f"min: {p.min} is above max {p.max}")
+    if p.target is not None:
+        v, kind = p.target.value, p.target.kind
+        if not math.isfinite(v) or v <= 0:
+            problems.append(f"target.{kind}: must be above 0, not {v:g}")
+        elif kind in (TargetKind.CPU, TargetKind.MEMORY) and v > 100:
+            what = "of one core (or of the role's cpu limit)" if kind is TargetKind.CPU \
+                else "of the role's memory limit"
+            problems.append(f"target.{kind}: is a percentage {what}, at most 100%, "
+                            f"not {v:g}%")
+    elif not p.windows:
+        problems.append("target: a target or a schedule is needed")
+    if p.warm < 0:
+        problems.append(f"warm: must be 0 or more, not {p.warm}")
+    elif p.warm > p.max:
+        problems.append(f"warm: {p.warm} is above max {p.max}")
+    if not math.isfinite(p.cooldown) or p.cooldown < 0:
+        problems.append(f"cooldown: must be 0 or more, not {p.cooldown:g}s")
+    if not (math.isfinite(p.tolerance) and 0 <= p.tolerance < 1):
+        problems.append(f"tolerance: must be in [0, 1), not {p.tolerance:g}")
+    for i, (cron, low, span) in enumerate(p.windows):
+        if not math.isfinite(span) or span <= 0:
+            problems.append(f"schedule[{i}].for: must be longer than 0, not {span:g}s")
+        if not cron.strip():
+            problems.append(f"schedule[{i}].cron: must not be empty")
+        if low < 0 or low > p.max:
+            problems.append(f"schedule[{i}].min: must be in [0, max {p.max}], not {low}")
+    return problems
+
+
 @dataclass(frozen=True, slots=True)
 class LogLimits:
     """How much console log an instance keeps on its host: the current file is rotated
@@ -240,6 +324,7 @@ class RoleSpec:
     # A task run on a new release before its rollout (a migration): the rollout goes only
     # if it exits 0 (control/jobs.py), else the release fails as a bad one does.
     before: tuple[str, ...] = ()
+    scale: ScalePolicy | None = None  # autoscaling: the count moves within [min, max]
 
     @property
     def singleton(self) -> bool:
@@ -338,7 +423,17 @@ def _role_from_json(r: dict[str, Any]) -> RoleSpec:
         job=JobPolicy(j["schedule"], Concurrency(j["concurrency"]), j["timeout"], j["history"],
                       CatchUp(j["catch_up"])) if (j := r.get("job")) else None,
         before=tuple(r.get("before", ())),
+        scale=_scale_from_json(s) if (s := r.get("scale")) else None,
     )
+
+
+def _scale_from_json(s: dict[str, Any]) -> ScalePolicy:
+    t = s.get("target")
+    return ScalePolicy(
+        s["min"], s["max"], ScaleTarget(TargetKind(t["kind"]), t["value"]) if t else None,
+        s.get("warm", 0), s.get("cooldown", 120.0), s.get("tolerance", 0.1),
+        tuple((c, m, f) for c, m, f in s.get("windows", ())), s.get("via", ""),
+        s.get("stats", DEFAULT_STATS), s.get("backend", ""))
 
 
 def _ha_from_json(h: dict[str, Any]) -> HaPolicy:

@@ -29,9 +29,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import StrEnum
 
-from rackfire.model.stack import MAX_COUNT
+from rackfire.model.stack import ScalePolicy, ScaleTarget, TargetKind, scale_problems
 
 DEFAULT_COOLDOWN = 120.0  # seconds
 DEFAULT_TOLERANCE = 0.1
@@ -40,36 +39,9 @@ Value = float | int | str
 Values = tuple[tuple[str, Value], ...]
 
 
-class TargetKind(StrEnum):
-    CPU = "cpu"
-    MEMORY = "memory"
-    REQUESTS_PER_INSTANCE = "requests_per_instance"
-    LATENCY_P95 = "latency_p95"
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """cpu, memory: percent, in (0, 100] (cpu of one core, or of the role's cpu limit if it
-    has one); requests_per_instance: requests per second per instance; latency_p95: seconds."""
-
-    kind: TargetKind
-    value: float
-
-
-@dataclass(frozen=True, slots=True)
-class Policy:
-    """A role's `scale:`. `target` None: schedule only (the count follows min_now). `warm` is
-    the controller's (spare instances kept ready); decide() does not read it. `windows`: the
-    schedule's (cron text, min) pairs, for validate() and the caller, who tells decide() the
-    highest min of those active now."""
-
-    min: int
-    max: int
-    target: Target | None
-    warm: int = 0
-    cooldown: float = DEFAULT_COOLDOWN
-    tolerance: float = DEFAULT_TOLERANCE
-    windows: tuple[tuple[str, int], ...] = ()
+# The policy is the stack file's (model/stack.py), under the names decide() speaks of.
+Policy = ScalePolicy
+Target = ScaleTarget
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +101,7 @@ def _duration(seconds: float) -> str:
     return "".join(f"{n}{u}" for n, u in ((h, "h"), (m, "m"), (s, "s")) if n)
 
 
-def _amount(kind: TargetKind, x: float) -> str:
+def amount(kind: TargetKind, x: float) -> str:
     if kind in (TargetKind.CPU, TargetKind.MEMORY):
         return f"{_num(x)}%"
     if kind is TargetKind.REQUESTS_PER_INSTANCE:
@@ -154,8 +126,8 @@ def _recommend(policy: Policy, current: int, sample: Sample) -> tuple[int, str]:
         return current, f"target {target.value:g} is not above 0"
     kind, metric = target.kind, sample.metric
     per = " per instance" if kind is TargetKind.REQUESTS_PER_INSTANCE else ""
-    said = f"{_label(kind)} {_amount(kind, metric)}{per}"
-    aim = _amount(kind, target.value)
+    said = f"{_label(kind)} {amount(kind, metric)}{per}"
+    aim = amount(kind, target.value)
     ratio = metric / target.value
     if abs(ratio - 1) <= policy.tolerance:
         return current, f"{said} within {_num(policy.tolerance * 100)}% of target {aim}"
@@ -232,43 +204,4 @@ def _until_below(history: History, level: int, now: float, window: float) -> flo
     return max(last + window - now, 0.0)
 
 
-def validate(policy: Policy) -> list[str]:
-    """What is wrong with a policy, each as "field: message" (the spec layer locates the
-    field). The rules: 0 <= min <= max, 1 <= max <= MAX_COUNT; cpu and memory targets in
-    (0, 100] percent, the others > 0; 0 <= warm <= max; cooldown >= 0; tolerance in [0, 1);
-    each window's min in [0, max] and its cron text not empty; a target or a schedule."""
-    p = policy
-    problems = []
-    if p.min < 0:
-        problems.append(f"min: must be 0 or more, not {p.min}")
-    if p.max < 1:
-        problems.append(f"max: must be 1 or more, not {p.max}")
-    if p.max > MAX_COUNT:
-        problems.append(f"max: must be at most {MAX_COUNT}, not {p.max}")
-    if p.min > p.max:
-        problems.append(f"min: {p.min} is above max {p.max}")
-    if p.target is not None:
-        v, kind = p.target.value, p.target.kind
-        if not math.isfinite(v) or v <= 0:
-            problems.append(f"target.{kind}: must be above 0, not {v:g}")
-        elif kind in (TargetKind.CPU, TargetKind.MEMORY) and v > 100:
-            what = "of one core (or of the role's cpu limit)" if kind is TargetKind.CPU \
-                else "of the role's memory limit"
-            problems.append(f"target.{kind}: is a percentage {what}, at most 100%, "
-                            f"not {_num(v)}%")
-    elif not p.windows:
-        problems.append("target: a target or a schedule is needed")
-    if p.warm < 0:
-        problems.append(f"warm: must be 0 or more, not {p.warm}")
-    elif p.warm > p.max:
-        problems.append(f"warm: {p.warm} is above max {p.max}")
-    if not math.isfinite(p.cooldown) or p.cooldown < 0:
-        problems.append(f"cooldown: must be 0 or more, not {p.cooldown:g}s")
-    if not (math.isfinite(p.tolerance) and 0 <= p.tolerance < 1):
-        problems.append(f"tolerance: must be in [0, 1), not {p.tolerance:g}")
-    for i, (cron, low) in enumerate(p.windows):
-        if not cron.strip():
-            problems.append(f"schedule[{i}].cron: must not be empty")
-        if low < 0 or low > p.max:
-            problems.append(f"schedule[{i}].min: must be in [0, max {p.max}], not {low}")
-    return problems
+validate = scale_problems  # the stack file's rules (spec/schema.py asks them too)

@@ -61,7 +61,7 @@ def plan_stack(
     # Lost: on a host whose lease lapsed. Nothing is known of them, so nothing is done to
     # them here; they are reported (restarting them elsewhere needs fencing: issue 15).
     lost = {k: h for k, h in (lost or {}).items() if k.stack == stack}
-    want = {d.key: d for d in desired if not d.surge and d.key not in lost}
+    want = {d.key: d for d in desired if not d.surge and not d.warm and d.key not in lost}
     have = {f.key: f for f in observed if f.key.stack == stack and f.key not in lost}
     roles = {r.name: r for r in spec.roles} if spec else {}
     actions: list[Action] = []
@@ -84,6 +84,13 @@ def plan_stack(
                           controls.get(key, Control()), unhealthy.get(key), now)
         if action is not None:
             actions.append(replace(action, reason=f"surge instance: {action.reason}"))
+    # A scaled role's warm instances (those a rollout does not take for its surge).
+    warm = {d.key: d for d in desired if d.warm and d.key not in surge and d.key not in lost}
+    want |= warm
+    for key in sorted(warm.keys() & have.keys()):
+        action = _keep_warm(warm[key], have[key], roles[key.role])
+        if action is not None:
+            actions.append(action)
 
     # A rollout's surge instances serve until the instances that replaced the old ones are
     # ready: destroyed while one still starts, the role would be short of them meanwhile.
@@ -103,6 +110,9 @@ def plan_stack(
                                   surge[key], rolling=True))
         elif key.run is not None:
             actions.append(Action(ActionKind.CREATE, key, f"run #{key.run}", want[key]))
+        elif key in warm:
+            actions.append(Action(ActionKind.CREATE, key, "warm instance: made, not started",
+                                  want[key]))
         elif not controls.get(key, Control()).stopped:  # stopped by an operator: on start
             actions.append(Action(ActionKind.CREATE, key, "new instance", want[key]))
 
@@ -112,7 +122,7 @@ def plan_stack(
         """How `k` is already through the rollout ('' if it is not)."""
         f, c = have.get(k), controls.get(k, Control())
         if f is None or k not in want or f.state is InstanceState.PARTIAL or c.stopped \
-                or k.run is not None:  # a run that ended is not a failed rollout
+                or k.run is not None or k in warm:  # (not a failed rollout: they stop)
             return ""
         if c.restart_requested is not None and (f.started_at or 0.0) >= c.restart_requested:
             return "restarted"
@@ -129,7 +139,7 @@ def plan_stack(
     # Roles roll in dependency order: one waits while a role it uses is still rolling (has
     # rolling actions, or instances past its count: surge ones, or ones on their way out).
     extra = {k.role for k in have if k.role in roles and k.index >= roles[k.role].count
-             and k.run is None}
+             and k.run is None and k not in warm}
     unsettled = rolling_roles | extra | {a.key.role for a in actions if a.rolling}
     for name, role in roles.items():
         behind = sorted(role.uses_closure(roles) & unsettled)
@@ -219,12 +229,36 @@ def _compare(d: InstanceRequest, f: InstanceFacts, role: RoleSpec, c: Control,
         action = Action(ActionKind.RESTART, d.key, "restart requested", d, rolling=running,
                         stop_timeout=timeout)
         return replace(action, not_before=_backoff(c, role.restart, now))
+    if f.state is InstanceState.STOPPED and f.warm and not c.failed:
+        # Made warm (disk, network, config ready): a scale-out only starts it.
+        return Action(ActionKind.RESTART, d.key, "a warm instance, started", d,
+                      stop_timeout=timeout)
     if f.state is InstanceState.STOPPED or unhealthy is not None:
         if f.state is InstanceState.STOPPED:
             why = f.ended
         else:
             why = f"unhealthy: {unhealthy}" if unhealthy else "unhealthy"
         return _recover(ActionKind.RESTART, d, why, role.restart, c, now, timeout)
+    return None
+
+
+def _keep_warm(d: InstanceRequest, f: InstanceFacts, role: RoleSpec) -> Action | None:
+    """A warm instance stays made and stopped, on the role's current spec and config."""
+    timeout = role.stop_timeout
+    if f.state is InstanceState.PARTIAL:
+        return Action(ActionKind.REPLACE, d.key, "warm instance: half-made", d,
+                      stop_timeout=timeout)
+    changed = _changed_fields(d, f)
+    if changed and not set(changed) <= _LIVE_FIELDS:
+        return Action(ActionKind.REPLACE, d.key, f"warm instance: {', '.join(changed)} "
+                      "changed", d, stop_timeout=timeout)
+    if f.config_hash != d.config_hash:
+        return Action(ActionKind.RECONFIGURE, d.key, "warm instance: rendered files changed",
+                      d, stop_timeout=timeout)
+    if f.state is InstanceState.RUNNING or not f.warm:
+        # (stopped and started again with a warm request, which it stays stopped for)
+        return Action(ActionKind.RESTART, d.key, "kept warm: stopped, ready to start", d,
+                      stop_timeout=timeout)
     return None
 
 

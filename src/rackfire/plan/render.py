@@ -53,9 +53,16 @@ def max_unavailable(role: RoleSpec) -> int:
     return role.update.max_unavailable or (0 if surge_count(role) else 1)
 
 
+def warm_count(role: RoleSpec) -> int:
+    """Instances past the count kept made and stopped, for a scale-out to start (none past
+    the role's max: no scale-out would start them)."""
+    return max(0, min(role.scale.warm, role.scale.max - role.count)) if role.scale else 0
+
+
 def role_keys(stack: str, role: RoleSpec, *, surge: bool = False) -> list[InstanceKey]:
-    """The role's instances: 0..count-1, and with `surge` the rollout's extra ones."""
-    n = role.count + (surge_count(role) if surge else 0)
+    """The role's instances: 0..count-1, and with `surge` the ones past it: a rollout's
+    extra ones, and the warm ones (the same indexes: a rollout's surge takes a warm one)."""
+    n = role.count + (max(surge_count(role), warm_count(role)) if surge else 0)
     return [InstanceKey(stack, role.name, i) for i in range(n)]
 
 
@@ -147,7 +154,8 @@ def render_stack(
                 data=role.data,
                 reload=role.reload,
                 files_layout=layout,
-                surge=key.run is None and index >= role.count,
+                surge=key.run is None and role.count <= index < role.count + surge_count(role),
+                warm=key.run is None and role.count <= index < role.count + warm_count(role),
                 logs=role.logs,
                 fence=role.self_fences and run is None,
             )

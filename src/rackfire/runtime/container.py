@@ -362,6 +362,9 @@ class ContainerRuntime:
         (d.bundle / "config.json").write_text(json.dumps(config))
         if self.runc.has(req.key.id):  # a stopped leftover
             self.runc.call("delete", "--force", req.key.id, check=False)
+        update_meta(d, warm=req.warm)
+        if req.warm:  # made, mounted, attached, configured: its start is `runc run` alone
+            return
         # The log writer starts runc, whose stdio the container inherits: pipes to the
         # writer, which stamps and rotates the console log, reaps the container's init (its
         # exit code) and outlives this server (runtime/logwriter.py). runc's own errors go

@@ -98,6 +98,7 @@ class FakeRuntime:
         self.caps = caps
         self.clock = clock
         self.exits: dict[tuple[str, ...], Exit] = {}
+        self.cpu: dict[str, float] = {}  # role -> the cpu % its running instances show
         self.exec_results: dict[tuple[str, ...], tuple[int, str]] = {}
         self.calls: list[tuple[str, InstanceKey]] = []
         self.reloads: Counter[InstanceKey] = Counter()
@@ -222,7 +223,8 @@ class FakeRuntime:
                 run = self._runs.get(key)
                 up = run is not None and self._running(run)
                 r = resources_of(meta)
-                out.append(InstanceStats(key, 0.0, 0, r.memory if r else None, 0,
+                out.append(InstanceStats(key, self.cpu.get(key.role, 0.0) if up else 0.0, 0,
+                                         r.memory if r else None, 0,
                                          r.disk if r else None, 0, 0, 1 if up else 0))
             return out
 
@@ -313,6 +315,10 @@ class FakeRuntime:
 
     def _start(self, d: InstanceDir, req: InstanceRequest, verb: str) -> None:
         self._files[req.key] = dict(req.files)
+        update_meta(d, warm=req.warm)
+        if req.warm:  # made, not started (as the container runtime's warm instances)
+            self._runs.pop(req.key, None)
+            return
         now = self.clock()
         _log(d, f"--- rackfire: starting {req.key} (fake)", now)
         self._fail_if_set(verb, req.key)  # where runc or Popen would fail

@@ -106,7 +106,7 @@ def resources_of(meta: dict[str, Any]) -> Resources | None:
 def run_of(meta: dict[str, Any]) -> dict[str, Any]:
     """The run an instance is, from its meta, for its InstanceFacts."""
     return {"incarnation": int(meta.get("incarnation") or 0),
-            "fence": bool(meta.get("fence", False))}
+            "fence": bool(meta.get("fence", False)), "warm": bool(meta.get("warm", False))}
 
 
 def read_meta(d: InstanceDir) -> dict[str, Any] | None:

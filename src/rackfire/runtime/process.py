@@ -209,6 +209,9 @@ class ProcessRuntime:
             stdout=pty, stderr=pty))
 
     def _start(self, d: InstanceDir, req: InstanceRequest) -> None:
+        update_meta(d, warm=req.warm)
+        if req.warm:  # nothing to make ready: started when it is wanted
+            return
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(d.workdir),
             "RACKFIRE_STACK": req.key.stack, "RACKFIRE_ROLE": req.key.role,

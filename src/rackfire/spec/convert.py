@@ -76,7 +76,7 @@ def _role(name: str, m: RoleModel, base_dir: Path | None) -> RoleSpec:
     return RoleSpec(
         name=name,
         image=m.image,
-        count=0 if m.schedule else m.count,  # a job's runs are its only instances
+        count=_count(m),
         command=tuple(m.command),
         resources=_resources(m.resources),
         ports=tuple(m.ports),
@@ -99,6 +99,7 @@ def _role(name: str, m: RoleModel, base_dir: Path | None) -> RoleSpec:
         backup=_backup(m.backup),
         job=_job(m.schedule, m.job),
         before=tuple(m.release.before) if m.release else (),
+        scale=m.scale.policy() if m.scale else None,
         **_given(stop_timeout=m.stop_timeout),
     )
 
@@ -138,6 +139,14 @@ def _health(m: HealthModel | None) -> HealthSpec | None:
     return HealthSpec(**_given(http=m.http, tcp=m.tcp, exec=tuple(m.exec) if m.exec else None,
                                interval=m.interval, timeout=m.timeout, retries=m.retries,
                                grace=m.grace))
+
+
+def _count(m: RoleModel) -> int:
+    if m.schedule:
+        return 0  # a job's runs are its only instances
+    if m.scale is not None and "count" not in m.model_fields_set:
+        return m.scale.min  # where autoscaling starts
+    return m.count
 
 
 def _job(schedule: str | None, m: JobModel | None) -> JobPolicy | None:

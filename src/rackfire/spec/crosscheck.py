@@ -23,7 +23,7 @@ def crosscheck(model: StackModel, doc: Document) -> list[SpecProblem]:
     uses = _check_uses(model, doc)
     problems = [*uses, *_check_cycles(model, doc), *_check_host_ports(model, doc),
                 *_check_files(model, doc), *_check_own_ready(model, doc),
-                *_check_jobs(model, doc)]
+                *_check_jobs(model, doc), *_check_scale(model, doc)]
     if not uses:  # a template sees the roles it uses: they must exist
         problems += _check_renders(model, doc)
     return problems
@@ -56,6 +56,7 @@ _NOT_FOR_JOBS = {
     "release": "a job runs its new release at its next slot: no `before` task",
     "ha": "a job's runs are not failed over: one whose host is lost is recorded as lost",
     "backup": "a job has no disks to back up",
+    "scale": "a job is not scaled: each slot runs one instance (concurrency: allow runs more)",
 }
 
 
@@ -74,6 +75,30 @@ def _check_jobs(model: StackModel, doc: Document) -> list[SpecProblem]:
             continue
         for key in sorted(role.model_fields_set & _NOT_FOR_JOBS.keys()):
             problems.append(doc.problem(("roles", name, key), _NOT_FOR_JOBS[key]))
+    return problems
+
+
+def _check_scale(model: StackModel, doc: Document) -> list[SpecProblem]:
+    problems = []
+    for name, role in model.roles.items():
+        scale = role.scale
+        if scale is None:
+            continue
+        if "count" in role.model_fields_set and not scale.min <= role.count <= scale.max:
+            problems.append(doc.problem(("roles", name, "count"), f"{role.count} is outside "
+                                        f"scale's [{scale.min}, {scale.max}]"))
+        via = scale.via
+        if via is not None and (via not in model.roles or name not in model.roles[via].uses):
+            problems.append(doc.problem(("roles", name, "scale", "via"), f"no role {via} "
+                                        f"uses {name}: its HAProxy is not in front of it"))
+        target = scale.target
+        wants_haproxy = target is not None and (target.requests_per_instance is not None
+                                                or target.latency_p95 is not None)
+        if wants_haproxy and via is None and not any(name in r.uses
+                                                     for r in model.roles.values()):
+            problems.append(doc.problem(("roles", name, "scale", "target"), "a request "
+                                        "target needs a role with HAProxy in front (one that "
+                                        "uses this one, or `via:`)"))
     return problems
 
 

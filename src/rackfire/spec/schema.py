@@ -34,6 +34,7 @@ from pydantic import (
 
 from rackfire.model import cron
 from rackfire.model.stack import (
+    DEFAULT_STATS,
     MAX_COUNT,
     MAX_LOG_FILES,
     MIN_LOG_SIZE,
@@ -44,7 +45,11 @@ from rackfire.model.stack import (
     PortMap,
     Replace,
     RuntimeKind,
+    ScalePolicy,
+    ScaleTarget,
     Spread,
+    TargetKind,
+    scale_problems,
 )
 from rackfire.model.template_sandbox import forbidden_message, forbidden_tag
 from rackfire.model.units import format_size, parse_duration, parse_size
@@ -488,6 +493,85 @@ class ReleaseModel(_Strict):
                               "migration): the rollout goes only if it exits 0")
 
 
+def _suffixed(suffix: str, what: str) -> Callable[[object], float]:
+    """A number, with or without its unit: `60%`, `200/s`."""
+    def validate(value: object) -> float:
+        text = value.strip().removesuffix(suffix).strip() if isinstance(value, str) else value
+        if isinstance(text, bool) or not isinstance(text, str | int | float):
+            raise ValueError(f"expected {what}, got {describe(value)}")
+        try:
+            number = float(text)
+        except ValueError:
+            raise ValueError(f"expected {what}, got {describe(value)}") from None
+        if not math.isfinite(number):
+            raise ValueError(f"expected {what}, got {describe(value)}")
+        return number
+
+    return validate
+
+
+Percent = Annotated[float, PlainValidator(_suffixed("%", "a percentage such as 60%")),
+                    WithJsonSchema({"type": ["string", "number"], "description": "60%"})]
+Rate = Annotated[float, PlainValidator(_suffixed("/s", "a rate such as 200/s")),
+                 WithJsonSchema({"type": ["string", "number"], "description": "200/s"})]
+
+
+class ScaleTargetModel(_Strict):
+    cpu: Percent | None = Field(None, description="of one core, or of the cpu limit")
+    memory: Percent | None = Field(None, description="of the memory limit")
+    requests_per_instance: Rate | None = Field(None, description="from the HAProxy in front")
+    latency_p95: Interval | None = Field(None, description="from the HAProxy in front (its "
+                                         "average response time: HAProxy keeps no p95)")
+
+    @model_validator(mode="after")
+    def _one(self) -> Self:
+        given = [k for k in type(self).model_fields if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give one target: cpu, memory, requests_per_instance or "
+                             f"latency_p95{f' (not {len(given)})' if given else ''}")
+        return self
+
+
+class ScaleWindowModel(_Strict):
+    cron: CronText = Field(description="when this least count begins (UTC)")
+    min: int = Field(ge=0, le=MAX_COUNT)
+    for_: Interval = Field(3600.0, alias="for", description="how long it holds (default 1h)")
+
+
+class ScaleModel(_Strict):
+    min: int = Field(1, ge=0, le=MAX_COUNT)
+    max: int = Field(ge=1, le=MAX_COUNT)
+    target: ScaleTargetModel | None = None
+    warm: int = Field(0, ge=0, le=MAX_COUNT, description="instances kept made and stopped")
+    cooldown: Duration = Field(120.0, description="a scale in waits this long after the last "
+                               "higher recommendation")
+    tolerance: float = Field(0.1, ge=0, lt=1, description="of the target, no change within")
+    schedule: list[ScaleWindowModel] = Field([], description="least counts from cron times "
+                                             "on: [{cron, min, for}]")
+    via: Name | None = Field(None, description="the role whose HAProxy fronts this one "
+                             "(default: the first that uses it)")
+    stats: HttpUrl = Field(DEFAULT_STATS, description="its HAProxy stats CSV, inside it")
+    backend: Name | None = Field(None, description="its HAProxy backend (default: this "
+                                 "role's name)")
+
+    def policy(self) -> ScalePolicy:
+        t = self.target
+        kind, value = next(((TargetKind(k), getattr(t, k)) for k in type(t).model_fields
+                            if getattr(t, k) is not None), (None, 0.0)) if t else (None, 0.0)
+        return ScalePolicy(
+            self.min, self.max, ScaleTarget(kind, value) if kind else None, self.warm,
+            self.cooldown, self.tolerance,
+            tuple((w.cron, w.min, w.for_) for w in self.schedule),
+            self.via or "", self.stats, self.backend or "")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Self:
+        problems = scale_problems(self.policy())  # the decider's own rules
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
 class RoleModel(_Strict):
     image: Name
     count: int = Field(1, ge=0, le=MAX_COUNT)
@@ -522,6 +606,8 @@ class RoleModel(_Strict):
     schedule: CronText | None = Field(None, description="a job: one fresh run per slot "
                                       "(cron, UTC), none of its own instances")
     job: JobModel | None = Field(None, description="how a job (`schedule:`) runs")
+    scale: ScaleModel | None = Field(None, description="autoscaling: {min, max, target, warm, "
+                                     "cooldown, schedule}")
     release: ReleaseModel | None = None
 
 
