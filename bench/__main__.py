@@ -23,8 +23,10 @@ MEASURES = {
     "failover": "host death to the replacement serving (3 bed hosts): stateless, singleton",
     "snapshot": "snapshot of the shop (db 512 MiB) on XFS reflinks, freezes; clone to serving",
     "dbfailover": "replicated PostgreSQL (3 bed hosts): its primary's host killed, no write lost",
+    "autoscale": "the shop under a spike: to new app instances serving, cold, warm, HPA's 15 s",
 }
-RUNS = {"failover": 10, "dbfailover": 20}  # the issue asks for at least 10 and 20 runs
+# The issues ask for at least 10 and 20 runs; a spike and its cooldown take a minute or two.
+RUNS = {"failover": 10, "dbfailover": 20, "autoscale": 3}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--runs must be at least 1")
     chosen = args.measures or list(MEASURES)
     privileged = {"start", "bringup", "footprint", "agent_calls", "failover",
-                  "snapshot", "dbfailover"} & set(chosen)
+                  "snapshot", "dbfailover", "autoscale"} & set(chosen)
     if privileged and os.geteuid() != 0:
         p.error(f"{', '.join(sorted(privileged))} need root (containers, netns, cgroups)")
     machine = report.machine()

@@ -427,3 +427,11 @@ def test_a_launcher_detaching_its_main_process(tmp_path: Path) -> None:
     failing = logwriter.launch(log, CAP, "", logwriter.Launch(("sh", "-c", "exit 4"), {},
                                                               pid_file=pid_file))
     assert failing.rc == 4 and failing.main is None
+
+
+def test_the_run_gets_no_ignored_signals_of_the_writer(tmp_path: Path) -> None:
+    # The writer ignores SIGHUP, SIGINT, SIGPIPE; a shell started ignoring one could not
+    # even trap it (a reload by SIGHUP would never reach the instance).
+    log = tmp_path / "console.log"
+    trap = "trap 'exit 5' HUP; kill -HUP $$; sleep 5; exit 1"
+    assert ended(launch(log, CAP, ("sh", "-c", trap)), log, 10) == 5

@@ -99,10 +99,10 @@ def print_instances(rows: list[InstanceShape], show_stack: bool) -> None:
         table.add_column(c, justify="right" if c in ("INDEX", "RESTARTS") else "left")
     for r in rows:
         state = r["state"]
-        if r.get("ended", "stopped") != "stopped" and state in ("stopped", "failed"):
-            state += f", {r['ended']}"  # "failed, exited 3"
         if r.get("stopped_by_operator") and r["state"] == "stopped":
-            state += " by operator"
+            state += " by operator"  # (how its run ended is the operator's stop)
+        elif r.get("ended", "stopped") != "stopped" and state in ("stopped", "failed"):
+            state += f", {r['ended']}"  # "failed, exited 3"
         state_style = {"running": "green", "stopped": "red", "partial": "yellow",
                        "failed": "bold red"}.get(r["state"], "")
         health = r["health"]

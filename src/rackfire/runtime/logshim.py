@@ -386,6 +386,7 @@ class Reaper:
 
 
 PR_SET_CHILD_SUBREAPER = 36
+IGNORED = (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE)
 
 
 def _read_pid(path: str) -> int | None:
@@ -405,7 +406,9 @@ def launch(request: dict[str, object], reaper: Reaper) -> dict[int, bytes]:
     env = {str(k): str(v) for k, v in request.get("env", {}).items()}  # type: ignore[attr-defined]
     try:
         os.chdir(str(request.get("cwd") or "/"))
-        pid = os.posix_spawnp(argv[0], argv, env, setsid=True, file_actions=[
+        # The signals this process ignores would stay ignored in the run (a shell cannot
+        # even trap them then): each back to its default there.
+        pid = os.posix_spawnp(argv[0], argv, env, setsid=True, setsigdef=IGNORED, file_actions=[
             (os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, w_out, 1),
             (os.POSIX_SPAWN_DUP2, w_err, 2)])
     except OSError as e:
@@ -424,7 +427,7 @@ def launch(request: dict[str, object], reaper: Reaper) -> dict[int, bytes]:
 def main(argv: list[str]) -> int:
     path, limits = argv[0], argv[1]
     banner = argv[2] if len(argv) > 2 else ""
-    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+    for sig in IGNORED:
         signal.signal(sig, signal.SIG_IGN)  # not the server's terminal's to end
     request = json.loads(sys.stdin.buffer.read() or b"{}")
     answer = os.dup(1)
