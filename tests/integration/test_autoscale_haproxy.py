@@ -95,6 +95,8 @@ def test_requests_through_haproxy_scale_the_role_out(server: Server, tmp_path: P
         wait_for(lambda: len([r for r in json.loads(server.cli("ps", stack, "--json").stdout)
                               if r["role"] == "web" and r["health"] == "healthy"]) == 3,
                  60, "three web instances serving")
+        # the load goes on through all three for a while: how many were sent is no timing
+        wait_for(lambda: sent[0] > 100, 30, "load through the scaled-out role")
     finally:
         stop.set()
         loader.join(10)
