@@ -314,8 +314,8 @@ class Layout:
         self.stacks.append(stack)
         text = STACK_YAML.format(stack=stack, count=count, memory=MEMORY_LIMIT, disk=DISK)
         c = self.client
-        planned = c.plan(text, f"{stack}.yaml", str(self.work))
-        c.apply(text, f"{stack}.yaml", str(self.work), planned["generation"])
+        planned = c.plan(text, f"{stack}.yaml")
+        c.apply(text, f"{stack}.yaml", planned["generation"])
 
     def wait_running(self, stacks: list[str], count: int, timeout: float) -> float:
         """Until every stack converged with all its instances running; prints progress."""

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench import peers
 from bench.report import SELF, Result, ratio_target
@@ -33,7 +34,7 @@ POOL = "10.91.0.0/16"
 POLL = 0.025  # seconds between two GET /v1/instances
 MANY = 50
 TIMEOUT = 300.0
-ONE, AT_ONCE = "one instance", f"{MANY} at once"
+ONE, AT_ONCE, WARM = "one instance", f"{MANY} at once", "warm start"
 
 STACK = """\
 stack: {stack}
@@ -52,10 +53,12 @@ and its applet links, imported from one tarball where the tool imports images) w
 `/bin/sleep 3600` and a 32 MiB memory limit. *{ONE}*: one start. *{AT_ONCE}*: rackfire gets one
 `POST /v1/apply` of a stack whose one role has `count: {MANY}`; each peer gets {MANY} starts
 released together on {MANY} threads, and the time runs until the last one is running with its
-IP. rackfire's time ends when a `GET /v1/instances?stack=` (polled every {POLL * 1000:.0f} ms)
-answers with every instance `running` and an IP. Each run takes every subject once per case,
-in an order rotated from run to run; what was started is removed after each sample, untimed.
-How each subject was run is in the notes below."""
+IP. *{WARM}*: rackfire scales a role at min 1 with one warm instance (made and stopped
+beforehand) to 2; bare runc runs `runc start` of a container `runc create`d beforehand; the
+other peers are not asked. rackfire's time ends when a `GET /v1/instances?stack=` (polled
+every {POLL * 1000:.0f} ms) answers with every instance `running` and an IP. Each run takes
+every subject once per case, in an order rotated from run to run; what was started is removed
+after each sample, untimed. How each subject was run is in the notes below."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,32 @@ class Rackfire:
         self.timelines.setdefault(count, []).append(
             self._timeline(stack, wall0, answered, elapsed))
         return elapsed
+
+    def start_warm(self) -> float:
+        """A role at min 1 with one warm instance (made and stopped, untimed); timed: a
+        scale to 2 until both run with their IP. The warm one is started, not created."""
+        stack = f"{self.ws.prefix}-{len(self.made) + 1}"
+        self.made.append(stack)
+        self.live.append(stack)
+        text = STACK.format(stack=stack, count=1, command='["/bin/sleep", "3600"]').replace(
+            "    count: 1\n", "    scale: {min: 1, max: 2, warm: 1, cooldown: 1h, "
+            "target: {cpu: 90%}}\n")
+        self.api.apply(text, "stack.yaml", None, None)
+        self._wait(stack, lambda rows: sorted(r["state"] for r in rows) == [
+            "running", "stopped"], "one running, one warm")
+        t0 = time.perf_counter()
+        self.api.scale(stack, "box", 2)
+        self._wait(stack, lambda rows: sum(r["state"] == "running" and bool(r["ip"])
+                                           for r in rows) == 2, "the warm one running")
+        return time.perf_counter() - t0
+
+    def _wait(self, stack: str, done: Callable[[list[Any]], bool], what: str) -> None:
+        t0 = time.perf_counter()
+        while not done(rows := list(self.api.instances(stack))):
+            if time.perf_counter() - t0 > TIMEOUT:
+                raise RuntimeError(f"rackfire: {stack}: not {what} after {TIMEOUT:.0f} s: "
+                                   f"{rows}")
+            time.sleep(POLL)
 
     def _timeline(self, stack: str, wall0: float, answered: float, reported: float) -> Timeline:
         db = sqlite3.connect(f"file:{self.server.data_dir / 'rackfire.db'}?mode=ro", uri=True)
@@ -245,7 +274,13 @@ def _breakdown(rf: Rackfire) -> list[str]:
 
 
 Cases = list[tuple[str, Callable[[peers.Subject], float]]]
-CASES: Cases = [(ONE, lambda s: s.start_one(0)), (AT_ONCE, lambda s: s.start_many(MANY))]
+CASES: Cases = [(ONE, lambda s: s.start_one(0)), (AT_ONCE, lambda s: s.start_many(MANY)),
+                (WARM, lambda s: s.start_warm())]  # type: ignore[attr-defined]
+
+
+def _takes(case: str, s: peers.Subject) -> bool:
+    """The warm start is rackfire's and bare runc's only (`runc create` then `start`)."""
+    return case != WARM or hasattr(s, "start_warm")
 
 
 def _set_up(ws: peers.Workspace, rf: Rackfire, made: list[peers.Subject],
@@ -282,7 +317,7 @@ def _measure(runs: int, ready: list[peers.Subject], rf: Rackfire,
     for r in range(runs):
         order = ready[r % len(ready):] + ready[:r % len(ready)]
         for case, measure in CASES:
-            for s in (s for s in order if s.name not in broken):
+            for s in (s for s in order if s.name not in broken and _takes(case, s)):
                 print(f"   run {r + 1}/{runs}: {case}: {s.name}", flush=True)
                 try:
                     samples.setdefault((case, s.name), []).append(measure(s))
@@ -348,10 +383,14 @@ def run(runs: int) -> Result:
         raise RuntimeError(f"left on the host: {'; '.join(left)}")
     for case, _ in CASES:
         for s in ready:
-            result.add(case, s.name, samples.get((case, s.name), []), "s")
+            if _takes(case, s):
+                result.add(case, s.name, samples.get((case, s.name), []), "s")
     result.targets += [
         ratio_target(result, AT_ONCE, "podman", 2, f"{AT_ONCE}: ≥ 2x faster than podman"),
         ratio_target(result, AT_ONCE, "docker", 2, f"{AT_ONCE}: ≥ 2x faster than docker"),
         ratio_target(result, AT_ONCE, "bare runc", 1 / 3, f"{AT_ONCE}: within 3x of bare runc"),
+        ratio_target(result, AT_ONCE, "bare runc", 1 / 1.3,
+                     f"{AT_ONCE}: within 1.3x of bare runc"),
+        ratio_target(result, WARM, "bare runc", 1 / 2, f"{WARM}: within 2x of `runc start`"),
     ]
     return result

@@ -6,6 +6,7 @@ interrupted by a crash of each party at each step."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import subprocess
@@ -432,4 +433,80 @@ def test_a_host_whose_lease_lapsed_is_lost_and_comes_back_at_a_new_epoch(
     assert c.running_on(f"{stack}.db.0") == [host]  # the stale stop did nothing
     events = c.server.cli("events", "--json").stdout
     assert "lease lapsed: epoch 2" in events
+    destroy(c, stack)
+
+
+JOB = """\
+stack: {stack}
+images: {{base: {{from: host}}}}
+roles:
+  tick:
+    image: base
+    schedule: "* * * * *"
+    job: {{concurrency: allow, timeout: 30s}}
+    env: {{WITNESS: "{witness}"}}
+    command: [python3, -c, "{script}"]
+    resources: {{memory: 32M, disk: 32M}}
+"""
+# What a run did, told from inside it: its number, over the underlay to the test's socket;
+# the host it ran on is the address it came from (the stack's egress NATs to it).
+REPORT = ("import os, socket; h, p = os.environ['WITNESS'].split(':'); "
+          "socket.create_connection((h, int(p)), 10).sendall(os.environ['RACKFIRE_RUN'].encode())")
+
+
+def test_a_cron_job_runs_once_per_slot_across_the_hosts(cluster: Cluster) -> None:
+    """Every minute a fresh instance, on whichever host the scheduler picks, tells a witness
+    it ran; the controller is killed (-9) and started again between slots. Each slot ran
+    exactly once, on the host its history names, and no slot was missed."""
+    import socket
+
+    c = cluster
+    heard: list[tuple[str, str]] = []  # (the host's underlay address, the run's number)
+    witness = socket.create_server((c.bed.controller_ip, 0))
+    witness.settimeout(0.5)
+    stop = threading.Event()
+
+    def listen() -> None:
+        while not stop.is_set():
+            try:
+                conn, (peer, _) = witness.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                heard.append((peer, conn.recv(64).decode()))
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    stack = unique("cron")
+    text = JOB.format(stack=stack, witness=f"{c.bed.controller_ip}:{witness.getsockname()[1]}",
+                      script=REPORT)
+    try:
+        c.server.cli("apply", "-f", str(write_stack(c.tmp, text)), "-y", timeout=300)
+
+        def succeeded(n: int) -> list[dict[str, Any]]:
+            runs = json.loads(c.server.cli("jobs", stack, "--json").stdout)["runs"]
+            done = [r for r in runs if r["kind"] == "job"
+                    and r["state"] not in ("pending", "running")]
+            return done if len(done) >= n else []
+
+        wait_for(lambda: succeeded(1), 100, "the first slot's run")
+        c.server.kill9()
+        c.server.start()
+        runs = wait_for(lambda: succeeded(2), 100, "a slot after the controller's restart")
+    finally:
+        stop.set()
+        listener.join(5)
+        witness.close()
+    assert all(r["state"] == "succeeded" and r["exit_code"] == 0 for r in runs), runs
+    slots = sorted(r["slot"] for r in runs)
+    assert all(b - a == 60 for a, b in itertools.pairwise(slots)), slots  # none missed
+    address = {h.ip: h.name for h in c.bed.hosts}
+    told = [(int(n), address[peer]) for peer, n in heard]
+    # Once each, on its host: a run made twice (a retry after the restart, a second host)
+    # would have told twice. (A later slot's run may have told already: not counted.)
+    numbers = {r["number"] for r in runs}
+    assert sorted(t for t in told if t[0] in numbers) == sorted(
+        (r["number"], r["host"]) for r in runs), (told, runs)
+    assert len({n for n, _ in told}) == len(told), told
     destroy(c, stack)

@@ -5,7 +5,6 @@ log across rotations; `logs:` in the stack file sets the cap."""
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import re
 import signal
@@ -142,6 +141,23 @@ def test_writer_process_stamps_splits_and_rotates_a_fast_writer(tmp_path: Path) 
     assert logwriter.size(log) == sum(p.stat().st_size for p in files)
 
 
+def test_the_writer_imports_little_and_runs_compiled() -> None:
+    """One runs beside every instance: json, signal.py or contextlib (their enum, re,
+    collections) would each cost it a megabyte and milliseconds of every start."""
+    import subprocess
+
+    code = ("import sys; before = set(sys.modules); "
+            f"exec(compile(open({logshim.__file__!r}).read(), 'shim', 'exec'), "
+            "{'__name__': 'shim'}); print(' '.join(set(sys.modules) - before))")
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert not {"json", "signal", "contextlib", "enum", "re", "typing", "collections",
+                "functools"} & set(out), out
+    program = logwriter.program()
+    if os.access(logwriter.COMPILED.parent, os.W_OK):  # root: the compiled form
+        assert program.endswith(".pyc") and Path(program).parent == logwriter.COMPILED
+
+
 def test_writer_takes_new_limits_while_it_runs(tmp_path: Path) -> None:
     log = tmp_path / "console.log"
     script = (
@@ -155,8 +171,7 @@ def test_writer_takes_new_limits_while_it_runs(tmp_path: Path) -> None:
     assert ended(writer, log, 30) == 0
     files = files_of(log)
     assert len(files) == 2 and all(p.stat().st_size <= 64 * 1024 for p in files)
-    assert json.loads((tmp_path / "console.limits").read_text()) == {
-        "max_size": 64 * 1024, "max_files": 2}
+    assert logshim.read_limits(str(tmp_path / "console.limits")) == (64 * 1024, 2)
 
 
 def test_tail_and_history_read_across_rotated_files(tmp_path: Path) -> None:

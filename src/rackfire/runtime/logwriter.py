@@ -6,11 +6,15 @@ side: the pipes the instance writes into, its limits file, the log's size on dis
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import json
+import marshal
 import os
+import py_compile
 import sys
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rackfire.model.instance import Exit
@@ -19,6 +23,7 @@ from rackfire.model.stack import MAX_LOG_FILES, LogLimits
 from rackfire.runtime import logshim
 
 SHIM = Path(logshim.__file__)
+COMPILED = Path("/run/rackfire/logshim")  # the writer's program, compiled: see `program`
 
 
 def limits_path(log: Path) -> Path:
@@ -35,7 +40,7 @@ def write_limits(log: Path, limits: LogLimits) -> None:
     """Set the log's limits; a running writer takes them within LIMITS_CHECK (1 s)."""
     path = limits_path(log)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(asdict(limits)))
+    tmp.write_text(f"{limits.max_size} {limits.max_files}\n")
     os.replace(tmp, path)
 
 
@@ -64,6 +69,27 @@ class Writer:
         return self.ended.wait(timeout)
 
 
+@functools.cache
+def program() -> str:
+    """What the writers run: the shim compiled once per source (`python X.pyc` runs it as
+    it is), so that no writer compiles it (3.5 ms) or keeps what compiling left in its
+    memory (1.2 MB each); the source itself where /run/rackfire cannot be written."""
+    source = SHIM.read_bytes()
+    name = f"{hashlib.sha256(source).hexdigest()[:16]}.{sys.implementation.cache_tag}.pyc"
+    target = COMPILED / name
+    if not target.exists():
+        tmp = COMPILED / f"{name}.{os.getpid()}.tmp"
+        try:
+            COMPILED.mkdir(parents=True, exist_ok=True)
+            py_compile.compile(str(SHIM), cfile=str(tmp), doraise=True)
+            os.replace(tmp, target)
+        except (OSError, py_compile.PyCompileError):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            return str(SHIM)
+    return str(target)
+
+
 def launch(log: Path, limits: LogLimits, banner: str, run: Launch) -> Writer:
     """Start a writer for `log`, its first record `banner`, and have it start `run` with
     its stdout and stderr the writer's pipes: the run's main process is the writer's
@@ -75,7 +101,7 @@ def launch(log: Path, limits: LogLimits, banner: str, run: Launch) -> Writer:
     request = {"argv": list(run.argv), "env": run.env, "exit_file": str(exit_path(log)),
                "cwd": str(run.cwd) if run.cwd else None,
                "pid_file": str(run.pid_file) if run.pid_file else None}
-    argv = [sys.executable, "-I", "-S", str(SHIM), str(log), str(limits_path(log)), banner]
+    argv = [sys.executable, "-I", "-S", program(), str(log), str(limits_path(log)), banner]
     req_r, req_w = os.pipe()
     ans_r, ans_w = os.pipe()
     devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
@@ -94,13 +120,16 @@ def launch(log: Path, limits: LogLimits, banner: str, run: Launch) -> Writer:
     finally:
         for fd in (req_r, ans_w, devnull):
             os.close(fd)
+    # marshal both ways: the writer imports no json (7 ms and 1 MB more each)
     with os.fdopen(req_w, "wb") as f:
-        f.write(json.dumps(request).encode())
+        f.write(marshal.dumps(request))
     with os.fdopen(ans_r, "rb") as f:
-        line = f.readline()  # with a pid file: once the launcher has exited
+        data = f.read()  # with a pid file: once the launcher has exited
     try:
-        answer = json.loads(line)
-    except ValueError:
+        answer = marshal.loads(data)  # noqa: S302 (a pipe from our own writer)
+    except (EOFError, ValueError, TypeError):
+        answer = None
+    if not isinstance(answer, dict):
         answer = {"error": "the log writer ended before it started the run"}
     writer = Writer(pid, answer.get("pid"), answer.get("rc"), answer.get("error", ""))
     # Reaped as soon as it ends (not a zombie until the next start), by a thread of its own
