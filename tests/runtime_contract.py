@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,19 @@ class RuntimeContract:
         runtime.restart(req, *inputs(runtime, req, image, hosts))
         [g] = runtime.observe()
         assert g.state is InstanceState.RUNNING and g.ip == f.ip
+
+    def test_a_warm_instance_is_made_stopped_and_a_restart_starts_it(
+            self, runtime: Runtime, stack: str, image: ImageInfo, hosts: Path) -> None:
+        req = request_for(runtime, stack, image)
+        runtime.create(replace(req, warm=True), *inputs(runtime, req, image, hosts))
+        [f] = runtime.observe()
+        assert f.state is InstanceState.STOPPED and f.warm and f.pid is None
+        assert f.started_at is None and f.exit_code is None  # never ran: no exit to tell
+        runtime.restart(req, *inputs(runtime, req, image, hosts))  # the scale-out's start
+        [g] = runtime.observe()
+        assert g.state is InstanceState.RUNNING and not g.warm and g.pid and g.ip == f.ip
+        runtime.destroy(req.key)
+        assert runtime.observe() == []
 
     def test_interrupted_create_is_observed_partial(self, runtime: Runtime, stack: str,
                                                     image: ImageInfo) -> None:

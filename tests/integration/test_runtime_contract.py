@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,31 @@ class TestContainer(RuntimeContract):
         runtime.destroy(req.key)
         assert not links.netns_exists(req.key.id)
         assert not Path(f"/sys/class/net/{names.veth_name(req.key.id)}").exists()
+
+
+    def test_a_warm_container_waits_created_and_starts_as_it_was_made(
+            self, runtime: ContainerRuntime, stack: str, image: ImageInfo, hosts: Path) -> None:
+        """Made by `runc create` (its init waiting in its namespaces and cgroup): the start
+        is `runc start` of that very process. One made for another config is made anew."""
+        req = request_for(runtime, stack, image,
+                          command=("sh", "-c", "echo up; exec sleep 100000"))
+        runtime.create(replace(req, warm=True), *inputs(runtime, req, image, hosts))
+        made = runcstate.container(runtime.runc.root, req.key.id)
+        assert made is not None and made.status == "created" and made.pid
+        runtime.restart(req, *inputs(runtime, req, image, hosts))
+        [f] = runtime.observe()
+        assert f.state is InstanceState.RUNNING and f.pid == made.pid
+        wait_for(lambda: b"stdout F up" in runtime.log_path(req.key).read_bytes(), 10,
+                 "its output, in the log its writer kept from the start")
+
+        other = request_for(runtime, stack, image, files="two")
+        runtime.reconfigure(replace(other, warm=True), *inputs(runtime, other, image, hosts))
+        again = runcstate.container(runtime.runc.root, req.key.id)
+        assert again is not None and again.status == "created" and again.pid != made.pid
+        stale = replace(other, config_hash="three")  # not what it was made for
+        runtime.restart(stale, *inputs(runtime, stale, image, hosts))
+        [g] = runtime.observe()
+        assert g.state is InstanceState.RUNNING and g.pid != again.pid
 
 
 class TestProcess(RuntimeContract):

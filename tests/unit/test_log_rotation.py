@@ -158,6 +158,28 @@ def test_the_writer_imports_little_and_runs_compiled() -> None:
         assert program.endswith(".pyc") and Path(program).parent == logwriter.COMPILED
 
 
+def test_the_exit_is_recorded_after_what_the_run_wrote_before_it(tmp_path: Path) -> None:
+    """A job's result is its last line: whoever sees the exit must find it in the log. A
+    child keeps the pipes open, so the writer outlives the exit it records."""
+    for i in range(20):
+        log = tmp_path / str(i) / "console.log"
+        log.parent.mkdir()
+        writer = launch(log, LogLimits(10 << 20, 2), ("sh", "-c", (
+            "sleep 5 & head -c 300000 /dev/zero | tr '\\0' x; echo; echo RESULT-LAST")))
+        exit = wait_for_exit(log, writer)
+        assert exit.code == 0
+        assert b"RESULT-LAST" in log.read_bytes(), f"run {i}: the exit came before its output"
+        os.killpg(writer.main or 0, signal.SIGKILL)  # its session: the child holding the pipes
+        assert writer.wait(10)
+
+
+def wait_for_exit(log: Path, writer: logwriter.Writer) -> Exit:
+    deadline = time.monotonic() + 30
+    while (exit := logwriter.read_exit(log, writer.main)) is None:  # looked at at once
+        assert time.monotonic() < deadline, "no exit recorded"
+    return exit
+
+
 def test_writer_takes_new_limits_while_it_runs(tmp_path: Path) -> None:
     log = tmp_path / "console.log"
     script = (

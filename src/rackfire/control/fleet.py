@@ -60,6 +60,10 @@ from rackfire.store import StateStore
 
 log = logging.getLogger("rackfire.fleet")
 QUIET = 5.0  # seconds a host that could not be reached is not asked again
+# A network a host was given this recently is not given again before each instance's start:
+# a pass ensures it on every host first, and 50 creates would redo it 50 times (bridge,
+# mesh port, an `nft` listing: ~8 ms each, under one lock).
+ENSURED_FOR = 10.0
 BEAT = 0.5  # seconds between the server's own host's in-process heartbeats
 
 Connect = Callable[[str, str, str, Callable[[], int], Callable[[], bool]], HostLink]
@@ -85,6 +89,10 @@ class Fleet:
         self._remotes: dict[str, tuple[str, str, HostLink]] = {}
         self._facts: dict[str, HostFacts] = {self.server_host: home.facts()}
         self._names: dict[str, list[tuple[str, list[str]]]] = {}  # stack -> hosts file
+        # (host, stack) -> the network it was last given and when (monotonic), and the
+        # hosts file it last got: what `prepare` need not send again
+        self._networks: dict[tuple[str, str], tuple[NetworkConfig, float]] = {}
+        self._hosts_sent: dict[tuple[str, str], tuple[list[tuple[str, list[str]]], float]] = {}
         self._meshed: dict[str, bool] = {}  # stack -> its hosts have their own addresses
         self._quiet: dict[str, float] = {}  # host -> not asked again before (monotonic)
         self._blind: set[str] = set()  # hosts the last observe knew nothing of
@@ -323,9 +331,18 @@ class Fleet:
         for digest in (req.image_digest, req.app_digest):
             if digest:
                 link.ensure_layer(digest)
-        link.ensure_network(self._network(req.network, host))
-        if req.key.stack in self._names:  # (after a restart, _publish sets them first)
-            link.set_hosts(req.key.stack, self._names[req.key.stack])
+        net, stack = self._network(req.network, host), req.key.stack
+        if not _recent(self._networks.get((host, stack)), net):
+            self._ensure_network(host, link, net)
+        names = self._names.get(stack)  # (after a restart, _publish sets them first)
+        if names is not None and not _recent(self._hosts_sent.get((host, stack)), names):
+            link.set_hosts(stack, names)
+            self._hosts_sent[(host, stack)] = (names, time.monotonic())
+
+    def _ensure_network(self, host: str, link: HostLink, net: NetworkConfig) -> None:
+        self._networks.pop((host, net.stack), None)  # not known given until it is
+        link.ensure_network(net)
+        self._networks[(host, net.stack)] = (net, time.monotonic())
 
     def destroy(self, key: InstanceKey, stop_timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         self.link(self.host_of(key)).destroy(key, stop_timeout)
@@ -404,7 +421,7 @@ class Fleet:
     def ensure_network(self, net: NetworkConfig) -> None:
         for host in self._stack_hosts(net.stack):
             try:
-                self.link(host).ensure_network(self._network(net, host))
+                self._ensure_network(host, self.link(host), self._network(net, host))
             except AgentOffline:
                 continue  # an instance gets it before it starts there (prepare)
 
@@ -413,7 +430,9 @@ class Fleet:
         self._names[stack] = entries
         for host in self._stack_hosts(stack):
             try:
+                self._hosts_sent.pop((host, stack), None)
                 self.link(host).set_hosts(stack, entries)
+                self._hosts_sent[(host, stack)] = (entries, time.monotonic())
             except AgentOffline:
                 continue  # it gets them before its next instance starts (prepare)
 
@@ -474,6 +493,9 @@ class Fleet:
                     raise
         self._names.pop(stack, None)
         self._meshed.pop(stack, None)
+        for key in [k for k in (*self._networks, *self._hosts_sent) if k[1] == stack]:
+            self._networks.pop(key, None)
+            self._hosts_sent.pop(key, None)
 
     # what hosts are -----------------------------------------------------------------------
 
@@ -521,3 +543,9 @@ def _ip_of(address: str) -> str:
         return str(ipaddress.IPv4Address(host))
     except ValueError:
         return ""
+
+
+def _recent(given: tuple[object, float] | None, wanted: object) -> bool:
+    """Whether `wanted` is what was given, less than ENSURED_FOR ago."""
+    return given is not None and given[0] == wanted and \
+        time.monotonic() - given[1] <= ENSURED_FOR

@@ -159,8 +159,27 @@ class ContainerRuntime:
     def restart(self, req: InstanceRequest, rootfs: RootFs, net: Attachment) -> None:
         _app_layer(req, rootfs, self.host)
         veth = expect_veth(net, self.kind)
+        d = instance_dir(self.base, req.key)
+        if not req.warm and self._start_warm(d, req, veth):
+            return
         self.runc.stop(req.key.id, req.stop_timeout)
-        self._start(instance_dir(self.base, req.key), req, rootfs, veth)
+        self._start(d, req, rootfs, veth)
+
+    def _start_warm(self, d: InstanceDir, req: InstanceRequest, net: VethAttachment) -> bool:
+        """A warm instance's container, made by `runc create` for this very spec, config and
+        release and waiting: `runc start` is all its start takes. False if there is none
+        such (the start then goes the whole way, removing it first)."""
+        meta = read_meta(d) or {}
+        made_for = (meta.get("spec_hash"), meta.get("config_hash"), meta.get("app", ""))
+        if not meta.get("warm") or not meta.get("warm_pid") or made_for != (
+                req.spec_hash, req.config_hash, req.app_digest) \
+                or self.runc.state(req.key.id) != "created":
+            return False
+        if self.runc.call("start", req.key.id, check=False).returncode != 0:
+            return False
+        update_meta(d, warm=False, started_at=time.time(), pid=meta["warm_pid"])
+        attach.announce(net)
+        return True
 
     def destroy(self, key: InstanceKey, stop_timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         d = instance_dir(self.base, key)
@@ -362,23 +381,26 @@ class ContainerRuntime:
         (d.bundle / "config.json").write_text(json.dumps(config))
         if self.runc.has(req.key.id):  # a stopped leftover
             self.runc.call("delete", "--force", req.key.id, check=False)
-        update_meta(d, warm=req.warm)
-        if req.warm:  # made, mounted, attached, configured: its start is `runc run` alone
-            return
+        update_meta(d, warm=req.warm, warm_pid=None)
         # The log writer starts runc, whose stdio the container inherits: pipes to the
         # writer, which stamps and rotates the console log, reaps the container's init (its
         # exit code) and outlives this server (runtime/logwriter.py). runc's own errors go
-        # to the log too.
+        # to the log too. A warm instance's container is made (`runc create`: its init waits
+        # in its namespaces and cgroup, its writer with it) and started when it is wanted.
         pid_file = d.root / "init.pid"
         env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
-        writer = logwriter.launch(
-            d.log, req.logs, f"--- rackfire: starting {req.key} at {time.ctime()}",
-            logwriter.Launch(self.runc.run_detached(req.key.id, d.bundle, pid_file), env,
-                             pid_file=pid_file))
+        banner = (f"--- rackfire: made {req.key} warm at {time.ctime()}" if req.warm
+                  else f"--- rackfire: starting {req.key} at {time.ctime()}")
+        writer = logwriter.launch(d.log, req.logs, banner, logwriter.Launch(
+            self.runc.run_detached(req.key.id, d.bundle, pid_file, create=req.warm), env,
+            pid_file=pid_file))
         if writer.main is None:
             writer.wait(2.0)  # no container holds the pipes: it ends soon
             why = writer.error or logwriter.tail_text(d.log)
             raise ExecError(f"runc could not start {req.key}: {why}", hint=f"see {d.log}")
+        if req.warm:
+            update_meta(d, warm_pid=writer.main)
+            return
         update_meta(d, started_at=time.time(), pid=writer.main)
         attach.announce(net)
 

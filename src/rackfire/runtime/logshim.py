@@ -300,6 +300,11 @@ def pump(fds: dict[int, bytes], log: RotatingLog, limits: str | None = None,
         for s in streams.values():
             if s.partial and now - s.idle_from >= IDLE_FLUSH:  # a prompt, a progress bar
                 out.extend(s.flush(eof=False))
+        if reaper is not None and reaper.exit is not None:
+            out.extend(_drain(streams, now_ns))  # what it wrote before it ended
+            log.write(out)
+            out = []
+            reaper.record()
         if out:
             log.write(out)
         if now - checked < LIMITS_CHECK:
@@ -311,6 +316,21 @@ def pump(fds: dict[int, bytes], log: RotatingLog, limits: str | None = None,
             stamp = mtime
             if (new := read_limits(limits)) is not None:
                 log.set_limits(*new)
+
+
+def _drain(streams: dict[int, Stream], now_ns: int) -> list[bytes]:
+    """Records of what the pipes hold now, without waiting for more."""
+    out: list[bytes] = []
+    for fd, s in streams.items():
+        os.set_blocking(fd, False)
+        try:
+            while data := os.read(fd, 1 << 16):
+                out.extend(s.feed(data, now_ns))
+        except OSError:  # empty for now (BlockingIOError), or gone: the loop sees its end
+            pass
+        finally:
+            os.set_blocking(fd, True)
+    return out
 
 
 def _mtime(path: str | None) -> int:
@@ -346,6 +366,7 @@ class Reaper:
         self.main: int | None = None
         self.ended: dict[int, int] = {}  # pid -> wait status, of children not known yet
         self.done = False
+        self.exit: tuple[int, int] | None = None  # the main process' end, not yet recorded
         r, w = os.pipe()
         os.set_blocking(w, False)
         signal.set_wakeup_fd(w, warn_on_full_buffer=False)
@@ -380,8 +401,7 @@ class Reaper:
             if self.main is None:
                 self.done = True
         if self.main is not None and self.main in self.ended:
-            self._record(self.main, self.ended.pop(self.main))
-            self.done = True
+            self.exit = (self.main, self.ended.pop(self.main))  # `record`ed by pump
         self.ended = {p: s for p, s in self.ended.items() if p == self.launcher}
 
     def _answer(self, answer: dict[str, object]) -> None:
@@ -391,6 +411,13 @@ class Reaper:
             os.write(self.answer, marshal.dumps(answer))
             os.close(self.answer)
         self.answer = None
+
+    def record(self) -> None:
+        """Write how the main process ended, once what it wrote before is in the log: a
+        reader that sees the exit finds its last lines (a job's result among them)."""
+        assert self.exit is not None
+        self._record(*self.exit)
+        self.exit, self.done = None, True
 
     def _record(self, pid: int, status: int) -> None:
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None

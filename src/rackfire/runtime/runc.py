@@ -45,10 +45,13 @@ class Runc:
             raise ExecError(f"runc {args[0]} failed: {proc.stderr.strip()}")
         return proc
 
-    def run_detached(self, cid: str, bundle: Path, pid_file: Path) -> tuple[str, ...]:
-        """The argv of `runc run --detach`, for the log writer to start (logwriter.Launch):
-        the container inherits runc's stdio, and its init's pid goes to `pid_file`."""
-        return (shutil.which("runc") or "runc", "--root", str(self.root), "run", "--detach",
+    def run_detached(self, cid: str, bundle: Path, pid_file: Path, *,
+                     create: bool = False) -> tuple[str, ...]:
+        """The argv of `runc run --detach` (`runc create` with `create`: made, its init
+        waiting for `runc start`), for the log writer to start (logwriter.Launch): the
+        container inherits runc's stdio, and its init's pid goes to `pid_file`."""
+        verb = ("create",) if create else ("run", "--detach")
+        return (shutil.which("runc") or "runc", "--root", str(self.root), *verb,
                 "--pid-file", str(pid_file), "--bundle", str(bundle), "--", cid)
 
     def stop(self, cid: str, timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
