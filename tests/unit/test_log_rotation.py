@@ -161,7 +161,7 @@ def test_the_writer_imports_little_and_runs_compiled() -> None:
 def test_the_exit_is_recorded_after_what_the_run_wrote_before_it(tmp_path: Path) -> None:
     """A job's result is its last line: whoever sees the exit must find it in the log. A
     child keeps the pipes open, so the writer outlives the exit it records."""
-    for i in range(20):
+    for i in range(10):
         log = tmp_path / str(i) / "console.log"
         log.parent.mkdir()
         writer = launch(log, LogLimits(10 << 20, 2), ("sh", "-c", (
