@@ -48,7 +48,11 @@ def by_name(server: Server, stack: str) -> dict[str, dict[str, Any]]:
 
 
 def cmdline(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/cmdline").read_text().rstrip("\0").split("\0")
+    """[] once the process is gone (one the restart policy restarts may go meanwhile)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().rstrip("\0").split("\0")
+    except FileNotFoundError:
+        return []
 
 
 def get(url: str) -> str:
