@@ -70,12 +70,17 @@ class Writer:
 
 
 @functools.cache
+def _compiled_name() -> str:
+    source = SHIM.read_bytes()
+    return f"{hashlib.sha256(source).hexdigest()[:16]}.{sys.implementation.cache_tag}.pyc"
+
+
 def program() -> str:
     """What the writers run: the shim compiled once per source (`python X.pyc` runs it as
     it is), so that no writer compiles it (3.5 ms) or keeps what compiling left in its
-    memory (1.2 MB each); the source itself where /run/rackfire cannot be written."""
-    source = SHIM.read_bytes()
-    name = f"{hashlib.sha256(source).hexdigest()[:16]}.{sys.implementation.cache_tag}.pyc"
+    memory (1.2 MB each); the source itself where /run/rackfire cannot be written. Looked
+    for at each start: a removed one is compiled again, never a start that fails."""
+    name = _compiled_name()
     target = COMPILED / name
     if not target.exists():
         tmp = COMPILED / f"{name}.{os.getpid()}.tmp"
