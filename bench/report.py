@@ -145,7 +145,11 @@ def loadavg() -> float:
 # -- docs/benchmarks.md --------------------------------------------------------------------
 
 ORDER = ["start", "bringup", "plan", "schedule", "footprint", "agent_calls", "cli_start",
-         "failover", "snapshot", "dbfailover"]
+         "failover", "snapshot", "dbfailover", "autoscale"]
+# Each measure's section starts with this line, so that a rewrite of the doc keeps the
+# sections of measures whose result file is not here (run elsewhere, or not kept in git).
+SECTION = "<!-- bench:measure {} -->"
+_SECTION = re.compile(r"^<!-- bench:measure (\w+) -->$", re.M)
 
 
 def _num(x: float) -> str:
@@ -198,9 +202,26 @@ def render_result(r: Result) -> list[str]:
     return out
 
 
-def render(results: list[Result]) -> str:
-    results = sorted(results, key=lambda r: ORDER.index(r.measure)
-                     if r.measure in ORDER else len(ORDER))
+def _rank(measure: str) -> int:
+    return ORDER.index(measure) if measure in ORDER else len(ORDER)
+
+
+def kept_sections(block: str) -> dict[str, str]:
+    """The sections of a generated block by measure, each its text up to the next one."""
+    marks = list(_SECTION.finditer(block))
+    out = {}
+    for i, m in enumerate(marks):
+        stop = marks[i + 1].start() if i + 1 < len(marks) else block.find(END, m.end())
+        out[m.group(1)] = block[m.end():stop if stop >= 0 else len(block)].strip("\n")
+    return out
+
+
+def render(results: list[Result], kept: dict[str, str] | None = None) -> str:
+    """The generated block: one section per result, and the kept section of any measure
+    with no result here."""
+    sections = {r.measure: "\n".join(render_result(r)).rstrip("\n") for r in results}
+    for measure, text in (kept or {}).items():
+        sections.setdefault(measure, text)
     out = [BEGIN, "", "## Side by side: `make bench`", ""]
     if results:
         m = results[0].machine
@@ -211,8 +232,8 @@ def render(results: list[Result]) -> str:
                 "| machine | |", "|---|---|"]
         out += [f"| {k} | {v} |" for k, v in m.items()]
         out.append("")
-    for r in results:
-        out += render_result(r)
+    for measure in sorted(sections, key=_rank):
+        out += [SECTION.format(measure), sections[measure], ""]
     out.append(END)
     return "\n".join(out) + "\n"
 
@@ -220,9 +241,10 @@ def render(results: list[Result]) -> str:
 def write_doc(results: list[Result], doc: Path = DOC) -> None:
     """Put the generated part between its markers; everything else in the file stays."""
     text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    block = render(results)
     pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END) + r"\n?", re.S)
-    if pattern.search(text):
+    old = pattern.search(text)
+    block = render(results, kept_sections(old.group(0)) if old else None)
+    if old:
         text = pattern.sub(lambda _: block, text, count=1)
     else:
         head, sep, rest = text.partition("\n## ")

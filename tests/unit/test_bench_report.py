@@ -52,3 +52,19 @@ def test_the_doc_keeps_what_is_written_around_the_generated_part(tmp_path: Path)
     assert load_all(tmp_path)[0].rows[1] == Row("50 at once", "podman", [6.0, 5.0, 7.0], "s")
     write_doc(load_all(tmp_path), doc)  # again: replaced in place, not added twice
     assert doc.read_text() == first and first.count(BEGIN) == 1
+
+
+def test_a_measure_with_no_result_file_keeps_its_section(tmp_path: Path) -> None:
+    doc = tmp_path / "benchmarks.md"
+    other = Result("snapshot", "Snapshot", "Run on another machine.")
+    other.add("clone", "rackfire", [4.0], "s")
+    other.save(tmp_path)
+    write_doc(load_all(tmp_path), doc)
+    (tmp_path / "snapshot.json").unlink()  # its result is not kept here
+    result().save(tmp_path)
+    write_doc(load_all(tmp_path), doc)
+    text = doc.read_text()
+    assert text.index("### Instance start") < text.index("### Snapshot") < text.index(END)
+    assert "| clone | rackfire | 4 s |" in text
+    write_doc(load_all(tmp_path), doc)
+    assert doc.read_text() == text
