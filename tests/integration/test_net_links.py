@@ -179,6 +179,29 @@ def test_attach_twice_keeps_the_working_pair(net: StackNet) -> None:
     assert _exchange(ns_a, ip_a, ns_b)
 
 
+def test_a_new_attach_is_wired_as_the_converging_path_would_leave_it(net: StackNet) -> None:
+    """The first attach makes the veth in one request (a port of the bridge, up, at its
+    MTU); what it leaves is what a re-attach would make, so the re-attach changes nothing."""
+    bridge = net.bridge()
+    subprocess.run(["ip", "link", "set", "dev", bridge, "mtu", "1450"], check=True)
+    ns, ip = net.attach(0)
+    (outside,) = _ip_json(None, "link", "show", "dev", veth_name(net.instance(0)))
+    assert (outside["master"], outside["mtu"], outside["operstate"] != "DOWN") \
+        == (bridge, 1450, True)
+    (inside,) = _ip_json(ns, "link", "show", "dev", "eth0")
+    assert (inside["mtu"], inside["address"]) == (1450, links.instance_mac(ip))
+    assert "UP" in str(inside["flags"])
+    (lo,) = _ip_json(ns, "link", "show", "dev", "lo")
+    assert "UP" in str(lo["flags"])
+    assert _ipv4_of(ns, "eth0") == [f"{ip}/{net.prefix}"]
+    (route,) = _ip_json(ns, "-4", "route", "show", "default")
+    assert (route["gateway"], route["dev"]) == (net.gateway, "eth0")
+    before = (_ifindex(None, veth_name(net.instance(0))), _ifindex(ns, "eth0"))
+    net.attach(0)
+    assert (_ifindex(None, veth_name(net.instance(0))), _ifindex(ns, "eth0")) == before
+    assert _exchange(ns, ip, None) == net.gateway
+
+
 def test_attach_repairs_partial_leftovers(net: StackNet) -> None:
     net.bridge()
     ns_b, ip_b = net.attach(1)

@@ -207,6 +207,8 @@ def attach_instance(instance_id: str, stack: str, ip: str, prefix: int, gateway:
                 _delete_link(host, veth)  # its peer is in a namespace nobody can find again
                 remove_netns(ns)  # maybe a bare file left by a crash before the mount
                 create_netns(ns)
+                _wire_new(host, br, ns, veth, ip, prefix, gateway)
+                return path
             with _rtnl(ns) as inner:
                 outside, inside = _link(host, veth), _link(inner, PEER_NAME)
                 if not _paired(outside, inside):
@@ -241,6 +243,29 @@ def attach_instance(instance_id: str, stack: str, ip: str, prefix: int, gateway:
                 _set_up(inner, inside)
                 inner.route("replace", dst="0.0.0.0/0", gateway=gateway, oif=inside.index)
     return path
+
+
+def _wire_new(host: Any, br: _Link, ns: str, veth: str, ip: str, prefix: int,
+              gateway: str) -> None:
+    """Wire a netns made a moment ago, which holds only `lo`: the veth is made already a
+    port of the bridge, up and at its MTU, its peer with the instance's MAC, so that the
+    first start of an instance takes half the netlink round trips of the converging path
+    (a burst of 50 starts waits on them)."""
+    fd = os.open(netns_path(ns), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        host.link("add", ifname=veth, kind="veth", mtu=br.mtu, master=br.index, state="up",
+                  peer={"ifname": PEER_NAME, "net_ns_fd": fd, "address": instance_mac(ip),
+                        "mtu": br.mtu})
+    finally:
+        os.close(fd)
+    with _rtnl(ns) as inner:
+        index = {str(m.get("IFLA_IFNAME")): int(m["index"]) for m in inner.get_links()}
+        if PEER_NAME not in index:
+            raise ExecError(f"veth {veth} has no peer {PEER_NAME} in netns {ns}")
+        inner.link("set", index=index["lo"], state="up")
+        inner.addr("add", index=index[PEER_NAME], address=ip, prefixlen=prefix)
+        inner.link("set", index=index[PEER_NAME], state="up")
+        inner.route("add", dst="0.0.0.0/0", gateway=gateway, oif=index[PEER_NAME])
 
 
 def _paired(outside: _Link | None, inside: _Link | None) -> bool:

@@ -136,8 +136,7 @@ class ContainerRuntime:
             write_meta(d, req, phase="creating")  # intent first: a crash from here is PARTIAL
             disks.make_disk(d.disk_image, req.resources.disk)
         write_config_layer(d.config, req.files, req.key.name)
-        self._start(d, req, rootfs, veth)
-        update_meta(d, phase="created")
+        self._start(d, req, rootfs, veth, phase="created")
 
     def reconfigure(self, req: InstanceRequest, rootfs: RootFs, net: Attachment) -> None:
         check_paths(req.files, rootfs)
@@ -362,7 +361,8 @@ class ContainerRuntime:
     # parts ------------------------------------------------------------------------------
 
     def _start(self, d: InstanceDir, req: InstanceRequest, rootfs: RootFs,
-               net: VethAttachment) -> None:
+               net: VethAttachment, **done: Any) -> None:
+        """Start the instance (or make it warm); `done` goes into meta.json with its pid."""
         # Every part it runs on, made sure of each start: after a host reboot /run (its
         # netns) is empty and its disks unmounted. Each step keeps what is already intact.
         _app_layer(req, rootfs, self.host)
@@ -375,13 +375,13 @@ class ContainerRuntime:
         # The config layer on top, then the read-only ones: release layer, image.
         lower = [d.config, *(layer.path for layer in rootfs.layers)]
         mounts.mount_overlay(d.rootfs, lower, upper, work)
-        update_meta(d, app=req.app_digest, data=asdict(req.data) if req.data else None)
+        update_meta(d, app=req.app_digest, data=asdict(req.data) if req.data else None,
+                    warm=req.warm, warm_pid=None)
         config = oci_config(req, rootfs.host_binds, rootfs.hosts_file, net.netns_path,
                             d.data if data else None)
         (d.bundle / "config.json").write_text(json.dumps(config))
         if self.runc.has(req.key.id):  # a stopped leftover
             self.runc.call("delete", "--force", req.key.id, check=False)
-        update_meta(d, warm=req.warm, warm_pid=None)
         # The log writer starts runc, whose stdio the container inherits: pipes to the
         # writer, which stamps and rotates the console log, reaps the container's init (its
         # exit code) and outlives this server (runtime/logwriter.py). runc's own errors go
@@ -399,9 +399,9 @@ class ContainerRuntime:
             why = writer.error or logwriter.tail_text(d.log)
             raise ExecError(f"runc could not start {req.key}: {why}", hint=f"see {d.log}")
         if req.warm:
-            update_meta(d, warm_pid=writer.main)
+            update_meta(d, warm_pid=writer.main, **done)
             return
-        update_meta(d, started_at=time.time(), pid=writer.main)
+        update_meta(d, started_at=time.time(), pid=writer.main, **done)
         attach.announce(net)
 
 
