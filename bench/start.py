@@ -32,6 +32,7 @@ from rackfire.runtime.container import RUNC_ROOT, ContainerRuntime
 
 POOL = "10.91.0.0/16"
 POLL = 0.025  # seconds between two GET /v1/instances
+WARM_POLL = 0.005  # a warm start is tens of ms: a 25 ms poll would add half of it on average
 MANY = 50
 TIMEOUT = 300.0
 ONE, AT_ONCE, WARM = "one instance", f"{MANY} at once", "warm start"
@@ -56,7 +57,8 @@ released together on {MANY} threads, and the time runs until the last one is run
 IP. *{WARM}*: rackfire scales a role at min 1 with one warm instance (made and stopped
 beforehand) to 2; bare runc runs `runc start` of a container `runc create`d beforehand; the
 other peers are not asked. rackfire's time ends when a `GET /v1/instances?stack=` (polled
-every {POLL * 1000:.0f} ms) answers with every instance `running` and an IP. Each run takes
+every {POLL * 1000:.0f} ms, every {WARM_POLL * 1000:.0f} ms for the warm start) answers with
+every instance `running` and an IP. Each run takes
 every subject once per case, in an order rotated from run to run; what was started is removed
 after each sample, untimed. How each subject was run is in the notes below."""
 
@@ -85,6 +87,7 @@ class Rackfire:
         self.made: list[str] = []  # every stack applied, for the leftovers check
         self.timelines: dict[int, list[Timeline]] = {}  # by instance count
         self.polls: list[float] = []  # seconds per GET /v1/instances
+        self.warm_parts: list[tuple[float, float, float]] = []  # answered, created, done
 
     @property
     def api(self) -> Client:
@@ -143,27 +146,38 @@ class Rackfire:
         self.api.apply(text, "stack.yaml", None, None)
         self._wait(stack, lambda rows: sorted(r["state"] for r in rows) == [
             "running", "stopped"], "one running, one warm")
-        t0 = time.perf_counter()
+        wall0, t0 = time.time(), time.perf_counter()
         self.api.scale(stack, "box", 2)
+        answered = time.perf_counter() - t0
         self._wait(stack, lambda rows: sum(r["state"] == "running" and bool(r["ip"])
-                                           for r in rows) == 2, "the warm one running")
-        return time.perf_counter() - t0
+                                           for r in rows) == 2, "the warm one running",
+                   WARM_POLL)
+        elapsed = time.perf_counter() - t0
+        (created, finished), = self._actions(stack, "restart")
+        self.warm_parts.append((answered, created - wall0, finished - wall0))
+        return elapsed
 
-    def _wait(self, stack: str, done: Callable[[list[Any]], bool], what: str) -> None:
+    def _wait(self, stack: str, done: Callable[[list[Any]], bool], what: str,
+              poll: float = POLL) -> None:
         t0 = time.perf_counter()
         while not done(rows := list(self.api.instances(stack))):
             if time.perf_counter() - t0 > TIMEOUT:
                 raise RuntimeError(f"rackfire: {stack}: not {what} after {TIMEOUT:.0f} s: "
                                    f"{rows}")
-            time.sleep(POLL)
+            time.sleep(poll)
 
-    def _timeline(self, stack: str, wall0: float, answered: float, reported: float) -> Timeline:
+    def _actions(self, stack: str, kind: str) -> list[tuple[float, float]]:
+        """(created, finished) of the stack's done actions of `kind`, from its journal."""
         db = sqlite3.connect(f"file:{self.server.data_dir / 'rackfire.db'}?mode=ro", uri=True)
         try:
-            rows = db.execute("SELECT created, finished FROM actions WHERE stack=? AND "
-                              "kind='create' AND state='done'", (stack,)).fetchall()
+            return [(a, b) for a, b in db.execute(
+                "SELECT created, finished FROM actions WHERE stack=? AND kind=? AND "
+                "state='done'", (stack, kind))]
         finally:
             db.close()
+
+    def _timeline(self, stack: str, wall0: float, answered: float, reported: float) -> Timeline:
+        rows = self._actions(stack, "create")
         return Timeline(answered, min(r[0] for r in rows) - wall0,
                         max(r[1] for r in rows) - wall0, reported,
                         statistics.median(r[1] - r[0] for r in rows))
@@ -266,6 +280,13 @@ def _breakdown(rf: Rackfire) -> list[str]:
             f"saw them all running at {_median([t.reported for t in tl]):.3f} s; one create "
             f"action took {_median([t.create_p50 for t in tl]):.3f} s (server side, "
             "4 at a time).")
+    if rf.warm_parts:
+        answered, created, done = (_median([p[i] for p in rf.warm_parts]) for i in range(3))
+        out.append(f"rackfire, {WARM}, where the time goes (medians over {len(rf.warm_parts)} "
+                   f"samples, from the scale call): the call answered at {answered * 1000:.0f} "
+                   f"ms (it plans, to answer with the plan), the reconcile journalled the "
+                   f"restart at {created * 1000:.0f} ms and it was done (`runc start`) at "
+                   f"{done * 1000:.0f} ms.")
     if rf.polls:
         out.append(f"A `GET /v1/instances` poll took {_median(rf.polls) * 1000:.0f} ms "
                    f"(median; max {max(rf.polls) * 1000:.0f} ms): for it the server reads runc's "

@@ -10,6 +10,7 @@ import pytest
 from rackfire.errors import Conflict, PrereqError
 from rackfire.model.agent import HostCapacity
 from rackfire.model.host import HostFacts
+from rackfire.model.hostsfile import AppliedHost, DeclaredHost, SshTarget
 from rackfire.model.stack import RuntimeKind
 from rackfire.store import Store
 from rackfire.store.hosts import HostRegistry
@@ -63,3 +64,14 @@ def test_facts_of_a_newer_agent_keep_the_runtimes_this_server_knows() -> None:
     facts = HostFacts.from_json({"cpus": 2, "memory": 1 << 30, "disk": 1 << 30,
                                  "runtimes": ["container", "firecracker"], "gpus": 1})
     assert facts.runtimes == (RuntimeKind.CONTAINER,)
+
+
+def test_the_applied_host_set_is_kept_across_a_reopen(tmp_path: Path) -> None:
+    host = AppliedHost(DeclaredHost("h1", SshTarget("10.0.0.11", 2222, "ops", "/k",
+                                                    "SHA256:" + "a" * 43), (("rack", "r1"),)),
+                       "0.1.0")
+    reg = HostRegistry(Store(tmp_path / "db"))
+    reg.record_applied(host)
+    reg.record_applied(AppliedHost(DeclaredHost("h2", SshTarget("h2.example.net")), "0.1.0"))
+    reg.forget_applied("h2")
+    assert HostRegistry(Store(tmp_path / "db")).applied_hosts() == {"h1": host}

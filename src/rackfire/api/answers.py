@@ -496,6 +496,19 @@ class HostAnswer(BaseModel):
     lease: Seconds | None = Field(None, description="how long a heartbeat holds its lease")
 
 
+class HostChangeAnswer(BaseModel):
+    step: str = Field(description="install | reconfigure | upgrade | uninstall")
+    name: str
+    changes: list[str] = Field(description="what differs, as `field: old -> new`")
+
+
+class HostsPlanAnswer(BaseModel):
+    """What `hosts apply` of this hosts file would do, in the order it would do it."""
+
+    version: str = Field(description="the rackfire version an apply installs")
+    changes: list[HostChangeAnswer]
+
+
 class HostUsage(BaseModel):
     name: str
     state: HostState

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         HaShape,
         HealthShape,
         HostShape,
+        HostsPlanShape,
         ImageShape,
         InstanceShape,
         JobShape,
@@ -372,6 +373,10 @@ class Client:
 
     def hosts(self) -> list[HostShape]:
         return cast("list[HostShape]", self._call("GET", "/v1/hosts"))
+
+    def hosts_plan(self, text: str, filename: str) -> HostsPlanShape:
+        return cast("HostsPlanShape", self._call("POST", "/v1/hosts/plan", json={
+            "yaml": text, "filename": filename}))
 
     def drain(self, name: str) -> DrainShape:
         return cast("DrainShape", self._call("POST", f"/v1/hosts/{name}/drain"))

@@ -20,6 +20,8 @@ from rackfire.api.answers import (
     HaAnswer,
     HeartbeatAnswer,
     HostAnswer,
+    HostChangeAnswer,
+    HostsPlanAnswer,
     JoinAnswer,
     MigrationAnswer,
     PlacementsAnswer,
@@ -40,6 +42,7 @@ from rackfire.api.types import (
 from rackfire.control.controller import Controller
 from rackfire.control.failover import chains
 from rackfire.control.hosts import HostView, capacity_report
+from rackfire.control.hostset import installed_version, plan_host_set
 from rackfire.errors import Conflict, PrereqError
 from rackfire.model.agent import Observed
 from rackfire.model.host import HostFacts
@@ -92,6 +95,11 @@ class Heartbeat(BaseModel):
         "observed cache reads them")
     unchanged: bool = Field(False, description="its instances are as it last told (sent "
                             "instead of `observed` when nothing changed)")
+
+
+class HostsSource(BaseModel):
+    yaml: str = Field(description="the hosts file's text")
+    filename: str = Field("hosts.yaml", max_length=4096, description="named in error messages")
 
 
 class MigrateRequest(BaseModel):
@@ -206,6 +214,15 @@ def add_host_routes(app: FastAPI, controller: Controller, actor: Any) -> None:
     def hosts() -> list[HostAnswer]:
         """Every host: state, labels, what it can reserve, what is reserved, what is used."""
         return [HostAnswer.model_validate(v.to_json()) for v in views()]
+
+    @app.post("/v1/hosts/plan", responses=errors(400, 422))
+    def hosts_plan(body: HostsSource) -> HostsPlanAnswer:
+        """What `hosts apply` of this hosts file would do (install, reconfigure, upgrade,
+        uninstall), from the host set the last apply left. Nothing is changed."""
+        changes = plan_host_set(controller.store.hosts, body.yaml, body.filename)
+        return HostsPlanAnswer(version=installed_version(), changes=[
+            HostChangeAnswer(step=c.step.value, name=c.name, changes=list(c.changes))
+            for c in changes])
 
     @app.get("/v1/capacity")
     def capacity() -> CapacityAnswer:

@@ -428,6 +428,19 @@ class HostShape(TypedDict):
     lease: int | float | None  # how long a heartbeat holds its lease
 
 
+class HostChangeShape(TypedDict):
+    step: str  # install | reconfigure | upgrade | uninstall
+    name: str
+    changes: list[str]  # what differs, as `field: old -> new`
+
+
+class HostsPlanShape(TypedDict):
+    """What `hosts apply` of this hosts file would do, in the order it would do it."""
+
+    version: str  # the rackfire version an apply installs
+    changes: list[HostChangeShape]
+
+
 class HostUsageShape(TypedDict):
     name: str
     state: HostState

@@ -11,8 +11,8 @@ from fastapi import Path, Query
 from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema
 
 from rackfire.api.limits import size_text
+from rackfire.model.hostsfile import HOST_NAME, LABEL_KEY, LABEL_VALUE
 from rackfire.model.stack import MAX_COUNT, NAME_PATTERN
-from rackfire.store.hosts import HOST_NAME, LABEL_KEY, LABEL_VALUE
 
 # The stack/role/image name rule of the stack files (model/stack.py), unanchored so that it
 # composes into the instance patterns below.

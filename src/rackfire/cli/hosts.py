@@ -4,6 +4,7 @@ rackfire/entry.py's: cli/ imports no agent code.)"""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -21,6 +22,11 @@ if TYPE_CHECKING:
 token_app = typer.Typer(no_args_is_help=True, help="Join tokens for new hosts.")
 host_app = typer.Typer(no_args_is_help=True, help="Manage one host.")
 ha_app = typer.Typer(no_args_is_help=True, help="How singletons fail over.")
+hosts_app = typer.Typer(invoke_without_command=True,
+                        help="The hosts, and the set a hosts file declares.")
+HostsFileOption = Annotated[Path, typer.Option("-f", "--file", help="the hosts file")]
+STEP_STYLE = {"install": "green", "reconfigure": "yellow", "upgrade": "cyan",
+              "uninstall": "red"}
 STUCK = 60.0  # seconds a drain may see no move under way before it gives up waiting
 STATE_STYLE = {"ready": "green", "suspect": "yellow", "lost": "red", "draining": "yellow",
                "fenced": "red", "down": "red"}
@@ -29,10 +35,38 @@ STATE_STYLE = {"ready": "green", "suspect": "yellow", "lost": "red", "draining":
 def register(app: typer.Typer) -> None:
     app.add_typer(token_app, name="token")
     app.add_typer(host_app, name="host")
-    app.command("hosts")(hosts)
+    app.add_typer(hosts_app, name="hosts")
     app.command("capacity")(capacity)
     app.command("migrate")(migrate)
     app.add_typer(ha_app, name="ha")
+
+
+@hosts_app.command("plan")
+def hosts_plan(file: HostsFileOption, json: Json = False, url: Url = None) -> None:
+    """What `hosts apply` of this file would install, reconfigure, upgrade and uninstall.
+    Exit 0: no changes, 2: changes, 1: error."""
+    from rackfire.spec.hostsfile import MAX_HOSTS_FILE, load_hosts_text
+    from rackfire.spec.loader import read_spec_file
+
+    text = read_spec_file(file, "hosts file", MAX_HOSTS_FILE)
+    load_hosts_text(text, str(file))  # its own line numbers, before the server is asked
+    result = connect(url).hosts_plan(text, str(file))
+    if json:
+        print_json(result)
+    else:
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        for column in ("STEP", "HOST", "CHANGES"):
+            table.add_column(column)
+        for c in result["changes"]:
+            table.add_row(Text(c["step"], STEP_STYLE.get(c["step"], "")), c["name"],
+                          "; ".join(c["changes"]))
+        if result["changes"]:
+            out.print(table)
+        counts = {step: sum(c["step"] == step for c in result["changes"]) for step in STEP_STYLE}
+        out.print("no changes: every host is as the file declares, with rackfire "
+                  f"{result['version']}" if not result["changes"] else
+                  "to " + ", ".join(f"{step} {n}" for step, n in counts.items() if n))
+    raise typer.Exit(2 if result["changes"] else 0)
 
 
 @token_app.command("create")
@@ -47,8 +81,12 @@ def token_create(ttl: Annotated[str, typer.Option(help="how long it can be used"
               f"each: rackfire agent --join {client.url} --token <token> [--label rack=r1][/]")
 
 
-def hosts(json: Json = False, url: Url = None) -> None:
-    """Every host: state, labels, what it can reserve, what stacks reserve, what is used."""
+@hosts_app.callback()
+def hosts(ctx: typer.Context, json: Json = False, url: Url = None) -> None:
+    """Every host: state, labels, what it can reserve, what stacks reserve, what is used.
+    `rackfire hosts plan -f hosts.yaml`: what an apply of a hosts file would do."""
+    if ctx.invoked_subcommand is not None:
+        return
     rows = connect(url).hosts()
     if json:
         print_json(rows)

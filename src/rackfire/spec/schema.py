@@ -621,9 +621,9 @@ class StackModel(_Strict):
     vip: Annotated[str, AfterValidator(_check_vip)] | None = None
 
 
-def allowed_keys(loc: tuple[str | int, ...]) -> list[str]:
-    """The keys the mapping at `loc` accepts (empty if `loc` is not a model)."""
-    tp: Any = StackModel
+def allowed_keys(loc: tuple[str | int, ...], root: type[BaseModel] = StackModel) -> list[str]:
+    """The keys the mapping at `loc` of a `root` accepts (empty if `loc` is not a model)."""
+    tp: Any = root
     for part in loc:
         tp = _unwrap_optional(tp)
         if isinstance(tp, type) and issubclass(tp, BaseModel):

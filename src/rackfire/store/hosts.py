@@ -19,12 +19,10 @@ from typing import Any
 
 from rackfire.errors import Conflict, NotFound, PrereqError, Unauthorized
 from rackfire.model.host import HostFacts, HostState
+from rackfire.model.hostsfile import HOST_NAME, LABEL_KEY, LABEL_VALUE, AppliedHost
 from rackfire.model.records import HostRecord
 from rackfire.store.db import Store
 
-HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-LABEL_KEY = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
-LABEL_VALUE = re.compile(r"^[A-Za-z0-9_.-]{0,63}$")
 JOIN_TOKEN = re.compile(r"^rft_([0-9a-f]{8})\.([A-Za-z0-9_-]{16,64})$")
 
 
@@ -147,6 +145,21 @@ class HostRegistry:
                            r["joined"], r["last_seen"], r["address"], r["agent_key"],
                            r["epoch"])
                 for r in self._rows("SELECT * FROM hosts ORDER BY name")]
+
+    def applied_hosts(self) -> dict[str, AppliedHost]:
+        """The host set of the last `hosts apply`, by name: what each host was declared as
+        and the version installed there."""
+        return {r["name"]: AppliedHost.from_json(json.loads(r["declared"]))
+                for r in self._rows("SELECT name, declared FROM applied_hosts")}
+
+    def record_applied(self, host: AppliedHost) -> None:
+        with self.store.tx() as db:
+            db.execute("INSERT OR REPLACE INTO applied_hosts VALUES (?, ?, ?)",
+                       (host.host.name, json.dumps(host.to_json()), time.time()))
+
+    def forget_applied(self, name: str) -> None:
+        with self.store.tx() as db:
+            db.execute("DELETE FROM applied_hosts WHERE name=?", (name,))
 
     def _rows(self, sql: str, *args: Any) -> list[Any]:
         with self.store.tx() as db:

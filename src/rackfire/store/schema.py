@@ -69,6 +69,9 @@ CREATE TABLE IF NOT EXISTS hosts (
     facts TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'ready',
     joined REAL NOT NULL, last_seen REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS applied_hosts (
+    name TEXT PRIMARY KEY, declared TEXT NOT NULL, applied REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS placements (
     stack TEXT NOT NULL, role TEXT NOT NULL, idx INTEGER NOT NULL, host TEXT NOT NULL,
     PRIMARY KEY (stack, role, idx)
