@@ -155,6 +155,8 @@ def test_warm_instances_are_made_stopped_and_a_scale_out_starts_them(tmp_path: P
         assert [c for c in calls[len(made):] if c.startswith("create")] == [
             "create s/app/3"]
         assert "restart s/app/1" in calls and "restart s/app/2" in calls
+        # Started before the new warm one is made: the starts are the spike's fast path.
+        assert calls.index("restart s/app/2") < calls.index("create s/app/3")
         assert facts[next(k for k in facts if k.index == 3)].state.value == "stopped"
         events = [e.reason for e in h.store.events(STACK) if e.action == "restart"]
         assert "a warm instance, started" in events

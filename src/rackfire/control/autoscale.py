@@ -30,12 +30,14 @@ from rackfire.store import StateStore
 
 log = logging.getLogger("rackfire.autoscale")
 
-# Seconds between decisions (the HPA's is 15 s; `bench autoscale` sets 15 to compare).
+# Seconds between decisions (the HPA's is 15 s; `bench autoscale` sets 15 to compare). A
+# request rate is the HAProxy counters' difference over this interval: a spike that starts
+# within one is seen whole at the next, so the reaction takes one to two of them.
 def _every() -> float:
     try:
-        return max(0.5, float(os.environ.get("RACKFIRE_AUTOSCALE_EVERY", "2")))
+        return max(0.5, float(os.environ.get("RACKFIRE_AUTOSCALE_EVERY", "1")))
     except ValueError:
-        return 2.0
+        return 1.0
 
 
 EVERY = _every()

@@ -52,6 +52,7 @@ class Action:
     stop_timeout: float = DEFAULT_STOP_TIMEOUT  # SIGTERM, then SIGKILL after this long
     batch: int = 1  # rolling actions of one role that may be out of service together
     health_timeout: float | None = None  # a rolling one must pass its check this soon
+    warm: bool = False  # a warm instance's start: first of all (its capacity is its own)
 
     def to_json(self) -> dict[str, Any]:
         return {
