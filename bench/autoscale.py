@@ -149,10 +149,17 @@ def run(runs: int) -> Result:
     worst = max(r["serving"] for r in warm)
     res.targets.append(Target("warm: spike to new app instances serving <= 3 s",
                               worst <= 3, f"{worst:.2f} s max"))
-    failed = sum(r["failed"] for rows in results.values() for r in rows)
-    sent = sum(r["sent"] for rows in results.values() for r in rows)
-    res.targets.append(Target("0 failed requests through the lb", failed == 0,
+    # The target is rackfire's own (cold and warm); the HPA's interval is the comparison:
+    # what the load loses while 15 s pass before a decision.
+    ours = [r for name in ("cold", "warm") for r in results[name]]
+    failed, sent = sum(r["failed"] for r in ours), sum(r["sent"] for r in ours)
+    res.targets.append(Target("cold and warm: 0 failed requests through the lb", failed == 0,
                               f"{failed:g} of {sent:g}"))
+    hpa = results["hpa-15s"]
+    res.notes.append(f"At the HPA's 15 s the load lost {sum(r['failed'] for r in hpa):g} of "
+                     f"{sum(r['sent'] for r in hpa):g} requests (the two instances of min "
+                     "are overloaded until a decision comes); its p99 latency per run: "
+                     + ", ".join(f"{r['p99']:.0f} ms" for r in hpa) + ".")
     back = all(r["back"] == r["back"] for rows in results.values() for r in rows)
     res.targets.append(Target("back to min after the load and the cooldown", back,
                               "every run" if back else "not every run"))
