@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 RF     := $(VENV)/bin/rackfire
 DATA   ?= /var/lib/rackfire
 DEB_PKGS := runc haproxy debootstrap iproute2 e2fsprogs util-linux python3-venv python3 nftables \
-            restic xfsprogs
+            restic xfsprogs openssh-server openssh-client
 
 .PHONY: deps venv lock demo demo-cluster test chaos bench lint typecheck unit integration clean-demo clean-cluster
 

@@ -97,6 +97,7 @@ GUARDS = (
     Guard("rackfire.agent", ("rackfire.server", "rackfire.entry")),
     Guard("rackfire.server", ("rackfire.entry",)),  # `rackfire server` runs it
     Guard("rackfire.testbed", ()),  # a test tool: nothing in src/ depends on it
+    Guard("rackfire.providers", ("rackfire.control",)),  # hosts from anywhere: control's
     # control/ asks the store only what store/protocol.py's StateStore declares: the SQLite
     # store's own modules are store/'s (another store can come without touching control/).
     *(Guard(f"rackfire.store.{m}", ("rackfire.store",))
