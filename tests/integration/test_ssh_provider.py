@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from rackfire.model.hostsfile import SshTarget
+from rackfire.providers import bundle as bundles
+from rackfire.providers.install import probe, put_bundle
 from rackfire.providers.ssh import Ran, SshError, connect
 from rackfire.testbed.bed import Bed
 from rackfire.testbed.sshd import Sshd, start_sshd
@@ -109,3 +111,34 @@ def test_a_wrong_key_and_an_unreachable_address_name_the_host_and_the_step(
     with pytest.raises(SshError, match=rf"^h1: connect: cannot reach {nobody}:22"):
         asyncio.run(run(target(server, key, address=nobody), "true"))
     assert time.monotonic() - t0 < 10
+
+
+def test_the_bundle_goes_over_and_runs_there_from_itself_alone(sshd: tuple[Sshd, Path],
+                                                             tmp_path: Path) -> None:
+    """Probed (Python and machine), put over SFTP, checked by its digest, unpacked beside
+    what is there, and run by the host's own python3 with no site-packages of its own."""
+    server, key = sshd
+    bundle = bundles.build(tmp_path / "bundles")
+    assert bundles.build(tmp_path / "bundles") == bundle  # reproducible: the same digest
+    root = str(tmp_path / "opt")
+
+    async def install() -> tuple[str, str, str]:
+        async with connect("h1", target(server, key)) as s:
+            found = await probe(s, bundle)
+            where = await put_bundle(s, bundle, root)
+            assert await put_bundle(s, bundle, root) == where  # there already: kept
+            ran = await s.run(["/usr/bin/python3", "-I", "-S", f"{where}/run.py", "--help"])
+            return found.python, where, ran.stdout
+    python, where, usage = asyncio.run(install())
+    assert python == bundle.python
+    assert where == f"{root}/{bundle.name}" and "Usage: rackfire" in usage
+    assert sorted(os.listdir(root)) == [bundle.name]  # no staging or upload left
+    # A bundle for another Python is refused at the probe, before anything is copied.
+    other = bundles.Bundle(bundle.path, bundle.version, "2.7", bundle.machine, bundle.digest)
+
+    async def refused() -> None:
+        async with connect("h1", target(server, key)) as s:
+            await probe(s, other)
+    with pytest.raises(SshError, match=r"h1: probe: it has Python 3\.\d+ on .*bundle is "
+                                       r"for Python 2\.7"):
+        asyncio.run(refused())
