@@ -57,6 +57,9 @@ def agent(join: Annotated[str | None, typer.Option("--join", help="the controlle
           = None,
           token: Annotated[str | None, typer.Option(help="a join token (first time only)")]
           = None,
+          token_file: Annotated[Path | None, typer.Option(
+              help="a file holding the join token, removed once read (as an install over "
+                   "SSH leaves it: not in the process list)")] = None,
           name: Annotated[str | None, typer.Option(help="this host's name [default: its "
                                                    "hostname]")] = None,
           label: Annotated[list[str] | None, typer.Option(
@@ -78,6 +81,12 @@ def agent(join: Annotated[str | None, typer.Option("--join", help="the controlle
         labels[key] = value
     if not 0.2 <= interval <= 300:
         raise PrereqError("--interval must be 0.2 to 300 seconds")
+    if token_file is not None:
+        try:
+            token = token_file.read_text().strip()
+            token_file.unlink()
+        except FileNotFoundError:
+            pass  # read and removed at an earlier start: the credential is kept by now
     from rackfire.agent.daemon import run
 
     run(join, token, name, labels, data_dir, interval, listen, runc_root)

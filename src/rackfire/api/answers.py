@@ -509,6 +509,22 @@ class HostsPlanAnswer(BaseModel):
     changes: list[HostChangeAnswer]
 
 
+class HostOutcomeAnswer(BaseModel):
+    step: str = Field(description="install | reconfigure | upgrade | uninstall")
+    name: str
+    done: bool
+    failed_step: str = Field(description="where it stopped (connect, host key, login, probe, "
+                             "copy, unpack, start, join ...); '' when done")
+    error: str = Field(description="what the host said; '' when done")
+
+
+class HostsApplyAnswer(BaseModel):
+    """What `hosts apply` did, host by host: a host that failed did not stop the others."""
+
+    version: str
+    outcomes: list[HostOutcomeAnswer]
+
+
 class HostUsage(BaseModel):
     name: str
     state: HostState

@@ -372,7 +372,7 @@ def create_app(controller: Controller, shutdown: Callable[[], None], uploads: Pa
     add_stream_routes(app, controller, token)
     add_release_routes(app, controller, uploads, ACTOR)
     add_tarball_routes(app, uploads)
-    add_host_routes(app, controller, ACTOR)
+    add_host_routes(app, controller, ACTOR, uploads.parent / "bundles")
     add_snapshot_routes(app, controller, ACTOR)
     add_clone_routes(app, controller, ACTOR)
     add_backup_routes(app, controller, ACTOR)

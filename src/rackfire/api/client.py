@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         FenceShape,
         HaShape,
         HealthShape,
+        HostsApplyShape,
         HostShape,
         HostsPlanShape,
         ImageShape,
@@ -377,6 +378,10 @@ class Client:
     def hosts_plan(self, text: str, filename: str) -> HostsPlanShape:
         return cast("HostsPlanShape", self._call("POST", "/v1/hosts/plan", json={
             "yaml": text, "filename": filename}))
+
+    def hosts_apply(self, text: str, filename: str) -> HostsApplyShape:
+        return cast("HostsApplyShape", self._call("POST", "/v1/hosts/apply", json={
+            "yaml": text, "filename": filename}, timeout=3600))
 
     def drain(self, name: str) -> DrainShape:
         return cast("DrainShape", self._call("POST", f"/v1/hosts/{name}/drain"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Header
@@ -21,6 +22,8 @@ from rackfire.api.answers import (
     HeartbeatAnswer,
     HostAnswer,
     HostChangeAnswer,
+    HostOutcomeAnswer,
+    HostsApplyAnswer,
     HostsPlanAnswer,
     JoinAnswer,
     MigrationAnswer,
@@ -42,7 +45,7 @@ from rackfire.api.types import (
 from rackfire.control.controller import Controller
 from rackfire.control.failover import chains
 from rackfire.control.hosts import HostView, capacity_report
-from rackfire.control.hostset import installed_version, plan_host_set
+from rackfire.control.hostset import apply_host_set, installed_version, plan_host_set
 from rackfire.errors import Conflict, PrereqError
 from rackfire.model.agent import Observed
 from rackfire.model.host import HostFacts
@@ -148,7 +151,8 @@ def _observed(host: str, data: dict[str, Any] | None) -> Observed | None:
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
 
-def add_host_routes(app: FastAPI, controller: Controller, actor: Any) -> None:
+def add_host_routes(app: FastAPI, controller: Controller, actor: Any,
+                    bundle_dir: Path) -> None:
     @app.post("/v1/tokens")
     def create_token(body: TokenRequest, who: str = actor) -> TokenAnswer:
         """A join token for `rackfire agent --join`: shown once, kept only hashed."""
@@ -219,10 +223,19 @@ def add_host_routes(app: FastAPI, controller: Controller, actor: Any) -> None:
     def hosts_plan(body: HostsSource) -> HostsPlanAnswer:
         """What `hosts apply` of this hosts file would do (install, reconfigure, upgrade,
         uninstall), from the host set the last apply left. Nothing is changed."""
-        changes = plan_host_set(controller.store.hosts, body.yaml, body.filename)
+        changes = plan_host_set(controller.store, body.yaml, body.filename)
         return HostsPlanAnswer(version=installed_version(), changes=[
             HostChangeAnswer(step=c.step.value, name=c.name, changes=list(c.changes))
             for c in changes])
+
+    @app.post("/v1/hosts/apply", responses=errors(400, 422))
+    def hosts_apply(body: HostsSource, who: str = actor) -> HostsApplyAnswer:
+        """Carry out `hosts plan`: each host installed over SSH and joined, side by side;
+        one that fails is reported with its step and the others carry on."""
+        outcomes = apply_host_set(controller.store, body.yaml, body.filename, bundle_dir, who)
+        return HostsApplyAnswer(version=installed_version(), outcomes=[
+            HostOutcomeAnswer(step=o.change.step.value, name=o.change.name, done=o.done,
+                              failed_step=o.step, error=o.error) for o in outcomes])
 
     @app.get("/v1/capacity")
     def capacity() -> CapacityAnswer:

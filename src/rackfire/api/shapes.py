@@ -441,6 +441,23 @@ class HostsPlanShape(TypedDict):
     changes: list[HostChangeShape]
 
 
+class HostOutcomeShape(TypedDict):
+    step: str  # install | reconfigure | upgrade | uninstall
+    name: str
+    done: bool
+    # where it stopped (connect, host key, login, probe, copy, unpack, start, join ...); '' when
+    # done
+    failed_step: str
+    error: str  # what the host said; '' when done
+
+
+class HostsApplyShape(TypedDict):
+    """What `hosts apply` did, host by host: a host that failed did not stop the others."""
+
+    version: str
+    outcomes: list[HostOutcomeShape]
+
+
 class HostUsageShape(TypedDict):
     name: str
     state: HostState

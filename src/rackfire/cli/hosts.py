@@ -11,13 +11,18 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from rackfire.cli.common import Json, Url, connect
+from rackfire.cli.common import Json, Url, Yes, connect
 from rackfire.cli.output import err, out, print_json
 from rackfire.errors import PrereqError
 from rackfire.model.units import format_size_approx, parse_duration
 
 if TYPE_CHECKING:
-    from rackfire.api.shapes import LossShape, PairLossesShape, StackSurvivalShape
+    from rackfire.api.shapes import (
+        HostsPlanShape,
+        LossShape,
+        PairLossesShape,
+        StackSurvivalShape,
+    )
 
 token_app = typer.Typer(no_args_is_help=True, help="Join tokens for new hosts.")
 host_app = typer.Typer(no_args_is_help=True, help="Manage one host.")
@@ -45,28 +50,67 @@ def register(app: typer.Typer) -> None:
 def hosts_plan(file: HostsFileOption, json: Json = False, url: Url = None) -> None:
     """What `hosts apply` of this file would install, reconfigure, upgrade and uninstall.
     Exit 0: no changes, 2: changes, 1: error."""
-    from rackfire.spec.hostsfile import MAX_HOSTS_FILE, load_hosts_text
-    from rackfire.spec.loader import read_spec_file
-
-    text = read_spec_file(file, "hosts file", MAX_HOSTS_FILE)
-    load_hosts_text(text, str(file))  # its own line numbers, before the server is asked
+    text = _read_hosts_file(file)
     result = connect(url).hosts_plan(text, str(file))
+    print_json(result) if json else _print_host_plan(result)
+    raise typer.Exit(2 if result["changes"] else 0)
+
+
+@hosts_app.command("apply")
+def hosts_apply(file: HostsFileOption, yes: Yes = False, json: Json = False,
+                url: Url = None) -> None:
+    """Carry out the plan over SSH: each host installed and joined, side by side. A host
+    that fails is reported with its step; the others carry on. Exit 1 if any failed."""
+    text = _read_hosts_file(file)
+    client = connect(url)
+    plan = client.hosts_plan(text, str(file))
+    if not json:
+        _print_host_plan(plan)
+    if not plan["changes"]:
+        if json:
+            print_json({"version": plan["version"], "outcomes": []})
+        return
+    if not yes and not json:
+        typer.confirm("Apply these changes to the hosts?", abort=True)
+    with out.status(f"applying to {len(plan['changes'])} host(s) ...", spinner="dots"):
+        result = client.hosts_apply(text, str(file))
     if json:
         print_json(result)
     else:
         table = Table(box=None, pad_edge=False, header_style="bold")
-        for column in ("STEP", "HOST", "CHANGES"):
+        for column in ("HOST", "STEP", "RESULT"):
             table.add_column(column)
-        for c in result["changes"]:
-            table.add_row(Text(c["step"], STEP_STYLE.get(c["step"], "")), c["name"],
-                          "; ".join(c["changes"]))
-        if result["changes"]:
-            out.print(table)
-        counts = {step: sum(c["step"] == step for c in result["changes"]) for step in STEP_STYLE}
-        out.print("no changes: every host is as the file declares, with rackfire "
-                  f"{result['version']}" if not result["changes"] else
-                  "to " + ", ".join(f"{step} {n}" for step, n in counts.items() if n))
-    raise typer.Exit(2 if result["changes"] else 0)
+        for o in result["outcomes"]:
+            table.add_row(o["name"], o["step"], Text("done", "green") if o["done"] else
+                          Text(f"failed at {o['failed_step']}: {o['error']}", "red"))
+        out.print(table)
+    if not all(o["done"] for o in result["outcomes"]):
+        raise typer.Exit(1)
+
+
+def _read_hosts_file(file: Path) -> str:
+    """The file's text, checked here first (its own line numbers, no server needed)."""
+    from rackfire.spec.hostsfile import MAX_HOSTS_FILE, load_hosts_text
+    from rackfire.spec.loader import read_spec_file
+
+    text = read_spec_file(file, "hosts file", MAX_HOSTS_FILE)
+    load_hosts_text(text, str(file))
+    return text
+
+
+def _print_host_plan(result: HostsPlanShape) -> None:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("STEP", "HOST", "CHANGES"):
+        table.add_column(column)
+    for c in result["changes"]:
+        table.add_row(Text(c["step"], STEP_STYLE.get(c["step"], "")), c["name"],
+                      "; ".join(c["changes"]))
+    if result["changes"]:
+        out.print(table)
+    counts = {step: sum(c["step"] == step for c in result["changes"]) for step in STEP_STYLE}
+    out.print("no changes: every host is as the file declares, with rackfire "
+              f"{result['version']}" if not result["changes"] else
+              "to " + ", ".join(f"{step} {n}" for step, n in counts.items() if n))
 
 
 @token_app.command("create")

@@ -53,6 +53,7 @@ class DeclaredHost:
 @dataclass(frozen=True, slots=True)
 class HostsFile:
     hosts: tuple[DeclaredHost, ...] = ()
+    controller: str = ""  # the URL the hosts reach the controller at ("": not given)
 
     def by_name(self) -> dict[str, DeclaredHost]:
         return {h.name: h for h in self.hosts}

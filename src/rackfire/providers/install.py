@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass
+from shlex import quote as shlex_quote
 
 from rackfire.providers.bundle import Bundle
 from rackfire.providers.ssh import Session, SshError
@@ -61,3 +62,58 @@ async def put_bundle(s: Session, bundle: Bundle, root: str = DEFAULT_ROOT) -> st
     await s.run(["rm", "-rf", "--", target], step="unpack")
     await s.run(["mv", "-T", "--", staging, target], step="unpack")
     return target
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSetup:
+    """How the installed agent runs: the controller it joins, as what."""
+
+    controller: str
+    name: str
+    labels: tuple[tuple[str, str], ...] = ()
+    data_dir: str = "/var/lib/rackfire-agent"
+
+
+# Without systemd: the agent under a shell that starts it again a second after it exits, in
+# a session of its own (stopped by its process group), output appended to a log.
+_SUPERVISE = ('exec >>"$0" 2>&1 </dev/null; echo $$ >"$1"; shift; '
+              'while :; do "$@"; sleep 1; done')
+UNIT = "/etc/systemd/system/rackfire-agent.service"
+
+
+def agent_argv(root: str, setup: AgentSetup) -> list[str]:
+    labels = [a for k, v in setup.labels for a in ("--label", f"{k}={v}")]
+    return ["python3", "-I", "-S", posixpath.join(root, "current", "run.py"), "agent",
+            "--join", setup.controller, "--token-file", posixpath.join(root, "join-token"),
+            "--name", setup.name, *labels, "--data-dir", setup.data_dir]
+
+
+async def start_agent(s: Session, found: Probe, where: str, setup: AgentSetup, token: str,
+                      root: str = DEFAULT_ROOT) -> None:
+    """The agent of the bundle at `where` running as a service, joining with `token` (kept
+    in a 0600 file the agent removes once read); one already running is stopped first."""
+    await stop_agent(s, found, root)
+    await s.run(["sh", "-c", 'umask 077 && cat >"$0"', posixpath.join(root, "join-token")],
+                input=token, step="join token")
+    await s.run(["ln", "-sfn", "--", where, posixpath.join(root, "current")], step="activate")
+    argv = agent_argv(root, setup)
+    if found.systemd:
+        unit = ("[Unit]\nDescription=rackfire agent\nAfter=network-online.target\n\n"
+                f"[Service]\nExecStart={' '.join(shlex_quote(a) for a in argv)}\n"
+                "Restart=always\nRestartSec=1\nKillMode=process\n\n"
+                "[Install]\nWantedBy=multi-user.target\n")
+        await s.run(["sh", "-c", 'cat >"$0"', UNIT], input=unit, step="service unit")
+        await s.run(["systemctl", "daemon-reload"], step="service unit")
+        await s.run(["systemctl", "enable", "--now", "rackfire-agent.service"], step="start")
+        return
+    await s.run(["setsid", "-f", "sh", "-c", _SUPERVISE, posixpath.join(root, "agent.log"),
+                 posixpath.join(root, "agent.pid"), *argv], step="start")
+
+
+async def stop_agent(s: Session, found: Probe, root: str = DEFAULT_ROOT) -> None:
+    """Stop the agent (and its supervisor); its instances keep running. None running: fine."""
+    if found.systemd:
+        await s.run(["systemctl", "stop", "rackfire-agent.service"], check=False, step="stop")
+        return
+    await s.run(["sh", "-c", 'test -s "$0" || exit 0; kill -TERM -- -"$(cat "$0")" '
+                 '2>/dev/null; rm -f "$0"', posixpath.join(root, "agent.pid")], step="stop")

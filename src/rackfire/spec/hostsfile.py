@@ -1,6 +1,7 @@
 """Load a hosts file: YAML -> pydantic validation -> cross-checks -> HostsFile.
 
 ```yaml
+controller: http://10.0.0.1:7480       # where the hosts reach this server (for an install)
 known_hosts: ~/.ssh/known_hosts        # optional: where host keys are checked by default
 hosts:
   - {name: h1, address: 10.0.0.11, user: root, key: ~/.ssh/id_ed25519, labels: {rack: r1}}
@@ -18,6 +19,7 @@ import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -92,7 +94,17 @@ class HostModel(_Strict):
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
 
 
+def _url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in (
+            "", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"{describe(value)} is not a controller URL like "
+                         "http://10.0.0.1:7480")
+    return value.rstrip("/")
+
+
 class HostsModel(_Strict):
+    controller: Annotated[str, AfterValidator(_url)] | None = None
     known_hosts: FilePath = DEFAULT_KNOWN_HOSTS
     hosts: Annotated[list[HostModel], Field(max_length=MAX_HOSTS)]
 
@@ -109,7 +121,7 @@ def load_hosts_text(text: str, filename: str) -> HostsFile:
         DeclaredHost(h.name, SshTarget(h.address, h.port, h.user, h.key or "",
                                        h.host_key or "", h.known_hosts or model.known_hosts),
                      tuple(sorted(h.labels.items())), doc.mark(("hosts", i)).line)
-        for i, h in enumerate(model.hosts)))
+        for i, h in enumerate(model.hosts)), model.controller or "")
 
 
 def _not_a_mapping(doc: Document) -> SpecProblem:

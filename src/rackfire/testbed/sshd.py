@@ -3,12 +3,17 @@ rackfire on. Key auth only; its own host key, config and authorized keys under a
 test's; in the host's netns, and in a mount namespace of its own where root's ~/.bashrc is
 empty (Debian's bash reads it for every command over ssh: about 45 ms each here).
 
-`python -m rackfire.testbed.sshd EMPTY SSHD_ARGV...` is what runs there: it binds EMPTY
-over /root/.bashrc in that namespace, then becomes sshd.
+`private` dirs (rackfire's own: /opt/rackfire, its data dir, /run/rackfire) get a dir of
+the test's bound over them there too, so what is installed over SSH and the agent started
+from it see a machine of their own, as a real server is.
+
+`python -m rackfire.testbed.sshd SRC=DST... -- SSHD_ARGV...` is what runs there: it binds
+each SRC over DST in that namespace, then becomes sshd.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import subprocess
@@ -28,6 +33,7 @@ class Sshd:
     dir: Path
     port: int
     proc: subprocess.Popen[bytes]
+    made: tuple[str, ...] = ()  # mount points made on the machine for `private`: removed
 
     @property
     def host_key(self) -> Path:
@@ -59,9 +65,13 @@ class Sshd:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        for target in self.made:
+            with contextlib.suppress(OSError):  # still in use: left, as found
+                os.rmdir(target)
 
 
-def start_sshd(bed: Bed, host: Host, work: Path, authorized: str, port: int = 22) -> Sshd:
+def start_sshd(bed: Bed, host: Host, work: Path, authorized: str, port: int = 22,
+               private: tuple[str, ...] = ()) -> Sshd:
     """sshd listening on the host's underlay address, letting in the public key
     `authorized`; `bed.destroy` ends it too."""
     work.mkdir(parents=True, exist_ok=True)
@@ -70,6 +80,14 @@ def start_sshd(bed: Bed, host: Host, work: Path, authorized: str, port: int = 22
     keys.write_text(authorized.strip() + "\n")
     keys.chmod(0o600)
     (work / "empty").write_text("")
+    binds = [f"{work / 'empty'}=/root/.bashrc"] if os.path.exists("/root/.bashrc") else []
+    made = []
+    for i, target in enumerate(private):
+        (work / "private" / str(i)).mkdir(parents=True, exist_ok=True)
+        if not os.path.exists(target):  # a mount point on the machine itself, removed after
+            os.makedirs(target)
+            made.append(target)
+        binds.append(f"{work / 'private' / str(i)}={target}")
     config = work / "sshd_config"
     config.write_text("\n".join([
         f"Port {port}", f"ListenAddress {host.ip}", f"HostKey {work / 'host_key'}",
@@ -82,9 +100,9 @@ def start_sshd(bed: Bed, host: Host, work: Path, authorized: str, port: int = 22
     with open(work / "sshd.log", "ab") as log:
         proc = bed.spawn_in(host, [
             "unshare", "--mount", "--propagation", "private", "--", sys.executable, "-m",
-            "rackfire.testbed.sshd", str(work / "empty"), SSHD, "-D", "-e", "-f", str(config)],
+            "rackfire.testbed.sshd", *binds, "--", SSHD, "-D", "-e", "-f", str(config)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-    return Sshd(host, work, port, proc)
+    return Sshd(host, work, port, proc, tuple(made))
 
 
 def _keygen(path: Path) -> None:
@@ -92,15 +110,16 @@ def _keygen(path: Path) -> None:
                     "-f", str(path)], check=True, capture_output=True)
 
 
-def _exec(empty: str, argv: list[str]) -> None:
-    """In the mount namespace `unshare` made: an empty ~/.bashrc for root, then sshd."""
-    bashrc = b"/root/.bashrc"
-    if os.path.exists(bashrc):
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.mount(empty.encode(), bashrc, None, _MS_BIND, None) != 0:
-            raise OSError(ctypes.get_errno(), "bind mount over /root/.bashrc")
+def _exec(binds: list[str], argv: list[str]) -> None:
+    """In the mount namespace `unshare` made: each SRC=DST bound, then sshd."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for bind in binds:
+        src, _, dst = bind.partition("=")
+        if libc.mount(src.encode(), dst.encode(), None, _MS_BIND, None) != 0:
+            raise OSError(ctypes.get_errno(), f"bind mount {src} over {dst}")
     os.execv(argv[0], argv)  # noqa: S606 (becomes sshd: the argv start_sshd gave)
 
 
 if __name__ == "__main__":
-    _exec(sys.argv[1], sys.argv[2:])
+    cut = sys.argv.index("--")
+    _exec(sys.argv[1:cut], sys.argv[cut + 1:])
