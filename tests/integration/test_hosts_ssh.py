@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from rackfire.agent import watchdog
 from rackfire.model.hostsfile import SshTarget
 from rackfire.providers.install import Probe, stop_agent
 from rackfire.providers.ssh import connect
-from rackfire.testbed.bed import Bed
+from rackfire.testbed.bed import Bed, pids_in_netns
 from rackfire.testbed.sshd import Sshd, start_sshd
 
 from harness import Server, unique, wait_for, write_stack  # type: ignore[import-not-found]
@@ -145,3 +146,58 @@ def test_a_host_that_cannot_be_reached_fails_alone_and_stays_to_install(
     events = fleet.server.api("/v1/events")
     assert any(e["target"] == "host/h9" and e["result"] == "failed" for e in events)
     assert not os.path.exists("/opt/rackfire/current")  # nothing landed on this machine
+
+
+def runs(fleet: Fleet, stack: str) -> dict[str, tuple[str, object, object]]:
+    """Each instance: its host, pid and start time (the same after: not restarted)."""
+    return {r["name"]: (r["host"], r["pid"], r["started_at"])
+            for r in fleet.server.api(f"/v1/instances?stack={stack}")}
+
+
+def test_labels_an_upgrade_and_an_uninstall_keep_the_instances_serving(fleet: Fleet) -> None:
+    file = fleet.hosts_file()
+    fleet.server.cli("hosts", "apply", "-f", str(file), "-y", timeout=300)
+    stack = unique("sshday2")
+    fleet.server.cli("apply", "-f", str(write_stack(fleet.tmp, web_stack(stack, 2))), "-y",
+                     timeout=300)
+    before = runs(fleet, stack)
+    assert sorted(h for h, _, _ in before.values()) == ["h1", "h2"]
+
+    # New labels: the agent restarts with them; its instance does not.
+    file.write_text(file.read_text().replace("rack: r1", "rack: r9"))
+    plan = json.loads(fleet.server.cli("hosts", "plan", "-f", str(file), "--json",
+                                       check=False).stdout)
+    assert plan["changes"] == [{"step": "reconfigure", "name": "h1",
+                                "changes": ["label rack: r1 -> r9"]}]
+    fleet.server.cli("hosts", "apply", "-f", str(file), "-y", timeout=300)
+    assert fleet.hosts()["h1"]["labels"] == {"rack": "r9"}
+    assert runs(fleet, stack) == before
+
+    # An upgrade (the store says h2 runs an older rackfire): its agent restarts from the
+    # bundle, its instance keeps running.
+    db = sqlite3.connect(fleet.server.data_dir / "rackfire.db")
+    with db:
+        row = db.execute("SELECT declared FROM applied_hosts WHERE name='h2'").fetchone()
+        declared = json.loads(row[0])
+        db.execute("UPDATE applied_hosts SET declared=? WHERE name='h2'",
+                   (json.dumps({**declared, "version": "0.0.1"}),))
+    db.close()
+    plan = json.loads(fleet.server.cli("hosts", "plan", "-f", str(file), "--json",
+                                       check=False).stdout)
+    assert [(c["step"], c["name"]) for c in plan["changes"]] == [("upgrade", "h2")]
+    fleet.server.cli("hosts", "apply", "-f", str(file), "-y", timeout=300)
+    assert runs(fleet, stack) == before
+
+    # h2 leaves the file: drained (its instance moves to h1), then nothing of rackfire is
+    # left on it and it is no longer a host.
+    h2 = fleet.sshds[1]
+    file.write_text("\n".join(line for line in file.read_text().splitlines()
+                              if "name: h2" not in line) + "\n")
+    fleet.server.cli("hosts", "apply", "-f", str(file), "-y", timeout=600)
+    assert sorted(h for h, _, _ in runs(fleet, stack).values()) == ["h1", "h1"]
+    assert set(fleet.hosts()) == {"h1"}
+    for private in sorted((h2.dir / "private").iterdir()):  # /opt/rackfire, data, /run/...
+        assert list(private.iterdir()) == [], (private, list(private.iterdir()))
+    left = [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            for pid in pids_in_netns(h2.host.netns)]
+    assert [c for c in left if b"rackfire" in c or b"run.py" in c] == [], left

@@ -46,6 +46,7 @@ BACKOFF_MAX = 2.0
 # by TCP only seconds after the link is back, and the lease would wait on it.
 BEAT_TIMEOUT = httpx.Timeout(2.0, connect=1.0)
 WATCH = 0.5  # seconds between looks at this host's instances
+HOLD_INTERVAL = 10.0  # a planned restart's last beat: the next within this (a lease of 30 s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +101,8 @@ def join(url: str | None, token: str | None, name: str | None, labels: dict[str,
 
 def heartbeat_loop(joined: Joined, labels: dict[str, str], side: HostSide, agent: LocalAgent,
                    interval: float, stop: threading.Event, address: str = "",
-                   watchdog: Watchdog | None = None) -> None:
+                   watchdog: Watchdog | None = None,
+                   hold: threading.Event | None = None) -> None:
     """Report the host's facts every `interval`, and its instances' at once when they
     changed (looked at every WATCH seconds: a crash is known within about that); a beat
     with nothing new says its instances are `unchanged`, unless the controller wants them
@@ -151,6 +153,29 @@ def heartbeat_loop(joined: Joined, labels: dict[str, str], side: HostSide, agent
             if watchdog is not None:  # what started or stopped since the beat is fed now
                 watchdog.refresh(contact.targets(agent))
             stop.wait(min(WATCH, interval))
+        if hold is not None and hold.is_set():
+            _hold_lease(http, labels, address, agent, watchdog, contact)
+
+
+def _hold_lease(http: httpx.Client, labels: dict[str, str], address: str, agent: LocalAgent,
+                watchdog: Watchdog | None, contact: Contact) -> None:
+    """A last heartbeat before a planned restart (SIGUSR1: an upgrade, new labels), saying
+    the next comes within HOLD_INTERVAL: the controller holds the lease that much longer,
+    and the watchdog's deadline with it, so the instances neither fail over nor are fenced
+    while the next agent starts. Unanswered: nothing held, as after a crash."""
+    body = {"labels": labels, "facts": agent.facts(HOLD_INTERVAL).to_json(),
+            "address": address, "unchanged": True}
+    sent = time.monotonic()
+    try:
+        r = http.post("/v1/agent/heartbeat", json=body)
+    except httpx.TransportError as e:
+        log.warning("the lease could not be held for the restart: %s", e)
+        return
+    if r.status_code == 200:
+        fence_after = float(r.json().get("fence_after", 0) or 0)
+        if watchdog is not None and fence_after:
+            watchdog.feed(sent + fence_after, contact.targets(agent))
+        log.info("lease held %.0fs for the restart", fence_after)
 
 
 class Contact:
@@ -285,12 +310,18 @@ def run(url: str | None, token: str | None, name: str | None, labels: dict[str, 
     serving.start()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    hold = threading.Event()  # SIGUSR1: a planned restart, the lease held meanwhile
+
+    def restarting(*_: object) -> None:
+        hold.set()
+        stop.set()
+    signal.signal(signal.SIGUSR1, restarting)
     # Apart from this process, and left running when it stops: it fences if no agent
     # renews the lease in time.
     watchdog = Watchdog(data_dir)
     watchdog.ensure_running()
     try:
-        heartbeat_loop(joined, labels, side, agent, interval, stop, address, watchdog)
+        heartbeat_loop(joined, labels, side, agent, interval, stop, address, watchdog, hold)
     finally:
         api.should_exit = True
         serving.join(10)

@@ -45,7 +45,12 @@ from rackfire.api.types import (
 from rackfire.control.controller import Controller
 from rackfire.control.failover import chains
 from rackfire.control.hosts import HostView, capacity_report
-from rackfire.control.hostset import apply_host_set, installed_version, plan_host_set
+from rackfire.control.hostset import (
+    HostSetContext,
+    apply_host_set,
+    installed_version,
+    plan_host_set,
+)
 from rackfire.errors import Conflict, PrereqError
 from rackfire.model.agent import Observed
 from rackfire.model.host import HostFacts
@@ -232,7 +237,8 @@ def add_host_routes(app: FastAPI, controller: Controller, actor: Any,
     def hosts_apply(body: HostsSource, who: str = actor) -> HostsApplyAnswer:
         """Carry out `hosts plan`: each host installed over SSH and joined, side by side;
         one that fails is reported with its step and the others carry on."""
-        outcomes = apply_host_set(controller.store, body.yaml, body.filename, bundle_dir, who)
+        outcomes = apply_host_set(HostSetContext(controller.store, bundle_dir, lambda name: (
+            controller.drain(name, who))), body.yaml, body.filename, who)
         return HostsApplyAnswer(version=installed_version(), outcomes=[
             HostOutcomeAnswer(step=o.change.step.value, name=o.change.name, done=o.done,
                               failed_step=o.step, error=o.error) for o in outcomes])

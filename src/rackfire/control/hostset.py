@@ -1,34 +1,47 @@
 """The declared host set (`rackfire hosts plan|apply -f hosts.yaml`): the hosts file against
 the set the last apply left, which the store keeps (`applied_hosts`).
 
-An apply carries out the plan's installs over SSH, hosts side by side (at most PARALLEL):
-each host's steps (providers/install.py) in order, then the wait for its agent to join; a
-host that fails is reported with its step and what the server said, and the others carry
-on. Only a host whose agent joined is recorded as applied, so a failed one is an install
-again at the next apply. Reconfigure, upgrade and uninstall are planned, not yet carried
-out: the apply reports them as not done.
+An apply carries out the plan over SSH (providers/install.py), each host's steps in order:
+- install: probe, the bundle put, the agent started with a one-use token, joined;
+- reconfigure: new labels restart the agent with them (its instances keep running); a new
+  address, port, user or key is only connected with, to check it;
+- upgrade: the new bundle beside the old, the agent restarted from it, one host at a time;
+- uninstall: the host drained by the controller, then everything the install put there
+  removed, its credential revoked.
+A host that fails is reported with its step and what the server said, and the others carry
+on. A host is recorded as applied only once its agent heartbeats as declared, so a failed
+one is planned again at the next apply.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from rackfire import __version__
-from rackfire.errors import ExecError, PrereqError, RackfireError
+from rackfire.errors import ExecError, NotFound, PrereqError, RackfireError
 from rackfire.model.hostsfile import AppliedHost, DeclaredHost, HostsFile
 from rackfire.plan.hostset import HostChange, HostStep, plan_hosts
 from rackfire.providers import bundle as bundles
-from rackfire.providers.install import AgentSetup, probe, put_bundle, start_agent
+from rackfire.providers.install import (
+    AgentSetup,
+    installed,
+    probe,
+    put_bundle,
+    start_agent,
+    uninstall,
+)
 from rackfire.providers.ssh import SshError, connect
 from rackfire.spec.hostsfile import load_hosts_text
 from rackfire.store.protocol import StateStore
 
 PARALLEL = 10
 JOIN_WAIT = 60.0  # seconds for an installed agent to join and heartbeat
+DRAIN_WAIT = 300.0  # seconds for an uninstall's drain to move every instance away
 TOKEN_TTL = 600.0
 
 
@@ -52,66 +65,127 @@ class HostOutcome:
     error: str = ""
 
 
-def apply_host_set(store: StateStore, text: str, filename: str, bundle_dir: Path,
-                   actor: str, clock: Callable[[], float] = time.time) -> list[HostOutcome]:
+@dataclass(frozen=True)
+class HostSetContext:
+    """What an apply works with: the store, where bundles are kept, and the controller's
+    drain (an uninstall moves a host's instances away first, each role kept available)."""
+
+    store: StateStore
+    bundle_dir: Path
+    drain: Callable[[str], int]
+    clock: Callable[[], float] = time.time
+
+
+def apply_host_set(ctx: HostSetContext, text: str, filename: str,
+                   actor: str) -> list[HostOutcome]:
+    """Carry out the plan: installs and reconfigures side by side (at most PARALLEL), then
+    upgrades one host at a time, then uninstalls side by side."""
     declared = load_hosts_text(text, filename)
-    changes = plan_hosts(declared, store.hosts.applied_hosts(), installed_version())
-    installs = [c for c in changes if c.step is HostStep.INSTALL]
-    if installs and not declared.controller:
+    applied = ctx.store.hosts.applied_hosts()
+    changes = plan_hosts(declared, applied, installed_version())
+    if any(c.step is HostStep.INSTALL for c in changes) and not declared.controller:
         raise PrereqError("the hosts file gives no `controller:`: the URL the hosts reach "
                           "this server at, for their agents to join",
                           hint="e.g. controller: http://10.0.0.1:7480 (the server listening "
                                "there: rackfire server --listen 0.0.0.0)")
-    bundle = bundles.build(bundle_dir) if installs else None
+    needs = {HostStep.INSTALL, HostStep.UPGRADE}
+    bundle = bundles.build(ctx.bundle_dir) if any(c.step in needs for c in changes) else None
     hosts = declared.by_name()
+
+    async def one(change: HostChange) -> HostOutcome:
+        try:
+            if change.step is HostStep.UNINSTALL:
+                await _uninstall(ctx, applied[change.name], actor)
+            else:
+                await _converge(ctx, declared, hosts[change.name], change, bundle)
+        except SshError as e:
+            return HostOutcome(change, False, e.step, e.message)
+        except RackfireError as e:
+            return HostOutcome(change, False, getattr(e, "step", "join"), e.message)
+        return HostOutcome(change, True)
 
     async def carry_out() -> list[HostOutcome]:
         gate = asyncio.Semaphore(PARALLEL)
 
-        async def one(change: HostChange) -> HostOutcome:
-            if change.step is not HostStep.INSTALL or bundle is None:
-                return HostOutcome(change, False, change.step.value, "not carried out yet: "
-                                   "only installs are (issue 18, under way)")
+        async def gated(change: HostChange) -> HostOutcome:
             async with gate:
-                return await _install(store, declared, hosts[change.name], bundle, change,
-                                      clock)
-        return list(await asyncio.gather(*(one(c) for c in changes)))
+                return await one(change)
+        by_step = {step: [c for c in changes if c.step is step] for step in HostStep}
+        done = list(await asyncio.gather(*(gated(c) for c in (
+            *by_step[HostStep.INSTALL], *by_step[HostStep.RECONFIGURE]))))
+        for change in by_step[HostStep.UPGRADE]:  # one at a time: the others keep serving
+            done.append(await one(change))
+        done += await asyncio.gather(*(gated(c) for c in by_step[HostStep.UNINSTALL]))
+        return done
 
     outcomes = asyncio.run(carry_out())
     for o in outcomes:
-        store.add_event(actor, "", f"host/{o.change.name}", f"hosts-{o.change.step}",
-                        "ok" if o.done else "failed",
-                        "; ".join(o.change.changes) if o.done else f"{o.step}: {o.error}")
+        ctx.store.add_event(actor, "", f"host/{o.change.name}", f"hosts-{o.change.step}",
+                            "ok" if o.done else "failed",
+                            "; ".join(o.change.changes) if o.done else f"{o.step}: {o.error}")
     return outcomes
 
 
-async def _install(store: StateStore, declared: HostsFile, host: DeclaredHost,
-                   bundle: bundles.Bundle, change: HostChange,
-                   clock: Callable[[], float]) -> HostOutcome:
-    token, _ = store.hosts.create_token(TOKEN_TTL, 1, f"hosts apply ({host.name})")
-    started = clock()
-    try:
-        async with connect(host.name, host.ssh) as s:
-            found = await probe(s, bundle)
+class _Failed(ExecError):
+    def __init__(self, step: str, message: str, hint: str = "") -> None:
+        self.step = step
+        super().__init__(message, hint=hint)
+
+
+async def _converge(ctx: HostSetContext, declared: HostsFile, host: DeclaredHost,
+                    change: HostChange, bundle: bundles.Bundle | None) -> None:
+    """Install, upgrade or reconfigure one host: its agent (re)started as the file says,
+    then joined or heartbeating again; recorded as applied only then."""
+    store, since = ctx.store, ctx.clock()
+    setup = AgentSetup(declared.controller, host.name, host.labels)
+    restart = change.step is not HostStep.RECONFIGURE or any(
+        c.startswith("label") for c in change.changes)
+    async with connect(host.name, host.ssh) as s:
+        found = await probe(s, bundle)
+        if change.step is HostStep.RECONFIGURE:
+            where = await installed(s)
+        else:
+            assert bundle is not None
             where = await put_bundle(s, bundle)
-            await start_agent(s, found, where, AgentSetup(declared.controller, host.name,
-                                                          host.labels), token)
-        await _joined(store, host.name, started, clock)
-    except SshError as e:
-        return HostOutcome(change, False, e.step, e.message)
-    except RackfireError as e:
-        return HostOutcome(change, False, "join", e.message)
+        if restart:
+            token = ""
+            if change.step is HostStep.INSTALL:
+                token, _ = store.hosts.create_token(TOKEN_TTL, 1, f"hosts apply ({host.name})")
+            await start_agent(s, found, where, setup, token)
+    if restart:
+        await _heartbeat(store, host, since, ctx.clock)
     store.hosts.record_applied(AppliedHost(host, installed_version()))
-    return HostOutcome(change, True)
 
 
-async def _joined(store: StateStore, name: str, since: float,
-                  clock: Callable[[], float]) -> None:
-    """Until the host has joined and sent a heartbeat after `since`."""
+async def _heartbeat(store: StateStore, host: DeclaredHost, since: float,
+                     clock: Callable[[], float]) -> None:
+    """Until the host's agent heartbeats after `since` with the labels it is declared with
+    (a fresh install: once it has joined)."""
     while True:
-        if any(h.name == name and h.last_seen >= since for h in store.hosts.hosts()):
+        if any(h.name == host.name and h.last_seen >= since and h.labels == host.labels
+               for h in store.hosts.hosts()):
             return
         if clock() - since > JOIN_WAIT:
-            raise ExecError(f"its agent did not join within {JOIN_WAIT:.0f} s",
-                            hint="see /opt/rackfire/agent.log on the host")
+            raise _Failed("join", f"its agent did not heartbeat within {JOIN_WAIT:.0f} s",
+                          hint="see /opt/rackfire/agent.log on the host")
         await asyncio.sleep(0.5)
+
+
+async def _uninstall(ctx: HostSetContext, was: AppliedHost, actor: str) -> None:
+    """Drain the host, then remove everything an install put there, then forget it."""
+    name, store = was.host.name, ctx.store
+    if any(h.name == name for h in store.hosts.hosts()):
+        ctx.drain(name)
+        since = ctx.clock()
+        while left := [k for k, h in store.placements.all().items() if h == name]:
+            if ctx.clock() - since > DRAIN_WAIT:
+                raise _Failed("drain", f"{len(left)} instance(s) still on it after "
+                              f"{DRAIN_WAIT:.0f} s (e.g. {left[0]}): nothing removed",
+                              hint="see `rackfire host drain` and `rackfire capacity`: the "
+                                   "other hosts may have no room for them")
+            await asyncio.sleep(0.5)
+    async with connect(name, was.host.ssh) as s:
+        await uninstall(s, await probe(s))
+    with contextlib.suppress(NotFound):
+        store.hosts.remove(name)
+    store.hosts.forget_applied(name)
