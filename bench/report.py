@@ -145,7 +145,7 @@ def loadavg() -> float:
 # -- docs/benchmarks.md --------------------------------------------------------------------
 
 ORDER = ["start", "bringup", "plan", "schedule", "footprint", "agent_calls", "cli_start",
-         "failover", "snapshot", "dbfailover", "autoscale"]
+         "failover", "snapshot", "dbfailover", "autoscale", "ssh"]
 # Each measure's section starts with this line, so that a rewrite of the doc keeps the
 # sections of measures whose result file is not here (run elsewhere, or not kept in git).
 SECTION = "<!-- bench:measure {} -->"

@@ -11,6 +11,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from rackfire.model.hostsfile import SshTarget
 from rackfire.providers.install import Probe, stop_agent
 from rackfire.providers.ssh import connect
 from rackfire.testbed.bed import Bed, pids_in_netns
-from rackfire.testbed.sshd import Sshd, start_sshd
+from rackfire.testbed.sshd import Sshd, start_sshd, stop_all
 
 from harness import Server, unique, wait_for, write_stack  # type: ignore[import-not-found]
 
@@ -89,8 +90,28 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
             for s in sshds:  # the installed agents: by their supervisor, then the watchdogs
                 asyncio.run(_stop(s, key))
                 watchdog.stop(s.dir / "private" / "1")
-                s.stop()
+            left = [c for s in sshds for c in rackfire_processes(s)]
+            stop_all(sshds)
             bed.destroy()
+            assert left == [], f"rackfire processes left in the hosts: {left}"
+
+
+def rackfire_processes(s: Sshd) -> list[bytes]:
+    """The command lines of rackfire's processes in the host (its agent, supervisor,
+    watchdog), waiting up to 15 s for stopped ones to exit."""
+    deadline = time.monotonic() + 15
+    while True:
+        found = []
+        for pid in pids_in_netns(s.host.netns):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue  # gone meanwhile
+            if b"rackfire" in cmdline or b"run.py" in cmdline:
+                found.append(cmdline)
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
 
 
 async def _stop(s: Sshd, key: Path) -> None:
@@ -198,6 +219,4 @@ def test_labels_an_upgrade_and_an_uninstall_keep_the_instances_serving(fleet: Fl
     assert set(fleet.hosts()) == {"h1"}
     for private in sorted((h2.dir / "private").iterdir()):  # /opt/rackfire, data, /run/...
         assert list(private.iterdir()) == [], (private, list(private.iterdir()))
-    left = [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-            for pid in pids_in_netns(h2.host.netns)]
-    assert [c for c in left if b"rackfire" in c or b"run.py" in c] == [], left
+    assert rackfire_processes(h2) == []

@@ -33,7 +33,7 @@ class Sshd:
     dir: Path
     port: int
     proc: subprocess.Popen[bytes]
-    made: tuple[str, ...] = ()  # mount points made on the machine for `private`: removed
+    made: tuple[str, ...] = ()  # mount points made on the machine for `private`
 
     @property
     def host_key(self) -> Path:
@@ -65,9 +65,17 @@ class Sshd:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-        for target in self.made:
-            with contextlib.suppress(OSError):  # still in use: left, as found
-                os.rmdir(target)
+
+
+def stop_all(sshds: list[Sshd]) -> None:
+    """Stop every sshd, then remove the mount points made for them: only once all are
+    stopped (one removed while another's namespace has a dir bound over it would cut that
+    namespace off from its own dir)."""
+    for s in sshds:
+        s.stop()
+    for target in sorted({t for s in sshds for t in s.made}, reverse=True):
+        with contextlib.suppress(OSError):  # still in use: left, as found
+            os.rmdir(target)
 
 
 def start_sshd(bed: Bed, host: Host, work: Path, authorized: str, port: int = 22,
