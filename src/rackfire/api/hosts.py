@@ -233,7 +233,7 @@ def add_host_routes(app: FastAPI, controller: Controller, actor: Any,
             HostChangeAnswer(step=c.step.value, name=c.name, changes=list(c.changes))
             for c in changes])
 
-    @app.post("/v1/hosts/apply", responses=errors(400, 422))
+    @app.post("/v1/hosts/apply", responses=errors(400, 409, 422))
     def hosts_apply(body: HostsSource, who: str = actor) -> HostsApplyAnswer:
         """Carry out `hosts plan`: each host installed over SSH and joined, side by side;
         one that fails is reported with its step and the others carry on."""

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from rackfire import __version__
-from rackfire.errors import ExecError, NotFound, PrereqError, RackfireError
+from rackfire.errors import Conflict, NotFound, PrereqError, RackfireError
 from rackfire.model.hostsfile import AppliedHost, DeclaredHost, HostsFile
 from rackfire.plan.hostset import HostChange, HostStep, plan_hosts
 from rackfire.providers import bundle as bundles
@@ -39,7 +40,7 @@ from rackfire.providers.ssh import SshError, connect
 from rackfire.spec.hostsfile import load_hosts_text
 from rackfire.store.protocol import StateStore
 
-PARALLEL = 10
+PARALLEL = 32
 JOIN_WAIT = 60.0  # seconds for an installed agent to join and heartbeat
 DRAIN_WAIT = 300.0  # seconds for an uninstall's drain to move every instance away
 TOKEN_TTL = 600.0
@@ -76,10 +77,24 @@ class HostSetContext:
     clock: Callable[[], float] = time.time
 
 
+_APPLYING = threading.Lock()
+
+
 def apply_host_set(ctx: HostSetContext, text: str, filename: str,
                    actor: str) -> list[HostOutcome]:
-    """Carry out the plan: installs and reconfigures side by side (at most PARALLEL), then
-    upgrades one host at a time, then uninstalls side by side."""
+    """Carry out the plan: installs and reconfigures side by side (at most PARALLEL SSH
+    sessions at once), then upgrades one host at a time, then uninstalls side by side. One
+    apply at a time: a second is refused while one is under way (both would install the
+    same hosts)."""
+    if not _APPLYING.acquire(blocking=False):
+        raise Conflict("a hosts apply is under way", hint="wait for it, then plan again")
+    try:
+        return _apply(ctx, text, filename, actor)
+    finally:
+        _APPLYING.release()
+
+
+def _apply(ctx: HostSetContext, text: str, filename: str, actor: str) -> list[HostOutcome]:
     declared = load_hosts_text(text, filename)
     applied = ctx.store.hosts.applied_hosts()
     changes = plan_hosts(declared, applied, installed_version())
@@ -92,30 +107,27 @@ def apply_host_set(ctx: HostSetContext, text: str, filename: str,
     bundle = bundles.build(ctx.bundle_dir) if any(c.step in needs for c in changes) else None
     hosts = declared.by_name()
 
-    async def one(change: HostChange) -> HostOutcome:
+    async def one(change: HostChange, gate: asyncio.Semaphore) -> HostOutcome:
         try:
             if change.step is HostStep.UNINSTALL:
-                await _uninstall(ctx, applied[change.name], actor)
+                await _uninstall(ctx, applied[change.name], gate)
             else:
-                await _converge(ctx, declared, hosts[change.name], change, bundle)
+                await _converge(ctx, declared, hosts[change.name], applied.get(change.name),
+                                change, bundle, gate)
         except SshError as e:
-            return HostOutcome(change, False, e.step, e.message)
-        except RackfireError as e:
-            return HostOutcome(change, False, getattr(e, "step", "join"), e.message)
+            return HostOutcome(change, False, e.step, e.said)
+        except RackfireError as e:  # of the controller's own (a token, the drain)
+            return HostOutcome(change, False, "controller", e.message)
         return HostOutcome(change, True)
 
     async def carry_out() -> list[HostOutcome]:
-        gate = asyncio.Semaphore(PARALLEL)
-
-        async def gated(change: HostChange) -> HostOutcome:
-            async with gate:
-                return await one(change)
+        gate = asyncio.Semaphore(PARALLEL)  # SSH sessions at once (not the waits after)
         by_step = {step: [c for c in changes if c.step is step] for step in HostStep}
-        done = list(await asyncio.gather(*(gated(c) for c in (
+        done = list(await asyncio.gather(*(one(c, gate) for c in (
             *by_step[HostStep.INSTALL], *by_step[HostStep.RECONFIGURE]))))
         for change in by_step[HostStep.UPGRADE]:  # one at a time: the others keep serving
-            done.append(await one(change))
-        done += await asyncio.gather(*(gated(c) for c in by_step[HostStep.UNINSTALL]))
+            done.append(await one(change, gate))
+        done += await asyncio.gather(*(one(c, gate) for c in by_step[HostStep.UNINSTALL]))
         return done
 
     outcomes = asyncio.run(carry_out())
@@ -126,21 +138,17 @@ def apply_host_set(ctx: HostSetContext, text: str, filename: str,
     return outcomes
 
 
-class _Failed(ExecError):
-    def __init__(self, step: str, message: str, hint: str = "") -> None:
-        self.step = step
-        super().__init__(message, hint=hint)
-
-
 async def _converge(ctx: HostSetContext, declared: HostsFile, host: DeclaredHost,
-                    change: HostChange, bundle: bundles.Bundle | None) -> None:
+                    was: AppliedHost | None, change: HostChange,
+                    bundle: bundles.Bundle | None, gate: asyncio.Semaphore) -> None:
     """Install, upgrade or reconfigure one host: its agent (re)started as the file says,
-    then joined or heartbeating again; recorded as applied only then."""
+    then joined or heartbeating again; recorded as applied only then. A reconfigure of
+    the connection alone (address, port, user, key) only connects, to check it."""
     store, since = ctx.store, ctx.clock()
     setup = AgentSetup(declared.controller, host.name, host.labels)
-    restart = change.step is not HostStep.RECONFIGURE or any(
-        c.startswith("label") for c in change.changes)
-    async with connect(host.name, host.ssh) as s:
+    restart = change.step is not HostStep.RECONFIGURE or was is None \
+        or was.host.labels != host.labels
+    async with gate, connect(host.name, host.ssh) as s:
         found = await probe(s, bundle)
         if change.step is HostStep.RECONFIGURE:
             where = await installed(s)
@@ -166,12 +174,12 @@ async def _heartbeat(store: StateStore, host: DeclaredHost, since: float,
                for h in store.hosts.hosts()):
             return
         if clock() - since > JOIN_WAIT:
-            raise _Failed("join", f"its agent did not heartbeat within {JOIN_WAIT:.0f} s",
-                          hint="see /opt/rackfire/agent.log on the host")
+            raise SshError(host.name, "join", f"its agent did not heartbeat within "
+                           f"{JOIN_WAIT:.0f} s", hint="see /opt/rackfire/agent.log on the host")
         await asyncio.sleep(0.5)
 
 
-async def _uninstall(ctx: HostSetContext, was: AppliedHost, actor: str) -> None:
+async def _uninstall(ctx: HostSetContext, was: AppliedHost, gate: asyncio.Semaphore) -> None:
     """Drain the host, then remove everything an install put there, then forget it."""
     name, store = was.host.name, ctx.store
     if any(h.name == name for h in store.hosts.hosts()):
@@ -179,12 +187,12 @@ async def _uninstall(ctx: HostSetContext, was: AppliedHost, actor: str) -> None:
         since = ctx.clock()
         while left := [k for k, h in store.placements.all().items() if h == name]:
             if ctx.clock() - since > DRAIN_WAIT:
-                raise _Failed("drain", f"{len(left)} instance(s) still on it after "
-                              f"{DRAIN_WAIT:.0f} s (e.g. {left[0]}): nothing removed",
-                              hint="see `rackfire host drain` and `rackfire capacity`: the "
-                                   "other hosts may have no room for them")
+                raise SshError(name, "drain", f"{len(left)} instance(s) still on it after "
+                               f"{DRAIN_WAIT:.0f} s (e.g. {left[0]}): nothing removed",
+                               hint="see `rackfire host drain` and `rackfire capacity`: the "
+                                    "other hosts may have no room for them")
             await asyncio.sleep(0.5)
-    async with connect(name, was.host.ssh) as s:
+    async with gate, connect(name, was.host.ssh) as s:
         await uninstall(s, await probe(s))
     with contextlib.suppress(NotFound):
         store.hosts.remove(name)

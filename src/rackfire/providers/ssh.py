@@ -37,7 +37,7 @@ class SshError(ExecError):
     """A step on a host failed: `host`, `step` and what the server said."""
 
     def __init__(self, host: str, step: str, message: str, hint: str = "") -> None:
-        self.host, self.step = host, step
+        self.host, self.step, self.said = host, step, message
         super().__init__(f"{host}: {step}: {message}", hint=hint)
 
 
