@@ -6,8 +6,8 @@ What "accepts" means here (the positive-data check): 2xx, or a refusal that depe
 exists, never on the request's form: 401, 404 (a stack, role, image... that does not exist)
 and 409 (the current state forbids it). A 400 or 422 answering a schema-valid request is a
 constraint missing from the schema, so it fails the run, except where the body's content
-is checked beyond what a JSON Schema says: a stack file's text (plan, apply: 422) and an
-uploaded tarball (sources, image import: 400).
+is checked beyond what a JSON Schema says: a stack or hosts file's text (plan, apply, hosts
+plan, hosts apply: 422) and an uploaded tarball (sources, image import: 400).
 
 Three runs, each on its own server (own data dir, forced onto the process runtime so that
 nothing is isolated or networked), so that what one creates cannot reach into the next:
@@ -40,7 +40,7 @@ CHECKS = ("not_a_server_error,status_code_conformance,positive_data_acceptance,"
 ACCEPTED = ["2xx", "401", "404", "409"]
 CONTENT_CHECKED = f"""
 [[operations]]
-include-name = ["POST /v1/plan", "POST /v1/apply"]
+include-name = ["POST /v1/plan", "POST /v1/apply", "POST /v1/hosts/plan", "POST /v1/hosts/apply"]
 checks.positive_data_acceptance.expected-statuses = {[*ACCEPTED, "422"]}
 
 [[operations]]
