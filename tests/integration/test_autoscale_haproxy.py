@@ -6,6 +6,7 @@ instance than the target, starting its warm instance first, losing no request, a
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -88,9 +89,12 @@ def test_requests_through_haproxy_scale_the_role_out(server: Server, tmp_path: P
             raise AssertionError(f"not scaled out: {seen}") from None
         [row] = json.loads(server.cli("autoscale", f"{stack}/web", "--json").stdout)
         assert row["target"] == "requests_per_instance 5/s" and row["error"] == ""
-        assert row["metric"] is not None and row["metric"] > 5
+        # The metric now is the latest second's, over the instances ready now (maybe under
+        # the target already); the one that scaled it out is in the decision's event.
+        assert row["metric"] is not None and row["metric"] >= 0
         events = server.cli("events", stack).stdout
-        assert "autoscale" in events and "requests" in events and "of target 5/s" in events
+        assert re.search(r"autoscale .*requests [\d.]+/s per instance of target 5/s on \d+ "
+                         r"ready: \d+ → [23]", events), events
         assert "a warm instance, started" in events
         wait_for(lambda: len([r for r in json.loads(server.cli("ps", stack, "--json").stdout)
                               if r["role"] == "web" and r["health"] == "healthy"]) == 3,
