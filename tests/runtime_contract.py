@@ -81,8 +81,11 @@ class RuntimeContract:
         quick = request_for(runtime, stack, image, command=QUICK)
         runtime.destroy(quick.key)
         runtime.create(quick, *inputs(runtime, quick, image, hosts))
-        wait_for(lambda: runtime.observe()[0].state is InstanceState.STOPPED, 20, "it to stop")
+        # Its writer records the exit once the run's output is in the log: a moment after the
+        # run is seen gone (runtime/logwriter.py), so a look in between has no code yet.
+        wait_for(lambda: runtime.observe()[0].exit_code is not None, 20, "its exit recorded")
         [ended] = runtime.observe()
+        assert ended.state is InstanceState.STOPPED
         assert (ended.exit_code, ended.exit_signal, ended.ended) == (3, None, "exited 3")
         runtime.restart(quick, *inputs(runtime, quick, image, hosts))
         assert runtime.observe()[0].state in (InstanceState.RUNNING, InstanceState.STOPPED)
